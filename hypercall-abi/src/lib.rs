@@ -1,0 +1,102 @@
+//! The contract between the isolation kernel, its guests and the host harness.
+//!
+//! Every number that two sides must agree on lives here and nowhere else. This crate has no
+//! code that touches hardware, so it builds for any target and its tests run on the host.
+//!
+//! What is defined so far:
+//! - [`ABI_VERSION`], which guests will check against the boot-info page;
+//! - [`host`]: how the kernel ends QEMU and what its exit status means to `cargo xtask`;
+//! - [`cmdline`]: the keys of the kernel command line that the harness sets.
+//!
+//! The virtual instructions, the boot-info page and the vNIC rings are added with the issues that
+//! implement them; nothing here describes an interface that does not exist yet.
+
+#![no_std]
+#![forbid(unsafe_code)]
+
+/// Version of the guest/kernel ABI. Bumped on every incompatible change of this crate.
+pub const ABI_VERSION: u32 = 1;
+
+pub mod host {
+    //! The kernel ends QEMU through the `isa-debug-exit` device: writing `v` to its port makes
+    //! QEMU exit with status `(v << 1) | 1`. These are the values the kernel writes and what
+    //! `cargo xtask` concludes from the status it sees. A status that is none of these (QEMU's
+    //! own 0 after a triple fault with `-no-reboot`, 1 on a QEMU error, a signal) is a failure.
+
+    /// I/O port of QEMU's `isa-debug-exit` device (`-device isa-debug-exit,iobase=0xf4,iosize=4`).
+    pub const DEBUG_EXIT_PORT: u16 = 0xf4;
+    /// Width in bytes of the `isa-debug-exit` device's I/O window.
+    pub const DEBUG_EXIT_IOSIZE: u16 = 4;
+
+    /// Why the kernel ended the machine.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    #[repr(u8)]
+    pub enum KernelExit {
+        /// Ran to its end (shutdown deadline reached, or every guest finished as expected).
+        Success = 0x10,
+        /// Finished, but the image's expectations did not hold, or the configuration was bad.
+        Failure = 0x11,
+        /// A Rust panic in the kernel.
+        Panic = 0x12,
+        /// A CPU exception in kernel mode (page fault, general protection, double fault, ...).
+        KernelFault = 0x13,
+    }
+
+    impl KernelExit {
+        /// Every exit reason, for lookups by value.
+        pub const ALL: [KernelExit; 4] = [
+            KernelExit::Success,
+            KernelExit::Failure,
+            KernelExit::Panic,
+            KernelExit::KernelFault,
+        ];
+
+        /// The value the kernel writes to [`DEBUG_EXIT_PORT`].
+        pub const fn code(self) -> u8 {
+            self as u8
+        }
+
+        /// The exit status QEMU reports to the host for this reason.
+        pub const fn qemu_status(self) -> i32 {
+            ((self as i32) << 1) | 1
+        }
+
+        /// Which reason a QEMU exit status stands for, if any.
+        pub fn from_qemu_status(status: i32) -> Option<KernelExit> {
+            Self::ALL.into_iter().find(|reason| reason.qemu_status() == status)
+        }
+    }
+}
+
+pub mod cmdline {
+    //! Keys of the kernel command line (`-append`), written as `key=value` separated by spaces.
+
+    /// Maximum log level: `error`, `warn`, `info`, `debug` or `trace`.
+    pub const LOG: &str = "log";
+    /// Seconds after boot at which the kernel prints its `stats:` line and exits with success.
+    pub const SHUTDOWN_AFTER: &str = "shutdown_after";
+    /// Test only: make the kernel fault on purpose after boot (see [`TEST_FAULT_KINDS`]).
+    pub const TEST_FAULT: &str = "test_fault";
+    /// Values accepted by [`TEST_FAULT`].
+    pub const TEST_FAULT_KINDS: [&str; 3] = ["page_fault", "invalid_opcode", "panic"];
+    /// Prefix of the line the kernel prints with its counters, as `name=value` pairs.
+    pub const STATS_PREFIX: &str = "stats:";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host::KernelExit;
+
+    #[test]
+    fn exit_status_round_trips_and_never_collides_with_qemu_own_statuses() {
+        for reason in KernelExit::ALL {
+            let status = reason.qemu_status();
+            assert_eq!(KernelExit::from_qemu_status(status), Some(reason));
+            // 0: QEMU exited by itself (triple fault with -no-reboot); 1: QEMU error.
+            assert!(status > 1);
+        }
+        assert_eq!(KernelExit::Success.qemu_status(), 33);
+        assert_eq!(KernelExit::from_qemu_status(0), None);
+        assert_eq!(KernelExit::from_qemu_status(1), None);
+    }
+}

@@ -1,0 +1,121 @@
+//! The kernel command line: `key=value` words separated by spaces (keys in
+//! [`hypercall_abi::cmdline`]). Anything the kernel does not understand is an error that names
+//! the word, so a typo in a test's options fails loudly instead of being ignored.
+
+use hypercall_abi::cmdline as keys;
+use log::LevelFilter;
+
+/// A fault the kernel triggers on purpose, to test that faults are reported (test images only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TestFault {
+    /// Write to an unmapped kernel address: `#PF`, vector 14.
+    PageFault,
+    /// Execute `ud2`: `#UD`, vector 6.
+    InvalidOpcode,
+    /// A Rust `panic!`.
+    Panic,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelArgs {
+    pub log_level: LevelFilter,
+    pub shutdown_after_secs: Option<u64>,
+    pub test_fault: Option<TestFault>,
+}
+
+impl Default for KernelArgs {
+    fn default() -> Self {
+        KernelArgs { log_level: LevelFilter::Info, shutdown_after_secs: None, test_fault: None }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CmdlineError<'a> {
+    /// A word without `=`.
+    NotKeyValue(&'a str),
+    UnknownKey(&'a str),
+    BadValue { key: &'a str, value: &'a str, expected: &'static str },
+}
+
+impl core::fmt::Display for CmdlineError<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NotKeyValue(word) => write!(f, "`{word}` is not key=value"),
+            Self::UnknownKey(key) => write!(f, "unknown option `{key}`"),
+            Self::BadValue { key, value, expected } => {
+                write!(f, "bad value `{value}` for `{key}`: expected {expected}")
+            }
+        }
+    }
+}
+
+pub fn parse(cmdline: &str) -> Result<KernelArgs, CmdlineError<'_>> {
+    let mut args = KernelArgs::default();
+    for word in cmdline.split_ascii_whitespace() {
+        let (key, value) = word.split_once('=').ok_or(CmdlineError::NotKeyValue(word))?;
+        match key {
+            keys::LOG => {
+                args.log_level = value.parse().map_err(|_| CmdlineError::BadValue {
+                    key,
+                    value,
+                    expected: "off, error, warn, info, debug or trace",
+                })?;
+            }
+            keys::SHUTDOWN_AFTER => {
+                let secs: u64 = value.parse().ok().filter(|&s| s > 0 && s <= 86_400 * 365).ok_or(
+                    CmdlineError::BadValue { key, value, expected: "whole seconds, 1 or more" },
+                )?;
+                args.shutdown_after_secs = Some(secs);
+            }
+            keys::TEST_FAULT => {
+                let [page_fault, invalid_opcode, panic] = keys::TEST_FAULT_KINDS;
+                args.test_fault = Some(match value {
+                    v if v == page_fault => TestFault::PageFault,
+                    v if v == invalid_opcode => TestFault::InvalidOpcode,
+                    v if v == panic => TestFault::Panic,
+                    _ => {
+                        return Err(CmdlineError::BadValue {
+                            key,
+                            value,
+                            expected: "page_fault, invalid_opcode or panic",
+                        })
+                    }
+                });
+            }
+            _ => return Err(CmdlineError::UnknownKey(key)),
+        }
+    }
+    Ok(args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_gives_defaults() {
+        assert_eq!(parse("").unwrap(), KernelArgs::default());
+        assert_eq!(parse("   ").unwrap(), KernelArgs::default());
+    }
+
+    #[test]
+    fn every_option_parses() {
+        let args = parse(" log=debug  shutdown_after=3 test_fault=page_fault ").unwrap();
+        assert_eq!(args.log_level, LevelFilter::Debug);
+        assert_eq!(args.shutdown_after_secs, Some(3));
+        assert_eq!(args.test_fault, Some(TestFault::PageFault));
+        assert_eq!(parse("test_fault=invalid_opcode").unwrap().test_fault, Some(TestFault::InvalidOpcode));
+        assert_eq!(parse("test_fault=panic").unwrap().test_fault, Some(TestFault::Panic));
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        assert_eq!(parse("log=debug quiet"), Err(CmdlineError::NotKeyValue("quiet")));
+        assert_eq!(parse("shutdown=3"), Err(CmdlineError::UnknownKey("shutdown")));
+        assert!(matches!(parse("log=loud"), Err(CmdlineError::BadValue { key: "log", value: "loud", .. })));
+        assert!(matches!(parse("shutdown_after=0"), Err(CmdlineError::BadValue { .. })));
+        assert!(matches!(parse("shutdown_after=-1"), Err(CmdlineError::BadValue { .. })));
+        assert!(matches!(parse("shutdown_after=3s"), Err(CmdlineError::BadValue { .. })));
+        assert!(matches!(parse("test_fault=gp"), Err(CmdlineError::BadValue { .. })));
+    }
+}

@@ -1,0 +1,15 @@
+//! Portable logic of the isolation kernel.
+//!
+//! Everything here is plain, safe Rust with no hardware access, so the same code runs in the
+//! kernel and in host unit tests (`cargo test -p isolation-kernel`). The hardware side (boot,
+//! CPU tables, paging, interrupts, drivers) lives in the binary (`src/main.rs`) and calls into
+//! these modules.
+
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+pub mod cmdline;
+pub mod frame_alloc;
+pub mod memmap;
+pub mod pvh;
+pub mod stats;
