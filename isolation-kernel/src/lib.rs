@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cmdline;
+pub mod exceptions;
 pub mod frame_alloc;
 pub mod memmap;
 pub mod pvh;

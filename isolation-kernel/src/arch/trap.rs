@@ -1,0 +1,120 @@
+//! Trap entry and exit: our own assembly stubs save the complete register frame, call
+//! [`trap_dispatch`](crate::trap_dispatch) with a pointer to it, and restore whatever the frame
+//! holds afterwards (which is what will let the scheduler switch guests by rewriting it).
+//!
+//! There is one 16-byte stub per vector, at `trap_stubs + 16 * vector`. Vectors for which the
+//! CPU pushes no error code get a zero pushed instead, so every frame has the same layout.
+
+use isolation_kernel::exceptions::pushes_error_code;
+
+/// The registers of the interrupted context, as laid out on the stack by the entry stubs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TrapFrame {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rbp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rbx: u64,
+    pub rax: u64,
+    pub vector: u64,
+    pub error_code: u64,
+    // Pushed by the CPU.
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+impl TrapFrame {
+    /// Whether the trap interrupted ring 3.
+    pub fn from_user(&self) -> bool {
+        self.cs & 3 == 3
+    }
+}
+
+/// Size in bytes of one entry stub.
+const STUB_BYTES: u64 = 16;
+
+core::arch::global_asm!(
+    r#"
+    .section .text.trap_stubs, "ax", @progbits
+    .balign 16
+    .global trap_stubs
+trap_stubs:
+    .set trap_vector, 0
+    .rept 256
+    .balign 16
+    .if (trap_vector == 8) || ((trap_vector >= 10) && (trap_vector <= 14)) || (trap_vector == 17) || (trap_vector == 21) || (trap_vector == 29) || (trap_vector == 30)
+    .else
+    pushq $0
+    .endif
+    pushq $trap_vector
+    jmp trap_common
+    .set trap_vector, trap_vector + 1
+    .endr
+
+trap_common:
+    pushq %rax
+    pushq %rbx
+    pushq %rcx
+    pushq %rdx
+    pushq %rsi
+    pushq %rdi
+    pushq %rbp
+    pushq %r8
+    pushq %r9
+    pushq %r10
+    pushq %r11
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, %rdi             # &mut TrapFrame; the CPU aligned the stack, 22 words keep it so
+    cld
+    call {dispatch}
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %r11
+    popq %r10
+    popq %r9
+    popq %r8
+    popq %rbp
+    popq %rdi
+    popq %rsi
+    popq %rdx
+    popq %rcx
+    popq %rbx
+    popq %rax
+    addq $16, %rsp              # vector and error code
+    iretq
+    "#,
+    dispatch = sym crate::trap_dispatch,
+    options(att_syntax)
+);
+
+extern "C" {
+    /// First of the 256 entry stubs.
+    static trap_stubs: [u8; 0];
+}
+
+/// Address of the entry stub for `vector`.
+pub fn stub_address(vector: u8) -> u64 {
+    // Keep the assembly's error-code list and the Rust one in step.
+    debug_assert!(pushes_error_code(8) && !pushes_error_code(32));
+    // Only the address of the symbol is taken; nothing is read through it.
+    let base = (&raw const trap_stubs) as u64;
+    base + u64::from(vector) * STUB_BYTES
+}

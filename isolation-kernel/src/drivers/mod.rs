@@ -1,0 +1,4 @@
+//! Device drivers: typed wrappers over port I/O and MMIO.
+
+pub mod debug_exit;
+pub mod serial;

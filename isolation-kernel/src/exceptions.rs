@@ -1,0 +1,53 @@
+//! Names of the x86 exception vectors, for fault reports.
+
+/// Vectors 0..=31 with the mnemonic and a short description; reserved vectors are `None`.
+pub fn exception_name(vector: u64) -> Option<(&'static str, &'static str)> {
+    Some(match vector {
+        0 => ("#DE", "divide error"),
+        1 => ("#DB", "debug"),
+        2 => ("NMI", "non-maskable interrupt"),
+        3 => ("#BP", "breakpoint"),
+        4 => ("#OF", "overflow"),
+        5 => ("#BR", "bound range exceeded"),
+        6 => ("#UD", "invalid opcode"),
+        7 => ("#NM", "device not available"),
+        8 => ("#DF", "double fault"),
+        9 => ("CSO", "coprocessor segment overrun"),
+        10 => ("#TS", "invalid TSS"),
+        11 => ("#NP", "segment not present"),
+        12 => ("#SS", "stack-segment fault"),
+        13 => ("#GP", "general protection fault"),
+        14 => ("#PF", "page fault"),
+        16 => ("#MF", "x87 floating-point error"),
+        17 => ("#AC", "alignment check"),
+        18 => ("#MC", "machine check"),
+        19 => ("#XM", "SIMD floating-point exception"),
+        20 => ("#VE", "virtualization exception"),
+        21 => ("#CP", "control protection exception"),
+        28 => ("#HV", "hypervisor injection exception"),
+        29 => ("#VC", "VMM communication exception"),
+        30 => ("#SX", "security exception"),
+        _ => return None,
+    })
+}
+
+/// Whether the CPU pushes an error code for this vector (the trap stubs push a zero otherwise,
+/// so every frame has the same shape).
+pub const fn pushes_error_code(vector: u64) -> bool {
+    matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_vectors_and_error_codes() {
+        assert_eq!(exception_name(14), Some(("#PF", "page fault")));
+        assert_eq!(exception_name(15), None);
+        assert_eq!(exception_name(32), None);
+        let with_code: Vec<u64> = (0..256).filter(|&v| pushes_error_code(v)).collect();
+        assert_eq!(with_code, vec![8, 10, 11, 12, 13, 14, 17, 21, 29, 30]);
+        assert!(with_code.iter().all(|&v| exception_name(v).is_some()));
+    }
+}

@@ -1,0 +1,349 @@
+//! Boot sequence, trap dispatch, the idle loop and shutdown.
+
+use crate::arch::{self, cpu, lapic, trap::TrapFrame};
+use crate::drivers::debug_exit::exit_qemu;
+use crate::mm::{self, paging, phys};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use hypercall_abi::host::KernelExit;
+use isolation_kernel::cmdline::{self, KernelArgs, TestFault};
+use isolation_kernel::exceptions::exception_name;
+use isolation_kernel::frame_alloc::{bitmap_words, FrameAllocator};
+use isolation_kernel::memmap::{usable_memory, MemoryKind, Range, RegionSet, FRAME_SIZE};
+use isolation_kernel::pvh;
+use isolation_kernel::stats::Stats;
+use x86_64::VirtAddr;
+
+/// Bytes of the boot (and, later, trap) stack, above one unmapped guard page.
+const KERNEL_STACK_BYTES: usize = 64 * 1024;
+const GUARD_BYTES: usize = 4096;
+/// Timer interrupts per second.
+pub const TIMER_HZ: u64 = 100;
+pub const TIMER_VECTOR: u8 = 32;
+pub const SPURIOUS_VECTOR: u8 = 0xff;
+/// Size of the kernel heap.
+const HEAP_BYTES: u64 = 4 << 20;
+/// Physical memory below this is the legacy BIOS area; the kernel leaves it alone.
+const LOW_MEMORY_LIMIT: u64 = 1 << 20;
+
+#[repr(C, align(4096))]
+pub struct KernelStack(pub [u8; GUARD_BYTES + KERNEL_STACK_BYTES]);
+
+/// The stack `kernel_entry` runs on; its lowest page is left unmapped as a guard.
+pub static mut BOOT_STACK: KernelStack = KernelStack([0; GUARD_BYTES + KERNEL_STACK_BYTES]);
+
+pub static PANICKING: AtomicBool = AtomicBool::new(false);
+static TSC_HZ: AtomicU64 = AtomicU64::new(0);
+static BOOT_TSC: AtomicU64 = AtomicU64::new(0);
+static TIMER_TICKS: AtomicU64 = AtomicU64::new(0);
+static LAPIC: spin::Once<lapic::LocalApic> = spin::Once::new();
+
+extern "C" {
+    static __kernel_phys_start: u8;
+    static __text_start: u8;
+    static __text_end: u8;
+    static __rodata_start: u8;
+    static __rodata_end: u8;
+    static __data_start: u8;
+    static __data_end: u8;
+    static __kernel_end: u8;
+}
+
+/// Console output that bypasses the log level (panics, the stats line, exit reasons).
+pub fn console_write_fmt(args: core::fmt::Arguments<'_>) {
+    crate::logger::write_fmt(args);
+}
+
+pub fn uptime_micros() -> u64 {
+    let hz = TSC_HZ.load(Ordering::Relaxed);
+    if hz == 0 {
+        return 0;
+    }
+    let ticks = cpu::rdtsc().saturating_sub(BOOT_TSC.load(Ordering::Relaxed));
+    (u128::from(ticks) * 1_000_000 / u128::from(hz)) as u64
+}
+
+fn kernel_layout() -> (paging::KernelLayout, u64, u64) {
+    // Only the addresses of the linker-defined symbols are taken; nothing is read through them.
+    let (phys_start, text_start, text_end, rodata_start, rodata_end, data_start, data_end, end) = (
+        (&raw const __kernel_phys_start) as u64,
+        (&raw const __text_start) as u64,
+        (&raw const __text_end) as u64,
+        (&raw const __rodata_start) as u64,
+        (&raw const __rodata_end) as u64,
+        (&raw const __data_start) as u64,
+        (&raw const __data_end) as u64,
+        (&raw const __kernel_end) as u64,
+    );
+    let stack_guard_page = (&raw const BOOT_STACK) as u64;
+    let layout = paging::KernelLayout {
+        text: Range { start: text_start, end: text_end },
+        rodata: Range { start: rodata_start, end: rodata_end },
+        data: Range { start: data_start, end: data_end },
+        stack_guard_page,
+    };
+    (layout, phys_start, end - paging::KERNEL_VMA)
+}
+
+fn boot_stack_top() -> VirtAddr {
+    VirtAddr::new((&raw const BOOT_STACK) as u64 + core::mem::size_of::<KernelStack>() as u64)
+}
+
+fn fail(args: core::fmt::Arguments<'_>) -> ! {
+    log::error!("{args}");
+    exit_qemu(KernelExit::Failure)
+}
+
+/// Entered from the PVH trampoline on the boot stack, with the boot page tables.
+pub extern "C" fn kernel_entry(start_info_phys: u64) -> ! {
+    crate::logger::init();
+    arch::gdt::init(boot_stack_top());
+    arch::idt::init();
+    log::info!("isolation kernel {} (ABI {}) booting", env!("CARGO_PKG_VERSION"), hypercall_abi::ABI_VERSION);
+
+    let info = pvh::parse_start_info(&phys::BootPhysReader, start_info_phys)
+        .unwrap_or_else(|e| fail(format_args!("PVH start info at {start_info_phys:#x}: {e}")));
+    static mut CMDLINE: [u8; pvh::MAX_CMDLINE_LEN + 1] = [0; pvh::MAX_CMDLINE_LEN + 1];
+    // SAFETY: `kernel_entry` runs once, so this is the only reference to the buffer ever made.
+    let cmdline_buf = unsafe { &mut *(&raw mut CMDLINE) };
+    let cmdline_text = match info.cmdline_phys {
+        Some(loc) => pvh::read_cmdline(&phys::BootPhysReader, loc, cmdline_buf)
+            .unwrap_or_else(|e| fail(format_args!("kernel command line: {e}"))),
+        None => "",
+    };
+    let args = cmdline::parse(cmdline_text)
+        .unwrap_or_else(|e| fail(format_args!("kernel command line `{cmdline_text}`: {e}")));
+    log::set_max_level(args.log_level);
+    log::info!("command line: `{cmdline_text}`");
+
+    setup_memory(&info);
+    calibrate_and_start_timer();
+    log_cpu();
+
+    if let Some(fault) = args.test_fault {
+        trigger_test_fault(fault);
+    }
+    run(&args)
+}
+
+fn setup_memory(info: &pvh::StartInfo) {
+    log::info!("memory map ({} entries from PVH start info):", info.memory_map().len());
+    for entry in info.memory_map() {
+        let kind = match entry.kind {
+            MemoryKind::Usable => "usable",
+            MemoryKind::AcpiReclaimable => "ACPI",
+            MemoryKind::Reserved => "reserved",
+        };
+        log::info!(
+            "  [{:#014x}-{:#014x}] {kind}",
+            entry.start,
+            entry.start.saturating_add(entry.size).saturating_sub(1)
+        );
+    }
+    let mut usable = usable_memory(info.memory_map(), LOW_MEMORY_LIMIT)
+        .unwrap_or_else(|_| fail(format_args!("memory map too fragmented")));
+    let managed_end = usable.ranges().last().map_or(0, |r| r.end);
+
+    // Frames that hold the kernel image and boot modules are never handed out.
+    let (layout, image_start, image_end) = kernel_layout();
+    let mut taken = RegionSet::new();
+    let _ = taken.insert(image_start, image_end);
+    for module in info.modules() {
+        let _ = taken.insert(module.phys, module.phys.saturating_add(module.size));
+    }
+    for r in taken.ranges() {
+        let start = r.start - r.start % FRAME_SIZE;
+        let _ = usable.remove(start, r.end.next_multiple_of(FRAME_SIZE));
+    }
+
+    // The bitmap itself takes the first run of usable frames the boot tables can reach.
+    let frame_count = managed_end / FRAME_SIZE;
+    let bitmap_bytes = (bitmap_words(frame_count) * 8) as u64;
+    let bitmap_span = bitmap_bytes.next_multiple_of(FRAME_SIZE);
+    let bitmap_phys = usable
+        .ranges()
+        .iter()
+        .find(|r| r.len() >= bitmap_span && r.start + bitmap_span <= arch::boot::BOOT_DIRECT_MAP_BYTES)
+        .map(|r| r.start)
+        .unwrap_or_else(|| fail(format_args!("no room below 1 GiB for a {bitmap_bytes}-byte frame bitmap")));
+    let _ = usable.remove(bitmap_phys, bitmap_phys + bitmap_span);
+    let bitmap_ptr = phys::phys_to_virt(bitmap_phys).as_mut_ptr::<u64>();
+    // SAFETY: the bitmap's frames were just removed from usable RAM, so nothing else will use
+    // them; they lie in the first GiB, mapped by the boot tables and later by the direct map.
+    let bitmap = unsafe { core::slice::from_raw_parts_mut(bitmap_ptr, bitmap_words(frame_count)) };
+    let mut frames = FrameAllocator::new(bitmap, frame_count).expect("bitmap sized for frame_count");
+    for r in usable.ranges() {
+        frames.add_free_range(r.start, r.end);
+    }
+    log::info!(
+        "frames: {} usable of {} ({} MiB), bitmap {} KiB at {:#x}, kernel image {:#x}-{:#x}",
+        frames.free_frames(),
+        frame_count,
+        frames.free_frames() * FRAME_SIZE >> 20,
+        bitmap_bytes / 1024,
+        bitmap_phys,
+        image_start,
+        image_end
+    );
+
+    // The direct map covers every RAM range the loader reported, whole frames outward.
+    let mut ram = RegionSet::new();
+    for entry in info.memory_map().iter().filter(|e| e.kind != MemoryKind::Reserved) {
+        let start = entry.start - entry.start % FRAME_SIZE;
+        let end = entry.start.saturating_add(entry.size).next_multiple_of(FRAME_SIZE);
+        let _ = ram.insert(start, end);
+    }
+    paging::init(&mut frames, ram.ranges(), &layout, arch::boot::BOOT_DIRECT_MAP_BYTES);
+    log::info!("paging: kernel page tables active, direct map at {:#x}", phys::DIRECT_MAP_OFFSET);
+
+    let heap_phys = frames
+        .allocate_contiguous(HEAP_BYTES / FRAME_SIZE, 1)
+        .unwrap_or_else(|| fail(format_args!("no {} KiB of contiguous memory for the heap", HEAP_BYTES / 1024)));
+    mm::heap::init(heap_phys, HEAP_BYTES as usize);
+    *phys::FRAMES.lock() = Some(frames);
+
+    // Prove the heap works before anything relies on it.
+    let probe: alloc::vec::Vec<u64> = (0..512).collect();
+    assert_eq!(probe.iter().sum::<u64>(), 511 * 512 / 2);
+    drop(probe);
+    log::info!("heap: {} KiB at physical {heap_phys:#x}", HEAP_BYTES / 1024);
+}
+
+fn calibrate_and_start_timer() {
+    let (hz, source) = arch::tsc::frequency();
+    BOOT_TSC.store(cpu::rdtsc(), Ordering::Relaxed);
+    TSC_HZ.store(hz, Ordering::Relaxed);
+    log::info!("tsc: {}.{:03} MHz ({})", hz / 1_000_000, hz / 1000 % 1000, source.describe());
+
+    arch::pic::remap_and_mask();
+    let (has_apic, has_x2apic) = lapic::features();
+    if !has_apic {
+        fail(format_args!("this CPU has no local APIC"));
+    }
+    let mode = if has_x2apic {
+        lapic::Mode::X2Apic
+    } else {
+        let base = lapic::xapic_phys_base();
+        lapic::Mode::XApic(phys::with_frames(|frames| paging::map_mmio_page(0, base, frames)))
+    };
+    // SAFETY: x2APIC is used only where CPUID reports it; otherwise the xAPIC page was just
+    // mapped uncached at the address given.
+    let apic = LAPIC.call_once(|| unsafe { lapic::LocalApic::enable(mode, SPURIOUS_VECTOR) });
+    let per_10ms = apic.measure_timer_rate(hz / 100);
+    let period = (per_10ms * 100 / TIMER_HZ).clamp(1, u64::from(u32::MAX)) as u32;
+    apic.start_periodic_timer(TIMER_VECTOR, period);
+    log::info!(
+        "lapic: id {} ({}), timer {} Hz ({} ticks/period at divide 16), 8259A PIC masked",
+        apic.id(),
+        match apic.mode() {
+            lapic::Mode::X2Apic => "x2APIC",
+            lapic::Mode::XApic(_) => "xAPIC",
+        },
+        TIMER_HZ,
+        period
+    );
+}
+
+fn log_cpu() {
+    let mut brand = [0u8; 48];
+    log::info!("cpu: {}", cpu::brand_string(&mut brand));
+}
+
+fn trigger_test_fault(fault: TestFault) {
+    log::warn!("test_fault={fault:?}: faulting on purpose");
+    match fault {
+        TestFault::PageFault => {
+            // An address in the kernel half that nothing maps (below the MMIO window).
+            let unmapped = (paging::MMIO_WINDOW - 0x1000_0000) as *mut u64;
+            // SAFETY: deliberately unsound: this write must fault, which is what the test checks.
+            unsafe { unmapped.write_volatile(0xdead) };
+        }
+        // SAFETY: `ud2` only raises #UD, which is what the test checks.
+        TestFault::InvalidOpcode => unsafe { core::arch::asm!("ud2") },
+        TestFault::Panic => panic!("test_fault=panic requested on the command line"),
+    }
+    fail(format_args!("test fault {fault:?} did not fault"));
+}
+
+fn stats() -> Stats {
+    let (frames_managed, frames_free) = phys::with_frames(|f| (f.managed_frames(), f.free_frames()));
+    let (heap_bytes_used, heap_bytes_free) = mm::heap::usage();
+    Stats {
+        uptime_ms: uptime_micros() / 1000,
+        timer_ticks: TIMER_TICKS.load(Ordering::Relaxed),
+        frames_managed,
+        frames_free,
+        heap_bytes_used,
+        heap_bytes_free,
+    }
+}
+
+/// The idle loop: halts between interrupts, reports uptime once a second, and ends the machine
+/// when the shutdown deadline passes.
+fn run(args: &KernelArgs) -> ! {
+    let hz = TSC_HZ.load(Ordering::Relaxed);
+    let boot = BOOT_TSC.load(Ordering::Relaxed);
+    let deadline = args.shutdown_after_secs.map(|s| boot + s * hz);
+    let mut next_report = boot + hz;
+    let mut seconds = 0;
+    log::info!(
+        "boot complete in {} us; {}",
+        uptime_micros(),
+        match args.shutdown_after_secs {
+            Some(_) => "idling until shutdown_after",
+            None => "idling (no shutdown_after given)",
+        }
+    );
+    loop {
+        cpu::enable_interrupts_and_halt();
+        x86_64::instructions::interrupts::disable();
+        let now = cpu::rdtsc();
+        if now >= next_report {
+            seconds += 1;
+            next_report += hz;
+            log::info!("uptime {seconds} s, timer ticks {}", TIMER_TICKS.load(Ordering::Relaxed));
+        }
+        if deadline.is_some_and(|d| now >= d) {
+            console_write_fmt(format_args!("{}\n", stats()));
+            log::info!("shutdown_after reached: exiting");
+            exit_qemu(KernelExit::Success);
+        }
+    }
+}
+
+/// Called by the trap entry stub with the saved registers of the interrupted context.
+pub extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
+    match frame.vector {
+        v if v == u64::from(TIMER_VECTOR) => {
+            TIMER_TICKS.fetch_add(1, Ordering::Relaxed);
+            if let Some(apic) = LAPIC.get() {
+                apic.end_of_interrupt();
+            }
+        }
+        v if v == u64::from(SPURIOUS_VECTOR) => {}
+        v if v < 32 => kernel_fault(frame),
+        v => log::warn!("unexpected interrupt vector {v}"),
+    }
+}
+
+/// A CPU exception in kernel mode: report it and end the machine.
+fn kernel_fault(frame: &TrapFrame) -> ! {
+    let (mnemonic, name) = exception_name(frame.vector).unwrap_or(("?", "reserved vector"));
+    let cr2 = if frame.vector == 14 { cpu::cr2() } else { 0 };
+    console_write_fmt(format_args!(
+        "KERNEL FAULT: vector {} ({mnemonic} {name}) error {:#x} rip {:#x} cr2 {:#x} rsp {:#x} cs {:#x} rflags {:#x}\n",
+        frame.vector, frame.error_code, frame.rip, cr2, frame.rsp, frame.cs, frame.rflags
+    ));
+    exit_qemu(KernelExit::KernelFault)
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    x86_64::instructions::interrupts::disable();
+    if PANICKING.swap(true, Ordering::Relaxed) {
+        // A panic while reporting a panic: do not risk a loop.
+        exit_qemu(KernelExit::Panic);
+    }
+    console_write_fmt(format_args!("KERNEL PANIC: {info}\n"));
+    exit_qemu(KernelExit::Panic)
+}
+

@@ -1,0 +1,167 @@
+//! The kernel's own page tables, replacing the boot tables: a direct map of physical RAM
+//! (writable, never executable) in the upper half, the kernel image in the top 2 GiB with
+//! per-section permissions and a guard page under the boot stack, and nothing in the lower half,
+//! which belongs to guests. Kernel mappings are global so switching guest page tables keeps them
+//! in the TLB.
+
+use super::phys::{phys_to_virt, DIRECT_MAP_OFFSET};
+use isolation_kernel::frame_alloc::FrameAllocator;
+use isolation_kernel::memmap::Range;
+use x86_64::registers::control::{Cr3, Cr3Flags, Cr4, Cr4Flags};
+use x86_64::registers::model_specific::{Efer, EferFlags};
+use x86_64::structures::paging::mapper::MapToError;
+use x86_64::structures::paging::{
+    FrameAllocator as PageTableFrameSource, Mapper, OffsetPageTable, Page, PageTable,
+    PageTableFlags as Flags, PhysFrame, Size2MiB, Size4KiB,
+};
+use x86_64::{PhysAddr, VirtAddr};
+
+/// Where the linker placed the kernel image: virtual = physical + KERNEL_VMA.
+pub const KERNEL_VMA: u64 = 0xffff_ffff_8000_0000;
+/// Kernel virtual addresses for device registers (MMIO), one 4 KiB page each.
+pub const MMIO_WINDOW: u64 = 0xffff_ff00_0000_0000;
+const PAGE: u64 = 4096;
+const LARGE_PAGE: u64 = 2 << 20;
+
+/// The kernel image's sections, as virtual address ranges.
+pub struct KernelLayout {
+    pub text: Range,
+    pub rodata: Range,
+    pub data: Range,
+    /// A page inside `data` left unmapped so a kernel stack overflow faults.
+    pub stack_guard_page: u64,
+}
+
+/// Hands the `x86_64` crate frames for page tables, refusing any that the current (boot)
+/// mapping cannot reach, since the crate writes new tables through the direct map.
+struct TableFrames<'a, 'b> {
+    frames: &'a mut FrameAllocator<'b>,
+    reachable_below: u64,
+}
+
+// SAFETY: every frame returned comes from the frame allocator, so it is unused RAM that nothing
+// else will be given, and it lies below `reachable_below`, which the active page tables map at
+// the direct-map offset.
+unsafe impl PageTableFrameSource<Size4KiB> for TableFrames<'_, '_> {
+    fn allocate_frame(&mut self) -> Option<PhysFrame<Size4KiB>> {
+        let phys = self.frames.allocate()?;
+        if phys + PAGE > self.reachable_below {
+            self.frames.deallocate(phys).expect("frame was just allocated");
+            return None;
+        }
+        Some(PhysFrame::containing_address(PhysAddr::new(phys)))
+    }
+}
+
+/// The kernel's page table, for later mappings (MMIO, guests' kernel halves).
+pub static KERNEL_PAGE_TABLE: spin::Mutex<Option<OffsetPageTable<'static>>> = spin::Mutex::new(None);
+
+fn no_execute() -> Flags {
+    if Efer::read().contains(EferFlags::NO_EXECUTE_ENABLE) {
+        Flags::NO_EXECUTE
+    } else {
+        Flags::empty()
+    }
+}
+
+const TABLE_FLAGS: Flags = Flags::PRESENT.union(Flags::WRITABLE);
+
+/// Maps `[phys, phys + len)` at `virt`, with 2 MiB pages wherever both sides are aligned.
+fn map_range(
+    table: &mut OffsetPageTable<'static>,
+    frames: &mut TableFrames<'_, '_>,
+    virt: u64,
+    phys: u64,
+    len: u64,
+    flags: Flags,
+) -> Result<(), MapToError<Size4KiB>> {
+    let mut offset = 0;
+    while offset < len {
+        let (v, p) = (virt + offset, phys + offset);
+        if v % LARGE_PAGE == 0 && p % LARGE_PAGE == 0 && len - offset >= LARGE_PAGE {
+            let page = Page::<Size2MiB>::containing_address(VirtAddr::new(v));
+            let frame = PhysFrame::<Size2MiB>::containing_address(PhysAddr::new(p));
+            // SAFETY: a fresh mapping in a table that is not active yet (or of MMIO/RAM nobody
+            // else maps at this address); it aliases nothing the kernel relies on.
+            unsafe { table.map_to_with_table_flags(page, frame, flags | Flags::HUGE_PAGE, TABLE_FLAGS, frames) }
+                .map_err(|e| match e {
+                    MapToError::FrameAllocationFailed => MapToError::FrameAllocationFailed,
+                    MapToError::ParentEntryHugePage => MapToError::ParentEntryHugePage,
+                    MapToError::PageAlreadyMapped(_) => {
+                        MapToError::PageAlreadyMapped(PhysFrame::containing_address(PhysAddr::new(p)))
+                    }
+                })?
+                .ignore();
+            offset += LARGE_PAGE;
+        } else {
+            let page = Page::<Size4KiB>::containing_address(VirtAddr::new(v));
+            let frame = PhysFrame::<Size4KiB>::containing_address(PhysAddr::new(p));
+            // SAFETY: as above.
+            unsafe { table.map_to_with_table_flags(page, frame, flags, TABLE_FLAGS, frames) }?.ignore();
+            offset += PAGE;
+        }
+    }
+    Ok(())
+}
+
+/// Builds the kernel's page tables and switches to them.
+///
+/// `ram` lists the physical ranges to direct-map; `reachable_below` is how much of physical
+/// memory the boot tables map (new page-table frames must lie below it).
+pub fn init(frames: &mut FrameAllocator<'static>, ram: &[Range], layout: &KernelLayout, reachable_below: u64) {
+    let nx = no_execute();
+    let mut source = TableFrames { frames, reachable_below };
+    let pml4_frame = source.allocate_frame().expect("a frame for the kernel PML4");
+    let pml4_ptr = phys_to_virt(pml4_frame.start_address().as_u64()).as_mut_ptr::<PageTable>();
+    // SAFETY: the frame is fresh RAM below `reachable_below`, mapped by the boot tables at the
+    // direct-map offset; nothing else refers to it, so a unique `'static` reference is sound.
+    let pml4: &'static mut PageTable = unsafe {
+        pml4_ptr.write(PageTable::new());
+        &mut *pml4_ptr
+    };
+    // SAFETY: all of physical memory that the tables will ever point into is (or, for frames
+    // the allocator hands out, will be) mapped at DIRECT_MAP_OFFSET.
+    let mut table = unsafe { OffsetPageTable::new(pml4, VirtAddr::new(DIRECT_MAP_OFFSET)) };
+
+    let data_flags = Flags::PRESENT | Flags::WRITABLE | Flags::GLOBAL | nx;
+    for range in ram {
+        map_range(&mut table, &mut source, phys_to_virt(range.start).as_u64(), range.start, range.len(), data_flags)
+            .expect("direct map of RAM");
+    }
+    let sections = [
+        (layout.text, Flags::PRESENT | Flags::GLOBAL),
+        (layout.rodata, Flags::PRESENT | Flags::GLOBAL | nx),
+        (layout.data, data_flags),
+    ];
+    for (section, flags) in sections {
+        let mut virt = section.start;
+        while virt < section.end {
+            if virt != layout.stack_guard_page {
+                map_range(&mut table, &mut source, virt, virt - KERNEL_VMA, PAGE, flags).expect("kernel image mapping");
+            }
+            virt += PAGE;
+        }
+    }
+
+    // SAFETY: the new tables map everything the kernel touches from here on: its code, data and
+    // stack at the same virtual addresses as before, and RAM at the same direct-map offset.
+    // CR4.PGE makes the global kernel entries survive later address-space switches.
+    unsafe {
+        Cr3::write(pml4_frame, Cr3Flags::empty());
+        Cr4::update(|cr4| cr4.insert(Cr4Flags::PAGE_GLOBAL));
+    }
+    *KERNEL_PAGE_TABLE.lock() = Some(table);
+}
+
+/// Maps one 4 KiB page of device registers at `MMIO_WINDOW + slot * 4 KiB`, uncached, and returns
+/// its virtual address.
+pub fn map_mmio_page(slot: u64, phys: u64, frames: &mut FrameAllocator<'static>) -> VirtAddr {
+    let virt = MMIO_WINDOW + slot * PAGE;
+    let flags = Flags::PRESENT | Flags::WRITABLE | Flags::NO_CACHE | Flags::WRITE_THROUGH | Flags::GLOBAL | no_execute();
+    let mut guard = KERNEL_PAGE_TABLE.lock();
+    let table = guard.as_mut().expect("paging::init runs first");
+    let mut source = TableFrames { frames, reachable_below: u64::MAX };
+    map_range(table, &mut source, virt, phys, PAGE, flags).expect("MMIO mapping");
+    x86_64::instructions::tlb::flush(VirtAddr::new(virt));
+    VirtAddr::new(virt)
+}
