@@ -151,7 +151,7 @@ impl<'a> FrameAllocator<'a> {
 
     /// Returns an allocated frame.
     pub fn deallocate(&mut self, phys: u64) -> Result<(), FreeError> {
-        if phys % FRAME_SIZE != 0 {
+        if !phys.is_multiple_of(FRAME_SIZE) {
             return Err(FreeError::Unaligned(phys));
         }
         let frame = phys / FRAME_SIZE;

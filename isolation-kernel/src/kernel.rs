@@ -102,11 +102,10 @@ pub extern "C" fn kernel_entry(start_info_phys: u64) -> ! {
 
     let info = pvh::parse_start_info(&phys::BootPhysReader, start_info_phys)
         .unwrap_or_else(|e| fail(format_args!("PVH start info at {start_info_phys:#x}: {e}")));
-    static mut CMDLINE: [u8; pvh::MAX_CMDLINE_LEN + 1] = [0; pvh::MAX_CMDLINE_LEN + 1];
-    // SAFETY: `kernel_entry` runs once, so this is the only reference to the buffer ever made.
-    let cmdline_buf = unsafe { &mut *(&raw mut CMDLINE) };
+    // The command line is copied out before the boot page tables (and their view of it) go.
+    let mut cmdline_buf = [0u8; pvh::MAX_CMDLINE_LEN + 1];
     let cmdline_text = match info.cmdline_phys {
-        Some(loc) => pvh::read_cmdline(&phys::BootPhysReader, loc, cmdline_buf)
+        Some(loc) => pvh::read_cmdline(&phys::BootPhysReader, loc, &mut cmdline_buf)
             .unwrap_or_else(|e| fail(format_args!("kernel command line: {e}"))),
         None => "",
     };
@@ -127,7 +126,7 @@ pub extern "C" fn kernel_entry(start_info_phys: u64) -> ! {
 
 fn setup_memory(info: &pvh::StartInfo) {
     log::info!("memory map ({} entries from PVH start info):", info.memory_map().len());
-    for entry in info.memory_map() {
+    for entry in info.memory_map().iter().filter(|e| e.size > 0) {
         let kind = match entry.kind {
             MemoryKind::Usable => "usable",
             MemoryKind::AcpiReclaimable => "ACPI",
@@ -178,7 +177,7 @@ fn setup_memory(info: &pvh::StartInfo) {
         "frames: {} usable of {} ({} MiB), bitmap {} KiB at {:#x}, kernel image {:#x}-{:#x}",
         frames.free_frames(),
         frame_count,
-        frames.free_frames() * FRAME_SIZE >> 20,
+        (frames.free_frames() * FRAME_SIZE) >> 20,
         bitmap_bytes / 1024,
         bitmap_phys,
         image_start,

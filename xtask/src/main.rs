@@ -1,1 +1,127 @@
-fn main() {}
+//! `cargo xtask`: build, run and test the isolation kernel and its images.
+
+mod checks;
+mod manifest;
+mod pack;
+mod qemu;
+mod tests;
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+use hypercall_abi::cmdline as keys;
+use hypercall_abi::host::KernelExit;
+use qemu::{AccelChoice, QemuConfig};
+use std::time::Duration;
+
+/// The image `cargo xtask run` boots when none is named.
+const DEFAULT_IMAGE: &str = "empty";
+
+#[derive(Parser)]
+#[command(about = "Build, run and test the isolation kernel", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the kernel (release, x86_64-unknown-none) and pack images into target/images/NAME/.
+    Build {
+        /// Image to pack (a file images/NAME.toml); every image when omitted.
+        image: Option<String>,
+    },
+    /// Boot an image in QEMU; the console is this terminal (Ctrl-C ends QEMU).
+    Run(RunArgs),
+    /// Host unit tests, then the QEMU integration tests. Exit status 0 only if all pass.
+    Test {
+        /// Run only the QEMU tests whose name contains this text.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Skip the host unit tests.
+        #[arg(long)]
+        qemu_only: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Image to boot (images/NAME.toml).
+    #[arg(default_value = DEFAULT_IMAGE)]
+    image: String,
+    /// Accelerator: auto picks KVM only on hosts with vmx/svm (PVM's /dev/kvm is slower than TCG).
+    #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
+    accel: AccelChoice,
+    /// Shut down after this many seconds, printing the kernel's stats line.
+    #[arg(long = "for", value_name = "SECONDS")]
+    for_secs: Option<u64>,
+    /// Kernel log level: off, error, warn, info, debug, trace (default: the image's).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(manifest::LOG_LEVELS))]
+    log: Option<String>,
+    /// Start QEMU halted, waiting for a debugger on tcp::1234 (`gdb -ex 'target remote :1234'`).
+    #[arg(long)]
+    gdb: bool,
+    /// Kill QEMU after this many seconds (default: none, or --for plus a margin).
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<u64>,
+}
+
+fn main() {
+    if let Err(error) = real_main() {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Build { image } => {
+            for image in pack::build(image.as_deref())? {
+                println!("packed {} -> {}", image.name, image.dir.display());
+            }
+            Ok(())
+        }
+        Cmd::Run(args) => run(args),
+        Cmd::Test { filter, qemu_only } => tests::run_all(filter.as_deref(), qemu_only),
+    }
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    let image = pack::build(Some(&args.image))?.remove(0);
+    let accel = qemu::resolve_accel(args.accel)?;
+    let log = args.log.unwrap_or_else(|| image.manifest.kernel.log.clone());
+    let mut append = format!("{}={log}", keys::LOG);
+    if let Some(secs) = args.for_secs {
+        append += &format!(" {}={secs}", keys::SHUTDOWN_AFTER);
+    }
+    let config = QemuConfig {
+        kernel: &image.kernel,
+        accel,
+        memory_mib: image.manifest.kernel.memory_mib,
+        append,
+        gdb: args.gdb,
+    };
+    let cmd = config.command();
+    qemu::save_command(&image.dir, &cmd)?;
+    println!("image {}: {}", image.name, image.manifest.description);
+    println!("accelerator: {} ({})", accel.name(), accel_reason(args.accel));
+    println!("qemu command: {}", qemu::shell_line(&cmd));
+    if args.gdb {
+        println!("waiting for gdb: gdb {} -ex 'target remote :1234'", image.kernel.display());
+    }
+    let margin = if accel == qemu::Accel::Kvm { 120 } else { 30 };
+    let timeout = args.timeout.or(args.for_secs.map(|s| s + margin)).map(Duration::from_secs);
+    let outcome = qemu::run_captured(cmd, timeout.unwrap_or(Duration::MAX), true)?;
+    println!("{}", outcome.describe());
+    match outcome.exit() {
+        Some(KernelExit::Success) => Ok(()),
+        _ => bail!("image {} did not end with success", image.name),
+    }
+}
+
+fn accel_reason(choice: AccelChoice) -> &'static str {
+    match choice {
+        AccelChoice::Auto if qemu::host_has_hardware_virtualization() => "auto: host CPU has vmx/svm",
+        AccelChoice::Auto => "auto: no vmx/svm on this host, and PVM's /dev/kvm is slower than TCG",
+        _ => "as requested",
+    }
+}

@@ -38,7 +38,7 @@ pub struct TrapFrame {
 
 impl TrapFrame {
     /// Whether the trap interrupted ring 3.
-    pub fn from_user(&self) -> bool {
+    pub fn came_from_user(&self) -> bool {
         self.cs & 3 == 3
     }
 }

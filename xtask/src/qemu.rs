@@ -1,0 +1,230 @@
+//! Starting QEMU: choosing the accelerator, building the command line, running it with a
+//! timeout and capturing the serial console.
+
+use anyhow::{bail, Context, Result};
+use hypercall_abi::host::{KernelExit, DEBUG_EXIT_IOSIZE, DEBUG_EXIT_PORT};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const QEMU: &str = "qemu-system-x86_64";
+/// qboot starts a PVH kernel in about half the time SeaBIOS takes (see shared/MACHINE.md).
+const QBOOT: &str = "/usr/share/qemu/qboot.rom";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AccelChoice {
+    /// KVM when the host CPU has hardware virtualization (vmx/svm), TCG otherwise.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// Whether the host CPU has hardware virtualization. `/dev/kvm` alone is not enough: on PVM
+/// hosts it exists but runs our ring-0 code ~100x slower than TCG.
+pub fn host_has_hardware_virtualization() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|info| {
+        info.lines()
+            .filter(|l| l.starts_with("flags"))
+            .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+    })
+}
+
+pub fn kvm_usable() -> bool {
+    std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
+}
+
+pub fn resolve_accel(choice: AccelChoice) -> Result<Accel> {
+    match choice {
+        AccelChoice::Tcg => Ok(Accel::Tcg),
+        AccelChoice::Kvm if kvm_usable() => Ok(Accel::Kvm),
+        AccelChoice::Kvm => bail!("--accel kvm: /dev/kvm is missing or not accessible"),
+        AccelChoice::Auto if host_has_hardware_virtualization() && kvm_usable() => Ok(Accel::Kvm),
+        AccelChoice::Auto => Ok(Accel::Tcg),
+    }
+}
+
+/// Everything that varies between QEMU runs.
+pub struct QemuConfig<'a> {
+    pub kernel: &'a Path,
+    pub accel: Accel,
+    pub memory_mib: u32,
+    pub append: String,
+    pub gdb: bool,
+}
+
+impl QemuConfig<'_> {
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(QEMU);
+        cmd.args(["-M", "pc", "-nodefaults", "-no-reboot", "-display", "none", "-monitor", "none"]);
+        if Path::new(QBOOT).exists() {
+            cmd.args(["-bios", QBOOT]);
+        }
+        match self.accel {
+            Accel::Tcg => cmd.args(["-accel", "tcg", "-cpu", "max"]),
+            // PVM (and some hosts) refuse to set IA32_ARCH_CAPABILITIES; the kernel needs none of it.
+            Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host,-arch-capabilities"]),
+        };
+        cmd.args(["-smp", "1", "-m"]).arg(format!("{}M", self.memory_mib));
+        cmd.args(["-serial", "stdio"]);
+        cmd.args(["-device"]).arg(format!("isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize={DEBUG_EXIT_IOSIZE:#x}"));
+        cmd.arg("-kernel").arg(self.kernel);
+        cmd.arg("-append").arg(&self.append);
+        if self.gdb {
+            cmd.args(["-s", "-S"]);
+        }
+        cmd
+    }
+}
+
+/// The command as one shell line, for humans and for `qemu-cmd.txt`.
+pub fn shell_line(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| {
+            let a = a.to_string_lossy();
+            if a.chars().all(|c| c.is_ascii_alphanumeric() || "-_=./,:+".contains(c)) {
+                a.into_owned()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// How a QEMU run ended.
+#[derive(Debug)]
+pub struct Outcome {
+    /// QEMU's exit status, `None` if killed by the timeout or a signal.
+    pub status: Option<i32>,
+    pub timed_out: bool,
+    /// Everything the kernel wrote to the serial console (and QEMU to stderr, at the end).
+    pub log: String,
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    pub fn exit(&self) -> Option<KernelExit> {
+        self.status.and_then(KernelExit::from_qemu_status)
+    }
+
+    /// One line saying how the run ended.
+    pub fn describe(&self) -> String {
+        match (self.timed_out, self.status, self.exit()) {
+            (true, _, _) => format!("timed out after {:.1} s and was killed", self.elapsed.as_secs_f64()),
+            (false, _, Some(reason)) => format!("kernel exit {reason:?} after {:.2} s", self.elapsed.as_secs_f64()),
+            (false, Some(status), None) => format!("QEMU exited with status {status}, not a kernel exit code"),
+            (false, None, None) => "QEMU was killed by a signal".to_string(),
+        }
+    }
+}
+
+/// Runs QEMU, capturing the console; kills it after `timeout`. With `echo`, console lines are
+/// also printed as they arrive.
+pub fn run_captured(mut cmd: Command, timeout: Duration, echo: bool) -> Result<Outcome> {
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {QEMU} (is it installed? `apt-get install qemu-system-x86`)"))?;
+    let log = Arc::new(Mutex::new(String::new()));
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let reader = {
+        let log = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
+                let line = String::from_utf8_lossy(&line).trim_end_matches('\r').to_string();
+                if echo {
+                    println!("{line}");
+                    let _ = std::io::stdout().flush();
+                }
+                let mut log = log.lock().expect("log lock");
+                log.push_str(&line);
+                log.push('\n');
+            }
+        })
+    };
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let stderr_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if start.elapsed() >= timeout {
+            timed_out = true;
+            let _ = child.kill();
+            break child.wait()?;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let elapsed = start.elapsed();
+    let _ = reader.join();
+    let stderr_text = stderr_reader.join().unwrap_or_default();
+    let mut log = std::mem::take(&mut *log.lock().expect("log lock"));
+    if !stderr_text.trim().is_empty() {
+        log.push_str("--- qemu stderr ---\n");
+        log.push_str(&stderr_text);
+    }
+    Ok(Outcome { status: if timed_out { None } else { status.code() }, timed_out, log, elapsed })
+}
+
+/// Writes the exact command next to the image, so it can be rerun by hand.
+pub fn save_command(image_dir: &Path, cmd: &Command) -> Result<PathBuf> {
+    let path = image_dir.join("qemu-cmd.txt");
+    std::fs::write(&path, shell_line(cmd) + "\n")?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_has_exit_device_timeout_safe_options_and_kernel() {
+        let cfg = QemuConfig {
+            kernel: Path::new("/tmp/k.elf"),
+            accel: Accel::Tcg,
+            memory_mib: 64,
+            append: "log=info shutdown_after=3".into(),
+            gdb: false,
+        };
+        let line = shell_line(&cfg.command());
+        assert!(line.contains("-device isa-debug-exit,iobase=0xf4,iosize=0x4"), "{line}");
+        assert!(line.contains("-no-reboot"));
+        assert!(line.contains("-accel tcg -cpu max"));
+        assert!(line.contains("-kernel /tmp/k.elf -append 'log=info shutdown_after=3'"), "{line}");
+        assert!(!line.contains(" -S"));
+    }
+
+    #[test]
+    fn statuses_are_described() {
+        let o = Outcome { status: Some(33), timed_out: false, log: String::new(), elapsed: Duration::from_secs(1) };
+        assert_eq!(o.exit(), Some(KernelExit::Success));
+        let o = Outcome { status: Some(0), timed_out: false, log: String::new(), elapsed: Duration::from_secs(1) };
+        assert!(o.describe().contains("not a kernel exit code"));
+    }
+}

@@ -1,0 +1,202 @@
+//! `cargo xtask test`: host unit tests, then QEMU integration tests. Every QEMU run has a
+//! timeout; a failing test prints the kernel's console log.
+
+use crate::checks;
+use crate::pack::{self, Image};
+use crate::qemu::{self, Accel, Outcome, QemuConfig};
+use anyhow::{bail, Context, Result};
+use hypercall_abi::cmdline as keys;
+use hypercall_abi::host::KernelExit;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Timeouts: TCG boots in well under a second; PVM emulates ring 0 and takes seconds.
+const TCG_TIMEOUT: Duration = Duration::from_secs(60);
+const KVM_TIMEOUT: Duration = Duration::from_secs(180);
+
+struct Ctx {
+    empty: Image,
+}
+
+/// A failed check, with the log of the run it came from.
+struct Failure {
+    reason: String,
+    log: String,
+}
+
+type TestResult = std::result::Result<Verdict, Failure>;
+
+enum Verdict {
+    Pass,
+    Skip(String),
+}
+
+struct QemuTest {
+    name: &'static str,
+    run: fn(&Ctx) -> TestResult,
+}
+
+const QEMU_TESTS: &[QemuTest] = &[
+    QemuTest { name: "boot_tcg", run: boot_tcg },
+    QemuTest { name: "boot_kvm", run: boot_kvm },
+    QemuTest { name: "kernel_page_fault_reported", run: kernel_page_fault_reported },
+    QemuTest { name: "kernel_invalid_opcode_reported", run: kernel_invalid_opcode_reported },
+    QemuTest { name: "kernel_panic_reported", run: kernel_panic_reported },
+    QemuTest { name: "bad_command_line_refused", run: bad_command_line_refused },
+    QemuTest { name: "hung_kernel_is_killed_by_timeout", run: hung_kernel_is_killed_by_timeout },
+];
+
+pub fn run_all(filter: Option<&str>, qemu_only: bool) -> Result<()> {
+    if !qemu_only {
+        println!("== host unit tests (cargo test)");
+        let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .current_dir(pack::workspace_root())
+            .arg("test")
+            .status()
+            .context("running cargo test")?;
+        if !status.success() {
+            bail!("host unit tests failed");
+        }
+    }
+
+    println!("== building the kernel and images");
+    let kernel = pack::build_kernel()?;
+    let ctx = Ctx { empty: pack::pack_image("empty", &kernel)? };
+
+    println!("== QEMU integration tests");
+    let mut failed = Vec::new();
+    for test in QEMU_TESTS.iter().filter(|t| filter.is_none_or(|f| t.name.contains(f))) {
+        let start = Instant::now();
+        let result = (test.run)(&ctx);
+        let secs = start.elapsed().as_secs_f64();
+        match result {
+            Ok(Verdict::Pass) => println!("PASS {} ({secs:.1} s)", test.name),
+            Ok(Verdict::Skip(why)) => println!("SKIP {}: {why}", test.name),
+            Err(failure) => {
+                println!("FAIL {} ({secs:.1} s): {}", test.name, failure.reason);
+                println!("---- console log of {} ----\n{}---- end of log ----", test.name, failure.log);
+                failed.push(test.name);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!("{} QEMU test(s) failed: {}", failed.len(), failed.join(", "));
+    }
+    println!("all tests passed");
+    Ok(())
+}
+
+fn boot(image: &Image, accel: Accel, append: &str, timeout: Duration) -> std::result::Result<Outcome, Failure> {
+    let config = QemuConfig {
+        kernel: &image.kernel,
+        accel,
+        memory_mib: image.manifest.kernel.memory_mib,
+        append: append.to_string(),
+        gdb: false,
+    };
+    qemu::run_captured(config.command(), timeout, false)
+        .map_err(|e| Failure { reason: format!("{e:#}"), log: String::new() })
+}
+
+/// Turns a failed condition into a [`Failure`] carrying the log.
+fn check(outcome: &Outcome, ok: bool, reason: impl FnOnce() -> String) -> std::result::Result<(), Failure> {
+    if ok {
+        Ok(())
+    } else {
+        Failure { reason: format!("{} ({})", reason(), outcome.describe()), log: outcome.log.clone() }.into_err()
+    }
+}
+
+impl Failure {
+    fn into_err<T>(self) -> std::result::Result<T, Failure> {
+        Err(self)
+    }
+}
+
+fn expect_exit(outcome: &Outcome, want: KernelExit) -> std::result::Result<(), Failure> {
+    check(outcome, outcome.exit() == Some(want), || format!("expected kernel exit {want:?}"))
+}
+
+fn expect_line(outcome: &Outcome, needle: &str) -> std::result::Result<(), Failure> {
+    check(outcome, outcome.log.contains(needle), || format!("console log lacks `{needle}`"))
+}
+
+/// The kernel boots, reports memory, TSC and an advancing tick count, and exits cleanly.
+fn check_clean_boot(outcome: &Outcome) -> std::result::Result<(), Failure> {
+    expect_exit(outcome, KernelExit::Success)?;
+    expect_line(outcome, "memory map (")?;
+    check(outcome, outcome.log.lines().any(|l| l.trim_end().ends_with("] usable")), || "no usable memory-map entry logged".into())?;
+    expect_line(outcome, "paging: kernel page tables active")?;
+    let mhz = checks::tsc_mhz(&outcome.log);
+    check(outcome, mhz.is_some_and(|m| m > 100.0), || format!("TSC frequency {mhz:?} MHz is missing or implausible"))?;
+    let reports = checks::uptime_reports(&outcome.log);
+    check(outcome, reports.len() >= 2, || format!("expected 2 uptime reports, got {}", reports.len()))?;
+    check(outcome, reports.windows(2).all(|w| w[1].1 > w[0].1 && w[0].1 > 0), || {
+        format!("timer ticks do not advance: {reports:?}")
+    })?;
+    let stats = checks::stats(&outcome.log);
+    let ticks = stats.as_ref().and_then(|s| s.get("timer_ticks").copied());
+    check(outcome, ticks.is_some_and(|t| t >= reports.last().map_or(1, |r| r.1)), || {
+        format!("stats line missing or timer_ticks wrong: {stats:?}")
+    })?;
+    let frames_free = stats.as_ref().and_then(|s| s.get("frames_free").copied()).unwrap_or(0);
+    check(outcome, frames_free > 0, || "stats report no free frames".into())
+}
+
+fn boot_append(secs: u64) -> String {
+    format!("{}=info {}={secs}", keys::LOG, keys::SHUTDOWN_AFTER)
+}
+
+fn boot_tcg(ctx: &Ctx) -> TestResult {
+    let outcome = boot(&ctx.empty, Accel::Tcg, &boot_append(2), TCG_TIMEOUT)?;
+    check_clean_boot(&outcome)?;
+    Ok(Verdict::Pass)
+}
+
+fn boot_kvm(ctx: &Ctx) -> TestResult {
+    if !qemu::kvm_usable() {
+        return Ok(Verdict::Skip("/dev/kvm is missing or not accessible on this host".into()));
+    }
+    let outcome = boot(&ctx.empty, Accel::Kvm, &boot_append(2), KVM_TIMEOUT)?;
+    check_clean_boot(&outcome)?;
+    Ok(Verdict::Pass)
+}
+
+fn fault_test(ctx: &Ctx, kind: &str, exit: KernelExit, needles: &[&str]) -> TestResult {
+    let append = format!("{}={kind} {}=5", keys::TEST_FAULT, keys::SHUTDOWN_AFTER);
+    let outcome = boot(&ctx.empty, Accel::Tcg, &append, TCG_TIMEOUT)?;
+    expect_exit(&outcome, exit)?;
+    for needle in needles {
+        expect_line(&outcome, needle)?;
+    }
+    check(&outcome, checks::stats(&outcome.log).is_none(), || "a faulting kernel must not report a clean shutdown".into())?;
+    Ok(Verdict::Pass)
+}
+
+fn kernel_page_fault_reported(ctx: &Ctx) -> TestResult {
+    fault_test(ctx, "page_fault", KernelExit::KernelFault, &["KERNEL FAULT: vector 14 (#PF page fault) error 0x2 rip 0xffffffff8", "cr2 0xfffffeff"])
+}
+
+fn kernel_invalid_opcode_reported(ctx: &Ctx) -> TestResult {
+    fault_test(ctx, "invalid_opcode", KernelExit::KernelFault, &["KERNEL FAULT: vector 6 (#UD invalid opcode) error 0x0 rip 0xffffffff8"])
+}
+
+fn kernel_panic_reported(ctx: &Ctx) -> TestResult {
+    fault_test(ctx, "panic", KernelExit::Panic, &["KERNEL PANIC: panicked at isolation-kernel/src/", "test_fault=panic requested"])
+}
+
+fn bad_command_line_refused(ctx: &Ctx) -> TestResult {
+    let outcome = boot(&ctx.empty, Accel::Tcg, "shutdown_after=soon", TCG_TIMEOUT)?;
+    expect_exit(&outcome, KernelExit::Failure)?;
+    expect_line(&outcome, "bad value `soon` for `shutdown_after`")?;
+    Ok(Verdict::Pass)
+}
+
+/// The harness itself: a kernel that never exits is killed at the timeout and reported.
+fn hung_kernel_is_killed_by_timeout(ctx: &Ctx) -> TestResult {
+    let outcome = boot(&ctx.empty, Accel::Tcg, "log=info", Duration::from_secs(3))?;
+    check(&outcome, outcome.timed_out && outcome.status.is_none(), || "QEMU was not killed at the timeout".into())?;
+    check(&outcome, outcome.describe().contains("timed out"), || "timeout not described".into())?;
+    expect_line(&outcome, "idling (no shutdown_after given)")?;
+    Ok(Verdict::Pass)
+}
