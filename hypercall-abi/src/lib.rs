@@ -4,15 +4,28 @@
 //! code that touches hardware, so it builds for any target and its tests run on the host.
 //!
 //! What is defined so far:
-//! - [`ABI_VERSION`], which guests will check against the boot-info page;
+//! - [`ABI_VERSION`], which guests check against the boot-info page;
+//! - [`vi`]: the virtual instructions (ports, argument registers, results, errors, misuse);
+//! - [`layout`]: where things sit in every guest's address space;
+//! - [`boot_info`]: the read-only boot-info page, encoded and decoded field by field;
+//! - [`initrd`]: what the initrd that carries guest images holds, and the image config format;
+//! - [`guest`] (bare-metal guests only): the wrappers that issue the virtual instructions;
 //! - [`host`]: how the kernel ends QEMU and what its exit status means to `cargo xtask`;
 //! - [`cmdline`]: the keys of the kernel command line that the harness sets.
 //!
-//! The virtual instructions, the boot-info page and the vNIC rings are added with the issues that
-//! implement them; nothing here describes an interface that does not exist yet.
+//! The vNIC rings are added with the issue that implements them; nothing here describes an
+//! interface that does not exist yet.
 
 #![no_std]
-#![forbid(unsafe_code)]
+// Only the guest-side wrappers (inline `out`) need unsafe code, and they opt in explicitly.
+#![deny(unsafe_code)]
+
+pub mod boot_info;
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+pub mod guest;
+pub mod initrd;
+pub mod layout;
+pub mod vi;
 
 /// Version of the guest/kernel ABI. Bumped on every incompatible change of this crate.
 pub const ABI_VERSION: u32 = 1;

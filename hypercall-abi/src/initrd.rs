@@ -1,0 +1,208 @@
+//! The initrd (QEMU `-initrd`, a PVH boot module) that carries an image's guests.
+//!
+//! It is a cpio archive in the "newc" format (so `cpio -t < initrd.cpio` lists it) holding
+//! [`CONFIG_FILE`], the image config below, and one ELF file per app at `bin/<app>`.
+//! `cargo xtask build` writes it from the image's TOML manifest; the kernel reads it at boot.
+//!
+//! The image config is line-based, because the kernel has no TOML parser: `#` starts a comment
+//! line, and every other line is a record type followed by tab-separated `key=value` fields.
+//!
+//! ```text
+//! image	name=hello
+//! guest	name=hello-0	app=hello	heap_kib=64	cpu_budget_ms=0	expect=exit:0	args=a b
+//! ```
+//!
+//! `expect` is `exit:<code>`, `stopped:<text the stop cause contains>`, `running` (still
+//! running at shutdown) or `any`. `cpu_budget_ms=0` means no CPU budget. `args` comes last and
+//! may contain spaces (not tabs).
+
+/// Path of the image config inside the archive.
+pub const CONFIG_FILE: &str = "image.cfg";
+/// Directory of the app ELF files inside the archive.
+pub const APP_DIR: &str = "bin/";
+/// Longest guest or image name.
+pub const MAX_NAME: usize = crate::boot_info::MAX_NAME_LEN;
+
+/// What a guest is expected to do, checked by the kernel when the run ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect<'a> {
+    Exit(i32),
+    /// Stopped by the kernel with a cause containing this text.
+    Stopped(&'a str),
+    /// Still running when the kernel shuts down (servers).
+    Running,
+    Any,
+}
+
+impl core::fmt::Display for Expect<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Expect::Exit(code) => write!(f, "exit:{code}"),
+            Expect::Stopped(cause) => write!(f, "stopped:{cause}"),
+            Expect::Running => f.write_str("running"),
+            Expect::Any => f.write_str("any"),
+        }
+    }
+}
+
+impl<'a> Expect<'a> {
+    pub fn parse(text: &'a str) -> Option<Expect<'a>> {
+        match text {
+            "running" => Some(Expect::Running),
+            "any" => Some(Expect::Any),
+            _ => {
+                if let Some(code) = text.strip_prefix("exit:") {
+                    code.parse().ok().map(Expect::Exit)
+                } else {
+                    text.strip_prefix("stopped:").filter(|c| !c.is_empty()).map(Expect::Stopped)
+                }
+            }
+        }
+    }
+}
+
+/// One guest of the image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestSpec<'a> {
+    pub name: &'a str,
+    pub app: &'a str,
+    pub heap_kib: u64,
+    pub cpu_budget_ms: u64,
+    pub expect: Expect<'a>,
+    pub args: &'a str,
+}
+
+impl core::fmt::Display for GuestSpec<'_> {
+    /// The config line for this guest (without the newline).
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "guest\tname={}\tapp={}\theap_kib={}\tcpu_budget_ms={}\texpect={}\targs={}",
+            self.name, self.app, self.heap_kib, self.cpu_budget_ms, self.expect, self.args
+        )
+    }
+}
+
+/// One record of the image config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Record<'a> {
+    Image { name: &'a str },
+    Guest(GuestSpec<'a>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigError<'a> {
+    UnknownRecord { line: usize, record: &'a str },
+    MissingField { line: usize, field: &'static str },
+    BadField { line: usize, field: &'a str },
+}
+
+impl core::fmt::Display for ConfigError<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ConfigError::UnknownRecord { line, record } => write!(f, "line {line}: unknown record `{record}`"),
+            ConfigError::MissingField { line, field } => write!(f, "line {line}: missing field `{field}`"),
+            ConfigError::BadField { line, field } => write!(f, "line {line}: bad or unknown field `{field}`"),
+        }
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+fn parse_guest(line: usize, fields: core::str::Split<'_, char>) -> Result<GuestSpec<'_>, ConfigError<'_>> {
+    let (mut name, mut app, mut heap_kib, mut budget, mut expect, mut args) = (None, None, None, None, None, None);
+    for field in fields {
+        let bad = ConfigError::BadField { line, field };
+        let (key, value) = field.split_once('=').ok_or(bad)?;
+        match key {
+            "name" if valid_name(value) => name = Some(value),
+            "app" if valid_name(value) => app = Some(value),
+            "heap_kib" => heap_kib = Some(value.parse().map_err(|_| bad)?),
+            "cpu_budget_ms" => budget = Some(value.parse().map_err(|_| bad)?),
+            "expect" => expect = Some(Expect::parse(value).ok_or(bad)?),
+            "args" => args = Some(value),
+            _ => return Err(bad),
+        }
+    }
+    let missing = |field| ConfigError::MissingField { line, field };
+    Ok(GuestSpec {
+        name: name.ok_or(missing("name"))?,
+        app: app.ok_or(missing("app"))?,
+        heap_kib: heap_kib.ok_or(missing("heap_kib"))?,
+        cpu_budget_ms: budget.unwrap_or(0),
+        expect: expect.unwrap_or(Expect::Any),
+        args: args.unwrap_or(""),
+    })
+}
+
+/// The records of an image config, in order; each line's error names its line number (1-based).
+pub fn parse_config(text: &str) -> impl Iterator<Item = Result<Record<'_>, ConfigError<'_>>> {
+    text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty() && !l.starts_with('#')).map(|(index, l)| {
+        let line = index + 1;
+        let mut fields = l.split('\t');
+        match fields.next().unwrap_or("") {
+            "image" => {
+                let field = fields.next().unwrap_or("");
+                match field.strip_prefix("name=") {
+                    Some(name) if valid_name(name) && fields.next().is_none() => Ok(Record::Image { name }),
+                    _ => Err(ConfigError::BadField { line, field }),
+                }
+            }
+            "guest" => parse_guest(line, fields).map(Record::Guest),
+            record => Err(ConfigError::UnknownRecord { line, record }),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::string::ToString;
+    use std::vec::Vec;
+
+    #[test]
+    fn written_lines_parse_back() {
+        let spec = GuestSpec {
+            name: "hello-3",
+            app: "hello",
+            heap_kib: 64,
+            cpu_budget_ms: 500,
+            expect: Expect::Stopped("page fault"),
+            args: "a b  c",
+        };
+        let text = "# comment\nimage\tname=hello\n\n".to_string() + &spec.to_string() + "\n";
+        let records: Vec<_> = parse_config(&text).collect();
+        assert_eq!(records, [Ok(Record::Image { name: "hello" }), Ok(Record::Guest(spec))]);
+    }
+
+    #[test]
+    fn mistakes_name_their_line() {
+        let errors: Vec<_> = parse_config("image\tname=x\nguest\tname=a\theap_kib=1\nvm\tname=b\nguest\tname=a\tapp=b\theap_kib=lots\nguest\tname=a b\tapp=x\theap_kib=1\nguest\tname=a\tapp=x\theap_kib=1\texpect=exit:x")
+            .filter_map(Result::err)
+            .collect();
+        assert_eq!(
+            errors,
+            [
+                ConfigError::MissingField { line: 2, field: "app" },
+                ConfigError::UnknownRecord { line: 3, record: "vm" },
+                ConfigError::BadField { line: 4, field: "heap_kib=lots" },
+                ConfigError::BadField { line: 5, field: "name=a b" },
+                ConfigError::BadField { line: 6, field: "expect=exit:x" },
+            ]
+        );
+    }
+
+    #[test]
+    fn expectations_parse() {
+        assert_eq!(Expect::parse("exit:-1"), Some(Expect::Exit(-1)));
+        assert_eq!(Expect::parse("stopped:divide error"), Some(Expect::Stopped("divide error")));
+        assert_eq!(Expect::parse("stopped:"), None);
+        assert_eq!(Expect::parse("running"), Some(Expect::Running));
+        assert_eq!(Expect::parse("exited"), None);
+    }
+}

@@ -1,0 +1,35 @@
+//! The fixed layout of every guest's address space (the lower half; the kernel owns the upper
+//! half and guests cannot touch it). Guest programs are linked at [`IMAGE_BASE`] with the small
+//! code model, so everything sits below 2 GiB.
+
+pub const PAGE_SIZE: u64 = 4096;
+
+/// The read-only boot-info page (see [`crate::boot_info`]).
+pub const BOOT_INFO_ADDR: u64 = 0x0020_0000;
+/// Lowest address a guest ELF segment may occupy; guest programs are linked here.
+pub const IMAGE_BASE: u64 = 0x0040_0000;
+/// End of the region for ELF segments.
+pub const IMAGE_LIMIT: u64 = 0x1000_0000;
+/// Start of the guest heap; its size comes from the image manifest (boot info says it).
+pub const HEAP_BASE: u64 = 0x1000_0000;
+/// Largest heap a guest may ask for.
+pub const MAX_HEAP_SIZE: u64 = 0x4000_0000;
+/// Top of the guest stack (exclusive); the stack grows down from here.
+pub const STACK_TOP: u64 = 0x7fff_0000;
+/// Size of the guest stack. The page below it is left unmapped as a guard.
+pub const STACK_SIZE: u64 = 64 * 1024;
+/// First address that is not guest memory: the end of the lower canonical half.
+pub const USER_LIMIT: u64 = 0x0000_8000_0000_0000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_are_ordered_aligned_and_below_2_gib() {
+        let bounds = [BOOT_INFO_ADDR, IMAGE_BASE, IMAGE_LIMIT, HEAP_BASE, HEAP_BASE + MAX_HEAP_SIZE, STACK_TOP - STACK_SIZE - PAGE_SIZE, STACK_TOP];
+        assert!(bounds.windows(2).all(|w| w[0] <= w[1]), "{bounds:x?}");
+        assert!(bounds.iter().all(|b| b % PAGE_SIZE == 0));
+        assert!(STACK_TOP < 1 << 31);
+    }
+}
