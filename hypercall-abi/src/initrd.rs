@@ -12,8 +12,9 @@
 //! guest	name=hello-0	app=hello	heap_kib=64	cpu_budget_ms=0	expect=exit:0	args=a b
 //! ```
 //!
-//! `expect` is `exit:<code>`, `stopped:<text the stop cause contains>`, `running` (still
-//! running at shutdown) or `any`. `cpu_budget_ms=0` means no CPU budget. `args` comes last and
+//! `expect` is `exit:<code>`, `stopped:<text the stop cause contains>`, `refused:<text the load
+//! error contains>` (the kernel must refuse to load the guest), `running` (still running at
+//! shutdown) or `any`. `cpu_budget_ms=0` means no CPU budget. `args` comes last and
 //! may contain spaces (not tabs).
 
 /// Path of the image config inside the archive.
@@ -29,6 +30,8 @@ pub enum Expect<'a> {
     Exit(i32),
     /// Stopped by the kernel with a cause containing this text.
     Stopped(&'a str),
+    /// Refused at load time with an error containing this text (bad ELF files).
+    Refused(&'a str),
     /// Still running when the kernel shuts down (servers).
     Running,
     Any,
@@ -39,6 +42,7 @@ impl core::fmt::Display for Expect<'_> {
         match self {
             Expect::Exit(code) => write!(f, "exit:{code}"),
             Expect::Stopped(cause) => write!(f, "stopped:{cause}"),
+            Expect::Refused(error) => write!(f, "refused:{error}"),
             Expect::Running => f.write_str("running"),
             Expect::Any => f.write_str("any"),
         }
@@ -53,6 +57,8 @@ impl<'a> Expect<'a> {
             _ => {
                 if let Some(code) = text.strip_prefix("exit:") {
                     code.parse().ok().map(Expect::Exit)
+                } else if let Some(error) = text.strip_prefix("refused:") {
+                    Some(Expect::Refused(error)).filter(|_| !error.is_empty())
                 } else {
                     text.strip_prefix("stopped:").filter(|c| !c.is_empty()).map(Expect::Stopped)
                 }
@@ -203,6 +209,8 @@ mod tests {
         assert_eq!(Expect::parse("stopped:divide error"), Some(Expect::Stopped("divide error")));
         assert_eq!(Expect::parse("stopped:"), None);
         assert_eq!(Expect::parse("running"), Some(Expect::Running));
+        assert_eq!(Expect::parse("refused:wrong machine"), Some(Expect::Refused("wrong machine")));
+        assert_eq!(Expect::parse("refused:"), None);
         assert_eq!(Expect::parse("exited"), None);
     }
 }

@@ -37,9 +37,49 @@ pub const fn pushes_error_code(vector: u64) -> bool {
     matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)
 }
 
+/// A page fault described for a log line, from the error code the CPU pushed and CR2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageFault {
+    pub error_code: u64,
+    pub address: u64,
+}
+
+impl core::fmt::Display for PageFault {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        use hypercall_abi::layout::{PAGE_SIZE, USER_LIMIT};
+        let e = self.error_code;
+        let access = if e & 0x10 != 0 {
+            "instruction fetch"
+        } else if e & 0x2 != 0 {
+            "write"
+        } else {
+            "read"
+        };
+        let what = if e & 0x1 == 0 { "not mapped" } else { "protection violation" };
+        let area = if self.address >= USER_LIMIT {
+            ", kernel half"
+        } else if self.address < PAGE_SIZE {
+            ", null page"
+        } else {
+            ""
+        };
+        write!(f, "page fault: {access} at {:#x} ({what}{area})", self.address)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn page_faults_say_what_and_where() {
+        let null = PageFault { error_code: 0x6, address: 0 };
+        assert_eq!(null.to_string(), "page fault: write at 0x0 (not mapped, null page)");
+        let kernel = PageFault { error_code: 0x7, address: 0xffff_8000_0010_0000 };
+        assert_eq!(kernel.to_string(), "page fault: write at 0xffff800000100000 (protection violation, kernel half)");
+        let fetch = PageFault { error_code: 0x15, address: 0x1000_0000 };
+        assert_eq!(fetch.to_string(), "page fault: instruction fetch at 0x10000000 (protection violation)");
+    }
 
     #[test]
     fn named_vectors_and_error_codes() {

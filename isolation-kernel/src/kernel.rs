@@ -30,6 +30,8 @@ pub struct KernelStack(pub [u8; GUARD_BYTES + KERNEL_STACK_BYTES]);
 
 /// The stack `kernel_entry` runs on; its lowest page is left unmapped as a guard.
 pub static mut BOOT_STACK: KernelStack = KernelStack([0; GUARD_BYTES + KERNEL_STACK_BYTES]);
+/// The stack traps from ring 3 land on (TSS RSP0); its lowest page is a guard too.
+static mut TRAP_STACK: KernelStack = KernelStack([0; GUARD_BYTES + KERNEL_STACK_BYTES]);
 
 pub static PANICKING: AtomicBool = AtomicBool::new(false);
 static TSC_HZ: AtomicU64 = AtomicU64::new(0);
@@ -74,18 +76,17 @@ fn kernel_layout() -> (paging::KernelLayout, u64, u64) {
         (&raw const __data_end) as u64,
         (&raw const __kernel_end) as u64,
     );
-    let stack_guard_page = (&raw const BOOT_STACK) as u64;
     let layout = paging::KernelLayout {
         text: Range { start: text_start, end: text_end },
         rodata: Range { start: rodata_start, end: rodata_end },
         data: Range { start: data_start, end: data_end },
-        stack_guard_page,
+        stack_guard_pages: [(&raw const BOOT_STACK) as u64, (&raw const TRAP_STACK) as u64],
     };
     (layout, phys_start, end - paging::KERNEL_VMA)
 }
 
-fn boot_stack_top() -> VirtAddr {
-    VirtAddr::new((&raw const BOOT_STACK) as u64 + core::mem::size_of::<KernelStack>() as u64)
+fn trap_stack_top() -> VirtAddr {
+    VirtAddr::new((&raw const TRAP_STACK) as u64 + core::mem::size_of::<KernelStack>() as u64)
 }
 
 fn fail(args: core::fmt::Arguments<'_>) -> ! {
@@ -96,7 +97,7 @@ fn fail(args: core::fmt::Arguments<'_>) -> ! {
 /// Entered from the PVH trampoline on the boot stack, with the boot page tables.
 pub extern "C" fn kernel_entry(start_info_phys: u64) -> ! {
     crate::logger::init();
-    arch::gdt::init(boot_stack_top());
+    arch::gdt::init(trap_stack_top());
     arch::idt::init();
     log::info!("isolation kernel {} (ABI {}) booting", env!("CARGO_PKG_VERSION"), hypercall_abi::ABI_VERSION);
 
@@ -121,7 +122,36 @@ pub extern "C" fn kernel_entry(start_info_phys: u64) -> ! {
     if let Some(fault) = args.test_fault {
         trigger_test_fault(fault);
     }
+    if let Some(module) = info.modules().first() {
+        // SAFETY: the module's frames were reserved from the frame allocator at boot and it lies
+        // in RAM, which the direct map covers; nothing ever writes to it.
+        let initrd: &'static [u8] = unsafe {
+            core::slice::from_raw_parts(phys::phys_to_virt(module.phys).as_ptr::<u8>(), module.size as usize)
+        };
+        log::info!("initrd: {} bytes at {:#x}", module.size, module.phys);
+        let hz = TSC_HZ.load(Ordering::Relaxed);
+        let deadline = args.shutdown_after_secs.map(|s| BOOT_TSC.load(Ordering::Relaxed) + s * hz);
+        log::info!("boot complete in {} us; starting guests", uptime_micros());
+        crate::guest::boot(initrd, hz, deadline, trap_stack_top().as_u64());
+    }
     run(&args)
+}
+
+/// One tick of the LAPIC timer.
+pub fn timer_tick() {
+    TIMER_TICKS.fetch_add(1, Ordering::Relaxed);
+    if let Some(apic) = LAPIC.get() {
+        apic.end_of_interrupt();
+    }
+}
+
+/// Prints the `stats:` line: the kernel's counters, then the guests'.
+pub fn print_stats() {
+    let mut guest_pairs = alloc::string::String::new();
+    for (name, value) in crate::guest::stats_pairs() {
+        guest_pairs += &alloc::format!(" {name}={value}");
+    }
+    console_write_fmt(format_args!("{}{guest_pairs}\n", stats()));
 }
 
 fn setup_memory(info: &pvh::StartInfo) {
@@ -302,7 +332,7 @@ fn run(args: &KernelArgs) -> ! {
             log::info!("uptime {seconds} s, timer ticks {}", TIMER_TICKS.load(Ordering::Relaxed));
         }
         if deadline.is_some_and(|d| now >= d) {
-            console_write_fmt(format_args!("{}\n", stats()));
+            print_stats();
             log::info!("shutdown_after reached: exiting");
             exit_qemu(KernelExit::Success);
         }
@@ -311,13 +341,11 @@ fn run(args: &KernelArgs) -> ! {
 
 /// Called by the trap entry stub with the saved registers of the interrupted context.
 pub extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
+    if frame.came_from_user() {
+        return crate::guest::handle_user_trap(frame);
+    }
     match frame.vector {
-        v if v == u64::from(TIMER_VECTOR) => {
-            TIMER_TICKS.fetch_add(1, Ordering::Relaxed);
-            if let Some(apic) = LAPIC.get() {
-                apic.end_of_interrupt();
-            }
-        }
+        v if v == u64::from(TIMER_VECTOR) => timer_tick(),
         v if v == u64::from(SPURIOUS_VECTOR) => {}
         v if v < 32 => kernel_fault(frame),
         v => log::warn!("unexpected interrupt vector {v}"),

@@ -8,9 +8,16 @@
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
+extern crate alloc;
+
 pub mod cmdline;
+pub mod cpio;
+pub mod elf;
 pub mod exceptions;
 pub mod frame_alloc;
+pub mod guest_mem;
 pub mod memmap;
 pub mod pvh;
+pub mod sched;
 pub mod stats;
+pub mod vinstr;

@@ -19,6 +19,8 @@ mod arch;
 #[cfg(target_os = "none")]
 mod drivers;
 #[cfg(target_os = "none")]
+mod guest;
+#[cfg(target_os = "none")]
 mod kernel;
 #[cfg(target_os = "none")]
 mod logger;

@@ -1,6 +1,7 @@
 //! `cargo xtask`: build, run and test the isolation kernel and its images.
 
 mod checks;
+mod initrd;
 mod manifest;
 mod pack;
 mod qemu;
@@ -95,6 +96,7 @@ fn run(args: RunArgs) -> Result<()> {
     }
     let config = QemuConfig {
         kernel: &image.kernel,
+        initrd: image.initrd.as_deref(),
         accel,
         memory_mib: image.manifest.kernel.memory_mib,
         append,

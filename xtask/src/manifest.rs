@@ -1,7 +1,10 @@
 //! Image manifests: `images/NAME.toml`. One file per bootable image.
 
 use anyhow::{bail, Context, Result};
+use hypercall_abi::initrd::{Expect, GuestSpec};
+use hypercall_abi::layout::MAX_HEAP_SIZE;
 use serde::Deserialize;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Deserialize, PartialEq)]
@@ -11,6 +14,80 @@ pub struct Manifest {
     pub description: String,
     #[serde(default)]
     pub kernel: KernelSection,
+    /// Groups of guests, in boot order (`[[guest]]` tables).
+    #[serde(default, rename = "guest")]
+    pub guests: Vec<GuestGroup>,
+}
+
+/// `count` guests running the same app.
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GuestGroup {
+    /// A guest-os binary (`hello`, `hostile`, `vi-bench`), or `corrupt-KIND` for a deliberately
+    /// broken ELF made from `hello` (KIND: one of [`CORRUPT_KINDS`]) that the kernel must refuse.
+    pub app: String,
+    #[serde(default = "one")]
+    pub count: u32,
+    /// Guest name; with `count > 1`, the names are `NAME-0`, `NAME-1`, ... Default: the app.
+    pub name: Option<String>,
+    /// Arguments, words separated by spaces.
+    #[serde(default)]
+    pub args: String,
+    #[serde(default = "default_heap_kib")]
+    pub heap_kib: u64,
+    /// CPU time after which the kernel stops the guest; 0 means no limit.
+    #[serde(default)]
+    pub cpu_budget_ms: u64,
+    /// `exit:CODE`, `stopped:CAUSE TEXT`, `refused:ERROR TEXT`, `running` or `any`.
+    #[serde(default = "default_expect")]
+    pub expect: String,
+}
+
+/// Broken ELF files `cargo xtask build` can make from `hello`, for loader tests.
+pub const CORRUPT_KINDS: [&str; 4] = ["truncated", "wrong-machine", "overlapping", "kernel-half"];
+/// Apps that are binaries of guest-os.
+pub const GUEST_APPS: [&str; 3] = ["hello", "hostile", "vi-bench"];
+/// Most guests one image may hold.
+pub const MAX_GUESTS: usize = 4096;
+
+fn one() -> u32 {
+    1
+}
+
+fn default_heap_kib() -> u64 {
+    64
+}
+
+fn default_expect() -> String {
+    "exit:0".into()
+}
+
+/// One guest, expanded from its group, with owned strings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Guest {
+    pub name: String,
+    pub app: String,
+    pub args: String,
+    pub heap_kib: u64,
+    pub cpu_budget_ms: u64,
+    pub expect: String,
+}
+
+impl Guest {
+    pub fn spec(&self) -> GuestSpec<'_> {
+        GuestSpec {
+            name: &self.name,
+            app: &self.app,
+            heap_kib: self.heap_kib,
+            cpu_budget_ms: self.cpu_budget_ms,
+            expect: Expect::parse(&self.expect).expect("validated when the manifest was parsed"),
+            args: &self.args,
+        }
+    }
+}
+
+fn app_is_known(app: &str) -> bool {
+    GUEST_APPS.contains(&app) || app.strip_prefix("corrupt-").is_some_and(|k| CORRUPT_KINDS.contains(&k))
 }
 
 #[derive(Debug, Deserialize, PartialEq)]
@@ -49,7 +126,68 @@ impl Manifest {
         if !(32..=65536).contains(&manifest.kernel.memory_mib) {
             bail!("kernel.memory_mib = {}: expected 32 to 65536", manifest.kernel.memory_mib);
         }
+        for group in &manifest.guests {
+            if !app_is_known(&group.app) {
+                bail!("guest app `{}` is unknown: expected one of {} or corrupt-{{{}}}", group.app, GUEST_APPS.join(", "), CORRUPT_KINDS.join(","));
+            }
+            if Expect::parse(&group.expect).is_none() {
+                bail!("guest `{}`: expect = {:?} is not exit:CODE, stopped:TEXT, refused:TEXT, running or any", group.app, group.expect);
+            }
+            if group.heap_kib % 4 != 0 || group.heap_kib * 1024 > MAX_HEAP_SIZE {
+                bail!("guest `{}`: heap_kib = {} must be a multiple of 4 and at most {}", group.app, group.heap_kib, MAX_HEAP_SIZE / 1024);
+            }
+            if group.args.contains(['\t', '\n']) {
+                bail!("guest `{}`: args may not contain tabs or newlines", group.app);
+            }
+        }
+        let guests = manifest.expand();
+        if guests.len() > MAX_GUESTS {
+            bail!("{} guests: at most {MAX_GUESTS}", guests.len());
+        }
+        let mut names = BTreeSet::new();
+        for guest in &guests {
+            if !names.insert(guest.name.as_str()) {
+                bail!("two guests are named `{}`", guest.name);
+            }
+            if guest.name.len() > hypercall_abi::initrd::MAX_NAME {
+                bail!("guest name `{}` is too long", guest.name);
+            }
+        }
         Ok(manifest)
+    }
+
+    /// Every guest, in boot order.
+    pub fn expand(&self) -> Vec<Guest> {
+        let mut guests = Vec::new();
+        for group in &self.guests {
+            let base = group.name.clone().unwrap_or_else(|| group.app.clone());
+            for i in 0..group.count {
+                guests.push(Guest {
+                    name: if group.count == 1 { base.clone() } else { format!("{base}-{i}") },
+                    app: group.app.clone(),
+                    args: group.args.clone(),
+                    heap_kib: group.heap_kib,
+                    cpu_budget_ms: group.cpu_budget_ms,
+                    expect: group.expect.clone(),
+                });
+            }
+        }
+        guests
+    }
+
+    /// The image config the kernel reads (see `hypercall_abi::initrd`).
+    pub fn image_config(&self, image_name: &str) -> String {
+        let mut text = format!("# generated by cargo xtask build from images/{image_name}.toml\nimage\tname={image_name}\n");
+        for guest in self.expand() {
+            text += &guest.spec().to_string();
+            text.push('\n');
+        }
+        text
+    }
+
+    /// The distinct apps the image needs, sorted.
+    pub fn apps(&self) -> Vec<String> {
+        self.guests.iter().map(|g| g.app.clone()).collect::<BTreeSet<_>>().into_iter().collect()
     }
 
     pub fn load(path: &Path) -> Result<Manifest> {
@@ -93,6 +231,32 @@ mod tests {
         assert!(Manifest::parse("description = \"x\"\n[kernel]\nlog = \"loud\"").is_err());
         assert!(Manifest::parse("description = \"x\"\n[kernel]\nmemory_mib = 1").is_err());
         assert!(Manifest::parse("[kernel]\nlog = \"info\"").is_err(), "description is required");
+    }
+
+    #[test]
+    fn guests_expand_with_names_and_become_config_lines() {
+        let m = Manifest::parse(
+            "description = \"x\"\n[[guest]]\napp = \"hello\"\ncount = 2\nargs = \"a b\"\n[[guest]]\napp = \"hostile\"\nname = \"nul\"\nargs = \"null-write\"\nexpect = \"stopped:page fault\"\n",
+        )
+        .unwrap();
+        let names: Vec<_> = m.expand().into_iter().map(|g| g.name).collect();
+        assert_eq!(names, ["hello-0", "hello-1", "nul"]);
+        let config = m.image_config("t");
+        let records: Vec<_> = hypercall_abi::initrd::parse_config(&config).collect::<Result<_, _>>().unwrap();
+        assert_eq!(records.len(), 4);
+        assert_eq!(m.apps(), ["hello", "hostile"]);
+    }
+
+    #[test]
+    fn bad_guests_are_refused() {
+        let base = "description = \"x\"\n[[guest]]\n";
+        assert!(Manifest::parse(&format!("{base}app = \"nope\"")).is_err());
+        assert!(Manifest::parse(&format!("{base}app = \"corrupt-nope\"")).is_err());
+        assert!(Manifest::parse(&format!("{base}app = \"corrupt-truncated\"\nexpect = \"refused:x\"")).is_ok());
+        assert!(Manifest::parse(&format!("{base}app = \"hello\"\nexpect = \"fine\"")).is_err());
+        assert!(Manifest::parse(&format!("{base}app = \"hello\"\nheap_kib = 3")).is_err());
+        assert!(Manifest::parse(&format!("{base}app = \"hello\"\nargs = \"a\\tb\"")).is_err());
+        assert!(Manifest::parse(&format!("{base}app = \"hello\"\n[[guest]]\napp = \"hello\"")).is_err(), "duplicate names");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Building the kernel and packing images into `target/images/NAME/`.
 
+use crate::initrd::{corrupt_elf, CpioWriter};
 use crate::manifest::{image_names, manifest_path, Manifest};
+use hypercall_abi::initrd::{APP_DIR, CONFIG_FILE};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,16 +46,68 @@ pub fn build_kernel() -> Result<PathBuf> {
     Ok(target_dir.join(KERNEL_TARGET).join("release/isolation-kernel"))
 }
 
+/// Builds every guest app (release) and returns the directory holding the ELF files.
+///
+/// Guests are linked at a fixed low address (guest.ld), so static relocation with the default
+/// small code model; a target directory apart from the kernel's keeps the flags apart.
+pub fn build_guests() -> Result<PathBuf> {
+    let root = workspace_root();
+    let target_dir = root.join("target/guest");
+    let status = cargo()
+        .current_dir(&root)
+        .env_remove("RUSTFLAGS")
+        .env("CARGO_ENCODED_RUSTFLAGS", "-Crelocation-model=static")
+        .args(["build", "--release", "--package", "guest-os", "--bins"])
+        .args(["--target", KERNEL_TARGET])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .status()
+        .context("running cargo to build the guest apps")?;
+    if !status.success() {
+        bail!("building the guest apps failed ({status})");
+    }
+    Ok(target_dir.join(KERNEL_TARGET).join("release"))
+}
+
+/// What `build` produced once: the kernel and the guest apps.
+pub struct Artifacts {
+    pub kernel: PathBuf,
+    pub guest_bin_dir: PathBuf,
+}
+
+impl Artifacts {
+    pub fn build() -> Result<Artifacts> {
+        Ok(Artifacts { kernel: build_kernel()?, guest_bin_dir: build_guests()? })
+    }
+
+    /// The ELF file for `app` (a guest-os binary, or a corrupted copy of `hello`).
+    fn app_elf(&self, app: &str) -> Result<Vec<u8>> {
+        let (binary, corruption) = match app.strip_prefix("corrupt-") {
+            Some(kind) => ("hello", Some(kind)),
+            None => (app, None),
+        };
+        let path = self.guest_bin_dir.join(binary);
+        let elf = std::fs::read(&path).with_context(|| format!("reading guest app {}", path.display()))?;
+        match corruption {
+            Some(kind) => corrupt_elf(&elf, kind),
+            None => Ok(elf),
+        }
+    }
+}
+
 /// A packed image: everything `run` needs.
 pub struct Image {
     pub name: String,
     pub dir: PathBuf,
     pub manifest: Manifest,
     pub kernel: PathBuf,
+    /// The cpio archive of the image config and app ELF files (`None` for an image without guests).
+    pub initrd: Option<PathBuf>,
 }
 
-/// Packs image `name` with an already-built kernel into `target/images/NAME/`.
-pub fn pack_image(name: &str, kernel_elf: &Path) -> Result<Image> {
+/// Packs image `name` into `target/images/NAME/`.
+pub fn pack_image(name: &str, artifacts: &Artifacts) -> Result<Image> {
+    let kernel_elf = &artifacts.kernel;
     let source = manifest_path(&images_dir(), name);
     if !source.exists() {
         let known = image_names(&images_dir())?.join(", ");
@@ -65,15 +119,29 @@ pub fn pack_image(name: &str, kernel_elf: &Path) -> Result<Image> {
     let kernel = dir.join("kernel.elf");
     std::fs::copy(kernel_elf, &kernel).with_context(|| format!("copying the kernel to {}", kernel.display()))?;
     std::fs::copy(&source, dir.join("manifest.toml"))?;
-    Ok(Image { name: name.to_string(), dir, manifest, kernel })
+    let initrd = if manifest.guests.is_empty() {
+        None
+    } else {
+        let config = manifest.image_config(name);
+        std::fs::write(dir.join(CONFIG_FILE), &config)?;
+        let mut archive = CpioWriter::default();
+        archive.add_file(CONFIG_FILE, config.as_bytes());
+        for app in manifest.apps() {
+            archive.add(&format!("{APP_DIR}{app}"), &artifacts.app_elf(&app)?, 0o100755);
+        }
+        let path = dir.join("initrd.cpio");
+        std::fs::write(&path, archive.finish()).with_context(|| format!("writing {}", path.display()))?;
+        Some(path)
+    };
+    Ok(Image { name: name.to_string(), dir, manifest, kernel, initrd })
 }
 
-/// Builds the kernel and packs `name`, or every image when `name` is `None`.
+/// Builds the kernel and guests and packs `name`, or every image when `name` is `None`.
 pub fn build(name: Option<&str>) -> Result<Vec<Image>> {
-    let kernel = build_kernel()?;
+    let artifacts = Artifacts::build()?;
     let names = match name {
         Some(n) => vec![n.to_string()],
         None => image_names(&images_dir())?,
     };
-    names.iter().map(|n| pack_image(n, &kernel)).collect()
+    names.iter().map(|n| pack_image(n, &artifacts)).collect()
 }

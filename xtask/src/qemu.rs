@@ -63,6 +63,7 @@ pub fn resolve_accel(choice: AccelChoice) -> Result<Accel> {
 /// Everything that varies between QEMU runs.
 pub struct QemuConfig<'a> {
     pub kernel: &'a Path,
+    pub initrd: Option<&'a Path>,
     pub accel: Accel,
     pub memory_mib: u32,
     pub append: String,
@@ -85,6 +86,9 @@ impl QemuConfig<'_> {
         cmd.args(["-serial", "stdio"]);
         cmd.args(["-device"]).arg(format!("isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize={DEBUG_EXIT_IOSIZE:#x}"));
         cmd.arg("-kernel").arg(self.kernel);
+        if let Some(initrd) = self.initrd {
+            cmd.arg("-initrd").arg(initrd);
+        }
         cmd.arg("-append").arg(&self.append);
         if self.gdb {
             cmd.args(["-s", "-S"]);
@@ -207,6 +211,7 @@ mod tests {
     fn command_has_exit_device_timeout_safe_options_and_kernel() {
         let cfg = QemuConfig {
             kernel: Path::new("/tmp/k.elf"),
+            initrd: None,
             accel: Accel::Tcg,
             memory_mib: 64,
             append: "log=info shutdown_after=3".into(),

@@ -60,8 +60,8 @@ pub fn run_all(filter: Option<&str>, qemu_only: bool) -> Result<()> {
     }
 
     println!("== building the kernel and images");
-    let kernel = pack::build_kernel()?;
-    let ctx = Ctx { empty: pack::pack_image("empty", &kernel)? };
+    let artifacts = pack::Artifacts::build()?;
+    let ctx = Ctx { empty: pack::pack_image("empty", &artifacts)? };
 
     println!("== QEMU integration tests");
     let mut failed = Vec::new();
@@ -89,6 +89,7 @@ pub fn run_all(filter: Option<&str>, qemu_only: bool) -> Result<()> {
 fn boot(image: &Image, accel: Accel, append: &str, timeout: Duration) -> std::result::Result<Outcome, Failure> {
     let config = QemuConfig {
         kernel: &image.kernel,
+        initrd: image.initrd.as_deref(),
         accel,
         memory_mib: image.manifest.kernel.memory_mib,
         append: append.to_string(),

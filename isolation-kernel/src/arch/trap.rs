@@ -83,6 +83,7 @@ trap_common:
     movq %rsp, %rdi             # &mut TrapFrame; the CPU aligned the stack, 22 words keep it so
     cld
     call {dispatch}
+trap_restore:
     popq %r15
     popq %r14
     popq %r13
@@ -100,6 +101,13 @@ trap_common:
     popq %rax
     addq $16, %rsp              # vector and error code
     iretq
+
+    # Enters the context in the frame at %rdi, which must lie at the top of the trap stack,
+    # where a trap from ring 3 would have put it.
+    .global trap_enter_frame
+trap_enter_frame:
+    movq %rdi, %rsp
+    jmp trap_restore
     "#,
     dispatch = sym crate::trap_dispatch,
     options(att_syntax)
@@ -108,6 +116,25 @@ trap_common:
 extern "C" {
     /// First of the 256 entry stubs.
     static trap_stubs: [u8; 0];
+    fn trap_enter_frame(frame: *const TrapFrame) -> !;
+}
+
+/// Leaves the kernel for the context in `frame` (a guest in ring 3), never to return: the
+/// frame is copied to the top of the trap stack, where the next trap from ring 3 will land,
+/// and restored from there exactly as a trap return would.
+///
+/// # Safety
+/// `trap_stack_top` must be the RSP0 of the TSS, the current stack must not be that stack's
+/// top frame (the kernel calls this from the boot stack), and `frame` must describe a valid
+/// ring-3 context in the active address space.
+pub unsafe fn enter_frame(frame: &TrapFrame, trap_stack_top: u64) -> ! {
+    let slot = (trap_stack_top - core::mem::size_of::<TrapFrame>() as u64) as *mut TrapFrame;
+    // SAFETY: per the contract, `slot` is the top of the (otherwise unused) trap stack, and the
+    // assembly restores the registers from it and executes `iretq` into the guest.
+    unsafe {
+        slot.write(*frame);
+        trap_enter_frame(slot)
+    }
 }
 
 /// Address of the entry stub for `vector`.

@@ -28,8 +28,8 @@ pub struct KernelLayout {
     pub text: Range,
     pub rodata: Range,
     pub data: Range,
-    /// A page inside `data` left unmapped so a kernel stack overflow faults.
-    pub stack_guard_page: u64,
+    /// Pages inside `data` left unmapped so a kernel stack overflow faults.
+    pub stack_guard_pages: [u64; 2],
 }
 
 /// Hands the `x86_64` crate frames for page tables, refusing any that the current (boot)
@@ -56,7 +56,15 @@ unsafe impl PageTableFrameSource<Size4KiB> for TableFrames<'_, '_> {
 /// The kernel's page table, for later mappings (MMIO, guests' kernel halves).
 pub static KERNEL_PAGE_TABLE: spin::Mutex<Option<OffsetPageTable<'static>>> = spin::Mutex::new(None);
 
-fn no_execute() -> Flags {
+static KERNEL_PML4_PHYS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Physical address of the kernel's PML4 (whose upper half every guest shares).
+pub fn kernel_pml4_phys() -> u64 {
+    KERNEL_PML4_PHYS.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// `NO_EXECUTE` where the CPU supports it (EFER.NXE set at boot), nothing otherwise.
+pub fn no_execute() -> Flags {
     if Efer::read().contains(EferFlags::NO_EXECUTE_ENABLE) {
         Flags::NO_EXECUTE
     } else {
@@ -136,7 +144,7 @@ pub fn init(frames: &mut FrameAllocator<'static>, ram: &[Range], layout: &Kernel
     for (section, flags) in sections {
         let mut virt = section.start;
         while virt < section.end {
-            if virt != layout.stack_guard_page {
+            if !layout.stack_guard_pages.contains(&virt) {
                 map_range(&mut table, &mut source, virt, virt - KERNEL_VMA, PAGE, flags).expect("kernel image mapping");
             }
             virt += PAGE;
@@ -150,6 +158,7 @@ pub fn init(frames: &mut FrameAllocator<'static>, ram: &[Range], layout: &Kernel
         Cr3::write(pml4_frame, Cr3Flags::empty());
         Cr4::update(|cr4| cr4.insert(Cr4Flags::PAGE_GLOBAL));
     }
+    KERNEL_PML4_PHYS.store(pml4_frame.start_address().as_u64(), core::sync::atomic::Ordering::Relaxed);
     *KERNEL_PAGE_TABLE.lock() = Some(table);
 }
 

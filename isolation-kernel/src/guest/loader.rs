@@ -1,0 +1,156 @@
+//! Loading guests: an app's ELF file is checked once and its read-only pages are built once and
+//! shared by every guest of that app; each guest then gets its own copy of the writable
+//! segments, a stack, a heap and a boot-info page, in an address space of its own.
+
+use super::space::{fill_frame, zero_frame, AddressSpace, SpaceError};
+use alloc::vec::Vec;
+use hypercall_abi::boot_info::BootInfo;
+use hypercall_abi::initrd::GuestSpec;
+use hypercall_abi::layout::{BOOT_INFO_ADDR, HEAP_BASE, PAGE_SIZE, STACK_SIZE, STACK_TOP};
+use isolation_kernel::elf::{self, ElfError, ElfImage, Segment};
+use isolation_kernel::frame_alloc::FrameAllocator;
+use isolation_kernel::guest_mem::Access;
+
+/// An app's checked ELF image and the frames of its read-only segments.
+pub struct App {
+    image: ElfImage,
+    bytes: &'static [u8],
+    /// Per segment: the shared frames of a read-only segment, empty for a writable one.
+    shared: Vec<Vec<u64>>,
+}
+
+fn access_of(segment: &Segment) -> Access {
+    Access { read: true, write: segment.writable, execute: segment.executable }
+}
+
+/// Fills frame `phys` (page at `page_addr`) with the file bytes of `segment` that fall in it.
+fn fill_from_file(phys: u64, page_addr: u64, segment: &Segment, file: &[u8]) {
+    let data_end = segment.vaddr + segment.file_size;
+    let start = page_addr.max(segment.vaddr);
+    let end = (page_addr + PAGE_SIZE).min(data_end);
+    if start < end {
+        let file_start = (segment.file_offset + (start - segment.vaddr)) as usize;
+        let bytes = &file[file_start..file_start + (end - start) as usize];
+        fill_frame(phys, (start - page_addr) as usize, bytes);
+    }
+}
+
+pub enum AppError {
+    Elf(ElfError),
+    OutOfMemory,
+}
+
+impl core::fmt::Display for AppError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            AppError::Elf(e) => write!(f, "bad ELF file: {e}"),
+            AppError::OutOfMemory => f.write_str("out of memory for the shared segments"),
+        }
+    }
+}
+
+impl App {
+    /// Checks `bytes` and builds the shared read-only pages.
+    pub fn load(bytes: &'static [u8], frames: &mut FrameAllocator<'static>) -> Result<App, AppError> {
+        let image = elf::parse(bytes).map_err(AppError::Elf)?;
+        let mut shared = Vec::new();
+        for segment in image.segments() {
+            let mut pages = Vec::new();
+            if !segment.writable {
+                let (start, end) = segment.page_range();
+                for page_addr in (start..end).step_by(PAGE_SIZE as usize) {
+                    let Some(phys) = frames.allocate() else {
+                        for phys in shared.iter().flatten().chain(pages.iter()) {
+                            let _ = frames.deallocate(*phys);
+                        }
+                        return Err(AppError::OutOfMemory);
+                    };
+                    zero_frame(phys);
+                    fill_from_file(phys, page_addr, segment, bytes);
+                    pages.push(phys);
+                }
+            }
+            shared.push(pages);
+        }
+        Ok(App { image, bytes, shared })
+    }
+
+    /// Frames shared by all guests of this app.
+    pub fn shared_frames(&self) -> usize {
+        self.shared.iter().map(Vec::len).sum()
+    }
+}
+
+/// A freshly built guest address space and where to start it.
+pub struct Loaded {
+    pub space: AddressSpace,
+    pub entry: u64,
+}
+
+/// Builds the address space of guest `id` running `app`.
+pub fn build_guest(
+    id: u32,
+    spec: &GuestSpec<'_>,
+    app: &App,
+    tsc_hz: u64,
+    frames: &mut FrameAllocator<'static>,
+) -> Result<Loaded, SpaceError> {
+    let mut space = AddressSpace::new(frames)?;
+    match populate(&mut space, id, spec, app, tsc_hz, frames) {
+        Ok(()) => Ok(Loaded { space, entry: app.image.entry }),
+        Err(e) => {
+            space.release(frames);
+            Err(e)
+        }
+    }
+}
+
+fn populate(
+    space: &mut AddressSpace,
+    id: u32,
+    spec: &GuestSpec<'_>,
+    app: &App,
+    tsc_hz: u64,
+    frames: &mut FrameAllocator<'static>,
+) -> Result<(), SpaceError> {
+    for (segment, shared) in app.image.segments().iter().zip(&app.shared) {
+        let (start, end) = segment.page_range();
+        let access = access_of(segment);
+        for (index, page_addr) in (start..end).step_by(PAGE_SIZE as usize).enumerate() {
+            let phys = if segment.writable {
+                let phys = space.new_frame(frames)?;
+                fill_from_file(phys, page_addr, segment, app.bytes);
+                phys
+            } else {
+                shared[index]
+            };
+            space.map_page(frames, page_addr, phys, access)?;
+        }
+        space.map.add(start, end, access).map_err(|_| SpaceError::BadMapping(start))?;
+    }
+
+    // Boot info: read-only for the guest.
+    let heap_bytes = spec.heap_kib * 1024;
+    let info = BootInfo {
+        abi_version: hypercall_abi::ABI_VERSION,
+        guest_id: id,
+        tsc_hz,
+        heap_base: HEAP_BASE,
+        heap_size: heap_bytes,
+        stack_top: STACK_TOP,
+        stack_size: STACK_SIZE,
+        name: spec.name,
+        args: spec.args,
+    };
+    let phys = space.new_frame(frames)?;
+    let mut page = [0u8; hypercall_abi::boot_info::ENCODED_SIZE];
+    info.encode(&mut page).map_err(|_| SpaceError::BadMapping(BOOT_INFO_ADDR))?;
+    fill_frame(phys, 0, &page);
+    space.map_page(frames, BOOT_INFO_ADDR, phys, Access::READ)?;
+    space.map.add(BOOT_INFO_ADDR, BOOT_INFO_ADDR + PAGE_SIZE, Access::READ).map_err(|_| SpaceError::BadMapping(BOOT_INFO_ADDR))?;
+
+    // Stack below STACK_TOP (the page under it stays unmapped as a guard), then the heap.
+    space.map_zeroed(frames, STACK_TOP - STACK_SIZE, STACK_SIZE / PAGE_SIZE, Access::READ_WRITE)?;
+    space.map_zeroed(frames, HEAP_BASE, heap_bytes.div_ceil(PAGE_SIZE), Access::READ_WRITE)?;
+    Ok(())
+}

@@ -1,0 +1,521 @@
+//! Guests: the table of guests, the trap path from ring 3 (virtual instructions, faults, timer
+//! preemption), switching between guests, and the end of the run.
+
+mod loader;
+mod space;
+
+use crate::arch::cpu;
+use crate::arch::trap::{enter_frame, TrapFrame};
+use crate::drivers::debug_exit::exit_qemu;
+use crate::kernel::{console_write_fmt, TIMER_VECTOR};
+use crate::mm::phys::with_frames;
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use hypercall_abi::host::KernelExit;
+use hypercall_abi::initrd::{parse_config, Expect, GuestSpec, Record, APP_DIR, CONFIG_FILE};
+use hypercall_abi::layout::STACK_TOP;
+use hypercall_abi::vi::{self, Vi, MAX_CONSOLE_WRITE, NO_DEADLINE};
+use isolation_kernel::cpio::Archive;
+use isolation_kernel::exceptions::{exception_name, PageFault};
+use isolation_kernel::guest_mem::{readable_prefix, Access, UserSlice};
+use isolation_kernel::sched::{GuestId, Scheduler};
+use isolation_kernel::vinstr::{decode_gp, Direction, GpInstruction, PortOperand, MAX_INSTRUCTION_LEN};
+use loader::App;
+use space::AddressSpace;
+
+/// `rflags` of a guest: interrupts enabled (bit 9), reserved bit 1 set, IOPL 0.
+const GUEST_RFLAGS: u64 = 0x202;
+/// Longest console line kept before it is flushed without a newline.
+const CONSOLE_LINE_MAX: usize = 512;
+
+/// An expectation with owned text, kept until the run ends.
+#[derive(Clone, Debug)]
+enum Expectation {
+    Exit(i32),
+    Stopped(String),
+    Refused(String),
+    Running,
+    Any,
+}
+
+impl From<Expect<'_>> for Expectation {
+    fn from(e: Expect<'_>) -> Self {
+        match e {
+            Expect::Exit(code) => Expectation::Exit(code),
+            Expect::Stopped(text) => Expectation::Stopped(text.into()),
+            Expect::Refused(text) => Expectation::Refused(text.into()),
+            Expect::Running => Expectation::Running,
+            Expect::Any => Expectation::Any,
+        }
+    }
+}
+
+impl core::fmt::Display for Expectation {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Expectation::Exit(code) => write!(f, "exit {code}"),
+            Expectation::Stopped(text) => write!(f, "stopped ({text})"),
+            Expectation::Refused(text) => write!(f, "refused ({text})"),
+            Expectation::Running => f.write_str("still running"),
+            Expectation::Any => f.write_str("anything"),
+        }
+    }
+}
+
+/// How a guest ended.
+#[derive(Clone, Debug)]
+enum End {
+    Exited(i32),
+    Stopped { cause: String, rip: u64 },
+    Refused(String),
+}
+
+impl End {
+    fn meets(&self, expect: &Expectation) -> bool {
+        match (self, expect) {
+            (_, Expectation::Any) => true,
+            (End::Exited(code), Expectation::Exit(want)) => code == want,
+            (End::Stopped { cause, .. }, Expectation::Stopped(text)) => cause.contains(text.as_str()),
+            (End::Refused(error), Expectation::Refused(text)) => error.contains(text.as_str()),
+            _ => false,
+        }
+    }
+}
+
+struct Guest {
+    name: String,
+    /// Registers while the guest is not on the CPU.
+    frame: TrapFrame,
+    space: Option<AddressSpace>,
+    cpu_ticks: u64,
+    cpu_budget_ticks: Option<u64>,
+    expect: Expectation,
+    end: Option<End>,
+    console: Vec<u8>,
+}
+
+/// What the trap handler decided for the current guest.
+enum Action {
+    Resume,
+    Preempt,
+    Idle(Option<u64>),
+    Exit(i32),
+    Stop(String),
+}
+
+#[derive(Default)]
+struct Counters {
+    guests_created: u64,
+    guests_refused: u64,
+    guests_exited: u64,
+    guests_stopped: u64,
+    virtual_instructions: u64,
+    guest_switches: u64,
+}
+
+struct Guests {
+    list: Vec<Guest>,
+    sched: Scheduler,
+    /// TSC when the current guest last got the CPU (for CPU accounting).
+    running_since: u64,
+    /// The guest whose registers are in the trap frame, if any.
+    on_cpu: Option<GuestId>,
+    counters: Counters,
+    shutdown_deadline: Option<u64>,
+    tsc_hz: u64,
+}
+
+static GUESTS: spin::Mutex<Option<Guests>> = spin::Mutex::new(None);
+
+/// `name=value` pairs for the kernel's stats line.
+pub fn stats_pairs() -> Vec<(&'static str, u64)> {
+    let guard = GUESTS.lock();
+    let Some(g) = guard.as_ref() else { return Vec::new() };
+    let c = &g.counters;
+    alloc::vec![
+        ("guests_created", c.guests_created),
+        ("guests_refused", c.guests_refused),
+        ("guests_exited", c.guests_exited),
+        ("guests_stopped", c.guests_stopped),
+        ("guests_running", g.sched.live() as u64),
+        ("virtual_instructions", c.virtual_instructions),
+        ("guest_switches", c.guest_switches),
+    ]
+}
+
+/// Reads the initrd, loads every guest of the image and runs the first one. Returns only if
+/// there is nothing to run.
+pub fn boot(initrd: &'static [u8], tsc_hz: u64, shutdown_deadline: Option<u64>, trap_stack_top: u64) {
+    let archive = Archive::new(initrd);
+    let config = match archive.find(CONFIG_FILE) {
+        Ok(Some(entry)) => entry.data,
+        Ok(None) => return log::error!("initrd has no {CONFIG_FILE}: no guests to start"),
+        Err(e) => return log::error!("initrd is malformed ({e}): no guests to start"),
+    };
+    let config = match core::str::from_utf8(config) {
+        Ok(text) => text,
+        Err(_) => return log::error!("{CONFIG_FILE} is not UTF-8: no guests to start"),
+    };
+    let mut specs: Vec<GuestSpec<'static>> = Vec::new();
+    for record in parse_config(config) {
+        match record {
+            Ok(Record::Image { name }) => log::info!("image `{name}`"),
+            Ok(Record::Guest(spec)) => specs.push(spec),
+            Err(e) => return log::error!("{CONFIG_FILE}: {e}: no guests to start"),
+        }
+    }
+
+    let mut g = Guests {
+        list: Vec::with_capacity(specs.len()),
+        sched: Scheduler::new(),
+        running_since: 0,
+        on_cpu: None,
+        counters: Counters::default(),
+        shutdown_deadline,
+        tsc_hz,
+    };
+    let mut apps: BTreeMap<&str, Result<App, String>> = BTreeMap::new();
+    let mut create_ticks = Vec::with_capacity(specs.len());
+    let mut pages = Vec::with_capacity(specs.len());
+    for spec in &specs {
+        let id = g.sched.add();
+        let app = apps.entry(spec.app).or_insert_with(|| load_app(&archive, spec.app));
+        let start = cpu::rdtsc();
+        let built = match app {
+            Ok(app) => with_frames(|frames| loader::build_guest(id as u32, spec, app, tsc_hz, frames))
+                .map_err(|e| format!("cannot build its address space: {e}")),
+            Err(e) => Err(e.clone()),
+        };
+        let mut guest = Guest {
+            name: spec.name.into(),
+            frame: TrapFrame::default(),
+            space: None,
+            cpu_ticks: 0,
+            cpu_budget_ticks: (spec.cpu_budget_ms > 0).then(|| spec.cpu_budget_ms * tsc_hz / 1000),
+            expect: spec.expect.into(),
+            end: None,
+            console: Vec::new(),
+        };
+        match built {
+            Ok(loaded) => {
+                create_ticks.push(cpu::rdtsc() - start);
+                pages.push(loaded.space.owned_frames());
+                let selectors = crate::arch::gdt::selectors();
+                guest.frame = TrapFrame {
+                    rip: loaded.entry,
+                    cs: u64::from(selectors.user_code.0),
+                    rflags: GUEST_RFLAGS,
+                    rsp: STACK_TOP,
+                    ss: u64::from(selectors.user_data.0),
+                    ..TrapFrame::default()
+                };
+                guest.space = Some(loaded.space);
+                g.counters.guests_created += 1;
+            }
+            Err(error) => {
+                console_write_fmt(format_args!("guest {id} {} refused: {error}\n", spec.name));
+                guest.end = Some(End::Refused(error));
+                g.sched.finish(id);
+                g.counters.guests_refused += 1;
+            }
+        }
+        g.list.push(guest);
+    }
+    if !create_ticks.is_empty() {
+        create_ticks.sort_unstable();
+        pages.sort_unstable();
+        let shared: usize = apps.values().filter_map(|a| a.as_ref().ok()).map(App::shared_frames).sum();
+        log::info!(
+            "guests: {} created, {} refused; creating one took {} TSC ticks (median); {} private pages per guest (median), {} pages shared",
+            g.counters.guests_created,
+            g.counters.guests_refused,
+            create_ticks[create_ticks.len() / 2],
+            pages[pages.len() / 2],
+            shared
+        );
+    }
+
+    let now = cpu::rdtsc();
+    let Some(first) = g.sched.schedule(now) else {
+        *GUESTS.lock() = Some(g);
+        finish_run("no guest could be started");
+    };
+    g.running_since = now;
+    g.on_cpu = Some(first);
+    let frame = g.list[first].frame;
+    space::activate(g.list[first].space.as_ref().expect("a scheduled guest has an address space").pml4_phys());
+    *GUESTS.lock() = Some(g);
+    // SAFETY: the trap stack's top is the TSS RSP0 and is unused (we run on the boot stack);
+    // the frame is the guest's initial ring-3 context in the address space just activated.
+    unsafe { enter_frame(&frame, trap_stack_top) }
+}
+
+fn load_app(archive: &Archive<'static>, app: &str) -> Result<App, String> {
+    let path = format!("{APP_DIR}{app}");
+    let entry = match archive.find(&path) {
+        Ok(Some(entry)) => entry,
+        Ok(None) => return Err(format!("app `{app}` is not in the initrd")),
+        Err(e) => return Err(format!("initrd is malformed: {e}")),
+    };
+    let loaded = with_frames(|frames| App::load(entry.data, frames)).map_err(|e| format!("app `{app}`: {e}"));
+    if let Err(e) = &loaded {
+        log::error!("{e}");
+    }
+    loaded
+}
+
+/// A trap from ring 3: handles it, then resumes the current guest or switches to another.
+pub fn handle_user_trap(frame: &mut TrapFrame) {
+    let now = cpu::rdtsc();
+    let mut guard = GUESTS.lock();
+    let g = guard.as_mut().expect("a trap from ring 3 means guests were started");
+    let id = g.on_cpu.expect("a trap from ring 3 comes from the guest on the CPU");
+    let action = match frame.vector {
+        v if v == u64::from(TIMER_VECTOR) => {
+            crate::kernel::timer_tick();
+            Action::Preempt
+        }
+        v if v == u64::from(crate::kernel::SPURIOUS_VECTOR) => Action::Resume,
+        13 => general_protection(g, id, frame, now),
+        14 => Action::Stop(PageFault { error_code: frame.error_code, address: cpu::cr2() }.to_string()),
+        v if v < 32 => {
+            let (mnemonic, name) = exception_name(v).unwrap_or(("?", "reserved exception"));
+            Action::Stop(format!("{name} ({mnemonic})"))
+        }
+        v => {
+            log::warn!("unexpected interrupt vector {v} while guest {id} ran");
+            Action::Resume
+        }
+    };
+
+    let guest = &mut g.list[id];
+    guest.cpu_ticks += now.saturating_sub(g.running_since);
+    g.running_since = now;
+    let over_budget = guest.cpu_budget_ticks.is_some_and(|budget| guest.cpu_ticks > budget);
+    let action = match action {
+        Action::Resume | Action::Preempt | Action::Idle(_) if over_budget => {
+            let ms = guest.cpu_budget_ticks.unwrap_or(0) * 1000 / g.tsc_hz.max(1);
+            Action::Stop(format!("cpu budget of {ms} ms exceeded"))
+        }
+        other => other,
+    };
+    if g.shutdown_deadline.is_some_and(|d| now >= d) {
+        guest.frame = *frame;
+        drop(guard);
+        finish_run("shutdown_after reached");
+    }
+
+    match action {
+        Action::Resume => return,
+        Action::Preempt => {
+            guest.frame = *frame;
+            g.sched.preempt_current();
+        }
+        Action::Idle(deadline) => {
+            guest.frame = *frame;
+            g.sched.idle_current(deadline);
+        }
+        Action::Exit(code) => {
+            console_write_fmt(format_args!("guest {id} {} exited {code}\n", guest.name));
+            end_guest(g, id, End::Exited(code));
+        }
+        Action::Stop(cause) => {
+            console_write_fmt(format_args!("guest {id} {} stopped: {cause} at rip {:#x}\n", guest.name, frame.rip));
+            end_guest(g, id, End::Stopped { cause, rip: frame.rip });
+        }
+    }
+    drop(guard);
+    switch_to_next(frame, id);
+}
+
+/// Records the end of guest `id` (the current one) and frees its memory.
+fn end_guest(g: &mut Guests, id: GuestId, end: End) {
+    let guest = &mut g.list[id];
+    flush_console(id, guest, true);
+    match end {
+        End::Exited(_) => g.counters.guests_exited += 1,
+        _ => g.counters.guests_stopped += 1,
+    }
+    guest.end = Some(end);
+    g.sched.finish(id);
+    g.on_cpu = None;
+    if let Some(space) = guest.space.take() {
+        // Its tables may be the active ones: leave them before they are freed.
+        space::activate_kernel();
+        with_frames(|frames| space.release(frames));
+    }
+}
+
+/// Puts the next runnable guest's registers into `frame` (halting while every guest idles).
+fn switch_to_next(frame: &mut TrapFrame, previous: GuestId) {
+    loop {
+        let now = cpu::rdtsc();
+        {
+            let mut guard = GUESTS.lock();
+            let g = guard.as_mut().expect("guests exist");
+            if g.shutdown_deadline.is_some_and(|d| now >= d) {
+                drop(guard);
+                finish_run("shutdown_after reached");
+            }
+            if let Some(next) = g.sched.schedule(now) {
+                let guest = &g.list[next];
+                *frame = guest.frame;
+                space::activate(guest.space.as_ref().expect("a scheduled guest has an address space").pml4_phys());
+                g.on_cpu = Some(next);
+                g.running_since = now;
+                if next != previous {
+                    g.counters.guest_switches += 1;
+                }
+                return;
+            }
+            if g.sched.live() == 0 {
+                drop(guard);
+                finish_run("every guest has finished");
+            }
+            g.on_cpu = None;
+        }
+        // Every live guest idles: halt until the next interrupt (the timer, at the latest).
+        cpu::enable_interrupts_and_halt();
+        x86_64::instructions::interrupts::disable();
+    }
+}
+
+fn general_protection(g: &mut Guests, id: GuestId, frame: &mut TrapFrame, now: u64) -> Action {
+    let guest = &g.list[id];
+    let space = guest.space.as_ref().expect("a running guest has an address space");
+    let mut bytes = [0u8; MAX_INSTRUCTION_LEN];
+    let readable = readable_prefix(&space.map, frame.rip, MAX_INSTRUCTION_LEN as u64, Access::READ) as usize;
+    if let Ok(slice) = UserSlice::new(frame.rip, readable as u64).validate(&space.map, Access::READ) {
+        space.read(slice, &mut bytes[..readable]);
+    }
+    match decode_gp(&bytes[..readable]) {
+        Ok(GpInstruction::PortIo(io)) => {
+            let port = match io.port {
+                PortOperand::Dx => frame.rdx as u16,
+                PortOperand::Imm(port) => u16::from(port),
+            };
+            match (io.direction, io.port) {
+                (Direction::Out, PortOperand::Dx) if vi::is_vi_port(port) => {
+                    frame.rip += io.len as u64;
+                    virtual_instruction(g, id, port, frame, now)
+                }
+                (Direction::Out, _) if vi::is_vi_port(port) => {
+                    Action::Stop(format!("virtual instruction on port {port:#x} must use the `out dx` form"))
+                }
+                (Direction::Out, _) => Action::Stop(format!("out to port {port:#x} outside the virtual-instruction range")),
+                (Direction::In, _) => Action::Stop(format!("in from port {port:#x}: guests may not read ports")),
+            }
+        }
+        Ok(GpInstruction::StringIo) => Action::Stop("string port I/O (ins/outs) is not permitted".into()),
+        Ok(GpInstruction::Privileged(p)) => Action::Stop(format!("privileged instruction {}", p.mnemonic())),
+        Ok(GpInstruction::Other) => Action::Stop(format!("general protection fault (error {:#x})", frame.error_code)),
+        Err(e) => Action::Stop(format!("general protection fault; instruction unreadable: {e}")),
+    }
+}
+
+fn virtual_instruction(g: &mut Guests, id: GuestId, port: u16, frame: &mut TrapFrame, now: u64) -> Action {
+    g.counters.virtual_instructions += 1;
+    let Some(instruction) = Vi::from_port(port) else {
+        frame.rax = vi::Error::Unsupported.code() as u64;
+        return Action::Resume;
+    };
+    match instruction {
+        Vi::ConsoleWrite => console_write(g, id, frame),
+        Vi::Exit => Action::Exit(frame.rdi as i32),
+        Vi::Yield => {
+            frame.rax = 0;
+            Action::Preempt
+        }
+        Vi::IdleUntil => {
+            frame.rax = 0;
+            match frame.rdi {
+                NO_DEADLINE => Action::Idle(None),
+                deadline if deadline <= now => Action::Resume,
+                deadline => Action::Idle(Some(deadline)),
+            }
+        }
+        Vi::Null => {
+            frame.rax = 0;
+            Action::Resume
+        }
+    }
+}
+
+fn console_write(g: &mut Guests, id: GuestId, frame: &mut TrapFrame) -> Action {
+    let (addr, len) = (frame.rdi, frame.rsi);
+    if len > MAX_CONSOLE_WRITE {
+        frame.rax = vi::Error::BadLength.code() as u64;
+        return Action::Resume;
+    }
+    let guest = &mut g.list[id];
+    let space = guest.space.as_ref().expect("a running guest has an address space");
+    let slice = match UserSlice::new(addr, len).validate(&space.map, Access::READ) {
+        Ok(slice) => slice,
+        Err(bad) => return Action::Stop(format!("bad pointer in console_write: {bad}")),
+    };
+    let mut buf = [0u8; MAX_CONSOLE_WRITE as usize];
+    space.read(slice, &mut buf[..len as usize]);
+    for &byte in &buf[..len as usize] {
+        if byte == b'\n' {
+            flush_console(id, guest, false);
+        } else {
+            guest.console.push(byte);
+            if guest.console.len() >= CONSOLE_LINE_MAX {
+                flush_console(id, guest, false);
+            }
+        }
+    }
+    frame.rax = len;
+    Action::Resume
+}
+
+/// Prints the guest's buffered console line, prefixed with its id and name.
+fn flush_console(id: GuestId, guest: &mut Guest, only_if_nonempty: bool) {
+    if only_if_nonempty && guest.console.is_empty() {
+        return;
+    }
+    let text = String::from_utf8_lossy(&guest.console);
+    log::info!("guest {id} {}: {}", guest.name, text.trim_end_matches('\r'));
+    guest.console.clear();
+}
+
+/// Prints every guest's end against its expectation, the stats line, and ends the machine:
+/// with success only if every expectation holds.
+pub fn finish_run(why: &str) -> ! {
+    let mut all_met = true;
+    if let Some(g) = GUESTS.lock().as_mut() {
+        log::info!("run over: {why}");
+        for (id, guest) in g.list.iter_mut().enumerate() {
+            let (summary, met) = match &guest.end {
+                Some(End::Exited(code)) => (format!("exited {code}"), guest.end.as_ref().is_some_and(|e| e.meets(&guest.expect))),
+                Some(End::Stopped { cause, rip }) => (
+                    format!("stopped: {cause} at rip {rip:#x}"),
+                    guest.end.as_ref().is_some_and(|e| e.meets(&guest.expect)),
+                ),
+                Some(End::Refused(error)) => (format!("refused: {error}"), guest.end.as_ref().is_some_and(|e| e.meets(&guest.expect))),
+                None => {
+                    flush_console(id, guest, true);
+                    ("still running".to_string(), matches!(guest.expect, Expectation::Running | Expectation::Any))
+                }
+            };
+            all_met &= met;
+            let verdict = if met { "as expected" } else { "EXPECTATION FAILED" };
+            console_write_fmt(format_args!(
+                "summary: guest {id} {}: {summary}; expected {} ({verdict}); cpu {} ms\n",
+                guest.name,
+                guest.expect,
+                guest.cpu_ticks * 1000 / g.tsc_hz.max(1)
+            ));
+        }
+    }
+    crate::kernel::print_stats();
+    if all_met {
+        log::info!("every guest met its expectation");
+        exit_qemu(KernelExit::Success)
+    } else {
+        log::error!("some guests did not meet their expectations");
+        exit_qemu(KernelExit::Failure)
+    }
+}

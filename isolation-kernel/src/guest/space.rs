@@ -1,0 +1,219 @@
+//! A guest's address space: its own PML4 whose upper half points at the kernel's tables, and a
+//! lower half holding only what the loader maps (recorded in a [`GuestMemoryMap`], against
+//! which every pointer the guest hands the kernel is validated before use).
+
+use crate::mm::paging::{kernel_pml4_phys, no_execute};
+use crate::mm::phys::{phys_to_virt, DIRECT_MAP_OFFSET};
+use alloc::vec::Vec;
+use isolation_kernel::frame_alloc::FrameAllocator;
+use isolation_kernel::guest_mem::{Access, GuestMemoryMap, ValidSlice};
+use x86_64::structures::paging::mapper::TranslateResult;
+use x86_64::structures::paging::{
+    FrameAllocator as PageTableFrameSource, Mapper, OffsetPageTable, Page, PageTable, PageTableFlags as Flags,
+    PhysFrame, Size4KiB, Translate,
+};
+use x86_64::{PhysAddr, VirtAddr};
+
+const PAGE: u64 = 4096;
+
+/// Frames for a guest's page tables, each recorded so the guest's end can free them.
+struct RecordingFrames<'a, 'b> {
+    frames: &'a mut FrameAllocator<'b>,
+    owned: &'a mut Vec<u64>,
+}
+
+// SAFETY: frames come from the frame allocator (unused RAM, handed out once) and are reachable
+// through the direct map, which covers all RAM once the kernel's page tables are active.
+unsafe impl PageTableFrameSource<Size4KiB> for RecordingFrames<'_, '_> {
+    fn allocate_frame(&mut self) -> Option<PhysFrame<Size4KiB>> {
+        let phys = self.frames.allocate()?;
+        self.owned.push(phys);
+        Some(PhysFrame::containing_address(PhysAddr::new(phys)))
+    }
+}
+
+/// Fills a frame with zeros through the direct map.
+pub fn zero_frame(phys: u64) {
+    // SAFETY: callers pass frames they just took from the allocator, so no one else uses them;
+    // the direct map covers all RAM, writable.
+    unsafe { core::ptr::write_bytes(phys_to_virt(phys).as_mut_ptr::<u8>(), 0, PAGE as usize) };
+}
+
+/// Copies `data` into frame `phys` at `offset`.
+pub fn fill_frame(phys: u64, offset: usize, data: &[u8]) {
+    assert!(offset + data.len() <= PAGE as usize, "fill_frame beyond the frame");
+    // SAFETY: as in `zero_frame`; the range stays inside the frame (checked above) and `data`
+    // is kernel memory that cannot overlap a fresh frame.
+    unsafe {
+        core::ptr::copy_nonoverlapping(data.as_ptr(), phys_to_virt(phys).as_mut_ptr::<u8>().add(offset), data.len())
+    };
+}
+
+#[derive(Debug)]
+pub enum SpaceError {
+    OutOfMemory,
+    /// The loader asked to map a page twice or outside the user half: a loader bug or a bad
+    /// layout in the image, refused rather than trusted.
+    BadMapping(u64),
+}
+
+impl core::fmt::Display for SpaceError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            SpaceError::OutOfMemory => f.write_str("out of memory"),
+            SpaceError::BadMapping(addr) => write!(f, "cannot map page {addr:#x}"),
+        }
+    }
+}
+
+pub struct AddressSpace {
+    pml4_phys: u64,
+    table: OffsetPageTable<'static>,
+    pub map: GuestMemoryMap,
+    /// Frames this guest alone owns (page tables, writable data, stack, heap, boot info).
+    owned: Vec<u64>,
+}
+
+impl AddressSpace {
+    pub fn new(frames: &mut FrameAllocator<'static>) -> Result<AddressSpace, SpaceError> {
+        let pml4_phys = frames.allocate().ok_or(SpaceError::OutOfMemory)?;
+        let pml4_ptr = phys_to_virt(pml4_phys).as_mut_ptr::<PageTable>();
+        let kernel_ptr = phys_to_virt(kernel_pml4_phys()).as_ptr::<PageTable>();
+        // SAFETY: the new PML4 is a fresh frame nobody else references, so a unique 'static
+        // reference is sound until `release` frees it (after which the table is never used).
+        // The kernel PML4 is only read: its upper-half entries are shared so every address
+        // space sees the same kernel.
+        let pml4: &'static mut PageTable = unsafe {
+            pml4_ptr.write(PageTable::new());
+            let pml4 = &mut *pml4_ptr;
+            let kernel = &*kernel_ptr;
+            for index in 256..512 {
+                pml4[index] = kernel[index].clone();
+            }
+            pml4
+        };
+        // SAFETY: all RAM is mapped at DIRECT_MAP_OFFSET.
+        let table = unsafe { OffsetPageTable::new(pml4, VirtAddr::new(DIRECT_MAP_OFFSET)) };
+        Ok(AddressSpace { pml4_phys, table, map: GuestMemoryMap::new(), owned: alloc::vec![pml4_phys] })
+    }
+
+    pub fn pml4_phys(&self) -> u64 {
+        self.pml4_phys
+    }
+
+    /// Frames owned by this guest alone.
+    pub fn owned_frames(&self) -> usize {
+        self.owned.len()
+    }
+
+    /// A zeroed frame owned by this guest.
+    pub fn new_frame(&mut self, frames: &mut FrameAllocator<'static>) -> Result<u64, SpaceError> {
+        let phys = frames.allocate().ok_or(SpaceError::OutOfMemory)?;
+        self.owned.push(phys);
+        zero_frame(phys);
+        Ok(phys)
+    }
+
+    /// Maps one user page. The frame's lifetime is the caller's business (owned or shared).
+    pub fn map_page(
+        &mut self,
+        frames: &mut FrameAllocator<'static>,
+        virt: u64,
+        phys: u64,
+        access: Access,
+    ) -> Result<(), SpaceError> {
+        let mut flags = Flags::PRESENT | Flags::USER_ACCESSIBLE;
+        if access.write {
+            flags |= Flags::WRITABLE;
+        }
+        if !access.execute {
+            flags |= no_execute();
+        }
+        let parents = Flags::PRESENT | Flags::WRITABLE | Flags::USER_ACCESSIBLE;
+        let page = Page::<Size4KiB>::from_start_address(VirtAddr::try_new(virt).map_err(|_| SpaceError::BadMapping(virt))?)
+            .map_err(|_| SpaceError::BadMapping(virt))?;
+        let frame = PhysFrame::containing_address(PhysAddr::new(phys));
+        let mut source = RecordingFrames { frames, owned: &mut self.owned };
+        // SAFETY: a user page of this (not yet running, or current and being extended) guest;
+        // it aliases no kernel memory, and the frame is either owned by this guest or a
+        // read-only shared frame.
+        let flush = unsafe { self.table.map_to_with_table_flags(page, frame, flags, parents, &mut source) };
+        match flush {
+            Ok(flush) => {
+                flush.ignore(); // the address space is not active while it is being built
+                Ok(())
+            }
+            Err(x86_64::structures::paging::mapper::MapToError::FrameAllocationFailed) => Err(SpaceError::OutOfMemory),
+            Err(_) => Err(SpaceError::BadMapping(virt)),
+        }
+    }
+
+    /// Maps `pages` fresh zeroed pages at `start` and records the region.
+    pub fn map_zeroed(
+        &mut self,
+        frames: &mut FrameAllocator<'static>,
+        start: u64,
+        pages: u64,
+        access: Access,
+    ) -> Result<(), SpaceError> {
+        for i in 0..pages {
+            let phys = self.new_frame(frames)?;
+            self.map_page(frames, start + i * PAGE, phys, access)?;
+        }
+        if pages > 0 {
+            self.map.add(start, start + pages * PAGE, access).map_err(|_| SpaceError::BadMapping(start))?;
+        }
+        Ok(())
+    }
+
+    /// Copies guest memory into `buf`. The slice was validated against this guest's map, so
+    /// every page is mapped; each is translated through the guest's own page table.
+    pub fn read(&self, slice: ValidSlice, buf: &mut [u8]) {
+        let len = (slice.len() as usize).min(buf.len());
+        let mut done = 0usize;
+        while done < len {
+            let addr = slice.addr() + done as u64;
+            let in_page = ((PAGE - addr % PAGE) as usize).min(len - done);
+            let phys = match self.table.translate(VirtAddr::new(addr)) {
+                TranslateResult::Mapped { frame, offset, .. } => frame.start_address().as_u64() + offset,
+                _ => panic!("validated guest address {addr:#x} is not mapped: guest map and page table disagree"),
+            };
+            // SAFETY: `phys..phys + in_page` lies in one mapped guest frame (same page), which
+            // the direct map covers; `buf[done..]` has room for `in_page` bytes.
+            unsafe {
+                core::ptr::copy_nonoverlapping(phys_to_virt(phys).as_ptr::<u8>(), buf[done..].as_mut_ptr(), in_page)
+            };
+            done += in_page;
+        }
+    }
+
+    /// Frees every frame this guest owns. The caller makes sure this address space is not the
+    /// active one.
+    pub fn release(self, frames: &mut FrameAllocator<'static>) {
+        for phys in self.owned {
+            if let Err(e) = frames.deallocate(phys) {
+                log::error!("freeing guest frame {phys:#x}: {e:?}");
+            }
+        }
+    }
+}
+
+/// Makes `pml4_phys` the active address space if it is not already.
+pub fn activate(pml4_phys: u64) {
+    let (current, flags) = x86_64::registers::control::Cr3::read_raw();
+    if current.start_address().as_u64() != pml4_phys {
+        // SAFETY: every address space shares the kernel half with the kernel's own tables, so
+        // the code, stack and data in use stay mapped across the switch.
+        unsafe {
+            x86_64::registers::control::Cr3::write_raw(
+                PhysFrame::containing_address(PhysAddr::new(pml4_phys)),
+                flags,
+            )
+        };
+    }
+}
+
+/// Switches to the kernel's own tables (before a guest's tables are freed).
+pub fn activate_kernel() {
+    activate(kernel_pml4_phys());
+}
