@@ -179,10 +179,8 @@ fn read_entry(bytes: &[u8], offset: usize) -> Result<(Entry<'_>, usize), CpioErr
         }
         _ => return Err(CpioError::BadName { offset }),
     };
-    // The name padding must be there; the data padding too, except after the trailer.
-    if data_start > bytes.len() {
-        return Err(truncated);
-    }
+    // The name padding must be there (`get` fails if `data_start` is past the end, even for
+    // empty data); the data padding too, except after the trailer.
     let data = bytes.get(data_start..data_end).ok_or(truncated)?;
     if name != TRAILER && next > bytes.len() {
         return Err(truncated);

@@ -208,7 +208,7 @@ fn modrm(bytes: &[u8], index: usize) -> Result<(u8, u8, u8), DecodeError> {
 
 /// The byte at `index`, or why the instruction cannot have it.
 fn byte_at(bytes: &[u8], index: usize) -> Result<u8, DecodeError> {
-    if index > MAX_INSTRUCTION_LEN {
+    if index >= MAX_INSTRUCTION_LEN {
         return Err(DecodeError::TooLong);
     }
     bytes.get(index).copied().ok_or(DecodeError::Truncated)

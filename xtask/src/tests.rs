@@ -16,6 +16,8 @@ const KVM_TIMEOUT: Duration = Duration::from_secs(180);
 
 struct Ctx {
     empty: Image,
+    hello: Image,
+    chaos: Image,
 }
 
 /// A failed check, with the log of the run it came from.
@@ -44,6 +46,9 @@ const QEMU_TESTS: &[QemuTest] = &[
     QemuTest { name: "kernel_panic_reported", run: kernel_panic_reported },
     QemuTest { name: "bad_command_line_refused", run: bad_command_line_refused },
     QemuTest { name: "hung_kernel_is_killed_by_timeout", run: hung_kernel_is_killed_by_timeout },
+    QemuTest { name: "hello_16_guests_tcg", run: hello_tcg },
+    QemuTest { name: "hello_16_guests_kvm", run: hello_kvm },
+    QemuTest { name: "chaos_hostile_guests_isolated_tcg", run: chaos_tcg },
 ];
 
 pub fn run_all(filter: Option<&str>, qemu_only: bool) -> Result<()> {
@@ -61,7 +66,11 @@ pub fn run_all(filter: Option<&str>, qemu_only: bool) -> Result<()> {
 
     println!("== building the kernel and images");
     let artifacts = pack::Artifacts::build()?;
-    let ctx = Ctx { empty: pack::pack_image("empty", &artifacts)? };
+    let ctx = Ctx {
+        empty: pack::pack_image("empty", &artifacts)?,
+        hello: pack::pack_image("hello", &artifacts)?,
+        chaos: pack::pack_image("chaos", &artifacts)?,
+    };
 
     println!("== QEMU integration tests");
     let mut failed = Vec::new();
@@ -199,5 +208,66 @@ fn hung_kernel_is_killed_by_timeout(ctx: &Ctx) -> TestResult {
     check(&outcome, outcome.timed_out && outcome.status.is_none(), || "QEMU was not killed at the timeout".into())?;
     check(&outcome, outcome.describe().contains("timed out"), || "timeout not described".into())?;
     expect_line(&outcome, "idling (no shutdown_after given)")?;
+    Ok(Verdict::Pass)
+}
+
+/// Every guest of the image ended as its manifest expects, judged from the kernel's fixed-form
+/// end lines (independently of the kernel's own verdict), and the kernel agreed.
+fn check_guest_expectations(image: &Image, outcome: &Outcome) -> std::result::Result<(), Failure> {
+    let ends = checks::guest_ends(&outcome.log);
+    for guest in image.manifest.expand() {
+        let end = ends.get(&guest.name).map(|(_, end)| end);
+        check(outcome, checks::end_meets(end, &guest.expect), || {
+            format!("guest {} expected {}, the log says {end:?}", guest.name, guest.expect)
+        })?;
+    }
+    check(outcome, !outcome.log.contains("KERNEL"), || "the kernel faulted or panicked".into())?;
+    check(outcome, !outcome.log.contains("EXPECTATION FAILED"), || "the kernel reports a failed expectation".into())?;
+    expect_exit(outcome, KernelExit::Success)
+}
+
+fn run_hello(ctx: &Ctx, accel: Accel, timeout: Duration) -> TestResult {
+    let outcome = boot(&ctx.hello, accel, "log=info shutdown_after=120", timeout)?;
+    check_guest_expectations(&ctx.hello, &outcome)?;
+    let guests = ctx.hello.manifest.expand();
+    for (index, guest) in guests.iter().enumerate() {
+        let greeting = format!("guest {index} {}: hello from guest {index} ({}), args: [alpha beta]", guest.name, guest.name);
+        expect_line(&outcome, &greeting)?;
+        let slept = outcome.log.lines().find_map(|l| {
+            let rest = l.split_once(&format!("guest {index} {}: slept ", guest.name))?.1;
+            rest.split_once(" us")?.0.parse::<u64>().ok()
+        });
+        check(&outcome, slept.is_some_and(|us| us >= 50_000), || format!("{} did not report sleeping 50 ms: {slept:?}", guest.name))?;
+    }
+    let stats = checks::stats(&outcome.log).unwrap_or_default();
+    check(&outcome, stats.get("guests_exited") == Some(&(guests.len() as u64)), || format!("stats: {stats:?}"))?;
+    Ok(Verdict::Pass)
+}
+
+fn hello_tcg(ctx: &Ctx) -> TestResult {
+    run_hello(ctx, Accel::Tcg, TCG_TIMEOUT)
+}
+
+fn hello_kvm(ctx: &Ctx) -> TestResult {
+    if !qemu::kvm_usable() {
+        return Ok(Verdict::Skip("/dev/kvm is missing or not accessible on this host".into()));
+    }
+    run_hello(ctx, Accel::Kvm, KVM_TIMEOUT)
+}
+
+fn chaos_tcg(ctx: &Ctx) -> TestResult {
+    let outcome = boot(&ctx.chaos, Accel::Tcg, "log=info shutdown_after=120", TCG_TIMEOUT)?;
+    check_guest_expectations(&ctx.chaos, &outcome)?;
+    // The spinning guest was preempted: the hello guests finished while it still ran.
+    let ends = checks::guest_ends(&outcome.log);
+    let position = |name: &str| outcome.log.find(&format!(" {name} ")).zip(ends.get(name)).map(|(at, _)| at);
+    let spin_end = outcome.log.find("spin stopped: cpu budget");
+    let hello_end = outcome.log.find("hello-last exited 0");
+    check(&outcome, matches!((hello_end, spin_end), (Some(h), Some(s)) if h < s), || {
+        "hello-last should finish while the spinning guest is still preempted and running".into()
+    })?;
+    check(&outcome, position("spin").is_some(), || "no end line for the spinning guest".into())?;
+    let stats = checks::stats(&outcome.log).unwrap_or_default();
+    check(&outcome, stats.get("guests_refused") == Some(&4), || format!("expected 4 refused ELF files: {stats:?}"))?;
     Ok(Verdict::Pass)
 }

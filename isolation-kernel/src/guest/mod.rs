@@ -90,6 +90,8 @@ struct Guest {
     frame: TrapFrame,
     space: Option<AddressSpace>,
     cpu_ticks: u64,
+    /// CPU budget as the manifest states it, and in TSC ticks.
+    cpu_budget_ms: u64,
     cpu_budget_ticks: Option<u64>,
     expect: Expectation,
     end: Option<End>,
@@ -193,6 +195,7 @@ pub fn boot(initrd: &'static [u8], tsc_hz: u64, shutdown_deadline: Option<u64>, 
             frame: TrapFrame::default(),
             space: None,
             cpu_ticks: 0,
+            cpu_budget_ms: spec.cpu_budget_ms,
             cpu_budget_ticks: (spec.cpu_budget_ms > 0).then(|| spec.cpu_budget_ms * tsc_hz / 1000),
             expect: spec.expect.into(),
             end: None,
@@ -296,8 +299,7 @@ pub fn handle_user_trap(frame: &mut TrapFrame) {
     let over_budget = guest.cpu_budget_ticks.is_some_and(|budget| guest.cpu_ticks > budget);
     let action = match action {
         Action::Resume | Action::Preempt | Action::Idle(_) if over_budget => {
-            let ms = guest.cpu_budget_ticks.unwrap_or(0) * 1000 / g.tsc_hz.max(1);
-            Action::Stop(format!("cpu budget of {ms} ms exceeded"))
+            Action::Stop(format!("cpu budget of {} ms exceeded", guest.cpu_budget_ms))
         }
         other => other,
     };
