@@ -7,9 +7,11 @@
 //! The image config is line-based, because the kernel has no TOML parser: `#` starts a comment
 //! line, and every other line is a record type followed by tab-separated `key=value` fields.
 //!
+//! With `→` standing for a tab:
+//!
 //! ```text
-//! image	name=hello
-//! guest	name=hello-0	app=hello	heap_kib=64	cpu_budget_ms=0	expect=exit:0	args=a b
+//! image→name=hello
+//! guest→name=hello-0→app=hello→heap_kib=64→cpu_budget_ms=0→expect=exit:0→args=a b
 //! ```
 //!
 //! `expect` is `exit:<code>`, `stopped:<text the stop cause contains>`, `refused:<text the load

@@ -132,7 +132,8 @@ pub extern "C" fn kernel_entry(start_info_phys: u64) -> ! {
         let hz = TSC_HZ.load(Ordering::Relaxed);
         let deadline = args.shutdown_after_secs.map(|s| BOOT_TSC.load(Ordering::Relaxed) + s * hz);
         log::info!("boot complete in {} us; starting guests", uptime_micros());
-        crate::guest::boot(initrd, hz, deadline, trap_stack_top().as_u64());
+        let problem = crate::guest::boot(initrd, hz, deadline, trap_stack_top().as_u64());
+        fail(format_args!("cannot start the image's guests: {problem}"));
     }
     run(&args)
 }

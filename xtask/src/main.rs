@@ -64,6 +64,9 @@ struct RunArgs {
     /// Kill QEMU after this many seconds (default: none, or --for plus a margin).
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<u64>,
+    /// TCG only: run with `-icount shift=0`, so TSC stamps count executed instructions.
+    #[arg(long)]
+    icount: bool,
 }
 
 fn main() {
@@ -101,7 +104,11 @@ fn run(args: RunArgs) -> Result<()> {
         memory_mib: image.manifest.kernel.memory_mib,
         append,
         gdb: args.gdb,
+        icount: args.icount,
     };
+    if args.icount && accel != qemu::Accel::Tcg {
+        bail!("--icount needs TCG (--accel tcg)");
+    }
     let cmd = config.command();
     qemu::save_command(&image.dir, &cmd)?;
     println!("image {}: {}", image.name, image.manifest.description);

@@ -68,6 +68,8 @@ pub struct QemuConfig<'a> {
     pub memory_mib: u32,
     pub append: String,
     pub gdb: bool,
+    /// TCG only: `-icount shift=0`, so the TSC counts executed instructions (deterministic).
+    pub icount: bool,
 }
 
 impl QemuConfig<'_> {
@@ -92,6 +94,9 @@ impl QemuConfig<'_> {
         cmd.arg("-append").arg(&self.append);
         if self.gdb {
             cmd.args(["-s", "-S"]);
+        }
+        if self.icount && self.accel == Accel::Tcg {
+            cmd.args(["-icount", "shift=0"]);
         }
         cmd
     }
@@ -216,6 +221,7 @@ mod tests {
             memory_mib: 64,
             append: "log=info shutdown_after=3".into(),
             gdb: false,
+            icount: false,
         };
         let line = shell_line(&cfg.command());
         assert!(line.contains("-device isa-debug-exit,iobase=0xf4,iosize=0x4"), "{line}");

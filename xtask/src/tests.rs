@@ -103,6 +103,7 @@ fn boot(image: &Image, accel: Accel, append: &str, timeout: Duration) -> std::re
         memory_mib: image.manifest.kernel.memory_mib,
         append: append.to_string(),
         gdb: false,
+        icount: false,
     };
     qemu::run_captured(config.command(), timeout, false)
         .map_err(|e| Failure { reason: format!("{e:#}"), log: String::new() })

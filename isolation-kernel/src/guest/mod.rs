@@ -147,26 +147,28 @@ pub fn stats_pairs() -> Vec<(&'static str, u64)> {
     ]
 }
 
-/// Reads the initrd, loads every guest of the image and runs the first one. Returns only if
-/// there is nothing to run.
-pub fn boot(initrd: &'static [u8], tsc_hz: u64, shutdown_deadline: Option<u64>, trap_stack_top: u64) {
+/// Reads the initrd, loads every guest of the image and runs the first one. Returns only with
+/// the reason the initrd cannot be used.
+pub fn boot(initrd: &'static [u8], tsc_hz: u64, shutdown_deadline: Option<u64>, trap_stack_top: u64) -> String {
     let archive = Archive::new(initrd);
     let config = match archive.find(CONFIG_FILE) {
         Ok(Some(entry)) => entry.data,
-        Ok(None) => return log::error!("initrd has no {CONFIG_FILE}: no guests to start"),
-        Err(e) => return log::error!("initrd is malformed ({e}): no guests to start"),
+        Ok(None) => return format!("initrd has no {CONFIG_FILE}"),
+        Err(e) => return format!("initrd is malformed: {e}"),
     };
-    let config = match core::str::from_utf8(config) {
-        Ok(text) => text,
-        Err(_) => return log::error!("{CONFIG_FILE} is not UTF-8: no guests to start"),
+    let Ok(config) = core::str::from_utf8(config) else {
+        return format!("{CONFIG_FILE} is not UTF-8");
     };
     let mut specs: Vec<GuestSpec<'static>> = Vec::new();
     for record in parse_config(config) {
         match record {
             Ok(Record::Image { name }) => log::info!("image `{name}`"),
             Ok(Record::Guest(spec)) => specs.push(spec),
-            Err(e) => return log::error!("{CONFIG_FILE}: {e}: no guests to start"),
+            Err(e) => return format!("{CONFIG_FILE}: {e}"),
         }
+    }
+    if specs.is_empty() {
+        return format!("{CONFIG_FILE} names no guests");
     }
 
     let mut g = Guests {
