@@ -11,7 +11,7 @@ pub struct CpioWriter {
 }
 
 fn pad4(bytes: &mut Vec<u8>) {
-    while bytes.len() % 4 != 0 {
+    while !bytes.len().is_multiple_of(4) {
         bytes.push(0);
     }
 }

@@ -22,51 +22,46 @@ fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
-/// Builds the kernel ELF (release) and returns its path.
-///
-/// The kernel is linked in the top 2 GiB, so it needs the `kernel` code model; QEMU applies no
-/// relocations, so it must be a static (non-PIE) executable. These flags must not reach guest
-/// code, hence a target directory of its own.
-pub fn build_kernel() -> Result<PathBuf> {
+/// Runs `cargo build --release` for the bare-metal target with its own rustflags and target
+/// directory (so kernel and guest flags never mix), and returns the release output directory.
+fn build_bare_metal(what: &str, rustflags: &[&str], target_subdir: &str, selection: &[&str]) -> Result<PathBuf> {
     let root = workspace_root();
-    let target_dir = root.join("target/kernel");
+    let target_dir = root.join("target").join(target_subdir);
     let status = cargo()
         .current_dir(&root)
         .env_remove("RUSTFLAGS")
-        .env("CARGO_ENCODED_RUSTFLAGS", ["-Crelocation-model=static", "-Ccode-model=kernel"].join("\x1f"))
-        .args(["build", "--release", "--package", "isolation-kernel", "--bin", "isolation-kernel"])
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags.join("\x1f"))
+        .args(["build", "--release"])
+        .args(selection)
         .args(["--target", KERNEL_TARGET])
         .arg("--target-dir")
         .arg(&target_dir)
         .status()
-        .context("running cargo to build the kernel")?;
+        .with_context(|| format!("running cargo to build the {what}"))?;
     if !status.success() {
-        bail!("building the kernel failed ({status})");
-    }
-    Ok(target_dir.join(KERNEL_TARGET).join("release/isolation-kernel"))
-}
-
-/// Builds every guest app (release) and returns the directory holding the ELF files.
-///
-/// Guests are linked at a fixed low address (guest.ld), so static relocation with the default
-/// small code model; a target directory apart from the kernel's keeps the flags apart.
-pub fn build_guests() -> Result<PathBuf> {
-    let root = workspace_root();
-    let target_dir = root.join("target/guest");
-    let status = cargo()
-        .current_dir(&root)
-        .env_remove("RUSTFLAGS")
-        .env("CARGO_ENCODED_RUSTFLAGS", "-Crelocation-model=static")
-        .args(["build", "--release", "--package", "guest-os", "--bins"])
-        .args(["--target", KERNEL_TARGET])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .status()
-        .context("running cargo to build the guest apps")?;
-    if !status.success() {
-        bail!("building the guest apps failed ({status})");
+        bail!("building the {what} failed ({status})");
     }
     Ok(target_dir.join(KERNEL_TARGET).join("release"))
+}
+
+/// Builds the kernel ELF and returns its path.
+///
+/// The kernel is linked in the top 2 GiB, so it needs the `kernel` code model; QEMU applies no
+/// relocations, so it must be a static (non-PIE) executable.
+pub fn build_kernel() -> Result<PathBuf> {
+    let dir = build_bare_metal(
+        "kernel",
+        &["-Crelocation-model=static", "-Ccode-model=kernel"],
+        "kernel",
+        &["--package", "isolation-kernel", "--bin", "isolation-kernel"],
+    )?;
+    Ok(dir.join("isolation-kernel"))
+}
+
+/// Builds every guest app and returns the directory holding the ELF files. Guests are linked
+/// at a fixed low address (guest.ld): static relocation with the default small code model.
+pub fn build_guests() -> Result<PathBuf> {
+    build_bare_metal("guest apps", &["-Crelocation-model=static"], "guest", &["--package", "guest-os", "--bins"])
 }
 
 /// What `build` produced once: the kernel and the guest apps.

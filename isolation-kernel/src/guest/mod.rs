@@ -30,40 +30,6 @@ const GUEST_RFLAGS: u64 = 0x202;
 /// Longest console line kept before it is flushed without a newline.
 const CONSOLE_LINE_MAX: usize = 512;
 
-/// An expectation with owned text, kept until the run ends.
-#[derive(Clone, Debug)]
-enum Expectation {
-    Exit(i32),
-    Stopped(String),
-    Refused(String),
-    Running,
-    Any,
-}
-
-impl From<Expect<'_>> for Expectation {
-    fn from(e: Expect<'_>) -> Self {
-        match e {
-            Expect::Exit(code) => Expectation::Exit(code),
-            Expect::Stopped(text) => Expectation::Stopped(text.into()),
-            Expect::Refused(text) => Expectation::Refused(text.into()),
-            Expect::Running => Expectation::Running,
-            Expect::Any => Expectation::Any,
-        }
-    }
-}
-
-impl core::fmt::Display for Expectation {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Expectation::Exit(code) => write!(f, "exit {code}"),
-            Expectation::Stopped(text) => write!(f, "stopped ({text})"),
-            Expectation::Refused(text) => write!(f, "refused ({text})"),
-            Expectation::Running => f.write_str("still running"),
-            Expectation::Any => f.write_str("anything"),
-        }
-    }
-}
-
 /// How a guest ended.
 #[derive(Clone, Debug)]
 enum End {
@@ -73,12 +39,12 @@ enum End {
 }
 
 impl End {
-    fn meets(&self, expect: &Expectation) -> bool {
+    fn meets(&self, expect: Expect<'_>) -> bool {
         match (self, expect) {
-            (_, Expectation::Any) => true,
-            (End::Exited(code), Expectation::Exit(want)) => code == want,
-            (End::Stopped { cause, .. }, Expectation::Stopped(text)) => cause.contains(text.as_str()),
-            (End::Refused(error), Expectation::Refused(text)) => error.contains(text.as_str()),
+            (_, Expect::Any) => true,
+            (End::Exited(code), Expect::Exit(want)) => *code == want,
+            (End::Stopped { cause, .. }, Expect::Stopped(text)) => cause.contains(text),
+            (End::Refused(error), Expect::Refused(text)) => error.contains(text),
             _ => false,
         }
     }
@@ -93,7 +59,8 @@ struct Guest {
     /// CPU budget as the manifest states it, and in TSC ticks.
     cpu_budget_ms: u64,
     cpu_budget_ticks: Option<u64>,
-    expect: Expectation,
+    /// From the image config, which lives in the initrd for the whole run.
+    expect: Expect<'static>,
     end: Option<End>,
     console: Vec<u8>,
 }
@@ -199,7 +166,7 @@ pub fn boot(initrd: &'static [u8], tsc_hz: u64, shutdown_deadline: Option<u64>, 
             cpu_ticks: 0,
             cpu_budget_ms: spec.cpu_budget_ms,
             cpu_budget_ticks: (spec.cpu_budget_ms > 0).then(|| spec.cpu_budget_ms * tsc_hz / 1000),
-            expect: spec.expect.into(),
+            expect: spec.expect,
             end: None,
             console: Vec::new(),
         };
@@ -493,15 +460,17 @@ pub fn finish_run(why: &str) -> ! {
         log::info!("run over: {why}");
         for (id, guest) in g.list.iter_mut().enumerate() {
             let (summary, met) = match &guest.end {
-                Some(End::Exited(code)) => (format!("exited {code}"), guest.end.as_ref().is_some_and(|e| e.meets(&guest.expect))),
-                Some(End::Stopped { cause, rip }) => (
-                    format!("stopped: {cause} at rip {rip:#x}"),
-                    guest.end.as_ref().is_some_and(|e| e.meets(&guest.expect)),
-                ),
-                Some(End::Refused(error)) => (format!("refused: {error}"), guest.end.as_ref().is_some_and(|e| e.meets(&guest.expect))),
+                Some(end) => {
+                    let summary = match end {
+                        End::Exited(code) => format!("exited {code}"),
+                        End::Stopped { cause, rip } => format!("stopped: {cause} at rip {rip:#x}"),
+                        End::Refused(error) => format!("refused: {error}"),
+                    };
+                    (summary, end.meets(guest.expect))
+                }
                 None => {
                     flush_console(id, guest, true);
-                    ("still running".to_string(), matches!(guest.expect, Expectation::Running | Expectation::Any))
+                    ("still running".to_string(), matches!(guest.expect, Expect::Running | Expect::Any))
                 }
             };
             all_met &= met;
