@@ -20,8 +20,8 @@ const GUARD_BYTES: usize = 4096;
 pub const TIMER_HZ: u64 = 100;
 pub const TIMER_VECTOR: u8 = 32;
 pub const SPURIOUS_VECTOR: u8 = 0xff;
-/// Size of the kernel heap.
-const HEAP_BYTES: u64 = 4 << 20;
+/// Size of the kernel heap: 1/32 of RAM, at least 4 MiB (per-guest bookkeeping lives there).
+const MIN_HEAP_BYTES: u64 = 4 << 20;
 /// Physical memory below this is the legacy BIOS area; the kernel leaves it alone.
 const LOW_MEMORY_LIMIT: u64 = 1 << 20;
 
@@ -225,17 +225,18 @@ fn setup_memory(info: &pvh::StartInfo) {
     paging::init(&mut frames, ram.ranges(), &layout, arch::boot::BOOT_DIRECT_MAP_BYTES);
     log::info!("paging: kernel page tables active, direct map at {:#x}", phys::DIRECT_MAP_OFFSET);
 
+    let heap_bytes = (frames.free_frames() * FRAME_SIZE / 32).max(MIN_HEAP_BYTES).next_multiple_of(FRAME_SIZE);
     let heap_phys = frames
-        .allocate_contiguous(HEAP_BYTES / FRAME_SIZE, 1)
-        .unwrap_or_else(|| fail(format_args!("no {} KiB of contiguous memory for the heap", HEAP_BYTES / 1024)));
-    mm::heap::init(heap_phys, HEAP_BYTES as usize);
+        .allocate_contiguous(heap_bytes / FRAME_SIZE, 1)
+        .unwrap_or_else(|| fail(format_args!("no {} KiB of contiguous memory for the heap", heap_bytes / 1024)));
+    mm::heap::init(heap_phys, heap_bytes as usize);
     *phys::FRAMES.lock() = Some(frames);
 
     // Prove the heap works before anything relies on it.
     let probe: alloc::vec::Vec<u64> = (0..512).collect();
     assert_eq!(probe.iter().sum::<u64>(), 511 * 512 / 2);
     drop(probe);
-    log::info!("heap: {} KiB at physical {heap_phys:#x}", HEAP_BYTES / 1024);
+    log::info!("heap: {} KiB at physical {heap_phys:#x}", heap_bytes / 1024);
 }
 
 fn calibrate_and_start_timer() {

@@ -46,9 +46,9 @@ pub struct GuestGroup {
 /// Broken ELF files `cargo xtask build` can make from `hello`, for loader tests.
 pub const CORRUPT_KINDS: [&str; 4] = ["truncated", "wrong-machine", "overlapping", "kernel-half"];
 /// Apps that are binaries of guest-os.
-pub const GUEST_APPS: [&str; 3] = ["hello", "hostile", "vi-bench"];
+pub const GUEST_APPS: [&str; 4] = ["hello", "hostile", "noop", "vi-bench"];
 /// Most guests one image may hold.
-pub const MAX_GUESTS: usize = 4096;
+pub const MAX_GUESTS: usize = 16384;
 
 fn one() -> u32 {
     1
