@@ -17,16 +17,23 @@
 //! | 58 | 2 | arguments length |
 //! | 64 | 64 | name (UTF-8) |
 //! | 128 | 1024 | arguments (UTF-8, words separated by single spaces) |
+//! | 1152 | 1 | 1 if the guest has a virtual NIC, else 0 |
+//! | 1153 | 1 | IPv4 prefix length |
+//! | 1154 | 2 | MTU |
+//! | 1156 | 6 | MAC address |
+//! | 1162 | 4 | IPv4 address |
+//! | 1166 | 4 | IPv4 gateway (0.0.0.0: none) |
 
 /// "BOOTINFO" read as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"BOOTINFO");
 pub const MAX_NAME_LEN: usize = 64;
 pub const MAX_ARGS_LEN: usize = 1024;
 /// Bytes of the page that the encoding uses.
-pub const ENCODED_SIZE: usize = 128 + MAX_ARGS_LEN;
+pub const ENCODED_SIZE: usize = NET_OFFSET + 18;
 
 const NAME_OFFSET: usize = 64;
 const ARGS_OFFSET: usize = 128;
+const NET_OFFSET: usize = ARGS_OFFSET + MAX_ARGS_LEN;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BootInfo<'a> {
@@ -39,6 +46,8 @@ pub struct BootInfo<'a> {
     pub stack_size: u64,
     pub name: &'a str,
     pub args: &'a str,
+    /// The virtual NIC's configuration, if the guest has one.
+    pub net: Option<crate::vnic::NetConfig>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,6 +95,14 @@ impl<'a> BootInfo<'a> {
         put(page, 58, &(self.args.len() as u16).to_le_bytes());
         put(page, NAME_OFFSET, self.name.as_bytes());
         put(page, ARGS_OFFSET, self.args.as_bytes());
+        if let Some(net) = &self.net {
+            page[NET_OFFSET] = 1;
+            page[NET_OFFSET + 1] = net.prefix_len;
+            put(page, NET_OFFSET + 2, &net.mtu.to_le_bytes());
+            put(page, NET_OFFSET + 4, &net.mac);
+            put(page, NET_OFFSET + 10, &net.ipv4);
+            put(page, NET_OFFSET + 14, &net.gateway);
+        }
         Ok(())
     }
 
@@ -118,6 +135,13 @@ impl<'a> BootInfo<'a> {
             stack_size: u64::from_le_bytes(get(page, 48)),
             name: text(NAME_OFFSET, name_len)?,
             args: text(ARGS_OFFSET, args_len)?,
+            net: (page[NET_OFFSET] == 1).then(|| crate::vnic::NetConfig {
+                prefix_len: page[NET_OFFSET + 1],
+                mtu: u16::from_le_bytes(get(page, NET_OFFSET + 2)),
+                mac: get(page, NET_OFFSET + 4),
+                ipv4: get(page, NET_OFFSET + 10),
+                gateway: get(page, NET_OFFSET + 14),
+            }),
         })
     }
 }
@@ -137,6 +161,13 @@ mod tests {
             stack_size: 65536,
             name: "hello-7",
             args: "one two",
+            net: Some(crate::vnic::NetConfig {
+                mac: [2, 0, 0, 0, 0, 7],
+                ipv4: [10, 0, 2, 23],
+                prefix_len: 24,
+                gateway: [10, 0, 2, 2],
+                mtu: 1500,
+            }),
         }
     }
 
@@ -145,6 +176,9 @@ mod tests {
         let mut page = [0xaau8; 4096];
         sample().encode(&mut page).unwrap();
         assert_eq!(BootInfo::decode(&page).unwrap(), sample());
+        let without_net = BootInfo { net: None, ..sample() };
+        without_net.encode(&mut page).unwrap();
+        assert_eq!(BootInfo::decode(&page).unwrap(), without_net);
     }
 
     #[test]

@@ -14,10 +14,15 @@
 //! guest→name=hello-0→app=hello→heap_kib=64→cpu_budget_ms=0→expect=exit:0→args=a b
 //! ```
 //!
+//! A guest with a virtual NIC has `net=<mac>,<ipv4>/<prefix>,<gateway>` (for example
+//! `net=02:00:00:00:00:10,10.0.2.16/24,10.0.2.2`), placed before `args`.
+//!
 //! `expect` is `exit:<code>`, `stopped:<text the stop cause contains>`, `refused:<text the load
 //! error contains>` (the kernel must refuse to load the guest), `running` (still running at
 //! shutdown) or `any`. `cpu_budget_ms=0` means no CPU budget. `args` comes last and
 //! may contain spaces (not tabs).
+
+use crate::vnic::{NetConfig, MTU};
 
 /// Path of the image config inside the archive.
 pub const CONFIG_FILE: &str = "image.cfg";
@@ -77,6 +82,7 @@ pub struct GuestSpec<'a> {
     pub heap_kib: u64,
     pub cpu_budget_ms: u64,
     pub expect: Expect<'a>,
+    pub net: Option<NetConfig>,
     pub args: &'a str,
 }
 
@@ -85,10 +91,54 @@ impl core::fmt::Display for GuestSpec<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(
             f,
-            "guest\tname={}\tapp={}\theap_kib={}\tcpu_budget_ms={}\texpect={}\targs={}",
-            self.name, self.app, self.heap_kib, self.cpu_budget_ms, self.expect, self.args
-        )
+            "guest\tname={}\tapp={}\theap_kib={}\tcpu_budget_ms={}\texpect={}",
+            self.name, self.app, self.heap_kib, self.cpu_budget_ms, self.expect
+        )?;
+        if let Some(net) = &self.net {
+            let [m0, m1, m2, m3, m4, m5] = net.mac;
+            let [a, b, c, d] = net.ipv4;
+            let [g0, g1, g2, g3] = net.gateway;
+            write!(
+                f,
+                "\tnet={m0:02x}:{m1:02x}:{m2:02x}:{m3:02x}:{m4:02x}:{m5:02x},{a}.{b}.{c}.{d}/{},{g0}.{g1}.{g2}.{g3}",
+                net.prefix_len
+            )?;
+        }
+        write!(f, "\targs={}", self.args)
     }
+}
+
+/// Parses `<mac>,<ipv4>/<prefix>,<gateway>`.
+pub fn parse_net(text: &str) -> Option<NetConfig> {
+    let mut parts = text.split(',');
+    let (mac_text, addr_text, gateway_text) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    let mut octets = mac_text.split(':');
+    for byte in &mut mac {
+        let part = octets.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    if octets.next().is_some() || mac[0] & 1 != 0 {
+        return None; // a multicast address cannot be a NIC's own
+    }
+    let (ip_text, prefix_text) = addr_text.split_once('/')?;
+    let prefix_len: u8 = prefix_text.parse().ok().filter(|p| (1..=32).contains(p))?;
+    Some(NetConfig { mac, ipv4: parse_ipv4(ip_text)?, prefix_len, gateway: parse_ipv4(gateway_text)?, mtu: MTU as u16 })
+}
+
+fn parse_ipv4(text: &str) -> Option<[u8; 4]> {
+    let mut out = [0u8; 4];
+    let mut parts = text.split('.');
+    for byte in &mut out {
+        *byte = parts.next()?.parse().ok()?;
+    }
+    parts.next().is_none().then_some(out)
 }
 
 /// One record of the image config.
@@ -123,6 +173,7 @@ fn valid_name(name: &str) -> bool {
 
 fn parse_guest(line: usize, fields: core::str::Split<'_, char>) -> Result<GuestSpec<'_>, ConfigError<'_>> {
     let (mut name, mut app, mut heap_kib, mut budget, mut expect, mut args) = (None, None, None, None, None, None);
+    let mut net = None;
     for field in fields {
         let bad = ConfigError::BadField { line, field };
         let (key, value) = field.split_once('=').ok_or(bad)?;
@@ -132,6 +183,7 @@ fn parse_guest(line: usize, fields: core::str::Split<'_, char>) -> Result<GuestS
             "heap_kib" => heap_kib = Some(value.parse().map_err(|_| bad)?),
             "cpu_budget_ms" => budget = Some(value.parse().map_err(|_| bad)?),
             "expect" => expect = Some(Expect::parse(value).ok_or(bad)?),
+            "net" => net = Some(parse_net(value).ok_or(bad)?),
             "args" => args = Some(value),
             _ => return Err(bad),
         }
@@ -143,6 +195,7 @@ fn parse_guest(line: usize, fields: core::str::Split<'_, char>) -> Result<GuestS
         heap_kib: heap_kib.ok_or(missing("heap_kib"))?,
         cpu_budget_ms: budget.unwrap_or(0),
         expect: expect.unwrap_or(Expect::Any),
+        net,
         args: args.unwrap_or(""),
     })
 }
@@ -181,6 +234,7 @@ mod tests {
             heap_kib: 64,
             cpu_budget_ms: 500,
             expect: Expect::Stopped("page fault"),
+            net: Some(NetConfig { mac: [2, 0, 0, 0, 0, 0x1f], ipv4: [10, 0, 2, 16], prefix_len: 24, gateway: [10, 0, 2, 2], mtu: 1500 }),
             args: "a b  c",
         };
         let text = "# comment\nimage\tname=hello\n\n".to_string() + &spec.to_string() + "\n";
@@ -203,6 +257,25 @@ mod tests {
                 ConfigError::BadField { line: 6, field: "expect=exit:x" },
             ]
         );
+    }
+
+    #[test]
+    fn net_configs_parse_and_bad_ones_do_not() {
+        let net = parse_net("02:00:00:00:00:10,10.0.2.16/24,10.0.2.2").unwrap();
+        assert_eq!(net.mac, [2, 0, 0, 0, 0, 0x10]);
+        assert_eq!((net.ipv4, net.prefix_len, net.gateway), ([10, 0, 2, 16], 24, [10, 0, 2, 2]));
+        for bad in [
+            "",
+            "02:00:00:00:00,10.0.2.16/24,10.0.2.2",
+            "03:00:00:00:00:10,10.0.2.16/24,10.0.2.2",
+            "02:00:00:00:00:10,10.0.2.16,10.0.2.2",
+            "02:00:00:00:00:10,10.0.2.16/33,10.0.2.2",
+            "02:00:00:00:00:10,10.0.2.256/24,10.0.2.2",
+            "02:00:00:00:00:10,10.0.2.16/24,10.0.2.2,x",
+            "2:0:0:0:0:10,10.0.2.16/24,10.0.2.2",
+        ] {
+            assert_eq!(parse_net(bad), None, "{bad}");
+        }
     }
 
     #[test]

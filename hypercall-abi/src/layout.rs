@@ -6,6 +6,12 @@ pub const PAGE_SIZE: u64 = 4096;
 
 /// The read-only boot-info page (see [`crate::boot_info`]).
 pub const BOOT_INFO_ADDR: u64 = 0x0020_0000;
+/// The vNIC shared page (rings and indices; see [`crate::vnic`]), read-write for the guest.
+pub const VNIC_SHARED_ADDR: u64 = 0x0021_0000;
+/// The vNIC transmit slots.
+pub const VNIC_TX_AREA_ADDR: u64 = 0x0022_0000;
+/// The vNIC receive buffers.
+pub const VNIC_RX_AREA_ADDR: u64 = 0x0030_0000;
 /// Lowest address a guest ELF segment may occupy; guest programs are linked here.
 pub const IMAGE_BASE: u64 = 0x0040_0000;
 /// End of the region for ELF segments.
@@ -30,7 +36,7 @@ mod tests {
 
     #[test]
     fn regions_are_ordered_aligned_and_below_2_gib() {
-        let bounds = [BOOT_INFO_ADDR, IMAGE_BASE, IMAGE_LIMIT, HEAP_BASE, HEAP_BASE + MAX_HEAP_SIZE, STACK_TOP - STACK_SIZE - PAGE_SIZE, STACK_TOP];
+        let bounds = [BOOT_INFO_ADDR, VNIC_SHARED_ADDR, VNIC_TX_AREA_ADDR, VNIC_RX_AREA_ADDR, IMAGE_BASE, IMAGE_LIMIT, HEAP_BASE, HEAP_BASE + MAX_HEAP_SIZE, STACK_TOP - STACK_SIZE - PAGE_SIZE, STACK_TOP];
         assert!(bounds.windows(2).all(|w| w[0] <= w[1]), "{bounds:x?}");
         assert!(bounds.iter().all(|b| b % PAGE_SIZE == 0));
     }

@@ -13,8 +13,7 @@
 //! - [`host`]: how the kernel ends QEMU and what its exit status means to `cargo xtask`;
 //! - [`cmdline`]: the keys of the kernel command line that the harness sets.
 //!
-//! The vNIC rings are added with the issue that implements them; nothing here describes an
-//! interface that does not exist yet.
+//! - [`vnic`]: the virtual NIC's shared page, rings, descriptors and slots.
 
 #![no_std]
 // Only the guest-side wrappers (inline `out`) need unsafe code, and they opt in explicitly.
@@ -26,6 +25,7 @@ pub mod guest;
 pub mod initrd;
 pub mod layout;
 pub mod vi;
+pub mod vnic;
 
 /// Version of the guest/kernel ABI. Bumped on every incompatible change of this crate.
 pub const ABI_VERSION: u32 = 1;

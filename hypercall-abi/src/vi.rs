@@ -24,6 +24,8 @@
 //! | `0xe02` | [`Vi::Yield`] | none | 0 | none |
 //! | `0xe03` | [`Vi::IdleUntil`] | `rdi` = TSC deadline ([`NO_DEADLINE`] for none) | pending [`VirtualInterrupts`] bits, 0 if woken by the deadline | a deadline already passed returns at once |
 //! | `0xe04` | [`Vi::Null`] | none | 0 | none (exists to measure the trap round trip) |
+//! | `0xe05` | [`Vi::VnicTxKick`] | none | number of tx descriptors taken | guest without a vNIC: [`Error::Unsupported`]; bad descriptors are rejected one by one (status in the descriptor, counted, logged once), never stop the guest |
+//! | `0xe06` | [`Vi::VnicRxPosted`] | none | number of rx buffers posted and not yet filled | guest without a vNIC: [`Error::Unsupported`] |
 //!
 //! The guest is not scheduled while idle: it resumes only when the deadline passes or a virtual
 //! interrupt is raised for it.
@@ -48,10 +50,20 @@ pub enum Vi {
     Yield = PORT_BASE + 2,
     IdleUntil = PORT_BASE + 3,
     Null = PORT_BASE + 4,
+    VnicTxKick = PORT_BASE + 5,
+    VnicRxPosted = PORT_BASE + 6,
 }
 
 impl Vi {
-    pub const ALL: [Vi; 5] = [Vi::ConsoleWrite, Vi::Exit, Vi::Yield, Vi::IdleUntil, Vi::Null];
+    pub const ALL: [Vi; 7] = [
+        Vi::ConsoleWrite,
+        Vi::Exit,
+        Vi::Yield,
+        Vi::IdleUntil,
+        Vi::Null,
+        Vi::VnicTxKick,
+        Vi::VnicRxPosted,
+    ];
 
     pub const fn port(self) -> u16 {
         self as u16
@@ -69,6 +81,8 @@ impl Vi {
             Vi::Yield => "yield",
             Vi::IdleUntil => "idle_until",
             Vi::Null => "null",
+            Vi::VnicTxKick => "vnic_tx_kick",
+            Vi::VnicRxPosted => "vnic_rx_posted",
         }
     }
 }
@@ -105,6 +119,10 @@ pub struct VirtualInterrupts(pub u64);
 impl VirtualInterrupts {
     /// The idle deadline passed (never set in `IdleUntil`'s result: that returns 0 instead).
     pub const TIMER: u64 = 1 << 0;
+    /// Frames were delivered into posted rx buffers.
+    pub const RX: u64 = 1 << 1;
+    /// Tx descriptors were completed.
+    pub const TX_DONE: u64 = 1 << 2;
 }
 
 #[cfg(test)]

@@ -81,6 +81,7 @@ impl Guest {
             heap_kib: self.heap_kib,
             cpu_budget_ms: self.cpu_budget_ms,
             expect: Expect::parse(&self.expect).expect("validated when the manifest was parsed"),
+            net: None,
             args: &self.args,
         }
     }

@@ -141,6 +141,7 @@ fn populate(
         stack_size: STACK_SIZE,
         name: spec.name,
         args: spec.args,
+        net: spec.net,
     };
     let phys = space.new_frame(frames)?;
     let mut page = [0u8; hypercall_abi::boot_info::ENCODED_SIZE];
