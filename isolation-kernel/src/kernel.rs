@@ -20,6 +20,8 @@ const GUARD_BYTES: usize = 4096;
 pub const TIMER_HZ: u64 = 100;
 pub const TIMER_VECTOR: u8 = 32;
 pub const SPURIOUS_VECTOR: u8 = 0xff;
+/// MSI-X vector of the physical NIC's receive queue.
+pub const NIC_VECTOR: u8 = 0x30;
 /// Size of the kernel heap: 1/32 of RAM, at least 4 MiB (per-guest bookkeeping lives there).
 const MIN_HEAP_BYTES: u64 = 4 << 20;
 /// Physical memory below this is the legacy BIOS area; the kernel leaves it alone.
@@ -141,8 +143,37 @@ pub extern "C" fn kernel_entry(start_info_phys: u64) -> ! {
 /// One tick of the LAPIC timer.
 pub fn timer_tick() {
     TIMER_TICKS.fetch_add(1, Ordering::Relaxed);
+    end_of_interrupt();
+}
+
+pub fn end_of_interrupt() {
     if let Some(apic) = LAPIC.get() {
         apic.end_of_interrupt();
+    }
+}
+
+/// Finds and starts the physical NIC (a legacy virtio-net PCI device), if the machine has one.
+pub fn probe_nic() -> Option<crate::drivers::virtio_net::VirtioNet> {
+    use crate::drivers::{pci, virtio_net};
+    let address = pci::find_devices(virtio_net::VENDOR_VIRTIO, virtio_net::DEVICE_NET_LEGACY).next()?;
+    let apic_id = LAPIC.get().map_or(0, |apic| apic.id());
+    let result = phys::with_frames(|frames| {
+        virtio_net::VirtioNet::init(address, frames, |phys, frames| paging::map_mmio_page(1, phys, frames), NIC_VECTOR, apic_id)
+    });
+    match result {
+        Ok(nic) => {
+            let m = nic.mac();
+            log::info!(
+                "nic: virtio-net at {address}, MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, {}",
+                m[0], m[1], m[2], m[3], m[4], m[5],
+                if nic.msix { "MSI-X receive interrupts" } else { "polled on the timer" }
+            );
+            Some(nic)
+        }
+        Err(e) => {
+            log::error!("nic: virtio-net at {address} unusable: {e}");
+            None
+        }
     }
 }
 
@@ -349,6 +380,10 @@ pub extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     match frame.vector {
         v if v == u64::from(TIMER_VECTOR) => timer_tick(),
         v if v == u64::from(SPURIOUS_VECTOR) => {}
+        v if v == u64::from(NIC_VECTOR) => {
+            crate::guest::nic_interrupt();
+            end_of_interrupt();
+        }
         v if v < 32 => kernel_fault(frame),
         v => log::warn!("unexpected interrupt vector {v}"),
     }

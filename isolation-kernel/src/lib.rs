@@ -21,3 +21,4 @@ pub mod pvh;
 pub mod sched;
 pub mod stats;
 pub mod vinstr;
+pub mod vnet;

@@ -1,4 +1,192 @@
-//! The guest's smoltcp network stack and poll loop. Not written yet: it arrives with the virtual NIC, and nothing here claims to work.
+//! The guest network stack: a smoltcp [`Interface`] and [`SocketSet`] on the virtual NIC,
+//! configured from the guest's [`NetConfig`], with a small socket API for apps and a poll loop
+//! that sleeps through the [`Platform`] (the idle virtual instruction in a guest).
+//!
+//! An app loop is: `poll()`, use its sockets, `wait()`, repeat. Only UDP so far; TCP sockets
+//! go into the same [`SocketSet`] when they come.
 
 #![no_std]
 #![forbid(unsafe_code)]
+
+extern crate alloc;
+#[cfg(test)]
+extern crate std;
+
+use alloc::vec;
+use alloc::vec::Vec;
+use hypercall_abi::vnic::{NetConfig, MTU};
+use managed::ManagedSlice;
+use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
+use smoltcp::socket::{udp, Socket};
+use smoltcp::wire::{EthernetAddress, IpAddress, IpCidr, IpEndpoint};
+use vnic_driver::{Doorbell, Vnic, VnicCounters};
+
+pub use smoltcp::time::{Duration, Instant};
+pub use smoltcp::wire::Ipv4Address;
+
+/// Largest UDP payload: one frame, as the stack does no IP fragmentation.
+pub const MAX_UDP_PAYLOAD: usize = MTU as usize - 20 - 8;
+/// Datagrams each UDP socket buffers per direction.
+pub const UDP_BUFFER_PACKETS: usize = 16;
+/// Payload bytes each UDP socket buffers per direction.
+pub const UDP_BUFFER_BYTES: usize = UDP_BUFFER_PACKETS * MTU as usize;
+/// Most `Interface::poll` rounds in one [`NetStack::poll`]: a round sends at most one packet per
+/// socket, and this bounds the work when frames keep arriving.
+const POLL_ROUNDS: usize = 32;
+
+/// What the stack needs from the guest runtime: time, and a way to sleep.
+pub trait Platform {
+    fn now(&self) -> Instant;
+    /// Sleeps until `deadline` (`None`: until a virtual interrupt) or until woken earlier.
+    fn idle_until(&mut self, deadline: Option<Instant>);
+}
+
+/// A UDP socket of one [`NetStack`] (using it with another stack panics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UdpHandle(SocketHandle);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetError {
+    /// Another socket of this stack has the port.
+    PortInUse,
+    /// Port 0, or an unspecified destination address or port.
+    Unaddressable,
+    /// More than [`MAX_UDP_PAYLOAD`] bytes.
+    TooLarge,
+    /// The socket's send buffer is full: poll, then try again.
+    BufferFull,
+}
+
+/// The guest's network stack on its virtual NIC.
+pub struct NetStack<'a, D: Doorbell, P: Platform> {
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    device: Vnic<'a, D>,
+    platform: P,
+}
+
+impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
+    /// Builds the interface from `config`: its MAC, its IPv4 address (none if 0.0.0.0; a prefix
+    /// over 32 counts as 32) and a default route via the gateway unless that is 0.0.0.0.
+    pub fn new(config: NetConfig, mut device: Vnic<'a, D>, platform: P) -> Self {
+        let now = platform.now();
+        let mut iface_config = Config::new(EthernetAddress(config.mac).into());
+        // Distinct per guest and per boot, for TCP sequence numbers and ephemeral ports.
+        iface_config.random_seed = mac_seed(config.mac) ^ now.total_micros() as u64;
+        let mut iface = Interface::new(iface_config, &mut device, now);
+        let ip = Ipv4Address::from(config.ipv4);
+        if !ip.is_unspecified() {
+            let cidr = IpCidr::new(ip.into(), config.prefix_len.min(32));
+            iface.update_ip_addrs(|addrs| addrs.push(cidr).expect("an empty address list has room"));
+        }
+        let gateway = Ipv4Address::from(config.gateway);
+        if !gateway.is_unspecified() {
+            iface.routes_mut().add_default_ipv4_route(gateway).expect("an empty route table has room");
+        }
+        // Owned storage: the set grows on the heap as apps open sockets.
+        let sockets = SocketSet::new(ManagedSlice::Owned(Vec::new()));
+        NetStack { iface, sockets, device, platform }
+    }
+
+    pub fn now(&self) -> Instant {
+        self.platform.now()
+    }
+
+    /// Opens a UDP socket on `port`, with room for [`UDP_BUFFER_PACKETS`] datagrams each way.
+    pub fn udp_bind(&mut self, port: u16) -> Result<UdpHandle, NetError> {
+        if port == 0 {
+            return Err(NetError::Unaddressable);
+        }
+        let taken = self.sockets.iter().any(|(_, socket)| match socket {
+            Socket::Udp(udp) => udp.endpoint().port == port,
+            #[allow(unreachable_patterns)]
+            _ => false,
+        });
+        if taken {
+            return Err(NetError::PortInUse);
+        }
+        let buffer = || {
+            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; UDP_BUFFER_PACKETS], vec![0; UDP_BUFFER_BYTES])
+        };
+        let mut socket = udp::Socket::new(buffer(), buffer());
+        socket.bind(port).map_err(|_| NetError::Unaddressable)?;
+        Ok(UdpHandle(self.sockets.add(socket)))
+    }
+
+    /// Queues one datagram to `to`; the next [`Self::poll`] sends it.
+    pub fn udp_send(&mut self, h: UdpHandle, data: &[u8], to: (Ipv4Address, u16)) -> Result<(), NetError> {
+        if data.len() > MAX_UDP_PAYLOAD {
+            return Err(NetError::TooLarge);
+        }
+        if to.0.is_unspecified() || to.1 == 0 {
+            return Err(NetError::Unaddressable);
+        }
+        let socket = self.sockets.get_mut::<udp::Socket>(h.0);
+        socket.send_slice(data, IpEndpoint::new(to.0.into(), to.1)).map_err(|e| match e {
+            udp::SendError::BufferFull => NetError::BufferFull,
+            udp::SendError::Unaddressable => NetError::Unaddressable,
+        })
+    }
+
+    /// Takes the next received datagram: its length and sender. A datagram longer than `buf`
+    /// is cut to `buf.len()`, as with `recv(2)`.
+    pub fn udp_recv(&mut self, h: UdpHandle, buf: &mut [u8]) -> Option<(usize, (Ipv4Address, u16))> {
+        let socket = self.sockets.get_mut::<udp::Socket>(h.0);
+        let (data, meta) = socket.recv().ok()?;
+        let from = match meta.endpoint.addr {
+            IpAddress::Ipv4(addr) => (addr, meta.endpoint.port),
+            // Only if another crate turns on IPv6: this interface has no IPv6 address.
+            #[allow(unreachable_patterns)]
+            _ => return None,
+        };
+        let len = data.len().min(buf.len());
+        buf[..len].copy_from_slice(&data[..len]);
+        Some((len, from))
+    }
+
+    /// Processes received frames and sends what the sockets have queued, then rings the tx
+    /// doorbell at most once. Returns whether any socket's state may have changed.
+    pub fn poll(&mut self) -> bool {
+        // Clear the virtual-interrupt bits before looking at the rings: whatever the kernel
+        // raises from here on stays set, and the idle in `wait` returns at once for it.
+        self.device.take_virtual_interrupts();
+        let now = self.platform.now();
+        let mut changed = false;
+        // smoltcp sends at most one packet per socket per `Interface::poll`; repeat until it
+        // has nothing more (or the ring is full), so the whole batch goes out on one kick.
+        for _ in 0..POLL_ROUNDS {
+            if self.iface.poll(now, &mut self.device, &mut self.sockets) == PollResult::None {
+                break;
+            }
+            changed = true;
+        }
+        self.device.flush();
+        changed
+    }
+
+    /// Sleeps until smoltcp's next deadline (`poll_delay`), or until a virtual interrupt when it
+    /// has none. Returns at once if work is already waiting.
+    pub fn wait(&mut self) {
+        if self.device.rx_pending() {
+            return;
+        }
+        let now = self.platform.now();
+        match self.iface.poll_delay(now, &self.sockets) {
+            Some(Duration::ZERO) => {}
+            Some(delay) => self.platform.idle_until(Some(now + delay)),
+            None => self.platform.idle_until(None),
+        }
+    }
+
+    pub fn vnic_counters(&self) -> VnicCounters {
+        self.device.counters()
+    }
+}
+
+/// The MAC as a number, to seed smoltcp's random generator.
+fn mac_seed(mac: [u8; 6]) -> u64 {
+    mac.iter().fold(0, |seed, &b| (seed << 8) | u64::from(b))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,4 +1,399 @@
-//! The guest side of the virtual NIC (smoltcp::phy::Device over the shared rings). Not written yet: it arrives with the virtual NIC, and nothing here claims to work.
+//! The guest side of the virtual NIC: [`smoltcp::phy::Device`] over the rings of
+//! [`hypercall_abi::vnic`].
+//!
+//! The guest runtime turns the fixed guest addresses into references; this crate only sees a
+//! `&VnicShared` and the two areas as byte slices, so it needs no unsafe code and its tests run
+//! on the host against a fake kernel ([`testing`], behind the `testing` feature).
+//!
+//! Everything read from the shared page is treated as untrusted: indices that make no sense
+//! are ignored, and an rx length larger than the buffer is clamped.
 
 #![no_std]
 #![forbid(unsafe_code)]
+
+extern crate alloc;
+#[cfg(test)]
+extern crate std;
+
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub mod testing;
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::sync::atomic::{fence, Ordering};
+use hypercall_abi::vnic::{
+    ring_used, rx_buffer_addr, tx_slot_addr, DescStatus, VnicShared, MAX_FRAME, RX_RING_SIZE,
+    RX_SLOTS, SLOT_SIZE, TX_HEADROOM, TX_RING_SIZE, TX_SLOTS,
+};
+use smoltcp::phy::{Device, DeviceCapabilities, Medium};
+use smoltcp::time::Instant;
+
+const SLOT: usize = SLOT_SIZE as usize;
+const TX_AREA_SIZE: usize = (TX_SLOTS * SLOT_SIZE) as usize;
+const RX_AREA_SIZE: usize = (RX_SLOTS * SLOT_SIZE) as usize;
+
+/// How the driver signals the kernel. A guest issues the virtual instructions
+/// (`hypercall_abi::guest::vnic_tx_kick` / `vnic_rx_posted`); tests count.
+pub trait Doorbell {
+    /// Tx descriptors were produced and the kernel asked to be told (`needs_kick`).
+    fn tx_kick(&mut self);
+    /// Rx buffers were posted.
+    fn rx_posted(&mut self);
+}
+
+/// Why [`Vnic::new`] refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VnicError {
+    /// The tx area is not `TX_SLOTS * SLOT_SIZE` bytes (its actual length).
+    TxAreaSize(usize),
+    /// The rx area is not `RX_SLOTS * SLOT_SIZE` bytes (its actual length).
+    RxAreaSize(usize),
+    /// A ring holds more entries than its size: the shared page is not a vNIC's.
+    BadRingIndices,
+}
+
+/// Driver counters, for diagnostics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VnicCounters {
+    /// Frames put into the tx ring.
+    pub tx_frames: u64,
+    /// Doorbells rung for tx.
+    pub tx_kicks: u64,
+    /// Tx descriptors the kernel completed with a status other than `Done`.
+    pub tx_rejected: u64,
+    /// Frames smoltcp built that never reached the ring (too long, or ring full).
+    pub tx_dropped: u64,
+    /// The part of `tx_dropped` lost to a full ring (a tx token handed out with an rx token).
+    pub tx_dropped_ring_full: u64,
+    /// Frames handed to smoltcp.
+    pub rx_frames: u64,
+    /// Filled rx descriptors whose length exceeded the buffer (clamped).
+    pub rx_len_clamped: u64,
+    /// Filled rx descriptors whose status was not `Done` (skipped and reposted).
+    pub rx_errors: u64,
+}
+
+/// The virtual NIC, as a smoltcp device.
+///
+/// Split into an rx half and a tx half because smoltcp's `Device::receive` hands out an rx
+/// token and a tx token at once, each borrowing the device mutably.
+pub struct Vnic<'a, D: Doorbell> {
+    shared: &'a VnicShared,
+    tx: TxHalf<'a>,
+    rx: RxHalf<'a>,
+    doorbell: D,
+    tx_kicks: u64,
+}
+
+struct TxHalf<'a> {
+    shared: &'a VnicShared,
+    area: &'a mut [u8],
+    /// Our copy of `tx_producer` (the guest is its only writer).
+    producer: u32,
+    /// `tx_consumer` as of the last look at completed descriptors.
+    completed: u32,
+    /// Descriptors were produced since the last flush.
+    kick_pending: bool,
+    /// Where frames that cannot go into the ring are built and dropped: smoltcp's
+    /// `TxToken::consume` cannot fail, so it always needs a buffer.
+    scratch: Vec<u8>,
+    frames: u64,
+    rejected: u64,
+    dropped: u64,
+    dropped_ring_full: u64,
+}
+
+struct RxHalf<'a> {
+    shared: &'a VnicShared,
+    area: &'a mut [u8],
+    /// Next rx index to hand to smoltcp.
+    seen: u32,
+    /// Our copy of `rx_producer`.
+    producer: u32,
+    frames: u64,
+    len_clamped: u64,
+    errors: u64,
+}
+
+impl<'a, D: Doorbell> Vnic<'a, D> {
+    /// Takes over the vNIC: checks the areas, posts every rx buffer and rings `rx_posted` once.
+    ///
+    /// `tx_area` is the guest's whole tx area (at `layout::VNIC_TX_AREA_ADDR`), `rx_area` its
+    /// rx area (at `layout::VNIC_RX_AREA_ADDR`); descriptors carry those guest addresses.
+    pub fn new(
+        shared: &'a VnicShared,
+        tx_area: &'a mut [u8],
+        rx_area: &'a mut [u8],
+        mut doorbell: D,
+    ) -> Result<Self, VnicError> {
+        if tx_area.len() != TX_AREA_SIZE {
+            return Err(VnicError::TxAreaSize(tx_area.len()));
+        }
+        if rx_area.len() != RX_AREA_SIZE {
+            return Err(VnicError::RxAreaSize(rx_area.len()));
+        }
+        // Adopt the indices as found (zero on a fresh guest) rather than assume them.
+        let tx_producer = shared.tx_producer.0.load(Ordering::Relaxed);
+        let tx_consumer = shared.tx_consumer.0.load(Ordering::Acquire);
+        let rx_producer = shared.rx_producer.0.load(Ordering::Relaxed);
+        let rx_consumer = shared.rx_consumer.0.load(Ordering::Acquire);
+        if ring_used(tx_producer, tx_consumer) > TX_RING_SIZE
+            || ring_used(rx_producer, rx_consumer) > RX_RING_SIZE
+        {
+            return Err(VnicError::BadRingIndices);
+        }
+        let mut rx = RxHalf {
+            shared,
+            area: rx_area,
+            seen: rx_consumer,
+            producer: rx_consumer,
+            frames: 0,
+            len_clamped: 0,
+            errors: 0,
+        };
+        // (Re)post every buffer from the consumer on, so buffer `i % RX_SLOTS` sits at index `i`.
+        for _ in 0..RX_RING_SIZE {
+            rx.post_next();
+        }
+        rx.publish();
+        doorbell.rx_posted();
+        let tx = TxHalf {
+            shared,
+            area: tx_area,
+            producer: tx_producer,
+            completed: tx_consumer,
+            kick_pending: false,
+            scratch: vec![0; MAX_FRAME as usize],
+            frames: 0,
+            rejected: 0,
+            dropped: 0,
+            dropped_ring_full: 0,
+        };
+        Ok(Vnic { shared, tx, rx, doorbell, tx_kicks: 0 })
+    }
+
+    /// Rings the tx doorbell once if frames were produced since the last flush and the kernel
+    /// wants a kick. Called once after each smoltcp poll: one kick per batch, not per frame.
+    pub fn flush(&mut self) {
+        self.tx.reap();
+        if !self.tx.kick_pending {
+            return;
+        }
+        self.tx.kick_pending = false;
+        // Order the `tx_producer` store before the `needs_kick` load (a store-load pair needs a
+        // full fence). With the kernel setting `needs_kick` and then re-reading `tx_producer`,
+        // one of the two sides always sees the other's write, so no frame is left unkicked.
+        fence(Ordering::SeqCst);
+        if self.shared.needs_kick.0.load(Ordering::Acquire) != 0 {
+            self.doorbell.tx_kick();
+            self.tx_kicks += 1;
+        }
+        // Otherwise the kernel is draining the ring by itself.
+    }
+
+    /// Takes and clears the virtual-interrupt bits ([`hypercall_abi::vi::VirtualInterrupts`]).
+    pub fn take_virtual_interrupts(&self) -> u64 {
+        self.shared.virq.0.swap(0, Ordering::AcqRel)
+    }
+
+    /// Whether filled rx buffers wait, read from the ring itself (not from `virq`).
+    pub fn rx_pending(&self) -> bool {
+        let consumer = self.shared.rx_consumer.0.load(Ordering::Acquire);
+        let filled = ring_used(consumer, self.rx.seen);
+        filled != 0 && filled <= ring_used(self.rx.producer, self.rx.seen)
+    }
+
+    pub fn counters(&self) -> VnicCounters {
+        VnicCounters {
+            tx_frames: self.tx.frames,
+            tx_kicks: self.tx_kicks,
+            tx_rejected: self.tx.rejected,
+            tx_dropped: self.tx.dropped,
+            tx_dropped_ring_full: self.tx.dropped_ring_full,
+            rx_frames: self.rx.frames,
+            rx_len_clamped: self.rx.len_clamped,
+            rx_errors: self.rx.errors,
+        }
+    }
+
+    /// The kernel's view of this vNIC, for the fake kernel in tests: in a guest the kernel
+    /// reaches the areas through its own mapping, which safe Rust cannot model otherwise.
+    #[cfg(any(test, feature = "testing"))]
+    #[doc(hidden)]
+    pub fn kernel_side(&mut self) -> testing::KernelSide<'_> {
+        testing::KernelSide::new(self.shared, self.tx.area, self.rx.area)
+    }
+}
+
+impl TxHalf<'_> {
+    /// Looks at descriptors the kernel completed since the last call (counting rejections)
+    /// and returns `tx_consumer`. Must run before a slot's descriptor is rewritten.
+    fn reap(&mut self) -> u32 {
+        let consumer = self.shared.tx_consumer.0.load(Ordering::Acquire);
+        let done = ring_used(consumer, self.completed);
+        // A consumer past our producer is nonsense: ignore it (the ring then looks full).
+        if done > ring_used(self.producer, self.completed) {
+            return consumer;
+        }
+        for i in 0..done {
+            let desc = &self.shared.tx[(self.completed.wrapping_add(i) % TX_RING_SIZE) as usize];
+            if desc.status.load(Ordering::Relaxed) != DescStatus::Done as u32 {
+                self.rejected += 1;
+            }
+        }
+        self.completed = consumer;
+        consumer
+    }
+
+    fn has_free_slot(&mut self) -> bool {
+        let consumer = self.reap();
+        ring_used(self.producer, consumer) < TX_RING_SIZE
+    }
+
+    fn send<R, F: FnOnce(&mut [u8]) -> R>(&mut self, len: usize, f: F) -> R {
+        let ring_full = !self.has_free_slot();
+        if len > MAX_FRAME as usize || ring_full {
+            self.dropped += 1;
+            if ring_full {
+                self.dropped_ring_full += 1;
+            }
+            if self.scratch.len() < len {
+                self.scratch.resize(len, 0);
+            }
+            return f(&mut self.scratch[..len]);
+        }
+        let index = self.producer;
+        let slot = u64::from(index) % TX_SLOTS;
+        let start = slot as usize * SLOT + TX_HEADROOM as usize;
+        let result = f(&mut self.area[start..start + len]);
+        let desc = &self.shared.tx[(index % TX_RING_SIZE) as usize];
+        desc.addr.store(tx_slot_addr(slot) + TX_HEADROOM, Ordering::Relaxed);
+        desc.len.store(len as u32, Ordering::Relaxed);
+        desc.status.store(DescStatus::Pending as u32, Ordering::Relaxed);
+        self.producer = index.wrapping_add(1);
+        self.shared.tx_producer.0.store(self.producer, Ordering::Release);
+        self.kick_pending = true;
+        self.frames += 1;
+        result
+    }
+}
+
+impl RxHalf<'_> {
+    /// Writes the descriptor for the next posted buffer (visible once [`Self::publish`]ed).
+    fn post_next(&mut self) {
+        let index = self.producer;
+        let slot = u64::from(index) % RX_SLOTS;
+        let desc = &self.shared.rx[(index % RX_RING_SIZE) as usize];
+        desc.addr.store(rx_buffer_addr(slot), Ordering::Relaxed);
+        desc.len.store(SLOT_SIZE as u32, Ordering::Relaxed);
+        desc.status.store(DescStatus::Pending as u32, Ordering::Relaxed);
+        self.producer = index.wrapping_add(1);
+    }
+
+    fn publish(&self) {
+        self.shared.rx_producer.0.store(self.producer, Ordering::Release);
+    }
+
+    /// Gives the buffer at `seen` back to the kernel and moves on. The buffer reposted at
+    /// `producer` is the same one, as `producer - seen` is always `RX_RING_SIZE`.
+    fn recycle(&mut self) {
+        self.seen = self.seen.wrapping_add(1);
+        self.post_next();
+        self.publish();
+    }
+
+    /// Whether a filled buffer waits at `seen`; skips (and reposts) failed ones.
+    fn ready(&mut self) -> bool {
+        loop {
+            let consumer = self.shared.rx_consumer.0.load(Ordering::Acquire);
+            let filled = ring_used(consumer, self.seen);
+            // A consumer past our producer is nonsense: ignore it.
+            if filled == 0 || filled > ring_used(self.producer, self.seen) {
+                return false;
+            }
+            let desc = &self.shared.rx[(self.seen % RX_RING_SIZE) as usize];
+            if desc.status.load(Ordering::Relaxed) == DescStatus::Done as u32 {
+                return true;
+            }
+            self.errors += 1;
+            self.recycle();
+        }
+    }
+
+    fn consume<R, F: FnOnce(&[u8]) -> R>(&mut self, f: F) -> R {
+        let desc = &self.shared.rx[(self.seen % RX_RING_SIZE) as usize];
+        let mut len = desc.len.load(Ordering::Relaxed) as usize;
+        if len > SLOT {
+            self.len_clamped += 1;
+            len = SLOT;
+        }
+        // Our own buffer for this index, whatever the descriptor's address now says.
+        let start = (u64::from(self.seen) % RX_SLOTS) as usize * SLOT;
+        let result = f(&self.area[start..start + len]);
+        self.frames += 1;
+        self.recycle();
+        result
+    }
+}
+
+/// Hands smoltcp one received frame; the buffer is reposted once consumed.
+pub struct VnicRxToken<'t, 'a> {
+    rx: &'t mut RxHalf<'a>,
+}
+
+/// Lets smoltcp send one frame. Reserves nothing until consumed, so a dropped token never
+/// leaks a slot.
+pub struct VnicTxToken<'t, 'a> {
+    tx: &'t mut TxHalf<'a>,
+}
+
+impl smoltcp::phy::RxToken for VnicRxToken<'_, '_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        self.rx.consume(f)
+    }
+}
+
+impl smoltcp::phy::TxToken for VnicTxToken<'_, '_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        self.tx.send(len, f)
+    }
+}
+
+impl<'a, D: Doorbell> Device for Vnic<'a, D> {
+    type RxToken<'t>
+        = VnicRxToken<'t, 'a>
+    where
+        Self: 't;
+    type TxToken<'t>
+        = VnicTxToken<'t, 'a>
+    where
+        Self: 't;
+
+    fn receive(&mut self, _timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        if !self.rx.ready() {
+            return None;
+        }
+        // The tx token may find the ring full when consumed; it then drops its frame.
+        Some((VnicRxToken { rx: &mut self.rx }, VnicTxToken { tx: &mut self.tx }))
+    }
+
+    fn transmit(&mut self, _timestamp: Instant) -> Option<Self::TxToken<'_>> {
+        if !self.tx.has_free_slot() {
+            return None;
+        }
+        Some(VnicTxToken { tx: &mut self.tx })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        // smoltcp's Ethernet MTU counts the header, as MAX_FRAME does.
+        caps.max_transmission_unit = MAX_FRAME as usize;
+        caps.max_burst_size = None;
+        caps
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -5,13 +5,15 @@ mod initrd;
 mod manifest;
 mod pack;
 mod qemu;
+mod tapnet;
 mod tests;
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use hypercall_abi::cmdline as keys;
 use hypercall_abi::host::KernelExit;
-use qemu::{AccelChoice, QemuConfig};
+use manifest::{format_ip, NetPlan};
+use qemu::{AccelChoice, NetBackend, QemuConfig};
 use std::time::Duration;
 
 /// The image `cargo xtask run` boots when none is named.
@@ -44,6 +46,22 @@ enum Cmd {
     },
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum NetChoice {
+    /// QEMU's user network: host UDP port 127.0.0.1:(BASE+i) reaches guest i's port 7.
+    User,
+    /// A tap device in a network namespace of its own (needs root); reach guests by address.
+    Tap,
+    /// No physical NIC (guests still reach each other through the vswitch).
+    None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum TxMode {
+    /// Denali's path: the kernel copies each packet into its FIFO, the driver into the NIC buffer.
+    Copy,
+}
+
 #[derive(clap::Args)]
 struct RunArgs {
     /// Image to boot (images/NAME.toml).
@@ -67,6 +85,18 @@ struct RunArgs {
     /// TCG only: run with `-icount shift=0`, so TSC stamps count executed instructions.
     #[arg(long)]
     icount: bool,
+    /// The physical NIC's network.
+    #[arg(long, value_enum, default_value_t = NetChoice::User)]
+    net: NetChoice,
+    /// First host port of the user network's forwards (guest i: BASE+i -> its port 7).
+    #[arg(long, default_value_t = 7000)]
+    host_port_base: u16,
+    /// Transmit path (the copy-on-write path comes next).
+    #[arg(long, value_enum, default_value_t = TxMode::Copy)]
+    tx: TxMode,
+    /// Record what crosses the physical NIC to this pcap file (opens in Wireshark/tshark).
+    #[arg(long, value_name = "FILE")]
+    pcap: Option<std::path::PathBuf>,
 }
 
 fn main() {
@@ -79,7 +109,7 @@ fn main() {
 fn real_main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Build { image } => {
-            for image in pack::build(image.as_deref())? {
+            for image in pack::build(image.as_deref(), NetPlan::USER)? {
                 println!("packed {} -> {}", image.name, image.dir.display());
             }
             Ok(())
@@ -89,14 +119,35 @@ fn real_main() -> Result<()> {
     }
 }
 
+/// UDP port every guest's forward points at.
+pub const ECHO_PORT: u16 = 7;
+
 fn run(args: RunArgs) -> Result<()> {
-    let image = pack::build(Some(&args.image))?.remove(0);
+    let plan = if args.net == NetChoice::Tap { NetPlan::TAP } else { NetPlan::USER };
+    let image = pack::build(Some(&args.image), plan)?.remove(0);
     let accel = qemu::resolve_accel(args.accel)?;
     let log = args.log.unwrap_or_else(|| image.manifest.kernel.log.clone());
     let mut append = format!("{}={log}", keys::LOG);
     if let Some(secs) = args.for_secs {
         append += &format!(" {}={secs}", keys::SHUTDOWN_AFTER);
     }
+    let TxMode::Copy = args.tx;
+    let net_guests: Vec<_> = image.guests.iter().filter_map(|g| g.net.map(|n| (g.name.clone(), n))).collect();
+    let namespace = match args.net {
+        NetChoice::Tap => Some(tapnet::TapNamespace::create(&plan)?),
+        _ => None,
+    };
+    let backend = match args.net {
+        NetChoice::User => Some(NetBackend::User {
+            forwards: net_guests
+                .iter()
+                .enumerate()
+                .map(|(i, (_, n))| (args.host_port_base + i as u16, n.ipv4, ECHO_PORT))
+                .collect(),
+        }),
+        NetChoice::Tap => Some(NetBackend::Tap { ifname: tapnet::TAP_IFNAME.into() }),
+        NetChoice::None => None,
+    };
     let config = QemuConfig {
         kernel: &image.kernel,
         initrd: image.initrd.as_deref(),
@@ -105,6 +156,9 @@ fn run(args: RunArgs) -> Result<()> {
         append,
         gdb: args.gdb,
         icount: args.icount,
+        net: backend,
+        pcap: args.pcap.as_deref(),
+        netns: namespace.as_ref().map(|ns| ns.name.as_str()),
     };
     if args.icount && accel != qemu::Accel::Tcg {
         bail!("--icount needs TCG (--accel tcg)");
@@ -116,6 +170,21 @@ fn run(args: RunArgs) -> Result<()> {
     println!("qemu command: {}", qemu::shell_line(&cmd));
     if args.gdb {
         println!("waiting for gdb: gdb {} -ex 'target remote :1234'", image.kernel.display());
+    }
+    for (i, (name, net)) in net_guests.iter().enumerate() {
+        match (&args.net, &namespace) {
+            (NetChoice::User, _) => println!(
+                "guest {name}: {} (udp 127.0.0.1:{} -> port {ECHO_PORT})",
+                format_ip(net.ipv4),
+                args.host_port_base + i as u16
+            ),
+            (NetChoice::Tap, Some(ns)) => println!(
+                "guest {name}: {} (try: ip netns exec {} ping {0}; ip netns exec {1} nc -u {0} {ECHO_PORT})",
+                format_ip(net.ipv4),
+                ns.name
+            ),
+            _ => println!("guest {name}: {} (vswitch only)", format_ip(net.ipv4)),
+        }
     }
     let margin = if accel == qemu::Accel::Kvm { 120 } else { 30 };
     let timeout = args.timeout.or(args.for_secs.map(|s| s + margin)).map(Duration::from_secs);

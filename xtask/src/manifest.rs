@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use hypercall_abi::initrd::{Expect, GuestSpec};
+use hypercall_abi::vnic::{NetConfig, MTU};
 use hypercall_abi::layout::MAX_HEAP_SIZE;
 use serde::Deserialize;
 use std::collections::BTreeSet;
@@ -41,6 +42,59 @@ pub struct GuestGroup {
     /// `exit:CODE`, `stopped:CAUSE TEXT`, `refused:ERROR TEXT`, `running` or `any`.
     #[serde(default = "default_expect")]
     pub expect: String,
+    /// Give the guest a virtual NIC, with the next MAC and IPv4 address of the network.
+    #[serde(default)]
+    pub net: bool,
+}
+
+/// How guests' addresses are assigned on a network (`--net user` or `--net tap`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetPlan {
+    /// The /24 network, its gateway (QEMU's slirp, or the host end of the tap), and the host
+    /// part of the first guest's address.
+    pub network: [u8; 3],
+    pub gateway_host: u8,
+    pub first_guest_host: u8,
+}
+
+impl NetPlan {
+    /// QEMU's user network: slirp is 10.0.2.2; its DHCP range starts at .15, ours at .16.
+    pub const USER: NetPlan = NetPlan { network: [10, 0, 2], gateway_host: 2, first_guest_host: 16 };
+    /// The tap network inside the namespace `cargo xtask` creates; the host end is .1.
+    pub const TAP: NetPlan = NetPlan { network: [10, 77, 0], gateway_host: 1, first_guest_host: 16 };
+
+    /// Address of the `index`-th guest with a NIC.
+    pub fn guest_ip(&self, index: usize) -> [u8; 4] {
+        let [a, b, c] = self.network;
+        [a, b, c, self.first_guest_host + index as u8]
+    }
+
+    pub fn gateway(&self) -> [u8; 4] {
+        let [a, b, c] = self.network;
+        [a, b, c, self.gateway_host]
+    }
+
+    /// MAC of the `index`-th guest with a NIC: locally administered, unicast.
+    pub fn guest_mac(index: usize) -> [u8; 6] {
+        [0x02, 0x49, 0x4b, 0x00, (index >> 8) as u8, index as u8]
+    }
+
+    pub fn config(&self, index: usize) -> NetConfig {
+        NetConfig {
+            mac: Self::guest_mac(index),
+            ipv4: self.guest_ip(index),
+            prefix_len: 24,
+            gateway: self.gateway(),
+            mtu: MTU as u16,
+        }
+    }
+}
+
+/// Guests with a NIC an image may hold (the rest of the /24).
+pub const MAX_NET_GUESTS: usize = 200;
+
+pub fn format_ip(ip: [u8; 4]) -> String {
+    format!("{}.{}.{}.{}", ip[0], ip[1], ip[2], ip[3])
 }
 
 /// Broken ELF files `cargo xtask build` can make from `hello`, for loader tests.
@@ -71,6 +125,7 @@ pub struct Guest {
     pub heap_kib: u64,
     pub cpu_budget_ms: u64,
     pub expect: String,
+    pub net: Option<NetConfig>,
 }
 
 impl Guest {
@@ -81,7 +136,7 @@ impl Guest {
             heap_kib: self.heap_kib,
             cpu_budget_ms: self.cpu_budget_ms,
             expect: Expect::parse(&self.expect).expect("validated when the manifest was parsed"),
-            net: None,
+            net: self.net,
             args: &self.args,
         }
     }
@@ -141,7 +196,7 @@ impl Manifest {
                 bail!("guest `{}`: args may not contain tabs or newlines", group.app);
             }
         }
-        let guests = manifest.expand();
+        let guests = manifest.expand(&NetPlan::USER)?;
         if guests.len() > MAX_GUESTS {
             bail!("{} guests: at most {MAX_GUESTS}", guests.len());
         }
@@ -157,29 +212,54 @@ impl Manifest {
         Ok(manifest)
     }
 
-    /// Every guest, in boot order.
-    pub fn expand(&self) -> Vec<Guest> {
+    /// Every guest, in boot order, with network addresses from `plan`. In `args`, `{i}` becomes
+    /// the guest's index within its group and `{ip:NAME}` the IPv4 address of guest NAME.
+    pub fn expand(&self, plan: &NetPlan) -> Result<Vec<Guest>> {
         let mut guests = Vec::new();
+        let mut net_index = 0;
         for group in &self.guests {
             let base = group.name.clone().unwrap_or_else(|| group.app.clone());
             for i in 0..group.count {
+                let net = group.net.then(|| {
+                    net_index += 1;
+                    plan.config(net_index - 1)
+                });
                 guests.push(Guest {
                     name: if group.count == 1 { base.clone() } else { format!("{base}-{i}") },
                     app: group.app.clone(),
-                    args: group.args.clone(),
+                    args: group.args.replace("{i}", &i.to_string()),
                     heap_kib: group.heap_kib,
                     cpu_budget_ms: group.cpu_budget_ms,
                     expect: group.expect.clone(),
+                    net,
                 });
             }
         }
-        guests
+        if net_index > MAX_NET_GUESTS {
+            bail!("{net_index} guests with a NIC: at most {MAX_NET_GUESTS}");
+        }
+        let addresses: Vec<(String, Option<NetConfig>)> = guests.iter().map(|g| (g.name.clone(), g.net)).collect();
+        for guest in &mut guests {
+            while let Some(start) = guest.args.find("{ip:") {
+                let end = guest.args[start..].find('}').map(|e| start + e).ok_or_else(|| {
+                    anyhow::anyhow!("guest {}: unterminated {{ip:...}} in args", guest.name)
+                })?;
+                let name = &guest.args[start + 4..end];
+                let ip = match addresses.iter().find(|(n, _)| n == name) {
+                    Some((_, Some(net))) => format_ip(net.ipv4),
+                    Some((_, None)) => bail!("guest {}: {{ip:{name}}} names a guest without `net = true`", guest.name),
+                    None => bail!("guest {}: {{ip:{name}}} names no guest of this image", guest.name),
+                };
+                guest.args.replace_range(start..=end, &ip);
+            }
+        }
+        Ok(guests)
     }
 
     /// The image config the kernel reads (see `hypercall_abi::initrd`).
-    pub fn image_config(&self, image_name: &str) -> String {
+    pub fn image_config(&self, image_name: &str, guests: &[Guest]) -> String {
         let mut text = format!("# generated by cargo xtask build from images/{image_name}.toml\nimage\tname={image_name}\n");
-        for guest in self.expand() {
+        for guest in guests {
             text += &guest.spec().to_string();
             text.push('\n');
         }
@@ -240,12 +320,30 @@ mod tests {
             "description = \"x\"\n[[guest]]\napp = \"hello\"\ncount = 2\nargs = \"a b\"\n[[guest]]\napp = \"hostile\"\nname = \"nul\"\nargs = \"null-write\"\nexpect = \"stopped:page fault\"\n",
         )
         .unwrap();
-        let names: Vec<_> = m.expand().into_iter().map(|g| g.name).collect();
+        let guests = m.expand(&NetPlan::USER).unwrap();
+        let names: Vec<_> = guests.iter().map(|g| g.name.clone()).collect();
         assert_eq!(names, ["hello-0", "hello-1", "nul"]);
-        let config = m.image_config("t");
+        let config = m.image_config("t", &guests);
         let records: Vec<_> = hypercall_abi::initrd::parse_config(&config).collect::<Result<_, _>>().unwrap();
         assert_eq!(records.len(), 4);
         assert_eq!(m.apps(), ["hello", "hostile"]);
+    }
+
+    #[test]
+    fn network_addresses_and_arg_placeholders() {
+        let m = Manifest::parse(
+            "description = \"x\"\n[[guest]]\napp = \"hello\"\nname = \"echo\"\ncount = 2\nnet = true\n[[guest]]\napp = \"hello\"\nname = \"client\"\ncount = 2\nnet = true\nargs = \"peer={ip:echo-{i}}:7 n={i}\"\n[[guest]]\napp = \"hello\"\nname = \"quiet\"\n",
+        )
+        .unwrap();
+        let guests = m.expand(&NetPlan::TAP).unwrap();
+        assert_eq!(guests[0].net.unwrap().ipv4, [10, 77, 0, 16]);
+        assert_eq!(guests[3].net.unwrap().mac, [0x02, 0x49, 0x4b, 0, 0, 3]);
+        assert_eq!(guests[3].args, "peer=10.77.0.17:7 n=1");
+        assert_eq!(guests[4].net, None);
+        let config = m.image_config("t", &guests);
+        assert!(config.contains("net=02:49:4b:00:00:00,10.77.0.16/24,10.77.0.1"), "{config}");
+        let bad = "description = \"x\"\n[[guest]]\napp = \"hello\"\nargs = \"{ip:nobody}\"";
+        assert!(Manifest::parse(bad).is_err());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Building the kernel and packing images into `target/images/NAME/`.
 
 use crate::initrd::{corrupt_elf, CpioWriter};
-use crate::manifest::{image_names, manifest_path, Manifest};
+use crate::manifest::{image_names, manifest_path, Guest, Manifest, NetPlan};
 use hypercall_abi::initrd::{APP_DIR, CONFIG_FILE};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -95,13 +95,16 @@ pub struct Image {
     pub name: String,
     pub dir: PathBuf,
     pub manifest: Manifest,
+    /// Every guest, expanded, with the addresses of the network the image was packed for.
+    pub guests: Vec<Guest>,
+    pub plan: NetPlan,
     pub kernel: PathBuf,
     /// The cpio archive of the image config and app ELF files (`None` for an image without guests).
     pub initrd: Option<PathBuf>,
 }
 
-/// Packs image `name` into `target/images/NAME/`.
-pub fn pack_image(name: &str, artifacts: &Artifacts) -> Result<Image> {
+/// Packs image `name` into `target/images/NAME/`, with guest addresses for `plan`.
+pub fn pack_image(name: &str, artifacts: &Artifacts, plan: NetPlan) -> Result<Image> {
     let kernel_elf = &artifacts.kernel;
     let source = manifest_path(&images_dir(), name);
     if !source.exists() {
@@ -114,10 +117,11 @@ pub fn pack_image(name: &str, artifacts: &Artifacts) -> Result<Image> {
     let kernel = dir.join("kernel.elf");
     std::fs::copy(kernel_elf, &kernel).with_context(|| format!("copying the kernel to {}", kernel.display()))?;
     std::fs::copy(&source, dir.join("manifest.toml"))?;
+    let guests = manifest.expand(&plan)?;
     let initrd = if manifest.guests.is_empty() {
         None
     } else {
-        let config = manifest.image_config(name);
+        let config = manifest.image_config(name, &guests);
         std::fs::write(dir.join(CONFIG_FILE), &config)?;
         let mut archive = CpioWriter::default();
         archive.add_file(CONFIG_FILE, config.as_bytes());
@@ -128,15 +132,15 @@ pub fn pack_image(name: &str, artifacts: &Artifacts) -> Result<Image> {
         std::fs::write(&path, archive.finish()).with_context(|| format!("writing {}", path.display()))?;
         Some(path)
     };
-    Ok(Image { name: name.to_string(), dir, manifest, kernel, initrd })
+    Ok(Image { name: name.to_string(), dir, manifest, guests, plan, kernel, initrd })
 }
 
 /// Builds the kernel and guests and packs `name`, or every image when `name` is `None`.
-pub fn build(name: Option<&str>) -> Result<Vec<Image>> {
+pub fn build(name: Option<&str>, plan: NetPlan) -> Result<Vec<Image>> {
     let artifacts = Artifacts::build()?;
     let names = match name {
         Some(n) => vec![n.to_string()],
         None => image_names(&images_dir())?,
     };
-    names.iter().map(|n| pack_image(n, &artifacts)).collect()
+    names.iter().map(|n| pack_image(n, &artifacts, plan)).collect()
 }

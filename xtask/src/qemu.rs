@@ -60,6 +60,16 @@ pub fn resolve_accel(choice: AccelChoice) -> Result<Accel> {
     }
 }
 
+/// The physical NIC's backend.
+#[derive(Clone, Debug)]
+pub enum NetBackend {
+    /// QEMU's user-mode network (slirp), with UDP port forwards `(host port, guest IP, guest port)`
+    /// from 127.0.0.1.
+    User { forwards: Vec<(u16, [u8; 4], u16)> },
+    /// A tap device (which must exist in the namespace QEMU runs in).
+    Tap { ifname: String },
+}
+
 /// Everything that varies between QEMU runs.
 pub struct QemuConfig<'a> {
     pub kernel: &'a Path,
@@ -70,11 +80,24 @@ pub struct QemuConfig<'a> {
     pub gdb: bool,
     /// TCG only: `-icount shift=0`, so the TSC counts executed instructions (deterministic).
     pub icount: bool,
+    /// The physical NIC (a legacy virtio-net PCI device), if any.
+    pub net: Option<NetBackend>,
+    /// Record what crosses the physical NIC to this pcap file.
+    pub pcap: Option<&'a Path>,
+    /// Run QEMU inside this network namespace (`ip netns exec`), for the tap backend.
+    pub netns: Option<&'a str>,
 }
 
 impl QemuConfig<'_> {
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(QEMU);
+        let mut cmd = match self.netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns, QEMU]);
+                cmd
+            }
+            None => Command::new(QEMU),
+        };
         cmd.args(["-M", "pc", "-nodefaults", "-no-reboot", "-display", "none", "-monitor", "none"]);
         if Path::new(QBOOT).exists() {
             cmd.args(["-bios", QBOOT]);
@@ -97,6 +120,25 @@ impl QemuConfig<'_> {
         }
         if self.icount && self.accel == Accel::Tcg {
             cmd.args(["-icount", "shift=0"]);
+        }
+        if let Some(net) = &self.net {
+            let netdev = match net {
+                NetBackend::User { forwards } => {
+                    let mut netdev = String::from("user,id=net0,net=10.0.2.0/24");
+                    for (host_port, [a, b, c, d], guest_port) in forwards {
+                        netdev += &format!(",hostfwd=udp:127.0.0.1:{host_port}-{a}.{b}.{c}.{d}:{guest_port}");
+                    }
+                    netdev
+                }
+                NetBackend::Tap { ifname } => format!("tap,id=net0,ifname={ifname},script=no,downscript=no"),
+            };
+            cmd.arg("-netdev").arg(netdev);
+            // Legacy (transitional) virtio-net, which the kernel drives through its I/O BAR;
+            // no option ROM (it is not installed without recommends, and nothing boots from it).
+            cmd.args(["-device", "virtio-net-pci,netdev=net0,disable-modern=on,romfile=,mac=52:54:00:12:34:56"]);
+            if let Some(pcap) = self.pcap {
+                cmd.arg("-object").arg(format!("filter-dump,id=dump0,netdev=net0,file={}", pcap.display()));
+            }
         }
         cmd
     }
@@ -222,6 +264,9 @@ mod tests {
             append: "log=info shutdown_after=3".into(),
             gdb: false,
             icount: false,
+            net: Some(NetBackend::User { forwards: vec![(7000, [10, 0, 2, 16], 7)] }),
+            pcap: None,
+            netns: None,
         };
         let line = shell_line(&cfg.command());
         assert!(line.contains("-device isa-debug-exit,iobase=0xf4,iosize=0x4"), "{line}");
@@ -229,6 +274,8 @@ mod tests {
         assert!(line.contains("-accel tcg -cpu max"));
         assert!(line.contains("-kernel /tmp/k.elf -append 'log=info shutdown_after=3'"), "{line}");
         assert!(!line.contains(" -S"));
+        assert!(line.contains("hostfwd=udp:127.0.0.1:7000-10.0.2.16:7"), "{line}");
+        assert!(line.contains("virtio-net-pci,netdev=net0,disable-modern=on"), "{line}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! timeout; a failing test prints the kernel's console log.
 
 use crate::checks;
+use crate::manifest::NetPlan;
 use crate::pack::{self, Image};
 use crate::qemu::{self, Accel, Outcome, QemuConfig};
 use anyhow::{bail, Context, Result};
@@ -67,9 +68,9 @@ pub fn run_all(filter: Option<&str>, qemu_only: bool) -> Result<()> {
     println!("== building the kernel and images");
     let artifacts = pack::Artifacts::build()?;
     let ctx = Ctx {
-        empty: pack::pack_image("empty", &artifacts)?,
-        hello: pack::pack_image("hello", &artifacts)?,
-        chaos: pack::pack_image("chaos", &artifacts)?,
+        empty: pack::pack_image("empty", &artifacts, NetPlan::USER)?,
+        hello: pack::pack_image("hello", &artifacts, NetPlan::USER)?,
+        chaos: pack::pack_image("chaos", &artifacts, NetPlan::USER)?,
     };
 
     println!("== QEMU integration tests");
@@ -104,6 +105,9 @@ fn boot(image: &Image, accel: Accel, append: &str, timeout: Duration) -> std::re
         append: append.to_string(),
         gdb: false,
         icount: false,
+        net: None,
+        pcap: None,
+        netns: None,
     };
     qemu::run_captured(config.command(), timeout, false)
         .map_err(|e| Failure { reason: format!("{e:#}"), log: String::new() })
@@ -216,7 +220,7 @@ fn hung_kernel_is_killed_by_timeout(ctx: &Ctx) -> TestResult {
 /// end lines (independently of the kernel's own verdict), and the kernel agreed.
 fn check_guest_expectations(image: &Image, outcome: &Outcome) -> std::result::Result<(), Failure> {
     let ends = checks::guest_ends(&outcome.log);
-    for guest in image.manifest.expand() {
+    for guest in &image.guests {
         let end = ends.get(&guest.name).map(|(_, end)| end);
         check(outcome, checks::end_meets(end, &guest.expect), || {
             format!("guest {} expected {}, the log says {end:?}", guest.name, guest.expect)
@@ -230,7 +234,7 @@ fn check_guest_expectations(image: &Image, outcome: &Outcome) -> std::result::Re
 fn run_hello(ctx: &Ctx, accel: Accel, timeout: Duration) -> TestResult {
     let outcome = boot(&ctx.hello, accel, "log=info shutdown_after=120", timeout)?;
     check_guest_expectations(&ctx.hello, &outcome)?;
-    let guests = ctx.hello.manifest.expand();
+    let guests = &ctx.hello.guests;
     for (index, guest) in guests.iter().enumerate() {
         let greeting = format!("guest {index} {}: hello from guest {index} ({}), args: [alpha beta]", guest.name, guest.name);
         expect_line(&outcome, &greeting)?;

@@ -66,6 +66,33 @@ pub unsafe fn outl(port: u16, value: u32) {
     unsafe { x86_64::instructions::port::Port::new(port).write(value) }
 }
 
+/// Reads one 32-bit word from an I/O port.
+///
+/// # Safety
+/// The port must belong to a device for which a read has only the intended side effects.
+pub unsafe fn inl(port: u16) -> u32 {
+    // SAFETY: forwarded to the caller.
+    unsafe { x86_64::instructions::port::Port::new(port).read() }
+}
+
+/// Writes one 16-bit word to an I/O port.
+///
+/// # Safety
+/// The port must belong to a device whose side effects the caller intends.
+pub unsafe fn outw(port: u16, value: u16) {
+    // SAFETY: forwarded to the caller.
+    unsafe { x86_64::instructions::port::Port::new(port).write(value) }
+}
+
+/// Reads one 16-bit word from an I/O port.
+///
+/// # Safety
+/// The port must belong to a device for which a read has only the intended side effects.
+pub unsafe fn inw(port: u16) -> u16 {
+    // SAFETY: forwarded to the caller.
+    unsafe { x86_64::instructions::port::Port::new(port).read() }
+}
+
 /// Reads a model-specific register.
 ///
 /// # Safety

@@ -2,6 +2,7 @@
 //! preemption), switching between guests, and the end of the run.
 
 mod loader;
+mod net;
 mod space;
 
 use crate::arch::cpu;
@@ -86,6 +87,10 @@ struct Counters {
 
 struct Guests {
     list: Vec<Guest>,
+    /// Each guest's virtual NIC, by guest id (apart from `list` so the packet path can borrow
+    /// them alongside the scheduler).
+    nics: Vec<Option<net::GuestNic>>,
+    net: net::Network,
     sched: Scheduler,
     /// TSC when the current guest last got the CPU (for CPU accounting).
     running_since: u64,
@@ -103,7 +108,7 @@ pub fn stats_pairs() -> Vec<(&'static str, u64)> {
     let guard = GUESTS.lock();
     let Some(g) = guard.as_ref() else { return Vec::new() };
     let c = &g.counters;
-    alloc::vec![
+    let mut pairs = alloc::vec![
         ("guests_created", c.guests_created),
         ("guests_refused", c.guests_refused),
         ("guests_exited", c.guests_exited),
@@ -111,7 +116,17 @@ pub fn stats_pairs() -> Vec<(&'static str, u64)> {
         ("guests_running", g.sched.live() as u64),
         ("virtual_instructions", c.virtual_instructions),
         ("guest_switches", c.guest_switches),
-    ]
+    ];
+    pairs.extend(g.net.counters.pairs());
+    if let Some(nic) = &g.net.nic {
+        pairs.extend([
+            ("nic_tx_frames", nic.counters.tx_frames),
+            ("nic_rx_frames", nic.counters.rx_frames),
+            ("nic_tx_queue_full", nic.counters.tx_queue_full),
+            ("nic_notifies", nic.counters.notifies),
+        ]);
+    }
+    pairs
 }
 
 /// Reads the initrd, loads every guest of the image and runs the first one. Returns only with
@@ -138,8 +153,12 @@ pub fn boot(initrd: &'static [u8], tsc_hz: u64, shutdown_deadline: Option<u64>, 
         return format!("{CONFIG_FILE} names no guests");
     }
 
+    let physical_nic = crate::kernel::probe_nic();
+    let network = with_frames(|frames| net::Network::new(physical_nic, frames));
     let mut g = Guests {
         list: Vec::with_capacity(specs.len()),
+        nics: Vec::with_capacity(specs.len()),
+        net: network,
         sched: Scheduler::new(),
         running_since: 0,
         on_cpu: None,
@@ -155,10 +174,33 @@ pub fn boot(initrd: &'static [u8], tsc_hz: u64, shutdown_deadline: Option<u64>, 
         let app = apps.entry(spec.app).or_insert_with(|| load_app(&archive, spec.app));
         let start = cpu::rdtsc();
         let built = match app {
-            Ok(app) => with_frames(|frames| loader::build_guest(id as u32, spec, app, tsc_hz, frames))
-                .map_err(|e| format!("cannot build its address space: {e}")),
+            Ok(app) => with_frames(|frames| {
+                let mut loaded = loader::build_guest(id as u32, spec, app, tsc_hz, frames)
+                    .map_err(|e| format!("cannot build its address space: {e}"))?;
+                let nic = match spec.net {
+                    None => None,
+                    Some(config) => match net::build_nic(&mut loaded.space, frames, config) {
+                        Ok(nic) => Some(nic),
+                        Err(e) => {
+                            loaded.space.release(frames);
+                            return Err(format!("cannot build its virtual NIC: {e}"));
+                        }
+                    },
+                };
+                Ok((loaded, nic))
+            }),
             Err(e) => Err(e.clone()),
         };
+        let built = built.and_then(|(loaded, nic)| match g.net.add_guest(id, nic.as_ref()) {
+            Ok(()) => Ok((loaded, nic)),
+            Err(e) => {
+                with_frames(|frames| loaded.space.release(frames));
+                Err(format!("cannot join the vswitch: {e}"))
+            }
+        });
+        if built.is_err() {
+            let _ = g.net.add_guest(id, None);
+        }
         let mut guest = Guest {
             name: spec.name.into(),
             frame: TrapFrame::default(),
@@ -171,7 +213,8 @@ pub fn boot(initrd: &'static [u8], tsc_hz: u64, shutdown_deadline: Option<u64>, 
             console: Vec::new(),
         };
         match built {
-            Ok(loaded) => {
+            Ok((loaded, nic)) => {
+                g.nics.push(nic);
                 create_ticks.push(cpu::rdtsc() - start);
                 pages.push(loaded.space.owned_frames());
                 let selectors = crate::arch::gdt::selectors();
@@ -187,6 +230,7 @@ pub fn boot(initrd: &'static [u8], tsc_hz: u64, shutdown_deadline: Option<u64>, 
                 g.counters.guests_created += 1;
             }
             Err(error) => {
+                g.nics.push(None);
                 console_write_fmt(format_args!("guest {id} {} refused: {error}\n", spec.name));
                 guest.end = Some(End::Refused(error));
                 g.sched.finish(id);
@@ -247,7 +291,14 @@ pub fn handle_user_trap(frame: &mut TrapFrame) {
     let action = match frame.vector {
         v if v == u64::from(TIMER_VECTOR) => {
             crate::kernel::timer_tick();
+            g.poll_network();
             Action::Preempt
+        }
+        v if v == u64::from(crate::kernel::NIC_VECTOR) => {
+            let woke = g.poll_network();
+            crate::kernel::end_of_interrupt();
+            // Let the receiver run soon rather than at the next tick.
+            if woke > 0 { Action::Preempt } else { Action::Resume }
         }
         v if v == u64::from(crate::kernel::SPURIOUS_VECTOR) => Action::Resume,
         13 => general_protection(g, id, frame, now),
@@ -301,8 +352,31 @@ pub fn handle_user_trap(frame: &mut TrapFrame) {
     switch_to_next(frame, id);
 }
 
+impl Guests {
+    fn net_ctx(&mut self) -> net::NetCtx<'_> {
+        net::NetCtx { net: &mut self.net, nics: &mut self.nics, sched: &mut self.sched }
+    }
+
+    /// Takes frames from the physical NIC and moves queued packets on; returns frames received.
+    fn poll_network(&mut self) -> usize {
+        let mut ctx = self.net_ctx();
+        let received = ctx.receive_from_nic();
+        ctx.serve();
+        received
+    }
+}
+
+/// The physical NIC's interrupt, taken while the kernel idles.
+pub fn nic_interrupt() {
+    if let Some(g) = GUESTS.lock().as_mut() {
+        g.poll_network();
+    }
+}
+
 /// Records the end of guest `id` (the current one) and frees its memory.
 fn end_guest(g: &mut Guests, id: GuestId, end: End) {
+    // Nothing may reach its pages once they are freed.
+    g.nics[id] = None;
     let guest = &mut g.list[id];
     flush_console(id, guest, true);
     match end {
@@ -400,7 +474,12 @@ fn virtual_instruction(g: &mut Guests, id: GuestId, port: u16, frame: &mut TrapF
             Action::Preempt
         }
         Vi::IdleUntil => {
-            frame.rax = 0;
+            // A virtual interrupt raised since the guest last looked ends the idle at once.
+            let pending = g.nics[id].as_ref().map_or(0, net::GuestNic::virq);
+            frame.rax = pending;
+            if pending != 0 {
+                return Action::Resume;
+            }
             match frame.rdi {
                 NO_DEADLINE => Action::Idle(None),
                 deadline if deadline <= now => Action::Resume,
@@ -409,6 +488,22 @@ fn virtual_instruction(g: &mut Guests, id: GuestId, port: u16, frame: &mut TrapF
         }
         Vi::Null => {
             frame.rax = 0;
+            Action::Resume
+        }
+        Vi::VnicTxKick => {
+            frame.rax = if g.nics[id].is_some() {
+                let name = g.list[id].name.clone();
+                g.net_ctx().tx_kick(id, &name)
+            } else {
+                vi::Error::Unsupported.code() as u64
+            };
+            Action::Resume
+        }
+        Vi::VnicRxPosted => {
+            frame.rax = match &g.nics[id] {
+                Some(nic) => u64::from(nic.rx_posted()),
+                None => vi::Error::Unsupported.code() as u64,
+            };
             Action::Resume
         }
     }

@@ -1,0 +1,169 @@
+//! PCI configuration space through the legacy port-I/O mechanism (0xcf8/0xcfc), which QEMU's
+//! `pc` machine provides, and MSI-X set-up.
+
+use crate::arch::cpu::{inl, outl};
+
+const CONFIG_ADDRESS: u16 = 0xcf8;
+const CONFIG_DATA: u16 = 0xcfc;
+const CAPABILITY_MSIX: u8 = 0x11;
+const STATUS_HAS_CAPABILITIES: u16 = 1 << 4;
+
+/// A PCI function on bus 0..255.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PciAddress {
+    pub bus: u8,
+    pub device: u8,
+    pub function: u8,
+}
+
+impl core::fmt::Display for PciAddress {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{:02x}:{:02x}.{}", self.bus, self.device, self.function)
+    }
+}
+
+impl PciAddress {
+    fn config_address(&self, offset: u8) -> u32 {
+        0x8000_0000
+            | (u32::from(self.bus) << 16)
+            | (u32::from(self.device) << 11)
+            | (u32::from(self.function) << 8)
+            | u32::from(offset & 0xfc)
+    }
+
+    pub fn read32(&self, offset: u8) -> u32 {
+        // SAFETY: the configuration mechanism's two ports; selecting an address and reading
+        // the data port has no effect beyond the read (no PCI register here is read-sensitive).
+        unsafe {
+            outl(CONFIG_ADDRESS, self.config_address(offset));
+            inl(CONFIG_DATA)
+        }
+    }
+
+    pub fn write32(&self, offset: u8, value: u32) {
+        // SAFETY: as in `read32`; callers write only registers whose effect they intend.
+        unsafe {
+            outl(CONFIG_ADDRESS, self.config_address(offset));
+            outl(CONFIG_DATA, value);
+        }
+    }
+
+    pub fn read16(&self, offset: u8) -> u16 {
+        (self.read32(offset) >> ((offset & 2) * 8)) as u16
+    }
+
+    pub fn write16(&self, offset: u8, value: u16) {
+        let shift = (offset & 2) * 8;
+        let old = self.read32(offset);
+        let new = (old & !(0xffff << shift)) | (u32::from(value) << shift);
+        self.write32(offset, new);
+    }
+
+    pub fn vendor_device(&self) -> (u16, u16) {
+        let id = self.read32(0);
+        (id as u16, (id >> 16) as u16)
+    }
+
+    /// Base address register `index` (0..5) as its raw value.
+    pub fn bar(&self, index: u8) -> u32 {
+        self.read32(0x10 + 4 * index)
+    }
+
+    pub fn set_bar(&self, index: u8, value: u32) {
+        self.write32(0x10 + 4 * index, value);
+    }
+
+    /// Size of a 32-bit BAR, found by the usual write-all-ones probe.
+    pub fn bar_size(&self, index: u8) -> u32 {
+        let old = self.bar(index);
+        self.set_bar(index, u32::MAX);
+        let probe = self.bar(index);
+        self.set_bar(index, old);
+        let mask = if old & 1 == 1 { probe & !0x3 } else { probe & !0xf };
+        (!mask).wrapping_add(1)
+    }
+
+    /// Enables I/O space, memory space and bus mastering (DMA).
+    pub fn enable(&self) {
+        let command = self.read16(0x04);
+        self.write16(0x04, command | 0x7);
+    }
+
+    /// Offset of the first capability with `id`, walking the capability list.
+    pub fn find_capability(&self, id: u8) -> Option<u8> {
+        if self.read16(0x06) & STATUS_HAS_CAPABILITIES == 0 {
+            return None;
+        }
+        let mut offset = (self.read32(0x34) & 0xfc) as u8;
+        for _ in 0..48 {
+            if offset == 0 {
+                return None;
+            }
+            let header = self.read16(offset);
+            if header as u8 == id {
+                return Some(offset);
+            }
+            offset = ((header >> 8) as u8) & 0xfc;
+        }
+        None
+    }
+
+    /// The MSI-X capability: `(capability offset, table BAR index, table offset, entries)`.
+    pub fn msix(&self) -> Option<(u8, u8, u32, u16)> {
+        let cap = self.find_capability(CAPABILITY_MSIX)?;
+        let control = self.read16(cap + 2);
+        let table = self.read32(cap + 4);
+        Some((cap, (table & 0x7) as u8, table & !0x7, (control & 0x7ff) + 1))
+    }
+
+    /// Turns MSI-X on (and the function mask off) in the capability at `cap`.
+    pub fn enable_msix(&self, cap: u8) {
+        let control = self.read16(cap + 2);
+        self.write16(cap + 2, (control | 0x8000) & !0x4000);
+    }
+}
+
+/// Where BARs the firmware left unassigned are placed (qboot assigns none): I/O from 0xc000,
+/// memory in the PCI hole below the IOAPIC, from 0xe000_0000 (the machine has less than
+/// 3.5 GiB of RAM below 4 GiB there).
+static NEXT_IO: spin::Mutex<(u32, u32)> = spin::Mutex::new((0xc000, 0xe000_0000));
+
+impl PciAddress {
+    /// Gives every unassigned BAR of this function an address of its own.
+    pub fn assign_bars(&self) {
+        let mut index = 0;
+        while index < 6 {
+            let raw = self.bar(index);
+            let is_io = raw & 1 == 1;
+            let is_64 = !is_io && (raw >> 1) & 0x3 == 2;
+            let size = self.bar_size(index);
+            let assigned = if is_io { raw & !0x3 } else { raw & !0xf };
+            if size != 0 && size != 1 && assigned == 0 {
+                let mut next = NEXT_IO.lock();
+                let cursor = if is_io { &mut next.0 } else { &mut next.1 };
+                let base = cursor.next_multiple_of(size.max(16));
+                *cursor = base + size;
+                self.set_bar(index, base | (raw & if is_io { 0x3 } else { 0xf }));
+                if is_64 {
+                    self.set_bar(index + 1, 0);
+                }
+                log::debug!("pci {self}: BAR{index} -> {base:#x} ({size:#x} bytes, {})", if is_io { "I/O" } else { "memory" });
+            }
+            index += if is_64 { 2 } else { 1 };
+        }
+    }
+}
+
+/// Every function on bus 0 with the given vendor and device id.
+pub fn find_devices(vendor: u16, device: u16) -> impl Iterator<Item = PciAddress> {
+    (0..32u8).flat_map(move |dev| {
+        let functions = {
+            let first = PciAddress { bus: 0, device: dev, function: 0 };
+            let multi = first.vendor_device().0 != 0xffff && (first.read32(0x0c) >> 16) & 0x80 != 0;
+            if multi { 8 } else { 1 }
+        };
+        (0..functions)
+            .map(move |function| PciAddress { bus: 0, device: dev, function })
+            .filter(move |a| a.vendor_device() == (vendor, device))
+    })
+}

@@ -1,0 +1,367 @@
+//! The kernel side of guests' virtual NICs: the doorbell (validate, copy 1 into the guest's
+//! FIFO, source-MAC check), the network scheduler's hand-off to the vswitch, delivery into
+//! guests' posted rx buffers, and the physical NIC's receive path.
+
+use super::space::AddressSpace;
+use crate::drivers::virtio_net::VirtioNet;
+use crate::mm::phys::phys_to_virt;
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+use core::sync::atomic::Ordering;
+use hypercall_abi::vi::VirtualInterrupts;
+use hypercall_abi::vnic::{
+    DescStatus, NetConfig, VnicShared, MAX_FRAME, RX_RING_SIZE, RX_SLOTS, SLOT_SIZE, TX_RING_SIZE, TX_SLOTS,
+};
+use hypercall_abi::layout::{VNIC_RX_AREA_ADDR, VNIC_SHARED_ADDR, VNIC_TX_AREA_ADDR};
+use isolation_kernel::frame_alloc::FrameAllocator;
+use isolation_kernel::guest_mem::Access;
+use isolation_kernel::sched::{GuestId, Scheduler};
+use isolation_kernel::vnet::{
+    pending, validate_rx, validate_tx, DropReason, NetCounters, NetScheduler, Packet, PacketPool, Route, Source,
+    TxFifo, Vswitch,
+};
+
+/// Packets a guest may have queued in the kernel.
+const FIFO_CAPACITY: usize = 64;
+/// Packets a guest may send per turn of the network scheduler.
+const BUDGET_PER_TURN: usize = 8;
+/// Kernel packet buffers (one page each) shared by all guests' FIFOs.
+const POOL_BUFFERS: u32 = 512;
+
+/// A guest's virtual NIC as the kernel sees it: the frames behind its shared page and areas
+/// (reached through the direct map, never through guest addresses), and the kernel's own copy
+/// of the indices it owns (the copies in the shared page are for the guest to read only).
+pub struct GuestNic {
+    pub config: NetConfig,
+    shared_phys: u64,
+    tx_frames: Vec<u64>,
+    rx_frames: Vec<u64>,
+    tx_consumer: u32,
+    rx_consumer: u32,
+    bad_descriptor_logged: bool,
+}
+
+impl GuestNic {
+    /// The shared page. Not tied to `&self` so the kernel's own indices can be updated while
+    /// it is in use; callers never keep it beyond the handling of one trap or interrupt.
+    fn shared(&self) -> &'static VnicShared {
+        // SAFETY: the shared page is a frame this guest owns for its whole life; it is freed
+        // only after `end_guest` has dropped this GuestNic, and no reference outlives the
+        // current trap. Every field is an atomic, so the guest writing it meanwhile is
+        // harmless; the layout fits the page (checked in the ABI).
+        unsafe { &*phys_to_virt(self.shared_phys).as_ptr::<VnicShared>() }
+    }
+
+    /// Pending virtual-interrupt bits.
+    pub fn virq(&self) -> u64 {
+        self.shared().virq.0.load(Ordering::Acquire)
+    }
+
+    /// Rx buffers posted and not yet filled (0 if the guest wrote nonsense).
+    pub fn rx_posted(&self) -> u32 {
+        pending(self.shared().rx_producer.0.load(Ordering::Acquire), self.rx_consumer, RX_RING_SIZE).unwrap_or(0)
+    }
+}
+
+/// Maps the shared page and the tx and rx areas into a new guest and returns its NIC.
+pub fn build_nic(
+    space: &mut AddressSpace,
+    frames: &mut FrameAllocator<'static>,
+    config: NetConfig,
+) -> Result<GuestNic, super::space::SpaceError> {
+    let shared_phys = space.new_frame(frames)?;
+    space.map_page(frames, VNIC_SHARED_ADDR, shared_phys, Access::READ_WRITE)?;
+    space
+        .map
+        .add(VNIC_SHARED_ADDR, VNIC_SHARED_ADDR + SLOT_SIZE, Access::READ_WRITE)
+        .map_err(|_| super::space::SpaceError::BadMapping(VNIC_SHARED_ADDR))?;
+    let mut area = |base: u64, slots: u64, space: &mut AddressSpace| {
+        let mut list = Vec::with_capacity(slots as usize);
+        for slot in 0..slots {
+            let phys = space.new_frame(frames)?;
+            space.map_page(frames, base + slot * SLOT_SIZE, phys, Access::READ_WRITE)?;
+            list.push(phys);
+        }
+        space
+            .map
+            .add(base, base + slots * SLOT_SIZE, Access::READ_WRITE)
+            .map_err(|_| super::space::SpaceError::BadMapping(base))?;
+        Ok(list)
+    };
+    let tx_frames = area(VNIC_TX_AREA_ADDR, TX_SLOTS, space)?;
+    let rx_frames = area(VNIC_RX_AREA_ADDR, RX_SLOTS, space)?;
+    let nic = GuestNic {
+        config,
+        shared_phys,
+        tx_frames,
+        rx_frames,
+        tx_consumer: 0,
+        rx_consumer: 0,
+        bad_descriptor_logged: false,
+    };
+    nic.shared().needs_kick.0.store(1, Ordering::Release);
+    Ok(nic)
+}
+
+/// The network: physical NIC, vswitch, per-guest FIFOs, the network scheduler, the buffer pool.
+pub struct Network {
+    pub nic: Option<VirtioNet>,
+    vswitch: Vswitch,
+    sched: NetScheduler,
+    fifos: Vec<TxFifo>,
+    pool: PacketPool,
+    pool_frames: Vec<u64>,
+    /// Guests whose tx ring still holds packets the kernel could not take yet.
+    backlog: VecDeque<GuestId>,
+    pub counters: NetCounters,
+}
+
+/// Copies `frame` into the page of pool buffer `phys`.
+fn copy_into_page(phys: u64, offset: u64, frame: &[u8]) {
+    assert!(offset as usize + frame.len() <= SLOT_SIZE as usize, "copy beyond the page");
+    // SAFETY: `phys` is a kernel pool page or a guest-owned rx page reached through the direct
+    // map; the range stays inside the page (checked above); `frame` is elsewhere.
+    unsafe {
+        core::ptr::copy_nonoverlapping(frame.as_ptr(), phys_to_virt(phys + offset).as_mut_ptr::<u8>(), frame.len())
+    };
+}
+
+/// The bytes `[offset, offset + len)` of page `phys`.
+fn page_bytes<'p>(phys: u64, offset: u64, len: u64) -> &'p [u8] {
+    assert!(offset + len <= SLOT_SIZE, "read beyond the page");
+    // SAFETY: a page in the direct map, range inside it (checked); the caller uses the slice
+    // before anything can change the page (the kernel runs with interrupts off, on one CPU).
+    unsafe { core::slice::from_raw_parts(phys_to_virt(phys + offset).as_ptr::<u8>(), len as usize) }
+}
+
+impl Network {
+    pub fn new(nic: Option<VirtioNet>, frames: &mut FrameAllocator<'static>) -> Network {
+        let mut pool_frames = Vec::with_capacity(POOL_BUFFERS as usize);
+        for _ in 0..POOL_BUFFERS {
+            match frames.allocate() {
+                Some(phys) => pool_frames.push(phys),
+                None => break,
+            }
+        }
+        Network {
+            nic,
+            vswitch: Vswitch::new(),
+            sched: NetScheduler::new(0, BUDGET_PER_TURN),
+            fifos: Vec::new(),
+            pool: PacketPool::new(pool_frames.len() as u32),
+            pool_frames,
+            backlog: VecDeque::new(),
+            counters: NetCounters::default(),
+        }
+    }
+
+    /// Registers guest `id` (every guest, with or without a NIC, so ids line up).
+    pub fn add_guest(&mut self, id: GuestId, nic: Option<&GuestNic>) -> Result<(), &'static str> {
+        while self.fifos.len() <= id {
+            self.fifos.push(TxFifo::new(FIFO_CAPACITY));
+            self.sched.add_guest();
+        }
+        if let Some(nic) = nic {
+            self.vswitch
+                .add_port(id, nic.config.mac, nic.config.ipv4)
+                .map_err(|_| "its MAC or IPv4 address is already another guest's")?;
+        }
+        Ok(())
+    }
+}
+
+/// Everything the packet path touches, borrowed from the guest table at once.
+pub struct NetCtx<'a> {
+    pub net: &'a mut Network,
+    pub nics: &'a mut [Option<GuestNic>],
+    pub sched: &'a mut Scheduler,
+}
+
+impl NetCtx<'_> {
+    /// The doorbell of guest `id`: takes what its tx ring holds, then runs the network
+    /// scheduler. Returns the number of descriptors taken.
+    pub fn tx_kick(&mut self, id: GuestId, name: &str) -> u64 {
+        let taken = self.pull_tx(id, name);
+        self.serve();
+        taken
+    }
+
+    /// Validates and copies (copy 1) the guest's pending tx descriptors into its FIFO.
+    fn pull_tx(&mut self, id: GuestId, name: &str) -> u64 {
+        let Some(nic) = self.nics.get_mut(id).and_then(Option::as_mut) else { return 0 };
+        let net = &mut *self.net;
+        let shared = nic.shared();
+        let producer = shared.tx_producer.0.load(Ordering::Acquire);
+        let count = match pending(producer, nic.tx_consumer, TX_RING_SIZE) {
+            Ok(count) => count,
+            Err(bad) => {
+                net.counters.drops_bad_desc += 1;
+                if !core::mem::replace(&mut nic.bad_descriptor_logged, true) {
+                    log::warn!("guest {id} {name}: tx producer index {} is beyond the ring (consumer {}); ignored", bad.producer, bad.consumer);
+                }
+                return 0;
+            }
+        };
+        let mut taken = 0;
+        let mut backlogged = false;
+        for _ in 0..count {
+            let desc = &shared.tx[(nic.tx_consumer % TX_RING_SIZE) as usize];
+            // Read each field once: the guest may change them behind our back.
+            let (addr, len) = (desc.addr.load(Ordering::Relaxed), desc.len.load(Ordering::Relaxed));
+            let status = match validate_tx(addr, len, MAX_FRAME) {
+                Err(bad) => {
+                    net.counters.drops_bad_desc += 1;
+                    if !core::mem::replace(&mut nic.bad_descriptor_logged, true) {
+                        log::warn!("guest {id} {name}: rejected tx descriptor: {bad} (further rejections are only counted)");
+                    }
+                    DescStatus::RejectedBadDescriptor
+                }
+                Ok(frame) => {
+                    if net.fifos[id].is_full() {
+                        backlogged = true;
+                        break;
+                    }
+                    let Some(buf) = net.pool.alloc() else {
+                        backlogged = true;
+                        break;
+                    };
+                    let page = net.pool_frames[buf.0 as usize];
+                    let bytes = page_bytes(nic.tx_frames[frame.slot as usize], frame.offset, frame.len);
+                    copy_into_page(page, 0, bytes); // copy 1
+                    net.counters.tx_copies += 1;
+                    net.counters.tx_bytes_copied += frame.len;
+                    // The check runs on the kernel's copy: what is checked is what is sent.
+                    if net.vswitch.source_is(id, page_bytes(page, 0, frame.len)) {
+                        let _ = net.fifos[id].push(Packet { buf, len: frame.len as u32 });
+                        net.sched.mark_ready(id);
+                        net.counters.tx_packets += 1;
+                        net.counters.tx_bytes += frame.len;
+                        DescStatus::Done
+                    } else {
+                        let _ = net.pool.release(buf);
+                        net.counters.drops_spoof += 1;
+                        DescStatus::RejectedSpoofedSource
+                    }
+                }
+            };
+            desc.status.store(status as u32, Ordering::Relaxed);
+            nic.tx_consumer = nic.tx_consumer.wrapping_add(1);
+            taken += 1;
+        }
+        shared.tx_consumer.0.store(nic.tx_consumer, Ordering::Release);
+        shared.needs_kick.0.store(u32::from(!backlogged), Ordering::Release);
+        if taken > 0 {
+            shared.virq.0.fetch_or(VirtualInterrupts::TX_DONE, Ordering::AcqRel);
+        }
+        if backlogged && !net.backlog.contains(&id) {
+            net.backlog.push_back(id);
+        }
+        taken
+    }
+
+    /// Runs the network scheduler: FIFOs to the vswitch, and from there to other guests or the
+    /// physical NIC; then takes more from backlogged guests if room was made.
+    pub fn serve(&mut self) {
+        for _ in 0..2 {
+            let NetCtx { net, nics, sched } = self;
+            let Network { nic, vswitch, sched: net_sched, fifos, pool, pool_frames, counters, .. } = &mut **net;
+            net_sched.serve(fifos, |src, packet| {
+                let page = pool_frames[packet.buf.0 as usize];
+                let frame = page_bytes(page, 0, u64::from(packet.len));
+                match vswitch.route(frame, Source::Guest(src)) {
+                    Route::Guest(dst) => deliver(nics, sched, counters, dst, frame),
+                    Route::Uplink => match nic.as_mut() {
+                        Some(nic) => {
+                            if nic.transmit(frame).is_err() {
+                                return Err(packet); // every NIC buffer is in flight: retry later
+                            }
+                            counters.tx_copies += 1; // copy 2, into the NIC's DMA buffer
+                            counters.tx_bytes_copied += u64::from(packet.len);
+                        }
+                        None => counters.drops_unknown_mac += 1,
+                    },
+                    Route::Drop(reason) => count_drop(counters, reason),
+                }
+                let _ = pool.release(packet.buf);
+                Ok(())
+            });
+            if let Some(nic) = nic.as_mut() {
+                nic.flush();
+            }
+            let backlogged: Vec<GuestId> = net.backlog.drain(..).collect();
+            if backlogged.is_empty() {
+                break;
+            }
+            for id in backlogged {
+                self.pull_tx(id, "");
+            }
+        }
+    }
+
+    /// The physical NIC's receive path: every frame to the guest the vswitch names.
+    pub fn receive_from_nic(&mut self) -> usize {
+        let NetCtx { net, nics, sched } = self;
+        let Network { nic, vswitch, counters, .. } = &mut **net;
+        let Some(nic) = nic.as_mut() else { return 0 };
+        nic.reclaim_tx();
+        nic.receive(|frame| match vswitch.route(frame, Source::Uplink) {
+            Route::Guest(dst) => deliver(nics, sched, counters, dst, frame),
+            Route::Uplink => count_drop(counters, DropReason::UnknownMac),
+            Route::Drop(reason) => count_drop(counters, reason),
+        })
+    }
+}
+
+fn count_drop(counters: &mut NetCounters, reason: DropReason) {
+    match reason {
+        DropReason::Malformed => counters.drops_malformed += 1,
+        _ => counters.drops_unknown_mac += 1,
+    }
+}
+
+/// Copies `frame` into the next rx buffer guest `dst` posted, raises its rx virtual interrupt
+/// and wakes it.
+fn deliver(nics: &mut [Option<GuestNic>], sched: &mut Scheduler, counters: &mut NetCounters, dst: GuestId, frame: &[u8]) {
+    let Some(nic) = nics.get_mut(dst).and_then(Option::as_mut) else {
+        counters.drops_unknown_mac += 1;
+        return;
+    };
+    let shared = nic.shared();
+    let producer = shared.rx_producer.0.load(Ordering::Acquire);
+    match pending(producer, nic.rx_consumer, RX_RING_SIZE) {
+        Ok(0) => {
+            counters.drops_no_buffer += 1;
+            return;
+        }
+        Ok(_) => {}
+        Err(_) => {
+            counters.drops_bad_desc += 1;
+            return;
+        }
+    }
+    let desc = &shared.rx[(nic.rx_consumer % RX_RING_SIZE) as usize];
+    let (addr, capacity) = (desc.addr.load(Ordering::Relaxed), desc.len.load(Ordering::Relaxed));
+    nic.rx_consumer = nic.rx_consumer.wrapping_add(1);
+    let status = match validate_rx(addr, capacity) {
+        Ok(buffer) if frame.len() as u64 <= buffer.capacity.min(SLOT_SIZE - buffer.offset) => {
+            copy_into_page(nic.rx_frames[buffer.slot as usize], buffer.offset, frame);
+            desc.len.store(frame.len() as u32, Ordering::Relaxed);
+            counters.rx_copies += 1;
+            counters.rx_packets += 1;
+            counters.rx_bytes += frame.len() as u64;
+            DescStatus::Done
+        }
+        Ok(_) => {
+            counters.drops_no_buffer += 1;
+            DescStatus::RejectedBadDescriptor
+        }
+        Err(_) => {
+            counters.drops_bad_desc += 1;
+            DescStatus::RejectedBadDescriptor
+        }
+    };
+    desc.status.store(status as u32, Ordering::Relaxed);
+    shared.rx_consumer.0.store(nic.rx_consumer, Ordering::Release);
+    shared.virq.0.fetch_or(VirtualInterrupts::RX, Ordering::AcqRel);
+    sched.wake(dst);
+}

@@ -1,0 +1,129 @@
+//! A guest's bounded transmit FIFO: packets the kernel has copied out of the guest's tx ring
+//! and that wait for the network scheduler. The bound is what stops one guest from holding all
+//! of the kernel's packet buffers; when its FIFO is full the kernel stops taking from its ring.
+
+use super::pool::BufId;
+use alloc::collections::VecDeque;
+
+/// A frame copied into a kernel buffer: `len` bytes at the start of buffer `buf`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Packet {
+    pub buf: BufId,
+    pub len: u32,
+}
+
+/// A FIFO of at most `capacity` packets, with its storage reserved up front so that pushing
+/// never allocates.
+#[derive(Debug)]
+pub struct TxFifo {
+    queue: VecDeque<Packet>,
+    capacity: usize,
+}
+
+impl TxFifo {
+    pub fn new(capacity: usize) -> Self {
+        Self { queue: VecDeque::with_capacity(capacity), capacity }
+    }
+
+    /// Appends a packet, or gives it back when the FIFO is full.
+    pub fn push(&mut self, packet: Packet) -> Result<(), Packet> {
+        if self.is_full() {
+            return Err(packet);
+        }
+        self.queue.push_back(packet);
+        Ok(())
+    }
+
+    /// Puts a packet back at the head, for one just popped that the NIC would not take, so the
+    /// guest's packets keep their order. Gives it back when the FIFO is full.
+    pub fn push_front(&mut self, packet: Packet) -> Result<(), Packet> {
+        if self.is_full() {
+            return Err(packet);
+        }
+        self.queue.push_front(packet);
+        Ok(())
+    }
+
+    /// The oldest packet.
+    pub fn pop(&mut self) -> Option<Packet> {
+        self.queue.pop_front()
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.queue.len() >= self.capacity
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(n: u32) -> Packet {
+        Packet { buf: BufId(n), len: 60 + n }
+    }
+
+    #[test]
+    fn first_in_first_out_until_full() {
+        let mut fifo = TxFifo::new(3);
+        assert!(fifo.is_empty() && !fifo.is_full());
+        assert_eq!(fifo.capacity(), 3);
+        for n in 0..3 {
+            assert_eq!(fifo.push(packet(n)), Ok(()));
+        }
+        assert!(fifo.is_full());
+        assert_eq!(fifo.len(), 3);
+        assert_eq!(fifo.push(packet(9)), Err(packet(9)));
+        assert_eq!(fifo.push_front(packet(9)), Err(packet(9)));
+        assert_eq!(fifo.len(), 3);
+        assert_eq!(fifo.pop(), Some(packet(0)));
+        assert!(!fifo.is_full());
+        assert_eq!(fifo.push(packet(3)), Ok(()));
+        assert_eq!([fifo.pop(), fifo.pop(), fifo.pop()], [Some(packet(1)), Some(packet(2)), Some(packet(3))]);
+        assert_eq!(fifo.pop(), None);
+        assert!(fifo.is_empty());
+    }
+
+    #[test]
+    fn push_front_restores_the_head() {
+        let mut fifo = TxFifo::new(4);
+        for n in 0..4 {
+            fifo.push(packet(n)).unwrap();
+        }
+        let head = fifo.pop().unwrap();
+        assert_eq!(fifo.push_front(head), Ok(()));
+        let order: alloc::vec::Vec<u32> = core::iter::from_fn(|| fifo.pop()).map(|p| p.buf.0).collect();
+        assert_eq!(order, [0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn storage_is_reserved_up_front() {
+        let mut fifo = TxFifo::new(64);
+        let reserved = fifo.queue.capacity();
+        assert!(reserved >= 64);
+        for round in 0..10 {
+            while fifo.push(packet(round)).is_ok() {}
+            while fifo.pop().is_some() {}
+        }
+        assert_eq!(fifo.queue.capacity(), reserved);
+    }
+
+    #[test]
+    fn zero_capacity_fifo_takes_nothing() {
+        let mut fifo = TxFifo::new(0);
+        assert!(fifo.is_full() && fifo.is_empty());
+        assert_eq!(fifo.push(packet(1)), Err(packet(1)));
+        assert_eq!(fifo.pop(), None);
+    }
+}

@@ -1,0 +1,26 @@
+//! The kernel's packet path for guests' virtual NICs, as portable logic (Denali-style copy
+//! transmit path).
+//!
+//! A guest's tx descriptors are hostile input: [`desc`] checks each one against the fixed vNIC
+//! layout before the kernel copies a byte. Accepted frames are copied into buffers of a fixed
+//! [`pool`], queued in the guest's bounded [`fifo`], and handed to the NIC by the [`netsched`]
+//! network scheduler, round-robin with a per-turn budget so one flooding guest cannot starve
+//! the others. The [`vswitch`] decides where a frame goes (another guest, the uplink, or
+//! nowhere), and [`counters`] count what happened for the `stats:` line.
+//!
+//! Everything allocates at construction time only; the per-packet operations never allocate and
+//! never panic on guest-controlled values.
+
+pub mod counters;
+pub mod desc;
+pub mod fifo;
+pub mod netsched;
+pub mod pool;
+pub mod vswitch;
+
+pub use counters::NetCounters;
+pub use desc::{pending, validate_rx, validate_tx, BadDescriptor, BadIndex, RxBuffer, TxFrame};
+pub use fifo::{Packet, TxFifo};
+pub use netsched::NetScheduler;
+pub use pool::{BufId, PacketPool, PoolError};
+pub use vswitch::{DropReason, Ipv4, Mac, Route, Source, Vswitch, VswitchError, BROADCAST};
