@@ -12,6 +12,7 @@
 extern crate alloc;
 
 pub mod console;
+pub mod net;
 pub mod time;
 
 pub use hypercall_abi::guest as vi;
@@ -28,12 +29,19 @@ pub struct Env {
     /// The arguments from the image manifest, as one string of space-separated words.
     pub args: &'static str,
     pub heap_size: u64,
+    /// The virtual NIC's configuration, if the image gave the guest one (see [`net::open`]).
+    pub net: Option<hypercall_abi::vnic::NetConfig>,
 }
 
 impl Env {
     /// The arguments, word by word.
     pub fn args(&self) -> impl Iterator<Item = &'static str> {
         self.args.split_ascii_whitespace()
+    }
+
+    /// The value of a `key=value` argument.
+    pub fn arg(&self, key: &str) -> Option<&'static str> {
+        self.args().find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
     }
 }
 
@@ -86,7 +94,7 @@ extern "C" fn rust_start() -> ! {
     // and nothing else in the guest uses that range.
     unsafe { HEAP.lock().init(info.heap_base as *mut u8, info.heap_size as usize) };
     console::init_logger();
-    let env = Env { id: info.guest_id, name: info.name, args: info.args, heap_size: info.heap_size };
+    let env = Env { id: info.guest_id, name: info.name, args: info.args, heap_size: info.heap_size, net: info.net };
     // SAFETY: `__guest_main` is defined by the app binary through `entry!`, with this signature.
     let code = unsafe { __guest_main(&env) };
     vi::exit(code)

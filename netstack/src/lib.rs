@@ -167,14 +167,28 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
     /// Sleeps until smoltcp's next deadline (`poll_delay`), or until a virtual interrupt when it
     /// has none. Returns at once if work is already waiting.
     pub fn wait(&mut self) {
+        self.sleep(None);
+    }
+
+    /// As [`Self::wait`], but no later than `deadline` (an app's own timeout).
+    pub fn wait_until(&mut self, deadline: Instant) {
+        self.sleep(Some(deadline));
+    }
+
+    fn sleep(&mut self, limit: Option<Instant>) {
         if self.device.rx_pending() {
             return;
         }
         let now = self.platform.now();
-        match self.iface.poll_delay(now, &self.sockets) {
-            Some(Duration::ZERO) => {}
-            Some(delay) => self.platform.idle_until(Some(now + delay)),
-            None => self.platform.idle_until(None),
+        let stack = self.iface.poll_delay(now, &self.sockets).map(|delay| now + delay);
+        let deadline = match (stack, limit) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match deadline {
+            // Due already: idling would only cost a trap.
+            Some(deadline) if deadline <= now => {}
+            deadline => self.platform.idle_until(deadline),
         }
     }
 

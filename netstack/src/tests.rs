@@ -227,3 +227,29 @@ fn off_link_traffic_goes_to_the_gateway_only_if_there_is_one() {
         }
     }
 }
+
+#[test]
+fn wait_until_caps_the_sleep_at_the_app_deadline() {
+    let mut mem = GuestMemory::default();
+    let (mut net, _, platform) = stack(&mut mem, config(MAC_A, IP_A, GATEWAY));
+    net.poll();
+    // Nothing scheduled in smoltcp: the app's deadline.
+    let limit = net.now() + Duration::from_millis(250);
+    net.wait_until(limit);
+    assert_eq!(platform.idles.borrow().as_slice(), &[Some(limit)]);
+    // smoltcp's deadline (ARP silence, one second) is later: still the app's.
+    let h = net.udp_bind(9).unwrap();
+    net.udp_send(h, b"anyone?", (IP_B, 9)).unwrap();
+    net.poll();
+    let limit = net.now() + Duration::from_millis(100);
+    net.wait_until(limit);
+    assert_eq!(platform.idles.borrow().last(), Some(&Some(limit)));
+    // An app deadline far away: smoltcp's comes first.
+    let silence_ends = net.now() + Duration::from_millis(900);
+    net.wait_until(net.now() + Duration::from_secs(60));
+    assert_eq!(platform.idles.borrow().last(), Some(&Some(silence_ends)));
+    // A deadline already passed: no idle at all.
+    let idles = platform.idles.borrow().len();
+    net.wait_until(Instant::ZERO);
+    assert_eq!(platform.idles.borrow().len(), idles);
+}

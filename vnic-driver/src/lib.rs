@@ -204,6 +204,7 @@ impl<'a, D: Doorbell> Vnic<'a, D> {
         filled != 0 && filled <= ring_used(self.rx.producer, self.rx.seen)
     }
 
+    /// The counters so far (`tx_rejected` as of the last `transmit` or `flush`).
     pub fn counters(&self) -> VnicCounters {
         VnicCounters {
             tx_frames: self.tx.frames,

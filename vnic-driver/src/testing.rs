@@ -12,7 +12,7 @@ use hypercall_abi::layout::{VNIC_RX_AREA_ADDR, VNIC_TX_AREA_ADDR};
 use hypercall_abi::vi::VirtualInterrupts;
 use hypercall_abi::vnic::{
     ring_used, DescStatus, VnicShared, MAX_FRAME, MIN_FRAME, RX_RING_SIZE, RX_SLOTS, SLOT_SIZE,
-    TX_RING_SIZE, TX_SLOTS,
+    TX_HEADROOM, TX_RING_SIZE, TX_SLOTS,
 };
 
 /// Counts doorbells; clones share the counts, so a test keeps one while the vNIC owns another.
@@ -92,8 +92,8 @@ impl<'v> KernelSide<'v> {
         ring_used(self.shared.rx_producer.0.load(Ordering::Acquire), self.shared.rx_consumer.0.load(Ordering::Relaxed))
     }
 
-    /// Completes every produced tx descriptor: one the kernel would refuse (address outside
-    /// the slot, bad length) gets `RejectedBadDescriptor`, the others what `verdict` says.
+    /// Completes every produced tx descriptor: one the kernel would refuse (frame outside a
+    /// slot or in its headroom, bad length) gets `RejectedBadDescriptor`, the others what `verdict` says.
     /// Returns the frames given `Done`. Panics if the driver overfilled the ring.
     pub fn complete_tx(&mut self, mut verdict: impl FnMut(&[u8]) -> DescStatus) -> Vec<Vec<u8>> {
         let producer = self.shared.tx_producer.0.load(Ordering::Acquire);
@@ -133,7 +133,11 @@ impl<'v> KernelSide<'v> {
         let len = u64::from(len);
         let offset = addr.checked_sub(VNIC_TX_AREA_ADDR)?;
         let in_slot = offset % SLOT_SIZE;
-        if !(MIN_FRAME..=MAX_FRAME).contains(&len) || offset >= TX_SLOTS * SLOT_SIZE || in_slot + len > SLOT_SIZE {
+        if !(MIN_FRAME..=MAX_FRAME).contains(&len)
+            || offset >= TX_SLOTS * SLOT_SIZE
+            || in_slot < TX_HEADROOM
+            || in_slot + len > SLOT_SIZE
+        {
             return None;
         }
         Some(&self.tx_area[offset as usize..(offset + len) as usize])

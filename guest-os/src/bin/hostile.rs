@@ -8,8 +8,65 @@
 use core::arch::asm;
 use guest_os::{println, vi, Env};
 
+/// Posts one bad tx descriptor after another (and a spoofed frame), kicking after each, and
+/// checks that the kernel rejected each one while this guest keeps running. Exits 0 if every
+/// rejection was reported in the descriptor, 1 otherwise.
+fn bad_descriptors(env: &Env) -> i32 {
+    use core::sync::atomic::Ordering::{Acquire, Release};
+    use hypercall_abi::layout::{VNIC_SHARED_ADDR, VNIC_TX_AREA_ADDR};
+    use hypercall_abi::vnic::{DescStatus, VnicShared, TX_HEADROOM, TX_RING_SIZE};
+    if env.net.is_none() {
+        println!("bad-descriptors needs a virtual NIC (net = true)");
+        return 98;
+    }
+    // SAFETY: the kernel maps the shared page at this address for guests with a NIC.
+    let shared = unsafe { &*(VNIC_SHARED_ADDR as *const VnicShared) };
+    let slot = VNIC_TX_AREA_ADDR + TX_HEADROOM;
+    // A frame claiming another guest's MAC as its source.
+    let mut spoofed = [0u8; 60];
+    spoofed[..6].copy_from_slice(&[0xff; 6]);
+    spoofed[6..12].copy_from_slice(&[0x02, 0x49, 0x4b, 0x00, 0x00, 0x00]);
+    spoofed[12..14].copy_from_slice(&[0x08, 0x06]);
+    // SAFETY: the tx area is mapped read-write for this guest; nothing else uses slot 0 here.
+    unsafe { core::ptr::copy_nonoverlapping(spoofed.as_ptr(), slot as *mut u8, spoofed.len()) };
+    let cases: [(&str, u64, u32, DescStatus); 5] = [
+        ("outside its memory", 0x1000, 100, DescStatus::RejectedBadDescriptor),
+        ("kernel address", 0xffff_8000_0000_0000, 100, DescStatus::RejectedBadDescriptor),
+        ("huge length", slot, u32::MAX, DescStatus::RejectedBadDescriptor),
+        ("in the headroom", VNIC_TX_AREA_ADDR, 60, DescStatus::RejectedBadDescriptor),
+        ("spoofed source MAC", slot, 60, DescStatus::RejectedSpoofedSource),
+    ];
+    let mut failures = 0;
+    for (what, addr, len, want) in cases {
+        let index = shared.tx_producer.0.load(Acquire);
+        let desc = &shared.tx[(index % TX_RING_SIZE) as usize];
+        desc.addr.store(addr, Release);
+        desc.len.store(len, Release);
+        desc.status.store(DescStatus::Pending as u32, Release);
+        shared.tx_producer.0.store(index.wrapping_add(1), Release);
+        vi::vnic_tx_kick();
+        let status = DescStatus::from_u32(desc.status.load(Acquire));
+        let ok = status == Some(want);
+        failures += u32::from(!ok);
+        println!("bad descriptor ({what}): {status:?} {}", if ok { "as expected" } else { "WRONG" });
+    }
+    // A producer index far beyond the ring: the kernel must ignore the kick, not trust it.
+    let consumer = shared.tx_consumer.0.load(Acquire);
+    shared.tx_producer.0.store(consumer.wrapping_add(1000), Release);
+    let taken = vi::vnic_tx_kick();
+    let ok = taken == 0 && shared.tx_consumer.0.load(Acquire) == consumer;
+    failures += u32::from(!ok);
+    println!("ring index beyond the ring: kernel took {taken} {}", if ok { "as expected" } else { "WRONG" });
+    shared.tx_producer.0.store(consumer, Release);
+    println!("hostile guest {} survived every bad descriptor; {failures} unexpected outcomes", env.id);
+    i32::from(failures > 0)
+}
+
 fn main(env: &Env) -> i32 {
     let what = env.args().next().unwrap_or("");
+    if what == "bad-descriptors" {
+        return bad_descriptors(env);
+    }
     println!("hostile guest {} about to: {what}", env.id);
     // SAFETY: deliberately unsound in every case below; the point is that the kernel stops us.
     unsafe {

@@ -99,6 +99,16 @@ struct Guests {
     counters: Counters,
     shutdown_deadline: Option<u64>,
     tsc_hz: u64,
+    /// Guests expected to end (exit, stop or be refused) that have not yet: when the last one
+    /// ends, the run is over even if servers (expected to keep running) are still up.
+    awaiting_end: usize,
+    /// Whether any guest at all is expected to end (else only shutdown_after ends the run).
+    some_expected_to_end: bool,
+}
+
+/// Whether a guest with this expectation is expected to end by itself.
+fn expected_to_end(expect: Expect<'_>) -> bool {
+    matches!(expect, Expect::Exit(_) | Expect::Stopped(_) | Expect::Refused(_))
 }
 
 static GUESTS: spin::Mutex<Option<Guests>> = spin::Mutex::new(None);
@@ -165,6 +175,8 @@ pub fn boot(initrd: &'static [u8], tsc_hz: u64, shutdown_deadline: Option<u64>, 
         counters: Counters::default(),
         shutdown_deadline,
         tsc_hz,
+        awaiting_end: specs.iter().filter(|s| expected_to_end(s.expect)).count(),
+        some_expected_to_end: specs.iter().any(|s| expected_to_end(s.expect)),
     };
     let mut apps: BTreeMap<&str, Result<App, String>> = BTreeMap::new();
     let mut create_ticks = Vec::with_capacity(specs.len());
@@ -231,6 +243,9 @@ pub fn boot(initrd: &'static [u8], tsc_hz: u64, shutdown_deadline: Option<u64>, 
             }
             Err(error) => {
                 g.nics.push(None);
+                if expected_to_end(spec.expect) {
+                    g.awaiting_end -= 1;
+                }
                 console_write_fmt(format_args!("guest {id} {} refused: {error}\n", spec.name));
                 guest.end = Some(End::Refused(error));
                 g.sched.finish(id);
@@ -383,6 +398,9 @@ fn end_guest(g: &mut Guests, id: GuestId, end: End) {
         End::Exited(_) => g.counters.guests_exited += 1,
         _ => g.counters.guests_stopped += 1,
     }
+    if expected_to_end(guest.expect) {
+        g.awaiting_end -= 1;
+    }
     guest.end = Some(end);
     g.sched.finish(id);
     g.on_cpu = None;
@@ -404,6 +422,10 @@ fn switch_to_next(frame: &mut TrapFrame, previous: GuestId) {
                 drop(guard);
                 finish_run("shutdown_after reached");
             }
+            if g.awaiting_end == 0 && g.some_expected_to_end {
+                drop(guard);
+                finish_run("every guest expected to end has ended");
+            }
             if let Some(next) = g.sched.schedule(now) {
                 let guest = &g.list[next];
                 *frame = guest.frame;
@@ -419,6 +441,7 @@ fn switch_to_next(frame: &mut TrapFrame, previous: GuestId) {
                 drop(guard);
                 finish_run("every guest has finished");
             }
+
             g.on_cpu = None;
         }
         // Every live guest idles: halt until the next interrupt (the timer, at the latest).
