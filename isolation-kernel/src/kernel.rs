@@ -140,6 +140,18 @@ pub extern "C" fn kernel_entry(start_info_phys: u64) -> ! {
     run(&args)
 }
 
+/// Whether `q` was typed on the console: the way to end a run of servers cleanly (the harness
+/// sends it; interactively, type it).
+pub fn quit_requested() -> bool {
+    static REQUESTED: AtomicBool = AtomicBool::new(false);
+    while let Some(byte) = crate::drivers::serial::try_read_byte() {
+        if byte == b'q' {
+            REQUESTED.store(true, Ordering::Relaxed);
+        }
+    }
+    REQUESTED.load(Ordering::Relaxed)
+}
+
 /// One tick of the LAPIC timer.
 pub fn timer_tick() {
     TIMER_TICKS.fetch_add(1, Ordering::Relaxed);
@@ -179,11 +191,16 @@ pub fn probe_nic() -> Option<crate::drivers::virtio_net::VirtioNet> {
 
 /// Prints the `stats:` line: the kernel's counters, then the guests'.
 pub fn print_stats() {
-    let mut guest_pairs = alloc::string::String::new();
-    for (name, value) in crate::guest::stats_pairs() {
-        guest_pairs += &alloc::format!(" {name}={value}");
+    print_stats_with(crate::guest::stats_pairs());
+}
+
+/// Prints the `stats:` line with these guest and network counters.
+pub fn print_stats_with(guest_pairs: alloc::vec::Vec<(&'static str, u64)>) {
+    let mut text = alloc::string::String::new();
+    for (name, value) in guest_pairs {
+        text += &alloc::format!(" {name}={value}");
     }
-    console_write_fmt(format_args!("{}{guest_pairs}\n", stats()));
+    console_write_fmt(format_args!("{}{text}\n", stats()));
 }
 
 fn setup_memory(info: &pvh::StartInfo) {
@@ -364,9 +381,10 @@ fn run(args: &KernelArgs) -> ! {
             next_report += hz;
             log::info!("uptime {seconds} s, timer ticks {}", TIMER_TICKS.load(Ordering::Relaxed));
         }
-        if deadline.is_some_and(|d| now >= d) {
+        let quit = quit_requested();
+        if quit || deadline.is_some_and(|d| now >= d) {
             print_stats();
-            log::info!("shutdown_after reached: exiting");
+            log::info!("{}: exiting", if quit { "quit requested on the console" } else { "shutdown_after reached" });
             exit_qemu(KernelExit::Success);
         }
     }

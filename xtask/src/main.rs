@@ -7,6 +7,7 @@ mod pack;
 mod qemu;
 mod tapnet;
 mod tests;
+mod udp;
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
@@ -36,6 +37,9 @@ enum Cmd {
     /// Boot an image in QEMU; the console is this terminal (Ctrl-C ends QEMU).
     Run(RunArgs),
     /// Host unit tests, then the QEMU integration tests. Exit status 0 only if all pass.
+    /// Check a UDP echo server: one random datagram of each test size, every byte compared.
+    #[command(hide = true)]
+    UdpProbe { peer: std::net::SocketAddr },
     Test {
         /// Run only the QEMU tests whose name contains this text.
         #[arg(long)]
@@ -116,6 +120,7 @@ fn real_main() -> Result<()> {
         }
         Cmd::Run(args) => run(args),
         Cmd::Test { filter, qemu_only } => tests::run_all(filter.as_deref(), qemu_only),
+        Cmd::UdpProbe { peer } => udp::probe(peer),
     }
 }
 
@@ -188,7 +193,13 @@ fn run(args: RunArgs) -> Result<()> {
     }
     let margin = if accel == qemu::Accel::Kvm { 120 } else { 30 };
     let timeout = args.timeout.or(args.for_secs.map(|s| s + margin)).map(Duration::from_secs);
-    let outcome = qemu::run_captured(cmd, timeout.unwrap_or(Duration::MAX), true)?;
+    println!("type q and Enter to end the run (the kernel prints its stats and exits)");
+    let mut session = qemu::Session::start(cmd, timeout.unwrap_or(Duration::MAX), true)?;
+    if let Some(mut qemu_stdin) = session.take_stdin() {
+        std::thread::spawn(move || std::io::copy(&mut std::io::stdin(), &mut qemu_stdin));
+    }
+    let outcome = session.finish()?;
+    drop(namespace);
     println!("{}", outcome.describe());
     match outcome.exit() {
         Some(KernelExit::Success) => Ok(()),

@@ -187,60 +187,137 @@ impl Outcome {
     }
 }
 
-/// Runs QEMU, capturing the console; kills it after `timeout`. With `echo`, console lines are
-/// also printed as they arrive.
-pub fn run_captured(mut cmd: Command, timeout: Duration, echo: bool) -> Result<Outcome> {
-    let start = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {QEMU} (is it installed? `apt-get install qemu-system-x86`)"))?;
-    let log = Arc::new(Mutex::new(String::new()));
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let reader = {
-        let log = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
-                let line = String::from_utf8_lossy(&line).trim_end_matches('\r').to_string();
-                if echo {
-                    println!("{line}");
-                    let _ = std::io::stdout().flush();
+/// A running QEMU whose console is captured (and optionally echoed), and whose serial input
+/// the harness can write to (the kernel ends the run cleanly when it reads `q`).
+pub struct Session {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    log: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    stderr_reader: Option<std::thread::JoinHandle<String>>,
+    start: Instant,
+    deadline: Instant,
+}
+
+impl Session {
+    /// Starts QEMU; it is killed if it runs past `timeout`.
+    pub fn start(mut cmd: Command, timeout: Duration, echo: bool) -> Result<Session> {
+        let start = Instant::now();
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {QEMU} (is it installed? `apt-get install qemu-system-x86`)"))?;
+        let log = Arc::new(Mutex::new(String::new()));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let reader = {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
+                    let line = String::from_utf8_lossy(&line).trim_end_matches('\r').to_string();
+                    if echo {
+                        println!("{line}");
+                        let _ = std::io::stdout().flush();
+                    }
+                    let mut log = log.lock().expect("log lock");
+                    log.push_str(&line);
+                    log.push('\n');
                 }
-                let mut log = log.lock().expect("log lock");
-                log.push_str(&line);
-                log.push('\n');
-            }
+            })
+        };
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+        let stderr_reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+            text
+        });
+        let deadline = start.checked_add(timeout).unwrap_or(start + Duration::from_secs(86_400 * 365));
+        Ok(Session {
+            stdin: child.stdin.take(),
+            child,
+            log,
+            reader: Some(reader),
+            stderr_reader: Some(stderr_reader),
+            start,
+            deadline,
         })
-    };
-    let mut stderr = child.stderr.take().expect("stderr is piped");
-    let stderr_reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
-        text
-    });
-    let mut timed_out = false;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if start.elapsed() >= timeout {
-            timed_out = true;
-            let _ = child.kill();
-            break child.wait()?;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let elapsed = start.elapsed();
-    let _ = reader.join();
-    let stderr_text = stderr_reader.join().unwrap_or_default();
-    let mut log = std::mem::take(&mut *log.lock().expect("log lock"));
-    if !stderr_text.trim().is_empty() {
-        log.push_str("--- qemu stderr ---\n");
-        log.push_str(&stderr_text);
     }
-    Ok(Outcome { status: if timed_out { None } else { status.code() }, timed_out, log, elapsed })
+
+    /// The console so far.
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log lock").clone()
+    }
+
+    /// Waits until `ready` holds for the console log; false if QEMU ended or time ran out first.
+    pub fn wait_for(&mut self, timeout: Duration, ready: impl Fn(&str) -> bool) -> bool {
+        let until = Instant::now() + timeout;
+        loop {
+            if ready(&self.log.lock().expect("log lock")) {
+                return true;
+            }
+            if Instant::now() >= until.min(self.deadline) || matches!(self.child.try_wait(), Ok(Some(_))) {
+                return ready(&self.log.lock().expect("log lock"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The QEMU serial input, for a caller that forwards its own stdin.
+    pub fn take_stdin(&mut self) -> Option<std::process::ChildStdin> {
+        self.stdin.take()
+    }
+
+    /// Asks the kernel to end the run (it reads `q` on its console).
+    pub fn request_quit(&mut self) {
+        if let Some(stdin) = self.stdin.as_mut() {
+            let _ = stdin.write_all(b"q");
+            let _ = stdin.flush();
+        }
+    }
+
+    /// Waits for QEMU to end (killing it at the session's deadline) and returns how it ended.
+    pub fn finish(mut self) -> Result<Outcome> {
+        let mut timed_out = false;
+        let status = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break status;
+            }
+            if Instant::now() >= self.deadline {
+                timed_out = true;
+                let _ = self.child.kill();
+                break self.child.wait()?;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let elapsed = self.start.elapsed();
+        drop(self.stdin.take());
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        let stderr_text = self.stderr_reader.take().and_then(|r| r.join().ok()).unwrap_or_default();
+        let mut log = std::mem::take(&mut *self.log.lock().expect("log lock"));
+        if !stderr_text.trim().is_empty() {
+            log.push_str("--- qemu stderr ---\n");
+            log.push_str(&stderr_text);
+        }
+        Ok(Outcome { status: if timed_out { None } else { status.code() }, timed_out, log, elapsed })
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs QEMU to its end, capturing the console; kills it after `timeout`. With `echo`, console
+/// lines are also printed as they arrive.
+pub fn run_captured(cmd: Command, timeout: Duration, echo: bool) -> Result<Outcome> {
+    Session::start(cmd, timeout, echo)?.finish()
 }
 
 /// Writes the exact command next to the image, so it can be rerun by hand.

@@ -104,6 +104,8 @@ struct Guests {
     awaiting_end: usize,
     /// Whether any guest at all is expected to end (else only shutdown_after ends the run).
     some_expected_to_end: bool,
+    next_stats_report: u64,
+    last_reported: (isolation_kernel::vnet::NetCounters, u64),
 }
 
 /// Whether a guest with this expectation is expected to end by itself.
@@ -116,7 +118,10 @@ static GUESTS: spin::Mutex<Option<Guests>> = spin::Mutex::new(None);
 /// `name=value` pairs for the kernel's stats line.
 pub fn stats_pairs() -> Vec<(&'static str, u64)> {
     let guard = GUESTS.lock();
-    let Some(g) = guard.as_ref() else { return Vec::new() };
+    guard.as_ref().map(stats_pairs_of).unwrap_or_default()
+}
+
+fn stats_pairs_of(g: &Guests) -> Vec<(&'static str, u64)> {
     let c = &g.counters;
     let mut pairs = alloc::vec![
         ("guests_created", c.guests_created),
@@ -177,6 +182,8 @@ pub fn boot(initrd: &'static [u8], tsc_hz: u64, shutdown_deadline: Option<u64>, 
         tsc_hz,
         awaiting_end: specs.iter().filter(|s| expected_to_end(s.expect)).count(),
         some_expected_to_end: specs.iter().any(|s| expected_to_end(s.expect)),
+        next_stats_report: 0,
+        last_reported: Default::default(),
     };
     let mut apps: BTreeMap<&str, Result<App, String>> = BTreeMap::new();
     let mut create_ticks = Vec::with_capacity(specs.len());
@@ -328,6 +335,13 @@ pub fn handle_user_trap(frame: &mut TrapFrame) {
         }
     };
 
+    if frame.vector == u64::from(TIMER_VECTOR) {
+        if crate::kernel::quit_requested() {
+            drop(guard);
+            finish_run("quit requested on the console");
+        }
+        g.maybe_report_stats(now);
+    }
     let guest = &mut g.list[id];
     guest.cpu_ticks += now.saturating_sub(g.running_since);
     g.running_since = now;
@@ -367,7 +381,23 @@ pub fn handle_user_trap(frame: &mut TrapFrame) {
     switch_to_next(frame, id);
 }
 
+/// Seconds between `stats:` lines while a run goes on (printed only when a counter changed).
+const STATS_INTERVAL_SECS: u64 = 5;
+
 impl Guests {
+    /// Prints the stats line every few seconds if the packet counters moved.
+    fn maybe_report_stats(&mut self, now: u64) {
+        if now < self.next_stats_report {
+            return;
+        }
+        self.next_stats_report = now + STATS_INTERVAL_SECS * self.tsc_hz;
+        let snapshot = (self.net.counters, self.counters.virtual_instructions);
+        if snapshot != self.last_reported {
+            self.last_reported = snapshot;
+            crate::kernel::print_stats_with(stats_pairs_of(self));
+        }
+    }
+
     fn net_ctx(&mut self) -> net::NetCtx<'_> {
         net::NetCtx { net: &mut self.net, nics: &mut self.nics, sched: &mut self.sched }
     }
@@ -422,6 +452,11 @@ fn switch_to_next(frame: &mut TrapFrame, previous: GuestId) {
                 drop(guard);
                 finish_run("shutdown_after reached");
             }
+            if crate::kernel::quit_requested() {
+                drop(guard);
+                finish_run("quit requested on the console");
+            }
+            g.maybe_report_stats(now);
             if g.awaiting_end == 0 && g.some_expected_to_end {
                 drop(guard);
                 finish_run("every guest expected to end has ended");

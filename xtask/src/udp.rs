@@ -1,0 +1,126 @@
+//! A host-side UDP echo client: random datagrams of given sizes, every echoed byte checked.
+
+use anyhow::{bail, Result};
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+/// The datagram sizes the echo tests use (1472: the largest UDP payload in a 1500-byte MTU).
+pub const TEST_SIZES: [usize; 6] = [1, 64, 100, 512, 1400, 1472];
+
+/// Pseudo-random bytes (xorshift64*), seeded per datagram so each one differs.
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
+        })
+        .collect()
+}
+
+/// What one echo check found.
+#[derive(Debug, Default)]
+pub struct EchoReport {
+    pub intact: usize,
+    pub corrupted: usize,
+    pub lost: usize,
+    pub retries: usize,
+    /// Round-trip times of the datagrams that came back intact at the first try.
+    pub rtts: Vec<Duration>,
+}
+
+/// Sends one datagram of each size (repeated `rounds` times) to `peer` and checks each echo byte
+/// for byte; a lost datagram is resent up to `retries` times.
+pub fn echo_check(peer: SocketAddr, sizes: &[usize], rounds: usize, retries: usize, timeout: Duration, seed: u64) -> Result<EchoReport> {
+    let socket = UdpSocket::bind(if peer.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+    socket.set_read_timeout(Some(timeout))?;
+    let mut report = EchoReport::default();
+    let mut buf = vec![0u8; 65536];
+    for round in 0..rounds {
+        for (i, &size) in sizes.iter().enumerate() {
+            let data = random_bytes(seed ^ ((round * sizes.len() + i) as u64 + 1) << 8, size);
+            let mut outcome = None;
+            for attempt in 0..=retries {
+                if attempt > 0 {
+                    report.retries += 1;
+                }
+                let sent_at = Instant::now();
+                socket.send_to(&data, peer)?;
+                // Skip stale echoes of earlier datagrams; wait for this one or the timeout.
+                while outcome.is_none() {
+                    match socket.recv_from(&mut buf) {
+                        Ok((len, from)) if from == peer => {
+                            if buf[..len] == data[..] {
+                                if attempt == 0 {
+                                    report.rtts.push(sent_at.elapsed());
+                                }
+                                outcome = Some(true);
+                            } else if len == data.len() {
+                                outcome = Some(false);
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+                if outcome.is_some() {
+                    break;
+                }
+            }
+            match outcome {
+                Some(true) => report.intact += 1,
+                Some(false) => report.corrupted += 1,
+                None => report.lost += 1,
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// `cargo xtask udp-probe ADDR`: the echo check as a command, for use inside a namespace.
+pub fn probe(peer: SocketAddr) -> Result<()> {
+    let report = echo_check(peer, &TEST_SIZES, 1, 3, Duration::from_secs(2), 0x5eed)?;
+    println!("udp-probe {peer}: {} intact, {} corrupted, {} lost, {} retries", report.intact, report.corrupted, report.lost, report.retries);
+    if report.intact != TEST_SIZES.len() {
+        bail!("not every datagram came back intact");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_bytes_differ_by_seed_and_are_stable() {
+        assert_eq!(random_bytes(1, 64), random_bytes(1, 64));
+        assert_ne!(random_bytes(1, 64), random_bytes(2, 64));
+        let bytes = random_bytes(7, 4096);
+        let distinct = bytes.iter().collect::<std::collections::BTreeSet<_>>().len();
+        assert!(distinct > 200, "{distinct}");
+    }
+
+    #[test]
+    fn echo_check_against_a_local_echo_server() {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            let mut count = 0;
+            while let Ok((len, from)) = server.recv_from(&mut buf) {
+                count += 1;
+                if count == 2 {
+                    continue; // lose one: the client must retry
+                }
+                if count == 4 {
+                    buf[0] ^= 0xff; // corrupt one: the client must notice
+                }
+                server.send_to(&buf[..len], from).unwrap();
+            }
+        });
+        let report = echo_check(addr, &[10, 20, 30], 1, 2, Duration::from_millis(200), 1).unwrap();
+        assert_eq!((report.intact, report.corrupted, report.lost, report.retries), (2, 1, 0, 1), "{report:?}");
+    }
+}
