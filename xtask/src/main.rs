@@ -18,7 +18,7 @@ use qemu::{AccelChoice, NetBackend, QemuConfig};
 use std::time::Duration;
 
 /// The image `cargo xtask run` boots when none is named.
-const DEFAULT_IMAGE: &str = "empty";
+const DEFAULT_IMAGE: &str = "udp-echo";
 
 #[derive(Parser)]
 #[command(about = "Build, run and test the isolation kernel", version)]

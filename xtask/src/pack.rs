@@ -97,7 +97,6 @@ pub struct Image {
     pub manifest: Manifest,
     /// Every guest, expanded, with the addresses of the network the image was packed for.
     pub guests: Vec<Guest>,
-    pub plan: NetPlan,
     pub kernel: PathBuf,
     /// The cpio archive of the image config and app ELF files (`None` for an image without guests).
     pub initrd: Option<PathBuf>,
@@ -132,7 +131,7 @@ pub fn pack_image(name: &str, artifacts: &Artifacts, plan: NetPlan) -> Result<Im
         std::fs::write(&path, archive.finish()).with_context(|| format!("writing {}", path.display()))?;
         Some(path)
     };
-    Ok(Image { name: name.to_string(), dir, manifest, guests, plan, kernel, initrd })
+    Ok(Image { name: name.to_string(), dir, manifest, guests, kernel, initrd })
 }
 
 /// Builds the kernel and guests and packs `name`, or every image when `name` is `None`.
