@@ -92,6 +92,8 @@ pub mod cmdline {
     pub const TEST_FAULT: &str = "test_fault";
     /// Values accepted by [`TEST_FAULT`].
     pub const TEST_FAULT_KINDS: [&str; 3] = ["page_fault", "invalid_opcode", "panic"];
+    /// Transmit path: `copy` (Denali's two copies, the default) or `cow` (zero copy).
+    pub const TX: &str = "tx";
     /// Prefix of the line the kernel prints with its counters, as `name=value` pairs.
     pub const STATS_PREFIX: &str = "stats:";
 }

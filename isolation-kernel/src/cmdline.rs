@@ -16,16 +16,27 @@ pub enum TestFault {
     Panic,
 }
 
+/// How guests' packets reach the NIC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TxMode {
+    /// Denali's baseline: copied into a kernel FIFO buffer, then into the NIC's buffer.
+    #[default]
+    Copy,
+    /// Zero copy: the guest's page is write-protected and handed to the NIC.
+    Cow,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelArgs {
     pub log_level: LevelFilter,
     pub shutdown_after_secs: Option<u64>,
     pub test_fault: Option<TestFault>,
+    pub tx_mode: TxMode,
 }
 
 impl Default for KernelArgs {
     fn default() -> Self {
-        KernelArgs { log_level: LevelFilter::Info, shutdown_after_secs: None, test_fault: None }
+        KernelArgs { log_level: LevelFilter::Info, shutdown_after_secs: None, test_fault: None, tx_mode: TxMode::Copy }
     }
 }
 
@@ -82,6 +93,13 @@ pub fn parse(cmdline: &str) -> Result<KernelArgs, CmdlineError<'_>> {
                     }
                 });
             }
+            keys::TX => {
+                args.tx_mode = match value {
+                    "copy" => TxMode::Copy,
+                    "cow" => TxMode::Cow,
+                    _ => return Err(CmdlineError::BadValue { key, value, expected: "copy or cow" }),
+                };
+            }
             _ => return Err(CmdlineError::UnknownKey(key)),
         }
     }
@@ -106,6 +124,8 @@ mod tests {
         assert_eq!(args.test_fault, Some(TestFault::PageFault));
         assert_eq!(parse("test_fault=invalid_opcode").unwrap().test_fault, Some(TestFault::InvalidOpcode));
         assert_eq!(parse("test_fault=panic").unwrap().test_fault, Some(TestFault::Panic));
+        assert_eq!(parse("tx=cow").unwrap().tx_mode, TxMode::Cow);
+        assert_eq!(parse("").unwrap().tx_mode, TxMode::Copy);
     }
 
     #[test]
@@ -117,5 +137,6 @@ mod tests {
         assert!(matches!(parse("shutdown_after=-1"), Err(CmdlineError::BadValue { .. })));
         assert!(matches!(parse("shutdown_after=3s"), Err(CmdlineError::BadValue { .. })));
         assert!(matches!(parse("test_fault=gp"), Err(CmdlineError::BadValue { .. })));
+        assert!(matches!(parse("tx=zero"), Err(CmdlineError::BadValue { key: "tx", .. })));
     }
 }

@@ -60,10 +60,22 @@ enum NetChoice {
     None,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum TxMode {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TxMode {
     /// Denali's path: the kernel copies each packet into its FIFO, the driver into the NIC buffer.
     Copy,
+    /// Zero copy: the guest's tx page is write-protected and handed to the NIC.
+    Cow,
+}
+
+impl TxMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            TxMode::Copy => "copy",
+            TxMode::Cow => "cow",
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -95,9 +107,9 @@ struct RunArgs {
     /// First host port of the user network's forwards (guest i: BASE+i -> its port 7).
     #[arg(long, default_value_t = 7000)]
     host_port_base: u16,
-    /// Transmit path (the copy-on-write path comes next).
-    #[arg(long, value_enum, default_value_t = TxMode::Copy)]
-    tx: TxMode,
+    /// Transmit path (default: the image's `tx`, else copy).
+    #[arg(long, value_enum)]
+    tx: Option<TxMode>,
     /// Record what crosses the physical NIC to this pcap file (opens in Wireshark/tshark).
     #[arg(long, value_name = "FILE")]
     pcap: Option<std::path::PathBuf>,
@@ -136,7 +148,8 @@ fn run(args: RunArgs) -> Result<()> {
     if let Some(secs) = args.for_secs {
         append += &format!(" {}={secs}", keys::SHUTDOWN_AFTER);
     }
-    let TxMode::Copy = args.tx;
+    let tx = args.tx.unwrap_or(image.manifest.kernel.tx);
+    append += &format!(" {}={}", keys::TX, tx.name());
     let net_guests: Vec<_> = image.guests.iter().filter_map(|g| g.net.map(|n| (g.name.clone(), n))).collect();
     let namespace = match args.net {
         NetChoice::Tap => Some(tapnet::TapNamespace::create(&plan)?),

@@ -155,11 +155,18 @@ pub struct KernelSection {
     /// Guest-physical memory of the QEMU machine, in MiB.
     #[serde(default = "default_memory_mib")]
     pub memory_mib: u32,
+    /// Transmit path: `copy` (default) or `cow`.
+    #[serde(default = "default_tx")]
+    pub tx: crate::TxMode,
+}
+
+fn default_tx() -> crate::TxMode {
+    crate::TxMode::Copy
 }
 
 impl Default for KernelSection {
     fn default() -> Self {
-        KernelSection { log: default_log(), memory_mib: default_memory_mib() }
+        KernelSection { log: default_log(), memory_mib: default_memory_mib(), tx: default_tx() }
     }
 }
 

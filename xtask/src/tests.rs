@@ -6,6 +6,7 @@ use crate::manifest::NetPlan;
 use crate::pack::{self, Image};
 use crate::qemu::{self, Accel, NetBackend, Outcome, QemuConfig, Session};
 use crate::udp;
+use crate::TxMode;
 use anyhow::{bail, Context, Result};
 use hypercall_abi::cmdline as keys;
 use hypercall_abi::host::KernelExit;
@@ -52,10 +53,14 @@ const QEMU_TESTS: &[QemuTest] = &[
     QemuTest { name: "hello_16_guests_tcg", run: hello_tcg },
     QemuTest { name: "hello_16_guests_kvm", run: hello_kvm },
     QemuTest { name: "chaos_hostile_guests_isolated_tcg", run: chaos_tcg },
-    QemuTest { name: "udp_echo_user_network_tcg", run: udp_echo_user_network },
-    QemuTest { name: "udp_guest_to_guest_tcg", run: udp_guest_to_guest },
-    QemuTest { name: "vnic_bad_descriptors_rejected_tcg", run: vnic_bad_descriptors },
-    QemuTest { name: "udp_echo_tap_network_tcg", run: udp_echo_tap_network },
+    QemuTest { name: "udp_echo_user_network_copy_tcg", run: |ctx| udp_echo_user_network(ctx, TxMode::Copy) },
+    QemuTest { name: "udp_echo_user_network_cow_tcg", run: |ctx| udp_echo_user_network(ctx, TxMode::Cow) },
+    QemuTest { name: "udp_guest_to_guest_copy_tcg", run: |ctx| udp_guest_to_guest(ctx, TxMode::Copy) },
+    QemuTest { name: "udp_guest_to_guest_cow_tcg", run: |ctx| udp_guest_to_guest(ctx, TxMode::Cow) },
+    QemuTest { name: "vnic_bad_descriptors_rejected_copy_tcg", run: |ctx| vnic_bad_descriptors(ctx, TxMode::Copy) },
+    QemuTest { name: "vnic_bad_descriptors_rejected_cow_tcg", run: |ctx| vnic_bad_descriptors(ctx, TxMode::Cow) },
+    QemuTest { name: "udp_echo_tap_network_copy_tcg", run: |ctx| udp_echo_tap_network(ctx, TxMode::Copy) },
+    QemuTest { name: "udp_echo_tap_network_cow_tcg", run: |ctx| udp_echo_tap_network(ctx, TxMode::Cow) },
 ];
 
 pub fn run_all(filter: Option<&str>, qemu_only: bool) -> Result<()> {
@@ -108,13 +113,13 @@ fn failure(reason: impl Into<String>, log: String) -> Failure {
 }
 
 /// Starts `image` with a network, without waiting for it to end.
-fn start_networked(image: &Image, net: NetBackend, netns: Option<&str>, timeout: Duration) -> std::result::Result<Session, Failure> {
+fn start_networked(image: &Image, net: NetBackend, netns: Option<&str>, tx: TxMode, timeout: Duration) -> std::result::Result<Session, Failure> {
     let config = QemuConfig {
         kernel: &image.kernel,
         initrd: image.initrd.as_deref(),
         accel: Accel::Tcg,
         memory_mib: image.manifest.kernel.memory_mib,
-        append: "log=info shutdown_after=300".into(),
+        append: format!("log=info shutdown_after=300 tx={}", tx.name()),
         gdb: false,
         icount: false,
         net: Some(net),
@@ -324,12 +329,12 @@ fn final_stats(outcome: &Outcome) -> std::result::Result<std::collections::BTree
     checks::stats(&outcome.log).ok_or_else(|| failure("no stats line", outcome.log.clone()))
 }
 
-fn udp_echo_user_network(ctx: &Ctx) -> TestResult {
+fn udp_echo_user_network(ctx: &Ctx, tx: TxMode) -> TestResult {
     let image = pack::pack_image("udp-echo", &ctx.artifacts, NetPlan::USER).map_err(|e| failure(format!("{e:#}"), String::new()))?;
     let base = host_port_base();
     let guests: Vec<_> = image.guests.iter().filter_map(|g| g.net).collect();
     let forwards = guests.iter().enumerate().map(|(i, n)| (base + i as u16, n.ipv4, 7)).collect();
-    let mut session = start_networked(&image, NetBackend::User { forwards }, None, TCG_TIMEOUT)?;
+    let mut session = start_networked(&image, NetBackend::User { forwards }, None, tx, TCG_TIMEOUT)?;
     wait_listening(&mut session, guests.len())?;
     let mut sent = 0;
     for i in 0..guests.len() {
@@ -347,15 +352,23 @@ fn udp_echo_user_network(ctx: &Ctx) -> TestResult {
     let stats = final_stats(&outcome)?;
     let get = |name: &str| stats.get(name).copied().unwrap_or(0);
     check(&outcome, get("rx_packets") >= sent as u64 && get("tx_packets") >= sent as u64, || format!("too few packets counted for {sent} echoes: {stats:?}"))?;
-    // The copy path copies every transmitted byte twice: into the FIFO, into the NIC buffer.
-    check(&outcome, get("tx_bytes_copied") == 2 * get("tx_bytes"), || format!("tx_bytes_copied is not twice tx_bytes: {stats:?}"))?;
+    match tx {
+        // The copy path copies every transmitted byte twice: into the FIFO, into the NIC buffer.
+        TxMode::Copy => check(&outcome, get("tx_bytes_copied") == 2 * get("tx_bytes"), || {
+            format!("tx_bytes_copied is not twice tx_bytes: {stats:?}")
+        })?,
+        // The COW path copies nothing on the way to the NIC, and protected a page per packet.
+        TxMode::Cow => check(&outcome, get("tx_bytes_copied") == 0 && get("cow_protects") > 0, || {
+            format!("the COW path copied bytes or protected nothing: {stats:?}")
+        })?,
+    }
     check(&outcome, get("drops_bad_desc") == 0 && get("drops_spoof") == 0, || format!("well-behaved guests had drops: {stats:?}"))?;
     Ok(Verdict::Pass)
 }
 
-fn udp_guest_to_guest(ctx: &Ctx) -> TestResult {
+fn udp_guest_to_guest(ctx: &Ctx, tx: TxMode) -> TestResult {
     let image = pack::pack_image("udp-g2g", &ctx.artifacts, NetPlan::USER).map_err(|e| failure(format!("{e:#}"), String::new()))?;
-    let outcome = boot(&image, Accel::Tcg, "log=info shutdown_after=120", TCG_TIMEOUT)?;
+    let outcome = boot(&image, Accel::Tcg, &format!("log=info shutdown_after=120 tx={}", tx.name()), TCG_TIMEOUT)?;
     check_guest_expectations(&image, &outcome)?;
     let clients = image.guests.iter().filter(|g| g.app == "udp-client").count();
     check(&outcome, outcome.log.matches("datagrams echoed intact").count() == clients, || "a client printed no result".into())?;
@@ -365,9 +378,9 @@ fn udp_guest_to_guest(ctx: &Ctx) -> TestResult {
     Ok(Verdict::Pass)
 }
 
-fn vnic_bad_descriptors(ctx: &Ctx) -> TestResult {
+fn vnic_bad_descriptors(ctx: &Ctx, tx: TxMode) -> TestResult {
     let image = pack::pack_image("net-hostile", &ctx.artifacts, NetPlan::USER).map_err(|e| failure(format!("{e:#}"), String::new()))?;
-    let outcome = boot(&image, Accel::Tcg, "log=info shutdown_after=120", TCG_TIMEOUT)?;
+    let outcome = boot(&image, Accel::Tcg, &format!("log=info shutdown_after=120 tx={}", tx.name()), TCG_TIMEOUT)?;
     check_guest_expectations(&image, &outcome)?;
     for case in ["outside its memory", "kernel address", "huge length", "in the headroom", "spoofed source MAC", "ring index beyond the ring"] {
         let line = outcome.log.lines().find(|l| l.contains(&format!("({case})")) || l.contains(&format!("{case}:")));
@@ -381,14 +394,14 @@ fn vnic_bad_descriptors(ctx: &Ctx) -> TestResult {
     Ok(Verdict::Pass)
 }
 
-fn udp_echo_tap_network(ctx: &Ctx) -> TestResult {
+fn udp_echo_tap_network(ctx: &Ctx, tx: TxMode) -> TestResult {
     let namespace = match crate::tapnet::TapNamespace::create(&NetPlan::TAP) {
         Ok(ns) => ns,
         Err(e) => return Ok(Verdict::Skip(format!("cannot create a tap device in a network namespace: {e:#}"))),
     };
     let image = pack::pack_image("udp-echo", &ctx.artifacts, NetPlan::TAP).map_err(|e| failure(format!("{e:#}"), String::new()))?;
     let net = NetBackend::Tap { ifname: crate::tapnet::TAP_IFNAME.into() };
-    let mut session = start_networked(&image, net, Some(&namespace.name), TCG_TIMEOUT)?;
+    let mut session = start_networked(&image, net, Some(&namespace.name), tx, TCG_TIMEOUT)?;
     let guests: Vec<_> = image.guests.iter().filter_map(|g| g.net).collect();
     wait_listening(&mut session, guests.len())?;
     let target = crate::manifest::format_ip(guests[0].ipv4);

@@ -16,6 +16,10 @@ use crate::mm::phys::phys_to_virt;
 use alloc::vec::Vec;
 use core::sync::atomic::{fence, Ordering};
 use isolation_kernel::frame_alloc::FrameAllocator;
+use isolation_kernel::vnet::GuestFrameRef;
+
+/// What a zero-copy transmit hands back when the device is done: the guest and its frame.
+pub type TxCookie = (usize, GuestFrameRef);
 
 pub const VENDOR_VIRTIO: u16 = 0x1af4;
 /// Transitional (legacy-capable) virtio-net PCI device id.
@@ -43,6 +47,7 @@ const FEATURE_MAC: u32 = 1 << 5;
 const FEATURE_ANY_LAYOUT: u32 = 1 << 27;
 const NO_VECTOR: u16 = 0xffff;
 
+const DESC_F_NEXT: u16 = 1;
 const DESC_F_WRITE: u16 = 2;
 const USED_F_NO_NOTIFY: u16 = 1;
 
@@ -78,7 +83,7 @@ impl Virtqueue {
         phys_to_virt(self.phys + offset).as_mut_ptr::<T>()
     }
 
-    fn write_desc(&mut self, id: u16, addr: u64, len: u32, flags: u16) {
+    fn write_desc(&mut self, id: u16, addr: u64, len: u32, flags: u16, next: u16) {
         let base = u64::from(id % self.size) * 16;
         // SAFETY: the descriptor table lies inside this queue's pages (id < size), which the
         // kernel allocated for the device and maps in the direct map.
@@ -86,7 +91,7 @@ impl Virtqueue {
             self.ptr::<u64>(base).write_volatile(addr);
             self.ptr::<u32>(base + 8).write_volatile(len);
             self.ptr::<u16>(base + 12).write_volatile(flags);
-            self.ptr::<u16>(base + 14).write_volatile(0);
+            self.ptr::<u16>(base + 14).write_volatile(next);
         }
     }
 
@@ -135,6 +140,9 @@ pub struct NicCounters {
     pub notifies: u64,
 }
 
+/// Each transmitted packet is a chain of two descriptors, `2k` (the header, from one shared
+/// zeroed page) and `2k + 1` (the frame: a driver buffer for copied frames, the guest's own
+/// frame for zero-copy ones); `k` indexes the packet slot.
 pub struct VirtioNet {
     io: u16,
     mac: [u8; 6],
@@ -143,9 +151,13 @@ pub struct VirtioNet {
     rx_buffers: Vec<u64>,
     tx_buffers: Vec<u64>,
     tx_free: Vec<u16>,
+    /// Per packet slot: the guest frame a zero-copy packet is sent from.
+    tx_cookies: Vec<Option<TxCookie>>,
+    header_page: u64,
     tx_unnotified: bool,
     pub counters: NicCounters,
     pub msix: bool,
+    tx_vector: u16,
 }
 
 impl VirtioNet {
@@ -218,9 +230,12 @@ impl VirtioNet {
             rx_buffers: Vec::new(),
             tx_buffers: Vec::new(),
             tx_free: Vec::new(),
+            tx_cookies: Vec::new(),
+            header_page: 0,
             tx_unnotified: false,
             counters: NicCounters::default(),
             msix: false,
+            tx_vector: NO_VECTOR,
         };
         nic.set_reg8(REG_STATUS, 0); // reset
         nic.set_reg8(REG_STATUS, STATUS_ACKNOWLEDGE);
@@ -241,12 +256,17 @@ impl VirtioNet {
                 // SAFETY: MSI-X table entry 0 of this device, mapped uncached by `map_table`:
                 // message address (the local APIC, physical destination), data (the vector,
                 // fixed delivery, edge), then unmask.
+                // Entry 1, for tx completions, raises the same vector.
                 unsafe {
-                    entry.write_volatile(0xfee0_0000 | (apic_id << 12));
-                    entry.add(1).write_volatile(0);
-                    entry.add(2).write_volatile(u32::from(rx_vector));
-                    entry.add(3).write_volatile(0);
+                    for index in 0..usize::from(entries.min(2)) {
+                        let entry = entry.add(4 * index);
+                        entry.write_volatile(0xfee0_0000 | (apic_id << 12));
+                        entry.add(1).write_volatile(0);
+                        entry.add(2).write_volatile(u32::from(rx_vector));
+                        entry.add(3).write_volatile(0);
+                    }
                 }
+                nic.tx_vector = if entries >= 2 { 1 } else { NO_VECTOR };
                 pci.enable_msix(cap);
                 nic.msix = true;
                 nic.set_reg16(REG_MSIX_CONFIG_VECTOR, NO_VECTOR);
@@ -259,7 +279,8 @@ impl VirtioNet {
         }
 
         nic.rx = nic.setup_queue(RX_QUEUE, frames, 0)?;
-        nic.tx = nic.setup_queue(TX_QUEUE, frames, NO_VECTOR)?;
+        let tx_vector = nic.tx_vector;
+        nic.tx = nic.setup_queue(TX_QUEUE, frames, tx_vector)?;
         if nic.msix {
             nic.set_reg16(REG_QUEUE_SELECT, RX_QUEUE);
             if nic.reg16(REG_MSIX_QUEUE_VECTOR) != 0 {
@@ -271,13 +292,18 @@ impl VirtioNet {
         for id in 0..rx_count {
             let phys = frames.allocate().ok_or("no memory for rx buffers")?;
             nic.rx_buffers.push(phys);
-            nic.rx.write_desc(id, phys, PAGE as u32, DESC_F_WRITE);
+            nic.rx.write_desc(id, phys, PAGE as u32, DESC_F_WRITE, 0);
             nic.rx.push_avail(id);
         }
-        let tx_count = MAX_BUFFERS.min(nic.tx.size);
-        for id in 0..tx_count {
+        let header_page = frames.allocate().ok_or("no memory for the tx header page")?;
+        // SAFETY: a fresh frame; the device only ever reads its first NET_HEADER_LEN bytes.
+        unsafe { core::ptr::write_bytes(phys_to_virt(header_page).as_mut_ptr::<u8>(), 0, PAGE as usize) };
+        nic.header_page = header_page;
+        let tx_count = MAX_BUFFERS.min(nic.tx.size / 2);
+        for k in 0..tx_count {
             nic.tx_buffers.push(frames.allocate().ok_or("no memory for tx buffers")?);
-            nic.tx_free.push(tx_count - 1 - id);
+            nic.tx_cookies.push(None);
+            nic.tx_free.push(tx_count - 1 - k);
         }
         nic.set_reg8(REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK);
         nic.set_reg16(REG_QUEUE_NOTIFY, RX_QUEUE);
@@ -288,46 +314,63 @@ impl VirtioNet {
         self.mac
     }
 
-    /// Takes back the tx buffers the device has sent.
-    pub fn reclaim_tx(&mut self) {
+    /// Takes back the packet slots the device has sent, handing zero-copy cookies to `done`.
+    pub fn reclaim_tx(&mut self, mut done: impl FnMut(TxCookie)) {
         while let Some((id, _)) = self.tx.pop_used() {
-            if usize::from(id) < self.tx_buffers.len() {
-                self.tx_free.push(id);
+            let k = usize::from(id / 2);
+            if id % 2 != 0 || k >= self.tx_buffers.len() {
+                continue;
             }
+            if let Some(cookie) = self.tx_cookies[k].take() {
+                done(cookie);
+            }
+            self.tx_free.push(k as u16);
         }
     }
 
-    /// Whether a frame could be queued now.
-    pub fn can_transmit(&mut self) -> bool {
+    /// A free packet slot, if the device has room (completions are taken back first).
+    fn free_slot(&mut self, done: impl FnMut(TxCookie)) -> Option<u16> {
         if self.tx_free.is_empty() {
-            self.reclaim_tx();
+            self.reclaim_tx(done);
         }
-        !self.tx_free.is_empty()
+        let slot = self.tx_free.pop();
+        if slot.is_none() {
+            self.counters.tx_queue_full += 1;
+        }
+        slot
     }
 
-    /// Copies `frame` into a free tx buffer behind the virtio-net header and queues it
-    /// (the device is notified by [`VirtioNet::flush`]). `Err` when every buffer is in flight.
-    pub fn transmit(&mut self, frame: &[u8]) -> Result<(), ()> {
-        if frame.len() + NET_HEADER_LEN > PAGE as usize {
-            return Err(());
-        }
-        if !self.can_transmit() {
-            self.counters.tx_queue_full += 1;
-            return Err(());
-        }
-        let id = self.tx_free.pop().ok_or(())?;
-        let buffer = self.tx_buffers[usize::from(id)];
-        let dst = phys_to_virt(buffer).as_mut_ptr::<u8>();
-        // SAFETY: the buffer is one of this driver's tx pages, not in flight (it was free);
-        // header plus frame fit in the page (checked above).
-        unsafe {
-            core::ptr::write_bytes(dst, 0, NET_HEADER_LEN);
-            core::ptr::copy_nonoverlapping(frame.as_ptr(), dst.add(NET_HEADER_LEN), frame.len());
-        }
-        self.tx.write_desc(id, buffer, (NET_HEADER_LEN + frame.len()) as u32, 0);
-        self.tx.push_avail(id);
+    /// Queues the chain header + `len` bytes at physical `data` in packet slot `k`.
+    fn queue_chain(&mut self, k: u16, data: u64, len: u32) {
+        let header = 2 * k;
+        self.tx.write_desc(header, self.header_page, NET_HEADER_LEN as u32, DESC_F_NEXT, header + 1);
+        self.tx.write_desc(header + 1, data, len, 0, 0);
+        self.tx.push_avail(header);
         self.tx_unnotified = true;
         self.counters.tx_frames += 1;
+    }
+
+    /// Copies `frame` into a driver buffer (Denali's copy 2) and queues it (the device is
+    /// notified by [`VirtioNet::flush`]). `Err` when every packet slot is in flight.
+    pub fn transmit(&mut self, frame: &[u8], done: impl FnMut(TxCookie)) -> Result<(), ()> {
+        if frame.len() > PAGE as usize {
+            return Err(());
+        }
+        let k = self.free_slot(done).ok_or(())?;
+        let buffer = self.tx_buffers[usize::from(k)];
+        // SAFETY: the buffer is this driver's page for slot `k`, not in flight (the slot was
+        // free); the frame fits in the page (checked above).
+        unsafe { core::ptr::copy_nonoverlapping(frame.as_ptr(), phys_to_virt(buffer).as_mut_ptr::<u8>(), frame.len()) };
+        self.queue_chain(k, buffer, frame.len() as u32);
+        Ok(())
+    }
+
+    /// Queues `len` bytes at physical address `data` without copying them: the caller keeps the
+    /// memory unchanged (write-protected) until `cookie` comes back through a `done` closure.
+    pub fn transmit_zero_copy(&mut self, data: u64, len: u32, cookie: TxCookie, done: impl FnMut(TxCookie)) -> Result<(), TxCookie> {
+        let Some(k) = self.free_slot(done) else { return Err(cookie) };
+        self.tx_cookies[usize::from(k)] = Some(cookie);
+        self.queue_chain(k, data, len);
         Ok(())
     }
 
@@ -360,7 +403,7 @@ impl VirtioNet {
             } else {
                 self.counters.rx_malformed += 1;
             }
-            self.rx.write_desc(id, buffer, PAGE as u32, DESC_F_WRITE);
+            self.rx.write_desc(id, buffer, PAGE as u32, DESC_F_WRITE, 0);
             self.rx.push_avail(id);
         }
         if count > 0 && self.rx.device_wants_notify() {

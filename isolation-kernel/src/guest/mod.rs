@@ -146,7 +146,13 @@ fn stats_pairs_of(g: &Guests) -> Vec<(&'static str, u64)> {
 
 /// Reads the initrd, loads every guest of the image and runs the first one. Returns only with
 /// the reason the initrd cannot be used.
-pub fn boot(initrd: &'static [u8], tsc_hz: u64, shutdown_deadline: Option<u64>, trap_stack_top: u64) -> String {
+pub fn boot(
+    initrd: &'static [u8],
+    tsc_hz: u64,
+    shutdown_deadline: Option<u64>,
+    trap_stack_top: u64,
+    tx_mode: isolation_kernel::cmdline::TxMode,
+) -> String {
     let archive = Archive::new(initrd);
     let config = match archive.find(CONFIG_FILE) {
         Ok(Some(entry)) => entry.data,
@@ -169,7 +175,8 @@ pub fn boot(initrd: &'static [u8], tsc_hz: u64, shutdown_deadline: Option<u64>, 
     }
 
     let physical_nic = crate::kernel::probe_nic();
-    let network = with_frames(|frames| net::Network::new(physical_nic, frames));
+    log::info!("transmit path: {tx_mode:?}");
+    let network = with_frames(|frames| net::Network::new(physical_nic, tx_mode, frames));
     let mut g = Guests {
         list: Vec::with_capacity(specs.len()),
         nics: Vec::with_capacity(specs.len()),
@@ -324,7 +331,16 @@ pub fn handle_user_trap(frame: &mut TrapFrame) {
         }
         v if v == u64::from(crate::kernel::SPURIOUS_VECTOR) => Action::Resume,
         13 => general_protection(g, id, frame, now),
-        14 => Action::Stop(PageFault { error_code: frame.error_code, address: cpu::cr2() }.to_string()),
+        14 => {
+            let fault = PageFault { error_code: frame.error_code, address: cpu::cr2() };
+            // A write (bit 1) by the user (bit 2) to a present (bit 0) page may be a COW fault.
+            let cow_candidate = frame.error_code & 0x7 == 0x7 && g.nics[id].is_some();
+            match cow_candidate.then(|| g.net_ctx().write_fault(id, fault.address)).flatten() {
+                None if cow_candidate => Action::Resume,
+                Some(cause) if !cause.is_empty() => Action::Stop(cause),
+                _ => Action::Stop(fault.to_string()),
+            }
+        }
         v if v < 32 => {
             let (mnemonic, name) = exception_name(v).unwrap_or(("?", "reserved exception"));
             Action::Stop(format!("{name} ({mnemonic})"))
@@ -359,7 +375,10 @@ pub fn handle_user_trap(frame: &mut TrapFrame) {
     }
 
     match action {
-        Action::Resume => return,
+        Action::Resume => {
+            g.flush_protected(id, false);
+            return;
+        }
         Action::Preempt => {
             guest.frame = *frame;
             g.sched.preempt_current();
@@ -399,7 +418,21 @@ impl Guests {
     }
 
     fn net_ctx(&mut self) -> net::NetCtx<'_> {
-        net::NetCtx { net: &mut self.net, nics: &mut self.nics, sched: &mut self.sched }
+        net::NetCtx { net: &mut self.net, nics: &mut self.nics, sched: &mut self.sched, guests: &mut self.list }
+    }
+
+    /// Before guest `id` runs again in the address space that is active now: drop the TLB
+    /// entries of pages write-protected since it last ran (one `invlpg` each; none at all when
+    /// the address space is switched, which flushes them anyway).
+    fn flush_protected(&mut self, id: GuestId, address_space_switched: bool) {
+        let Some(nic) = self.nics.get_mut(id).and_then(Option::as_mut) else { return };
+        if !address_space_switched {
+            for &page in &nic.pending_flush {
+                x86_64::instructions::tlb::flush(x86_64::VirtAddr::new(page));
+            }
+            self.net.counters.tlb_flushes += nic.pending_flush.len() as u64;
+        }
+        nic.pending_flush.clear();
     }
 
     /// Takes frames from the physical NIC and moves queued packets on; returns frames received.
@@ -420,8 +453,10 @@ pub fn nic_interrupt() {
 
 /// Records the end of guest `id` (the current one) and frees its memory.
 fn end_guest(g: &mut Guests, id: GuestId, end: End) {
-    // Nothing may reach its pages once they are freed.
-    g.nics[id] = None;
+    // Nothing may reach its pages once they are freed; pages the NIC still reads outlive it.
+    if let (Some(nic), Some(space)) = (g.nics[id].take(), g.list[id].space.as_mut()) {
+        g.net.orphan_in_flight(&nic, space);
+    }
     let guest = &mut g.list[id];
     flush_console(id, guest, true);
     match end {
@@ -464,7 +499,8 @@ fn switch_to_next(frame: &mut TrapFrame, previous: GuestId) {
             if let Some(next) = g.sched.schedule(now) {
                 let guest = &g.list[next];
                 *frame = guest.frame;
-                space::activate(guest.space.as_ref().expect("a scheduled guest has an address space").pml4_phys());
+                let switched = space::activate(guest.space.as_ref().expect("a scheduled guest has an address space").pml4_phys());
+                g.flush_protected(next, switched);
                 g.on_cpu = Some(next);
                 g.running_since = now;
                 if next != previous {

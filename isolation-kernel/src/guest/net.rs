@@ -16,10 +16,14 @@ use hypercall_abi::layout::{VNIC_RX_AREA_ADDR, VNIC_SHARED_ADDR, VNIC_TX_AREA_AD
 use isolation_kernel::frame_alloc::FrameAllocator;
 use isolation_kernel::guest_mem::Access;
 use isolation_kernel::sched::{GuestId, Scheduler};
+use isolation_kernel::cmdline::TxMode;
+use isolation_kernel::vnet::cow::{CowSlots, Protect, Release, TxRing, WriteFault};
 use isolation_kernel::vnet::{
-    pending, validate_rx, validate_tx, DropReason, NetCounters, NetScheduler, Packet, PacketPool, Route, Source,
-    TxFifo, Vswitch,
+    pending, validate_rx, validate_tx, DropReason, GuestFrameRef, NetCounters, NetScheduler, Packet, PacketData,
+    PacketPool, Route, Source, TxFifo, Vswitch,
 };
+use super::Guest;
+use crate::drivers::virtio_net::TxCookie;
 
 /// Packets a guest may have queued in the kernel.
 const FIFO_CAPACITY: usize = 64;
@@ -34,11 +38,17 @@ const POOL_BUFFERS: u32 = 512;
 pub struct GuestNic {
     pub config: NetConfig,
     shared_phys: u64,
-    tx_frames: Vec<u64>,
+    /// The frames behind the tx slots (they change when a COW fault copies one), and how many
+    /// packets are in flight on each.
+    cow: CowSlots,
     rx_frames: Vec<u64>,
-    tx_consumer: u32,
+    /// Descriptors taken and completed; the guest sees the completed prefix as `tx_consumer`.
+    ring: TxRing,
     rx_consumer: u32,
     bad_descriptor_logged: bool,
+    /// Guest pages write-protected since the guest last ran: their TLB entries must go before
+    /// it runs again, unless its address space is reloaded anyway.
+    pub pending_flush: Vec<u64>,
 }
 
 impl GuestNic {
@@ -93,11 +103,12 @@ pub fn build_nic(
     let nic = GuestNic {
         config,
         shared_phys,
-        tx_frames,
+        cow: CowSlots::new(&tx_frames),
         rx_frames,
-        tx_consumer: 0,
+        ring: TxRing::new(),
         rx_consumer: 0,
         bad_descriptor_logged: false,
+        pending_flush: Vec::with_capacity(TX_SLOTS as usize),
     };
     nic.shared().needs_kick.0.store(1, Ordering::Release);
     Ok(nic)
@@ -114,6 +125,9 @@ pub struct Network {
     /// Guests whose tx ring still holds packets the kernel could not take yet.
     backlog: VecDeque<GuestId>,
     pub counters: NetCounters,
+    pub mode: TxMode,
+    /// Frames of guests that ended with packets in flight on them: freed when the NIC is done.
+    zombies: Vec<(u64, u32)>,
 }
 
 /// Copies `frame` into the page of pool buffer `phys`.
@@ -135,7 +149,7 @@ fn page_bytes<'p>(phys: u64, offset: u64, len: u64) -> &'p [u8] {
 }
 
 impl Network {
-    pub fn new(nic: Option<VirtioNet>, frames: &mut FrameAllocator<'static>) -> Network {
+    pub fn new(nic: Option<VirtioNet>, mode: TxMode, frames: &mut FrameAllocator<'static>) -> Network {
         let mut pool_frames = Vec::with_capacity(POOL_BUFFERS as usize);
         for _ in 0..POOL_BUFFERS {
             match frames.allocate() {
@@ -152,6 +166,16 @@ impl Network {
             pool_frames,
             backlog: VecDeque::new(),
             counters: NetCounters::default(),
+            mode,
+            zombies: Vec::new(),
+        }
+    }
+
+    /// Guest `id` ends: frames with packets still in flight must outlive its address space.
+    pub fn orphan_in_flight(&mut self, nic: &GuestNic, space: &mut AddressSpace) {
+        for (frame, count) in nic.cow.frames_in_flight() {
+            space.disown(frame);
+            self.zombies.push((frame, count));
         }
     }
 
@@ -175,6 +199,12 @@ pub struct NetCtx<'a> {
     pub net: &'a mut Network,
     pub nics: &'a mut [Option<GuestNic>],
     pub sched: &'a mut Scheduler,
+    pub guests: &'a mut [Guest],
+}
+
+/// Guest address of tx slot `slot`'s page.
+fn slot_page(slot: u64) -> u64 {
+    VNIC_TX_AREA_ADDR + slot * SLOT_SIZE
 }
 
 impl NetCtx<'_> {
@@ -186,53 +216,63 @@ impl NetCtx<'_> {
         taken
     }
 
-    /// Validates and copies (copy 1) the guest's pending tx descriptors into its FIFO.
+    /// Validates the guest's pending tx descriptors and queues their frames in its FIFO: copied
+    /// into a pool buffer (copy path, copy 1), or left in the write-protected slot (COW path).
     fn pull_tx(&mut self, id: GuestId, name: &str) -> u64 {
         let Some(nic) = self.nics.get_mut(id).and_then(Option::as_mut) else { return 0 };
         let net = &mut *self.net;
         let shared = nic.shared();
         let producer = shared.tx_producer.0.load(Ordering::Acquire);
-        let count = match pending(producer, nic.tx_consumer, TX_RING_SIZE) {
-            Ok(count) => count,
-            Err(bad) => {
-                net.counters.drops_bad_desc += 1;
-                if !core::mem::replace(&mut nic.bad_descriptor_logged, true) {
-                    log::warn!("guest {id} {name}: tx producer index {} is beyond the ring (consumer {}); ignored", bad.producer, bad.consumer);
-                }
-                return 0;
+        // The guest may have at most a ring of descriptors beyond what has completed.
+        if let Err(bad) = pending(producer, nic.ring.consumer(), TX_RING_SIZE) {
+            net.counters.drops_bad_desc += 1;
+            if !core::mem::replace(&mut nic.bad_descriptor_logged, true) {
+                log::warn!("guest {id} {name}: tx producer index {} is beyond the ring (consumer {}); ignored", bad.producer, bad.consumer);
             }
-        };
+            return 0;
+        }
+        let count = producer.wrapping_sub(nic.ring.taken());
         let mut taken = 0;
         let mut backlogged = false;
         for _ in 0..count {
-            let desc = &shared.tx[(nic.tx_consumer % TX_RING_SIZE) as usize];
+            let position = nic.ring.taken();
+            let desc = &shared.tx[(position % TX_RING_SIZE) as usize];
             // Read each field once: the guest may change them behind our back.
             let (addr, len) = (desc.addr.load(Ordering::Relaxed), desc.len.load(Ordering::Relaxed));
-            let status = match validate_tx(addr, len, MAX_FRAME) {
+            let frame = match validate_tx(addr, len, MAX_FRAME) {
                 Err(bad) => {
                     net.counters.drops_bad_desc += 1;
                     if !core::mem::replace(&mut nic.bad_descriptor_logged, true) {
                         log::warn!("guest {id} {name}: rejected tx descriptor: {bad} (further rejections are only counted)");
                     }
-                    DescStatus::RejectedBadDescriptor
+                    let index = nic.ring.take().expect("count is bounded by the ring");
+                    desc.status.store(DescStatus::RejectedBadDescriptor as u32, Ordering::Relaxed);
+                    nic.ring.complete(index);
+                    taken += 1;
+                    continue;
                 }
-                Ok(frame) => {
-                    if net.fifos[id].is_full() {
-                        backlogged = true;
-                        break;
-                    }
+                Ok(frame) => frame,
+            };
+            if net.fifos[id].is_full() {
+                backlogged = true;
+                break;
+            }
+            let slot = frame.slot as usize;
+            let page = nic.cow.frame(slot).expect("validated slots exist");
+            match net.mode {
+                TxMode::Copy => {
                     let Some(buf) = net.pool.alloc() else {
                         backlogged = true;
                         break;
                     };
-                    let page = net.pool_frames[buf.0 as usize];
-                    let bytes = page_bytes(nic.tx_frames[frame.slot as usize], frame.offset, frame.len);
-                    copy_into_page(page, 0, bytes); // copy 1
+                    let index = nic.ring.take().expect("count is bounded by the ring");
+                    let kernel_copy = net.pool_frames[buf.0 as usize];
+                    copy_into_page(kernel_copy, 0, page_bytes(page, frame.offset, frame.len)); // copy 1
                     net.counters.tx_copies += 1;
                     net.counters.tx_bytes_copied += frame.len;
                     // The check runs on the kernel's copy: what is checked is what is sent.
-                    if net.vswitch.source_is(id, page_bytes(page, 0, frame.len)) {
-                        let _ = net.fifos[id].push(Packet { buf, len: frame.len as u32 });
+                    let status = if net.vswitch.source_is(id, page_bytes(kernel_copy, 0, frame.len)) {
+                        let _ = net.fifos[id].push(Packet::pooled(buf, frame.len as u32));
                         net.sched.mark_ready(id);
                         net.counters.tx_packets += 1;
                         net.counters.tx_bytes += frame.len;
@@ -241,14 +281,38 @@ impl NetCtx<'_> {
                         let _ = net.pool.release(buf);
                         net.counters.drops_spoof += 1;
                         DescStatus::RejectedSpoofedSource
+                    };
+                    desc.status.store(status as u32, Ordering::Relaxed);
+                    nic.ring.complete(index);
+                }
+                TxMode::Cow => {
+                    let index = nic.ring.take().expect("count is bounded by the ring");
+                    let space = self.guests[id].space.as_mut().expect("a guest with a NIC has an address space");
+                    // Protect first, check after: the guest cannot change what was checked.
+                    if nic.cow.protect(slot) == Some(Protect::WriteProtect) {
+                        space.set_writable(slot_page(frame.slot), false);
+                        nic.pending_flush.push(slot_page(frame.slot));
+                        net.counters.cow_protects += 1;
+                    }
+                    if net.vswitch.source_is(id, page_bytes(page, frame.offset, frame.len)) {
+                        let reference = GuestFrameRef { frame: page, offset: frame.offset as u32, slot: frame.slot as u16, ring_index: index };
+                        let _ = net.fifos[id].push(Packet { data: PacketData::GuestFrame(reference), len: frame.len as u32 });
+                        net.sched.mark_ready(id);
+                        net.counters.tx_packets += 1;
+                        net.counters.tx_bytes += frame.len;
+                    } else {
+                        net.counters.drops_spoof += 1;
+                        desc.status.store(DescStatus::RejectedSpoofedSource as u32, Ordering::Relaxed);
+                        nic.ring.complete(index);
+                        if let Release::RestoreWrite { .. } = nic.cow.release(slot, page) {
+                            space.set_writable(slot_page(frame.slot), true);
+                        }
                     }
                 }
-            };
-            desc.status.store(status as u32, Ordering::Relaxed);
-            nic.tx_consumer = nic.tx_consumer.wrapping_add(1);
+            }
             taken += 1;
         }
-        shared.tx_consumer.0.store(nic.tx_consumer, Ordering::Release);
+        shared.tx_consumer.0.store(nic.ring.consumer(), Ordering::Release);
         shared.needs_kick.0.store(u32::from(!backlogged), Ordering::Release);
         if taken > 0 {
             shared.virq.0.fetch_or(VirtualInterrupts::TX_DONE, Ordering::AcqRel);
@@ -259,36 +323,144 @@ impl NetCtx<'_> {
         taken
     }
 
+    /// A zero-copy packet of guest `id` is done with (sent, delivered or dropped): complete its
+    /// descriptor, release its page, and wake the guest (it may be waiting for a free slot).
+    fn complete_cow(&mut self, id: GuestId, r: GuestFrameRef, status: DescStatus) {
+        let Some(nic) = self.nics.get_mut(id).and_then(Option::as_mut) else {
+            // The guest has ended: its frame waits among the zombies for its last packet.
+            if let Some(index) = self.net.zombies.iter().position(|&(f, _)| f == r.frame) {
+                self.net.zombies[index].1 -= 1;
+                if self.net.zombies[index].1 == 0 {
+                    self.net.zombies.swap_remove(index);
+                    let _ = crate::mm::phys::with_frames(|frames| frames.deallocate(r.frame));
+                }
+            }
+            return;
+        };
+        let shared = nic.shared();
+        shared.tx[(r.ring_index % TX_RING_SIZE) as usize].status.store(status as u32, Ordering::Relaxed);
+        nic.ring.complete(r.ring_index);
+        match nic.cow.release(usize::from(r.slot), r.frame) {
+            // No flush: a stale read-only TLB entry costs at most a spurious fault.
+            Release::RestoreWrite { slot } => {
+                if let Some(space) = self.guests[id].space.as_mut() {
+                    space.set_writable(slot_page(slot as u64), true);
+                }
+            }
+            Release::FreeFrame(frame) => {
+                let _ = crate::mm::phys::with_frames(|frames| frames.deallocate(frame));
+            }
+            Release::StillInFlight | Release::Unknown => {}
+        }
+        shared.tx_consumer.0.store(nic.ring.consumer(), Ordering::Release);
+        shared.virq.0.fetch_or(VirtualInterrupts::TX_DONE, Ordering::AcqRel);
+        self.sched.wake(id);
+    }
+
+    /// Handles a write fault by guest `id` at `addr`; `Some(cause)` if it is not a COW fault
+    /// the kernel resolves (then the guest is stopped).
+    pub fn write_fault(&mut self, id: GuestId, addr: u64) -> Option<alloc::string::String> {
+        let tx_end = VNIC_TX_AREA_ADDR + TX_SLOTS * SLOT_SIZE;
+        if self.net.mode != TxMode::Cow || !(VNIC_TX_AREA_ADDR..tx_end).contains(&addr) {
+            return Some(alloc::string::String::new());
+        }
+        let nic = self.nics.get_mut(id).and_then(Option::as_mut)?;
+        let slot = ((addr - VNIC_TX_AREA_ADDR) / SLOT_SIZE) as usize;
+        let page = slot_page(slot as u64);
+        let space = self.guests[id].space.as_mut().expect("a running guest has an address space");
+        match nic.cow.write_fault(slot) {
+            Some(WriteFault::Spurious) => {
+                space.set_writable(page, true);
+                self.net.counters.cow_spurious += 1;
+                None
+            }
+            Some(WriteFault::Copy { old }) => {
+                let copied = crate::mm::phys::with_frames(|frames| {
+                    let new = frames.allocate()?;
+                    copy_into_page(new, 0, page_bytes(old, 0, SLOT_SIZE));
+                    match space.remap_writable(frames, page, new) {
+                        Ok(()) => Some(new),
+                        Err(_) => {
+                            let _ = frames.deallocate(new);
+                            None
+                        }
+                    }
+                });
+                let Some(new) = copied else {
+                    return Some(alloc::format!("no memory for a copy-on-write copy of tx slot {slot}"));
+                };
+                // The old frame now belongs to the packets in flight; freed after the last.
+                space.disown(old);
+                space.own(new);
+                nic.cow.replace(slot, new);
+                self.net.counters.cow_faults += 1;
+                None
+            }
+            None => Some(alloc::string::String::new()),
+        }
+    }
+
     /// Runs the network scheduler: FIFOs to the vswitch, and from there to other guests or the
     /// physical NIC; then takes more from backlogged guests if room was made.
     pub fn serve(&mut self) {
+        let mut finished: Vec<(TxCookie, DescStatus)> = Vec::new();
         for _ in 0..2 {
-            let NetCtx { net, nics, sched } = self;
-            let Network { nic, vswitch, sched: net_sched, fifos, pool, pool_frames, counters, .. } = &mut **net;
-            net_sched.serve(fifos, |src, packet| {
-                let page = pool_frames[packet.buf.0 as usize];
-                let frame = page_bytes(page, 0, u64::from(packet.len));
-                match vswitch.route(frame, Source::Guest(src)) {
-                    Route::Guest(dst) => deliver(nics, sched, counters, dst, frame),
-                    Route::Uplink => match nic.as_mut() {
-                        Some(nic) => {
-                            if nic.transmit(frame).is_err() {
-                                return Err(packet); // every NIC buffer is in flight: retry later
+            {
+                let NetCtx { net, nics, sched, .. } = self;
+                let Network { nic, vswitch, sched: net_sched, fifos, pool, pool_frames, counters, .. } = &mut **net;
+                net_sched.serve(fifos, |src, packet| {
+                    let len = u64::from(packet.len);
+                    let (frame, guest_frame) = match packet.data {
+                        PacketData::Pool(buf) => (page_bytes(pool_frames[buf.0 as usize], 0, len), None),
+                        PacketData::GuestFrame(r) => {
+                            if nics.get(src).is_none_or(Option::is_none) {
+                                finished.push(((src, r), DescStatus::Done)); // its guest has ended
+                                return Ok(());
                             }
-                            counters.tx_copies += 1; // copy 2, into the NIC's DMA buffer
-                            counters.tx_bytes_copied += u64::from(packet.len);
+                            (page_bytes(r.frame, u64::from(r.offset), len), Some(r))
                         }
-                        None => counters.drops_unknown_mac += 1,
-                    },
-                    Route::Drop(reason) => count_drop(counters, reason),
+                    };
+                    match vswitch.route(frame, Source::Guest(src)) {
+                        Route::Guest(dst) => deliver(nics, sched, counters, dst, frame),
+                        Route::Uplink => match (nic.as_mut(), guest_frame) {
+                            (Some(nic), None) => {
+                                if nic.transmit(frame, |cookie| finished.push((cookie, DescStatus::Done))).is_err() {
+                                    return Err(packet); // every NIC slot is in flight: retry later
+                                }
+                                counters.tx_copies += 1; // copy 2, into the NIC's DMA buffer
+                                counters.tx_bytes_copied += len;
+                            }
+                            (Some(nic), Some(r)) => {
+                                let data = r.frame + u64::from(r.offset);
+                                let queued = nic.transmit_zero_copy(data, packet.len, (src, r), |cookie| {
+                                    finished.push((cookie, DescStatus::Done))
+                                });
+                                if queued.is_err() {
+                                    return Err(packet);
+                                }
+                                return Ok(()); // completes when the NIC is done with the page
+                            }
+                            (None, _) => counters.drops_unknown_mac += 1,
+                        },
+                        Route::Drop(reason) => count_drop(counters, reason),
+                    }
+                    match (packet.data, guest_frame) {
+                        (PacketData::Pool(buf), _) => {
+                            let _ = pool.release(buf);
+                        }
+                        (_, Some(r)) => finished.push(((src, r), DescStatus::Done)),
+                        _ => {}
+                    }
+                    Ok(())
+                });
+                if let Some(nic) = nic.as_mut() {
+                    nic.flush();
                 }
-                let _ = pool.release(packet.buf);
-                Ok(())
-            });
-            if let Some(nic) = nic.as_mut() {
-                nic.flush();
             }
-            let backlogged: Vec<GuestId> = net.backlog.drain(..).collect();
+            for ((guest, r), status) in finished.drain(..) {
+                self.complete_cow(guest, r, status);
+            }
+            let backlogged: Vec<GuestId> = self.net.backlog.drain(..).collect();
             if backlogged.is_empty() {
                 break;
             }
@@ -298,12 +470,23 @@ impl NetCtx<'_> {
         }
     }
 
+    /// Takes back what the NIC has sent, completing zero-copy packets.
+    fn reclaim_nic(&mut self) {
+        let mut finished: Vec<TxCookie> = Vec::new();
+        if let Some(nic) = self.net.nic.as_mut() {
+            nic.reclaim_tx(|cookie| finished.push(cookie));
+        }
+        for (guest, r) in finished {
+            self.complete_cow(guest, r, DescStatus::Done);
+        }
+    }
+
     /// The physical NIC's receive path: every frame to the guest the vswitch names.
     pub fn receive_from_nic(&mut self) -> usize {
-        let NetCtx { net, nics, sched } = self;
+        self.reclaim_nic();
+        let NetCtx { net, nics, sched, .. } = self;
         let Network { nic, vswitch, counters, .. } = &mut **net;
         let Some(nic) = nic.as_mut() else { return 0 };
-        nic.reclaim_tx();
         nic.receive(|frame| match vswitch.route(frame, Source::Uplink) {
             Route::Guest(dst) => deliver(nics, sched, counters, dst, frame),
             Route::Uplink => count_drop(counters, DropReason::UnknownMac),

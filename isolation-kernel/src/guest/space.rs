@@ -166,6 +166,49 @@ impl AddressSpace {
         Ok(())
     }
 
+    /// Sets or clears the writable bit of the user page at `virt` (no TLB flush: the caller
+    /// decides whether one is needed). False if the page is not mapped.
+    pub fn set_writable(&mut self, virt: u64, writable: bool) -> bool {
+        let page = Page::<Size4KiB>::containing_address(VirtAddr::new(virt));
+        let TranslateResult::Mapped { flags, .. } = self.table.translate(page.start_address()) else {
+            return false;
+        };
+        let flags = if writable { flags | Flags::WRITABLE } else { flags - Flags::WRITABLE };
+        // SAFETY: only the writable bit of one of this guest's user pages changes; the frame and
+        // every other permission stay.
+        match unsafe { self.table.update_flags(page, flags) } {
+            Ok(flush) => {
+                flush.ignore();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Points the user page at `virt` to `phys`, writable (the COW copy). The caller flushes.
+    pub fn remap_writable(&mut self, frames: &mut FrameAllocator<'static>, virt: u64, phys: u64) -> Result<(), SpaceError> {
+        let page = Page::<Size4KiB>::containing_address(VirtAddr::new(virt));
+        let (_, flush) = self.table.unmap(page).map_err(|_| SpaceError::BadMapping(virt))?;
+        flush.ignore();
+        self.map_page(frames, virt, phys, Access::READ_WRITE)
+    }
+
+    /// Stops owning `phys` (it now belongs to someone who frees it later). False if not owned.
+    pub fn disown(&mut self, phys: u64) -> bool {
+        match self.owned.iter().position(|&f| f == phys) {
+            Some(index) => {
+                self.owned.swap_remove(index);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes ownership of `phys` (freed with the address space).
+    pub fn own(&mut self, phys: u64) {
+        self.owned.push(phys);
+    }
+
     /// Copies guest memory into `buf`. The slice was validated against this guest's map, so
     /// every page is mapped; each is translated through the guest's own page table.
     pub fn read(&self, slice: ValidSlice, buf: &mut [u8]) {
@@ -198,10 +241,12 @@ impl AddressSpace {
     }
 }
 
-/// Makes `pml4_phys` the active address space if it is not already.
-pub fn activate(pml4_phys: u64) {
+/// Makes `pml4_phys` the active address space if it is not already; true if CR3 was written
+/// (which flushes every non-global TLB entry, i.e. all of the guests').
+pub fn activate(pml4_phys: u64) -> bool {
     let (current, flags) = x86_64::registers::control::Cr3::read_raw();
-    if current.start_address().as_u64() != pml4_phys {
+    let switch = current.start_address().as_u64() != pml4_phys;
+    if switch {
         // SAFETY: every address space shares the kernel half with the kernel's own tables, so
         // the code, stack and data in use stay mapped across the switch.
         unsafe {
@@ -211,6 +256,7 @@ pub fn activate(pml4_phys: u64) {
             )
         };
     }
+    switch
 }
 
 /// Switches to the kernel's own tables (before a guest's tables are freed).

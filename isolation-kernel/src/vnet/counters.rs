@@ -26,11 +26,17 @@ pub struct NetCounters {
     pub drops_malformed: u64,
     /// Frames refused because the guest's transmit FIFO was full.
     pub drops_fifo_full: u64,
+    /// COW path: tx slot pages write-protected, write faults that copied a page, write faults
+    /// on a stale read-only TLB entry that needed no copy, and TLB flushes (`invlpg`s) made.
+    pub cow_protects: u64,
+    pub cow_faults: u64,
+    pub cow_spurious: u64,
+    pub tlb_flushes: u64,
 }
 
 impl NetCounters {
     /// The counters as `(name, value)` pairs, in the order they are printed.
-    pub fn pairs(&self) -> [(&'static str, u64); 13] {
+    pub fn pairs(&self) -> [(&'static str, u64); 17] {
         [
             ("tx_packets", self.tx_packets),
             ("tx_bytes", self.tx_bytes),
@@ -45,6 +51,10 @@ impl NetCounters {
             ("drops_unknown_mac", self.drops_unknown_mac),
             ("drops_malformed", self.drops_malformed),
             ("drops_fifo_full", self.drops_fifo_full),
+            ("cow_protects", self.cow_protects),
+            ("cow_faults", self.cow_faults),
+            ("cow_spurious", self.cow_spurious),
+            ("tlb_flushes", self.tlb_flushes),
         ]
     }
 }
@@ -69,9 +79,13 @@ mod tests {
             drops_unknown_mac: 11,
             drops_malformed: 12,
             drops_fifo_full: 13,
+            cow_protects: 14,
+            cow_faults: 15,
+            cow_spurious: 16,
+            tlb_flushes: 17,
         };
         let pairs = counters.pairs();
-        // Distinct values 1..=13 in field order: each pair reads its own field.
+        // Distinct values 1..=17 in field order: each pair reads its own field.
         assert_eq!(pairs.map(|(_, v)| v), core::array::from_fn(|i| i as u64 + 1));
         let names = pairs.map(|(n, _)| n);
         assert_eq!(names[0], "tx_packets");
@@ -80,7 +94,7 @@ mod tests {
         let mut sorted = names.to_vec();
         sorted.sort_unstable();
         sorted.dedup();
-        assert_eq!(sorted.len(), 13, "names must be distinct");
+        assert_eq!(sorted.len(), 17, "names must be distinct");
         assert!(names.iter().all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')));
         assert!(NetCounters::default().pairs().iter().all(|&(_, v)| v == 0));
     }

@@ -5,11 +5,45 @@
 use super::pool::BufId;
 use alloc::collections::VecDeque;
 
-/// A frame copied into a kernel buffer: `len` bytes at the start of buffer `buf`.
+/// Where a queued frame's bytes are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PacketData {
+    /// Copied into a kernel buffer (the copy path): the frame starts the buffer.
+    Pool(BufId),
+    /// Still in the guest's write-protected tx slot (the COW path).
+    GuestFrame(GuestFrameRef),
+}
+
+/// A frame left in a guest's page: physical frame, offset of the frame in it, the tx slot and
+/// the ring position it came from (to complete it when sent).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestFrameRef {
+    pub frame: u64,
+    pub offset: u32,
+    pub slot: u16,
+    pub ring_index: u32,
+}
+
+/// A frame waiting to be sent: `len` bytes at `data`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Packet {
-    pub buf: BufId,
+    pub data: PacketData,
     pub len: u32,
+}
+
+impl Packet {
+    /// A frame copied into pool buffer `buf`.
+    pub const fn pooled(buf: BufId, len: u32) -> Packet {
+        Packet { data: PacketData::Pool(buf), len }
+    }
+
+    /// The pool buffer, for a copied frame.
+    pub fn pool_buf(&self) -> Option<BufId> {
+        match self.data {
+            PacketData::Pool(buf) => Some(buf),
+            PacketData::GuestFrame(_) => None,
+        }
+    }
 }
 
 /// A FIFO of at most `capacity` packets, with its storage reserved up front so that pushing
@@ -71,7 +105,7 @@ mod tests {
     use super::*;
 
     fn packet(n: u32) -> Packet {
-        Packet { buf: BufId(n), len: 60 + n }
+        Packet::pooled(BufId(n), 60 + n)
     }
 
     #[test]
@@ -103,7 +137,7 @@ mod tests {
         }
         let head = fifo.pop().unwrap();
         assert_eq!(fifo.push_front(head), Ok(()));
-        let order: alloc::vec::Vec<u32> = core::iter::from_fn(|| fifo.pop()).map(|p| p.buf.0).collect();
+        let order: alloc::vec::Vec<u32> = core::iter::from_fn(|| fifo.pop()).map(|p| p.pool_buf().unwrap().0).collect();
         assert_eq!(order, [0, 1, 2, 3]);
     }
 

@@ -12,6 +12,7 @@
 //! never panic on guest-controlled values.
 
 pub mod counters;
+pub mod cow;
 pub mod desc;
 pub mod fifo;
 pub mod netsched;
@@ -20,7 +21,7 @@ pub mod vswitch;
 
 pub use counters::NetCounters;
 pub use desc::{pending, validate_rx, validate_tx, BadDescriptor, BadIndex, RxBuffer, TxFrame};
-pub use fifo::{Packet, TxFifo};
+pub use fifo::{GuestFrameRef, Packet, PacketData, TxFifo};
 pub use netsched::NetScheduler;
 pub use pool::{BufId, PacketPool, PoolError};
 pub use vswitch::{DropReason, Ipv4, Mac, Route, Source, Vswitch, VswitchError, BROADCAST};

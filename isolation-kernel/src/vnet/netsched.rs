@@ -124,7 +124,7 @@ mod tests {
     /// order and completeness.
     fn fill(fifo: &mut TxFifo, guest: usize, count: u32) {
         for n in 0..count {
-            fifo.push(Packet { buf: BufId(guest as u32 * 1000 + n), len: 60 }).unwrap();
+            fifo.push(Packet::pooled(BufId(guest as u32 * 1000 + n), 60)).unwrap();
         }
     }
 
@@ -157,7 +157,7 @@ mod tests {
                 return Err(packet);
             }
             taken += 1;
-            log.push((guest, packet.buf.0));
+            log.push((guest, packet.pool_buf().unwrap().0));
             Ok(())
         })
     }
@@ -253,7 +253,7 @@ mod tests {
         assert_eq!(fifos.iter().map(TxFifo::len).collect::<Vec<_>>(), [64, 2, 2, 2]);
         assert_eq!(sched.ready_count(), 4);
         // The refused packet went back to the head.
-        assert_eq!(fifos[0].pop().map(|p| p.buf), Some(BufId(0)));
+        assert_eq!(fifos[0].pop().and_then(|p| p.pool_buf()), Some(BufId(0)));
     }
 
     #[test]
