@@ -59,6 +59,7 @@ const QEMU_TESTS: &[QemuTest] = &[
     QemuTest { name: "udp_guest_to_guest_cow_tcg", run: |ctx| udp_guest_to_guest(ctx, TxMode::Cow) },
     QemuTest { name: "vnic_bad_descriptors_rejected_copy_tcg", run: |ctx| vnic_bad_descriptors(ctx, TxMode::Copy) },
     QemuTest { name: "vnic_bad_descriptors_rejected_cow_tcg", run: |ctx| vnic_bad_descriptors(ctx, TxMode::Cow) },
+    QemuTest { name: "cow_rewrite_in_flight_tcg", run: cow_rewrite_in_flight },
     QemuTest { name: "udp_echo_tap_network_copy_tcg", run: |ctx| udp_echo_tap_network(ctx, TxMode::Copy) },
     QemuTest { name: "udp_echo_tap_network_cow_tcg", run: |ctx| udp_echo_tap_network(ctx, TxMode::Cow) },
 ];
@@ -114,6 +115,17 @@ fn failure(reason: impl Into<String>, log: String) -> Failure {
 
 /// Starts `image` with a network, without waiting for it to end.
 fn start_networked(image: &Image, net: NetBackend, netns: Option<&str>, tx: TxMode, timeout: Duration) -> std::result::Result<Session, Failure> {
+    start_networked_pcap(image, net, netns, tx, None, timeout)
+}
+
+fn start_networked_pcap(
+    image: &Image,
+    net: NetBackend,
+    netns: Option<&str>,
+    tx: TxMode,
+    pcap: Option<&std::path::Path>,
+    timeout: Duration,
+) -> std::result::Result<Session, Failure> {
     let config = QemuConfig {
         kernel: &image.kernel,
         initrd: image.initrd.as_deref(),
@@ -123,7 +135,7 @@ fn start_networked(image: &Image, net: NetBackend, netns: Option<&str>, tx: TxMo
         gdb: false,
         icount: false,
         net: Some(net),
-        pcap: None,
+        pcap,
         netns,
     };
     Session::start(config.command(), timeout, false).map_err(|e| failure(format!("{e:#}"), String::new()))
@@ -435,4 +447,68 @@ fn udp_echo_tap_network(ctx: &Ctx, tx: TxMode) -> TestResult {
         println!("note: udp_echo_tap_network_tcg passed its UDP part{ping_note}");
         Ok(Verdict::Pass)
     }
+}
+
+/// Source MACs of every frame in a pcap file (classic format, Ethernet).
+fn pcap_source_macs(bytes: &[u8]) -> Vec<[u8; 6]> {
+    let mut macs = Vec::new();
+    let mut at = 24;
+    while at + 16 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().expect("4 bytes")) as usize;
+        let frame = &bytes[(at + 16).min(bytes.len())..(at + 16 + len).min(bytes.len())];
+        if let Some(mac) = frame.get(6..12) {
+            macs.push(mac.try_into().expect("6 bytes"));
+        }
+        at += 16 + len;
+    }
+    macs
+}
+
+/// Host port the cow-rewrite image sends to (its manifest says so).
+const COW_REWRITE_PORT: u16 = 40123;
+/// The MAC the cow-rewriter guest writes into its in-flight frames (guest-os/src/bin/cow_rewriter.rs).
+const SPOOFED_MAC: [u8; 6] = [0x02, 0x49, 0x4b, 0xee, 0xee, 0xee];
+
+fn cow_rewrite_in_flight(ctx: &Ctx) -> TestResult {
+    let image = pack::pack_image("cow-rewrite", &ctx.artifacts, NetPlan::USER).map_err(|e| failure(format!("{e:#}"), String::new()))?;
+    let socket = std::net::UdpSocket::bind(("127.0.0.1", COW_REWRITE_PORT))
+        .map_err(|e| failure(format!("cannot listen on 127.0.0.1:{COW_REWRITE_PORT}: {e}"), String::new()))?;
+    socket.set_read_timeout(Some(Duration::from_millis(200))).map_err(|e| failure(e.to_string(), String::new()))?;
+    let pcap = image.dir.join("cow-rewrite.pcap");
+    let _ = std::fs::remove_file(&pcap);
+    let session = start_networked_pcap(&image, NetBackend::User { forwards: Vec::new() }, None, TxMode::Cow, Some(&pcap), TCG_TIMEOUT)?;
+    let receiver = std::thread::spawn(move || {
+        let mut received = Vec::new();
+        let mut buf = [0u8; 2048];
+        let mut quiet = 0;
+        while quiet < 25 {
+            match socket.recv_from(&mut buf) {
+                Ok((len, _)) => {
+                    quiet = 0;
+                    received.push(String::from_utf8_lossy(&buf[..len]).trim_end().to_string());
+                }
+                Err(_) => quiet += 1,
+            }
+        }
+        received
+    });
+    let outcome = session.finish().map_err(|e| failure(format!("{e:#}"), String::new()))?;
+    let received = receiver.join().unwrap_or_default();
+    check_guest_expectations(&image, &outcome)?;
+    let rounds = 20;
+    for round in 0..rounds {
+        for tag in ["ORIGINAL", "AFTER"] {
+            let want = format!("{tag} {round}");
+            check(&outcome, received.contains(&want), || format!("the host never received `{want}`: {received:?}"))?;
+        }
+    }
+    check(&outcome, !received.iter().any(|r| r.starts_with("REWRITTEN")), || format!("rewritten bytes reached the wire: {received:?}"))?;
+    let macs = pcap_source_macs(&std::fs::read(&pcap).unwrap_or_default());
+    check(&outcome, macs.len() >= 2 * rounds, || format!("the pcap holds only {} frames", macs.len()))?;
+    check(&outcome, !macs.contains(&SPOOFED_MAC), || "a frame with the spoofed source MAC crossed the NIC".into())?;
+    let stats = final_stats(&outcome)?;
+    let faults = stats.get("cow_faults").copied().unwrap_or(0);
+    check(&outcome, faults >= 1, || format!("no COW fault was counted: {stats:?}"))?;
+    check(&outcome, stats.get("tx_bytes_copied") == Some(&0), || format!("the COW path copied: {stats:?}"))?;
+    Ok(Verdict::Pass)
 }
