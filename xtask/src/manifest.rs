@@ -100,7 +100,8 @@ pub fn format_ip(ip: [u8; 4]) -> String {
 /// Broken ELF files `cargo xtask build` can make from `hello`, for loader tests.
 pub const CORRUPT_KINDS: [&str; 4] = ["truncated", "wrong-machine", "overlapping", "kernel-half"];
 /// Apps that are binaries of guest-os.
-pub const GUEST_APPS: [&str; 7] = ["cow-rewriter", "hello", "hostile", "noop", "udp-client", "udp-echo", "vi-bench"];
+pub const GUEST_APPS: [&str; 8] =
+    ["cow-rewriter", "hello", "hostile", "noop", "tx-flood", "udp-client", "udp-echo", "vi-bench"];
 /// Most guests one image may hold.
 pub const MAX_GUESTS: usize = 16384;
 

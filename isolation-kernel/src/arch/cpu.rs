@@ -21,6 +21,14 @@ pub fn rdtsc() -> u64 {
 }
 
 
+/// Reads the time-stamp counter after every earlier instruction has completed (`lfence`
+/// orders instruction dispatch on Intel and AMD for this purpose).
+pub fn rdtsc_serialized() -> u64 {
+    // SAFETY: `lfence` only orders instruction execution; it touches no memory or registers.
+    unsafe { core::arch::asm!("lfence", options(nostack, preserves_flags)) };
+    rdtsc()
+}
+
 /// The faulting linear address of the last page fault.
 pub fn cr2() -> u64 {
     x86_64::registers::control::Cr2::read_raw()
