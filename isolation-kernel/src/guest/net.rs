@@ -41,6 +41,9 @@ pub struct GuestNic {
     /// The frames behind the tx slots (they change when a COW fault copies one), and how many
     /// packets are in flight on each.
     cow: CowSlots,
+    /// Physical address of the page-table entry of each tx slot page (fixed for the guest's
+    /// life): protecting or restoring a slot is one write, no page-table walk.
+    tx_pte: Vec<u64>,
     rx_frames: Vec<u64>,
     /// Descriptors taken and completed; the guest sees the completed prefix as `tx_consumer`.
     ring: TxRing,
@@ -100,10 +103,15 @@ pub fn build_nic(
     };
     let tx_frames = area(VNIC_TX_AREA_ADDR, TX_SLOTS, space)?;
     let rx_frames = area(VNIC_RX_AREA_ADDR, RX_SLOTS, space)?;
+    let tx_pte = (0..TX_SLOTS)
+        .map(|slot| space.leaf_pte_phys(VNIC_TX_AREA_ADDR + slot * SLOT_SIZE))
+        .collect::<Option<Vec<u64>>>()
+        .ok_or(super::space::SpaceError::BadMapping(VNIC_TX_AREA_ADDR))?;
     let nic = GuestNic {
         config,
         shared_phys,
         cow: CowSlots::new(&tx_frames),
+        tx_pte,
         rx_frames,
         ring: TxRing::new(),
         rx_consumer: 0,
@@ -291,10 +299,9 @@ impl NetCtx<'_> {
                 }
                 TxMode::Cow => {
                     let index = nic.ring.take().expect("count is bounded by the ring");
-                    let space = self.guests[id].space.as_mut().expect("a guest with a NIC has an address space");
                     // Protect first, check after: the guest cannot change what was checked.
                     if nic.cow.protect(slot) == Some(Protect::WriteProtect) {
-                        space.set_writable(slot_page(frame.slot), false);
+                        super::space::set_pte_writable(nic.tx_pte[slot], false);
                         nic.pending_flush.push(slot_page(frame.slot));
                         net.counters.cow_protects += 1;
                     }
@@ -309,7 +316,7 @@ impl NetCtx<'_> {
                         desc.status.store(DescStatus::RejectedSpoofedSource as u32, Ordering::Relaxed);
                         nic.ring.complete(index);
                         if let Release::RestoreWrite { .. } = nic.cow.release(slot, page) {
-                            space.set_writable(slot_page(frame.slot), true);
+                            super::space::set_pte_writable(nic.tx_pte[slot], true);
                         }
                     }
                 }
@@ -346,11 +353,7 @@ impl NetCtx<'_> {
         nic.ring.complete(r.ring_index);
         match nic.cow.release(usize::from(r.slot), r.frame) {
             // No flush: a stale read-only TLB entry costs at most a spurious fault.
-            Release::RestoreWrite { slot } => {
-                if let Some(space) = self.guests[id].space.as_mut() {
-                    space.set_writable(slot_page(slot as u64), true);
-                }
-            }
+            Release::RestoreWrite { slot } => super::space::set_pte_writable(nic.tx_pte[slot], true),
             Release::FreeFrame(frame) => {
                 let _ = crate::mm::phys::with_frames(|frames| frames.deallocate(frame));
             }
@@ -374,7 +377,7 @@ impl NetCtx<'_> {
         let space = self.guests[id].space.as_mut().expect("a running guest has an address space");
         match nic.cow.write_fault(slot) {
             Some(WriteFault::Spurious) => {
-                space.set_writable(page, true);
+                super::space::set_pte_writable(nic.tx_pte[slot], true);
                 self.net.counters.cow_spurious += 1;
                 None
             }

@@ -166,23 +166,28 @@ impl AddressSpace {
         Ok(())
     }
 
-    /// Sets or clears the writable bit of the user page at `virt` (no TLB flush: the caller
-    /// decides whether one is needed). False if the page is not mapped.
-    pub fn set_writable(&mut self, virt: u64, writable: bool) -> bool {
-        let page = Page::<Size4KiB>::containing_address(VirtAddr::new(virt));
-        let TranslateResult::Mapped { flags, .. } = self.table.translate(page.start_address()) else {
-            return false;
-        };
-        let flags = if writable { flags | Flags::WRITABLE } else { flags - Flags::WRITABLE };
-        // SAFETY: only the writable bit of one of this guest's user pages changes; the frame and
-        // every other permission stay.
-        match unsafe { self.table.update_flags(page, flags) } {
-            Ok(flush) => {
-                flush.ignore();
-                true
+    /// Physical address of the last-level page-table entry that maps `virt` (4 KiB pages only).
+    /// The entry stays where it is for the guest's life (page tables are freed only with the
+    /// address space), so callers may keep it to flip permission bits without a walk.
+    pub fn leaf_pte_phys(&self, virt: u64) -> Option<u64> {
+        let mut table_phys = self.pml4_phys;
+        for level in (1..=4).rev() {
+            let index = (virt >> (12 + 9 * (level - 1))) & 0x1ff;
+            let entry_phys = table_phys + index * 8;
+            if level == 1 {
+                return Some(entry_phys);
             }
-            Err(_) => false,
+            // SAFETY: `table_phys` is a page table of this address space (the root, or a table a
+            // present entry points to), in the direct map; reading one entry is harmless.
+            let entry = unsafe { phys_to_virt(entry_phys).as_ptr::<u64>().read_volatile() };
+            let present = entry & 1 != 0;
+            let huge = entry & (1 << 7) != 0;
+            if !present || huge {
+                return None;
+            }
+            table_phys = entry & 0x000f_ffff_ffff_f000;
         }
+        None
     }
 
     /// Points the user page at `virt` to `phys`, writable (the COW copy). The caller flushes.
@@ -238,6 +243,20 @@ impl AddressSpace {
                 log::error!("freeing guest frame {phys:#x}: {e:?}");
             }
         }
+    }
+}
+
+/// Sets or clears the writable bit of the page-table entry at `pte_phys` (found with
+/// [`AddressSpace::leaf_pte_phys`]): the O(1) way the COW path protects and restores tx slots.
+/// No TLB flush: the caller decides.
+pub fn set_pte_writable(pte_phys: u64, writable: bool) {
+    const WRITABLE: u64 = 1 << 1;
+    let pte = phys_to_virt(pte_phys).as_mut_ptr::<u64>();
+    // SAFETY: `pte_phys` is the leaf entry of a user page of a live guest (the caller keeps it
+    // only while the guest lives); only the writable bit changes, so the mapping stays valid.
+    unsafe {
+        let entry = pte.read_volatile();
+        pte.write_volatile(if writable { entry | WRITABLE } else { entry & !WRITABLE });
     }
 }
 
