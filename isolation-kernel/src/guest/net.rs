@@ -327,6 +327,8 @@ impl NetCtx<'_> {
         shared.needs_kick.0.store(u32::from(!backlogged), Ordering::Release);
         if taken > 0 {
             shared.virq.0.fetch_or(VirtualInterrupts::TX_DONE, Ordering::AcqRel);
+            // Room in its ring: a guest waiting for a free slot may go on.
+            self.sched.wake(id);
         }
         if backlogged && !net.backlog.contains(&id) {
             net.backlog.push_back(id);
