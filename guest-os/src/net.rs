@@ -4,7 +4,7 @@
 use crate::time::{duration_to_ticks, ticks, ticks_to_duration};
 use core::sync::atomic::{AtomicBool, Ordering};
 use hypercall_abi::layout::{VNIC_RX_AREA_ADDR, VNIC_SHARED_ADDR, VNIC_TX_AREA_ADDR};
-use hypercall_abi::vnic::{NetConfig, VnicShared, RX_SLOTS, SLOT_SIZE, TX_SLOTS};
+use hypercall_abi::vnic::{slot_size, NetConfig, VnicShared, RX_SLOTS, TX_SLOTS};
 use smoltcp::time::Instant;
 use vnic_driver::{Doorbell, Vnic};
 
@@ -61,14 +61,16 @@ pub fn open(config: Option<NetConfig>) -> Option<Net> {
     // SAFETY: the kernel maps the shared page and both areas read-write at these fixed
     // addresses in every guest with a NIC (`config` is only present then), for the guest's whole
     // life; OPENED makes these the only references ever made to them in this guest.
+    // Slots are sized for the MTU in the boot info: the kernel mapped them the same way.
+    let slot = slot_size(u64::from(config.mtu));
     let (shared, tx_area, rx_area) = unsafe {
         (
             &*(VNIC_SHARED_ADDR as *const VnicShared),
-            core::slice::from_raw_parts_mut(VNIC_TX_AREA_ADDR as *mut u8, (TX_SLOTS * SLOT_SIZE) as usize),
-            core::slice::from_raw_parts_mut(VNIC_RX_AREA_ADDR as *mut u8, (RX_SLOTS * SLOT_SIZE) as usize),
+            core::slice::from_raw_parts_mut(VNIC_TX_AREA_ADDR as *mut u8, (TX_SLOTS * slot) as usize),
+            core::slice::from_raw_parts_mut(VNIC_RX_AREA_ADDR as *mut u8, (RX_SLOTS * slot) as usize),
         )
     };
-    let device = Vnic::new(shared, tx_area, rx_area, VirtualDoorbell).ok()?;
+    let device = Vnic::with_mtu(shared, tx_area, rx_area, VirtualDoorbell, config.mtu).ok()?;
     Some(netstack::NetStack::new(config, device, GuestPlatform))
 }
 

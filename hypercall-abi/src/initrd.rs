@@ -14,15 +14,16 @@
 //! guest→name=hello-0→app=hello→heap_kib=64→cpu_budget_ms=0→expect=exit:0→args=a b
 //! ```
 //!
-//! A guest with a virtual NIC has `net=<mac>,<ipv4>/<prefix>,<gateway>` (for example
-//! `net=02:00:00:00:00:10,10.0.2.16/24,10.0.2.2`), placed before `args`.
+//! A guest with a virtual NIC has `net=<mac>,<ipv4>/<prefix>,<gateway>[,<mtu>]` (for example
+//! `net=02:00:00:00:00:10,10.0.2.16/24,10.0.2.2`; the MTU defaults to 1500), placed before
+//! `args`.
 //!
 //! `expect` is `exit:<code>`, `stopped:<text the stop cause contains>`, `refused:<text the load
 //! error contains>` (the kernel must refuse to load the guest), `running` (still running at
 //! shutdown) or `any`. `cpu_budget_ms=0` means no CPU budget. `args` comes last and
 //! may contain spaces (not tabs).
 
-use crate::vnic::{NetConfig, MTU};
+use crate::vnic::{NetConfig, MAX_MTU, MIN_MTU, MTU};
 
 /// Path of the image config inside the archive.
 pub const CONFIG_FILE: &str = "image.cfg";
@@ -103,15 +104,22 @@ impl core::fmt::Display for GuestSpec<'_> {
                 "\tnet={m0:02x}:{m1:02x}:{m2:02x}:{m3:02x}:{m4:02x}:{m5:02x},{a}.{b}.{c}.{d}/{},{g0}.{g1}.{g2}.{g3}",
                 net.prefix_len
             )?;
+            if u64::from(net.mtu) != MTU {
+                write!(f, ",{}", net.mtu)?;
+            }
         }
         write!(f, "\targs={}", self.args)
     }
 }
 
-/// Parses `<mac>,<ipv4>/<prefix>,<gateway>`.
+/// Parses `<mac>,<ipv4>/<prefix>,<gateway>[,<mtu>]`.
 pub fn parse_net(text: &str) -> Option<NetConfig> {
     let mut parts = text.split(',');
     let (mac_text, addr_text, gateway_text) = (parts.next()?, parts.next()?, parts.next()?);
+    let mtu = match parts.next() {
+        None => MTU as u16,
+        Some(mtu) => mtu.parse().ok().filter(|m| (MIN_MTU..=MAX_MTU).contains(&u64::from(*m)))?,
+    };
     if parts.next().is_some() {
         return None;
     }
@@ -129,7 +137,7 @@ pub fn parse_net(text: &str) -> Option<NetConfig> {
     }
     let (ip_text, prefix_text) = addr_text.split_once('/')?;
     let prefix_len: u8 = prefix_text.parse().ok().filter(|p| (1..=32).contains(p))?;
-    Some(NetConfig { mac, ipv4: parse_ipv4(ip_text)?, prefix_len, gateway: parse_ipv4(gateway_text)?, mtu: MTU as u16 })
+    Some(NetConfig { mac, ipv4: parse_ipv4(ip_text)?, prefix_len, gateway: parse_ipv4(gateway_text)?, mtu })
 }
 
 fn parse_ipv4(text: &str) -> Option<[u8; 4]> {
@@ -263,7 +271,8 @@ mod tests {
     fn net_configs_parse_and_bad_ones_do_not() {
         let net = parse_net("02:00:00:00:00:10,10.0.2.16/24,10.0.2.2").unwrap();
         assert_eq!(net.mac, [2, 0, 0, 0, 0, 0x10]);
-        assert_eq!((net.ipv4, net.prefix_len, net.gateway), ([10, 0, 2, 16], 24, [10, 0, 2, 2]));
+        assert_eq!((net.ipv4, net.prefix_len, net.gateway, net.mtu), ([10, 0, 2, 16], 24, [10, 0, 2, 2], 1500));
+        assert_eq!(parse_net("02:00:00:00:00:10,10.0.2.16/24,10.0.2.2,9000").unwrap().mtu, 9000);
         for bad in [
             "",
             "02:00:00:00:00,10.0.2.16/24,10.0.2.2",
@@ -273,6 +282,8 @@ mod tests {
             "02:00:00:00:00:10,10.0.2.256/24,10.0.2.2",
             "02:00:00:00:00:10,10.0.2.16/24,10.0.2.2,x",
             "2:0:0:0:0:10,10.0.2.16/24,10.0.2.2",
+            "02:00:00:00:00:10,10.0.2.16/24,10.0.2.2,9001",
+            "02:00:00:00:00:10,10.0.2.16/24,10.0.2.2,100",
         ] {
             assert_eq!(parse_net(bad), None, "{bad}");
         }

@@ -49,6 +49,23 @@ pub const ETHERNET_HEADER: u64 = 14;
 pub const MAX_FRAME: u64 = MTU + ETHERNET_HEADER;
 /// Smallest frame a descriptor may carry: an Ethernet header.
 pub const MIN_FRAME: u64 = ETHERNET_HEADER;
+/// Largest MTU an image may set (jumbo frames, for guest-to-guest traffic and the tap network).
+pub const MAX_MTU: u64 = 9000;
+/// Smallest MTU an image may set (IPv4's minimum datagram size).
+pub const MIN_MTU: u64 = 576;
+const PAGE: u64 = 4096;
+
+/// Largest frame for an MTU: the MTU plus the Ethernet header.
+pub const fn max_frame(mtu: u64) -> u64 {
+    mtu + ETHERNET_HEADER
+}
+
+/// Size of each tx slot and rx buffer for an MTU: whole pages holding the headroom and the
+/// largest frame (one page at the standard MTU, three for jumbo frames). A slot's pages are
+/// physically contiguous, so a frame is one piece for the NIC.
+pub const fn slot_size(mtu: u64) -> u64 {
+    (TX_HEADROOM + max_frame(mtu)).next_multiple_of(PAGE)
+}
 
 /// What became of a descriptor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,15 +152,27 @@ const _: () = {
     assert!(core::mem::size_of::<VnicShared>() <= 4096);
     assert!(TX_RING_SIZE.is_power_of_two() && RX_RING_SIZE.is_power_of_two());
     assert!(TX_HEADROOM + MAX_FRAME <= SLOT_SIZE);
+    assert!(slot_size(MTU) == SLOT_SIZE);
 };
 
-/// Guest addresses of the vNIC regions.
+/// Guest address of tx slot `slot` (standard MTU; see [`tx_slot_addr_for`] for others).
 pub const fn tx_slot_addr(slot: u64) -> u64 {
-    crate::layout::VNIC_TX_AREA_ADDR + slot * SLOT_SIZE
+    tx_slot_addr_for(slot, SLOT_SIZE)
 }
 
+/// Guest address of rx buffer `slot` (standard MTU; see [`rx_buffer_addr_for`] for others).
 pub const fn rx_buffer_addr(slot: u64) -> u64 {
-    crate::layout::VNIC_RX_AREA_ADDR + slot * SLOT_SIZE
+    rx_buffer_addr_for(slot, SLOT_SIZE)
+}
+
+/// Guest address of tx slot `slot` when slots are `slot_size` bytes ([`slot_size`]).
+pub const fn tx_slot_addr_for(slot: u64, slot_size: u64) -> u64 {
+    crate::layout::VNIC_TX_AREA_ADDR + slot * slot_size
+}
+
+/// Guest address of rx buffer `slot` when buffers are `slot_size` bytes.
+pub const fn rx_buffer_addr_for(slot: u64, slot_size: u64) -> u64 {
+    crate::layout::VNIC_RX_AREA_ADDR + slot * slot_size
 }
 
 /// Entries in a ring with these free-running indices (the producer may have wrapped).
@@ -187,5 +216,10 @@ mod tests {
         const { assert!(VNIC_SHARED_ADDR + SLOT_SIZE <= VNIC_TX_AREA_ADDR) };
         const { assert!(tx_slot_addr(TX_SLOTS) <= VNIC_RX_AREA_ADDR) };
         const { assert!(rx_buffer_addr(RX_SLOTS) <= IMAGE_BASE) };
+        // Jumbo slots fit their areas too.
+        const { assert!(tx_slot_addr_for(TX_SLOTS, slot_size(MAX_MTU)) <= VNIC_RX_AREA_ADDR) };
+        const { assert!(rx_buffer_addr_for(RX_SLOTS, slot_size(MAX_MTU)) <= IMAGE_BASE) };
+        assert_eq!(slot_size(MTU), SLOT_SIZE);
+        assert_eq!(slot_size(MAX_MTU), 3 * 4096);
     }
 }

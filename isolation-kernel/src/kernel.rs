@@ -165,12 +165,21 @@ pub fn end_of_interrupt() {
 }
 
 /// Finds and starts the physical NIC (a legacy virtio-net PCI device), if the machine has one.
-pub fn probe_nic() -> Option<crate::drivers::virtio_net::VirtioNet> {
+/// `max_frame` sizes its buffers: the largest frame any guest may send or receive.
+pub fn probe_nic(max_frame: u64) -> Option<crate::drivers::virtio_net::VirtioNet> {
     use crate::drivers::{pci, virtio_net};
     let address = pci::find_devices(virtio_net::VENDOR_VIRTIO, virtio_net::DEVICE_NET_LEGACY).next()?;
     let apic_id = LAPIC.get().map_or(0, |apic| apic.id());
     let result = phys::with_frames(|frames| {
-        virtio_net::VirtioNet::init(address, frames, |phys, frames| paging::map_mmio_page(1, phys, frames), NIC_VECTOR, apic_id)
+        let buffer_pages = (max_frame + virtio_net::NET_HEADER_LEN as u64).div_ceil(FRAME_SIZE);
+        virtio_net::VirtioNet::init(
+            address,
+            frames,
+            |phys, frames| paging::map_mmio_page(1, phys, frames),
+            NIC_VECTOR,
+            apic_id,
+            buffer_pages,
+        )
     });
     match result {
         Ok(nic) => {

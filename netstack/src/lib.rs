@@ -26,6 +26,8 @@ pub use smoltcp::wire::Ipv4Address;
 
 /// Largest UDP payload: one frame, as the stack does no IP fragmentation.
 pub const MAX_UDP_PAYLOAD: usize = MTU as usize - 20 - 8;
+/// IPv4 and UDP headers: what a datagram's payload leaves of the MTU.
+const IP_UDP_HEADERS: usize = 20 + 8;
 /// Datagrams each UDP socket buffers per direction.
 pub const UDP_BUFFER_PACKETS: usize = 16;
 /// Payload bytes each UDP socket buffers per direction.
@@ -63,6 +65,8 @@ pub struct NetStack<'a, D: Doorbell, P: Platform> {
     sockets: SocketSet<'static>,
     device: Vnic<'a, D>,
     platform: P,
+    /// The interface's MTU (the standard one, or jumbo).
+    mtu: usize,
 }
 
 impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
@@ -85,7 +89,13 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
         }
         // Owned storage: the set grows on the heap as apps open sockets.
         let sockets = SocketSet::new(ManagedSlice::Owned(Vec::new()));
-        NetStack { iface, sockets, device, platform }
+        let mtu = (config.mtu as usize).clamp(576, 9000);
+        NetStack { iface, sockets, device, platform, mtu }
+    }
+
+    /// Largest UDP payload this interface sends (no IP fragmentation).
+    pub fn max_udp_payload(&self) -> usize {
+        self.mtu - IP_UDP_HEADERS
     }
 
     pub fn now(&self) -> Instant {
@@ -105,8 +115,9 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
         if taken {
             return Err(NetError::PortInUse);
         }
+        let mtu = self.mtu;
         let buffer = || {
-            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; UDP_BUFFER_PACKETS], vec![0; UDP_BUFFER_BYTES])
+            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; UDP_BUFFER_PACKETS], vec![0; UDP_BUFFER_PACKETS * mtu])
         };
         let mut socket = udp::Socket::new(buffer(), buffer());
         socket.bind(port).map_err(|_| NetError::Unaddressable)?;
@@ -115,7 +126,7 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
 
     /// Queues one datagram to `to`; the next [`Self::poll`] sends it.
     pub fn udp_send(&mut self, h: UdpHandle, data: &[u8], to: (Ipv4Address, u16)) -> Result<(), NetError> {
-        if data.len() > MAX_UDP_PAYLOAD {
+        if data.len() > self.max_udp_payload() {
             return Err(NetError::TooLarge);
         }
         if to.0.is_unspecified() || to.1 == 0 {

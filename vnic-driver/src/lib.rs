@@ -23,15 +23,12 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{fence, Ordering};
 use hypercall_abi::vnic::{
-    ring_used, rx_buffer_addr, tx_slot_addr, DescStatus, VnicShared, MAX_FRAME, RX_RING_SIZE,
-    RX_SLOTS, SLOT_SIZE, TX_HEADROOM, TX_RING_SIZE, TX_SLOTS,
+    max_frame, ring_used, rx_buffer_addr_for, slot_size, tx_slot_addr_for, DescStatus, VnicShared, MTU,
+    RX_RING_SIZE, RX_SLOTS, TX_HEADROOM, TX_RING_SIZE, TX_SLOTS,
 };
 use smoltcp::phy::{Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
-const SLOT: usize = SLOT_SIZE as usize;
-const TX_AREA_SIZE: usize = (TX_SLOTS * SLOT_SIZE) as usize;
-const RX_AREA_SIZE: usize = (RX_SLOTS * SLOT_SIZE) as usize;
 
 /// How the driver signals the kernel. A guest issues the virtual instructions
 /// (`hypercall_abi::guest::vnic_tx_kick` / `vnic_rx_posted`); tests count.
@@ -45,9 +42,9 @@ pub trait Doorbell {
 /// Why [`Vnic::new`] refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VnicError {
-    /// The tx area is not `TX_SLOTS * SLOT_SIZE` bytes (its actual length).
+    /// The tx area is not `TX_SLOTS * slot_size(mtu)` bytes (its actual length).
     TxAreaSize(usize),
-    /// The rx area is not `RX_SLOTS * SLOT_SIZE` bytes (its actual length).
+    /// The rx area is not `RX_SLOTS * slot_size(mtu)` bytes (its actual length).
     RxAreaSize(usize),
     /// A ring holds more entries than its size: the shared page is not a vNIC's.
     BadRingIndices,
@@ -80,6 +77,8 @@ pub struct VnicCounters {
 /// token and a tx token at once, each borrowing the device mutably.
 pub struct Vnic<'a, D: Doorbell> {
     shared: &'a VnicShared,
+    /// Largest frame (MTU plus Ethernet header).
+    max_frame: usize,
     tx: TxHalf<'a>,
     rx: RxHalf<'a>,
     doorbell: D,
@@ -89,6 +88,8 @@ pub struct Vnic<'a, D: Doorbell> {
 struct TxHalf<'a> {
     shared: &'a VnicShared,
     area: &'a mut [u8],
+    slot_size: usize,
+    max_frame: usize,
     /// Our copy of `tx_producer` (the guest is its only writer).
     producer: u32,
     /// `tx_consumer` as of the last look at completed descriptors.
@@ -107,6 +108,7 @@ struct TxHalf<'a> {
 struct RxHalf<'a> {
     shared: &'a VnicShared,
     area: &'a mut [u8],
+    slot_size: usize,
     /// Next rx index to hand to smoltcp.
     seen: u32,
     /// Our copy of `rx_producer`.
@@ -125,12 +127,26 @@ impl<'a, D: Doorbell> Vnic<'a, D> {
         shared: &'a VnicShared,
         tx_area: &'a mut [u8],
         rx_area: &'a mut [u8],
-        mut doorbell: D,
+        doorbell: D,
     ) -> Result<Self, VnicError> {
-        if tx_area.len() != TX_AREA_SIZE {
+        Self::with_mtu(shared, tx_area, rx_area, doorbell, MTU as u16)
+    }
+
+    /// [`Vnic::new`] for an MTU other than the standard one: slots are
+    /// `hypercall_abi::vnic::slot_size(mtu)` bytes (jumbo frames take several pages).
+    pub fn with_mtu(
+        shared: &'a VnicShared,
+        tx_area: &'a mut [u8],
+        rx_area: &'a mut [u8],
+        mut doorbell: D,
+        mtu: u16,
+    ) -> Result<Self, VnicError> {
+        let slot = slot_size(u64::from(mtu)) as usize;
+        let max_frame = max_frame(u64::from(mtu)) as usize;
+        if tx_area.len() != TX_SLOTS as usize * slot {
             return Err(VnicError::TxAreaSize(tx_area.len()));
         }
-        if rx_area.len() != RX_AREA_SIZE {
+        if rx_area.len() != RX_SLOTS as usize * slot {
             return Err(VnicError::RxAreaSize(rx_area.len()));
         }
         // Adopt the indices as found (zero on a fresh guest) rather than assume them.
@@ -146,6 +162,7 @@ impl<'a, D: Doorbell> Vnic<'a, D> {
         let mut rx = RxHalf {
             shared,
             area: rx_area,
+            slot_size: slot,
             seen: rx_consumer,
             producer: rx_consumer,
             frames: 0,
@@ -161,16 +178,18 @@ impl<'a, D: Doorbell> Vnic<'a, D> {
         let tx = TxHalf {
             shared,
             area: tx_area,
+            slot_size: slot,
+            max_frame,
             producer: tx_producer,
             completed: tx_consumer,
             kick_pending: false,
-            scratch: vec![0; MAX_FRAME as usize],
+            scratch: vec![0; max_frame],
             frames: 0,
             rejected: 0,
             dropped: 0,
             dropped_ring_full: 0,
         };
-        Ok(Vnic { shared, tx, rx, doorbell, tx_kicks: 0 })
+        Ok(Vnic { shared, max_frame, tx, rx, doorbell, tx_kicks: 0 })
     }
 
     /// Rings the tx doorbell once if frames were produced since the last flush and the kernel
@@ -254,7 +273,7 @@ impl TxHalf<'_> {
 
     fn send<R, F: FnOnce(&mut [u8]) -> R>(&mut self, len: usize, f: F) -> R {
         let ring_full = !self.has_free_slot();
-        if len > MAX_FRAME as usize || ring_full {
+        if len > self.max_frame || ring_full {
             self.dropped += 1;
             if ring_full {
                 self.dropped_ring_full += 1;
@@ -266,10 +285,10 @@ impl TxHalf<'_> {
         }
         let index = self.producer;
         let slot = u64::from(index) % TX_SLOTS;
-        let start = slot as usize * SLOT + TX_HEADROOM as usize;
+        let start = slot as usize * self.slot_size + TX_HEADROOM as usize;
         let result = f(&mut self.area[start..start + len]);
         let desc = &self.shared.tx[(index % TX_RING_SIZE) as usize];
-        desc.addr.store(tx_slot_addr(slot) + TX_HEADROOM, Ordering::Relaxed);
+        desc.addr.store(tx_slot_addr_for(slot, self.slot_size as u64) + TX_HEADROOM, Ordering::Relaxed);
         desc.len.store(len as u32, Ordering::Relaxed);
         desc.status.store(DescStatus::Pending as u32, Ordering::Relaxed);
         self.producer = index.wrapping_add(1);
@@ -286,8 +305,8 @@ impl RxHalf<'_> {
         let index = self.producer;
         let slot = u64::from(index) % RX_SLOTS;
         let desc = &self.shared.rx[(index % RX_RING_SIZE) as usize];
-        desc.addr.store(rx_buffer_addr(slot), Ordering::Relaxed);
-        desc.len.store(SLOT_SIZE as u32, Ordering::Relaxed);
+        desc.addr.store(rx_buffer_addr_for(slot, self.slot_size as u64), Ordering::Relaxed);
+        desc.len.store(self.slot_size as u32, Ordering::Relaxed);
         desc.status.store(DescStatus::Pending as u32, Ordering::Relaxed);
         self.producer = index.wrapping_add(1);
     }
@@ -325,12 +344,12 @@ impl RxHalf<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(&mut self, f: F) -> R {
         let desc = &self.shared.rx[(self.seen % RX_RING_SIZE) as usize];
         let mut len = desc.len.load(Ordering::Relaxed) as usize;
-        if len > SLOT {
+        if len > self.slot_size {
             self.len_clamped += 1;
-            len = SLOT;
+            len = self.slot_size;
         }
         // Our own buffer for this index, whatever the descriptor's address now says.
-        let start = (u64::from(self.seen) % RX_SLOTS) as usize * SLOT;
+        let start = (u64::from(self.seen) % RX_SLOTS) as usize * self.slot_size;
         let result = f(&self.area[start..start + len]);
         self.frames += 1;
         self.recycle();
@@ -389,8 +408,8 @@ impl<'a, D: Doorbell> Device for Vnic<'a, D> {
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
-        // smoltcp's Ethernet MTU counts the header, as MAX_FRAME does.
-        caps.max_transmission_unit = MAX_FRAME as usize;
+        // smoltcp's Ethernet MTU counts the header, as max_frame does.
+        caps.max_transmission_unit = self.max_frame;
         caps.max_burst_size = None;
         caps
     }

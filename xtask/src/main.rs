@@ -39,7 +39,12 @@ enum Cmd {
     /// Host unit tests, then the QEMU integration tests. Exit status 0 only if all pass.
     /// Check a UDP echo server: one random datagram of each test size, every byte compared.
     #[command(hide = true)]
-    UdpProbe { peer: std::net::SocketAddr },
+    UdpProbe {
+        peer: std::net::SocketAddr,
+        /// Datagram sizes (default: the standard test sizes).
+        #[arg(long, value_delimiter = ',')]
+        sizes: Vec<usize>,
+    },
     Test {
         /// Run only the QEMU tests whose name contains this text.
         #[arg(long)]
@@ -132,7 +137,7 @@ fn real_main() -> Result<()> {
         }
         Cmd::Run(args) => run(args),
         Cmd::Test { filter, qemu_only } => tests::run_all(filter.as_deref(), qemu_only),
-        Cmd::UdpProbe { peer } => udp::probe(peer),
+        Cmd::UdpProbe { peer, sizes } => udp::probe(peer, &sizes),
     }
 }
 
@@ -151,8 +156,11 @@ fn run(args: RunArgs) -> Result<()> {
     let tx = args.tx.unwrap_or(image.manifest.kernel.tx);
     append += &format!(" {}={}", keys::TX, tx.name());
     let net_guests: Vec<_> = image.guests.iter().filter_map(|g| g.net.map(|n| (g.name.clone(), n))).collect();
+    if args.net == NetChoice::User && u64::from(image.manifest.kernel.mtu) > hypercall_abi::vnic::MTU {
+        bail!("image {} has MTU {}: jumbo frames need --net tap or --net none (QEMU's user network carries 1500)", image.name, image.manifest.kernel.mtu);
+    }
     let namespace = match args.net {
-        NetChoice::Tap => Some(tapnet::TapNamespace::create(&plan)?),
+        NetChoice::Tap => Some(tapnet::TapNamespace::create(&plan, image.manifest.kernel.mtu)?),
         _ => None,
     };
     let backend = match args.net {

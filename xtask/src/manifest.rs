@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use hypercall_abi::initrd::{Expect, GuestSpec};
-use hypercall_abi::vnic::{NetConfig, MTU};
+use hypercall_abi::vnic::{NetConfig, MAX_MTU, MIN_MTU, MTU};
 use hypercall_abi::layout::MAX_HEAP_SIZE;
 use serde::Deserialize;
 use std::collections::BTreeSet;
@@ -79,14 +79,8 @@ impl NetPlan {
         [0x02, 0x49, 0x4b, 0x00, (index >> 8) as u8, index as u8]
     }
 
-    pub fn config(&self, index: usize) -> NetConfig {
-        NetConfig {
-            mac: Self::guest_mac(index),
-            ipv4: self.guest_ip(index),
-            prefix_len: 24,
-            gateway: self.gateway(),
-            mtu: MTU as u16,
-        }
+    pub fn config(&self, index: usize, mtu: u16) -> NetConfig {
+        NetConfig { mac: Self::guest_mac(index), ipv4: self.guest_ip(index), prefix_len: 24, gateway: self.gateway(), mtu }
     }
 }
 
@@ -159,6 +153,14 @@ pub struct KernelSection {
     /// Transmit path: `copy` (default) or `cow`.
     #[serde(default = "default_tx")]
     pub tx: crate::TxMode,
+    /// MTU of the guests' virtual NICs: 1500, or up to 9000 (jumbo frames) for guest-to-guest
+    /// traffic and the tap network (QEMU's user network carries at most 1500).
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+}
+
+fn default_mtu() -> u16 {
+    MTU as u16
 }
 
 fn default_tx() -> crate::TxMode {
@@ -167,7 +169,7 @@ fn default_tx() -> crate::TxMode {
 
 impl Default for KernelSection {
     fn default() -> Self {
-        KernelSection { log: default_log(), memory_mib: default_memory_mib(), tx: default_tx() }
+        KernelSection { log: default_log(), memory_mib: default_memory_mib(), tx: default_tx(), mtu: default_mtu() }
     }
 }
 
@@ -189,6 +191,9 @@ impl Manifest {
         }
         if !(32..=65536).contains(&manifest.kernel.memory_mib) {
             bail!("kernel.memory_mib = {}: expected 32 to 65536", manifest.kernel.memory_mib);
+        }
+        if !(MIN_MTU..=MAX_MTU).contains(&u64::from(manifest.kernel.mtu)) {
+            bail!("kernel.mtu = {}: expected {MIN_MTU} to {MAX_MTU}", manifest.kernel.mtu);
         }
         for group in &manifest.guests {
             if !app_is_known(&group.app) {
@@ -230,7 +235,7 @@ impl Manifest {
             for i in 0..group.count {
                 let net = group.net.then(|| {
                     net_index += 1;
-                    plan.config(net_index - 1)
+                    plan.config(net_index - 1, self.kernel.mtu)
                 });
                 guests.push(Guest {
                     name: if group.count == 1 { base.clone() } else { format!("{base}-{i}") },
@@ -352,6 +357,16 @@ mod tests {
         assert!(config.contains("net=02:49:4b:00:00:00,10.77.0.16/24,10.77.0.1"), "{config}");
         let bad = "description = \"x\"\n[[guest]]\napp = \"hello\"\nargs = \"{ip:nobody}\"";
         assert!(Manifest::parse(bad).is_err());
+    }
+
+    #[test]
+    fn mtu_is_bounded_and_reaches_the_config() {
+        let m = Manifest::parse("description = \"x\"\n[kernel]\nmtu = 9000\n[[guest]]\napp = \"hello\"\nnet = true").unwrap();
+        let guests = m.expand(&NetPlan::USER).unwrap();
+        assert_eq!(guests[0].net.unwrap().mtu, 9000);
+        assert!(m.image_config("t", &guests).contains(",9000\t"));
+        assert!(Manifest::parse("description = \"x\"\n[kernel]\nmtu = 9001").is_err());
+        assert!(Manifest::parse("description = \"x\"\n[kernel]\nmtu = 100").is_err());
     }
 
     #[test]

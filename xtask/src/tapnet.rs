@@ -23,8 +23,8 @@ fn ip(args: &[&str]) -> Result<()> {
 }
 
 impl TapNamespace {
-    /// Creates namespace `ik-<pid>` with `iktap0` at the plan's gateway address, up.
-    pub fn create(plan: &NetPlan) -> Result<TapNamespace> {
+    /// Creates namespace `ik-<pid>` with `iktap0` at the plan's gateway address, up, with `mtu`.
+    pub fn create(plan: &NetPlan, mtu: u16) -> Result<TapNamespace> {
         let name = format!("ik-{}", std::process::id());
         ip(&["netns", "add", &name])?;
         let ns = TapNamespace { name };
@@ -32,6 +32,7 @@ impl TapNamespace {
         ns.exec_ip(&["link", "set", "lo", "up"])?;
         ns.exec_ip(&["tuntap", "add", "dev", TAP_IFNAME, "mode", "tap"])?;
         ns.exec_ip(&["addr", "add", &host, "dev", TAP_IFNAME])?;
+        ns.exec_ip(&["link", "set", TAP_IFNAME, "mtu", &mtu.to_string()])?;
         ns.exec_ip(&["link", "set", TAP_IFNAME, "up"])?;
         Ok(ns)
     }

@@ -55,13 +55,17 @@ const QEMU_TESTS: &[QemuTest] = &[
     QemuTest { name: "chaos_hostile_guests_isolated_tcg", run: chaos_tcg },
     QemuTest { name: "udp_echo_user_network_copy_tcg", run: |ctx| udp_echo_user_network(ctx, TxMode::Copy) },
     QemuTest { name: "udp_echo_user_network_cow_tcg", run: |ctx| udp_echo_user_network(ctx, TxMode::Cow) },
-    QemuTest { name: "udp_guest_to_guest_copy_tcg", run: |ctx| udp_guest_to_guest(ctx, TxMode::Copy) },
-    QemuTest { name: "udp_guest_to_guest_cow_tcg", run: |ctx| udp_guest_to_guest(ctx, TxMode::Cow) },
+    QemuTest { name: "udp_guest_to_guest_copy_tcg", run: |ctx| udp_guest_to_guest(ctx, TxMode::Copy, "udp-g2g") },
+    QemuTest { name: "udp_guest_to_guest_cow_tcg", run: |ctx| udp_guest_to_guest(ctx, TxMode::Cow, "udp-g2g") },
     QemuTest { name: "vnic_bad_descriptors_rejected_copy_tcg", run: |ctx| vnic_bad_descriptors(ctx, TxMode::Copy) },
     QemuTest { name: "vnic_bad_descriptors_rejected_cow_tcg", run: |ctx| vnic_bad_descriptors(ctx, TxMode::Cow) },
     QemuTest { name: "cow_rewrite_in_flight_tcg", run: cow_rewrite_in_flight },
-    QemuTest { name: "udp_echo_tap_network_copy_tcg", run: |ctx| udp_echo_tap_network(ctx, TxMode::Copy) },
-    QemuTest { name: "udp_echo_tap_network_cow_tcg", run: |ctx| udp_echo_tap_network(ctx, TxMode::Cow) },
+    QemuTest { name: "udp_echo_tap_network_copy_tcg", run: |ctx| udp_echo_tap_network(ctx, TxMode::Copy, "udp-echo", &udp::TEST_SIZES) },
+    QemuTest { name: "udp_echo_tap_network_cow_tcg", run: |ctx| udp_echo_tap_network(ctx, TxMode::Cow, "udp-echo", &udp::TEST_SIZES) },
+    QemuTest { name: "udp_jumbo_tap_network_copy_tcg", run: |ctx| udp_echo_tap_network(ctx, TxMode::Copy, "udp-echo-jumbo", &udp::JUMBO_TEST_SIZES) },
+    QemuTest { name: "udp_jumbo_tap_network_cow_tcg", run: |ctx| udp_echo_tap_network(ctx, TxMode::Cow, "udp-echo-jumbo", &udp::JUMBO_TEST_SIZES) },
+    QemuTest { name: "udp_jumbo_guest_to_guest_copy_tcg", run: |ctx| udp_guest_to_guest(ctx, TxMode::Copy, "udp-g2g-jumbo") },
+    QemuTest { name: "udp_jumbo_guest_to_guest_cow_tcg", run: |ctx| udp_guest_to_guest(ctx, TxMode::Cow, "udp-g2g-jumbo") },
 ];
 
 pub fn run_all(filter: Option<&str>, qemu_only: bool) -> Result<()> {
@@ -378,8 +382,8 @@ fn udp_echo_user_network(ctx: &Ctx, tx: TxMode) -> TestResult {
     Ok(Verdict::Pass)
 }
 
-fn udp_guest_to_guest(ctx: &Ctx, tx: TxMode) -> TestResult {
-    let image = pack::pack_image("udp-g2g", &ctx.artifacts, NetPlan::USER).map_err(|e| failure(format!("{e:#}"), String::new()))?;
+fn udp_guest_to_guest(ctx: &Ctx, tx: TxMode, image_name: &str) -> TestResult {
+    let image = pack::pack_image(image_name, &ctx.artifacts, NetPlan::USER).map_err(|e| failure(format!("{e:#}"), String::new()))?;
     let outcome = boot(&image, Accel::Tcg, &format!("log=info shutdown_after=120 tx={}", tx.name()), TCG_TIMEOUT)?;
     check_guest_expectations(&image, &outcome)?;
     let clients = image.guests.iter().filter(|g| g.app == "udp-client").count();
@@ -406,12 +410,12 @@ fn vnic_bad_descriptors(ctx: &Ctx, tx: TxMode) -> TestResult {
     Ok(Verdict::Pass)
 }
 
-fn udp_echo_tap_network(ctx: &Ctx, tx: TxMode) -> TestResult {
-    let namespace = match crate::tapnet::TapNamespace::create(&NetPlan::TAP) {
+fn udp_echo_tap_network(ctx: &Ctx, tx: TxMode, image_name: &str, sizes: &[usize]) -> TestResult {
+    let image = pack::pack_image(image_name, &ctx.artifacts, NetPlan::TAP).map_err(|e| failure(format!("{e:#}"), String::new()))?;
+    let namespace = match crate::tapnet::TapNamespace::create(&NetPlan::TAP, image.manifest.kernel.mtu) {
         Ok(ns) => ns,
         Err(e) => return Ok(Verdict::Skip(format!("cannot create a tap device in a network namespace: {e:#}"))),
     };
-    let image = pack::pack_image("udp-echo", &ctx.artifacts, NetPlan::TAP).map_err(|e| failure(format!("{e:#}"), String::new()))?;
     let net = NetBackend::Tap { ifname: crate::tapnet::TAP_IFNAME.into() };
     let mut session = start_networked(&image, net, Some(&namespace.name), tx, TCG_TIMEOUT)?;
     let guests: Vec<_> = image.guests.iter().filter_map(|g| g.net).collect();
@@ -428,7 +432,7 @@ fn udp_echo_tap_network(ctx: &Ctx, tx: TxMode) -> TestResult {
         let peer = format!("{}:7", crate::manifest::format_ip(net.ipv4));
         let out = namespace
             .command(&exe.to_string_lossy())
-            .args(["udp-probe", &peer])
+            .args(["udp-probe", &peer, "--sizes", &sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",")])
             .output()
             .map_err(|e| failure(format!("running udp-probe: {e}"), session.log()))?;
         if !out.status.success() {

@@ -79,11 +79,15 @@ pub fn echo_check(peer: SocketAddr, sizes: &[usize], rounds: usize, retries: usi
     Ok(report)
 }
 
+/// Sizes for jumbo-frame images (8972: the largest UDP payload in a 9000-byte MTU).
+pub const JUMBO_TEST_SIZES: [usize; 5] = [1, 1472, 4000, 8000, 8972];
+
 /// `cargo xtask udp-probe ADDR`: the echo check as a command, for use inside a namespace.
-pub fn probe(peer: SocketAddr) -> Result<()> {
-    let report = echo_check(peer, &TEST_SIZES, 1, 3, Duration::from_secs(2), 0x5eed)?;
+pub fn probe(peer: SocketAddr, sizes: &[usize]) -> Result<()> {
+    let sizes = if sizes.is_empty() { &TEST_SIZES[..] } else { sizes };
+    let report = echo_check(peer, sizes, 1, 3, Duration::from_secs(2), 0x5eed)?;
     println!("udp-probe {peer}: {} intact, {} corrupted, {} lost, {} retries", report.intact, report.corrupted, report.lost, report.retries);
-    if report.intact != TEST_SIZES.len() {
+    if report.intact != sizes.len() {
         bail!("not every datagram came back intact");
     }
     Ok(())

@@ -63,7 +63,7 @@ fn main(env: &Env) -> i32 {
             return 2;
         }
     };
-    let mut buf = alloc::vec![0u8; 2048];
+    let mut buf = alloc::vec![0u8; 9216]; // room for a jumbo datagram
     let (mut ok, mut bad, mut lost, mut retried) = (0u32, 0u32, 0u32, 0u32);
     let start = Instant::now();
     let mut seq = 0u32;

@@ -23,7 +23,7 @@ fn main(env: &Env) -> i32 {
     };
     let ip = env.net.map(|n| n.ipv4).unwrap_or_default();
     println!("udp-echo listening on {}:{port}", format_ipv4(ip));
-    let mut buf = [0u8; 2048];
+    let mut buf = [0u8; 9216]; // room for a jumbo datagram
     let mut echoed: u64 = 0;
     loop {
         net.poll();

@@ -158,6 +158,9 @@ pub struct VirtioNet {
     pub counters: NicCounters,
     pub msix: bool,
     tx_vector: u16,
+    /// Bytes of each rx and tx buffer: enough for the largest frame any guest may send or
+    /// receive (several pages, contiguous, with jumbo frames).
+    buffer_bytes: u64,
 }
 
 impl VirtioNet {
@@ -213,6 +216,7 @@ impl VirtioNet {
         map_table: impl FnOnce(u64, &mut FrameAllocator<'static>) -> x86_64::VirtAddr,
         rx_vector: u8,
         apic_id: u32,
+        buffer_pages: u64,
     ) -> Result<VirtioNet, &'static str> {
         pci.assign_bars();
         let bar0 = pci.bar(0);
@@ -236,6 +240,7 @@ impl VirtioNet {
             counters: NicCounters::default(),
             msix: false,
             tx_vector: NO_VECTOR,
+            buffer_bytes: buffer_pages * PAGE,
         };
         nic.set_reg8(REG_STATUS, 0); // reset
         nic.set_reg8(REG_STATUS, STATUS_ACKNOWLEDGE);
@@ -290,9 +295,9 @@ impl VirtioNet {
         }
         let rx_count = MAX_BUFFERS.min(nic.rx.size);
         for id in 0..rx_count {
-            let phys = frames.allocate().ok_or("no memory for rx buffers")?;
+            let phys = frames.allocate_contiguous(buffer_pages, 1).ok_or("no memory for rx buffers")?;
             nic.rx_buffers.push(phys);
-            nic.rx.write_desc(id, phys, PAGE as u32, DESC_F_WRITE, 0);
+            nic.rx.write_desc(id, phys, nic.buffer_bytes as u32, DESC_F_WRITE, 0);
             nic.rx.push_avail(id);
         }
         let header_page = frames.allocate().ok_or("no memory for the tx header page")?;
@@ -301,7 +306,7 @@ impl VirtioNet {
         nic.header_page = header_page;
         let tx_count = MAX_BUFFERS.min(nic.tx.size / 2);
         for k in 0..tx_count {
-            nic.tx_buffers.push(frames.allocate().ok_or("no memory for tx buffers")?);
+            nic.tx_buffers.push(frames.allocate_contiguous(buffer_pages, 1).ok_or("no memory for tx buffers")?);
             nic.tx_cookies.push(None);
             nic.tx_free.push(tx_count - 1 - k);
         }
@@ -353,13 +358,13 @@ impl VirtioNet {
     /// Copies `frame` into a driver buffer (Denali's copy 2) and queues it (the device is
     /// notified by [`VirtioNet::flush`]). `Err` when every packet slot is in flight.
     pub fn transmit(&mut self, frame: &[u8], done: impl FnMut(TxCookie)) -> Result<(), ()> {
-        if frame.len() > PAGE as usize {
+        if frame.len() as u64 > self.buffer_bytes {
             return Err(());
         }
         let k = self.free_slot(done).ok_or(())?;
         let buffer = self.tx_buffers[usize::from(k)];
-        // SAFETY: the buffer is this driver's page for slot `k`, not in flight (the slot was
-        // free); the frame fits in the page (checked above).
+        // SAFETY: the buffer is this driver's run for slot `k`, not in flight (the slot was
+        // free); the frame fits in it (checked above).
         unsafe { core::ptr::copy_nonoverlapping(frame.as_ptr(), phys_to_virt(buffer).as_mut_ptr::<u8>(), frame.len()) };
         self.queue_chain(k, buffer, frame.len() as u32);
         Ok(())
@@ -390,10 +395,10 @@ impl VirtioNet {
         let mut count = 0;
         while let Some((id, len)) = self.rx.pop_used() {
             let Some(&buffer) = self.rx_buffers.get(usize::from(id)) else { continue };
-            let len = (len as usize).min(PAGE as usize);
+            let len = (len as usize).min(self.buffer_bytes as usize);
             if len > NET_HEADER_LEN {
                 // SAFETY: the device finished writing this buffer (it is in the used ring) and
-                // will not touch it until it is re-posted below; `len` is clamped to the page.
+                // will not touch it until it is re-posted below; `len` is clamped to the buffer.
                 let frame = unsafe {
                     core::slice::from_raw_parts(phys_to_virt(buffer).as_ptr::<u8>().add(NET_HEADER_LEN), len - NET_HEADER_LEN)
                 };
@@ -403,7 +408,7 @@ impl VirtioNet {
             } else {
                 self.counters.rx_malformed += 1;
             }
-            self.rx.write_desc(id, buffer, PAGE as u32, DESC_F_WRITE, 0);
+            self.rx.write_desc(id, buffer, self.buffer_bytes as u32, DESC_F_WRITE, 0);
             self.rx.push_avail(id);
         }
         if count > 0 && self.rx.device_wants_notify() {

@@ -177,9 +177,10 @@ pub fn boot(
         return format!("{CONFIG_FILE} names no guests");
     }
 
-    let physical_nic = crate::kernel::probe_nic();
-    log::info!("transmit path: {tx_mode:?}");
-    let network = with_frames(|frames| net::Network::new(physical_nic, tx_mode, frames));
+    let max_mtu = specs.iter().filter_map(|s| s.net).map(|n| u64::from(n.mtu)).max().unwrap_or(hypercall_abi::vnic::MTU);
+    let physical_nic = crate::kernel::probe_nic(hypercall_abi::vnic::max_frame(max_mtu));
+    log::info!("transmit path: {tx_mode:?}; largest MTU {max_mtu}");
+    let network = with_frames(|frames| net::Network::new(physical_nic, tx_mode, max_mtu, frames));
     let mut g = Guests {
         list: Vec::with_capacity(specs.len()),
         nics: Vec::with_capacity(specs.len()),

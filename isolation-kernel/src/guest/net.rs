@@ -10,7 +10,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 use hypercall_abi::vi::VirtualInterrupts;
 use hypercall_abi::vnic::{
-    DescStatus, NetConfig, VnicShared, MAX_FRAME, RX_RING_SIZE, RX_SLOTS, SLOT_SIZE, TX_RING_SIZE, TX_SLOTS,
+    max_frame, slot_size, DescStatus, NetConfig, VnicShared, RX_RING_SIZE, RX_SLOTS, SLOT_SIZE, TX_RING_SIZE, TX_SLOTS,
 };
 use hypercall_abi::layout::{VNIC_RX_AREA_ADDR, VNIC_SHARED_ADDR, VNIC_TX_AREA_ADDR};
 use isolation_kernel::frame_alloc::FrameAllocator;
@@ -19,11 +19,13 @@ use isolation_kernel::sched::{GuestId, Scheduler};
 use isolation_kernel::cmdline::TxMode;
 use isolation_kernel::vnet::cow::{CowSlots, Protect, Release, TxRing, WriteFault};
 use isolation_kernel::vnet::{
-    pending, validate_rx, validate_tx, DropReason, GuestFrameRef, NetCounters, NetScheduler, Packet, PacketData,
+    pending, validate_rx_sized, validate_tx_sized, DropReason, GuestFrameRef, NetCounters, NetScheduler, Packet, PacketData,
     PacketPool, Route, Source, TxFifo, Vswitch,
 };
 use super::Guest;
 use crate::drivers::virtio_net::TxCookie;
+
+const PAGE: u64 = 4096;
 
 /// Packets a guest may have queued in the kernel.
 const FIFO_CAPACITY: usize = 64;
@@ -38,11 +40,16 @@ const POOL_BUFFERS: u32 = 512;
 pub struct GuestNic {
     pub config: NetConfig,
     shared_phys: u64,
+    /// Bytes and pages of each tx slot and rx buffer (more than one page for jumbo frames), and
+    /// the largest frame, all from the guest's MTU.
+    slot_size: u64,
+    slot_pages: u64,
+    max_frame: u64,
     /// The frames behind the tx slots (they change when a COW fault copies one), and how many
     /// packets are in flight on each.
     cow: CowSlots,
-    /// Physical address of the page-table entry of each tx slot page (fixed for the guest's
-    /// life): protecting or restoring a slot is one write, no page-table walk.
+    /// Physical address of the page-table entry of each tx slot page (`slot * slot_pages + i`;
+    /// fixed for the guest's life): protecting or restoring a slot is a write per page, no walk.
     tx_pte: Vec<u64>,
     rx_frames: Vec<u64>,
     /// Descriptors taken and completed; the guest sees the completed prefix as `tx_consumer`.
@@ -88,28 +95,36 @@ pub fn build_nic(
         .map
         .add(VNIC_SHARED_ADDR, VNIC_SHARED_ADDR + SLOT_SIZE, Access::READ_WRITE)
         .map_err(|_| super::space::SpaceError::BadMapping(VNIC_SHARED_ADDR))?;
+    let slot = slot_size(u64::from(config.mtu));
+    let pages = slot / PAGE;
+    // Each slot is a physically contiguous run of pages, so a frame is one piece for the NIC.
     let mut area = |base: u64, slots: u64, space: &mut AddressSpace| {
-        let mut list = Vec::with_capacity(slots as usize);
-        for slot in 0..slots {
-            let phys = space.new_frame(frames)?;
-            space.map_page(frames, base + slot * SLOT_SIZE, phys, Access::READ_WRITE)?;
-            list.push(phys);
+        let mut runs = Vec::with_capacity(slots as usize);
+        for index in 0..slots {
+            let run = space.new_run(frames, pages)?;
+            for page in 0..pages {
+                space.map_page(frames, base + index * slot + page * PAGE, run + page * PAGE, Access::READ_WRITE)?;
+            }
+            runs.push(run);
         }
         space
             .map
-            .add(base, base + slots * SLOT_SIZE, Access::READ_WRITE)
+            .add(base, base + slots * slot, Access::READ_WRITE)
             .map_err(|_| super::space::SpaceError::BadMapping(base))?;
-        Ok(list)
+        Ok(runs)
     };
     let tx_frames = area(VNIC_TX_AREA_ADDR, TX_SLOTS, space)?;
     let rx_frames = area(VNIC_RX_AREA_ADDR, RX_SLOTS, space)?;
-    let tx_pte = (0..TX_SLOTS)
-        .map(|slot| space.leaf_pte_phys(VNIC_TX_AREA_ADDR + slot * SLOT_SIZE))
+    let tx_pte = (0..TX_SLOTS * pages)
+        .map(|page| space.leaf_pte_phys(VNIC_TX_AREA_ADDR + page * PAGE))
         .collect::<Option<Vec<u64>>>()
         .ok_or(super::space::SpaceError::BadMapping(VNIC_TX_AREA_ADDR))?;
     let nic = GuestNic {
         config,
         shared_phys,
+        slot_size: slot,
+        slot_pages: pages,
+        max_frame: max_frame(u64::from(config.mtu)),
         cow: CowSlots::new(&tx_frames),
         tx_pte,
         rx_frames,
@@ -129,21 +144,24 @@ pub struct Network {
     sched: NetScheduler,
     fifos: Vec<TxFifo>,
     pool: PacketPool,
+    /// Base of each pool buffer: a contiguous run of `pool_buffer_bytes`.
     pool_frames: Vec<u64>,
+    pool_buffer_bytes: u64,
     /// Guests whose tx ring still holds packets the kernel could not take yet.
     backlog: VecDeque<GuestId>,
     pub counters: NetCounters,
     pub mode: TxMode,
-    /// Frames of guests that ended with packets in flight on them: freed when the NIC is done.
-    zombies: Vec<(u64, u32)>,
+    /// Slot runs of guests that ended with packets in flight on them, as (base, packets,
+    /// pages): freed when the NIC is done.
+    zombies: Vec<(u64, u32, u64)>,
     /// TSC ticks per zero-copy packet completed by the NIC (release, restore, ring completion),
     /// averaged over each batch the NIC hands back: the COW path's cost after the notify.
     pub completion_samples: Vec<u32>,
 }
 
-/// Copies `frame` into the page of pool buffer `phys`.
-fn copy_into_page(phys: u64, offset: u64, frame: &[u8]) {
-    assert!(offset as usize + frame.len() <= SLOT_SIZE as usize, "copy beyond the page");
+/// Copies `frame` to `offset` bytes into the contiguous run of `run` bytes at `phys`.
+fn copy_into_run(phys: u64, run: u64, offset: u64, frame: &[u8]) {
+    assert!(offset as usize + frame.len() <= run as usize, "copy beyond the run");
     // SAFETY: `phys` is a kernel pool page or a guest-owned rx page reached through the direct
     // map; the range stays inside the page (checked above); `frame` is elsewhere.
     unsafe {
@@ -151,19 +169,21 @@ fn copy_into_page(phys: u64, offset: u64, frame: &[u8]) {
     };
 }
 
-/// The bytes `[offset, offset + len)` of page `phys`.
-fn page_bytes<'p>(phys: u64, offset: u64, len: u64) -> &'p [u8] {
-    assert!(offset + len <= SLOT_SIZE, "read beyond the page");
+/// The bytes `[offset, offset + len)` of the contiguous run of `run` bytes at `phys`.
+fn run_bytes<'p>(phys: u64, run: u64, offset: u64, len: u64) -> &'p [u8] {
+    assert!(offset + len <= run, "read beyond the run");
     // SAFETY: a page in the direct map, range inside it (checked); the caller uses the slice
     // before anything can change the page (the kernel runs with interrupts off, on one CPU).
     unsafe { core::slice::from_raw_parts(phys_to_virt(phys + offset).as_ptr::<u8>(), len as usize) }
 }
 
 impl Network {
-    pub fn new(nic: Option<VirtioNet>, mode: TxMode, frames: &mut FrameAllocator<'static>) -> Network {
+    /// The network for guests whose largest MTU is `max_mtu` (sizing the pool's buffers).
+    pub fn new(nic: Option<VirtioNet>, mode: TxMode, max_mtu: u64, frames: &mut FrameAllocator<'static>) -> Network {
+        let pool_buffer_bytes = max_frame(max_mtu).next_multiple_of(PAGE);
         let mut pool_frames = Vec::with_capacity(POOL_BUFFERS as usize);
         for _ in 0..POOL_BUFFERS {
-            match frames.allocate() {
+            match frames.allocate_contiguous(pool_buffer_bytes / PAGE, 1) {
                 Some(phys) => pool_frames.push(phys),
                 None => break,
             }
@@ -175,6 +195,7 @@ impl Network {
             fifos: Vec::new(),
             pool: PacketPool::new(pool_frames.len() as u32),
             pool_frames,
+            pool_buffer_bytes,
             backlog: VecDeque::new(),
             counters: NetCounters::default(),
             mode,
@@ -185,9 +206,11 @@ impl Network {
 
     /// Guest `id` ends: frames with packets still in flight must outlive its address space.
     pub fn orphan_in_flight(&mut self, nic: &GuestNic, space: &mut AddressSpace) {
-        for (frame, count) in nic.cow.frames_in_flight() {
-            space.disown(frame);
-            self.zombies.push((frame, count));
+        for (base, count) in nic.cow.frames_in_flight() {
+            for page in 0..nic.slot_pages {
+                space.disown(base + page * PAGE);
+            }
+            self.zombies.push((base, count, nic.slot_pages));
         }
     }
 
@@ -214,9 +237,28 @@ pub struct NetCtx<'a> {
     pub guests: &'a mut [Guest],
 }
 
-/// Guest address of tx slot `slot`'s page.
-fn slot_page(slot: u64) -> u64 {
-    VNIC_TX_AREA_ADDR + slot * SLOT_SIZE
+/// Frees a contiguous run of `pages` frames.
+fn free_run(base: u64, pages: u64) {
+    crate::mm::phys::with_frames(|frames| {
+        for page in 0..pages {
+            let _ = frames.deallocate(base + page * PAGE);
+        }
+    });
+}
+
+impl GuestNic {
+    /// Guest address of tx slot `slot`.
+    fn slot_addr(&self, slot: u64) -> u64 {
+        VNIC_TX_AREA_ADDR + slot * self.slot_size
+    }
+
+    /// Sets the writable bit of every page of tx slot `slot`.
+    fn set_slot_writable(&self, slot: usize, writable: bool) {
+        let pages = self.slot_pages as usize;
+        for pte in &self.tx_pte[slot * pages..(slot + 1) * pages] {
+            super::space::set_pte_writable(*pte, writable);
+        }
+    }
 }
 
 impl NetCtx<'_> {
@@ -251,7 +293,7 @@ impl NetCtx<'_> {
             let desc = &shared.tx[(position % TX_RING_SIZE) as usize];
             // Read each field once: the guest may change them behind our back.
             let (addr, len) = (desc.addr.load(Ordering::Relaxed), desc.len.load(Ordering::Relaxed));
-            let frame = match validate_tx(addr, len, MAX_FRAME) {
+            let frame = match validate_tx_sized(addr, len, nic.max_frame, nic.slot_size) {
                 Err(bad) => {
                     net.counters.drops_bad_desc += 1;
                     if !core::mem::replace(&mut nic.bad_descriptor_logged, true) {
@@ -279,11 +321,12 @@ impl NetCtx<'_> {
                     };
                     let index = nic.ring.take().expect("count is bounded by the ring");
                     let kernel_copy = net.pool_frames[buf.0 as usize];
-                    copy_into_page(kernel_copy, 0, page_bytes(page, frame.offset, frame.len)); // copy 1
+                    let bytes = run_bytes(page, nic.slot_size, frame.offset, frame.len);
+                    copy_into_run(kernel_copy, net.pool_buffer_bytes, 0, bytes); // copy 1
                     net.counters.tx_copies += 1;
                     net.counters.tx_bytes_copied += frame.len;
                     // The check runs on the kernel's copy: what is checked is what is sent.
-                    let status = if net.vswitch.source_is(id, page_bytes(kernel_copy, 0, frame.len)) {
+                    let status = if net.vswitch.source_is(id, run_bytes(kernel_copy, net.pool_buffer_bytes, 0, frame.len)) {
                         let _ = net.fifos[id].push(Packet::pooled(buf, frame.len as u32));
                         net.sched.mark_ready(id);
                         net.counters.tx_packets += 1;
@@ -301,11 +344,13 @@ impl NetCtx<'_> {
                     let index = nic.ring.take().expect("count is bounded by the ring");
                     // Protect first, check after: the guest cannot change what was checked.
                     if nic.cow.protect(slot) == Some(Protect::WriteProtect) {
-                        super::space::set_pte_writable(nic.tx_pte[slot], false);
-                        nic.pending_flush.push(slot_page(frame.slot));
+                        nic.set_slot_writable(slot, false);
+                        for page in 0..nic.slot_pages {
+                            nic.pending_flush.push(nic.slot_addr(frame.slot) + page * PAGE);
+                        }
                         net.counters.cow_protects += 1;
                     }
-                    if net.vswitch.source_is(id, page_bytes(page, frame.offset, frame.len)) {
+                    if net.vswitch.source_is(id, run_bytes(page, nic.slot_size, frame.offset, frame.len)) {
                         let reference = GuestFrameRef { frame: page, offset: frame.offset as u32, slot: frame.slot as u16, ring_index: index };
                         let _ = net.fifos[id].push(Packet { data: PacketData::GuestFrame(reference), len: frame.len as u32 });
                         net.sched.mark_ready(id);
@@ -316,7 +361,7 @@ impl NetCtx<'_> {
                         desc.status.store(DescStatus::RejectedSpoofedSource as u32, Ordering::Relaxed);
                         nic.ring.complete(index);
                         if let Release::RestoreWrite { .. } = nic.cow.release(slot, page) {
-                            super::space::set_pte_writable(nic.tx_pte[slot], true);
+                            nic.set_slot_writable(slot, true);
                         }
                     }
                 }
@@ -341,11 +386,11 @@ impl NetCtx<'_> {
     fn complete_cow(&mut self, id: GuestId, r: GuestFrameRef, status: DescStatus) {
         let Some(nic) = self.nics.get_mut(id).and_then(Option::as_mut) else {
             // The guest has ended: its frame waits among the zombies for its last packet.
-            if let Some(index) = self.net.zombies.iter().position(|&(f, _)| f == r.frame) {
+            if let Some(index) = self.net.zombies.iter().position(|&(f, _, _)| f == r.frame) {
                 self.net.zombies[index].1 -= 1;
                 if self.net.zombies[index].1 == 0 {
-                    self.net.zombies.swap_remove(index);
-                    let _ = crate::mm::phys::with_frames(|frames| frames.deallocate(r.frame));
+                    let (base, _, pages) = self.net.zombies.swap_remove(index);
+                    free_run(base, pages);
                 }
             }
             return;
@@ -355,10 +400,8 @@ impl NetCtx<'_> {
         nic.ring.complete(r.ring_index);
         match nic.cow.release(usize::from(r.slot), r.frame) {
             // No flush: a stale read-only TLB entry costs at most a spurious fault.
-            Release::RestoreWrite { slot } => super::space::set_pte_writable(nic.tx_pte[slot], true),
-            Release::FreeFrame(frame) => {
-                let _ = crate::mm::phys::with_frames(|frames| frames.deallocate(frame));
-            }
+            Release::RestoreWrite { slot } => nic.set_slot_writable(slot, true),
+            Release::FreeFrame(base) => free_run(base, nic.slot_pages),
             Release::StillInFlight | Release::Unknown => {}
         }
         shared.tx_consumer.0.store(nic.ring.consumer(), Ordering::Release);
@@ -369,38 +412,40 @@ impl NetCtx<'_> {
     /// Handles a write fault by guest `id` at `addr`; `Some(cause)` if it is not a COW fault
     /// the kernel resolves (then the guest is stopped).
     pub fn write_fault(&mut self, id: GuestId, addr: u64) -> Option<alloc::string::String> {
-        let tx_end = VNIC_TX_AREA_ADDR + TX_SLOTS * SLOT_SIZE;
+        let nic = self.nics.get_mut(id).and_then(Option::as_mut)?;
+        let tx_end = VNIC_TX_AREA_ADDR + TX_SLOTS * nic.slot_size;
         if self.net.mode != TxMode::Cow || !(VNIC_TX_AREA_ADDR..tx_end).contains(&addr) {
             return Some(alloc::string::String::new());
         }
-        let nic = self.nics.get_mut(id).and_then(Option::as_mut)?;
-        let slot = ((addr - VNIC_TX_AREA_ADDR) / SLOT_SIZE) as usize;
-        let page = slot_page(slot as u64);
+        let slot = ((addr - VNIC_TX_AREA_ADDR) / nic.slot_size) as usize;
+        let (slot_addr, run, pages) = (nic.slot_addr(slot as u64), nic.slot_size, nic.slot_pages);
         let space = self.guests[id].space.as_mut().expect("a running guest has an address space");
         match nic.cow.write_fault(slot) {
             Some(WriteFault::Spurious) => {
-                super::space::set_pte_writable(nic.tx_pte[slot], true);
+                nic.set_slot_writable(slot, true);
                 self.net.counters.cow_spurious += 1;
                 None
             }
             Some(WriteFault::Copy { old }) => {
+                // The whole slot is copied, so it stays one contiguous run for the NIC.
                 let copied = crate::mm::phys::with_frames(|frames| {
-                    let new = frames.allocate()?;
-                    copy_into_page(new, 0, page_bytes(old, 0, SLOT_SIZE));
-                    match space.remap_writable(frames, page, new) {
-                        Ok(()) => Some(new),
-                        Err(_) => {
-                            let _ = frames.deallocate(new);
-                            None
+                    let new = frames.allocate_contiguous(pages, 1)?;
+                    copy_into_run(new, run, 0, run_bytes(old, run, 0, run));
+                    for page in 0..pages {
+                        if space.remap_writable(frames, slot_addr + page * PAGE, new + page * PAGE).is_err() {
+                            return None; // cannot happen: the pages were mapped at build time
                         }
                     }
+                    Some(new)
                 });
                 let Some(new) = copied else {
                     return Some(alloc::format!("no memory for a copy-on-write copy of tx slot {slot}"));
                 };
-                // The old frame now belongs to the packets in flight; freed after the last.
-                space.disown(old);
-                space.own(new);
+                // The old run now belongs to the packets in flight; freed after the last.
+                for page in 0..pages {
+                    space.disown(old + page * PAGE);
+                    space.own(new + page * PAGE);
+                }
                 nic.cow.replace(slot, new);
                 self.net.counters.cow_faults += 1;
                 None
@@ -416,17 +461,18 @@ impl NetCtx<'_> {
         for _ in 0..2 {
             {
                 let NetCtx { net, nics, sched, .. } = self;
-                let Network { nic, vswitch, sched: net_sched, fifos, pool, pool_frames, counters, .. } = &mut **net;
+                let Network { nic, vswitch, sched: net_sched, fifos, pool, pool_frames, pool_buffer_bytes, counters, .. } =
+                    &mut **net;
                 net_sched.serve(fifos, |src, packet| {
                     let len = u64::from(packet.len);
                     let (frame, guest_frame) = match packet.data {
-                        PacketData::Pool(buf) => (page_bytes(pool_frames[buf.0 as usize], 0, len), None),
+                        PacketData::Pool(buf) => (run_bytes(pool_frames[buf.0 as usize], *pool_buffer_bytes, 0, len), None),
                         PacketData::GuestFrame(r) => {
-                            if nics.get(src).is_none_or(Option::is_none) {
+                            let Some(Some(owner)) = nics.get(src) else {
                                 finished.push(((src, r), DescStatus::Done)); // its guest has ended
                                 return Ok(());
-                            }
-                            (page_bytes(r.frame, u64::from(r.offset), len), Some(r))
+                            };
+                            (run_bytes(r.frame, owner.slot_size, u64::from(r.offset), len), Some(r))
                         }
                     };
                     match vswitch.route(frame, Source::Guest(src)) {
@@ -544,9 +590,9 @@ fn deliver(nics: &mut [Option<GuestNic>], sched: &mut Scheduler, counters: &mut 
     let desc = &shared.rx[(nic.rx_consumer % RX_RING_SIZE) as usize];
     let (addr, capacity) = (desc.addr.load(Ordering::Relaxed), desc.len.load(Ordering::Relaxed));
     nic.rx_consumer = nic.rx_consumer.wrapping_add(1);
-    let status = match validate_rx(addr, capacity) {
-        Ok(buffer) if frame.len() as u64 <= buffer.capacity.min(SLOT_SIZE - buffer.offset) => {
-            copy_into_page(nic.rx_frames[buffer.slot as usize], buffer.offset, frame);
+    let status = match validate_rx_sized(addr, capacity, nic.slot_size) {
+        Ok(buffer) if frame.len() as u64 <= buffer.capacity.min(nic.slot_size - buffer.offset) => {
+            copy_into_run(nic.rx_frames[buffer.slot as usize], nic.slot_size, buffer.offset, frame);
             desc.len.store(frame.len() as u32, Ordering::Relaxed);
             counters.rx_copies += 1;
             counters.rx_packets += 1;

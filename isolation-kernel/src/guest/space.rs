@@ -114,6 +114,16 @@ impl AddressSpace {
         Ok(phys)
     }
 
+    /// A zeroed, physically contiguous run of `pages` frames owned by this guest; its base.
+    pub fn new_run(&mut self, frames: &mut FrameAllocator<'static>, pages: u64) -> Result<u64, SpaceError> {
+        let base = frames.allocate_contiguous(pages, 1).ok_or(SpaceError::OutOfMemory)?;
+        for page in 0..pages {
+            self.owned.push(base + page * PAGE);
+            zero_frame(base + page * PAGE);
+        }
+        Ok(base)
+    }
+
     /// Maps one user page. The frame's lifetime is the caller's business (owned or shared).
     pub fn map_page(
         &mut self,

@@ -101,7 +101,7 @@ impl fmt::Display for BadDescriptor {
                 write!(f, "address {addr:#x} is in the slot's {TX_HEADROOM}-byte headroom")
             }
             Self::CrossesSlot { addr, len } => {
-                write!(f, "{len} bytes at {addr:#x} cross the end of the {SLOT_SIZE}-byte slot")
+                write!(f, "{len} bytes at {addr:#x} cross the end of their slot")
             }
             Self::TooShort { len } => write!(f, "length {len} is shorter than {MIN_FRAME} bytes"),
             Self::TooLong { len } => write!(f, "length {len} is longer than the largest frame"),
@@ -109,19 +109,25 @@ impl fmt::Display for BadDescriptor {
     }
 }
 
-/// Slot and offset of `addr` within the area of `slots` slots at `base`, if it lies there.
-fn locate(addr: u64, base: u64, slots: u64) -> Option<(u64, u64)> {
+/// Slot and offset of `addr` within the area of `slots` slots of `slot_size` bytes at `base`.
+fn locate(addr: u64, base: u64, slots: u64, slot_size: u64) -> Option<(u64, u64)> {
     let within = addr.checked_sub(base)?;
-    let size = slots.checked_mul(SLOT_SIZE)?;
-    (within < size).then_some((within / SLOT_SIZE, within % SLOT_SIZE))
+    let size = slots.checked_mul(slot_size)?;
+    (within < size).then_some((within / slot_size, within % slot_size))
 }
 
-/// Checks a tx descriptor: the frame must lie in one tx slot, after its headroom, and be between
-/// [`MIN_FRAME`] and `max_frame` bytes long (`max_frame` is normally
-/// `hypercall_abi::vnic::MAX_FRAME`; a jumbo-MTU image may pass more).
+/// Checks a tx descriptor with standard-MTU slots ([`SLOT_SIZE`]); see [`validate_tx_sized`].
 pub fn validate_tx(addr: u64, len: u32, max_frame: u64) -> Result<TxFrame, BadDescriptor> {
+    validate_tx_sized(addr, len, max_frame, SLOT_SIZE)
+}
+
+/// Checks a tx descriptor: the frame must lie in one tx slot of `slot_size` bytes
+/// (`hypercall_abi::vnic::slot_size` of the guest's MTU), after its headroom, and be between
+/// [`MIN_FRAME`] and `max_frame` bytes long.
+pub fn validate_tx_sized(addr: u64, len: u32, max_frame: u64, slot_size: u64) -> Result<TxFrame, BadDescriptor> {
     let len = u64::from(len);
-    let (slot, offset) = locate(addr, VNIC_TX_AREA_ADDR, TX_SLOTS).ok_or(BadDescriptor::OutsideArea { addr })?;
+    let (slot, offset) =
+        locate(addr, VNIC_TX_AREA_ADDR, TX_SLOTS, slot_size).ok_or(BadDescriptor::OutsideArea { addr })?;
     if len < MIN_FRAME {
         return Err(BadDescriptor::TooShort { len });
     }
@@ -132,22 +138,28 @@ pub fn validate_tx(addr: u64, len: u32, max_frame: u64) -> Result<TxFrame, BadDe
         return Err(BadDescriptor::InHeadroom { addr });
     }
     match offset.checked_add(len) {
-        Some(end) if end <= SLOT_SIZE => Ok(TxFrame { slot, offset, len }),
+        Some(end) if end <= slot_size => Ok(TxFrame { slot, offset, len }),
         _ => Err(BadDescriptor::CrossesSlot { addr, len }),
     }
 }
 
-/// Checks an rx descriptor: the buffer must lie in one rx slot and hold at least an Ethernet
-/// header ([`MIN_FRAME`]). A buffer smaller than an arriving frame is the guest's loss, decided
-/// when a frame arrives, not here.
+/// Checks an rx descriptor with standard-MTU buffers; see [`validate_rx_sized`].
 pub fn validate_rx(addr: u64, capacity: u32) -> Result<RxBuffer, BadDescriptor> {
+    validate_rx_sized(addr, capacity, SLOT_SIZE)
+}
+
+/// Checks an rx descriptor: the buffer must lie in one rx slot of `slot_size` bytes and hold at
+/// least an Ethernet header ([`MIN_FRAME`]). A buffer smaller than an arriving frame is the
+/// guest's loss, decided when a frame arrives, not here.
+pub fn validate_rx_sized(addr: u64, capacity: u32, slot_size: u64) -> Result<RxBuffer, BadDescriptor> {
     let capacity = u64::from(capacity);
-    let (slot, offset) = locate(addr, VNIC_RX_AREA_ADDR, RX_SLOTS).ok_or(BadDescriptor::OutsideArea { addr })?;
+    let (slot, offset) =
+        locate(addr, VNIC_RX_AREA_ADDR, RX_SLOTS, slot_size).ok_or(BadDescriptor::OutsideArea { addr })?;
     if capacity < MIN_FRAME {
         return Err(BadDescriptor::TooShort { len: capacity });
     }
     match offset.checked_add(capacity) {
-        Some(end) if end <= SLOT_SIZE => Ok(RxBuffer { slot, offset, capacity }),
+        Some(end) if end <= slot_size => Ok(RxBuffer { slot, offset, capacity }),
         _ => Err(BadDescriptor::CrossesSlot { addr, len: capacity }),
     }
 }
@@ -156,6 +168,22 @@ pub fn validate_rx(addr: u64, capacity: u32) -> Result<RxBuffer, BadDescriptor> 
 mod tests {
     use super::*;
     use alloc::string::ToString;
+
+    #[test]
+    fn jumbo_slots_hold_jumbo_frames_and_nothing_more() {
+        use hypercall_abi::vnic::{max_frame, slot_size, tx_slot_addr_for, MAX_MTU};
+        let (size, max) = (slot_size(MAX_MTU), max_frame(MAX_MTU));
+        let slot5 = tx_slot_addr_for(5, size) + TX_HEADROOM;
+        assert_eq!(validate_tx_sized(slot5, max as u32, max, size), Ok(TxFrame { slot: 5, offset: TX_HEADROOM, len: max }));
+        assert_eq!(validate_tx_sized(slot5, max as u32 + 1, max, size), Err(BadDescriptor::TooLong { len: max + 1 }));
+        // The standard check refuses the same frame: it crosses a 4 KiB slot.
+        assert!(validate_tx(slot5, 5000, max).is_err());
+        let last = tx_slot_addr_for(TX_SLOTS, size);
+        assert_eq!(validate_tx_sized(last, 100, max, size), Err(BadDescriptor::OutsideArea { addr: last }));
+        let rx = hypercall_abi::vnic::rx_buffer_addr_for(31, size);
+        assert_eq!(validate_rx_sized(rx, size as u32, size), Ok(RxBuffer { slot: 31, offset: 0, capacity: size }));
+        assert!(validate_rx_sized(rx + 8, size as u32, size).is_err());
+    }
     use hypercall_abi::vnic::{rx_buffer_addr, tx_slot_addr, MAX_FRAME, RX_RING_SIZE, TX_RING_SIZE};
 
     const TX_END: u64 = VNIC_TX_AREA_ADDR + TX_SLOTS * SLOT_SIZE;

@@ -20,7 +20,9 @@ pub mod pool;
 pub mod vswitch;
 
 pub use counters::NetCounters;
-pub use desc::{pending, validate_rx, validate_tx, BadDescriptor, BadIndex, RxBuffer, TxFrame};
+pub use desc::{
+    pending, validate_rx, validate_rx_sized, validate_tx, validate_tx_sized, BadDescriptor, BadIndex, RxBuffer, TxFrame,
+};
 pub use fifo::{GuestFrameRef, Packet, PacketData, TxFifo};
 pub use netsched::NetScheduler;
 pub use pool::{BufId, PacketPool, PoolError};
