@@ -177,8 +177,10 @@ pub fn boot(
         return format!("{CONFIG_FILE} names no guests");
     }
 
-    let max_mtu = specs.iter().filter_map(|s| s.net).map(|n| u64::from(n.mtu)).max().unwrap_or(hypercall_abi::vnic::MTU);
-    let physical_nic = crate::kernel::probe_nic(hypercall_abi::vnic::max_frame(max_mtu));
+    let max_mtu = specs.iter().filter_map(|s| s.net).map(|n| u64::from(n.mtu)).max();
+    // No guest with a NIC: no physical NIC, no packet buffers.
+    let physical_nic = max_mtu.and_then(|mtu| crate::kernel::probe_nic(hypercall_abi::vnic::max_frame(mtu)));
+    let max_mtu = max_mtu.unwrap_or(0);
     log::info!("transmit path: {tx_mode:?}; largest MTU {max_mtu}");
     let network = with_frames(|frames| net::Network::new(physical_nic, tx_mode, max_mtu, frames));
     let mut g = Guests {

@@ -178,11 +178,13 @@ fn run_bytes<'p>(phys: u64, run: u64, offset: u64, len: u64) -> &'p [u8] {
 }
 
 impl Network {
-    /// The network for guests whose largest MTU is `max_mtu` (sizing the pool's buffers).
+    /// The network for guests whose largest MTU is `max_mtu` (sizing the pool's buffers; 0 when
+    /// no guest has a NIC, and then there are no buffers).
     pub fn new(nic: Option<VirtioNet>, mode: TxMode, max_mtu: u64, frames: &mut FrameAllocator<'static>) -> Network {
         let pool_buffer_bytes = max_frame(max_mtu).next_multiple_of(PAGE);
-        let mut pool_frames = Vec::with_capacity(POOL_BUFFERS as usize);
-        for _ in 0..POOL_BUFFERS {
+        let buffers = if max_mtu == 0 { 0 } else { POOL_BUFFERS };
+        let mut pool_frames = Vec::with_capacity(buffers as usize);
+        for _ in 0..buffers {
             match frames.allocate_contiguous(pool_buffer_bytes / PAGE, 1) {
                 Some(phys) => pool_frames.push(phys),
                 None => break,
