@@ -3,14 +3,16 @@
 //! kernel's transmit path per packet: the kernel stamps each doorbell (see the `kick` line it
 //! prints at the end). Exits 0 when every frame was taken.
 //!
-//! Arguments: `size=BYTES` (frame length, 60..=1514), `count=N`, `port=N`.
+//! Arguments: `size=BYTES` (frame length, 60 up to the MTU plus 14), `count=N`, `port=N`.
 
 #![no_std]
 #![no_main]
 
 use core::sync::atomic::Ordering::{Acquire, Release};
 use guest_os::{println, vi, Env};
-use hypercall_abi::vnic::{tx_slot_addr, DescStatus, VnicShared, MAX_FRAME, TX_HEADROOM, TX_RING_SIZE, TX_SLOTS};
+use hypercall_abi::vnic::{
+    max_frame, slot_size, tx_slot_addr_for, DescStatus, VnicShared, MAX_MTU, TX_HEADROOM, TX_RING_SIZE, TX_SLOTS,
+};
 use hypercall_abi::layout::VNIC_SHARED_ADDR;
 
 const HOST_MAC: [u8; 6] = [0x52, 0x55, 0x0a, 0x00, 0x02, 0x02];
@@ -20,13 +22,14 @@ fn main(env: &Env) -> i32 {
         println!("tx-flood needs a virtual NIC (net = true)");
         return 2;
     };
-    let size: usize = env.arg("size").and_then(|s| s.parse().ok()).unwrap_or(100).clamp(60, MAX_FRAME as usize);
+    let mtu = u64::from(net.mtu);
+    let size: usize = env.arg("size").and_then(|s| s.parse().ok()).unwrap_or(100).clamp(60, max_frame(mtu) as usize);
     let count: u32 = env.arg("count").and_then(|s| s.parse().ok()).unwrap_or(10_000);
     let port: u16 = env.arg("port").and_then(|s| s.parse().ok()).unwrap_or(9);
     // SAFETY: the kernel maps the shared page at this address for guests with a NIC; this app is
     // its only user.
     let shared = unsafe { &*(VNIC_SHARED_ADDR as *const VnicShared) };
-    let mut frame = [0u8; MAX_FRAME as usize];
+    let mut frame = [0u8; max_frame(MAX_MTU) as usize];
     frame[0..6].copy_from_slice(&HOST_MAC);
     frame[6..12].copy_from_slice(&net.mac);
     frame[12..14].copy_from_slice(&[0x08, 0x00]);
@@ -58,7 +61,7 @@ fn main(env: &Env) -> i32 {
             vi::idle_until(guest_os::time::ticks() + guest_os::time::tsc_hz() / 20);
         }
         let slot = u64::from(index) % TX_SLOTS;
-        let at = tx_slot_addr(slot) + TX_HEADROOM;
+        let at = tx_slot_addr_for(slot, slot_size(mtu)) + TX_HEADROOM;
         // SAFETY: a slot of the tx area, mapped read-write, whose previous packet completed.
         unsafe { core::ptr::copy_nonoverlapping(frame.as_ptr(), at as *mut u8, size) };
         let desc = &shared.tx[(index % TX_RING_SIZE) as usize];
