@@ -58,11 +58,11 @@ pub fn open(config: Option<NetConfig>) -> Option<Net> {
     if OPENED.swap(true, Ordering::AcqRel) {
         return None;
     }
+    // Slots are sized for the MTU in the boot info: the kernel mapped them the same way.
+    let slot = slot_size(u64::from(config.mtu));
     // SAFETY: the kernel maps the shared page and both areas read-write at these fixed
     // addresses in every guest with a NIC (`config` is only present then), for the guest's whole
     // life; OPENED makes these the only references ever made to them in this guest.
-    // Slots are sized for the MTU in the boot info: the kernel mapped them the same way.
-    let slot = slot_size(u64::from(config.mtu));
     let (shared, tx_area, rx_area) = unsafe {
         (
             &*(VNIC_SHARED_ADDR as *const VnicShared),
