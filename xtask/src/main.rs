@@ -1,5 +1,6 @@
 //! `cargo xtask`: build, run and test the isolation kernel and its images.
 
+mod bench;
 mod checks;
 mod initrd;
 mod manifest;
@@ -37,6 +38,19 @@ enum Cmd {
     /// Boot an image in QEMU; the console is this terminal (Ctrl-C ends QEMU).
     Run(RunArgs),
     /// Host unit tests, then the QEMU integration tests. Exit status 0 only if all pass.
+    /// Benchmarks; results under target/bench/.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCmd,
+    },
+    /// The echo benchmark's load generator (run inside the tap namespace by `bench echo`).
+    #[command(hide = true)]
+    BenchClient {
+        #[arg(long, value_delimiter = ',')]
+        peers: Vec<std::net::SocketAddr>,
+        #[arg(long)]
+        quick: bool,
+    },
     /// Check a UDP echo server: one random datagram of each test size, every byte compared.
     #[command(hide = true)]
     UdpProbe {
@@ -81,6 +95,16 @@ impl TxMode {
             TxMode::Cow => "cow",
         }
     }
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// UDP echo latency and throughput from the host, copy vs COW, 1 and 4 guests.
+    Echo {
+        /// A few packets per cell (a smoke run).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -138,6 +162,12 @@ fn real_main() -> Result<()> {
         Cmd::Run(args) => run(args),
         Cmd::Test { filter, qemu_only } => tests::run_all(filter.as_deref(), qemu_only),
         Cmd::UdpProbe { peer, sizes } => udp::probe(peer, &sizes),
+        Cmd::Bench { which: BenchCmd::Echo { quick } } => bench::echo(if quick { bench::QUICK } else { bench::FULL }).map(|_| ()),
+        Cmd::BenchClient { peers, quick } => {
+            let rows = bench::measure(&peers, if quick { bench::QUICK } else { bench::FULL })?;
+            print!("{}", bench::rows_to_lines(&rows));
+            Ok(())
+        }
     }
 }
 

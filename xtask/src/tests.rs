@@ -60,6 +60,7 @@ const QEMU_TESTS: &[QemuTest] = &[
     QemuTest { name: "vnic_bad_descriptors_rejected_copy_tcg", run: |ctx| vnic_bad_descriptors(ctx, TxMode::Copy) },
     QemuTest { name: "vnic_bad_descriptors_rejected_cow_tcg", run: |ctx| vnic_bad_descriptors(ctx, TxMode::Cow) },
     QemuTest { name: "cow_rewrite_in_flight_tcg", run: cow_rewrite_in_flight },
+    QemuTest { name: "bench_echo_smoke", run: bench_echo_smoke },
     QemuTest { name: "udp_echo_tap_network_copy_tcg", run: |ctx| udp_echo_tap_network(ctx, TxMode::Copy, "udp-echo", &udp::TEST_SIZES) },
     QemuTest { name: "udp_echo_tap_network_cow_tcg", run: |ctx| udp_echo_tap_network(ctx, TxMode::Cow, "udp-echo", &udp::TEST_SIZES) },
     QemuTest { name: "udp_jumbo_tap_network_copy_tcg", run: |ctx| udp_echo_tap_network(ctx, TxMode::Copy, "udp-echo-jumbo", &udp::JUMBO_TEST_SIZES) },
@@ -514,5 +515,29 @@ fn cow_rewrite_in_flight(ctx: &Ctx) -> TestResult {
     let faults = stats.get("cow_faults").copied().unwrap_or(0);
     check(&outcome, faults >= 1, || format!("no COW fault was counted: {stats:?}"))?;
     check(&outcome, stats.get("tx_bytes_copied") == Some(&0), || format!("the COW path copied: {stats:?}"))?;
+    Ok(Verdict::Pass)
+}
+
+/// `cargo xtask bench echo --quick`: every cell present, with numbers that mean something.
+fn bench_echo_smoke(_ctx: &Ctx) -> TestResult {
+    let json = crate::bench::echo(crate::bench::QUICK).map_err(|e| failure(format!("bench echo: {e:#}"), String::new()))?;
+    let text = std::fs::read_to_string(&json).map_err(|e| failure(e.to_string(), String::new()))?;
+    for mode in ["copy", "cow"] {
+        for size in crate::bench::SIZES {
+            for guests in crate::bench::GUEST_COUNTS {
+                let cell = format!("\"mode\": \"{mode}\", \"size\": {size}, \"guests\": {guests},");
+                let line = text.lines().find(|l| l.contains(&cell));
+                let positive = |key: &str| {
+                    line.and_then(|l| l.split(&format!("\"{key}\": ")).nth(1))
+                        .and_then(|v| v.split([',', '}']).next())
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                        .is_some_and(|v| v > 0.0)
+                };
+                if !(positive("rtt_p50_us") && positive("echoes_per_second") && positive("received")) {
+                    return Err(failure(format!("cell {cell} missing or empty in {}", json.display()), text));
+                }
+            }
+        }
+    }
     Ok(Verdict::Pass)
 }

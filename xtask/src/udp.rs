@@ -128,3 +128,112 @@ mod tests {
         assert_eq!((report.intact, report.corrupted, report.lost, report.retries), (2, 1, 0, 1), "{report:?}");
     }
 }
+
+/// Round-trip times of `count` sequential datagrams of `size` bytes (a lost one is counted, not
+/// timed, and the next is sent after the timeout).
+pub fn latency(peer: SocketAddr, size: usize, count: usize, timeout: Duration) -> Result<(Vec<Duration>, usize)> {
+    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    socket.set_read_timeout(Some(timeout))?;
+    let data = random_bytes(size as u64, size);
+    let mut buf = vec![0u8; 65536];
+    let (mut rtts, mut lost) = (Vec::with_capacity(count), 0);
+    for _ in 0..count {
+        let start = Instant::now();
+        socket.send_to(&data, peer)?;
+        loop {
+            match socket.recv_from(&mut buf) {
+                Ok((len, from)) if from == peer && buf[..len] == data[..] => {
+                    rtts.push(start.elapsed());
+                    break;
+                }
+                Ok(_) => continue,
+                Err(_) => {
+                    lost += 1;
+                    break;
+                }
+            }
+        }
+    }
+    Ok((rtts, lost))
+}
+
+/// What a throughput run counted.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Throughput {
+    pub sent: u64,
+    pub received: u64,
+    pub seconds: f64,
+}
+
+impl Throughput {
+    pub fn echoes_per_second(&self) -> f64 {
+        self.received as f64 / self.seconds
+    }
+}
+
+/// Saturates each peer with a closed loop of `window` outstanding datagrams for `duration`,
+/// one thread per peer; a window that times out counts its datagrams as lost and restarts.
+pub fn throughput(peers: &[SocketAddr], size: usize, duration: Duration, window: usize) -> Result<Throughput> {
+    let start = Instant::now();
+    let seconds = duration.as_secs_f64();
+    let results: Vec<Result<(u64, u64)>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = peers
+            .iter()
+            .map(|&peer| {
+                scope.spawn(move || -> Result<(u64, u64)> {
+                    let socket = UdpSocket::bind("0.0.0.0:0")?;
+                    socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+                    let data = random_bytes(size as u64 + 7, size);
+                    let mut buf = vec![0u8; 65536];
+                    let (mut sent, mut received, mut outstanding) = (0u64, 0u64, 0usize);
+                    let end = Instant::now() + duration;
+                    while Instant::now() < end {
+                        while outstanding < window {
+                            socket.send_to(&data, peer)?;
+                            sent += 1;
+                            outstanding += 1;
+                        }
+                        match socket.recv_from(&mut buf) {
+                            Ok((len, from)) if from == peer && len == size => {
+                                received += 1;
+                                outstanding -= 1;
+                            }
+                            Ok(_) => {}
+                            Err(_) => outstanding = 0,
+                        }
+                    }
+                    // Collect the echoes still in flight, so only real losses count as lost.
+                    while outstanding > 0 {
+                        match socket.recv_from(&mut buf) {
+                            Ok((len, from)) if from == peer && len == size => {
+                                received += 1;
+                                outstanding -= 1;
+                            }
+                            Ok(_) => {}
+                            Err(_) => break,
+                        }
+                    }
+                    Ok((sent, received))
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap_or_else(|_| Err(anyhow::anyhow!("worker panicked")))).collect()
+    });
+    // The rate counts the saturation period only, not the drain after it.
+    let _ = start;
+    let mut total = Throughput { seconds, ..Throughput::default() };
+    for result in results {
+        let (sent, received) = result?;
+        total.sent += sent;
+        total.received += received;
+    }
+    Ok(total)
+}
+
+/// The `p`-th percentile (0..=100) of sorted durations, in microseconds.
+pub fn percentile_us(sorted: &[Duration], p: usize) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[(sorted.len() - 1) * p / 100].as_secs_f64() * 1e6
+}
