@@ -203,6 +203,13 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
         }
     }
 
+    /// The vNIC under the stack, for host harnesses that play the kernel's side.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn device_mut(&mut self) -> &mut Vnic<'a, D> {
+        &mut self.device
+    }
+
     pub fn vnic_counters(&self) -> VnicCounters {
         self.device.counters()
     }

@@ -4,6 +4,7 @@ mod bench;
 mod checks;
 mod initrd;
 mod manifest;
+mod native;
 mod pack;
 mod qemu;
 mod tapnet;
@@ -99,6 +100,8 @@ impl TxMode {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// The host-native stages in real TSC ticks: guest stack and driver, kernel portable logic.
+    Native,
     /// UDP echo latency and throughput from the host, copy vs COW, 1 and 4 guests.
     Echo {
         /// A few packets per cell (a smoke run).
@@ -162,6 +165,7 @@ fn real_main() -> Result<()> {
         Cmd::Run(args) => run(args),
         Cmd::Test { filter, qemu_only } => tests::run_all(filter.as_deref(), qemu_only),
         Cmd::UdpProbe { peer, sizes } => udp::probe(peer, &sizes),
+        Cmd::Bench { which: BenchCmd::Native } => native::run().map(|_| ()),
         Cmd::Bench { which: BenchCmd::Echo { quick } } => bench::echo(if quick { bench::QUICK } else { bench::FULL }).map(|_| ()),
         Cmd::BenchClient { peers, quick } => {
             let rows = bench::measure(&peers, if quick { bench::QUICK } else { bench::FULL })?;
