@@ -185,9 +185,9 @@ pub fn echo(load: Load) -> Result<std::path::PathBuf> {
 fn echo_json(rows: &[EchoRow], network: &str) -> String {
     let mut out = format!("{{\"accel\": \"tcg\", \"unit\": \"wall-clock\", \"network\": \"{network}\", \"results\": [\n");
     for (i, r) in rows.iter().enumerate() {
-        let _ = write!(
+        let _ = writeln!(
             out,
-            "  {{\"mode\": \"{}\", \"size\": {}, \"guests\": {}, \"rtt_p50_us\": {:.1}, \"rtt_p99_us\": {:.1}, \"echoes_per_second\": {:.1}, \"sent\": {}, \"received\": {}, \"lost\": {}}}{}\n",
+            "  {{\"mode\": \"{}\", \"size\": {}, \"guests\": {}, \"rtt_p50_us\": {:.1}, \"rtt_p99_us\": {:.1}, \"echoes_per_second\": {:.1}, \"sent\": {}, \"received\": {}, \"lost\": {}}}{}",
             r.mode,
             r.size,
             r.guests,

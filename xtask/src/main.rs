@@ -1,5 +1,6 @@
 //! `cargo xtask`: build, run and test the isolation kernel and its images.
 
+mod baseline;
 mod bench;
 mod checks;
 mod initrd;
@@ -102,6 +103,13 @@ impl TxMode {
 enum BenchCmd {
     /// The host-native stages in real TSC ticks: guest stack and driver, kernel portable logic.
     Native,
+    /// Our udp-echo guests against a Linux VM (Debian's kernel) in the same QEMU: boot to
+    /// first echo, latency, throughput, and the ratios.
+    Baseline {
+        /// Fewer packets per cell.
+        #[arg(long)]
+        quick: bool,
+    },
     /// UDP echo latency and throughput from the host, copy vs COW, 1 and 4 guests.
     Echo {
         /// A few packets per cell (a smoke run).
@@ -166,6 +174,9 @@ fn real_main() -> Result<()> {
         Cmd::Test { filter, qemu_only } => tests::run_all(filter.as_deref(), qemu_only),
         Cmd::UdpProbe { peer, sizes } => udp::probe(peer, &sizes),
         Cmd::Bench { which: BenchCmd::Native } => native::run().map(|_| ()),
+        Cmd::Bench { which: BenchCmd::Baseline { quick } } => {
+            baseline::run_baseline(if quick { bench::QUICK } else { bench::FULL }).map(|_| ())
+        }
         Cmd::Bench { which: BenchCmd::Echo { quick } } => bench::echo(if quick { bench::QUICK } else { bench::FULL }).map(|_| ()),
         Cmd::BenchClient { peers, quick } => {
             let rows = bench::measure(&peers, if quick { bench::QUICK } else { bench::FULL })?;

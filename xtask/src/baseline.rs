@@ -1,0 +1,192 @@
+//! `cargo xtask bench baseline`: the same measurements against a Linux VM in the same QEMU
+//! (accelerator, `pc` machine, legacy virtio-net, user network): Debian's kernel
+//! (`linux-image-amd64`, fetched with `apt-get download`) and an initramfs whose `/init` is a
+//! static C program (`linux-baseline/echo-init.c`) that loads the virtio-net modules, configures
+//! eth0 and serves UDP echo on port 7. Reports the time from QEMU start to the first echo
+//! answered and the echo figures for both, with the ratio.
+
+use crate::bench::{self, EchoRow, Load};
+use crate::initrd::CpioWriter;
+use crate::manifest::NetPlan;
+use crate::pack::{self, Artifacts};
+use crate::qemu::{Accel, NetBackend, QemuConfig, Session, QEMU};
+use anyhow::{bail, Context, Result};
+use std::fmt::Write as _;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Modules `/init` loads, in dependency order (see `modinfo -F depends`).
+const MODULES: [&str; 8] = [
+    "drivers/virtio/virtio_ring",
+    "drivers/virtio/virtio",
+    "drivers/virtio/virtio_pci_legacy_dev",
+    "drivers/virtio/virtio_pci_modern_dev",
+    "drivers/virtio/virtio_pci",
+    "net/core/failover",
+    "drivers/net/net_failover",
+    "drivers/net/virtio_net",
+];
+const LINUX_IP: [u8; 4] = [10, 0, 2, 15];
+
+fn run(cmd: &mut Command, what: &str) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        bail!("{what} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The Linux kernel and initramfs, fetched and built once under `target/linux-baseline/`.
+fn prepare() -> Result<(PathBuf, PathBuf)> {
+    let dir = pack::workspace_root().join("target/linux-baseline");
+    std::fs::create_dir_all(&dir)?;
+    let initramfs = dir.join("initramfs.cpio");
+    let root = dir.join("root");
+    let existing = std::fs::read_dir(root.join("boot")).ok().and_then(|mut d| {
+        d.find_map(|e| e.ok().map(|e| e.path()).filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))))
+    });
+    let kernel = match existing {
+        Some(kernel) => kernel,
+        None => {
+            let depends = run(Command::new("apt-cache").args(["depends", "linux-image-amd64"]), "apt-cache depends")?;
+            let package = depends
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("Depends: ").filter(|p| p.starts_with("linux-image-")))
+                .context("linux-image-amd64 names no kernel package (run apt-get update?)")?
+                .to_string();
+            run(Command::new("apt-get").current_dir(&dir).args(["download", &package]), "apt-get download")?;
+            let deb = std::fs::read_dir(&dir)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| p.extension().is_some_and(|x| x == "deb"))
+                .context("the downloaded .deb is missing")?;
+            run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root), "dpkg-deb -x")?;
+            std::fs::remove_file(&deb)?;
+            std::fs::read_dir(root.join("boot"))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+                .context("no vmlinuz in the kernel package")?
+        }
+    };
+    let version = kernel.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("vmlinuz-")).context("kernel name")?.to_string();
+    let init = dir.join("echo-init");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("linux-baseline/echo-init.c");
+    run(Command::new("gcc").args(["-static", "-O2", "-o"]).arg(&init).arg(&source), "gcc -static (the baseline's /init)")?;
+    let mut archive = CpioWriter::default();
+    archive.add("lib", &[], 0o040755);
+    archive.add("init", &std::fs::read(&init)?, 0o100755);
+    let modules = root.join("lib/modules").join(&version).join("kernel");
+    for module in MODULES {
+        let path = modules.join(format!("{module}.ko"));
+        let name = Path::new(module).file_name().and_then(|n| n.to_str()).context("module name")?;
+        archive.add(&format!("lib/{name}.ko"), &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?, 0o100644);
+    }
+    std::fs::write(&initramfs, archive.finish())?;
+    Ok((kernel, initramfs))
+}
+
+/// Sends a datagram every 20 ms until one is echoed; the time since `start`.
+fn first_echo(peer: SocketAddr, start: Instant, limit: Duration) -> Result<Duration> {
+    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    socket.set_read_timeout(Some(Duration::from_millis(20)))?;
+    let mut buf = [0u8; 64];
+    while start.elapsed() < limit {
+        socket.send_to(b"first", peer)?;
+        if let Ok((len, _)) = socket.recv_from(&mut buf) {
+            if &buf[..len] == b"first" {
+                return Ok(start.elapsed());
+            }
+        }
+    }
+    bail!("no echo within {limit:?}")
+}
+
+struct Measured {
+    boot_to_first_echo: Duration,
+    rows: Vec<EchoRow>,
+}
+
+fn measure_ours(artifacts: &Artifacts, load: Load, base: u16) -> Result<Measured> {
+    let image = pack::pack_image("udp-echo", artifacts, NetPlan::USER)?;
+    let guests: Vec<_> = image.guests.iter().filter_map(|g| g.net).collect();
+    let forwards = guests.iter().enumerate().map(|(i, n)| (base + i as u16, n.ipv4, 7)).collect();
+    let config = QemuConfig {
+        kernel: &image.kernel,
+        initrd: image.initrd.as_deref(),
+        accel: Accel::Tcg,
+        memory_mib: image.manifest.kernel.memory_mib,
+        append: "log=warn shutdown_after=600 tx=copy".into(),
+        gdb: false,
+        icount: false,
+        net: Some(NetBackend::User { forwards }),
+        pcap: None,
+        netns: None,
+    };
+    let start = Instant::now();
+    let mut session = Session::start(config.command(), Duration::from_secs(600), false)?;
+    let peer0 = SocketAddr::from(([127, 0, 0, 1], base));
+    let boot_to_first_echo = first_echo(peer0, start, Duration::from_secs(60))?;
+    let peers: Vec<SocketAddr> = (0..guests.len()).map(|i| SocketAddr::from(([127, 0, 0, 1], base + i as u16))).collect();
+    let rows = bench::measure(&peers, load)?;
+    session.request_quit();
+    session.finish()?;
+    Ok(Measured { boot_to_first_echo, rows })
+}
+
+fn measure_linux(kernel: &Path, initramfs: &Path, load: Load, base: u16) -> Result<Measured> {
+    let [a, b, c, d] = LINUX_IP;
+    let mut netdev = String::from("user,id=net0,net=10.0.2.0/24");
+    for i in 0..4u16 {
+        // Four host ports to the one Linux server: the "4 guests" cells load it from 4 streams.
+        let _ = write!(netdev, ",hostfwd=udp:127.0.0.1:{}-{a}.{b}.{c}.{d}:7", base + i);
+    }
+    let mut cmd = Command::new(QEMU);
+    cmd.args(["-M", "pc", "-nodefaults", "-no-reboot", "-display", "none", "-monitor", "none"]);
+    if Path::new("/usr/share/qemu/qboot.rom").exists() {
+        cmd.args(["-bios", "/usr/share/qemu/qboot.rom"]);
+    }
+    cmd.args(["-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "256M", "-serial", "stdio"]);
+    cmd.arg("-kernel").arg(kernel).arg("-initrd").arg(initramfs);
+    cmd.args(["-append", &format!("console=ttyS0 quiet ik.ip={a}.{b}.{c}.{d}")]);
+    cmd.arg("-netdev").arg(netdev);
+    cmd.args(["-device", "virtio-net-pci,netdev=net0,disable-modern=on,romfile=,mac=52:54:00:12:34:57"]);
+    let start = Instant::now();
+    let session = Session::start(cmd, Duration::from_secs(600), false)?;
+    let boot_to_first_echo = first_echo(SocketAddr::from(([127, 0, 0, 1], base)), start, Duration::from_secs(120))
+        .with_context(|| format!("the Linux VM never echoed; its console:\n{}", session.log()))?;
+    let peers: Vec<SocketAddr> = (0..4).map(|i| SocketAddr::from(([127, 0, 0, 1], base + i))).collect();
+    let rows = bench::measure(&peers, load)?;
+    drop(session); // killed: the Linux VM has no clean way out here
+    Ok(Measured { boot_to_first_echo, rows })
+}
+
+pub fn run_baseline(load: Load) -> Result<PathBuf> {
+    let (kernel, initramfs) = prepare()?;
+    let artifacts = Artifacts::build()?;
+    let base = 22_000 + (std::process::id() % 1_000) as u16 * 8;
+    let ours = measure_ours(&artifacts, load, base)?;
+    let linux = measure_linux(&kernel, &initramfs, load, base + 4)?;
+    println!("ours vs a Linux VM, same QEMU (TCG, pc, legacy virtio-net, user network), wall clock, one run:");
+    println!("{:<40} {:>12} {:>12} {:>8}", "figure", "ours", "linux", "ratio");
+    let mut json = String::from("{\"accel\": \"tcg\", \"network\": \"user\", \"unit\": \"wall-clock\", \"results\": [\n");
+    let mut line = |name: String, ours: f64, linux: f64| {
+        println!("{name:<40} {ours:>12.1} {linux:>12.1} {:>8.2}", ours / linux);
+        let _ = writeln!(json, "  {{\"figure\": \"{name}\", \"ours\": {ours:.1}, \"linux\": {linux:.1}, \"ratio\": {:.3}}},", ours / linux);
+    };
+    line("boot to first echo (ms)".into(), ours.boot_to_first_echo.as_secs_f64() * 1e3, linux.boot_to_first_echo.as_secs_f64() * 1e3);
+    for (o, l) in ours.rows.iter().zip(&linux.rows) {
+        // Latency is measured once per size (one stream); print it with the 1-stream row.
+        if o.guests == 1 {
+            line(format!("rtt p50 us, {} B", o.size), o.rtt_p50_us, l.rtt_p50_us);
+            line(format!("rtt p99 us, {} B", o.size), o.rtt_p99_us, l.rtt_p99_us);
+        }
+        line(format!("echoes/s, {} B, {} stream(s)", o.size, o.guests), o.echoes_per_second, l.echoes_per_second);
+    }
+    let json = json.trim_end_matches(",\n").to_string() + "\n]}\n";
+    let path = pack::workspace_root().join("target/bench/baseline.json");
+    std::fs::create_dir_all(path.parent().expect("target/bench"))?;
+    std::fs::write(&path, json)?;
+    println!("wrote {} (our figures: 4 guests, one per stream; Linux: one VM serving every stream)", path.display());
+    Ok(path)
+}
