@@ -112,16 +112,8 @@ fn measure_ours(artifacts: &Artifacts, load: Load, base: u16) -> Result<Measured
     let guests: Vec<_> = image.guests.iter().filter_map(|g| g.net).collect();
     let forwards = guests.iter().enumerate().map(|(i, n)| (base + i as u16, n.ipv4, 7)).collect();
     let config = QemuConfig {
-        kernel: &image.kernel,
-        initrd: image.initrd.as_deref(),
-        accel: Accel::Tcg,
-        memory_mib: image.manifest.kernel.memory_mib,
-        append: "log=warn shutdown_after=600 tx=copy".into(),
-        gdb: false,
-        icount: false,
         net: Some(NetBackend::User { forwards }),
-        pcap: None,
-        netns: None,
+        ..QemuConfig::for_image(&image, Accel::Tcg, "log=warn shutdown_after=600 tx=copy".into())
     };
     let start = Instant::now();
     let mut session = Session::start(config.command(), Duration::from_secs(600), false)?;

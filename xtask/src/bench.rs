@@ -107,16 +107,9 @@ fn run_mode(artifacts: &Artifacts, tx: TxMode, load: Load, namespace: Option<&Ta
         None => NetBackend::User { forwards: guests.iter().enumerate().map(|(i, n)| (base + i as u16, n.ipv4, 7)).collect() },
     };
     let config = QemuConfig {
-        kernel: &image.kernel,
-        initrd: image.initrd.as_deref(),
-        accel: Accel::Tcg,
-        memory_mib: image.manifest.kernel.memory_mib,
-        append: format!("log=info shutdown_after=600 tx={}", tx.name()),
-        gdb: false,
-        icount: false,
         net: Some(net),
-        pcap: None,
         netns: namespace.map(|ns| ns.name.as_str()),
+        ..QemuConfig::for_image(&image, Accel::Tcg, format!("log=info shutdown_after=600 tx={}", tx.name()))
     };
     let mut session = Session::start(config.command(), Duration::from_secs(600), false)?;
     if !session.wait_for(Duration::from_secs(60), |log| log.matches("udp-echo listening on").count() >= guests.len()) {

@@ -88,7 +88,23 @@ pub struct QemuConfig<'a> {
     pub netns: Option<&'a str>,
 }
 
-impl QemuConfig<'_> {
+impl<'a> QemuConfig<'a> {
+    /// A plain TCG-or-KVM run of a packed image: no NIC, no debugger, no icount.
+    pub fn for_image(image: &'a crate::pack::Image, accel: Accel, append: String) -> Self {
+        QemuConfig {
+            kernel: &image.kernel,
+            initrd: image.initrd.as_deref(),
+            accel,
+            memory_mib: image.manifest.kernel.memory_mib,
+            append,
+            gdb: false,
+            icount: false,
+            net: None,
+            pcap: None,
+            netns: None,
+        }
+    }
+
     pub fn command(&self) -> Command {
         let mut cmd = match self.netns {
             Some(ns) => {

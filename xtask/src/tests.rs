@@ -132,16 +132,10 @@ fn start_networked_pcap(
     timeout: Duration,
 ) -> std::result::Result<Session, Failure> {
     let config = QemuConfig {
-        kernel: &image.kernel,
-        initrd: image.initrd.as_deref(),
-        accel: Accel::Tcg,
-        memory_mib: image.manifest.kernel.memory_mib,
-        append: format!("log=info shutdown_after=300 tx={}", tx.name()),
-        gdb: false,
-        icount: false,
         net: Some(net),
         pcap,
         netns,
+        ..QemuConfig::for_image(image, Accel::Tcg, format!("log=info shutdown_after=300 tx={}", tx.name()))
     };
     Session::start(config.command(), timeout, false).map_err(|e| failure(format!("{e:#}"), String::new()))
 }
@@ -161,18 +155,7 @@ fn host_port_base() -> u16 {
 }
 
 fn boot(image: &Image, accel: Accel, append: &str, timeout: Duration) -> std::result::Result<Outcome, Failure> {
-    let config = QemuConfig {
-        kernel: &image.kernel,
-        initrd: image.initrd.as_deref(),
-        accel,
-        memory_mib: image.manifest.kernel.memory_mib,
-        append: append.to_string(),
-        gdb: false,
-        icount: false,
-        net: None,
-        pcap: None,
-        netns: None,
-    };
+    let config = QemuConfig::for_image(image, accel, append.to_string());
     qemu::run_captured(config.command(), timeout, false)
         .map_err(|e| Failure { reason: format!("{e:#}"), log: String::new() })
 }
