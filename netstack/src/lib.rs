@@ -43,6 +43,27 @@ pub trait Platform {
     fn idle_until(&mut self, deadline: Option<Instant>);
 }
 
+/// Sends a gratuitous ARP (a request for our own address): neighbours, QEMU's user network
+/// among them, learn our MAC at once instead of asking for it, and an ARP request that reached
+/// us before our receive buffers were posted costs no retry timeout.
+fn announce<D: Doorbell>(device: &mut Vnic<'_, D>, mac: [u8; 6], ipv4: [u8; 4], now: Instant) {
+    use smoltcp::phy::{Device, TxToken};
+    const ARP_FRAME: usize = 42;
+    let Some(token) = device.transmit(now) else { return };
+    token.consume(ARP_FRAME, |frame| {
+        frame[0..6].fill(0xff);
+        frame[6..12].copy_from_slice(&mac);
+        frame[12..14].copy_from_slice(&[0x08, 0x06]);
+        // Ethernet, IPv4, 6-byte and 4-byte addresses, request.
+        frame[14..22].copy_from_slice(&[0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x01]);
+        frame[22..28].copy_from_slice(&mac);
+        frame[28..32].copy_from_slice(&ipv4);
+        frame[32..38].fill(0);
+        frame[38..42].copy_from_slice(&ipv4);
+    });
+    device.flush();
+}
+
 /// A UDP socket of one [`NetStack`] (using it with another stack panics).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct UdpHandle(SocketHandle);
@@ -89,6 +110,9 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
         }
         // Owned storage: the set grows on the heap as apps open sockets.
         let sockets = SocketSet::new(ManagedSlice::Owned(Vec::new()));
+        if !ip.is_unspecified() {
+            announce(&mut device, config.mac, config.ipv4, now);
+        }
         let mtu = (config.mtu as usize).clamp(576, 9000);
         NetStack { iface, sockets, device, platform, mtu }
     }

@@ -51,7 +51,13 @@ fn config(mac: [u8; 6], ip: Ipv4Address, gateway: [u8; 4]) -> NetConfig {
 /// A stack on `mem` with a doorbell and platform the test keeps clones of.
 fn stack(mem: &mut GuestMemory, config: NetConfig) -> (Stack<'_>, CountingDoorbell, FakePlatform) {
     let (bell, platform) = (CountingDoorbell::default(), FakePlatform::new());
-    let stack = NetStack::new(config, mem.vnic(bell.clone()), platform.clone());
+    let mut stack = NetStack::new(config, mem.vnic(bell.clone()), platform.clone());
+    // The stack announces itself first: a gratuitous ARP (a request for its own address).
+    let sent = stack.device.kernel_side().take_tx();
+    assert_eq!(sent.len(), 1, "one announcement");
+    let arp = &sent[0];
+    assert_eq!((&arp[0..6], &arp[6..12], &arp[12..14]), (&[0xff; 6][..], &config.mac[..], &[0x08, 0x06][..]));
+    assert_eq!((&arp[20..22], &arp[28..32], &arp[38..42]), (&[0, 1][..], &config.ipv4[..], &config.ipv4[..]));
     (stack, bell, platform)
 }
 
@@ -100,9 +106,9 @@ fn udp_echo_between_two_stacks_is_byte_exact() {
     assert_eq!(echoed, expected);
     let (cc, sc) = (client.vnic_counters(), server.vnic_counters());
     assert_eq!((cc.tx_dropped, cc.tx_rejected, sc.tx_dropped, sc.tx_rejected), (0, 0, 0, 0));
-    // ARP request, then all six datagrams in one batch: two kicks.
-    assert_eq!(cc.tx_frames, 1 + sizes.len() as u64);
-    assert_eq!(client_bell.tx_kicks.get(), 2);
+    // The announcement, the ARP request, then all six datagrams in one batch: three kicks.
+    assert_eq!(cc.tx_frames, 2 + sizes.len() as u64);
+    assert_eq!(client_bell.tx_kicks.get(), 3);
 }
 
 #[test]
