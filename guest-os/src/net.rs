@@ -25,6 +25,10 @@ impl Doorbell for VirtualDoorbell {
     fn rx_posted(&mut self) {
         crate::vi::vnic_rx_posted();
     }
+
+    fn clock() -> u64 {
+        crate::time::ticks_serialized()
+    }
 }
 
 /// Time from the TSC; sleep with `idle_until`.

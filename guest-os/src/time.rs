@@ -24,6 +24,14 @@ pub fn ticks() -> u64 {
     }
 }
 
+/// The time-stamp counter after every earlier instruction has completed (`lfence`): the
+/// clock of the per-packet stage stamps.
+pub fn ticks_serialized() -> u64 {
+    // SAFETY: `lfence` only orders instruction execution; it touches no memory or registers.
+    unsafe { core::arch::asm!("lfence", options(nostack, preserves_flags)) };
+    ticks()
+}
+
 /// A point in time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Instant(u64);

@@ -94,6 +94,8 @@ pub mod cmdline {
     pub const TEST_FAULT_KINDS: [&str; 3] = ["page_fault", "invalid_opcode", "panic"];
     /// Transmit path: `copy` (Denali's two copies, the default) or `cow` (zero copy).
     pub const TX: &str = "tx";
+    /// Per-packet stage stamps: `on` or `off` (the default; a normal run pays nothing).
+    pub const STAMPS: &str = "stamps";
     /// Prefix of the line the kernel prints with its counters, as `name=value` pairs.
     pub const STATS_PREFIX: &str = "stats:";
 }

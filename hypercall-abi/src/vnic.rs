@@ -123,7 +123,9 @@ pub struct VnicShared {
     pub needs_kick: CacheLine<AtomicU32>,
     /// Virtual-interrupt bits ([`crate::vi::VirtualInterrupts`]): the kernel sets, the guest clears.
     pub virq: CacheLine<AtomicU64>,
-    _reserved: [CacheLine<u64>; 10],
+    /// Written by the kernel: non-zero when per-packet stage stamps are on (see [`stamps`]).
+    pub stamps_enabled: CacheLine<AtomicU32>,
+    _reserved: [CacheLine<u64>; 9],
     pub tx: [Desc; TX_RING_SIZE as usize],
     _reserved_tx: [Desc; 64 - TX_RING_SIZE as usize],
     pub rx: [Desc; RX_RING_SIZE as usize],
@@ -136,6 +138,7 @@ pub const RX_PRODUCER_OFFSET: usize = 128;
 pub const RX_CONSUMER_OFFSET: usize = 192;
 pub const NEEDS_KICK_OFFSET: usize = 256;
 pub const VIRQ_OFFSET: usize = 320;
+pub const STAMPS_ENABLED_OFFSET: usize = 384;
 pub const TX_RING_OFFSET: usize = 1024;
 pub const RX_RING_OFFSET: usize = 2048;
 
@@ -146,6 +149,7 @@ const _: () = {
     assert!(core::mem::offset_of!(VnicShared, rx_consumer) == RX_CONSUMER_OFFSET);
     assert!(core::mem::offset_of!(VnicShared, needs_kick) == NEEDS_KICK_OFFSET);
     assert!(core::mem::offset_of!(VnicShared, virq) == VIRQ_OFFSET);
+    assert!(core::mem::offset_of!(VnicShared, stamps_enabled) == STAMPS_ENABLED_OFFSET);
     assert!(core::mem::offset_of!(VnicShared, tx) == TX_RING_OFFSET);
     assert!(core::mem::offset_of!(VnicShared, rx) == RX_RING_OFFSET);
     assert!(core::mem::size_of::<Desc>() == 16);
@@ -178,6 +182,42 @@ pub const fn rx_buffer_addr_for(slot: u64, slot_size: u64) -> u64 {
 /// Entries in a ring with these free-running indices (the producer may have wrapped).
 pub const fn ring_used(producer: u32, consumer: u32) -> u32 {
     producer.wrapping_sub(consumer)
+}
+
+pub mod stamps {
+    //! Per-packet stage stamps (serialised TSC reads), on only when the kernel runs with
+    //! `stamps=on` and says so in `stamps_enabled`. Guest and kernel stamps meet in memory the
+    //! packet already uses, so each packet's stages are joined exactly:
+    //! - transmit: the guest writes [`TX_STAMPS`] u64s at the start of the tx slot (in the
+    //!   headroom, which the NIC never sees): socket send, driver start, doorbell. The kernel
+    //!   reads them with the descriptor and adds its own.
+    //! - receive: the kernel writes [`RX_STAMPS`] u64s at [`rx_stamps_offset`] of the rx buffer
+    //!   (after any frame): trap entry, handler start, frame taken from the NIC, routed, copied
+    //!   into the guest, NIC buffer released. The guest adds its own.
+
+    /// u64 stamps the guest leaves in a tx slot's headroom.
+    pub const TX_STAMPS: usize = 3;
+    /// u64 stamps the kernel leaves at the end of an rx buffer.
+    pub const RX_STAMPS: usize = 6;
+    /// Offset of the kernel's rx stamps in an rx buffer of `slot_size` bytes.
+    pub const fn rx_stamps_offset(slot_size: u64) -> u64 {
+        slot_size - 64
+    }
+    /// Stage names, in order, for each direction.
+    pub const TX_STAGES: [&str; 7] =
+        ["guest_stack", "guest_driver", "trap_entry", "vnic_work", "fifo_and_scheduler", "physical_driver", "notify"];
+    pub const RX_STAGES: [&str; 8] = [
+        "interrupt_entry",
+        "physical_driver",
+        "vswitch",
+        "copy_into_guest",
+        "buffer_release",
+        "virtual_interrupt_to_guest_run",
+        "guest_driver",
+        "guest_stack",
+    ];
+    /// The datagram that makes a stamping `udp-echo` print its receive stages.
+    pub const REPORT_REQUEST: &[u8] = b"ik-dispatch-report";
 }
 
 /// Network configuration of a guest, carried in its boot-info page.

@@ -32,11 +32,19 @@ pub struct KernelArgs {
     pub shutdown_after_secs: Option<u64>,
     pub test_fault: Option<TestFault>,
     pub tx_mode: TxMode,
+    /// Per-packet stage stamps (benchmarks only).
+    pub stamps: bool,
 }
 
 impl Default for KernelArgs {
     fn default() -> Self {
-        KernelArgs { log_level: LevelFilter::Info, shutdown_after_secs: None, test_fault: None, tx_mode: TxMode::Copy }
+        KernelArgs {
+            log_level: LevelFilter::Info,
+            shutdown_after_secs: None,
+            test_fault: None,
+            tx_mode: TxMode::Copy,
+            stamps: false,
+        }
     }
 }
 
@@ -100,6 +108,13 @@ pub fn parse(cmdline: &str) -> Result<KernelArgs, CmdlineError<'_>> {
                     _ => return Err(CmdlineError::BadValue { key, value, expected: "copy or cow" }),
                 };
             }
+            keys::STAMPS => {
+                args.stamps = match value {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(CmdlineError::BadValue { key, value, expected: "on or off" }),
+                };
+            }
             _ => return Err(CmdlineError::UnknownKey(key)),
         }
     }
@@ -126,6 +141,9 @@ mod tests {
         assert_eq!(parse("test_fault=panic").unwrap().test_fault, Some(TestFault::Panic));
         assert_eq!(parse("tx=cow").unwrap().tx_mode, TxMode::Cow);
         assert_eq!(parse("").unwrap().tx_mode, TxMode::Copy);
+        assert!(parse("stamps=on").unwrap().stamps);
+        assert!(!parse("").unwrap().stamps);
+        assert!(parse("stamps=yes").is_err());
     }
 
     #[test]

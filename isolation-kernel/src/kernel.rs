@@ -134,7 +134,7 @@ pub extern "C" fn kernel_entry(start_info_phys: u64) -> ! {
         let hz = TSC_HZ.load(Ordering::Relaxed);
         let deadline = args.shutdown_after_secs.map(|s| BOOT_TSC.load(Ordering::Relaxed) + s * hz);
         log::info!("boot complete in {} us; starting guests", uptime_micros());
-        let problem = crate::guest::boot(initrd, hz, deadline, trap_stack_top().as_u64(), args.tx_mode);
+        let problem = crate::guest::boot(initrd, hz, deadline, trap_stack_top().as_u64(), args.tx_mode, args.stamps);
         fail(format_args!("cannot start the image's guests: {problem}"));
     }
     run(&args)

@@ -88,7 +88,14 @@ pub struct NetStack<'a, D: Doorbell, P: Platform> {
     platform: P,
     /// The interface's MTU (the standard one, or jumbo).
     mtu: usize,
+    /// Receive-path stage records (stamping on), by frame length.
+    rx_stage_samples: alloc::collections::BTreeMap<usize, Vec<[u32; 8]>>,
 }
+
+/// Receive records kept per frame length.
+const STAMP_SAMPLES: usize = 65_536;
+/// Ethernet, IPv4 and UDP headers: a datagram's frame length is its payload plus these.
+const FRAME_HEADERS: usize = 14 + IP_UDP_HEADERS;
 
 impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
     /// Builds the interface from `config`: its MAC, its IPv4 address (none if 0.0.0.0; a prefix
@@ -114,7 +121,28 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
             announce(&mut device, config.mac, config.ipv4, now);
         }
         let mtu = (config.mtu as usize).clamp(576, 9000);
-        NetStack { iface, sockets, device, platform, mtu }
+        NetStack { iface, sockets, device, platform, mtu, rx_stage_samples: alloc::collections::BTreeMap::new() }
+    }
+
+    /// The receive-path stage records as `dispatch:` lines (one per frame length): per stage
+    /// `median/p10/p90` in stamp ticks, then the median total. Empty unless stamping is on.
+    pub fn dispatch_report(&self) -> Vec<alloc::string::String> {
+        use core::fmt::Write as _;
+        let mut lines = Vec::new();
+        for (len, samples) in &self.rx_stage_samples {
+            let mut line = alloc::format!("dispatch: dir=rx frame={len} samples={}", samples.len());
+            for (stage, name) in hypercall_abi::vnic::stamps::RX_STAGES.iter().enumerate() {
+                let mut values: Vec<u32> = samples.iter().map(|s| s[stage]).collect();
+                values.sort_unstable();
+                let at = |q: usize| values[(values.len() - 1) * q / 100];
+                let _ = write!(line, " {name}={}/{}/{}", at(50), at(10), at(90));
+            }
+            let mut totals: Vec<u32> = samples.iter().map(|s| s.iter().sum()).collect();
+            totals.sort_unstable();
+            let _ = write!(line, " total={}", totals[(totals.len() - 1) / 2]);
+            lines.push(line);
+        }
+        lines
     }
 
     /// Largest UDP payload this interface sends (no IP fragmentation).
@@ -153,6 +181,7 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
         if data.len() > self.max_udp_payload() {
             return Err(NetError::TooLarge);
         }
+        self.device.note_send();
         if to.0.is_unspecified() || to.1 == 0 {
             return Err(NetError::Unaddressable);
         }
@@ -168,6 +197,19 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
     pub fn udp_recv(&mut self, h: UdpHandle, buf: &mut [u8]) -> Option<(usize, (Ipv4Address, u16))> {
         let socket = self.sockets.get_mut::<udp::Socket>(h.0);
         let (data, meta) = socket.recv().ok()?;
+        if let Some(stamps) = self.device.take_rx_stamps() {
+            // The datagram's stages, from the kernel's trap entry to this return.
+            let done = self.device.clock();
+            let [entry, handler, popped, routed, copied, released, resumed, driver] = stamps;
+            let marks = [entry, handler, popped, routed, copied, released, resumed, driver, done];
+            if marks.windows(2).all(|w| w[0] <= w[1]) && entry != 0 {
+                let stages: [u32; 8] = core::array::from_fn(|i| (marks[i + 1] - marks[i]).min(u64::from(u32::MAX)) as u32);
+                let samples = self.rx_stage_samples.entry(data.len() + FRAME_HEADERS).or_default();
+                if samples.len() < STAMP_SAMPLES {
+                    samples.push(stages);
+                }
+            }
+        }
         let from = match meta.endpoint.addr {
             IpAddress::Ipv4(addr) => (addr, meta.endpoint.port),
             // Only if another crate turns on IPv6: this interface has no IPv6 address.
@@ -182,6 +224,7 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
     /// Processes received frames and sends what the sockets have queued, then rings the tx
     /// doorbell at most once. Returns whether any socket's state may have changed.
     pub fn poll(&mut self) -> bool {
+        self.device.note_resume();
         // Clear the virtual-interrupt bits before looking at the rings: whatever the kernel
         // raises from here on stays set, and the idle in `wait` returns at once for it.
         self.device.take_virtual_interrupts();

@@ -37,6 +37,14 @@ pub trait Doorbell {
     fn tx_kick(&mut self);
     /// Rx buffers were posted.
     fn rx_posted(&mut self);
+    /// A serialised TSC read, for per-packet stage stamps (only used while the kernel has
+    /// stamping on). The default, for hosts and tests, stamps nothing.
+    fn clock() -> u64
+    where
+        Self: Sized,
+    {
+        0
+    }
 }
 
 /// Why [`Vnic::new`] refused.
@@ -90,6 +98,11 @@ struct TxHalf<'a> {
     area: &'a mut [u8],
     slot_size: usize,
     max_frame: usize,
+    /// Stage stamps: the clock, when the app last sent, and the first index not yet stamped
+    /// with its doorbell time.
+    clock: fn() -> u64,
+    send_stamp: u64,
+    unkicked_from: u32,
     /// Our copy of `tx_producer` (the guest is its only writer).
     producer: u32,
     /// `tx_consumer` as of the last look at completed descriptors.
@@ -109,6 +122,10 @@ struct RxHalf<'a> {
     shared: &'a VnicShared,
     area: &'a mut [u8],
     slot_size: usize,
+    /// Stage stamps: the clock, when the guest last resumed, and the last frame's stamps.
+    clock: fn() -> u64,
+    resume_stamp: u64,
+    last_stamps: Option<[u64; 8]>,
     /// Next rx index to hand to smoltcp.
     seen: u32,
     /// Our copy of `rx_producer`.
@@ -163,6 +180,9 @@ impl<'a, D: Doorbell> Vnic<'a, D> {
             shared,
             area: rx_area,
             slot_size: slot,
+            clock: D::clock,
+            resume_stamp: 0,
+            last_stamps: None,
             seen: rx_consumer,
             producer: rx_consumer,
             frames: 0,
@@ -180,6 +200,9 @@ impl<'a, D: Doorbell> Vnic<'a, D> {
             area: tx_area,
             slot_size: slot,
             max_frame,
+            clock: D::clock,
+            send_stamp: 0,
+            unkicked_from: tx_producer,
             producer: tx_producer,
             completed: tx_consumer,
             kick_pending: false,
@@ -200,6 +223,7 @@ impl<'a, D: Doorbell> Vnic<'a, D> {
             return;
         }
         self.tx.kick_pending = false;
+        self.tx.stamp_doorbell();
         // Order the `tx_producer` store before the `needs_kick` load (a store-load pair needs a
         // full fence). With the kernel setting `needs_kick` and then re-reading `tx_producer`,
         // one of the two sides always sees the other's write, so no frame is left unkicked.
@@ -209,6 +233,36 @@ impl<'a, D: Doorbell> Vnic<'a, D> {
             self.tx_kicks += 1;
         }
         // Otherwise the kernel is draining the ring by itself.
+    }
+
+    /// Whether the kernel asked for per-packet stage stamps.
+    pub fn stamps_enabled(&self) -> bool {
+        self.shared.stamps_enabled.0.load(Ordering::Relaxed) != 0
+    }
+
+    /// The app is sending a datagram now (the start of the "guest stack" transmit stage).
+    pub fn note_send(&mut self) {
+        if self.stamps_enabled() {
+            self.tx.send_stamp = (self.tx.clock)();
+        }
+    }
+
+    /// The guest runs again after idling (the end of the "virtual interrupt" receive stage).
+    pub fn note_resume(&mut self) {
+        if self.stamps_enabled() {
+            self.rx.resume_stamp = (self.rx.clock)();
+        }
+    }
+
+    /// The stamps of the last frame taken: the kernel's six (trap entry, handler, popped,
+    /// routed, copied, released), then the guest's resume and driver-done times.
+    pub fn take_rx_stamps(&mut self) -> Option<[u64; 8]> {
+        self.rx.last_stamps.take()
+    }
+
+    /// The clock the stamps use.
+    pub fn clock(&self) -> u64 {
+        (self.tx.clock)()
     }
 
     /// Takes and clears the virtual-interrupt bits ([`hypercall_abi::vi::VirtualInterrupts`]).
@@ -266,6 +320,20 @@ impl TxHalf<'_> {
         consumer
     }
 
+    /// Stamps the doorbell time into every slot produced since the last doorbell.
+    fn stamp_doorbell(&mut self) {
+        if self.shared.stamps_enabled.0.load(Ordering::Relaxed) != 0 {
+            let now = (self.clock)();
+            let mut index = self.unkicked_from;
+            while index != self.producer {
+                let at = (u64::from(index) % TX_SLOTS) as usize * self.slot_size + 16;
+                self.area[at..at + 8].copy_from_slice(&now.to_le_bytes());
+                index = index.wrapping_add(1);
+            }
+        }
+        self.unkicked_from = self.producer;
+    }
+
     fn has_free_slot(&mut self) -> bool {
         let consumer = self.reap();
         ring_used(self.producer, consumer) < TX_RING_SIZE
@@ -286,6 +354,15 @@ impl TxHalf<'_> {
         let index = self.producer;
         let slot = u64::from(index) % TX_SLOTS;
         let start = slot as usize * self.slot_size + TX_HEADROOM as usize;
+        if self.shared.stamps_enabled.0.load(Ordering::Relaxed) != 0 {
+            // Socket send and driver start, in the slot's headroom (the NIC never sees it).
+            let now = (self.clock)();
+            let send = if self.send_stamp != 0 { self.send_stamp } else { now };
+            let stamps = slot as usize * self.slot_size;
+            self.area[stamps..stamps + 8].copy_from_slice(&send.to_le_bytes());
+            self.area[stamps + 8..stamps + 16].copy_from_slice(&now.to_le_bytes());
+            self.send_stamp = 0;
+        }
         let result = f(&mut self.area[start..start + len]);
         let desc = &self.shared.tx[(index % TX_RING_SIZE) as usize];
         desc.addr.store(tx_slot_addr_for(slot, self.slot_size as u64) + TX_HEADROOM, Ordering::Relaxed);
@@ -350,7 +427,20 @@ impl RxHalf<'_> {
         }
         // Our own buffer for this index, whatever the descriptor's address now says.
         let start = (u64::from(self.seen) % RX_SLOTS) as usize * self.slot_size;
+        // The driver's part ends where smoltcp's processing of the frame (inside `f`) begins.
+        let driver_done = (self.clock)();
         let result = f(&self.area[start..start + len]);
+        if self.shared.stamps_enabled.0.load(Ordering::Relaxed) != 0 {
+            let at = start + hypercall_abi::vnic::stamps::rx_stamps_offset(self.slot_size as u64) as usize;
+            let mut stamps = [0u64; 8];
+            for (i, stamp) in stamps.iter_mut().take(6).enumerate() {
+                let bytes = &self.area[at + 8 * i..at + 8 * i + 8];
+                *stamp = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
+            }
+            stamps[6] = self.resume_stamp;
+            stamps[7] = driver_done;
+            self.last_stamps = Some(stamps);
+        }
         self.frames += 1;
         self.recycle();
         result

@@ -3,6 +3,7 @@
 mod baseline;
 mod bench;
 mod checks;
+mod dispatch;
 mod initrd;
 mod manifest;
 mod native;
@@ -101,6 +102,12 @@ impl TxMode {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// Per-stage instructions of each packet (TCG -icount, stamps on), rx and tx, copy and COW.
+    Dispatch {
+        /// A few packets per cell (a smoke run).
+        #[arg(long)]
+        quick: bool,
+    },
     /// The host-native stages in real TSC ticks: guest stack and driver, kernel portable logic.
     Native,
     /// Our udp-echo guests against a Linux VM (Debian's kernel) in the same QEMU: boot to
@@ -150,6 +157,9 @@ struct RunArgs {
     /// Transmit path (default: the image's `tx`, else copy).
     #[arg(long, value_enum)]
     tx: Option<TxMode>,
+    /// Per-packet stage stamps in kernel and guests (for `bench dispatch`; off by default).
+    #[arg(long)]
+    stamps: bool,
     /// Record what crosses the physical NIC to this pcap file (opens in Wireshark/tshark).
     #[arg(long, value_name = "FILE")]
     pcap: Option<std::path::PathBuf>,
@@ -174,6 +184,7 @@ fn real_main() -> Result<()> {
         Cmd::Test { filter, qemu_only } => tests::run_all(filter.as_deref(), qemu_only),
         Cmd::UdpProbe { peer, sizes } => udp::probe(peer, &sizes),
         Cmd::Bench { which: BenchCmd::Native } => native::run().map(|_| ()),
+        Cmd::Bench { which: BenchCmd::Dispatch { quick } } => dispatch::run(if quick { 30 } else { 10_000 }).map(|_| ()),
         Cmd::Bench { which: BenchCmd::Baseline { quick } } => {
             baseline::run_baseline(if quick { bench::QUICK } else { bench::FULL }).map(|_| ())
         }
@@ -200,6 +211,9 @@ fn run(args: RunArgs) -> Result<()> {
     }
     let tx = args.tx.unwrap_or(image.manifest.kernel.tx);
     append += &format!(" {}={}", keys::TX, tx.name());
+    if args.stamps {
+        append += &format!(" {}=on", keys::STAMPS);
+    }
     let net_guests: Vec<_> = image.guests.iter().filter_map(|g| g.net.map(|n| (g.name.clone(), n))).collect();
     if args.net == NetChoice::User && u64::from(image.manifest.kernel.mtu) > hypercall_abi::vnic::MTU {
         bail!("image {} has MTU {}: jumbo frames need --net tap or --net none (QEMU's user network carries 1500)", image.name, image.manifest.kernel.mtu);

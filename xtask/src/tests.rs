@@ -61,6 +61,7 @@ const QEMU_TESTS: &[QemuTest] = &[
     QemuTest { name: "vnic_bad_descriptors_rejected_cow_tcg", run: |ctx| vnic_bad_descriptors(ctx, TxMode::Cow) },
     QemuTest { name: "cow_rewrite_in_flight_tcg", run: cow_rewrite_in_flight },
     QemuTest { name: "bench_echo_smoke", run: bench_echo_smoke },
+    QemuTest { name: "bench_dispatch_smoke", run: bench_dispatch_smoke },
     QemuTest { name: "udp_echo_tap_network_copy_tcg", run: |ctx| udp_echo_tap_network(ctx, TxMode::Copy, "udp-echo", &udp::TEST_SIZES) },
     QemuTest { name: "udp_echo_tap_network_cow_tcg", run: |ctx| udp_echo_tap_network(ctx, TxMode::Cow, "udp-echo", &udp::TEST_SIZES) },
     QemuTest { name: "udp_jumbo_tap_network_copy_tcg", run: |ctx| udp_echo_tap_network(ctx, TxMode::Copy, "udp-echo-jumbo", &udp::JUMBO_TEST_SIZES) },
@@ -363,6 +364,8 @@ fn udp_echo_user_network(ctx: &Ctx, tx: TxMode) -> TestResult {
         })?,
     }
     check(&outcome, get("drops_bad_desc") == 0 && get("drops_spoof") == 0, || format!("well-behaved guests had drops: {stats:?}"))?;
+    // Stamping is off unless asked for: no stamp record is made.
+    check(&outcome, stats.contains_key("stamp_records") && get("stamp_records") == 0, || format!("stamp records without stamps=on: {stats:?}"))?;
     Ok(Verdict::Pass)
 }
 
@@ -518,6 +521,42 @@ fn bench_echo_smoke(_ctx: &Ctx) -> TestResult {
                 };
                 if !(positive("rtt_p50_us") && positive("echoes_per_second") && positive("received")) {
                     return Err(failure(format!("cell {cell} missing or empty in {}", json.display()), text));
+                }
+            }
+        }
+    }
+    Ok(Verdict::Pass)
+}
+
+/// `cargo xtask bench dispatch --quick`: every cell, every stage with a positive median, and
+/// the stage medians adding up to the median total (within the stamps' own cost).
+fn bench_dispatch_smoke(_ctx: &Ctx) -> TestResult {
+    use hypercall_abi::vnic::stamps::{RX_STAGES, TX_STAGES};
+    let json = crate::dispatch::run(30).map_err(|e| failure(format!("bench dispatch: {e:#}"), String::new()))?;
+    let text = std::fs::read_to_string(&json).map_err(|e| failure(e.to_string(), String::new()))?;
+    for direction in ["rx", "tx"] {
+        let stages: &[&str] = if direction == "tx" { &TX_STAGES } else { &RX_STAGES };
+        for mode in ["copy", "cow"] {
+            for size in crate::dispatch::SIZES {
+                let cell = format!("\"direction\": \"{direction}\", \"mode\": \"{mode}\", \"size\": {size},");
+                let Some(line) = text.lines().find(|l| l.contains(&cell)) else {
+                    return Err(failure(format!("cell {cell} missing from {}", json.display()), text));
+                };
+                let number = |after: &str| {
+                    line.split(after).nth(1).and_then(|v| v.split([',', '}']).next()).and_then(|v| v.trim().parse::<u64>().ok())
+                };
+                let mut sum = 0;
+                for stage in stages {
+                    let median = number(&format!("\"name\": \"{stage}\", \"median\": "));
+                    if !median.is_some_and(|m| m > 0) {
+                        return Err(failure(format!("{cell}: stage {stage} missing or zero"), line.to_string()));
+                    }
+                    sum += median.unwrap_or(0);
+                }
+                let total = number("\"total_median\": ").unwrap_or(0);
+                // Medians of parts need not add exactly; each stamp costs a few dozen instructions.
+                if sum.abs_diff(total) > total / 10 + 200 {
+                    return Err(failure(format!("{cell}: stages add up to {sum}, total is {total}"), line.to_string()));
                 }
             }
         }

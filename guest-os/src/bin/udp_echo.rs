@@ -28,6 +28,14 @@ fn main(env: &Env) -> i32 {
     loop {
         net.poll();
         while let Some((len, from)) = net.udp_recv(socket, &mut buf) {
+            if &buf[..len] == hypercall_abi::vnic::stamps::REPORT_REQUEST {
+                // A benchmark asks for the receive-path stage records (stamping on).
+                for line in net.dispatch_report() {
+                    println!("{line}");
+                }
+                println!("dispatch: report done");
+                continue;
+            }
             // A full send buffer drops the echo; the client retries.
             if net.udp_send(socket, &buf[..len], from).is_ok() {
                 echoed += 1;

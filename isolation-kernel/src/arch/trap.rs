@@ -43,6 +43,21 @@ impl TrapFrame {
     }
 }
 
+/// Non-zero while per-packet stage stamps are on; read by the entry stubs.
+static STAMPING: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+/// The TSC at the latest trap entry (written by the entry stubs while stamping).
+static ENTRY_TSC: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Turns the trap-entry stamp on.
+pub fn enable_stamping() {
+    STAMPING.store(1, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// The TSC when the trap being handled entered the kernel (0 when stamping is off).
+pub fn entry_tsc() -> u64 {
+    ENTRY_TSC.load(core::sync::atomic::Ordering::Relaxed)
+}
+
 /// Size in bytes of one entry stub.
 const STUB_BYTES: u64 = 16;
 
@@ -80,6 +95,15 @@ trap_common:
     pushq %r13
     pushq %r14
     pushq %r15
+    # Stage stamps (benchmarks): the TSC at trap entry, only while stamping is on.
+    cmpb $0, {stamping}(%rip)
+    je 1f
+    lfence
+    rdtsc
+    shlq $32, %rdx
+    orq %rdx, %rax
+    movq %rax, {entry_tsc}(%rip)
+1:
     movq %rsp, %rdi             # &mut TrapFrame; the CPU aligned the stack, 22 words keep it so
     cld
     call {dispatch}
@@ -110,6 +134,8 @@ trap_enter_frame:
     jmp trap_restore
     "#,
     dispatch = sym crate::trap_dispatch,
+    stamping = sym STAMPING,
+    entry_tsc = sym ENTRY_TSC,
     options(att_syntax)
 );
 

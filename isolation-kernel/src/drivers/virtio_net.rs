@@ -392,6 +392,12 @@ impl VirtioNet {
 
     /// Hands every received frame to `deliver`, then re-posts its buffer. Returns the count.
     pub fn receive(&mut self, mut deliver: impl FnMut(&[u8])) -> usize {
+        self.receive_with(|frame| deliver(frame), |()| {})
+    }
+
+    /// [`VirtioNet::receive`], also calling `released` with `deliver`'s result once the frame's
+    /// buffer is back with the device (for stage stamps).
+    pub fn receive_with<R>(&mut self, mut deliver: impl FnMut(&[u8]) -> R, mut released: impl FnMut(R)) -> usize {
         let mut count = 0;
         while let Some((id, len)) = self.rx.pop_used() {
             let Some(&buffer) = self.rx_buffers.get(usize::from(id)) else { continue };
@@ -402,14 +408,17 @@ impl VirtioNet {
                 let frame = unsafe {
                     core::slice::from_raw_parts(phys_to_virt(buffer).as_ptr::<u8>().add(NET_HEADER_LEN), len - NET_HEADER_LEN)
                 };
-                deliver(frame);
+                let result = deliver(frame);
                 self.counters.rx_frames += 1;
                 count += 1;
+                self.rx.write_desc(id, buffer, self.buffer_bytes as u32, DESC_F_WRITE, 0);
+                self.rx.push_avail(id);
+                released(result);
             } else {
                 self.counters.rx_malformed += 1;
+                self.rx.write_desc(id, buffer, self.buffer_bytes as u32, DESC_F_WRITE, 0);
+                self.rx.push_avail(id);
             }
-            self.rx.write_desc(id, buffer, self.buffer_bytes as u32, DESC_F_WRITE, 0);
-            self.rx.push_avail(id);
         }
         if count > 0 && self.rx.device_wants_notify() {
             self.set_reg16(REG_QUEUE_NOTIFY, self.rx.index);

@@ -136,6 +136,7 @@ fn stats_pairs_of(g: &Guests) -> Vec<(&'static str, u64)> {
         ("guest_switches", c.guest_switches),
     ];
     pairs.extend(g.net.counters.pairs());
+    pairs.push(("stamp_records", g.net.stamp_records_made));
     if let Some(nic) = &g.net.nic {
         pairs.extend([
             ("nic_tx_frames", nic.counters.tx_frames),
@@ -155,6 +156,7 @@ pub fn boot(
     shutdown_deadline: Option<u64>,
     trap_stack_top: u64,
     tx_mode: isolation_kernel::cmdline::TxMode,
+    stamps: bool,
 ) -> String {
     let archive = Archive::new(initrd);
     let config = match archive.find(CONFIG_FILE) {
@@ -182,7 +184,12 @@ pub fn boot(
     let physical_nic = max_mtu.and_then(|mtu| crate::kernel::probe_nic(hypercall_abi::vnic::max_frame(mtu)));
     let max_mtu = max_mtu.unwrap_or(0);
     log::info!("transmit path: {tx_mode:?}; largest MTU {max_mtu}");
-    let network = with_frames(|frames| net::Network::new(physical_nic, tx_mode, max_mtu, frames));
+    let mut network = with_frames(|frames| net::Network::new(physical_nic, tx_mode, max_mtu, frames));
+    if stamps {
+        network.enable_stamps();
+        crate::arch::trap::enable_stamping();
+        log::info!("per-packet stage stamps on");
+    }
     let mut g = Guests {
         list: Vec::with_capacity(specs.len()),
         nics: Vec::with_capacity(specs.len()),
@@ -212,7 +219,7 @@ pub fn boot(
                     .map_err(|e| format!("cannot build its address space: {e}"))?;
                 let nic = match spec.net {
                     None => None,
-                    Some(config) => match net::build_nic(&mut loaded.space, frames, config) {
+                    Some(config) => match net::build_nic(&mut loaded.space, frames, config, stamps) {
                         Ok(nic) => Some(nic),
                         Err(e) => {
                             loaded.space.release(frames);
@@ -694,6 +701,17 @@ pub fn finish_run(why: &str) -> ! {
             let at = |q: usize| samples.get((samples.len().max(1) - 1) * q / 100).copied().unwrap_or(0);
             (samples.len(), at(50), at(10), at(90))
         };
+        for (len, samples) in &g.net.tx_stage_samples {
+            let mut line = format!("dispatch: dir=tx mode={:?} frame={len} samples={}", g.net.mode, samples.len());
+            let mut totals: Vec<u32> = samples.iter().map(|s| s.iter().sum()).collect();
+            for (stage, name) in hypercall_abi::vnic::stamps::TX_STAGES.iter().enumerate() {
+                let mut values: Vec<u32> = samples.iter().map(|s| s[stage]).collect();
+                let (_, median, p10, p90) = quantiles(&mut values);
+                line += &format!(" {name}={median}/{p10}/{p90}");
+            }
+            let (_, total, _, _) = quantiles(&mut totals);
+            console_write_fmt(format_args!("{line} total={total}\n"));
+        }
         if !g.kick_samples.is_empty() {
             let (n, median, p10, p90) = quantiles(&mut g.kick_samples);
             let (cn, cmedian, _, _) = quantiles(&mut g.net.completion_samples);

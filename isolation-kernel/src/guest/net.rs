@@ -88,6 +88,7 @@ pub fn build_nic(
     space: &mut AddressSpace,
     frames: &mut FrameAllocator<'static>,
     config: NetConfig,
+    stamps: bool,
 ) -> Result<GuestNic, super::space::SpaceError> {
     let shared_phys = space.new_frame(frames)?;
     space.map_page(frames, VNIC_SHARED_ADDR, shared_phys, Access::READ_WRITE)?;
@@ -134,6 +135,7 @@ pub fn build_nic(
         pending_flush: Vec::with_capacity(TX_SLOTS as usize),
     };
     nic.shared().needs_kick.0.store(1, Ordering::Release);
+    nic.shared().stamps_enabled.0.store(u32::from(stamps), Ordering::Release);
     Ok(nic)
 }
 
@@ -157,7 +159,21 @@ pub struct Network {
     /// TSC ticks per zero-copy packet completed by the NIC (release, restore, ring completion),
     /// averaged over each batch the NIC hands back: the COW path's cost after the notify.
     pub completion_samples: Vec<u32>,
+    /// Per-packet stage stamps (`stamps=on`): records of packets in flight through the kernel
+    /// (guest send, driver, doorbell; kernel trap entry, vNIC work done), the packets handed to
+    /// the NIC since the last notify, and the finished transmit records by frame length.
+    pub stamps: bool,
+    stamp_records: Vec<[u64; 5]>,
+    next_stamp: u32,
+    pending_notify: Vec<(u32, u64, u64, u32)>,
+    pub tx_stage_samples: alloc::collections::BTreeMap<u32, Vec<[u32; 7]>>,
+    pub stamp_records_made: u64,
 }
+
+/// Stamp records the kernel keeps for packets in flight (more than can be queued at once).
+const STAMP_SLOTS: u32 = 4096;
+/// Transmit records kept per frame length.
+const STAMP_SAMPLES: usize = 65_536;
 
 /// Copies `frame` to `offset` bytes into the contiguous run of `run` bytes at `phys`.
 fn copy_into_run(phys: u64, run: u64, offset: u64, frame: &[u8]) {
@@ -203,6 +219,54 @@ impl Network {
             mode,
             zombies: Vec::new(),
             completion_samples: Vec::with_capacity(65_536),
+            stamps: false,
+            stamp_records: Vec::new(),
+            next_stamp: 0,
+            pending_notify: Vec::new(),
+            tx_stage_samples: alloc::collections::BTreeMap::new(),
+            stamp_records_made: 0,
+        }
+    }
+
+    /// Turns per-packet stage stamps on (before guests start).
+    pub fn enable_stamps(&mut self) {
+        self.stamps = true;
+        self.stamp_records = alloc::vec![[0; 5]; STAMP_SLOTS as usize];
+        self.pending_notify.reserve(256);
+    }
+
+    /// A stamp record for a packet taken from a tx slot: the guest's stamps from the slot's
+    /// headroom, the trap entry, and now (its vNIC work done).
+    fn start_tx_record(&mut self, slot_run: u64, slot_size: u64) -> u32 {
+        if !self.stamps {
+            return isolation_kernel::vnet::NO_STAMP;
+        }
+        let now = crate::arch::cpu::rdtsc_serialized();
+        let guest = run_bytes(slot_run, slot_size, 0, 24);
+        let word = |i: usize| u64::from_le_bytes(guest[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        let index = self.next_stamp % STAMP_SLOTS;
+        self.next_stamp = self.next_stamp.wrapping_add(1);
+        self.stamp_records[index as usize] = [word(0), word(1), word(2), crate::arch::trap::entry_tsc(), now];
+        index
+    }
+
+    /// After a notify: the transmit records of the packets it covered are complete.
+    fn finish_tx_records(&mut self) {
+        if self.pending_notify.is_empty() {
+            return;
+        }
+        let notified = crate::arch::cpu::rdtsc_serialized();
+        for (index, handed, queued, len) in self.pending_notify.drain(..) {
+            let [send, driver, kick, trap, vnic] = self.stamp_records[(index % STAMP_SLOTS) as usize];
+            if send == 0 || driver < send || kick < driver || trap < kick {
+                continue; // the guest does not stamp (or stamped nonsense): no record
+            }
+            let stages = [driver - send, kick - driver, trap - kick, vnic - trap, handed - vnic, queued - handed, notified - queued];
+            let samples = self.tx_stage_samples.entry(len).or_default();
+            if samples.len() < STAMP_SAMPLES {
+                samples.push(stages.map(|t| t.min(u64::from(u32::MAX)) as u32));
+                self.stamp_records_made += 1;
+            }
         }
     }
 
@@ -329,7 +393,8 @@ impl NetCtx<'_> {
                     net.counters.tx_bytes_copied += frame.len;
                     // The check runs on the kernel's copy: what is checked is what is sent.
                     let status = if net.vswitch.source_is(id, run_bytes(kernel_copy, net.pool_buffer_bytes, 0, frame.len)) {
-                        let _ = net.fifos[id].push(Packet::pooled(buf, frame.len as u32));
+                        let stamp = net.start_tx_record(page, nic.slot_size);
+                        let _ = net.fifos[id].push(Packet { stamp, ..Packet::pooled(buf, frame.len as u32) });
                         net.sched.mark_ready(id);
                         net.counters.tx_packets += 1;
                         net.counters.tx_bytes += frame.len;
@@ -354,7 +419,8 @@ impl NetCtx<'_> {
                     }
                     if net.vswitch.source_is(id, run_bytes(page, nic.slot_size, frame.offset, frame.len)) {
                         let reference = GuestFrameRef { frame: page, offset: frame.offset as u32, slot: frame.slot as u16, ring_index: index };
-                        let _ = net.fifos[id].push(Packet { data: PacketData::GuestFrame(reference), len: frame.len as u32 });
+                        let stamp = net.start_tx_record(page, nic.slot_size);
+                        let _ = net.fifos[id].push(Packet { data: PacketData::GuestFrame(reference), len: frame.len as u32, stamp });
                         net.sched.mark_ready(id);
                         net.counters.tx_packets += 1;
                         net.counters.tx_bytes += frame.len;
@@ -463,8 +529,11 @@ impl NetCtx<'_> {
         for _ in 0..2 {
             {
                 let NetCtx { net, nics, sched, .. } = self;
-                let Network { nic, vswitch, sched: net_sched, fifos, pool, pool_frames, pool_buffer_bytes, counters, .. } =
-                    &mut **net;
+                let Network {
+                    nic, vswitch, sched: net_sched, fifos, pool, pool_frames, pool_buffer_bytes, counters, stamps, pending_notify, ..
+                } = &mut **net;
+                let stamping = *stamps;
+                let stamp = || if stamping { crate::arch::cpu::rdtsc_serialized() } else { 0 };
                 net_sched.serve(fifos, |src, packet| {
                     let len = u64::from(packet.len);
                     let (frame, guest_frame) = match packet.data {
@@ -478,22 +547,32 @@ impl NetCtx<'_> {
                         }
                     };
                     match vswitch.route(frame, Source::Guest(src)) {
-                        Route::Guest(dst) => deliver(nics, sched, counters, dst, frame),
+                        Route::Guest(dst) => {
+                            deliver(nics, sched, counters, dst, frame);
+                        }
                         Route::Uplink => match (nic.as_mut(), guest_frame) {
                             (Some(nic), None) => {
+                                let handed = stamp();
                                 if nic.transmit(frame, |cookie| finished.push((cookie, DescStatus::Done))).is_err() {
                                     return Err(packet); // every NIC slot is in flight: retry later
+                                }
+                                if packet.stamp != isolation_kernel::vnet::NO_STAMP {
+                                    pending_notify.push((packet.stamp, handed, stamp(), packet.len));
                                 }
                                 counters.tx_copies += 1; // copy 2, into the NIC's DMA buffer
                                 counters.tx_bytes_copied += len;
                             }
                             (Some(nic), Some(r)) => {
                                 let data = r.frame + u64::from(r.offset);
+                                let handed = stamp();
                                 let queued = nic.transmit_zero_copy(data, packet.len, (src, r), |cookie| {
                                     finished.push((cookie, DescStatus::Done))
                                 });
                                 if queued.is_err() {
                                     return Err(packet);
+                                }
+                                if packet.stamp != isolation_kernel::vnet::NO_STAMP {
+                                    pending_notify.push((packet.stamp, handed, stamp(), packet.len));
                                 }
                                 return Ok(()); // completes when the NIC is done with the page
                             }
@@ -514,6 +593,7 @@ impl NetCtx<'_> {
                     nic.flush();
                 }
             }
+            self.net.finish_tx_records();
             for ((guest, r), status) in finished.drain(..) {
                 self.complete_cow(guest, r, status);
             }
@@ -550,15 +630,43 @@ impl NetCtx<'_> {
 
     /// The physical NIC's receive path: every frame to the guest the vswitch names.
     pub fn receive_from_nic(&mut self) -> usize {
+        let stamping = self.net.stamps;
+        let stamp = || if stamping { crate::arch::cpu::rdtsc_serialized() } else { 0 };
+        let (entry, handler) = (crate::arch::trap::entry_tsc(), stamp());
         self.reclaim_nic();
         let NetCtx { net, nics, sched, .. } = self;
         let Network { nic, vswitch, counters, .. } = &mut **net;
         let Some(nic) = nic.as_mut() else { return 0 };
-        nic.receive(|frame| match vswitch.route(frame, Source::Uplink) {
-            Route::Guest(dst) => deliver(nics, sched, counters, dst, frame),
-            Route::Uplink => count_drop(counters, DropReason::UnknownMac),
-            Route::Drop(reason) => count_drop(counters, reason),
-        })
+        nic.receive_with(
+            |frame| {
+                let popped = stamp();
+                let route = vswitch.route(frame, Source::Uplink);
+                let routed = stamp();
+                match route {
+                    Route::Guest(dst) => deliver(nics, sched, counters, dst, frame).map(|area| (area, popped, routed, stamp())),
+                    Route::Uplink => {
+                        count_drop(counters, DropReason::UnknownMac);
+                        None
+                    }
+                    Route::Drop(reason) => {
+                        count_drop(counters, reason);
+                        None
+                    }
+                }
+            },
+            |delivered| {
+                // The receive stamps go at the end of the guest's rx buffer, once the NIC's
+                // buffer is released; the guest adds its own when it takes the frame.
+                if let (true, Some(((run, size), popped, routed, copied))) = (stamping, delivered) {
+                    let stamps = [entry, handler, popped, routed, copied, stamp()];
+                    let mut bytes = [0u8; 48];
+                    for (chunk, value) in bytes.chunks_mut(8).zip(stamps) {
+                        chunk.copy_from_slice(&value.to_le_bytes());
+                    }
+                    copy_into_run(run, size, hypercall_abi::vnic::stamps::rx_stamps_offset(size), &bytes);
+                }
+            },
+        )
     }
 }
 
@@ -571,30 +679,42 @@ fn count_drop(counters: &mut NetCounters, reason: DropReason) {
 
 /// Copies `frame` into the next rx buffer guest `dst` posted, raises its rx virtual interrupt
 /// and wakes it.
-fn deliver(nics: &mut [Option<GuestNic>], sched: &mut Scheduler, counters: &mut NetCounters, dst: GuestId, frame: &[u8]) {
+/// Returns the rx buffer (run base and size) the frame went into, for the receive stamps.
+fn deliver(
+    nics: &mut [Option<GuestNic>],
+    sched: &mut Scheduler,
+    counters: &mut NetCounters,
+    dst: GuestId,
+    frame: &[u8],
+) -> Option<(u64, u64)> {
     let Some(nic) = nics.get_mut(dst).and_then(Option::as_mut) else {
         counters.drops_unknown_mac += 1;
-        return;
+        return None;
     };
     let shared = nic.shared();
     let producer = shared.rx_producer.0.load(Ordering::Acquire);
     match pending(producer, nic.rx_consumer, RX_RING_SIZE) {
         Ok(0) => {
             counters.drops_no_buffer += 1;
-            return;
+            return None;
         }
         Ok(_) => {}
         Err(_) => {
             counters.drops_bad_desc += 1;
-            return;
+            return None;
         }
     }
     let desc = &shared.rx[(nic.rx_consumer % RX_RING_SIZE) as usize];
     let (addr, capacity) = (desc.addr.load(Ordering::Relaxed), desc.len.load(Ordering::Relaxed));
     nic.rx_consumer = nic.rx_consumer.wrapping_add(1);
+    let mut delivered = None;
     let status = match validate_rx_sized(addr, capacity, nic.slot_size) {
         Ok(buffer) if frame.len() as u64 <= buffer.capacity.min(nic.slot_size - buffer.offset) => {
             copy_into_run(nic.rx_frames[buffer.slot as usize], nic.slot_size, buffer.offset, frame);
+            // Room for the receive stamps after the frame (they are written only when on).
+            if buffer.offset + frame.len() as u64 <= hypercall_abi::vnic::stamps::rx_stamps_offset(nic.slot_size) {
+                delivered = Some((nic.rx_frames[buffer.slot as usize], nic.slot_size));
+            }
             desc.len.store(frame.len() as u32, Ordering::Relaxed);
             counters.rx_copies += 1;
             counters.rx_packets += 1;
@@ -614,4 +734,5 @@ fn deliver(nics: &mut [Option<GuestNic>], sched: &mut Scheduler, counters: &mut 
     shared.rx_consumer.0.store(nic.rx_consumer, Ordering::Release);
     shared.virq.0.fetch_or(VirtualInterrupts::RX, Ordering::AcqRel);
     sched.wake(dst);
+    delivered
 }

@@ -24,17 +24,22 @@ pub struct GuestFrameRef {
     pub ring_index: u32,
 }
 
-/// A frame waiting to be sent: `len` bytes at `data`.
+/// A frame waiting to be sent: `len` bytes at `data`, and its stage-stamp record, if any.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Packet {
     pub data: PacketData,
     pub len: u32,
+    /// Index of the packet's stamp record while stamping is on, else [`NO_STAMP`].
+    pub stamp: u32,
 }
+
+/// [`Packet::stamp`] when stamping is off.
+pub const NO_STAMP: u32 = u32::MAX;
 
 impl Packet {
     /// A frame copied into pool buffer `buf`.
     pub const fn pooled(buf: BufId, len: u32) -> Packet {
-        Packet { data: PacketData::Pool(buf), len }
+        Packet { data: PacketData::Pool(buf), len, stamp: NO_STAMP }
     }
 
     /// The pool buffer, for a copied frame.
