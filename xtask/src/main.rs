@@ -107,6 +107,9 @@ enum BenchCmd {
         /// A few packets per cell (a smoke run).
         #[arg(long)]
         quick: bool,
+        /// auto: KVM (cycles) only with hardware virtualization, else TCG with -icount (instructions).
+        #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
+        accel: AccelChoice,
     },
     /// The host-native stages in real TSC ticks: guest stack and driver, kernel portable logic.
     Native,
@@ -184,7 +187,10 @@ fn real_main() -> Result<()> {
         Cmd::Test { filter, qemu_only } => tests::run_all(filter.as_deref(), qemu_only),
         Cmd::UdpProbe { peer, sizes } => udp::probe(peer, &sizes),
         Cmd::Bench { which: BenchCmd::Native } => native::run().map(|_| ()),
-        Cmd::Bench { which: BenchCmd::Dispatch { quick } } => dispatch::run(if quick { 30 } else { 10_000 }).map(|_| ()),
+        Cmd::Bench { which: BenchCmd::Dispatch { quick, accel } } => {
+            let (packets, sizes) = if quick { (30, &dispatch::SIZES[..]) } else { (10_000, &dispatch::FULL_SIZES[..]) };
+            dispatch::run(packets, sizes, qemu::resolve_accel(accel)?).map(|_| ())
+        }
         Cmd::Bench { which: BenchCmd::Baseline { quick } } => {
             baseline::run_baseline(if quick { bench::QUICK } else { bench::FULL }).map(|_| ())
         }

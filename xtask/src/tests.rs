@@ -532,7 +532,7 @@ fn bench_echo_smoke(_ctx: &Ctx) -> TestResult {
 /// the stage medians adding up to the median total (within the stamps' own cost).
 fn bench_dispatch_smoke(_ctx: &Ctx) -> TestResult {
     use hypercall_abi::vnic::stamps::{RX_STAGES, TX_STAGES};
-    let json = crate::dispatch::run(30).map_err(|e| failure(format!("bench dispatch: {e:#}"), String::new()))?;
+    let json = crate::dispatch::run(30, &crate::dispatch::SIZES, Accel::Tcg).map_err(|e| failure(format!("bench dispatch: {e:#}"), String::new()))?;
     let text = std::fs::read_to_string(&json).map_err(|e| failure(e.to_string(), String::new()))?;
     for direction in ["rx", "tx"] {
         let stages: &[&str] = if direction == "tx" { &TX_STAGES } else { &RX_STAGES };
