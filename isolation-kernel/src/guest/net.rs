@@ -173,7 +173,7 @@ pub struct Network {
 /// Stamp records the kernel keeps for packets in flight (more than can be queued at once).
 const STAMP_SLOTS: u32 = 4096;
 /// Transmit records kept per frame length.
-const STAMP_SAMPLES: usize = 65_536;
+const STAMP_SAMPLES: usize = 10_240;
 
 /// Copies `frame` to `offset` bytes into the contiguous run of `run` bytes at `phys`.
 fn copy_into_run(phys: u64, run: u64, offset: u64, frame: &[u8]) {
