@@ -188,7 +188,7 @@ fn real_main() -> Result<()> {
         Cmd::UdpProbe { peer, sizes } => udp::probe(peer, &sizes),
         Cmd::Bench { which: BenchCmd::Native } => native::run().map(|_| ()),
         Cmd::Bench { which: BenchCmd::Dispatch { quick, accel } } => {
-            let (packets, sizes) = if quick { (30, &dispatch::SIZES[..]) } else { (10_000, &dispatch::FULL_SIZES[..]) };
+            let (packets, sizes) = if quick { (30, &dispatch::SIZES[..]) } else { (10_100, &dispatch::FULL_SIZES[..]) };
             dispatch::run(packets, sizes, qemu::resolve_accel(accel)?).map(|_| ())
         }
         Cmd::Bench { which: BenchCmd::Baseline { quick } } => {
