@@ -15,8 +15,8 @@ pub mod console;
 pub mod net;
 pub mod time;
 
-pub use hypercall_abi::guest as vi;
 use hypercall_abi::boot_info::BootInfo;
+pub use hypercall_abi::guest as vi;
 use hypercall_abi::layout::{BOOT_INFO_ADDR, PAGE_SIZE};
 
 /// Exit code of a guest that panicked.

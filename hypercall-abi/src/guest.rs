@@ -70,7 +70,9 @@ pub fn vnic_tx_kick() -> i64 {
     let result: i64;
     // SAFETY: as in `vi0`; the kernel reads the shared page and tx slots, and writes descriptor
     // statuses and the consumer index, which the guest reads through atomics.
-    unsafe { asm!("out dx, eax", in("dx") Vi::VnicTxKick.port(), in("eax") 0u32, lateout("rax") result, options(nostack)) };
+    unsafe {
+        asm!("out dx, eax", in("dx") Vi::VnicTxKick.port(), in("eax") 0u32, lateout("rax") result, options(nostack))
+    };
     result
 }
 
@@ -78,6 +80,8 @@ pub fn vnic_tx_kick() -> i64 {
 pub fn vnic_rx_posted() -> i64 {
     let result: i64;
     // SAFETY: as in `vnic_tx_kick`.
-    unsafe { asm!("out dx, eax", in("dx") Vi::VnicRxPosted.port(), in("eax") 0u32, lateout("rax") result, options(nostack)) };
+    unsafe {
+        asm!("out dx, eax", in("dx") Vi::VnicRxPosted.port(), in("eax") 0u32, lateout("rax") result, options(nostack))
+    };
     result
 }

@@ -242,7 +242,13 @@ mod tests {
             heap_kib: 64,
             cpu_budget_ms: 500,
             expect: Expect::Stopped("page fault"),
-            net: Some(NetConfig { mac: [2, 0, 0, 0, 0, 0x1f], ipv4: [10, 0, 2, 16], prefix_len: 24, gateway: [10, 0, 2, 2], mtu: 1500 }),
+            net: Some(NetConfig {
+                mac: [2, 0, 0, 0, 0, 0x1f],
+                ipv4: [10, 0, 2, 16],
+                prefix_len: 24,
+                gateway: [10, 0, 2, 2],
+                mtu: 1500,
+            }),
             args: "a b  c",
         };
         let text = "# comment\nimage\tname=hello\n\n".to_string() + &spec.to_string() + "\n";

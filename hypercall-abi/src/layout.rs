@@ -36,7 +36,18 @@ mod tests {
 
     #[test]
     fn regions_are_ordered_aligned_and_below_2_gib() {
-        let bounds = [BOOT_INFO_ADDR, VNIC_SHARED_ADDR, VNIC_TX_AREA_ADDR, VNIC_RX_AREA_ADDR, IMAGE_BASE, IMAGE_LIMIT, HEAP_BASE, HEAP_BASE + MAX_HEAP_SIZE, STACK_TOP - STACK_SIZE - PAGE_SIZE, STACK_TOP];
+        let bounds = [
+            BOOT_INFO_ADDR,
+            VNIC_SHARED_ADDR,
+            VNIC_TX_AREA_ADDR,
+            VNIC_RX_AREA_ADDR,
+            IMAGE_BASE,
+            IMAGE_LIMIT,
+            HEAP_BASE,
+            HEAP_BASE + MAX_HEAP_SIZE,
+            STACK_TOP - STACK_SIZE - PAGE_SIZE,
+            STACK_TOP,
+        ];
         assert!(bounds.windows(2).all(|w| w[0] <= w[1]), "{bounds:x?}");
         assert!(bounds.iter().all(|b| b % PAGE_SIZE == 0));
     }

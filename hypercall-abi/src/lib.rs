@@ -57,12 +57,8 @@ pub mod host {
 
     impl KernelExit {
         /// Every exit reason, for lookups by value.
-        pub const ALL: [KernelExit; 4] = [
-            KernelExit::Success,
-            KernelExit::Failure,
-            KernelExit::Panic,
-            KernelExit::KernelFault,
-        ];
+        pub const ALL: [KernelExit; 4] =
+            [KernelExit::Success, KernelExit::Failure, KernelExit::Panic, KernelExit::KernelFault];
 
         /// The value the kernel writes to [`DEBUG_EXIT_PORT`].
         pub const fn code(self) -> u8 {

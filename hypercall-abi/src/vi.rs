@@ -55,15 +55,8 @@ pub enum Vi {
 }
 
 impl Vi {
-    pub const ALL: [Vi; 7] = [
-        Vi::ConsoleWrite,
-        Vi::Exit,
-        Vi::Yield,
-        Vi::IdleUntil,
-        Vi::Null,
-        Vi::VnicTxKick,
-        Vi::VnicRxPosted,
-    ];
+    pub const ALL: [Vi; 7] =
+        [Vi::ConsoleWrite, Vi::Exit, Vi::Yield, Vi::IdleUntil, Vi::Null, Vi::VnicTxKick, Vi::VnicRxPosted];
 
     pub const fn port(self) -> u16 {
         self as u16

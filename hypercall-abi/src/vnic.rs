@@ -243,7 +243,12 @@ mod tests {
 
     #[test]
     fn status_round_trips() {
-        for s in [DescStatus::Pending, DescStatus::Done, DescStatus::RejectedBadDescriptor, DescStatus::RejectedSpoofedSource] {
+        for s in [
+            DescStatus::Pending,
+            DescStatus::Done,
+            DescStatus::RejectedBadDescriptor,
+            DescStatus::RejectedSpoofedSource,
+        ] {
             assert_eq!(DescStatus::from_u32(s as u32), Some(s));
         }
         assert_eq!(DescStatus::from_u32(99), None);

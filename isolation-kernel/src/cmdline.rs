@@ -53,7 +53,11 @@ pub enum CmdlineError<'a> {
     /// A word without `=`.
     NotKeyValue(&'a str),
     UnknownKey(&'a str),
-    BadValue { key: &'a str, value: &'a str, expected: &'static str },
+    BadValue {
+        key: &'a str,
+        value: &'a str,
+        expected: &'static str,
+    },
 }
 
 impl core::fmt::Display for CmdlineError<'_> {
@@ -81,9 +85,11 @@ pub fn parse(cmdline: &str) -> Result<KernelArgs, CmdlineError<'_>> {
                 })?;
             }
             keys::SHUTDOWN_AFTER => {
-                let secs: u64 = value.parse().ok().filter(|&s| s > 0 && s <= 86_400 * 365).ok_or(
-                    CmdlineError::BadValue { key, value, expected: "whole seconds, 1 or more" },
-                )?;
+                let secs: u64 = value
+                    .parse()
+                    .ok()
+                    .filter(|&s| s > 0 && s <= 86_400 * 365)
+                    .ok_or(CmdlineError::BadValue { key, value, expected: "whole seconds, 1 or more" })?;
                 args.shutdown_after_secs = Some(secs);
             }
             keys::TEST_FAULT => {

@@ -222,8 +222,7 @@ mod tests {
     }
 
     fn write_entry(out: &mut Vec<u8>, ino: u32, name: &[u8], mode: u32, data: &[u8]) {
-        let fields =
-            [ino, mode, 0, 0, 1, 0, data.len() as u32, 0, 0, 0, 0, name.len() as u32 + 1, 0];
+        let fields = [ino, mode, 0, 0, 1, 0, data.len() as u32, 0, 0, 0, 0, name.len() as u32 + 1, 0];
         out.extend_from_slice(MAGIC);
         for value in fields {
             out.extend_from_slice(format!("{value:08X}").as_bytes());
@@ -261,8 +260,7 @@ mod tests {
             ("ffffffff".into(), FILE_MODE, vec![9; 6]),
             ("ünïcödé".into(), FILE_MODE, vec![7; 7]),
         ];
-        let refs: Vec<(&str, u32, &[u8])> =
-            files.iter().map(|(n, m, d)| (n.as_str(), *m, d.as_slice())).collect();
+        let refs: Vec<(&str, u32, &[u8])> = files.iter().map(|(n, m, d)| (n.as_str(), *m, d.as_slice())).collect();
         let archive = write_archive(&refs);
         assert_eq!(archive.len() % 4, 0);
         let entries = collect(&archive).unwrap();
@@ -414,11 +412,9 @@ mod tests {
 
     #[test]
     fn huge_sizes_are_truncation_not_panics() {
-        for (field, value) in [
-            (FIELD_FILESIZE, b"FFFFFFFF"),
-            (FIELD_NAMESIZE, b"FFFFFFFF"),
-            (FIELD_FILESIZE, b"7FFFFFFF"),
-        ] {
+        for (field, value) in
+            [(FIELD_FILESIZE, b"FFFFFFFF"), (FIELD_NAMESIZE, b"FFFFFFFF"), (FIELD_FILESIZE, b"7FFFFFFF")]
+        {
             let mut archive = write_archive(&[("a", FILE_MODE, b"1")]);
             let at = 6 + field * 8;
             archive[at..at + 8].copy_from_slice(value);
@@ -428,8 +424,7 @@ mod tests {
 
     #[test]
     fn hostile_bytes_never_panic() {
-        let archive =
-            write_archive(&[("a", FILE_MODE, b"hello"), ("bin/x", FILE_MODE, b"12345678")]);
+        let archive = write_archive(&[("a", FILE_MODE, b"hello"), ("bin/x", FILE_MODE, b"12345678")]);
         for index in 0..archive.len() {
             for value in [b'0', b'F', b'g', 0, 0xff] {
                 let mut bad = archive.clone();

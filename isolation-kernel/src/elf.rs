@@ -109,9 +109,7 @@ impl core::fmt::Display for ElfError {
             ElfError::NotLittleEndian => f.write_str("not a little-endian ELF file"),
             ElfError::NotExecutable => f.write_str("not a fixed-address executable (ET_EXEC)"),
             ElfError::WrongMachine(m) => write!(f, "machine type {m} is not x86-64 ({EM_X86_64})"),
-            ElfError::BadProgramHeaders => {
-                f.write_str("program header table is malformed or outside the file")
-            }
+            ElfError::BadProgramHeaders => f.write_str("program header table is malformed or outside the file"),
             ElfError::TooManySegments => {
                 write!(f, "more than {MAX_SEGMENTS} loadable segments")
             }
@@ -206,10 +204,7 @@ pub fn parse(bytes: &[u8]) -> Result<ElfImage, ElfError> {
     if image.count == 0 {
         return Err(ElfError::NoSegments);
     }
-    let entry_ok = image
-        .segments()
-        .iter()
-        .any(|s| s.executable && entry >= s.vaddr && entry - s.vaddr < s.mem_size);
+    let entry_ok = image.segments().iter().any(|s| s.executable && entry >= s.vaddr && entry - s.vaddr < s.mem_size);
     if !entry_ok {
         return Err(ElfError::EntryNotExecutable(entry));
     }
@@ -217,12 +212,7 @@ pub fn parse(bytes: &[u8]) -> Result<ElfImage, ElfError> {
 }
 
 /// The program header table as a byte slice of whole entries.
-fn program_headers(
-    bytes: &[u8],
-    phoff: u64,
-    phentsize: u16,
-    phnum: u16,
-) -> Result<&[u8], ElfError> {
+fn program_headers(bytes: &[u8], phoff: u64, phentsize: u16, phnum: u16) -> Result<&[u8], ElfError> {
     if phnum == 0 {
         return Err(ElfError::NoSegments);
     }
@@ -246,8 +236,7 @@ fn check_segment(s: &Segment, index: usize, file_len: usize) -> Result<(), ElfEr
     if !in_file {
         return Err(ElfError::SegmentOutOfFile { index });
     }
-    let in_area = s.vaddr >= IMAGE_BASE
-        && s.vaddr.checked_add(s.mem_size).is_some_and(|end| end <= IMAGE_LIMIT);
+    let in_area = s.vaddr >= IMAGE_BASE && s.vaddr.checked_add(s.mem_size).is_some_and(|end| end <= IMAGE_LIMIT);
     if !in_area {
         return Err(ElfError::SegmentOutsideImageArea { index });
     }
@@ -417,14 +406,7 @@ mod tests {
         let mut b = valid();
         b.phdrs.insert(
             0,
-            Phdr {
-                kind: PT_NOTE,
-                flags: R,
-                offset: 0x9999_9999,
-                vaddr: 0xffff_8000_0000_0000,
-                filesz: 8,
-                memsz: 8,
-            },
+            Phdr { kind: PT_NOTE, flags: R, offset: 0x9999_9999, vaddr: 0xffff_8000_0000_0000, filesz: 8, memsz: 8 },
         );
         b.phdrs.push(load(RW, 0x5555_5555, 0x10, 0, 0)); // mem_size 0: skipped
         let image = parse(&b.build()).unwrap();
@@ -452,10 +434,7 @@ mod tests {
         }
         assert!(parse(&file).is_ok());
         // The program header table cut in the middle.
-        assert_eq!(
-            parse(&file[..EHDR_SIZE + PHDR_SIZE + 3]).unwrap_err(),
-            ElfError::BadProgramHeaders
-        );
+        assert_eq!(parse(&file[..EHDR_SIZE + PHDR_SIZE + 3]).unwrap_err(), ElfError::BadProgramHeaders);
         // Headers complete, segment data cut.
         assert_eq!(parse(&file[..0xfff]).unwrap_err(), ElfError::SegmentOutOfFile { index: 0 });
         assert_eq!(parse(&file[..0x1000]).unwrap_err(), ElfError::SegmentOutOfFile { index: 1 });
@@ -523,12 +502,8 @@ mod tests {
 
     #[test]
     fn too_many_segments() {
-        let phdrs: Vec<Phdr> =
-            (0..17).map(|i| load(RX, 0, 0x40_0000 + i * PAGE_SIZE, 0x10, 0x10)).collect();
-        assert_eq!(
-            parse(&Builder::new(0x40_0000, &phdrs).build()).unwrap_err(),
-            ElfError::TooManySegments
-        );
+        let phdrs: Vec<Phdr> = (0..17).map(|i| load(RX, 0, 0x40_0000 + i * PAGE_SIZE, 0x10, 0x10)).collect();
+        assert_eq!(parse(&Builder::new(0x40_0000, &phdrs).build()).unwrap_err(), ElfError::TooManySegments);
         let image = parse(&Builder::new(0x40_0000, &phdrs[..16]).build()).unwrap();
         assert_eq!(image.segments().len(), MAX_SEGMENTS);
         assert_eq!(image.segments()[15].vaddr, 0x40_f000);
@@ -537,23 +512,13 @@ mod tests {
     #[test]
     fn overlapping_segments() {
         // A segment moved onto another is an overlap even if its offset no longer matches.
-        let b = Builder::new(
-            0x40_0000,
-            &[load(RX, 0, 0x40_0000, 0x100, 0x100), load(RW, 0x120, 0x40_0000, 0x10, 0x10)],
-        );
-        assert_eq!(
-            parse(&b.build()).unwrap_err(),
-            ElfError::OverlappingSegments { first: 0, second: 1 }
-        );
+        let b =
+            Builder::new(0x40_0000, &[load(RX, 0, 0x40_0000, 0x100, 0x100), load(RW, 0x120, 0x40_0000, 0x10, 0x10)]);
+        assert_eq!(parse(&b.build()).unwrap_err(), ElfError::OverlappingSegments { first: 0, second: 1 });
         // Same page, disjoint bytes: still an overlap, since mapping is by page.
-        let b = Builder::new(
-            0x40_0000,
-            &[load(RX, 0, 0x40_0000, 0x100, 0x100), load(RW, 0x200, 0x40_0200, 0x10, 0x10)],
-        );
-        assert_eq!(
-            parse(&b.build()).unwrap_err(),
-            ElfError::OverlappingSegments { first: 0, second: 1 }
-        );
+        let b =
+            Builder::new(0x40_0000, &[load(RX, 0, 0x40_0000, 0x100, 0x100), load(RW, 0x200, 0x40_0200, 0x10, 0x10)]);
+        assert_eq!(parse(&b.build()).unwrap_err(), ElfError::OverlappingSegments { first: 0, second: 1 });
         // Byte overlap, reported with program header indices (a PT_NOTE in between).
         let b = Builder::new(
             0x40_0000,
@@ -563,24 +528,13 @@ mod tests {
                 load(RW, 0x1000, 0x40_1000, 0x10, 0x3000),
             ],
         );
-        assert_eq!(
-            parse(&b.build()).unwrap_err(),
-            ElfError::OverlappingSegments { first: 0, second: 2 }
-        );
+        assert_eq!(parse(&b.build()).unwrap_err(), ElfError::OverlappingSegments { first: 0, second: 2 });
         // The later segment entirely below the earlier one's last page.
-        let b = Builder::new(
-            0x40_5000,
-            &[load(RX, 0, 0x40_5000, 0x10, 0x10), load(RW, 0, 0x40_0000, 0x10, 0x8000)],
-        );
-        assert_eq!(
-            parse(&b.build()).unwrap_err(),
-            ElfError::OverlappingSegments { first: 0, second: 1 }
-        );
+        let b = Builder::new(0x40_5000, &[load(RX, 0, 0x40_5000, 0x10, 0x10), load(RW, 0, 0x40_0000, 0x10, 0x8000)]);
+        assert_eq!(parse(&b.build()).unwrap_err(), ElfError::OverlappingSegments { first: 0, second: 1 });
         // Adjacent pages are fine.
-        let b = Builder::new(
-            0x40_0000,
-            &[load(RX, 0, 0x40_0000, 0x10, 0x1000), load(RW, 0x1000, 0x40_1000, 0x10, 0x10)],
-        );
+        let b =
+            Builder::new(0x40_0000, &[load(RX, 0, 0x40_0000, 0x10, 0x1000), load(RW, 0x1000, 0x40_1000, 0x10, 0x10)]);
         assert!(parse(&b.build()).is_ok());
     }
 
@@ -597,18 +551,13 @@ mod tests {
         for vaddr in cases {
             let offset = vaddr % PAGE_SIZE;
             let b = Builder::new(0x40_0000, &[load(RX, offset, vaddr, 0x1000, 0x1000)]);
-            assert_eq!(
-                parse(&b.build()).unwrap_err(),
-                ElfError::SegmentOutsideImageArea { index: 0 },
-                "{vaddr:#x}"
-            );
+            assert_eq!(parse(&b.build()).unwrap_err(), ElfError::SegmentOutsideImageArea { index: 0 }, "{vaddr:#x}");
         }
         // vaddr + mem_size overflows.
         let b = Builder::new(0x40_0000, &[load(RX, 0, 0x40_0000, 0x10, u64::MAX - 0x1000)]);
         assert_eq!(parse(&b.build()).unwrap_err(), ElfError::SegmentOutsideImageArea { index: 0 });
         // A segment ending exactly at the limit is fine.
-        let b =
-            Builder::new(IMAGE_LIMIT - 0x1000, &[load(RX, 0, IMAGE_LIMIT - 0x1000, 0x10, 0x1000)]);
+        let b = Builder::new(IMAGE_LIMIT - 0x1000, &[load(RX, 0, IMAGE_LIMIT - 0x1000, 0x10, 0x1000)]);
         assert!(parse(&b.build()).is_ok());
     }
 
@@ -624,10 +573,7 @@ mod tests {
         let b = Builder::new(0x40_0000, &[load(RX, 0x10_0000, 0x40_0000, 0x10, 0x10)]);
         assert_eq!(parse(&b.build()).unwrap_err(), ElfError::SegmentOutOfFile { index: 0 });
         // Offset + size overflows.
-        let b = Builder::new(
-            0x40_0000,
-            &[load(RX, u64::MAX - 4, 0x40_0000 + PAGE_SIZE - 5, 0x10, 0x10)],
-        );
+        let b = Builder::new(0x40_0000, &[load(RX, u64::MAX - 4, 0x40_0000 + PAGE_SIZE - 5, 0x10, 0x10)]);
         assert_eq!(parse(&b.build()).unwrap_err(), ElfError::SegmentOutOfFile { index: 0 });
         // Ends exactly at the end of the file: fine.
         let mut b = Builder::new(0x40_0000, &[load(RX, 0, 0x40_0000, 0x1000, 0x1000)]);
@@ -702,16 +648,11 @@ mod tests {
     #[test]
     fn errors_display() {
         assert_eq!(ElfError::WrongMachine(3).to_string(), "machine type 3 is not x86-64 (62)");
-        assert_eq!(
-            ElfError::OverlappingSegments { first: 1, second: 2 }.to_string(),
-            "segments 1 and 2 share a page"
-        );
+        assert_eq!(ElfError::OverlappingSegments { first: 1, second: 2 }.to_string(), "segments 1 and 2 share a page");
         assert_eq!(
             ElfError::EntryNotExecutable(0x1234).to_string(),
             "entry point 0x1234 is not in an executable segment"
         );
-        assert!(ElfError::SegmentOutsideImageArea { index: 4 }
-            .to_string()
-            .contains("0x400000..0x10000000"));
+        assert!(ElfError::SegmentOutsideImageArea { index: 4 }.to_string().contains("0x400000..0x10000000"));
     }
 }

@@ -104,11 +104,7 @@ impl Default for GuestMemoryMap {
 
 impl GuestMemoryMap {
     pub const fn new() -> Self {
-        const EMPTY: Region = Region {
-            start: 0,
-            end: 0,
-            access: Access { read: false, write: false, execute: false },
-        };
+        const EMPTY: Region = Region { start: 0, end: 0, access: Access { read: false, write: false, execute: false } };
         GuestMemoryMap { regions: [EMPTY; MAX_REGIONS], len: 0 }
     }
 
@@ -313,12 +309,7 @@ mod tests {
         map
     }
 
-    fn check(
-        map: &GuestMemoryMap,
-        addr: u64,
-        len: u64,
-        need: Access,
-    ) -> Result<ValidSlice, BadPointerReason> {
+    fn check(map: &GuestMemoryMap, addr: u64, len: u64, need: Access) -> Result<ValidSlice, BadPointerReason> {
         UserSlice::new(addr, len).validate(map, need).map_err(|e| {
             assert_eq!((e.addr, e.len), (addr, len));
             e.reason
@@ -361,10 +352,7 @@ mod tests {
         assert_eq!(map.add(0, P, rw), Err(MapError::OutsideUserHalf));
         assert_eq!(map.add(USER_LIMIT, USER_LIMIT + P, rw), Err(MapError::OutsideUserHalf));
         assert_eq!(map.add(USER_LIMIT - 2 * P, USER_LIMIT + P, rw), Err(MapError::OutsideUserHalf));
-        assert_eq!(
-            map.add(0xffff_8000_0000_0000, 0xffff_8000_0000_0000 + P, rw),
-            Err(MapError::OutsideUserHalf)
-        );
+        assert_eq!(map.add(0xffff_8000_0000_0000, 0xffff_8000_0000_0000 + P, rw), Err(MapError::OutsideUserHalf));
         // Overlaps: same range, containing, contained, straddling either end.
         for (start, end) in [
             (0x40_0000, 0x40_2000),
@@ -411,19 +399,10 @@ mod tests {
     #[test]
     fn wrap_around_and_kernel_half() {
         let map = sample();
-        assert_eq!(
-            check(&map, 0x40_0000, u64::MAX, Access::READ),
-            Err(BadPointerReason::WrapsAround)
-        );
+        assert_eq!(check(&map, 0x40_0000, u64::MAX, Access::READ), Err(BadPointerReason::WrapsAround));
         assert_eq!(check(&map, u64::MAX, 2, Access::READ), Err(BadPointerReason::WrapsAround));
-        assert_eq!(
-            check(&map, 0xffff_8000_0000_0000, 8, Access::READ),
-            Err(BadPointerReason::KernelHalf)
-        );
-        assert_eq!(
-            check(&map, 0xffff_ffff_8000_0000, 0, Access::READ),
-            Err(BadPointerReason::KernelHalf)
-        );
+        assert_eq!(check(&map, 0xffff_8000_0000_0000, 8, Access::READ), Err(BadPointerReason::KernelHalf));
+        assert_eq!(check(&map, 0xffff_ffff_8000_0000, 0, Access::READ), Err(BadPointerReason::KernelHalf));
         assert_eq!(check(&map, USER_LIMIT - 8, 9, Access::READ), Err(BadPointerReason::KernelHalf));
         assert_eq!(check(&map, USER_LIMIT - 8, 8, Access::READ).unwrap().end(), USER_LIMIT);
         assert_eq!(check(&map, USER_LIMIT, 1, Access::READ), Err(BadPointerReason::KernelHalf));
@@ -448,10 +427,7 @@ mod tests {
         // The last byte of the data page is fine; one more byte runs into the hole.
         let valid = check(&map, data_end - 1, 1, Access::READ_WRITE).unwrap();
         assert_eq!((valid.addr(), valid.len(), valid.end()), (data_end - 1, 1, data_end));
-        assert_eq!(
-            check(&map, data_end - 1, 2, Access::READ_WRITE),
-            Err(BadPointerReason::Unmapped)
-        );
+        assert_eq!(check(&map, data_end - 1, 2, Access::READ_WRITE), Err(BadPointerReason::Unmapped));
         assert_eq!(check(&map, data_end, 1, Access::READ), Err(BadPointerReason::Unmapped));
         // The first byte of the text and one byte before it.
         assert!(check(&map, 0x40_0000, 1, Access::READ).is_ok());
@@ -459,10 +435,7 @@ mod tests {
         assert_eq!(check(&map, 0x3f_ffff, 2, Access::READ), Err(BadPointerReason::Unmapped));
         // The whole heap, and the whole heap plus one byte.
         assert!(check(&map, 0x40_4000, 4 * P, Access::READ_WRITE).is_ok());
-        assert_eq!(
-            check(&map, 0x40_4000, 4 * P + 1, Access::READ_WRITE),
-            Err(BadPointerReason::Unmapped)
-        );
+        assert_eq!(check(&map, 0x40_4000, 4 * P + 1, Access::READ_WRITE), Err(BadPointerReason::Unmapped));
     }
 
     #[test]
@@ -474,10 +447,7 @@ mod tests {
         assert_eq!(check(&map, 0x40_3100, 16, Access::READ), Err(BadPointerReason::Unmapped));
         // Far away from everything.
         assert_eq!(check(&map, 0x5000_0000, 16, Access::READ), Err(BadPointerReason::Unmapped));
-        assert_eq!(
-            check(&GuestMemoryMap::new(), 0x40_0000, 1, Access::READ),
-            Err(BadPointerReason::Unmapped)
-        );
+        assert_eq!(check(&GuestMemoryMap::new(), 0x40_0000, 1, Access::READ), Err(BadPointerReason::Unmapped));
     }
 
     #[test]
@@ -488,10 +458,7 @@ mod tests {
         assert_eq!((valid.addr(), valid.len()), (0x40_1ff0, 0x20));
         assert!(check(&map, 0x40_0000, 3 * P, Access::READ).is_ok());
         // ...writing is not, because the text part is read-only...
-        assert_eq!(
-            check(&map, 0x40_1ff0, 0x20, Access::READ_WRITE),
-            Err(BadPointerReason::NoPermission)
-        );
+        assert_eq!(check(&map, 0x40_1ff0, 0x20, Access::READ_WRITE), Err(BadPointerReason::NoPermission));
         // ...and the data part may not be executed.
         assert_eq!(check(&map, 0x40_1ff0, 0x20, EXECUTE), Err(BadPointerReason::NoPermission));
         assert!(check(&map, 0x40_1ff0, 0x10, EXECUTE).is_ok());
@@ -505,23 +472,14 @@ mod tests {
     #[test]
     fn permissions() {
         let map = sample();
-        assert_eq!(
-            check(&map, 0x40_0000, 8, Access::READ_WRITE),
-            Err(BadPointerReason::NoPermission)
-        );
+        assert_eq!(check(&map, 0x40_0000, 8, Access::READ_WRITE), Err(BadPointerReason::NoPermission));
         assert_eq!(check(&map, 0x40_0000, 8, WRITE_ONLY), Err(BadPointerReason::NoPermission));
         assert_eq!(check(&map, USER_LIMIT - P, 8, WRITE_ONLY), Err(BadPointerReason::NoPermission));
         assert!(check(&map, 0x40_2000, 8, WRITE_ONLY).is_ok());
         assert!(check(&map, 0x40_0000, 8, Access::READ_EXECUTE).is_ok());
         // The first problem from the start of the slice is reported.
-        assert_eq!(
-            check(&map, 0x40_2ff0, 0x20, Access::READ_EXECUTE),
-            Err(BadPointerReason::NoPermission)
-        );
-        assert_eq!(
-            check(&map, 0x40_1ff0, 0x2000, Access::READ_WRITE),
-            Err(BadPointerReason::NoPermission)
-        );
+        assert_eq!(check(&map, 0x40_2ff0, 0x20, Access::READ_EXECUTE), Err(BadPointerReason::NoPermission));
+        assert_eq!(check(&map, 0x40_1ff0, 0x2000, Access::READ_WRITE), Err(BadPointerReason::NoPermission));
     }
 
     #[test]
@@ -551,16 +509,7 @@ mod tests {
     #[test]
     fn readable_prefix_agrees_with_validate() {
         let map = sample();
-        let addrs = [
-            0,
-            0x40_0000 - 3,
-            0x40_0000,
-            0x40_1ffa,
-            0x40_2ffa,
-            0x40_3ffa,
-            0x40_7ff8,
-            USER_LIMIT - 10,
-        ];
+        let addrs = [0, 0x40_0000 - 3, 0x40_0000, 0x40_1ffa, 0x40_2ffa, 0x40_3ffa, 0x40_7ff8, USER_LIMIT - 10];
         for addr in addrs {
             for need in [Access::READ, Access::READ_WRITE, Access::READ_EXECUTE] {
                 let n = readable_prefix(&map, addr, 15, need);

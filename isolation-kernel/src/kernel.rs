@@ -186,7 +186,12 @@ pub fn probe_nic(max_frame: u64) -> Option<crate::drivers::virtio_net::VirtioNet
             let m = nic.mac();
             log::info!(
                 "nic: virtio-net at {address}, MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, {}",
-                m[0], m[1], m[2], m[3], m[4], m[5],
+                m[0],
+                m[1],
+                m[2],
+                m[3],
+                m[4],
+                m[5],
                 if nic.msix { "MSI-X receive interrupts" } else { "polled on the timer" }
             );
             Some(nic)
@@ -437,4 +442,3 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     console_write_fmt(format_args!("KERNEL PANIC: {info}\n"));
     exit_qemu(KernelExit::Panic)
 }
-

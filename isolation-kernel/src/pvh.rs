@@ -112,12 +112,7 @@ fn u64_at(bytes: &[u8], offset: usize) -> u64 {
     u64::from_le_bytes(word)
 }
 
-fn read_exact(
-    mem: &impl PhysRead,
-    phys: u64,
-    buf: &mut [u8],
-    what: &'static str,
-) -> Result<(), StartInfoError> {
+fn read_exact(mem: &impl PhysRead, phys: u64, buf: &mut [u8], what: &'static str) -> Result<(), StartInfoError> {
     mem.read(phys, buf).map_err(|Unreadable| StartInfoError::Unreadable { what, phys })
 }
 
@@ -200,7 +195,9 @@ fn cmdline_length(mem: &impl PhysRead, phys: u64) -> Result<usize, StartInfoErro
     while scanned <= MAX_CMDLINE_LEN {
         let at = phys.checked_add(scanned as u64).ok_or(StartInfoError::BadCmdline)?;
         // Read byte-wise near the end of readable memory; chunk-wise otherwise.
-        let step = if mem.read(at, &mut chunk).is_ok() { chunk.len() } else {
+        let step = if mem.read(at, &mut chunk).is_ok() {
+            chunk.len()
+        } else {
             read_exact(mem, at, &mut chunk[..1], "command line")?;
             1
         };
@@ -305,13 +302,19 @@ mod tests {
     #[test]
     fn truncated_structures_are_errors_not_panics() {
         // The header itself runs past the end of readable memory.
-        let mem = FakeMemory { base: BASE, bytes: {
-            let mut b = vec![0u8; 20];
-            put32(&mut b, 0, START_INFO_MAGIC);
-            put32(&mut b, 4, 1);
-            b
-        } };
-        assert!(matches!(parse_start_info(&mem, BASE), Err(StartInfoError::Unreadable { what: "start-info structure", .. })));
+        let mem = FakeMemory {
+            base: BASE,
+            bytes: {
+                let mut b = vec![0u8; 20];
+                put32(&mut b, 0, START_INFO_MAGIC);
+                put32(&mut b, 4, 1);
+                b
+            },
+        };
+        assert!(matches!(
+            parse_start_info(&mem, BASE),
+            Err(StartInfoError::Unreadable { what: "start-info structure", .. })
+        ));
 
         // The memory map claims more entries than memory holds: the second runs off the end.
         let mut mem = crafted(&[(0, 0x1000, 1)], b"\0");

@@ -146,9 +146,7 @@ pub fn decode_gp(bytes: &[u8]) -> Result<GpInstruction, DecodeError> {
         index += 1;
     };
     let wide = if operand_size { 2 } else { 4 };
-    let port_io = |direction, width, port, len| {
-        Ok(GpInstruction::PortIo(PortIo { direction, width, port, len }))
-    };
+    let port_io = |direction, width, port, len| Ok(GpInstruction::PortIo(PortIo { direction, width, port, len }));
     let after = index + 1;
     match opcode {
         0xE4..=0xE7 => {
@@ -315,18 +313,18 @@ mod tests {
             (&[0xFB], Privileged::Sti),
             (&[0x0F, 0x30], Privileged::Wrmsr),
             (&[0x0F, 0x32], Privileged::Rdmsr),
-            (&[0x0F, 0x22, 0xD8], Privileged::MovToCr), // mov cr3, rax
+            (&[0x0F, 0x22, 0xD8], Privileged::MovToCr),       // mov cr3, rax
             (&[0x44, 0x0F, 0x22, 0xC0], Privileged::MovToCr), // mov cr8, rax
-            (&[0x0F, 0x20, 0xC0], Privileged::MovFromCr), // mov rax, cr0
+            (&[0x0F, 0x20, 0xC0], Privileged::MovFromCr),     // mov rax, cr0
             (&[0x0F, 0x23, 0xC0], Privileged::MovToDr),
             (&[0x0F, 0x21, 0xC0], Privileged::MovFromDr),
-            (&[0x0F, 0x01, 0x38], Privileged::Invlpg), // invlpg [rax]
+            (&[0x0F, 0x01, 0x38], Privileged::Invlpg),       // invlpg [rax]
             (&[0x0F, 0x01, 0x7D, 0x08], Privileged::Invlpg), // invlpg [rbp+8]
-            (&[0x0F, 0x01, 0x10], Privileged::Lgdt),   // lgdt [rax]
-            (&[0x0F, 0x01, 0x18], Privileged::Lidt),   // lidt [rax]
-            (&[0x0F, 0x01, 0xF0], Privileged::Lmsw),   // lmsw ax
-            (&[0x0F, 0x00, 0xD0], Privileged::Lldt),   // lldt ax
-            (&[0x0F, 0x00, 0xD8], Privileged::Ltr),    // ltr ax
+            (&[0x0F, 0x01, 0x10], Privileged::Lgdt),         // lgdt [rax]
+            (&[0x0F, 0x01, 0x18], Privileged::Lidt),         // lidt [rax]
+            (&[0x0F, 0x01, 0xF0], Privileged::Lmsw),         // lmsw ax
+            (&[0x0F, 0x00, 0xD0], Privileged::Lldt),         // lldt ax
+            (&[0x0F, 0x00, 0xD8], Privileged::Ltr),          // ltr ax
             (&[0x0F, 0x08], Privileged::Invd),
             (&[0x0F, 0x09], Privileged::Wbinvd),
             (&[0x0F, 0x06], Privileged::Clts),

@@ -169,7 +169,10 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
         }
         let mtu = self.mtu;
         let buffer = || {
-            udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; UDP_BUFFER_PACKETS], vec![0; UDP_BUFFER_PACKETS * mtu])
+            udp::PacketBuffer::new(
+                vec![udp::PacketMetadata::EMPTY; UDP_BUFFER_PACKETS],
+                vec![0; UDP_BUFFER_PACKETS * mtu],
+            )
         };
         let mut socket = udp::Socket::new(buffer(), buffer());
         socket.bind(port).map_err(|_| NetError::Unaddressable)?;
@@ -203,7 +206,8 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
             let [entry, handler, popped, routed, copied, released, resumed, driver] = stamps;
             let marks = [entry, handler, popped, routed, copied, released, resumed, driver, done];
             if marks.windows(2).all(|w| w[0] <= w[1]) && entry != 0 {
-                let stages: [u32; 8] = core::array::from_fn(|i| (marks[i + 1] - marks[i]).min(u64::from(u32::MAX)) as u32);
+                let stages: [u32; 8] =
+                    core::array::from_fn(|i| (marks[i + 1] - marks[i]).min(u64::from(u32::MAX)) as u32);
                 let samples = self.rx_stage_samples.entry(data.len() + FRAME_HEADERS).or_default();
                 if samples.len() < STAMP_SAMPLES {
                     samples.push(stages);

@@ -23,12 +23,11 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{fence, Ordering};
 use hypercall_abi::vnic::{
-    max_frame, ring_used, rx_buffer_addr_for, slot_size, tx_slot_addr_for, DescStatus, VnicShared, MTU,
-    RX_RING_SIZE, RX_SLOTS, TX_HEADROOM, TX_RING_SIZE, TX_SLOTS,
+    max_frame, ring_used, rx_buffer_addr_for, slot_size, tx_slot_addr_for, DescStatus, VnicShared, MTU, RX_RING_SIZE,
+    RX_SLOTS, TX_HEADROOM, TX_RING_SIZE, TX_SLOTS,
 };
 use smoltcp::phy::{Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
-
 
 /// How the driver signals the kernel. A guest issues the virtual instructions
 /// (`hypercall_abi::guest::vnic_tx_kick` / `vnic_rx_posted`); tests count.
@@ -171,9 +170,7 @@ impl<'a, D: Doorbell> Vnic<'a, D> {
         let tx_consumer = shared.tx_consumer.0.load(Ordering::Acquire);
         let rx_producer = shared.rx_producer.0.load(Ordering::Relaxed);
         let rx_consumer = shared.rx_consumer.0.load(Ordering::Acquire);
-        if ring_used(tx_producer, tx_consumer) > TX_RING_SIZE
-            || ring_used(rx_producer, rx_consumer) > RX_RING_SIZE
-        {
+        if ring_used(tx_producer, tx_consumer) > TX_RING_SIZE || ring_used(rx_producer, rx_consumer) > RX_RING_SIZE {
             return Err(VnicError::BadRingIndices);
         }
         let mut rx = RxHalf {

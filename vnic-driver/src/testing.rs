@@ -11,8 +11,8 @@ use core::sync::atomic::Ordering;
 use hypercall_abi::layout::{VNIC_RX_AREA_ADDR, VNIC_TX_AREA_ADDR};
 use hypercall_abi::vi::VirtualInterrupts;
 use hypercall_abi::vnic::{
-    ring_used, DescStatus, VnicShared, MAX_FRAME, MIN_FRAME, RX_RING_SIZE, RX_SLOTS, SLOT_SIZE,
-    TX_HEADROOM, TX_RING_SIZE, TX_SLOTS,
+    ring_used, DescStatus, VnicShared, MAX_FRAME, MIN_FRAME, RX_RING_SIZE, RX_SLOTS, SLOT_SIZE, TX_HEADROOM,
+    TX_RING_SIZE, TX_SLOTS,
 };
 
 /// Counts doorbells; clones share the counts, so a test keeps one while the vNIC owns another.

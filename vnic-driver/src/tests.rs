@@ -3,8 +3,7 @@ use crate::{Vnic, VnicError};
 use core::sync::atomic::Ordering;
 use hypercall_abi::vi::VirtualInterrupts;
 use hypercall_abi::vnic::{
-    rx_buffer_addr, tx_slot_addr, DescStatus, VnicShared, MAX_FRAME, RX_RING_SIZE, SLOT_SIZE, TX_HEADROOM,
-    TX_RING_SIZE,
+    rx_buffer_addr, tx_slot_addr, DescStatus, VnicShared, MAX_FRAME, RX_RING_SIZE, SLOT_SIZE, TX_HEADROOM, TX_RING_SIZE,
 };
 use smoltcp::phy::{Device, RxToken, TxToken};
 use smoltcp::time::Instant;
@@ -186,7 +185,11 @@ fn rejected_tx_descriptors_are_counted() {
     let mut n = 0;
     let sent = vnic.kernel_side().complete_tx(|_| {
         n += 1;
-        if n % 2 == 0 { DescStatus::RejectedSpoofedSource } else { DescStatus::Done }
+        if n % 2 == 0 {
+            DescStatus::RejectedSpoofedSource
+        } else {
+            DescStatus::Done
+        }
     });
     assert_eq!(sent.len(), 3);
     vnic.flush();

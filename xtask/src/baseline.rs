@@ -45,7 +45,11 @@ fn prepare() -> Result<(PathBuf, PathBuf)> {
     let initramfs = dir.join("initramfs.cpio");
     let root = dir.join("root");
     let existing = std::fs::read_dir(root.join("boot")).ok().and_then(|mut d| {
-        d.find_map(|e| e.ok().map(|e| e.path()).filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))))
+        d.find_map(|e| {
+            e.ok()
+                .map(|e| e.path())
+                .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+        })
     });
     let kernel = match existing {
         Some(kernel) => kernel,
@@ -69,10 +73,18 @@ fn prepare() -> Result<(PathBuf, PathBuf)> {
                 .context("no vmlinuz in the kernel package")?
         }
     };
-    let version = kernel.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("vmlinuz-")).context("kernel name")?.to_string();
+    let version = kernel
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("vmlinuz-"))
+        .context("kernel name")?
+        .to_string();
     let init = dir.join("echo-init");
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("linux-baseline/echo-init.c");
-    run(Command::new("gcc").args(["-static", "-O2", "-o"]).arg(&init).arg(&source), "gcc -static (the baseline's /init)")?;
+    run(
+        Command::new("gcc").args(["-static", "-O2", "-o"]).arg(&init).arg(&source),
+        "gcc -static (the baseline's /init)",
+    )?;
     let mut archive = CpioWriter::default();
     archive.add("lib", &[], 0o040755);
     archive.add("init", &std::fs::read(&init)?, 0o100755);
@@ -80,7 +92,11 @@ fn prepare() -> Result<(PathBuf, PathBuf)> {
     for module in MODULES {
         let path = modules.join(format!("{module}.ko"));
         let name = Path::new(module).file_name().and_then(|n| n.to_str()).context("module name")?;
-        archive.add(&format!("lib/{name}.ko"), &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?, 0o100644);
+        archive.add(
+            &format!("lib/{name}.ko"),
+            &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+            0o100644,
+        );
     }
     std::fs::write(&initramfs, archive.finish())?;
     Ok((kernel, initramfs))
@@ -119,7 +135,8 @@ fn measure_ours(artifacts: &Artifacts, load: Load, base: u16) -> Result<Measured
     let mut session = Session::start(config.command(), Duration::from_secs(600), false)?;
     let peer0 = SocketAddr::from(([127, 0, 0, 1], base));
     let boot_to_first_echo = first_echo(peer0, start, Duration::from_secs(60))?;
-    let peers: Vec<SocketAddr> = (0..guests.len()).map(|i| SocketAddr::from(([127, 0, 0, 1], base + i as u16))).collect();
+    let peers: Vec<SocketAddr> =
+        (0..guests.len()).map(|i| SocketAddr::from(([127, 0, 0, 1], base + i as u16))).collect();
     let rows = bench::measure(&peers, load)?;
     session.request_quit();
     session.finish()?;
@@ -161,12 +178,21 @@ pub fn run_baseline(load: Load) -> Result<PathBuf> {
     let linux = measure_linux(&kernel, &initramfs, load, base + 4)?;
     println!("ours vs a Linux VM, same QEMU (TCG, pc, legacy virtio-net, user network), wall clock, one run:");
     println!("{:<40} {:>12} {:>12} {:>8}", "figure", "ours", "linux", "ratio");
-    let mut json = String::from("{\"accel\": \"tcg\", \"network\": \"user\", \"unit\": \"wall-clock\", \"results\": [\n");
+    let mut json =
+        String::from("{\"accel\": \"tcg\", \"network\": \"user\", \"unit\": \"wall-clock\", \"results\": [\n");
     let mut line = |name: String, ours: f64, linux: f64| {
         println!("{name:<40} {ours:>12.1} {linux:>12.1} {:>8.2}", ours / linux);
-        let _ = writeln!(json, "  {{\"figure\": \"{name}\", \"ours\": {ours:.1}, \"linux\": {linux:.1}, \"ratio\": {:.3}}},", ours / linux);
+        let _ = writeln!(
+            json,
+            "  {{\"figure\": \"{name}\", \"ours\": {ours:.1}, \"linux\": {linux:.1}, \"ratio\": {:.3}}},",
+            ours / linux
+        );
     };
-    line("boot to first echo (ms)".into(), ours.boot_to_first_echo.as_secs_f64() * 1e3, linux.boot_to_first_echo.as_secs_f64() * 1e3);
+    line(
+        "boot to first echo (ms)".into(),
+        ours.boot_to_first_echo.as_secs_f64() * 1e3,
+        linux.boot_to_first_echo.as_secs_f64() * 1e3,
+    );
     for (o, l) in ours.rows.iter().zip(&linux.rows) {
         // Latency is measured once per size (one stream); print it with the 1-stream row.
         if o.guests == 1 {

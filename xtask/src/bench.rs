@@ -73,7 +73,10 @@ pub fn measure(peers: &[SocketAddr], load: Load) -> Result<Vec<EchoRow>> {
 pub fn rows_to_lines(rows: &[EchoRow]) -> String {
     rows.iter()
         .map(|r| {
-            format!("row {} {} {:.1} {:.1} {:.1} {} {}\n", r.size, r.guests, r.rtt_p50_us, r.rtt_p99_us, r.echoes_per_second, r.sent, r.received)
+            format!(
+                "row {} {} {:.1} {:.1} {:.1} {} {}\n",
+                r.size, r.guests, r.rtt_p50_us, r.rtt_p99_us, r.echoes_per_second, r.sent, r.received
+            )
         })
         .collect()
 }
@@ -104,7 +107,9 @@ fn run_mode(artifacts: &Artifacts, tx: TxMode, load: Load, namespace: Option<&Ta
     let base = 21_000 + (std::process::id() % 1_000) as u16 * 8;
     let net = match namespace {
         Some(_) => NetBackend::Tap { ifname: crate::tapnet::TAP_IFNAME.into() },
-        None => NetBackend::User { forwards: guests.iter().enumerate().map(|(i, n)| (base + i as u16, n.ipv4, 7)).collect() },
+        None => NetBackend::User {
+            forwards: guests.iter().enumerate().map(|(i, n)| (base + i as u16, n.ipv4, 7)).collect(),
+        },
     };
     let config = QemuConfig {
         net: Some(net),
@@ -131,7 +136,8 @@ fn run_mode(artifacts: &Artifacts, tx: TxMode, load: Load, namespace: Option<&Ta
             rows_from_lines(&String::from_utf8_lossy(&out.stdout))
         }
         None => {
-            let peers: Vec<SocketAddr> = (0..guests.len()).map(|i| SocketAddr::from(([127, 0, 0, 1], base + i as u16))).collect();
+            let peers: Vec<SocketAddr> =
+                (0..guests.len()).map(|i| SocketAddr::from(([127, 0, 0, 1], base + i as u16))).collect();
             measure(&peers, load)?
         }
     };
@@ -159,11 +165,21 @@ pub fn echo(load: Load) -> Result<std::path::PathBuf> {
         rows.extend(run_mode(&artifacts, tx, load, namespace.as_ref())?);
     }
     println!("UDP echo over the {network} network, TCG, wall clock (one run):");
-    println!("{:<5} {:>5} {:>6} {:>12} {:>12} {:>12} {:>10} {:>8}", "mode", "size", "guests", "rtt p50 us", "rtt p99 us", "echoes/s", "sent", "lost");
+    println!(
+        "{:<5} {:>5} {:>6} {:>12} {:>12} {:>12} {:>10} {:>8}",
+        "mode", "size", "guests", "rtt p50 us", "rtt p99 us", "echoes/s", "sent", "lost"
+    );
     for r in &rows {
         println!(
             "{:<5} {:>5} {:>6} {:>12.0} {:>12.0} {:>12.0} {:>10} {:>8}",
-            r.mode, r.size, r.guests, r.rtt_p50_us, r.rtt_p99_us, r.echoes_per_second, r.sent, r.sent - r.received
+            r.mode,
+            r.size,
+            r.guests,
+            r.rtt_p50_us,
+            r.rtt_p99_us,
+            r.echoes_per_second,
+            r.sent,
+            r.sent - r.received
         );
     }
     let dir = pack::workspace_root().join("target/bench");
@@ -176,7 +192,8 @@ pub fn echo(load: Load) -> Result<std::path::PathBuf> {
 }
 
 fn echo_json(rows: &[EchoRow], network: &str) -> String {
-    let mut out = format!("{{\"accel\": \"tcg\", \"unit\": \"wall-clock\", \"network\": \"{network}\", \"results\": [\n");
+    let mut out =
+        format!("{{\"accel\": \"tcg\", \"unit\": \"wall-clock\", \"network\": \"{network}\", \"results\": [\n");
     for (i, r) in rows.iter().enumerate() {
         let _ = writeln!(
             out,
@@ -210,7 +227,12 @@ fn echo_svg(rows: &[EchoRow], network: &str) -> String {
     for (i, r) in rows.iter().enumerate() {
         let h = r.echoes_per_second / max * height;
         let color = if r.mode == "copy" { "#4477aa" } else { "#ee7733" };
-        let _ = writeln!(svg, "<rect x=\"{x}\" y=\"{}\" width=\"{}\" height=\"{h}\" fill=\"{color}\"/>", 40.0 + height - h, bar - 4.0);
+        let _ = writeln!(
+            svg,
+            "<rect x=\"{x}\" y=\"{}\" width=\"{}\" height=\"{h}\" fill=\"{color}\"/>",
+            40.0 + height - h,
+            bar - 4.0
+        );
         let _ = writeln!(svg, "<text x=\"{x}\" y=\"{}\">{:.0}</text>", 36.0 + height - h, r.echoes_per_second);
         let _ = writeln!(svg, "<text x=\"{x}\" y=\"{}\">{}B×{}</text>", 55.0 + height, r.size, r.guests);
         let _ = writeln!(svg, "<text x=\"{x}\" y=\"{}\">{:.0}µs</text>", 70.0 + height, r.rtt_p50_us);
@@ -224,7 +246,16 @@ mod tests {
     use super::*;
 
     fn row(mode: &'static str, size: usize, guests: usize) -> EchoRow {
-        EchoRow { mode, size, guests, rtt_p50_us: 250.0, rtt_p99_us: 500.0, echoes_per_second: 20000.0, sent: 100, received: 98 }
+        EchoRow {
+            mode,
+            size,
+            guests,
+            rtt_p50_us: 250.0,
+            rtt_p99_us: 500.0,
+            echoes_per_second: 20000.0,
+            sent: 100,
+            received: 98,
+        }
     }
 
     #[test]

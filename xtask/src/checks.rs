@@ -118,12 +118,16 @@ mod guest_end_tests {
 
     #[test]
     fn end_lines_parse() {
-        let log = "guest 3 hello-3 exited 0\nguest 4 bad stopped: page fault: write at 0x0 (not mapped) at rip 0x400179\n\
+        let log =
+            "guest 3 hello-3 exited 0\nguest 4 bad stopped: page fault: write at 0x0 (not mapped) at rip 0x400179\n\
                    guest 5 elf refused: bad ELF file: x\n[ 0.1] INFO  guest 3 hello-3: exited 7\nguest x y exited 1\n";
         let ends = guest_ends(log);
         assert_eq!(ends.len(), 3);
         assert_eq!(ends["hello-3"], (3, GuestEnd::Exited(0)));
-        assert_eq!(ends["bad"].1, GuestEnd::Stopped { cause: "page fault: write at 0x0 (not mapped)".into(), rip: 0x400179 });
+        assert_eq!(
+            ends["bad"].1,
+            GuestEnd::Stopped { cause: "page fault: write at 0x0 (not mapped)".into(), rip: 0x400179 }
+        );
         assert!(end_meets(Some(&ends["bad"].1), "stopped:write at 0x0"));
         assert!(!end_meets(Some(&ends["bad"].1), "exit:0"));
         assert!(end_meets(Some(&ends["elf"].1), "refused:bad ELF"));

@@ -66,7 +66,13 @@ pub fn parse_lines(log: &str, mode: &'static str) -> Vec<Cell> {
         .collect()
 }
 
-fn run_mode(artifacts: &Artifacts, tx: TxMode, packets: usize, sizes: &[usize], accel: Accel) -> Result<(Vec<Cell>, u64)> {
+fn run_mode(
+    artifacts: &Artifacts,
+    tx: TxMode,
+    packets: usize,
+    sizes: &[usize],
+    accel: Accel,
+) -> Result<(Vec<Cell>, u64)> {
     let image = pack::pack_image("udp-echo", artifacts, NetPlan::USER)?;
     let guest = image.guests.iter().find_map(|g| g.net).context("udp-echo has a networked guest")?;
     let port = 23_000 + (std::process::id() % 1_000) as u16 * 4;
@@ -162,7 +168,11 @@ pub fn run(packets: usize, sizes: &[usize], accel: Accel) -> Result<std::path::P
     }
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|i| i.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|i| {
+            i.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
     let mut json = format!(
         "{{\"accel\": \"{}\", \"unit\": \"{unit}\", \"cpu\": \"{cpu}\", \"tsc_hz\": {tsc_hz}, \"results\": [\n",
@@ -172,7 +182,12 @@ pub fn run(packets: usize, sizes: &[usize], accel: Accel) -> Result<std::path::P
         let stages: Vec<String> = c
             .stages
             .iter()
-            .map(|s| format!("{{\"name\": \"{}\", \"median\": {}, \"p10\": {}, \"p90\": {}}}", s.name, s.median, s.p10, s.p90))
+            .map(|s| {
+                format!(
+                    "{{\"name\": \"{}\", \"median\": {}, \"p10\": {}, \"p90\": {}}}",
+                    s.name, s.median, s.p10, s.p90
+                )
+            })
             .collect();
         let _ = writeln!(
             json,
@@ -213,7 +228,13 @@ fn svg(cells: &[Cell]) -> String {
         for (k, s) in c.stages.iter().enumerate() {
             let h = s.median as f64 / max * height;
             y -= h;
-            let _ = writeln!(out, "<rect x=\"{x}\" y=\"{y}\" width=\"{bar}\" height=\"{h}\" fill=\"{}\"><title>{}: {}</title></rect>", COLORS[k % 8], s.name, s.median);
+            let _ = writeln!(
+                out,
+                "<rect x=\"{x}\" y=\"{y}\" width=\"{bar}\" height=\"{h}\" fill=\"{}\"><title>{}: {}</title></rect>",
+                COLORS[k % 8],
+                s.name,
+                s.median
+            );
         }
         let _ = writeln!(out, "<text x=\"{x}\" y=\"{}\">{} {}</text>", 45.0 + height, c.direction, c.size);
         let _ = writeln!(out, "<text x=\"{x}\" y=\"{}\">{}</text>", 58.0 + height, c.mode);
@@ -236,7 +257,10 @@ mod tests {
                    dispatch: report done\n";
         let cells = parse_lines(log, "copy");
         assert_eq!(cells.len(), 2);
-        assert_eq!((cells[0].direction, cells[0].size, cells[0].samples, cells[0].total_median), ("rx", 100, 200, 2830));
+        assert_eq!(
+            (cells[0].direction, cells[0].size, cells[0].samples, cells[0].total_median),
+            ("rx", 100, 200, 2830)
+        );
         assert_eq!(cells[0].stages[1].name, "guest_stack");
         assert_eq!((cells[1].direction, cells[1].size, cells[1].stages[1].p90), ("tx", 1400, 6));
     }

@@ -19,21 +19,7 @@ fn pad4(bytes: &mut Vec<u8>) {
 impl CpioWriter {
     pub fn add(&mut self, name: &str, data: &[u8], mode: u32) {
         self.next_inode += 1;
-        let fields = [
-            self.next_inode,
-            mode,
-            0,
-            0,
-            1,
-            0,
-            data.len() as u32,
-            0,
-            0,
-            0,
-            0,
-            name.len() as u32 + 1,
-            0,
-        ];
+        let fields = [self.next_inode, mode, 0, 0, 1, 0, data.len() as u32, 0, 0, 0, 0, name.len() as u32 + 1, 0];
         self.bytes.extend_from_slice(b"070701");
         for field in fields {
             self.bytes.extend_from_slice(format!("{field:08x}").as_bytes());

@@ -194,7 +194,9 @@ fn real_main() -> Result<()> {
         Cmd::Bench { which: BenchCmd::Baseline { quick } } => {
             baseline::run_baseline(if quick { bench::QUICK } else { bench::FULL }).map(|_| ())
         }
-        Cmd::Bench { which: BenchCmd::Echo { quick } } => bench::echo(if quick { bench::QUICK } else { bench::FULL }).map(|_| ()),
+        Cmd::Bench { which: BenchCmd::Echo { quick } } => {
+            bench::echo(if quick { bench::QUICK } else { bench::FULL }).map(|_| ())
+        }
         Cmd::BenchClient { peers, quick } => {
             let rows = bench::measure(&peers, if quick { bench::QUICK } else { bench::FULL })?;
             print!("{}", bench::rows_to_lines(&rows));
@@ -222,7 +224,11 @@ fn run(args: RunArgs) -> Result<()> {
     }
     let net_guests: Vec<_> = image.guests.iter().filter_map(|g| g.net.map(|n| (g.name.clone(), n))).collect();
     if args.net == NetChoice::User && u64::from(image.manifest.kernel.mtu) > hypercall_abi::vnic::MTU {
-        bail!("image {} has MTU {}: jumbo frames need --net tap or --net none (QEMU's user network carries 1500)", image.name, image.manifest.kernel.mtu);
+        bail!(
+            "image {} has MTU {}: jumbo frames need --net tap or --net none (QEMU's user network carries 1500)",
+            image.name,
+            image.manifest.kernel.mtu
+        );
     }
     let namespace = match args.net {
         NetChoice::Tap => Some(tapnet::TapNamespace::create(&plan, image.manifest.kernel.mtu)?),

@@ -176,42 +176,62 @@ fn kernel_rows(size: usize, rows: &mut Vec<NativeRow>) {
     let addr = tx_slot_addr(3) + TX_HEADROOM;
     let len = frame.len() as u32;
     let nothing = || {};
-    rows.push(summarize("kernel_validate_descriptor", size, time_batched(nothing, || {
-        black_box(validate_tx(black_box(addr), black_box(len), MAX_FRAME)).ok();
-    })));
-    rows.push(summarize("kernel_vswitch_route", size, time_batched(nothing, || {
-        black_box(matches!(vswitch.route(black_box(&frame), Source::Guest(0)), Route::Guest(1)));
-    })));
+    rows.push(summarize(
+        "kernel_validate_descriptor",
+        size,
+        time_batched(nothing, || {
+            black_box(validate_tx(black_box(addr), black_box(len), MAX_FRAME)).ok();
+        }),
+    ));
+    rows.push(summarize(
+        "kernel_vswitch_route",
+        size,
+        time_batched(nothing, || {
+            black_box(matches!(vswitch.route(black_box(&frame), Source::Guest(0)), Route::Guest(1)));
+        }),
+    ));
     let mut fifos = vec![TxFifo::new(64), TxFifo::new(64)];
     let mut sched = NetScheduler::new(2, 8);
-    rows.push(summarize("kernel_fifo_and_network_scheduler", size, time_batched(nothing, || {
-        fifos[0].push(Packet::pooled(BufId(1), len)).expect("room");
-        sched.mark_ready(0);
-        sched.serve(&mut fifos, |_, p| {
-            black_box(p);
-            Ok(())
-        });
-    })));
+    rows.push(summarize(
+        "kernel_fifo_and_network_scheduler",
+        size,
+        time_batched(nothing, || {
+            fifos[0].push(Packet::pooled(BufId(1), len)).expect("room");
+            sched.mark_ready(0);
+            sched.serve(&mut fifos, |_, p| {
+                black_box(p);
+                Ok(())
+            });
+        }),
+    ));
     // The copy path's own work: a pool buffer, copy 1, the source check on it, copy 2.
     let mut pool = PacketPool::new(512);
     let (guest_slot, mut kernel_buf, mut nic_buf) = (frame.clone(), vec![0u8; 9216], vec![0u8; 9216]);
-    rows.push(summarize("kernel_copy_path_work", size, time_batched(nothing, || {
-        let buf = pool.alloc().expect("buffer");
-        kernel_buf[..guest_slot.len()].copy_from_slice(&guest_slot);
-        black_box(vswitch.source_is(0, &kernel_buf[..guest_slot.len()]));
-        nic_buf[..guest_slot.len()].copy_from_slice(&kernel_buf[..guest_slot.len()]);
-        black_box(&nic_buf);
-        pool.release(buf).expect("release");
-    })));
+    rows.push(summarize(
+        "kernel_copy_path_work",
+        size,
+        time_batched(nothing, || {
+            let buf = pool.alloc().expect("buffer");
+            kernel_buf[..guest_slot.len()].copy_from_slice(&guest_slot);
+            black_box(vswitch.source_is(0, &kernel_buf[..guest_slot.len()]));
+            nic_buf[..guest_slot.len()].copy_from_slice(&kernel_buf[..guest_slot.len()]);
+            black_box(&nic_buf);
+            pool.release(buf).expect("release");
+        }),
+    ));
     // The COW path's bookkeeping (the PTE writes and invlpg are privileged: not here).
     let (mut slots, mut ring) = (CowSlots::new(&[0x1000, 0x2000]), TxRing::new());
-    rows.push(summarize("kernel_cow_path_work", size, time_batched(nothing, || {
-        let index = ring.take().expect("room");
-        black_box(slots.protect(0));
-        black_box(vswitch.source_is(0, &guest_slot));
-        black_box(slots.release(0, 0x1000));
-        ring.complete(index);
-    })));
+    rows.push(summarize(
+        "kernel_cow_path_work",
+        size,
+        time_batched(nothing, || {
+            let index = ring.take().expect("room");
+            black_box(slots.protect(0));
+            black_box(vswitch.source_is(0, &guest_slot));
+            black_box(slots.release(0, 0x1000));
+            ring.complete(index);
+        }),
+    ));
 }
 
 /// Runs every native benchmark and writes `target/bench/native.json`.
@@ -229,7 +249,11 @@ pub fn run() -> Result<std::path::PathBuf> {
     }
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|info| info.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
     let mut json = format!("{{\"unit\": \"tsc_ticks\", \"cpu\": \"{cpu}\", \"results\": [\n");
     for (i, r) in rows.iter().enumerate() {

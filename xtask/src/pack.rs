@@ -2,8 +2,8 @@
 
 use crate::initrd::{corrupt_elf, CpioWriter};
 use crate::manifest::{image_names, manifest_path, Guest, Manifest, NetPlan};
-use hypercall_abi::initrd::{APP_DIR, CONFIG_FILE};
 use anyhow::{bail, Context, Result};
+use hypercall_abi::initrd::{APP_DIR, CONFIG_FILE};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -40,9 +40,7 @@ impl Accel {
 /// hosts it exists but runs our ring-0 code ~100x slower than TCG.
 pub fn host_has_hardware_virtualization() -> bool {
     std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|info| {
-        info.lines()
-            .filter(|l| l.starts_with("flags"))
-            .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+        info.lines().filter(|l| l.starts_with("flags")).any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
     })
 }
 

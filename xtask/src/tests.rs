@@ -62,12 +62,30 @@ const QEMU_TESTS: &[QemuTest] = &[
     QemuTest { name: "cow_rewrite_in_flight_tcg", run: cow_rewrite_in_flight },
     QemuTest { name: "bench_echo_smoke", run: bench_echo_smoke },
     QemuTest { name: "bench_dispatch_smoke", run: bench_dispatch_smoke },
-    QemuTest { name: "udp_echo_tap_network_copy_tcg", run: |ctx| udp_echo_tap_network(ctx, TxMode::Copy, "udp-echo", &udp::TEST_SIZES) },
-    QemuTest { name: "udp_echo_tap_network_cow_tcg", run: |ctx| udp_echo_tap_network(ctx, TxMode::Cow, "udp-echo", &udp::TEST_SIZES) },
-    QemuTest { name: "udp_jumbo_tap_network_copy_tcg", run: |ctx| udp_echo_tap_network(ctx, TxMode::Copy, "udp-echo-jumbo", &udp::JUMBO_TEST_SIZES) },
-    QemuTest { name: "udp_jumbo_tap_network_cow_tcg", run: |ctx| udp_echo_tap_network(ctx, TxMode::Cow, "udp-echo-jumbo", &udp::JUMBO_TEST_SIZES) },
-    QemuTest { name: "udp_jumbo_guest_to_guest_copy_tcg", run: |ctx| udp_guest_to_guest(ctx, TxMode::Copy, "udp-g2g-jumbo") },
-    QemuTest { name: "udp_jumbo_guest_to_guest_cow_tcg", run: |ctx| udp_guest_to_guest(ctx, TxMode::Cow, "udp-g2g-jumbo") },
+    QemuTest {
+        name: "udp_echo_tap_network_copy_tcg",
+        run: |ctx| udp_echo_tap_network(ctx, TxMode::Copy, "udp-echo", &udp::TEST_SIZES),
+    },
+    QemuTest {
+        name: "udp_echo_tap_network_cow_tcg",
+        run: |ctx| udp_echo_tap_network(ctx, TxMode::Cow, "udp-echo", &udp::TEST_SIZES),
+    },
+    QemuTest {
+        name: "udp_jumbo_tap_network_copy_tcg",
+        run: |ctx| udp_echo_tap_network(ctx, TxMode::Copy, "udp-echo-jumbo", &udp::JUMBO_TEST_SIZES),
+    },
+    QemuTest {
+        name: "udp_jumbo_tap_network_cow_tcg",
+        run: |ctx| udp_echo_tap_network(ctx, TxMode::Cow, "udp-echo-jumbo", &udp::JUMBO_TEST_SIZES),
+    },
+    QemuTest {
+        name: "udp_jumbo_guest_to_guest_copy_tcg",
+        run: |ctx| udp_guest_to_guest(ctx, TxMode::Copy, "udp-g2g-jumbo"),
+    },
+    QemuTest {
+        name: "udp_jumbo_guest_to_guest_cow_tcg",
+        run: |ctx| udp_guest_to_guest(ctx, TxMode::Cow, "udp-g2g-jumbo"),
+    },
 ];
 
 pub fn run_all(filter: Option<&str>, qemu_only: bool) -> Result<()> {
@@ -120,7 +138,13 @@ fn failure(reason: impl Into<String>, log: String) -> Failure {
 }
 
 /// Starts `image` with a network, without waiting for it to end.
-fn start_networked(image: &Image, net: NetBackend, netns: Option<&str>, tx: TxMode, timeout: Duration) -> std::result::Result<Session, Failure> {
+fn start_networked(
+    image: &Image,
+    net: NetBackend,
+    netns: Option<&str>,
+    tx: TxMode,
+    timeout: Duration,
+) -> std::result::Result<Session, Failure> {
     start_networked_pcap(image, net, netns, tx, None, timeout)
 }
 
@@ -188,7 +212,9 @@ fn expect_line(outcome: &Outcome, needle: &str) -> std::result::Result<(), Failu
 fn check_clean_boot(outcome: &Outcome) -> std::result::Result<(), Failure> {
     expect_exit(outcome, KernelExit::Success)?;
     expect_line(outcome, "memory map (")?;
-    check(outcome, outcome.log.lines().any(|l| l.trim_end().ends_with("] usable")), || "no usable memory-map entry logged".into())?;
+    check(outcome, outcome.log.lines().any(|l| l.trim_end().ends_with("] usable")), || {
+        "no usable memory-map entry logged".into()
+    })?;
     expect_line(outcome, "paging: kernel page tables active")?;
     let mhz = checks::tsc_mhz(&outcome.log);
     check(outcome, mhz.is_some_and(|m| m > 100.0), || format!("TSC frequency {mhz:?} MHz is missing or implausible"))?;
@@ -232,20 +258,37 @@ fn fault_test(ctx: &Ctx, kind: &str, exit: KernelExit, needles: &[&str]) -> Test
     for needle in needles {
         expect_line(&outcome, needle)?;
     }
-    check(&outcome, checks::stats(&outcome.log).is_none(), || "a faulting kernel must not report a clean shutdown".into())?;
+    check(&outcome, checks::stats(&outcome.log).is_none(), || {
+        "a faulting kernel must not report a clean shutdown".into()
+    })?;
     Ok(Verdict::Pass)
 }
 
 fn kernel_page_fault_reported(ctx: &Ctx) -> TestResult {
-    fault_test(ctx, "page_fault", KernelExit::KernelFault, &["KERNEL FAULT: vector 14 (#PF page fault) error 0x2 rip 0xffffffff8", "cr2 0xfffffeff"])
+    fault_test(
+        ctx,
+        "page_fault",
+        KernelExit::KernelFault,
+        &["KERNEL FAULT: vector 14 (#PF page fault) error 0x2 rip 0xffffffff8", "cr2 0xfffffeff"],
+    )
 }
 
 fn kernel_invalid_opcode_reported(ctx: &Ctx) -> TestResult {
-    fault_test(ctx, "invalid_opcode", KernelExit::KernelFault, &["KERNEL FAULT: vector 6 (#UD invalid opcode) error 0x0 rip 0xffffffff8"])
+    fault_test(
+        ctx,
+        "invalid_opcode",
+        KernelExit::KernelFault,
+        &["KERNEL FAULT: vector 6 (#UD invalid opcode) error 0x0 rip 0xffffffff8"],
+    )
 }
 
 fn kernel_panic_reported(ctx: &Ctx) -> TestResult {
-    fault_test(ctx, "panic", KernelExit::Panic, &["KERNEL PANIC: panicked at isolation-kernel/src/", "test_fault=panic requested"])
+    fault_test(
+        ctx,
+        "panic",
+        KernelExit::Panic,
+        &["KERNEL PANIC: panicked at isolation-kernel/src/", "test_fault=panic requested"],
+    )
 }
 
 fn bad_command_line_refused(ctx: &Ctx) -> TestResult {
@@ -284,13 +327,16 @@ fn run_hello(ctx: &Ctx, accel: Accel, timeout: Duration) -> TestResult {
     check_guest_expectations(&ctx.hello, &outcome)?;
     let guests = &ctx.hello.guests;
     for (index, guest) in guests.iter().enumerate() {
-        let greeting = format!("guest {index} {}: hello from guest {index} ({}), args: [alpha beta]", guest.name, guest.name);
+        let greeting =
+            format!("guest {index} {}: hello from guest {index} ({}), args: [alpha beta]", guest.name, guest.name);
         expect_line(&outcome, &greeting)?;
         let slept = outcome.log.lines().find_map(|l| {
             let rest = l.split_once(&format!("guest {index} {}: slept ", guest.name))?.1;
             rest.split_once(" us")?.0.parse::<u64>().ok()
         });
-        check(&outcome, slept.is_some_and(|us| us >= 50_000), || format!("{} did not report sleeping 50 ms: {slept:?}", guest.name))?;
+        check(&outcome, slept.is_some_and(|us| us >= 50_000), || {
+            format!("{} did not report sleeping 50 ms: {slept:?}", guest.name)
+        })?;
     }
     let stats = checks::stats(&outcome.log).unwrap_or_default();
     check(&outcome, stats.get("guests_exited") == Some(&(guests.len() as u64)), || format!("stats: {stats:?}"))?;
@@ -331,7 +377,8 @@ fn final_stats(outcome: &Outcome) -> std::result::Result<std::collections::BTree
 }
 
 fn udp_echo_user_network(ctx: &Ctx, tx: TxMode) -> TestResult {
-    let image = pack::pack_image("udp-echo", &ctx.artifacts, NetPlan::USER).map_err(|e| failure(format!("{e:#}"), String::new()))?;
+    let image = pack::pack_image("udp-echo", &ctx.artifacts, NetPlan::USER)
+        .map_err(|e| failure(format!("{e:#}"), String::new()))?;
     let base = host_port_base();
     let guests: Vec<_> = image.guests.iter().filter_map(|g| g.net).collect();
     let forwards = guests.iter().enumerate().map(|(i, n)| (base + i as u16, n.ipv4, 7)).collect();
@@ -352,7 +399,9 @@ fn udp_echo_user_network(ctx: &Ctx, tx: TxMode) -> TestResult {
     check_guest_expectations(&image, &outcome)?;
     let stats = final_stats(&outcome)?;
     let get = |name: &str| stats.get(name).copied().unwrap_or(0);
-    check(&outcome, get("rx_packets") >= sent as u64 && get("tx_packets") >= sent as u64, || format!("too few packets counted for {sent} echoes: {stats:?}"))?;
+    check(&outcome, get("rx_packets") >= sent as u64 && get("tx_packets") >= sent as u64, || {
+        format!("too few packets counted for {sent} echoes: {stats:?}")
+    })?;
     match tx {
         // The copy path copies every transmitted byte twice: into the FIFO, into the NIC buffer.
         TxMode::Copy => check(&outcome, get("tx_bytes_copied") == 2 * get("tx_bytes"), || {
@@ -363,42 +412,66 @@ fn udp_echo_user_network(ctx: &Ctx, tx: TxMode) -> TestResult {
             format!("the COW path copied bytes or protected nothing: {stats:?}")
         })?,
     }
-    check(&outcome, get("drops_bad_desc") == 0 && get("drops_spoof") == 0, || format!("well-behaved guests had drops: {stats:?}"))?;
+    check(&outcome, get("drops_bad_desc") == 0 && get("drops_spoof") == 0, || {
+        format!("well-behaved guests had drops: {stats:?}")
+    })?;
     // Stamping is off unless asked for: no stamp record is made.
-    check(&outcome, stats.contains_key("stamp_records") && get("stamp_records") == 0, || format!("stamp records without stamps=on: {stats:?}"))?;
+    check(&outcome, stats.contains_key("stamp_records") && get("stamp_records") == 0, || {
+        format!("stamp records without stamps=on: {stats:?}")
+    })?;
     Ok(Verdict::Pass)
 }
 
 fn udp_guest_to_guest(ctx: &Ctx, tx: TxMode, image_name: &str) -> TestResult {
-    let image = pack::pack_image(image_name, &ctx.artifacts, NetPlan::USER).map_err(|e| failure(format!("{e:#}"), String::new()))?;
+    let image = pack::pack_image(image_name, &ctx.artifacts, NetPlan::USER)
+        .map_err(|e| failure(format!("{e:#}"), String::new()))?;
     let outcome = boot(&image, Accel::Tcg, &format!("log=info shutdown_after=120 tx={}", tx.name()), TCG_TIMEOUT)?;
     check_guest_expectations(&image, &outcome)?;
     let clients = image.guests.iter().filter(|g| g.app == "udp-client").count();
-    check(&outcome, outcome.log.matches("datagrams echoed intact").count() == clients, || "a client printed no result".into())?;
-    check(&outcome, outcome.log.contains("every guest expected to end has ended"), || "the run did not end with the clients".into())?;
+    check(&outcome, outcome.log.matches("datagrams echoed intact").count() == clients, || {
+        "a client printed no result".into()
+    })?;
+    check(&outcome, outcome.log.contains("every guest expected to end has ended"), || {
+        "the run did not end with the clients".into()
+    })?;
     let stats = final_stats(&outcome)?;
     check(&outcome, !stats.contains_key("nic_tx_frames"), || "guest-to-guest ran with a physical NIC".into())?;
     Ok(Verdict::Pass)
 }
 
 fn vnic_bad_descriptors(ctx: &Ctx, tx: TxMode) -> TestResult {
-    let image = pack::pack_image("net-hostile", &ctx.artifacts, NetPlan::USER).map_err(|e| failure(format!("{e:#}"), String::new()))?;
+    let image = pack::pack_image("net-hostile", &ctx.artifacts, NetPlan::USER)
+        .map_err(|e| failure(format!("{e:#}"), String::new()))?;
     let outcome = boot(&image, Accel::Tcg, &format!("log=info shutdown_after=120 tx={}", tx.name()), TCG_TIMEOUT)?;
     check_guest_expectations(&image, &outcome)?;
-    for case in ["outside its memory", "kernel address", "huge length", "in the headroom", "spoofed source MAC", "ring index beyond the ring"] {
+    for case in [
+        "outside its memory",
+        "kernel address",
+        "huge length",
+        "in the headroom",
+        "spoofed source MAC",
+        "ring index beyond the ring",
+    ] {
         let line = outcome.log.lines().find(|l| l.contains(&format!("({case})")) || l.contains(&format!("{case}:")));
-        check(&outcome, line.is_some_and(|l| l.contains("as expected")), || format!("bad descriptor case `{case}`: {line:?}"))?;
+        check(&outcome, line.is_some_and(|l| l.contains("as expected")), || {
+            format!("bad descriptor case `{case}`: {line:?}")
+        })?;
     }
     let stats = final_stats(&outcome)?;
     let get = |name: &str| stats.get(name).copied().unwrap_or(0);
-    check(&outcome, get("drops_bad_desc") >= 5, || format!("drops_bad_desc should count 4 bad descriptors and the bad index: {stats:?}"))?;
+    check(&outcome, get("drops_bad_desc") >= 5, || {
+        format!("drops_bad_desc should count 4 bad descriptors and the bad index: {stats:?}")
+    })?;
     check(&outcome, get("drops_spoof") >= 1, || format!("drops_spoof should count the spoofed frame: {stats:?}"))?;
-    check(&outcome, outcome.log.matches("rejected tx descriptor").count() == 1, || "bad descriptors should be logged once per guest".into())?;
+    check(&outcome, outcome.log.matches("rejected tx descriptor").count() == 1, || {
+        "bad descriptors should be logged once per guest".into()
+    })?;
     Ok(Verdict::Pass)
 }
 
 fn udp_echo_tap_network(ctx: &Ctx, tx: TxMode, image_name: &str, sizes: &[usize]) -> TestResult {
-    let image = pack::pack_image(image_name, &ctx.artifacts, NetPlan::TAP).map_err(|e| failure(format!("{e:#}"), String::new()))?;
+    let image = pack::pack_image(image_name, &ctx.artifacts, NetPlan::TAP)
+        .map_err(|e| failure(format!("{e:#}"), String::new()))?;
     let namespace = match crate::tapnet::TapNamespace::create(&NetPlan::TAP, image.manifest.kernel.mtu) {
         Ok(ns) => ns,
         Err(e) => return Ok(Verdict::Skip(format!("cannot create a tap device in a network namespace: {e:#}"))),
@@ -411,7 +484,12 @@ fn udp_echo_tap_network(ctx: &Ctx, tx: TxMode, image_name: &str, sizes: &[usize]
     let ping = namespace.command("ping").args(["-c", "2", "-W", "2", &target]).output();
     let ping_note = match ping {
         Ok(out) if out.status.success() => String::new(),
-        Ok(out) => return Err(failure(format!("ping {target} failed: {}", String::from_utf8_lossy(&out.stdout)), session.log())),
+        Ok(out) => {
+            return Err(failure(
+                format!("ping {target} failed: {}", String::from_utf8_lossy(&out.stdout)),
+                session.log(),
+            ))
+        }
         Err(e) => format!(" (ping not run: {e}; install iputils-ping)"),
     };
     let exe = std::env::current_exe().map_err(|e| failure(format!("{e}"), String::new()))?;
@@ -424,7 +502,11 @@ fn udp_echo_tap_network(ctx: &Ctx, tx: TxMode, image_name: &str, sizes: &[usize]
             .map_err(|e| failure(format!("running udp-probe: {e}"), session.log()))?;
         if !out.status.success() {
             return Err(failure(
-                format!("udp-probe {peer}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+                format!(
+                    "udp-probe {peer}: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
                 session.log(),
             ));
         }
@@ -461,13 +543,21 @@ const COW_REWRITE_PORT: u16 = 40123;
 const SPOOFED_MAC: [u8; 6] = [0x02, 0x49, 0x4b, 0xee, 0xee, 0xee];
 
 fn cow_rewrite_in_flight(ctx: &Ctx) -> TestResult {
-    let image = pack::pack_image("cow-rewrite", &ctx.artifacts, NetPlan::USER).map_err(|e| failure(format!("{e:#}"), String::new()))?;
+    let image = pack::pack_image("cow-rewrite", &ctx.artifacts, NetPlan::USER)
+        .map_err(|e| failure(format!("{e:#}"), String::new()))?;
     let socket = std::net::UdpSocket::bind(("127.0.0.1", COW_REWRITE_PORT))
         .map_err(|e| failure(format!("cannot listen on 127.0.0.1:{COW_REWRITE_PORT}: {e}"), String::new()))?;
     socket.set_read_timeout(Some(Duration::from_millis(200))).map_err(|e| failure(e.to_string(), String::new()))?;
     let pcap = image.dir.join("cow-rewrite.pcap");
     let _ = std::fs::remove_file(&pcap);
-    let session = start_networked_pcap(&image, NetBackend::User { forwards: Vec::new() }, None, TxMode::Cow, Some(&pcap), TCG_TIMEOUT)?;
+    let session = start_networked_pcap(
+        &image,
+        NetBackend::User { forwards: Vec::new() },
+        None,
+        TxMode::Cow,
+        Some(&pcap),
+        TCG_TIMEOUT,
+    )?;
     let receiver = std::thread::spawn(move || {
         let mut received = Vec::new();
         let mut buf = [0u8; 2048];
@@ -493,7 +583,9 @@ fn cow_rewrite_in_flight(ctx: &Ctx) -> TestResult {
             check(&outcome, received.contains(&want), || format!("the host never received `{want}`: {received:?}"))?;
         }
     }
-    check(&outcome, !received.iter().any(|r| r.starts_with("REWRITTEN")), || format!("rewritten bytes reached the wire: {received:?}"))?;
+    check(&outcome, !received.iter().any(|r| r.starts_with("REWRITTEN")), || {
+        format!("rewritten bytes reached the wire: {received:?}")
+    })?;
     let macs = pcap_source_macs(&std::fs::read(&pcap).unwrap_or_default());
     check(&outcome, macs.len() >= 2 * rounds, || format!("the pcap holds only {} frames", macs.len()))?;
     check(&outcome, !macs.contains(&SPOOFED_MAC), || "a frame with the spoofed source MAC crossed the NIC".into())?;
@@ -506,7 +598,8 @@ fn cow_rewrite_in_flight(ctx: &Ctx) -> TestResult {
 
 /// `cargo xtask bench echo --quick`: every cell present, with numbers that mean something.
 fn bench_echo_smoke(_ctx: &Ctx) -> TestResult {
-    let json = crate::bench::echo(crate::bench::QUICK).map_err(|e| failure(format!("bench echo: {e:#}"), String::new()))?;
+    let json =
+        crate::bench::echo(crate::bench::QUICK).map_err(|e| failure(format!("bench echo: {e:#}"), String::new()))?;
     let text = std::fs::read_to_string(&json).map_err(|e| failure(e.to_string(), String::new()))?;
     for mode in ["copy", "cow"] {
         for size in crate::bench::SIZES {
@@ -532,7 +625,8 @@ fn bench_echo_smoke(_ctx: &Ctx) -> TestResult {
 /// the stage medians adding up to the median total (within the stamps' own cost).
 fn bench_dispatch_smoke(_ctx: &Ctx) -> TestResult {
     use hypercall_abi::vnic::stamps::{RX_STAGES, TX_STAGES};
-    let json = crate::dispatch::run(30, &crate::dispatch::SIZES, Accel::Tcg).map_err(|e| failure(format!("bench dispatch: {e:#}"), String::new()))?;
+    let json = crate::dispatch::run(30, &crate::dispatch::SIZES, Accel::Tcg)
+        .map_err(|e| failure(format!("bench dispatch: {e:#}"), String::new()))?;
     let text = std::fs::read_to_string(&json).map_err(|e| failure(e.to_string(), String::new()))?;
     for direction in ["rx", "tx"] {
         let stages: &[&str] = if direction == "tx" { &TX_STAGES } else { &RX_STAGES };
@@ -543,7 +637,10 @@ fn bench_dispatch_smoke(_ctx: &Ctx) -> TestResult {
                     return Err(failure(format!("cell {cell} missing from {}", json.display()), text));
                 };
                 let number = |after: &str| {
-                    line.split(after).nth(1).and_then(|v| v.split([',', '}']).next()).and_then(|v| v.trim().parse::<u64>().ok())
+                    line.split(after)
+                        .nth(1)
+                        .and_then(|v| v.split([',', '}']).next())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
                 };
                 let mut sum = 0;
                 for stage in stages {

@@ -33,7 +33,14 @@ pub struct EchoReport {
 
 /// Sends one datagram of each size (repeated `rounds` times) to `peer` and checks each echo byte
 /// for byte; a lost datagram is resent up to `retries` times.
-pub fn echo_check(peer: SocketAddr, sizes: &[usize], rounds: usize, retries: usize, timeout: Duration, seed: u64) -> Result<EchoReport> {
+pub fn echo_check(
+    peer: SocketAddr,
+    sizes: &[usize],
+    rounds: usize,
+    retries: usize,
+    timeout: Duration,
+    seed: u64,
+) -> Result<EchoReport> {
     let socket = UdpSocket::bind(if peer.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
     socket.set_read_timeout(Some(timeout))?;
     let mut report = EchoReport::default();
@@ -86,7 +93,10 @@ pub const JUMBO_TEST_SIZES: [usize; 5] = [1, 1472, 4000, 8000, 8972];
 pub fn probe(peer: SocketAddr, sizes: &[usize]) -> Result<()> {
     let sizes = if sizes.is_empty() { &TEST_SIZES[..] } else { sizes };
     let report = echo_check(peer, sizes, 1, 3, Duration::from_secs(2), 0x5eed)?;
-    println!("udp-probe {peer}: {} intact, {} corrupted, {} lost, {} retries", report.intact, report.corrupted, report.lost, report.retries);
+    println!(
+        "udp-probe {peer}: {} intact, {} corrupted, {} lost, {} retries",
+        report.intact, report.corrupted, report.lost, report.retries
+    );
     if report.intact != sizes.len() {
         bail!("not every datagram came back intact");
     }

@@ -10,10 +10,10 @@
 
 use core::sync::atomic::Ordering::{Acquire, Release};
 use guest_os::{println, vi, Env};
+use hypercall_abi::layout::VNIC_SHARED_ADDR;
 use hypercall_abi::vnic::{
     max_frame, slot_size, tx_slot_addr_for, DescStatus, VnicShared, MAX_MTU, TX_HEADROOM, TX_RING_SIZE, TX_SLOTS,
 };
-use hypercall_abi::layout::VNIC_SHARED_ADDR;
 
 const HOST_MAC: [u8; 6] = [0x52, 0x55, 0x0a, 0x00, 0x02, 0x02];
 

@@ -114,7 +114,11 @@ fn main(env: &Env) -> i32 {
         "udp-client: {ok}/{total} datagrams echoed intact by {}:{}, {bad} corrupted, {lost} lost, {retried} retries, {} ms",
         peer.0, peer.1, start.elapsed().as_millis()
     );
-    if ok == total { 0 } else { 1 }
+    if ok == total {
+        0
+    } else {
+        1
+    }
 }
 
 guest_os::entry!(main);

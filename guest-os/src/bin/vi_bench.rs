@@ -29,11 +29,7 @@ fn measure(rounds: usize, op: impl Fn()) -> u64 {
 }
 
 fn main(env: &Env) -> i32 {
-    let rounds = env
-        .args()
-        .find_map(|a| a.strip_prefix("rounds="))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(10_000usize);
+    let rounds = env.args().find_map(|a| a.strip_prefix("rounds=")).and_then(|n| n.parse().ok()).unwrap_or(10_000usize);
     // Warm up, then measure.
     measure(100, || {
         vi::null();
@@ -43,7 +39,9 @@ fn main(env: &Env) -> i32 {
     });
     let yield_round_trip = measure(rounds, vi::yield_now);
     let empty = measure(rounds, || {});
-    println!("vi-bench: rounds={rounds} null_vi_ticks={null} yield_ticks={yield_round_trip} rdtsc_overhead_ticks={empty}");
+    println!(
+        "vi-bench: rounds={rounds} null_vi_ticks={null} yield_ticks={yield_round_trip} rdtsc_overhead_ticks={empty}"
+    );
     0
 }
 

@@ -1,6 +1,6 @@
 //! Small wrappers around single CPU instructions.
 
-use core::arch::x86_64::{CpuidResult, __cpuid_count, _rdtsc};
+use core::arch::x86_64::{__cpuid_count, _rdtsc, CpuidResult};
 
 /// `cpuid` with leaf and sub-leaf.
 pub fn cpuid(leaf: u32, subleaf: u32) -> CpuidResult {
@@ -19,7 +19,6 @@ pub fn rdtsc() -> u64 {
         _rdtsc()
     }
 }
-
 
 /// Reads the time-stamp counter after every earlier instruction has completed (`lfence`
 /// orders instruction dispatch on Intel and AMD for this purpose).

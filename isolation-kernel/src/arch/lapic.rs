@@ -99,9 +99,7 @@ impl LocalApic {
             // SAFETY: as in `read`; writes to these registers only configure the APIC.
             Mode::X2Apic => unsafe { wrmsr(X2APIC_MSR_BASE + reg as u32 / 16, u64::from(value)) },
             // SAFETY: as in `read`.
-            Mode::XApic(base) => unsafe {
-                (base + u64::from(reg as u32)).as_mut_ptr::<u32>().write_volatile(value)
-            },
+            Mode::XApic(base) => unsafe { (base + u64::from(reg as u32)).as_mut_ptr::<u32>().write_volatile(value) },
         }
     }
 

@@ -7,5 +7,5 @@ pub mod gdt;
 pub mod idt;
 pub mod lapic;
 pub mod pic;
-pub mod tsc;
 pub mod trap;
+pub mod tsc;

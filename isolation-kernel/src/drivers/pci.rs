@@ -147,7 +147,10 @@ impl PciAddress {
                 if is_64 {
                     self.set_bar(index + 1, 0);
                 }
-                log::debug!("pci {self}: BAR{index} -> {base:#x} ({size:#x} bytes, {})", if is_io { "I/O" } else { "memory" });
+                log::debug!(
+                    "pci {self}: BAR{index} -> {base:#x} ({size:#x} bytes, {})",
+                    if is_io { "I/O" } else { "memory" }
+                );
             }
             index += if is_64 { 2 } else { 1 };
         }
@@ -160,7 +163,11 @@ pub fn find_devices(vendor: u16, device: u16) -> impl Iterator<Item = PciAddress
         let functions = {
             let first = PciAddress { bus: 0, device: dev, function: 0 };
             let multi = first.vendor_device().0 != 0xffff && (first.read32(0x0c) >> 16) & 0x80 != 0;
-            if multi { 8 } else { 1 }
+            if multi {
+                8
+            } else {
+                1
+            }
         };
         (0..functions)
             .map(move |function| PciAddress { bus: 0, device: dev, function })

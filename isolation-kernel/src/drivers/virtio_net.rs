@@ -258,10 +258,9 @@ impl VirtioNet {
                 let table_phys = u64::from(bar & !0xf) + u64::from(table_offset);
                 let page = map_table(table_phys - table_phys % PAGE, frames);
                 let entry = (page + table_phys % PAGE).as_mut_ptr::<u32>();
-                // SAFETY: MSI-X table entry 0 of this device, mapped uncached by `map_table`:
-                // message address (the local APIC, physical destination), data (the vector,
-                // fixed delivery, edge), then unmask.
-                // Entry 1, for tx completions, raises the same vector.
+                // Entries 0 (rx) and 1 (tx completions): message address (the local APIC, physical
+                // destination), data (the vector, fixed delivery, edge), then unmask.
+                // SAFETY: MSI-X table entries of this device, mapped uncached by `map_table`.
                 unsafe {
                     for index in 0..usize::from(entries.min(2)) {
                         let entry = entry.add(4 * index);
@@ -372,7 +371,13 @@ impl VirtioNet {
 
     /// Queues `len` bytes at physical address `data` without copying them: the caller keeps the
     /// memory unchanged (write-protected) until `cookie` comes back through a `done` closure.
-    pub fn transmit_zero_copy(&mut self, data: u64, len: u32, cookie: TxCookie, done: impl FnMut(TxCookie)) -> Result<(), TxCookie> {
+    pub fn transmit_zero_copy(
+        &mut self,
+        data: u64,
+        len: u32,
+        cookie: TxCookie,
+        done: impl FnMut(TxCookie),
+    ) -> Result<(), TxCookie> {
         let Some(k) = self.free_slot(done) else { return Err(cookie) };
         self.tx_cookies[usize::from(k)] = Some(cookie);
         self.queue_chain(k, data, len);
@@ -406,7 +411,10 @@ impl VirtioNet {
                 // SAFETY: the device finished writing this buffer (it is in the used ring) and
                 // will not touch it until it is re-posted below; `len` is clamped to the buffer.
                 let frame = unsafe {
-                    core::slice::from_raw_parts(phys_to_virt(buffer).as_ptr::<u8>().add(NET_HEADER_LEN), len - NET_HEADER_LEN)
+                    core::slice::from_raw_parts(
+                        phys_to_virt(buffer).as_ptr::<u8>().add(NET_HEADER_LEN),
+                        len - NET_HEADER_LEN,
+                    )
                 };
                 let result = deliver(frame);
                 self.counters.rx_frames += 1;

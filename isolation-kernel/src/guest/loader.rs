@@ -148,7 +148,10 @@ fn populate(
     info.encode(&mut page).map_err(|_| SpaceError::BadMapping(BOOT_INFO_ADDR))?;
     fill_frame(phys, 0, &page);
     space.map_page(frames, BOOT_INFO_ADDR, phys, Access::READ)?;
-    space.map.add(BOOT_INFO_ADDR, BOOT_INFO_ADDR + PAGE_SIZE, Access::READ).map_err(|_| SpaceError::BadMapping(BOOT_INFO_ADDR))?;
+    space
+        .map
+        .add(BOOT_INFO_ADDR, BOOT_INFO_ADDR + PAGE_SIZE, Access::READ)
+        .map_err(|_| SpaceError::BadMapping(BOOT_INFO_ADDR))?;
 
     // Stack below STACK_TOP (the page under it stays unmapped as a guard), then the heap.
     space.map_zeroed(frames, STACK_TOP - STACK_SIZE, STACK_SIZE / PAGE_SIZE, Access::READ_WRITE)?;

@@ -341,7 +341,11 @@ pub fn handle_user_trap(frame: &mut TrapFrame) {
             let woke = g.poll_network();
             crate::kernel::end_of_interrupt();
             // Let the receiver run soon rather than at the next tick.
-            if woke > 0 { Action::Preempt } else { Action::Resume }
+            if woke > 0 {
+                Action::Preempt
+            } else {
+                Action::Resume
+            }
         }
         v if v == u64::from(crate::kernel::SPURIOUS_VECTOR) => Action::Resume,
         13 => general_protection(g, id, frame, now),
@@ -516,7 +520,8 @@ fn switch_to_next(frame: &mut TrapFrame, previous: GuestId) {
             if let Some(next) = g.sched.schedule(now) {
                 let guest = &g.list[next];
                 *frame = guest.frame;
-                let switched = space::activate(guest.space.as_ref().expect("a scheduled guest has an address space").pml4_phys());
+                let switched =
+                    space::activate(guest.space.as_ref().expect("a scheduled guest has an address space").pml4_phys());
                 g.flush_protected(next, switched);
                 g.on_cpu = Some(next);
                 g.running_since = now;
@@ -560,7 +565,9 @@ fn general_protection(g: &mut Guests, id: GuestId, frame: &mut TrapFrame, now: u
                 (Direction::Out, _) if vi::is_vi_port(port) => {
                     Action::Stop(format!("virtual instruction on port {port:#x} must use the `out dx` form"))
                 }
-                (Direction::Out, _) => Action::Stop(format!("out to port {port:#x} outside the virtual-instruction range")),
+                (Direction::Out, _) => {
+                    Action::Stop(format!("out to port {port:#x} outside the virtual-instruction range"))
+                }
                 (Direction::In, _) => Action::Stop(format!("in from port {port:#x}: guests may not read ports")),
             }
         }

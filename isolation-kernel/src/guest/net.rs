@@ -3,27 +3,27 @@
 //! guests' posted rx buffers, and the physical NIC's receive path.
 
 use super::space::AddressSpace;
+use super::Guest;
+use crate::drivers::virtio_net::TxCookie;
 use crate::drivers::virtio_net::VirtioNet;
 use crate::mm::phys::phys_to_virt;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
+use hypercall_abi::layout::{VNIC_RX_AREA_ADDR, VNIC_SHARED_ADDR, VNIC_TX_AREA_ADDR};
 use hypercall_abi::vi::VirtualInterrupts;
 use hypercall_abi::vnic::{
     max_frame, slot_size, DescStatus, NetConfig, VnicShared, RX_RING_SIZE, RX_SLOTS, SLOT_SIZE, TX_RING_SIZE, TX_SLOTS,
 };
-use hypercall_abi::layout::{VNIC_RX_AREA_ADDR, VNIC_SHARED_ADDR, VNIC_TX_AREA_ADDR};
+use isolation_kernel::cmdline::TxMode;
 use isolation_kernel::frame_alloc::FrameAllocator;
 use isolation_kernel::guest_mem::Access;
 use isolation_kernel::sched::{GuestId, Scheduler};
-use isolation_kernel::cmdline::TxMode;
 use isolation_kernel::vnet::cow::{CowSlots, Protect, Release, TxRing, WriteFault};
 use isolation_kernel::vnet::{
-    pending, validate_rx_sized, validate_tx_sized, DropReason, GuestFrameRef, NetCounters, NetScheduler, Packet, PacketData,
-    PacketPool, Route, Source, TxFifo, Vswitch,
+    pending, validate_rx_sized, validate_tx_sized, DropReason, GuestFrameRef, NetCounters, NetScheduler, Packet,
+    PacketData, PacketPool, Route, Source, TxFifo, Vswitch,
 };
-use super::Guest;
-use crate::drivers::virtio_net::TxCookie;
 
 const PAGE: u64 = 4096;
 
@@ -65,10 +65,9 @@ impl GuestNic {
     /// The shared page. Not tied to `&self` so the kernel's own indices can be updated while
     /// it is in use; callers never keep it beyond the handling of one trap or interrupt.
     fn shared(&self) -> &'static VnicShared {
-        // SAFETY: the shared page is a frame this guest owns for its whole life; it is freed
-        // only after `end_guest` has dropped this GuestNic, and no reference outlives the
-        // current trap. Every field is an atomic, so the guest writing it meanwhile is
-        // harmless; the layout fits the page (checked in the ABI).
+        // The page is freed only after `end_guest` has dropped this GuestNic, and no reference
+        // outlives the current trap; the layout fits the page (checked in the ABI).
+        // SAFETY: a frame this guest owns for its whole life; every field is an atomic.
         unsafe { &*phys_to_virt(self.shared_phys).as_ptr::<VnicShared>() }
     }
 
@@ -261,7 +260,15 @@ impl Network {
             if send == 0 || driver < send || kick < driver || trap < kick {
                 continue; // the guest does not stamp (or stamped nonsense): no record
             }
-            let stages = [driver - send, kick - driver, trap - kick, vnic - trap, handed - vnic, queued - handed, notified - queued];
+            let stages = [
+                driver - send,
+                kick - driver,
+                trap - kick,
+                vnic - trap,
+                handed - vnic,
+                queued - handed,
+                notified - queued,
+            ];
             let samples = self.tx_stage_samples.entry(len).or_default();
             if samples.len() < STAMP_SAMPLES {
                 samples.push(stages.map(|t| t.min(u64::from(u32::MAX)) as u32));
@@ -347,7 +354,11 @@ impl NetCtx<'_> {
         if let Err(bad) = pending(producer, nic.ring.consumer(), TX_RING_SIZE) {
             net.counters.drops_bad_desc += 1;
             if !core::mem::replace(&mut nic.bad_descriptor_logged, true) {
-                log::warn!("guest {id} {name}: tx producer index {} is beyond the ring (consumer {}); ignored", bad.producer, bad.consumer);
+                log::warn!(
+                    "guest {id} {name}: tx producer index {} is beyond the ring (consumer {}); ignored",
+                    bad.producer,
+                    bad.consumer
+                );
             }
             return 0;
         }
@@ -363,7 +374,9 @@ impl NetCtx<'_> {
                 Err(bad) => {
                     net.counters.drops_bad_desc += 1;
                     if !core::mem::replace(&mut nic.bad_descriptor_logged, true) {
-                        log::warn!("guest {id} {name}: rejected tx descriptor: {bad} (further rejections are only counted)");
+                        log::warn!(
+                            "guest {id} {name}: rejected tx descriptor: {bad} (further rejections are only counted)"
+                        );
                     }
                     let index = nic.ring.take().expect("count is bounded by the ring");
                     desc.status.store(DescStatus::RejectedBadDescriptor as u32, Ordering::Relaxed);
@@ -392,18 +405,19 @@ impl NetCtx<'_> {
                     net.counters.tx_copies += 1;
                     net.counters.tx_bytes_copied += frame.len;
                     // The check runs on the kernel's copy: what is checked is what is sent.
-                    let status = if net.vswitch.source_is(id, run_bytes(kernel_copy, net.pool_buffer_bytes, 0, frame.len)) {
-                        let stamp = net.start_tx_record(page, nic.slot_size);
-                        let _ = net.fifos[id].push(Packet { stamp, ..Packet::pooled(buf, frame.len as u32) });
-                        net.sched.mark_ready(id);
-                        net.counters.tx_packets += 1;
-                        net.counters.tx_bytes += frame.len;
-                        DescStatus::Done
-                    } else {
-                        let _ = net.pool.release(buf);
-                        net.counters.drops_spoof += 1;
-                        DescStatus::RejectedSpoofedSource
-                    };
+                    let status =
+                        if net.vswitch.source_is(id, run_bytes(kernel_copy, net.pool_buffer_bytes, 0, frame.len)) {
+                            let stamp = net.start_tx_record(page, nic.slot_size);
+                            let _ = net.fifos[id].push(Packet { stamp, ..Packet::pooled(buf, frame.len as u32) });
+                            net.sched.mark_ready(id);
+                            net.counters.tx_packets += 1;
+                            net.counters.tx_bytes += frame.len;
+                            DescStatus::Done
+                        } else {
+                            let _ = net.pool.release(buf);
+                            net.counters.drops_spoof += 1;
+                            DescStatus::RejectedSpoofedSource
+                        };
                     desc.status.store(status as u32, Ordering::Relaxed);
                     nic.ring.complete(index);
                 }
@@ -418,9 +432,18 @@ impl NetCtx<'_> {
                         net.counters.cow_protects += 1;
                     }
                     if net.vswitch.source_is(id, run_bytes(page, nic.slot_size, frame.offset, frame.len)) {
-                        let reference = GuestFrameRef { frame: page, offset: frame.offset as u32, slot: frame.slot as u16, ring_index: index };
+                        let reference = GuestFrameRef {
+                            frame: page,
+                            offset: frame.offset as u32,
+                            slot: frame.slot as u16,
+                            ring_index: index,
+                        };
                         let stamp = net.start_tx_record(page, nic.slot_size);
-                        let _ = net.fifos[id].push(Packet { data: PacketData::GuestFrame(reference), len: frame.len as u32, stamp });
+                        let _ = net.fifos[id].push(Packet {
+                            data: PacketData::GuestFrame(reference),
+                            len: frame.len as u32,
+                            stamp,
+                        });
                         net.sched.mark_ready(id);
                         net.counters.tx_packets += 1;
                         net.counters.tx_bytes += frame.len;
@@ -530,14 +553,26 @@ impl NetCtx<'_> {
             {
                 let NetCtx { net, nics, sched, .. } = self;
                 let Network {
-                    nic, vswitch, sched: net_sched, fifos, pool, pool_frames, pool_buffer_bytes, counters, stamps, pending_notify, ..
+                    nic,
+                    vswitch,
+                    sched: net_sched,
+                    fifos,
+                    pool,
+                    pool_frames,
+                    pool_buffer_bytes,
+                    counters,
+                    stamps,
+                    pending_notify,
+                    ..
                 } = &mut **net;
                 let stamping = *stamps;
                 let stamp = || if stamping { crate::arch::cpu::rdtsc_serialized() } else { 0 };
                 net_sched.serve(fifos, |src, packet| {
                     let len = u64::from(packet.len);
                     let (frame, guest_frame) = match packet.data {
-                        PacketData::Pool(buf) => (run_bytes(pool_frames[buf.0 as usize], *pool_buffer_bytes, 0, len), None),
+                        PacketData::Pool(buf) => {
+                            (run_bytes(pool_frames[buf.0 as usize], *pool_buffer_bytes, 0, len), None)
+                        }
                         PacketData::GuestFrame(r) => {
                             let Some(Some(owner)) = nics.get(src) else {
                                 finished.push(((src, r), DescStatus::Done)); // its guest has ended
@@ -643,7 +678,9 @@ impl NetCtx<'_> {
                 let route = vswitch.route(frame, Source::Uplink);
                 let routed = stamp();
                 match route {
-                    Route::Guest(dst) => deliver(nics, sched, counters, dst, frame).map(|area| (area, popped, routed, stamp())),
+                    Route::Guest(dst) => {
+                        deliver(nics, sched, counters, dst, frame).map(|area| (area, popped, routed, stamp()))
+                    }
                     Route::Uplink => {
                         count_drop(counters, DropReason::UnknownMac);
                         None

@@ -79,10 +79,9 @@ impl AddressSpace {
         let pml4_phys = frames.allocate().ok_or(SpaceError::OutOfMemory)?;
         let pml4_ptr = phys_to_virt(pml4_phys).as_mut_ptr::<PageTable>();
         let kernel_ptr = phys_to_virt(kernel_pml4_phys()).as_ptr::<PageTable>();
-        // SAFETY: the new PML4 is a fresh frame nobody else references, so a unique 'static
-        // reference is sound until `release` frees it (after which the table is never used).
-        // The kernel PML4 is only read: its upper-half entries are shared so every address
-        // space sees the same kernel.
+        // The kernel PML4 is only read: its upper-half entries are shared so every address space
+        // sees the same kernel. The new table is never used after `release` frees it.
+        // SAFETY: the new PML4 is a fresh frame nobody else references: a unique reference.
         let pml4: &'static mut PageTable = unsafe {
             pml4_ptr.write(PageTable::new());
             let pml4 = &mut *pml4_ptr;
@@ -140,8 +139,9 @@ impl AddressSpace {
             flags |= no_execute();
         }
         let parents = Flags::PRESENT | Flags::WRITABLE | Flags::USER_ACCESSIBLE;
-        let page = Page::<Size4KiB>::from_start_address(VirtAddr::try_new(virt).map_err(|_| SpaceError::BadMapping(virt))?)
-            .map_err(|_| SpaceError::BadMapping(virt))?;
+        let page =
+            Page::<Size4KiB>::from_start_address(VirtAddr::try_new(virt).map_err(|_| SpaceError::BadMapping(virt))?)
+                .map_err(|_| SpaceError::BadMapping(virt))?;
         let frame = PhysFrame::containing_address(PhysAddr::new(phys));
         let mut source = RecordingFrames { frames, owned: &mut self.owned };
         // SAFETY: a user page of this (not yet running, or current and being extended) guest;
@@ -201,7 +201,12 @@ impl AddressSpace {
     }
 
     /// Points the user page at `virt` to `phys`, writable (the COW copy). The caller flushes.
-    pub fn remap_writable(&mut self, frames: &mut FrameAllocator<'static>, virt: u64, phys: u64) -> Result<(), SpaceError> {
+    pub fn remap_writable(
+        &mut self,
+        frames: &mut FrameAllocator<'static>,
+        virt: u64,
+        phys: u64,
+    ) -> Result<(), SpaceError> {
         let page = Page::<Size4KiB>::containing_address(VirtAddr::new(virt));
         let (_, flush) = self.table.unmap(page).map_err(|_| SpaceError::BadMapping(virt))?;
         flush.ignore();
@@ -279,10 +284,7 @@ pub fn activate(pml4_phys: u64) -> bool {
         // SAFETY: every address space shares the kernel half with the kernel's own tables, so
         // the code, stack and data in use stay mapped across the switch.
         unsafe {
-            x86_64::registers::control::Cr3::write_raw(
-                PhysFrame::containing_address(PhysAddr::new(pml4_phys)),
-                flags,
-            )
+            x86_64::registers::control::Cr3::write_raw(PhysFrame::containing_address(PhysAddr::new(pml4_phys)), flags)
         };
     }
     switch

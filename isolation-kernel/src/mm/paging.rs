@@ -11,8 +11,8 @@ use x86_64::registers::control::{Cr3, Cr3Flags, Cr4, Cr4Flags};
 use x86_64::registers::model_specific::{Efer, EferFlags};
 use x86_64::structures::paging::mapper::MapToError;
 use x86_64::structures::paging::{
-    FrameAllocator as PageTableFrameSource, Mapper, OffsetPageTable, Page, PageTable,
-    PageTableFlags as Flags, PhysFrame, Size2MiB, Size4KiB,
+    FrameAllocator as PageTableFrameSource, Mapper, OffsetPageTable, Page, PageTable, PageTableFlags as Flags,
+    PhysFrame, Size2MiB, Size4KiB,
 };
 use x86_64::{PhysAddr, VirtAddr};
 
@@ -166,7 +166,8 @@ pub fn init(frames: &mut FrameAllocator<'static>, ram: &[Range], layout: &Kernel
 /// its virtual address.
 pub fn map_mmio_page(slot: u64, phys: u64, frames: &mut FrameAllocator<'static>) -> VirtAddr {
     let virt = MMIO_WINDOW + slot * PAGE;
-    let flags = Flags::PRESENT | Flags::WRITABLE | Flags::NO_CACHE | Flags::WRITE_THROUGH | Flags::GLOBAL | no_execute();
+    let flags =
+        Flags::PRESENT | Flags::WRITABLE | Flags::NO_CACHE | Flags::WRITE_THROUGH | Flags::GLOBAL | no_execute();
     let mut guard = KERNEL_PAGE_TABLE.lock();
     let table = guard.as_mut().expect("paging::init runs first");
     let mut source = TableFrames { frames, reachable_below: u64::MAX };

@@ -174,7 +174,10 @@ mod tests {
         use hypercall_abi::vnic::{max_frame, slot_size, tx_slot_addr_for, MAX_MTU};
         let (size, max) = (slot_size(MAX_MTU), max_frame(MAX_MTU));
         let slot5 = tx_slot_addr_for(5, size) + TX_HEADROOM;
-        assert_eq!(validate_tx_sized(slot5, max as u32, max, size), Ok(TxFrame { slot: 5, offset: TX_HEADROOM, len: max }));
+        assert_eq!(
+            validate_tx_sized(slot5, max as u32, max, size),
+            Ok(TxFrame { slot: 5, offset: TX_HEADROOM, len: max })
+        );
         assert_eq!(validate_tx_sized(slot5, max as u32 + 1, max, size), Err(BadDescriptor::TooLong { len: max + 1 }));
         // The standard check refuses the same frame: it crosses a 4 KiB slot.
         assert!(validate_tx(slot5, 5000, max).is_err());
