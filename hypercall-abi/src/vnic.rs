@@ -218,6 +218,52 @@ pub mod stamps {
     ];
     /// The datagram that makes a stamping `udp-echo` print its receive stages.
     pub const REPORT_REQUEST: &[u8] = b"ik-dispatch-report";
+
+    /// Sorts `values` and returns their (median, 10th, 90th percentile); zeros when empty.
+    pub fn quantiles(values: &mut [u32]) -> (u32, u32, u32) {
+        values.sort_unstable();
+        let at = |q: usize| values.get((values.len().max(1) - 1) * q / 100).copied().unwrap_or(0);
+        (at(50), at(10), at(90))
+    }
+
+    /// The stage part of a `dispatch:` report line (the format `cargo xtask bench dispatch`
+    /// reads): ` name=median/p10/p90` per stage, then ` total=median` of the per-packet sums.
+    /// `scratch` needs room for one value per sample.
+    pub fn write_stages<const N: usize>(
+        out: &mut impl core::fmt::Write,
+        names: &[&str; N],
+        samples: &[[u32; N]],
+        scratch: &mut [u32],
+    ) -> core::fmt::Result {
+        let scratch = &mut scratch[..samples.len()];
+        for (stage, name) in names.iter().enumerate() {
+            for (value, sample) in scratch.iter_mut().zip(samples) {
+                *value = sample[stage];
+            }
+            let (median, p10, p90) = quantiles(scratch);
+            write!(out, " {name}={median}/{p10}/{p90}")?;
+        }
+        for (value, sample) in scratch.iter_mut().zip(samples) {
+            *value = sample.iter().sum();
+        }
+        write!(out, " total={}", quantiles(scratch).0)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        extern crate std;
+        use super::*;
+        use std::string::String;
+
+        #[test]
+        fn stage_lines_carry_quantiles_and_the_median_total() {
+            let samples = [[1, 10], [2, 20], [3, 30]];
+            let mut line = String::new();
+            write_stages(&mut line, &["a", "b"], &samples, &mut [0; 3]).unwrap();
+            assert_eq!(line, " a=2/1/2 b=20/10/20 total=22");
+            assert_eq!(quantiles(&mut []), (0, 0, 0));
+        }
+    }
 }
 
 /// Network configuration of a guest, carried in its boot-info page.

@@ -127,19 +127,11 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
     /// The receive-path stage records as `dispatch:` lines (one per frame length): per stage
     /// `median/p10/p90` in stamp ticks, then the median total. Empty unless stamping is on.
     pub fn dispatch_report(&self) -> Vec<alloc::string::String> {
-        use core::fmt::Write as _;
         let mut lines = Vec::new();
+        use hypercall_abi::vnic::stamps::{write_stages, RX_STAGES};
         for (len, samples) in &self.rx_stage_samples {
             let mut line = alloc::format!("dispatch: dir=rx frame={len} samples={}", samples.len());
-            for (stage, name) in hypercall_abi::vnic::stamps::RX_STAGES.iter().enumerate() {
-                let mut values: Vec<u32> = samples.iter().map(|s| s[stage]).collect();
-                values.sort_unstable();
-                let at = |q: usize| values[(values.len() - 1) * q / 100];
-                let _ = write!(line, " {name}={}/{}/{}", at(50), at(10), at(90));
-            }
-            let mut totals: Vec<u32> = samples.iter().map(|s| s.iter().sum()).collect();
-            totals.sort_unstable();
-            let _ = write!(line, " total={}", totals[(totals.len() - 1) / 2]);
+            let _ = write_stages(&mut line, &RX_STAGES, samples, &mut vec![0; samples.len()]);
             lines.push(line);
         }
         lines

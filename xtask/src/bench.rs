@@ -21,6 +21,18 @@ pub const SIZES: [usize; 2] = [100, 1400];
 pub const GUEST_COUNTS: [usize; 2] = [1, 4];
 const WINDOW: usize = 32;
 
+/// The host CPU's model name, for benchmark reports.
+pub fn host_cpu() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
 /// One cell of the echo benchmark.
 #[derive(Debug, Clone)]
 pub struct EchoRow {

@@ -166,14 +166,7 @@ pub fn run(packets: usize, sizes: &[usize], accel: Accel) -> Result<std::path::P
         }
         println!();
     }
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|i| {
-            i.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
+    let cpu = crate::bench::host_cpu();
     let mut json = format!(
         "{{\"accel\": \"{}\", \"unit\": \"{unit}\", \"cpu\": \"{cpu}\", \"tsc_hz\": {tsc_hz}, \"results\": [\n",
         accel.name()

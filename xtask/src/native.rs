@@ -247,14 +247,7 @@ pub fn run() -> Result<std::path::PathBuf> {
     for r in &rows {
         println!("{:<36} {:>5} {:>8} {:>8} {:>8}", r.name, r.size, r.median, r.p10, r.p90);
     }
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
+    let cpu = crate::bench::host_cpu();
     let mut json = format!("{{\"unit\": \"tsc_ticks\", \"cpu\": \"{cpu}\", \"results\": [\n");
     for (i, r) in rows.iter().enumerate() {
         let _ = writeln!(

@@ -197,30 +197,35 @@ pub fn throughput(peers: &[SocketAddr], size: usize, duration: Duration, window:
                     let mut buf = vec![0u8; 65536];
                     let (mut sent, mut received, mut outstanding) = (0u64, 0u64, 0usize);
                     let end = Instant::now() + duration;
+                    // Takes one datagram: whether it was an echo (None: the read timed out).
+                    let mut take_echo = || match socket.recv_from(&mut buf) {
+                        Ok((len, from)) => Some(from == peer && len == size),
+                        Err(_) => None,
+                    };
                     while Instant::now() < end {
                         while outstanding < window {
                             socket.send_to(&data, peer)?;
                             sent += 1;
                             outstanding += 1;
                         }
-                        match socket.recv_from(&mut buf) {
-                            Ok((len, from)) if from == peer && len == size => {
+                        match take_echo() {
+                            Some(true) => {
                                 received += 1;
                                 outstanding -= 1;
                             }
-                            Ok(_) => {}
-                            Err(_) => outstanding = 0,
+                            Some(false) => {}
+                            None => outstanding = 0, // the window's datagrams are lost
                         }
                     }
                     // Collect the echoes still in flight, so only real losses count as lost.
                     while outstanding > 0 {
-                        match socket.recv_from(&mut buf) {
-                            Ok((len, from)) if from == peer && len == size => {
+                        match take_echo() {
+                            Some(true) => {
                                 received += 1;
                                 outstanding -= 1;
                             }
-                            Ok(_) => {}
-                            Err(_) => break,
+                            Some(false) => {}
+                            None => break,
                         }
                     }
                     Ok((sent, received))

@@ -610,11 +610,11 @@ fn virtual_instruction(g: &mut Guests, id: GuestId, port: u16, frame: &mut TrapF
         }
         Vi::VnicTxKick => {
             frame.rax = if g.nics[id].is_some() {
-                let name = g.list[id].name.clone();
-                let start = cpu::rdtsc_serialized();
-                let taken = g.net_ctx().tx_kick(id, &name);
-                // Doorbell to NIC notify, for kicks that carried exactly one packet.
-                if taken == 1 && g.kick_samples.len() < g.kick_samples.capacity() {
+                // Doorbell to NIC notify, for kicks that carried exactly one packet (stamping on).
+                let stamping = g.net.stamps;
+                let start = if stamping { cpu::rdtsc_serialized() } else { 0 };
+                let taken = g.net_ctx().tx_kick(id);
+                if stamping && taken == 1 && g.kick_samples.len() < g.kick_samples.capacity() {
                     g.kick_samples.push((cpu::rdtsc_serialized() - start) as u32);
                 }
                 taken
@@ -703,25 +703,17 @@ pub fn finish_run(why: &str) -> ! {
         }
     }
     if let Some(g) = GUESTS.lock().as_mut() {
-        let quantiles = |samples: &mut Vec<u32>| {
-            samples.sort_unstable();
-            let at = |q: usize| samples.get((samples.len().max(1) - 1) * q / 100).copied().unwrap_or(0);
-            (samples.len(), at(50), at(10), at(90))
-        };
+        use hypercall_abi::vnic::stamps::{quantiles, write_stages, TX_STAGES};
         for (len, samples) in &g.net.tx_stage_samples {
             let mut line = format!("dispatch: dir=tx mode={:?} frame={len} samples={}", g.net.mode, samples.len());
-            let mut totals: Vec<u32> = samples.iter().map(|s| s.iter().sum()).collect();
-            for (stage, name) in hypercall_abi::vnic::stamps::TX_STAGES.iter().enumerate() {
-                let mut values: Vec<u32> = samples.iter().map(|s| s[stage]).collect();
-                let (_, median, p10, p90) = quantiles(&mut values);
-                line += &format!(" {name}={median}/{p10}/{p90}");
-            }
-            let (_, total, _, _) = quantiles(&mut totals);
-            console_write_fmt(format_args!("{line} total={total}\n"));
+            let _ = write_stages(&mut line, &TX_STAGES, samples, &mut alloc::vec![0; samples.len()]);
+            console_write_fmt(format_args!("{line}\n"));
         }
         if !g.kick_samples.is_empty() {
-            let (n, median, p10, p90) = quantiles(&mut g.kick_samples);
-            let (cn, cmedian, _, _) = quantiles(&mut g.net.completion_samples);
+            let n = g.kick_samples.len();
+            let (median, p10, p90) = quantiles(&mut g.kick_samples);
+            let cn = g.net.completion_samples.len();
+            let (cmedian, _, _) = quantiles(&mut g.net.completion_samples);
             console_write_fmt(format_args!(
                 "kick: tx={:?} one-packet doorbells={n} ticks trap-to-notify median={median} p10={p10} p90={p90}; \
                  zero-copy completion batches={cn} ticks per packet median={cmedian}\n",

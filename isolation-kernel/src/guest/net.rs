@@ -152,6 +152,9 @@ pub struct Network {
     backlog: VecDeque<GuestId>,
     pub counters: NetCounters,
     pub mode: TxMode,
+    /// Zero-copy packets done with, waiting to be completed (scratch space kept between calls,
+    /// so the packet path does not allocate).
+    finished: Vec<(TxCookie, DescStatus)>,
     /// Slot runs of guests that ended with packets in flight on them, as (base, packets,
     /// pages): freed when the NIC is done.
     zombies: Vec<(u64, u32, u64)>,
@@ -216,6 +219,7 @@ impl Network {
             backlog: VecDeque::new(),
             counters: NetCounters::default(),
             mode,
+            finished: Vec::with_capacity(256),
             zombies: Vec::new(),
             completion_samples: Vec::with_capacity(65_536),
             stamps: false,
@@ -337,16 +341,17 @@ impl GuestNic {
 impl NetCtx<'_> {
     /// The doorbell of guest `id`: takes what its tx ring holds, then runs the network
     /// scheduler. Returns the number of descriptors taken.
-    pub fn tx_kick(&mut self, id: GuestId, name: &str) -> u64 {
-        let taken = self.pull_tx(id, name);
+    pub fn tx_kick(&mut self, id: GuestId) -> u64 {
+        let taken = self.pull_tx(id);
         self.serve();
         taken
     }
 
     /// Validates the guest's pending tx descriptors and queues their frames in its FIFO: copied
     /// into a pool buffer (copy path, copy 1), or left in the write-protected slot (COW path).
-    fn pull_tx(&mut self, id: GuestId, name: &str) -> u64 {
+    fn pull_tx(&mut self, id: GuestId) -> u64 {
         let Some(nic) = self.nics.get_mut(id).and_then(Option::as_mut) else { return 0 };
+        let name = self.guests[id].name.as_str(); // for the one log line per misbehaving guest
         let net = &mut *self.net;
         let shared = nic.shared();
         let producer = shared.tx_producer.0.load(Ordering::Acquire);
@@ -548,7 +553,9 @@ impl NetCtx<'_> {
     /// Runs the network scheduler: FIFOs to the vswitch, and from there to other guests or the
     /// physical NIC; then takes more from backlogged guests if room was made.
     pub fn serve(&mut self) {
-        let mut finished: Vec<(TxCookie, DescStatus)> = Vec::new();
+        // Completions gathered while the scheduler holds the network borrowed; the vector is the
+        // network's own, reused, so the packet path does not allocate.
+        let mut finished = core::mem::take(&mut self.net.finished);
         for _ in 0..2 {
             {
                 let NetCtx { net, nics, sched, .. } = self;
@@ -632,34 +639,40 @@ impl NetCtx<'_> {
             for ((guest, r), status) in finished.drain(..) {
                 self.complete_cow(guest, r, status);
             }
-            let backlogged: Vec<GuestId> = self.net.backlog.drain(..).collect();
-            if backlogged.is_empty() {
+            if self.net.backlog.is_empty() {
                 break;
             }
-            for id in backlogged {
-                self.pull_tx(id, "");
+            // A guest still backlogged goes to the back again: each is pulled once per round.
+            for _ in 0..self.net.backlog.len() {
+                if let Some(id) = self.net.backlog.pop_front() {
+                    self.pull_tx(id);
+                }
             }
         }
+        self.net.finished = finished;
     }
 
     /// Takes back what the NIC has sent, completing zero-copy packets.
     fn reclaim_nic(&mut self) {
-        let mut finished: Vec<TxCookie> = Vec::new();
+        let mut finished = core::mem::take(&mut self.net.finished);
         if let Some(nic) = self.net.nic.as_mut() {
-            nic.reclaim_tx(|cookie| finished.push(cookie));
+            nic.reclaim_tx(|cookie| finished.push((cookie, DescStatus::Done)));
         }
         if finished.is_empty() {
+            self.net.finished = finished;
             return;
         }
-        let start = crate::arch::cpu::rdtsc_serialized();
+        // With stamping on, the completion work per packet is timed for the transmit figures.
+        let stamping = self.net.stamps;
+        let start = if stamping { crate::arch::cpu::rdtsc_serialized() } else { 0 };
         let count = finished.len() as u64;
-        for (guest, r) in finished {
-            self.complete_cow(guest, r, DescStatus::Done);
+        for ((guest, r), status) in finished.drain(..) {
+            self.complete_cow(guest, r, status);
         }
-        let per_packet = (crate::arch::cpu::rdtsc_serialized() - start) / count;
+        self.net.finished = finished;
         let samples = &mut self.net.completion_samples;
-        if samples.len() < samples.capacity() {
-            samples.push(per_packet as u32);
+        if stamping && samples.len() < samples.capacity() {
+            samples.push(((crate::arch::cpu::rdtsc_serialized() - start) / count) as u32);
         }
     }
 
