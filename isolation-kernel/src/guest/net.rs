@@ -2,7 +2,7 @@
 //! FIFO, source-MAC check), the network scheduler's hand-off to the vswitch, delivery into
 //! guests' posted rx buffers, and the physical NIC's receive path.
 
-use super::space::AddressSpace;
+use super::space::{copy_into_run, AddressSpace};
 use super::Guest;
 use crate::drivers::virtio_net::TxCookie;
 use crate::drivers::virtio_net::VirtioNet;
@@ -176,16 +176,6 @@ pub struct Network {
 const STAMP_SLOTS: u32 = 4096;
 /// Transmit records kept per frame length.
 const STAMP_SAMPLES: usize = 10_240;
-
-/// Copies `frame` to `offset` bytes into the contiguous run of `run` bytes at `phys`.
-fn copy_into_run(phys: u64, run: u64, offset: u64, frame: &[u8]) {
-    assert!(offset as usize + frame.len() <= run as usize, "copy beyond the run");
-    // SAFETY: `phys` is a kernel pool page or a guest-owned rx page reached through the direct
-    // map; the range stays inside the page (checked above); `frame` is elsewhere.
-    unsafe {
-        core::ptr::copy_nonoverlapping(frame.as_ptr(), phys_to_virt(phys + offset).as_mut_ptr::<u8>(), frame.len())
-    };
-}
 
 /// The bytes `[offset, offset + len)` of the contiguous run of `run` bytes at `phys`.
 fn run_bytes<'p>(phys: u64, run: u64, offset: u64, len: u64) -> &'p [u8] {

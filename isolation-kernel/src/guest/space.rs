@@ -41,11 +41,17 @@ pub fn zero_frame(phys: u64) {
 
 /// Copies `data` into frame `phys` at `offset`.
 pub fn fill_frame(phys: u64, offset: usize, data: &[u8]) {
-    assert!(offset + data.len() <= PAGE as usize, "fill_frame beyond the frame");
-    // SAFETY: as in `zero_frame`; the range stays inside the frame (checked above) and `data`
-    // is kernel memory that cannot overlap a fresh frame.
+    copy_into_run(phys, PAGE, offset as u64, data);
+}
+
+/// Copies `data` to `offset` bytes into the physically contiguous run of `run` bytes at `phys`
+/// (a frame, a pool buffer, a guest's slot), through the direct map.
+pub fn copy_into_run(phys: u64, run: u64, offset: u64, data: &[u8]) {
+    assert!(offset as usize + data.len() <= run as usize, "copy beyond the run");
+    // SAFETY: callers pass runs the kernel owns or a guest's own frames, all in the direct map;
+    // the range stays inside the run (checked above); `data` is elsewhere in memory.
     unsafe {
-        core::ptr::copy_nonoverlapping(data.as_ptr(), phys_to_virt(phys).as_mut_ptr::<u8>().add(offset), data.len())
+        core::ptr::copy_nonoverlapping(data.as_ptr(), phys_to_virt(phys + offset).as_mut_ptr::<u8>(), data.len())
     };
 }
 
