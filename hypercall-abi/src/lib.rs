@@ -94,6 +94,14 @@ pub mod cmdline {
     pub const STAMPS: &str = "stamps";
     /// Prefix of the line the kernel prints with its counters, as `name=value` pairs.
     pub const STATS_PREFIX: &str = "stats:";
+    /// What the `stats:` line covers: `totals` (the default: guests' own counters summed) or
+    /// `per-guest` (also one [`GUEST_STATS_PREFIX`] line per guest with a NIC after each).
+    pub const STATS: &str = "stats";
+    /// Values accepted by [`STATS`].
+    pub const STATS_KINDS: [&str; 2] = ["totals", "per-guest"];
+    /// Prefix of the per-guest lines (`stats=per-guest`): `guest-stats: id=N name=NAME` and the
+    /// guest's own counters as `name=value` pairs.
+    pub const GUEST_STATS_PREFIX: &str = "guest-stats:";
 }
 
 #[cfg(test)]

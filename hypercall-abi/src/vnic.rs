@@ -29,7 +29,7 @@
 //! Indices are free-running `u32`s; the slot of index `i` is `i % RING_SIZE`, and a ring holds
 //! `producer - consumer` (wrapping) entries, never more than its size.
 
-use core::sync::atomic::{AtomicU32, AtomicU64};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Descriptors per ring (a power of two).
 pub const TX_RING_SIZE: u32 = 32;
@@ -125,10 +125,170 @@ pub struct VnicShared {
     pub virq: CacheLine<AtomicU64>,
     /// Written by the kernel: non-zero when per-packet stage stamps are on (see [`stamps`]).
     pub stamps_enabled: CacheLine<AtomicU32>,
-    _reserved: [CacheLine<u64>; 9],
+    /// Written by the guest: its own counters ([`GuestCounters`]), which the kernel only reports.
+    pub guest_counters: GuestCounters,
+    _reserved: [CacheLine<u64>; 2],
     pub tx: [Desc; TX_RING_SIZE as usize],
     _reserved_tx: [Desc; 64 - TX_RING_SIZE as usize],
     pub rx: [Desc; RX_RING_SIZE as usize],
+}
+
+/// A counter a guest keeps about its own receive path and apps, published in its shared page
+/// ([`GuestCounters`]) so that the kernel's `stats:` line can carry it (names prefixed `guest_`,
+/// summed over guests). Together with the kernel's counters they account for every frame:
+/// - `rx_taken = rx_datagrams + rx_other + drops_malformed` (each frame taken from the rx ring
+///   is classified once, before the stack sees it);
+/// - `rx_datagrams = udp_delivered + drops_socket_full + drops_no_socket`;
+/// - `udp_delivered = app_received + udp_queued`;
+/// - `app_received = app_echoes + app_consumed + app_drops + app_held`.
+///
+/// Published values are allegations: the kernel prints them and never decides anything by them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(usize)]
+pub enum GuestCounter {
+    /// Frames the guest took from its rx ring (and handed to its stack).
+    RxTaken,
+    /// Of those, UDP datagrams addressed to the guest (its address, or broadcast).
+    RxDatagrams,
+    /// Of those, frames for the stack itself or for nobody here: ARP, ICMP, other protocols, IP
+    /// packets addressed elsewhere.
+    RxOther,
+    /// Of those, frames the stack refused as malformed: too short, a bad header or checksum, a
+    /// non-unicast source address.
+    DropsMalformed,
+    /// Datagrams queued in a socket for an app.
+    UdpDelivered,
+    /// Datagrams dropped because their socket's receive buffer was full.
+    DropsSocketFull,
+    /// Datagrams to a port no socket has (the stack answers with ICMP port unreachable).
+    DropsNoSocket,
+    /// Gauge: datagrams waiting in sockets' receive buffers when the guest published.
+    UdpQueued,
+    /// Datagrams apps took from sockets.
+    AppReceived,
+    /// Datagrams an app echoed (queued the echo for sending).
+    AppEchoes,
+    /// Datagrams an app took without echoing them (a reply a client waited for, a request).
+    AppConsumed,
+    /// Datagrams an app dropped (no room to send an echo in time, or an error).
+    AppDrops,
+    /// Gauge: datagrams apps had taken but not yet echoed, consumed or dropped.
+    AppHeld,
+    /// Frames the guest put into its tx ring.
+    TxFrames,
+    /// Frames the stack built when the tx ring had no free slot (lost).
+    TxDropsRingFull,
+    /// Frames the stack built longer than the MTU allows (lost).
+    TxDropsTooLong,
+    /// Tx descriptors the kernel completed with a rejection (the kernel counts them too).
+    TxRejected,
+    /// Filled rx descriptors with an error status, skipped (the kernel counts them too).
+    RxDescErrors,
+}
+
+impl GuestCounter {
+    pub const COUNT: usize = 18;
+    pub const ALL: [GuestCounter; Self::COUNT] = [
+        Self::RxTaken,
+        Self::RxDatagrams,
+        Self::RxOther,
+        Self::DropsMalformed,
+        Self::UdpDelivered,
+        Self::DropsSocketFull,
+        Self::DropsNoSocket,
+        Self::UdpQueued,
+        Self::AppReceived,
+        Self::AppEchoes,
+        Self::AppConsumed,
+        Self::AppDrops,
+        Self::AppHeld,
+        Self::TxFrames,
+        Self::TxDropsRingFull,
+        Self::TxDropsTooLong,
+        Self::TxRejected,
+        Self::RxDescErrors,
+    ];
+
+    /// The name in the kernel's `stats:` line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::RxTaken => "guest_rx_taken",
+            Self::RxDatagrams => "guest_rx_datagrams",
+            Self::RxOther => "guest_rx_other",
+            Self::DropsMalformed => "guest_drops_malformed",
+            Self::UdpDelivered => "guest_udp_delivered",
+            Self::DropsSocketFull => "guest_drops_socket_full",
+            Self::DropsNoSocket => "guest_drops_no_socket",
+            Self::UdpQueued => "guest_udp_queued",
+            Self::AppReceived => "guest_app_received",
+            Self::AppEchoes => "guest_app_echoes",
+            Self::AppConsumed => "guest_app_consumed",
+            Self::AppDrops => "guest_app_drops",
+            Self::AppHeld => "guest_app_held",
+            Self::TxFrames => "guest_tx_frames",
+            Self::TxDropsRingFull => "guest_tx_drops_ring_full",
+            Self::TxDropsTooLong => "guest_tx_drops_too_long",
+            Self::TxRejected => "guest_tx_rejected",
+            Self::RxDescErrors => "guest_rx_desc_errors",
+        }
+    }
+}
+
+/// One value per [`GuestCounter`], in its order.
+pub type GuestCounterValues = [u64; GuestCounter::COUNT];
+
+/// Adds `from` into `into`, saturating: the kernel sums values guests wrote, which may be anything.
+pub fn add_guest_counters(into: &mut GuestCounterValues, from: &GuestCounterValues) {
+    for (sum, value) in into.iter_mut().zip(from) {
+        *sum = sum.saturating_add(*value);
+    }
+}
+
+/// Slots for guest counters in each copy (room to add counters without moving anything).
+pub const GUEST_COUNTER_SLOTS: usize = 24;
+
+/// The guest's counters in its shared page: two copies and a generation. The guest writes the
+/// copy the next generation names (even or odd), then stores that generation (release); the
+/// kernel reads the copy the current generation names. The kernel reads while the guest is
+/// not running (one CPU), so that copy is always complete; a guest stopped halfway through a
+/// publish leaves the previous copy intact.
+#[repr(C, align(64))]
+#[derive(Debug, Default)]
+pub struct GuestCounters {
+    /// Publishes so far; its low bit names the complete copy.
+    pub generation: AtomicU64,
+    _pad: [u64; 7],
+    pub even: [AtomicU64; GUEST_COUNTER_SLOTS],
+    pub odd: [AtomicU64; GUEST_COUNTER_SLOTS],
+}
+
+impl GuestCounters {
+    fn copy(&self, generation: u64) -> &[AtomicU64; GUEST_COUNTER_SLOTS] {
+        if generation % 2 == 0 {
+            &self.even
+        } else {
+            &self.odd
+        }
+    }
+
+    /// Guest side: makes `values` the published counters.
+    pub fn publish(&self, values: &GuestCounterValues) {
+        let next = self.generation.load(Ordering::Relaxed).wrapping_add(1);
+        for (slot, value) in self.copy(next).iter().zip(values) {
+            slot.store(*value, Ordering::Relaxed);
+        }
+        self.generation.store(next, Ordering::Release);
+    }
+
+    /// Kernel side: the last published counters (zeros before the first publish). Untrusted.
+    pub fn read(&self) -> GuestCounterValues {
+        let copy = self.copy(self.generation.load(Ordering::Acquire));
+        let mut values = [0; GuestCounter::COUNT];
+        for (value, slot) in values.iter_mut().zip(copy) {
+            *value = slot.load(Ordering::Relaxed);
+        }
+        values
+    }
 }
 
 /// Offsets of the shared page's parts.
@@ -139,6 +299,7 @@ pub const RX_CONSUMER_OFFSET: usize = 192;
 pub const NEEDS_KICK_OFFSET: usize = 256;
 pub const VIRQ_OFFSET: usize = 320;
 pub const STAMPS_ENABLED_OFFSET: usize = 384;
+pub const GUEST_COUNTERS_OFFSET: usize = 448;
 pub const TX_RING_OFFSET: usize = 1024;
 pub const RX_RING_OFFSET: usize = 2048;
 
@@ -150,6 +311,11 @@ const _: () = {
     assert!(core::mem::offset_of!(VnicShared, needs_kick) == NEEDS_KICK_OFFSET);
     assert!(core::mem::offset_of!(VnicShared, virq) == VIRQ_OFFSET);
     assert!(core::mem::offset_of!(VnicShared, stamps_enabled) == STAMPS_ENABLED_OFFSET);
+    assert!(core::mem::offset_of!(VnicShared, guest_counters) == GUEST_COUNTERS_OFFSET);
+    assert!(core::mem::offset_of!(GuestCounters, even) == 64);
+    assert!(core::mem::offset_of!(GuestCounters, odd) == 64 + 8 * GUEST_COUNTER_SLOTS);
+    assert!(GUEST_COUNTERS_OFFSET + core::mem::size_of::<GuestCounters>() <= TX_RING_OFFSET);
+    assert!(GuestCounter::COUNT <= GUEST_COUNTER_SLOTS);
     assert!(core::mem::offset_of!(VnicShared, tx) == TX_RING_OFFSET);
     assert!(core::mem::offset_of!(VnicShared, rx) == RX_RING_OFFSET);
     assert!(core::mem::size_of::<Desc>() == 16);
@@ -298,6 +464,47 @@ mod tests {
             assert_eq!(DescStatus::from_u32(s as u32), Some(s));
         }
         assert_eq!(DescStatus::from_u32(99), None);
+    }
+
+    #[test]
+    fn guest_counters_publish_whole_copies() {
+        let shared = VnicShared::default();
+        let block = &shared.guest_counters;
+        assert_eq!(block.read(), [0; GuestCounter::COUNT]);
+        let first: GuestCounterValues = core::array::from_fn(|i| i as u64 + 1);
+        block.publish(&first);
+        assert_eq!(block.read(), first);
+        // A publish cut short (only the next copy written, generation not yet stored) leaves
+        // the last complete copy visible.
+        for slot in &block.even {
+            slot.store(999, Ordering::Relaxed);
+        }
+        assert_eq!(block.read(), first);
+        let second: GuestCounterValues = core::array::from_fn(|i| 100 + i as u64);
+        block.publish(&second);
+        assert_eq!(block.read(), second);
+        assert_eq!(block.generation.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn guest_counter_names_are_distinct_prefixed_and_in_order() {
+        for (index, counter) in GuestCounter::ALL.iter().enumerate() {
+            assert_eq!(*counter as usize, index, "{counter:?}");
+            assert!(counter.name().starts_with("guest_"));
+        }
+        let mut names: [&str; GuestCounter::COUNT] = GuestCounter::ALL.map(GuestCounter::name);
+        names.sort_unstable();
+        assert!(names.windows(2).all(|w| w[0] != w[1]));
+    }
+
+    #[test]
+    fn summing_guest_counters_saturates() {
+        let mut total = [u64::MAX - 1; GuestCounter::COUNT];
+        add_guest_counters(&mut total, &[5; GuestCounter::COUNT]);
+        assert_eq!(total, [u64::MAX; GuestCounter::COUNT]);
+        let mut total = [1; GuestCounter::COUNT];
+        add_guest_counters(&mut total, &[2; GuestCounter::COUNT]);
+        assert_eq!(total, [3; GuestCounter::COUNT]);
     }
 
     #[test]

@@ -125,8 +125,11 @@ struct RxHalf<'a> {
     clock: fn() -> u64,
     resume_stamp: u64,
     last_stamps: Option<[u64; 8]>,
-    /// Next rx index to hand to smoltcp.
+    /// Next rx index to hand to smoltcp (or, while `unreleased`, the one last handed out).
     seen: u32,
+    /// The frame at `seen` was handed to smoltcp and its buffer is not reposted yet: its bytes
+    /// stay readable ([`Vnic::last_rx`]) until the next frame is looked for or the flush.
+    unreleased: bool,
     /// Our copy of `rx_producer`.
     producer: u32,
     frames: u64,
@@ -181,6 +184,7 @@ impl<'a, D: Doorbell> Vnic<'a, D> {
             resume_stamp: 0,
             last_stamps: None,
             seen: rx_consumer,
+            unreleased: false,
             producer: rx_consumer,
             frames: 0,
             len_clamped: 0,
@@ -215,6 +219,7 @@ impl<'a, D: Doorbell> Vnic<'a, D> {
     /// Rings the tx doorbell once if frames were produced since the last flush and the kernel
     /// wants a kick. Called once after each smoltcp poll: one kick per batch, not per frame.
     pub fn flush(&mut self) {
+        self.rx.release();
         self.tx.reap();
         if !self.tx.kick_pending {
             return;
@@ -267,11 +272,41 @@ impl<'a, D: Doorbell> Vnic<'a, D> {
         self.shared.virq.0.swap(0, Ordering::AcqRel)
     }
 
+    /// The next received frame, without taking it: the frame the next [`Device::receive`]
+    /// hands out. The stack looks at it first to decide whether it can hold it now; until then
+    /// it waits in the ring, where the kernel's counting is exact. Skips (and reposts) buffers
+    /// the kernel filled with an error.
+    pub fn peek_rx(&mut self) -> Option<&[u8]> {
+        if !self.rx.ready() {
+            return None;
+        }
+        Some(self.rx.frame())
+    }
+
+    /// The frame smoltcp was last handed, until its buffer is reposted (the next
+    /// [`Self::peek_rx`], receive or [`Self::flush`]): for a second look at a frame the stack
+    /// refused.
+    pub fn last_rx(&self) -> Option<&[u8]> {
+        self.rx.unreleased.then(|| self.rx.frame())
+    }
+
+    /// Whether a tx slot is free (a frame built now would reach the ring).
+    pub fn tx_has_room(&mut self) -> bool {
+        self.tx.has_free_slot()
+    }
+
+    /// Publishes the guest's counters in the shared page, for the kernel's `stats:` line.
+    pub fn publish_counters(&self, values: &hypercall_abi::vnic::GuestCounterValues) {
+        self.shared.guest_counters.publish(values);
+    }
+
     /// Whether filled rx buffers wait, read from the ring itself (not from `virq`).
     pub fn rx_pending(&self) -> bool {
+        // A frame taken but not yet released is not waiting any more.
+        let seen = self.rx.seen.wrapping_add(u32::from(self.rx.unreleased));
         let consumer = self.shared.rx_consumer.0.load(Ordering::Acquire);
-        let filled = ring_used(consumer, self.rx.seen);
-        filled != 0 && filled <= ring_used(self.rx.producer, self.rx.seen)
+        let filled = ring_used(consumer, seen);
+        filled != 0 && filled <= ring_used(self.rx.producer, seen)
     }
 
     /// The counters so far (`tx_rejected` as of the last `transmit` or `flush`).
@@ -397,8 +432,16 @@ impl RxHalf<'_> {
         self.publish();
     }
 
+    /// Reposts the buffer of the frame last handed out, if not done yet.
+    fn release(&mut self) {
+        if core::mem::take(&mut self.unreleased) {
+            self.recycle();
+        }
+    }
+
     /// Whether a filled buffer waits at `seen`; skips (and reposts) failed ones.
     fn ready(&mut self) -> bool {
+        self.release();
         loop {
             let consumer = self.shared.rx_consumer.0.load(Ordering::Acquire);
             let filled = ring_used(consumer, self.seen);
@@ -415,15 +458,26 @@ impl RxHalf<'_> {
         }
     }
 
-    fn consume<R, F: FnOnce(&[u8]) -> R>(&mut self, f: F) -> R {
+    /// Start and length of the filled buffer at `seen` (a length beyond the buffer is clamped:
+    /// `clamped` says so). Our own buffer for this index, whatever the descriptor's address says.
+    fn filled(&self) -> (usize, usize, bool) {
         let desc = &self.shared.rx[(self.seen % RX_RING_SIZE) as usize];
-        let mut len = desc.len.load(Ordering::Relaxed) as usize;
-        if len > self.slot_size {
-            self.len_clamped += 1;
-            len = self.slot_size;
-        }
-        // Our own buffer for this index, whatever the descriptor's address now says.
+        let len = desc.len.load(Ordering::Relaxed) as usize;
         let start = (u64::from(self.seen) % RX_SLOTS) as usize * self.slot_size;
+        (start, len.min(self.slot_size), len > self.slot_size)
+    }
+
+    /// The filled frame at `seen` (only after [`Self::ready`]).
+    fn frame(&self) -> &[u8] {
+        let (start, len, _) = self.filled();
+        &self.area[start..start + len]
+    }
+
+    fn consume<R, F: FnOnce(&[u8]) -> R>(&mut self, f: F) -> R {
+        let (start, len, clamped) = self.filled();
+        if clamped {
+            self.len_clamped += 1;
+        }
         // The driver's part ends where smoltcp's processing of the frame (inside `f`) begins.
         let driver_done = (self.clock)();
         let result = f(&self.area[start..start + len]);
@@ -439,12 +493,13 @@ impl RxHalf<'_> {
             self.last_stamps = Some(stamps);
         }
         self.frames += 1;
-        self.recycle();
+        self.unreleased = true;
         result
     }
 }
 
-/// Hands smoltcp one received frame; the buffer is reposted once consumed.
+/// Hands smoltcp one received frame; the buffer is reposted once the next frame is looked for
+/// (or at the flush).
 pub struct VnicRxToken<'t, 'a> {
     rx: &'t mut RxHalf<'a>,
 }

@@ -234,6 +234,51 @@ fn received_frames_come_out_whole_and_buffers_are_reposted() {
 }
 
 #[test]
+fn a_taken_frame_stays_readable_until_its_buffer_is_reposted() {
+    let mut mem = GuestMemory::default();
+    let mut vnic = mem.vnic(CountingDoorbell::default());
+    assert_eq!(vnic.peek_rx(), None);
+    assert_eq!(vnic.last_rx(), None);
+    for seq in 0..2 {
+        assert!(vnic.kernel_side().deliver(&frame(seq, 70)));
+    }
+    // Peeking takes nothing: the same frame comes out of the next receive.
+    assert_eq!(vnic.peek_rx(), Some(&frame(0, 70)[..]));
+    assert_eq!(vnic.peek_rx(), Some(&frame(0, 70)[..]));
+    assert_eq!(vnic.counters().rx_frames, 0);
+    assert_eq!(recv(&mut vnic), Some(frame(0, 70)));
+    // Taken, not yet reposted: readable, and no longer pending.
+    assert_eq!(vnic.last_rx(), Some(&frame(0, 70)[..]));
+    assert_eq!(vnic.kernel_side().rx_posted(), RX_RING_SIZE - 2);
+    assert!(vnic.rx_pending(), "the second frame waits");
+    // Looking for the next frame reposts the buffer of the last.
+    assert_eq!(vnic.peek_rx(), Some(&frame(1, 70)[..]));
+    assert_eq!(vnic.last_rx(), None);
+    assert_eq!(vnic.kernel_side().rx_posted(), RX_RING_SIZE - 1);
+    assert_eq!(recv(&mut vnic), Some(frame(1, 70)));
+    assert!(!vnic.rx_pending());
+    vnic.flush();
+    assert_eq!(vnic.kernel_side().rx_posted(), RX_RING_SIZE);
+    assert_eq!(vnic.counters().rx_frames, 2);
+}
+
+#[test]
+fn tx_room_and_counter_publishing() {
+    let mut mem = GuestMemory::default();
+    let mut vnic = mem.vnic(CountingDoorbell::default());
+    for seq in 0..TX_RING_SIZE {
+        assert!(vnic.tx_has_room());
+        send(&mut vnic, &frame(seq, 64));
+    }
+    assert!(!vnic.tx_has_room());
+    vnic.kernel_side().take_tx();
+    assert!(vnic.tx_has_room());
+    let values = core::array::from_fn(|i| 7 * i as u64);
+    vnic.publish_counters(&values);
+    assert_eq!(vnic.kernel_side().shared().guest_counters.read(), values);
+}
+
+#[test]
 fn dropped_rx_token_keeps_the_frame() {
     let mut mem = GuestMemory::default();
     let mut vnic = mem.vnic(CountingDoorbell::default());
@@ -252,7 +297,9 @@ fn malicious_rx_length_is_clamped_to_the_buffer() {
     assert_eq!(got.len(), SLOT_SIZE as usize);
     assert_eq!(&got[..80], &frame(1, 80)[..]);
     assert_eq!(vnic.counters().rx_len_clamped, 1);
-    // The buffer went back with its full capacity.
+    // The buffer goes back, with its full capacity, at the flush (or the next look for a frame).
+    assert_eq!(vnic.kernel_side().rx_posted(), RX_RING_SIZE - 1);
+    vnic.flush();
     assert_eq!(vnic.kernel_side().rx_posted(), RX_RING_SIZE);
     assert!(vnic.kernel_side().deliver(&frame(2, 80)));
     assert_eq!(recv(&mut vnic), Some(frame(2, 80)));
