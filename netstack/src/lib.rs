@@ -4,6 +4,14 @@
 //!
 //! An app loop is: `poll()`, use its sockets, `wait()`, repeat. Only UDP so far; TCP sockets
 //! go into the same [`SocketSet`] when they come.
+//!
+//! No silent loss: the stack takes a frame from the rx ring only when it can surely hold it
+//! ([`ingress`]): a datagram whose socket is full waits in the ring (where the kernel counts
+//! whatever it cannot deliver) until the app has read the socket and polls again. Every frame
+//! taken is counted by what became of it, and the counts are published in the vNIC's shared
+//! page for the kernel's `stats:` line ([`hypercall_abi::vnic::GuestCounter`]); apps report what
+//! they did with each datagram ([`AppOutcome`]) and can wait for room to send
+//! ([`NetStack::udp_send_by`]) instead of dropping.
 
 #![no_std]
 #![forbid(unsafe_code)]
@@ -14,12 +22,15 @@ extern crate std;
 
 use alloc::vec;
 use alloc::vec::Vec;
-use hypercall_abi::vnic::{NetConfig, MTU};
+use hypercall_abi::vnic::{GuestCounter, GuestCounterValues, NetConfig, MTU, RX_RING_SIZE};
+use ingress::{Inbound, RxBook};
 use managed::ManagedSlice;
 use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::socket::{udp, Socket};
-use smoltcp::wire::{EthernetAddress, IpAddress, IpCidr, IpEndpoint};
+use smoltcp::wire::{EthernetAddress, IpAddress, IpCidr, IpEndpoint, Ipv4Cidr};
 use vnic_driver::{Doorbell, Vnic, VnicCounters};
+
+mod ingress;
 
 pub use smoltcp::time::{Duration, Instant};
 pub use smoltcp::wire::Ipv4Address;
@@ -32,8 +43,8 @@ const IP_UDP_HEADERS: usize = 20 + 8;
 pub const UDP_BUFFER_PACKETS: usize = 16;
 /// Payload bytes each UDP socket buffers per direction.
 pub const UDP_BUFFER_BYTES: usize = UDP_BUFFER_PACKETS * MTU as usize;
-/// Most `Interface::poll` rounds in one [`NetStack::poll`]: a round sends at most one packet per
-/// socket, and this bounds the work when frames keep arriving.
+/// Most rounds in one [`NetStack::poll`]: a round takes at most a ring of frames and sends at
+/// most one packet per socket, and this bounds the work when frames keep arriving.
 const POLL_ROUNDS: usize = 32;
 
 /// What the stack needs from the guest runtime: time, and a way to sleep.
@@ -76,8 +87,28 @@ pub enum NetError {
     Unaddressable,
     /// More than [`MAX_UDP_PAYLOAD`] bytes.
     TooLarge,
-    /// The socket's send buffer is full: poll, then try again.
+    /// The socket's send buffer is full: poll, then try again (or use [`NetStack::udp_send_by`]).
     BufferFull,
+}
+
+/// What an app did with a datagram it took ([`NetStack::udp_recv`]), for the guest's counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppOutcome {
+    /// Sent back (queued for sending).
+    Echoed,
+    /// Used without echoing: a reply the app waited for, a request it answered otherwise.
+    Consumed,
+    /// Dropped: no room to send in time, or an error.
+    Dropped,
+}
+
+/// What [`NetStack::admission`] decided for the next frame in the rx ring.
+#[derive(Clone, Copy, Debug)]
+enum Admission {
+    /// A datagram for the socket of `udp_books[book]`, which surely holds it now.
+    Socket { book: usize, len: usize },
+    /// A frame for the stack alone (or to be refused), with a tx slot free for any answer.
+    Stack(Inbound),
 }
 
 /// The guest's network stack on its virtual NIC.
@@ -90,6 +121,13 @@ pub struct NetStack<'a, D: Doorbell, P: Platform> {
     mtu: usize,
     /// Receive-path stage records (stamping on), by frame length.
     rx_stage_samples: alloc::collections::BTreeMap<usize, Vec<[u32; 8]>>,
+    /// The interface's addresses, to classify frames before the stack takes them.
+    identity: ingress::Identity,
+    /// Each UDP socket's receive buffer as tracked for admission.
+    udp_books: Vec<(SocketHandle, RxBook)>,
+    /// The counters the stack and apps keep ([`GuestCounter`] order; the driver's and the
+    /// gauges are filled in when published).
+    counters: GuestCounterValues,
 }
 
 /// Receive records kept per frame length (bounded: the guest's heap is small).
@@ -121,7 +159,21 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
             announce(&mut device, config.mac, config.ipv4, now);
         }
         let mtu = (config.mtu as usize).clamp(576, 9000);
-        NetStack { iface, sockets, device, platform, mtu, rx_stage_samples: alloc::collections::BTreeMap::new() }
+        let identity = ingress::Identity {
+            mac: EthernetAddress(config.mac),
+            cidr: (!ip.is_unspecified()).then(|| Ipv4Cidr::new(ip, config.prefix_len.min(32))),
+        };
+        NetStack {
+            iface,
+            sockets,
+            device,
+            platform,
+            mtu,
+            rx_stage_samples: alloc::collections::BTreeMap::new(),
+            identity,
+            udp_books: Vec::new(),
+            counters: [0; GuestCounter::COUNT],
+        }
     }
 
     /// The receive-path stage records as `dispatch:` lines (one per frame length): per stage
@@ -168,7 +220,9 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
         };
         let mut socket = udp::Socket::new(buffer(), buffer());
         socket.bind(port).map_err(|_| NetError::Unaddressable)?;
-        Ok(UdpHandle(self.sockets.add(socket)))
+        let handle = self.sockets.add(socket);
+        self.udp_books.push((handle, RxBook::new(port)));
+        Ok(UdpHandle(handle))
     }
 
     /// Queues one datagram to `to`; the next [`Self::poll`] sends it.
@@ -187,11 +241,57 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
         })
     }
 
+    /// Queues one datagram like [`Self::udp_send`], but while the send buffer is full it polls
+    /// (idling while nothing can move) until there is room, or gives up with
+    /// [`NetError::BufferFull`] once `deadline` has passed: a sender that waits instead of
+    /// dropping. Received frames keep flowing meanwhile, as far as sockets hold them.
+    pub fn udp_send_by(
+        &mut self,
+        h: UdpHandle,
+        data: &[u8],
+        to: (Ipv4Address, u16),
+        deadline: Instant,
+    ) -> Result<(), NetError> {
+        loop {
+            match self.udp_send(h, data, to) {
+                Err(NetError::BufferFull) if self.now() < deadline => {
+                    if !self.poll() {
+                        self.wait_until(deadline);
+                    }
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Records what the app did with a datagram it took, for the guest's published counters.
+    pub fn app_outcome(&mut self, outcome: AppOutcome) {
+        self.count(match outcome {
+            AppOutcome::Echoed => GuestCounter::AppEchoes,
+            AppOutcome::Consumed => GuestCounter::AppConsumed,
+            AppOutcome::Dropped => GuestCounter::AppDrops,
+        });
+    }
+
     /// Takes the next received datagram: its length and sender. A datagram longer than `buf`
-    /// is cut to `buf.len()`, as with `recv(2)`.
+    /// is cut to `buf.len()`, as with `recv(2)`. The app then reports what it did with it
+    /// ([`Self::app_outcome`]).
     pub fn udp_recv(&mut self, h: UdpHandle, buf: &mut [u8]) -> Option<(usize, (Ipv4Address, u16))> {
+        let book = self.udp_books.iter().position(|(handle, _)| *handle == h.0);
         let socket = self.sockets.get_mut::<udp::Socket>(h.0);
-        let (data, meta) = socket.recv().ok()?;
+        let before = socket.recv_queue();
+        // Even a failed recv may drop a padding entry: the book follows the bytes.
+        let received = socket.recv().ok().map(|(data, meta)| {
+            let len = data.len().min(buf.len());
+            buf[..len].copy_from_slice(&data[..len]);
+            (data.len(), len, meta.endpoint)
+        });
+        let shrank = before.saturating_sub(socket.recv_queue());
+        if let Some((_, book)) = book.and_then(|i| self.udp_books.get_mut(i)) {
+            book.dequeued(received.map(|(full, _, _)| full), shrank);
+        }
+        let (full_len, len, endpoint) = received?;
+        self.count(GuestCounter::AppReceived);
         if let Some(stamps) = self.device.take_rx_stamps() {
             // The datagram's stages, from the kernel's trap entry to this return.
             let done = self.device.clock();
@@ -200,21 +300,111 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
             if marks.windows(2).all(|w| w[0] <= w[1]) && entry != 0 {
                 let stages: [u32; 8] =
                     core::array::from_fn(|i| (marks[i + 1] - marks[i]).min(u64::from(u32::MAX)) as u32);
-                let samples = self.rx_stage_samples.entry(data.len() + FRAME_HEADERS).or_default();
+                let samples = self.rx_stage_samples.entry(full_len + FRAME_HEADERS).or_default();
                 if samples.len() < STAMP_SAMPLES {
                     samples.push(stages);
                 }
             }
         }
-        let from = match meta.endpoint.addr {
-            IpAddress::Ipv4(addr) => (addr, meta.endpoint.port),
+        let from = match endpoint.addr {
+            IpAddress::Ipv4(addr) => (addr, endpoint.port),
             // Only if another crate turns on IPv6: this interface has no IPv6 address.
             #[allow(unreachable_patterns)]
-            _ => return None,
+            _ => {
+                self.count(GuestCounter::AppDrops);
+                return None;
+            }
         };
-        let len = data.len().min(buf.len());
-        buf[..len].copy_from_slice(&data[..len]);
         Some((len, from))
+    }
+
+    fn count(&mut self, counter: GuestCounter) {
+        if let Some(value) = self.counters.get_mut(counter as usize) {
+            *value = value.saturating_add(1);
+        }
+    }
+
+    /// The guest's counters as published: the stack's and apps', the driver's, and the gauges.
+    pub fn guest_counters(&self) -> GuestCounterValues {
+        let mut values = self.counters;
+        let driver = self.device.counters();
+        let queued = self.udp_books.iter().map(|(_, book)| book.queued as u64).sum();
+        let at = |c: GuestCounter| c as usize;
+        let settled = [GuestCounter::AppEchoes, GuestCounter::AppConsumed, GuestCounter::AppDrops]
+            .iter()
+            .fold(0u64, |sum, &c| sum.saturating_add(values[at(c)]));
+        values[at(GuestCounter::RxTaken)] = driver.rx_frames;
+        values[at(GuestCounter::UdpQueued)] = queued;
+        values[at(GuestCounter::AppHeld)] = values[at(GuestCounter::AppReceived)].saturating_sub(settled);
+        values[at(GuestCounter::TxFrames)] = driver.tx_frames;
+        values[at(GuestCounter::TxDropsRingFull)] = driver.tx_dropped_ring_full;
+        values[at(GuestCounter::TxDropsTooLong)] = driver.tx_dropped.saturating_sub(driver.tx_dropped_ring_full);
+        values[at(GuestCounter::TxRejected)] = driver.tx_rejected;
+        values[at(GuestCounter::RxDescErrors)] = driver.rx_errors;
+        values
+    }
+
+    /// Decides for the next frame in the rx ring: `None` if there is none, or if it must wait
+    /// (its socket cannot surely hold it, or an answer it may need would find no tx slot).
+    fn admission(&mut self) -> Option<Admission> {
+        let frame = self.device.peek_rx()?;
+        let inbound = ingress::classify(frame, &self.identity);
+        if let Inbound::Datagram { port, len } = inbound {
+            if let Some(book) = self.udp_books.iter().position(|(_, b)| b.port == port) {
+                let (handle, rx_book) = self.udp_books[book];
+                let socket = self.sockets.get::<udp::Socket>(handle);
+                let fits = rx_book.surely_fits(
+                    len,
+                    socket.packet_recv_capacity(),
+                    socket.payload_recv_capacity(),
+                    socket.recv_queue(),
+                );
+                return fits.then_some(Admission::Socket { book, len });
+            }
+        }
+        // ARP, ICMP and datagrams to closed ports may be answered at once.
+        self.device.tx_has_room().then_some(Admission::Stack(inbound))
+    }
+
+    /// Hands the next frame to the stack if it may go ([`Self::admission`]) and counts what
+    /// became of it. Returns whether a frame was taken.
+    fn ingress_one(&mut self, now: Instant) -> bool {
+        let Some(admission) = self.admission() else { return false };
+        let checksum_ok = |device: &Vnic<'a, D>| device.last_rx().is_some_and(ingress::udp_checksum_ok);
+        match admission {
+            Admission::Socket { book, len } => {
+                let handle = self.udp_books[book].0;
+                let before = self.sockets.get::<udp::Socket>(handle).recv_queue();
+                self.iface.poll_ingress_single(now, &mut self.device, &mut self.sockets);
+                let grew = self.sockets.get::<udp::Socket>(handle).recv_queue().saturating_sub(before);
+                // A datagram that surely fit is refused only for its UDP checksum; an empty one
+                // adds no bytes, so its checksum says whether it went in.
+                let queued = if len > 0 { grew > 0 } else { checksum_ok(&self.device) };
+                if queued {
+                    self.udp_books[book].1.enqueued(len, grew);
+                    self.count(GuestCounter::RxDatagrams);
+                    self.count(GuestCounter::UdpDelivered);
+                } else if checksum_ok(&self.device) {
+                    self.count(GuestCounter::RxDatagrams);
+                    self.count(GuestCounter::DropsSocketFull);
+                } else {
+                    self.count(GuestCounter::DropsMalformed);
+                }
+            }
+            Admission::Stack(inbound) => {
+                self.iface.poll_ingress_single(now, &mut self.device, &mut self.sockets);
+                let counter = match inbound {
+                    Inbound::Datagram { .. } if checksum_ok(&self.device) => {
+                        self.count(GuestCounter::RxDatagrams);
+                        GuestCounter::DropsNoSocket
+                    }
+                    Inbound::Datagram { .. } | Inbound::Malformed => GuestCounter::DropsMalformed,
+                    Inbound::Other => GuestCounter::RxOther,
+                };
+                self.count(counter);
+            }
+        }
+        true
     }
 
     /// Processes received frames and sends what the sockets have queued, then rings the tx
@@ -226,15 +416,27 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
         self.device.take_virtual_interrupts();
         let now = self.platform.now();
         let mut changed = false;
-        // smoltcp sends at most one packet per socket per `Interface::poll`; repeat until it
-        // has nothing more (or the ring is full), so the whole batch goes out on one kick.
+        // smoltcp sends at most one packet per socket per egress pass; repeat until it has
+        // nothing more (or the ring is full), so the whole batch goes out on one kick. Frames
+        // come in one at a time, each only if it can be held now.
         for _ in 0..POLL_ROUNDS {
-            if self.iface.poll(now, &mut self.device, &mut self.sockets) == PollResult::None {
+            let mut progressed = false;
+            for _ in 0..RX_RING_SIZE {
+                if !self.ingress_one(now) {
+                    break;
+                }
+                progressed = true;
+            }
+            if self.iface.poll_egress(now, &mut self.device, &mut self.sockets) != PollResult::None {
+                progressed = true;
+            }
+            if !progressed {
                 break;
             }
             changed = true;
         }
         self.device.flush();
+        self.device.publish_counters(&self.guest_counters());
         changed
     }
 
@@ -250,20 +452,30 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
     }
 
     fn sleep(&mut self, limit: Option<Instant>) {
-        if self.device.rx_pending() {
+        // A frame the stack can take now; one that must wait for room does not count.
+        if self.admission().is_some() {
             return;
         }
         let now = self.platform.now();
+        let due = |deadline: Option<Instant>| deadline.is_some_and(|d| d <= now);
         let stack = self.iface.poll_delay(now, &self.sockets).map(|delay| now + delay);
+        if due(limit) {
+            return; // idling would only cost a trap
+        }
+        if due(stack) {
+            if self.device.tx_has_room() {
+                return;
+            }
+            // What is due is a send, and every tx slot is in flight: the kernel raises a
+            // virtual interrupt when it completes one.
+            self.platform.idle_until(limit);
+            return;
+        }
         let deadline = match (stack, limit) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        match deadline {
-            // Due already: idling would only cost a trap.
-            Some(deadline) if deadline <= now => {}
-            deadline => self.platform.idle_until(deadline),
-        }
+        self.platform.idle_until(deadline);
     }
 
     /// The vNIC under the stack, for host harnesses that play the kernel's side.

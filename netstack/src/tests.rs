@@ -259,3 +259,199 @@ fn wait_until_caps_the_sleep_at_the_app_deadline() {
     net.wait_until(Instant::ZERO);
     assert_eq!(platform.idles.borrow().len(), idles);
 }
+
+mod no_silent_loss {
+    use super::*;
+    use crate::ingress::test_frames::udp_frame;
+    use crate::AppOutcome;
+    use hypercall_abi::vnic::{GuestCounter as C, GuestCounterValues, RX_RING_SIZE, TX_RING_SIZE};
+    use smoltcp::wire::EthernetAddress;
+
+    const PEER: Ipv4Address = Ipv4Address::new(10, 0, 0, 9);
+
+    fn datagram(port: u16, payload: &[u8]) -> Vec<u8> {
+        udp_frame(EthernetAddress(MAC_B), PEER, IP_B, port, payload)
+    }
+
+    /// An ARP request from the peer for our address (answering it, the stack learns the peer).
+    fn arp_request() -> Vec<u8> {
+        let mut arp = vec![0u8; 42];
+        arp[0..6].fill(0xff);
+        arp[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        arp[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+        arp[22..28].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
+        arp[28..32].copy_from_slice(&PEER.octets());
+        arp[38..42].copy_from_slice(&IP_B.octets());
+        arp
+    }
+
+    /// The counters the guest last published in its shared page (what the kernel reads).
+    fn published(net: &mut Stack<'_>) -> GuestCounterValues {
+        net.device.kernel_side().shared().guest_counters.read()
+    }
+
+    fn get(values: &GuestCounterValues, counter: C) -> u64 {
+        values[counter as usize]
+    }
+
+    /// The ledgers every published snapshot must satisfy.
+    fn assert_balanced(v: &GuestCounterValues) {
+        let g = |c| get(v, c);
+        assert_eq!(g(C::RxTaken), g(C::RxDatagrams) + g(C::RxOther) + g(C::DropsMalformed), "{v:?}");
+        assert_eq!(g(C::RxDatagrams), g(C::UdpDelivered) + g(C::DropsSocketFull) + g(C::DropsNoSocket), "{v:?}");
+        assert_eq!(g(C::UdpDelivered), g(C::AppReceived) + g(C::UdpQueued), "{v:?}");
+        assert_eq!(
+            g(C::AppReceived),
+            g(C::AppEchoes) + g(C::AppConsumed) + g(C::AppDrops) + g(C::AppHeld),
+            "{v:?}"
+        );
+    }
+
+    /// A full ring of datagrams (more than the socket's 16 entries hold) arrives before the
+    /// guest runs: it takes only what its socket surely holds, the rest waits in the ring, and
+    /// the app gets every datagram intact, in order, with nothing dropped.
+    #[test]
+    fn a_full_ring_burst_waits_in_the_ring_instead_of_overflowing_the_socket() {
+        for sizes in [vec![MAX_UDP_PAYLOAD; 32], vec![0; 32], (0..32).map(|i| i * 46 + i % 3).collect::<Vec<_>>()] {
+            let mut mem = GuestMemory::default();
+            let (mut net, _, _) = stack(&mut mem, config(MAC_B, IP_B, GATEWAY));
+            let h = net.udp_bind(7).unwrap();
+            let payloads: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, &n)| payload(n + i)[i..].to_vec()).collect();
+            assert_eq!(payloads.len(), RX_RING_SIZE as usize);
+            for p in &payloads {
+                assert!(net.device.kernel_side().deliver(&datagram(7, p)));
+            }
+            assert_eq!(net.device.kernel_side().rx_posted(), 0, "the ring is full");
+            net.poll();
+            let first = published(&mut net);
+            assert_balanced(&first);
+            let taken = get(&first, C::RxTaken);
+            assert!(taken > 0 && taken < 32, "took {taken} of 32 into a 16-entry socket");
+            assert_eq!(get(&first, C::UdpQueued), taken);
+            assert_eq!(net.device.kernel_side().rx_posted(), taken as u32, "taken buffers are reposted");
+            let mut got = Vec::new();
+            let mut buf = vec![0; 2048];
+            for _ in 0..10 {
+                while let Some((n, from)) = net.udp_recv(h, &mut buf) {
+                    assert_eq!(from, (PEER, 5000));
+                    got.push(buf[..n].to_vec());
+                    net.app_outcome(AppOutcome::Consumed);
+                }
+                net.poll();
+            }
+            assert_eq!(got, payloads, "every datagram, intact and in order");
+            let end = published(&mut net);
+            assert_balanced(&end);
+            assert_eq!((get(&end, C::RxTaken), get(&end, C::UdpDelivered), get(&end, C::AppConsumed)), (32, 32, 32));
+            assert_eq!((get(&end, C::DropsSocketFull), get(&end, C::UdpQueued), get(&end, C::AppHeld)), (0, 0, 0));
+            assert_eq!(net.device.kernel_side().rx_posted(), RX_RING_SIZE);
+        }
+    }
+
+    /// While its socket is full the app is not woken for frames that must wait (no busy loop),
+    /// but is at once when one can be taken.
+    #[test]
+    fn waiting_frames_do_not_keep_the_guest_awake() {
+        let mut mem = GuestMemory::default();
+        let (mut net, _, platform) = stack(&mut mem, config(MAC_B, IP_B, GATEWAY));
+        let h = net.udp_bind(7).unwrap();
+        for i in 0..20 {
+            net.device.kernel_side().deliver(&datagram(7, &payload(1000 + i)));
+        }
+        net.poll();
+        let idles = platform.idles.borrow().len();
+        net.wait();
+        assert_eq!(platform.idles.borrow().len(), idles + 1, "the head frame waits for room: idle");
+        let mut buf = vec![0; 2048];
+        assert!(net.udp_recv(h, &mut buf).is_some());
+        net.app_outcome(AppOutcome::Dropped);
+        while net.udp_recv(h, &mut buf).is_some() {
+            net.app_outcome(AppOutcome::Dropped);
+        }
+        net.wait();
+        assert_eq!(platform.idles.borrow().len(), idles + 1, "room now: no idle");
+        net.poll();
+        let v = published(&mut net);
+        assert_balanced(&v);
+        assert_eq!(get(&v, C::RxTaken), 20);
+        assert_eq!(get(&v, C::AppDrops), get(&v, C::AppReceived));
+    }
+
+    /// Every frame taken is counted by what became of it: closed port, malformed, bad UDP
+    /// checksum, ARP, a frame for someone else; the published counters balance.
+    #[test]
+    fn every_frame_taken_is_counted_by_cause() {
+        let mut mem = GuestMemory::default();
+        let (mut net, _, _) = stack(&mut mem, config(MAC_B, IP_B, GATEWAY));
+        let h = net.udp_bind(7).unwrap();
+        let good = datagram(7, b"fine");
+        let mut bad_ip = good.clone();
+        bad_ip[24] ^= 1;
+        let mut bad_udp = good.clone();
+        bad_udp[45] ^= 0xff;
+        let mut bad_empty = datagram(7, b"");
+        bad_empty[40] ^= 0x55;
+        let arp = arp_request();
+        let elsewhere = udp_frame(EthernetAddress(MAC_A), PEER, IP_A, 7, b"not mine");
+        for frame in [&good, &datagram(99, b"closed"), &bad_ip, &bad_udp, &bad_empty, &arp, &elsewhere, &good[..9]] {
+            assert!(net.device.kernel_side().deliver(frame));
+        }
+        net.poll();
+        let v = published(&mut net);
+        assert_balanced(&v);
+        assert_eq!(get(&v, C::RxTaken), 8);
+        assert_eq!((get(&v, C::RxDatagrams), get(&v, C::UdpDelivered), get(&v, C::DropsNoSocket)), (2, 1, 1));
+        assert_eq!(get(&v, C::DropsMalformed), 4, "bad IP checksum, bad UDP checksums, a runt");
+        assert_eq!(get(&v, C::RxOther), 2, "the ARP request and the frame for another MAC");
+        // The ARP reply and the port-unreachable went out.
+        let sent = net.device.kernel_side().take_tx();
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        let mut buf = [0; 16];
+        assert_eq!(net.udp_recv(h, &mut buf), Some((4, (PEER, 5000))));
+        net.app_outcome(AppOutcome::Echoed);
+        net.poll();
+        let v = published(&mut net);
+        assert_balanced(&v);
+        assert_eq!((get(&v, C::AppReceived), get(&v, C::AppEchoes)), (1, 1));
+    }
+
+    /// A frame the stack may answer waits while every tx slot is in flight, rather than having
+    /// its answer dropped; a sender waiting for room gives up at its deadline and says so.
+    #[test]
+    fn answers_and_sends_wait_for_tx_room() {
+        let mut mem = GuestMemory::default();
+        let (mut net, _, platform) = stack(&mut mem, config(MAC_B, IP_B, GATEWAY));
+        let h = net.udp_bind(7).unwrap();
+        // Learn the peer's MAC, then fill the tx ring and the send buffer.
+        net.device.kernel_side().deliver(&arp_request());
+        net.device.kernel_side().deliver(&datagram(7, b"hi"));
+        net.poll();
+        net.device.kernel_side().take_tx();
+        let mut buf = [0; 16];
+        let (_, from) = net.udp_recv(h, &mut buf).unwrap();
+        net.app_outcome(AppOutcome::Consumed);
+        for _ in 0..TX_RING_SIZE + crate::UDP_BUFFER_PACKETS as u32 {
+            net.udp_send(h, b"x", from).unwrap();
+            net.poll();
+        }
+        assert_eq!(net.device.kernel_side().tx_pending(), TX_RING_SIZE);
+        // No room anywhere: the sender waits until its deadline and gives up.
+        let deadline = net.now() + Duration::from_millis(30);
+        assert_eq!(net.udp_send_by(h, b"late", from, deadline), Err(NetError::BufferFull));
+        assert!(net.now() >= deadline);
+        assert_eq!(platform.idles.borrow().last(), Some(&Some(deadline)), "idled, not spun");
+        // A datagram to a closed port waits: its port-unreachable would find no slot.
+        net.device.kernel_side().deliver(&datagram(99, b"closed"));
+        net.poll();
+        assert_eq!(get(&published(&mut net), C::DropsNoSocket), 0);
+        assert_eq!(net.vnic_counters().tx_dropped, 0);
+        // The kernel completes the ring: everything moves, nothing was lost.
+        net.device.kernel_side().take_tx();
+        net.poll();
+        assert_eq!(get(&published(&mut net), C::DropsNoSocket), 1);
+        assert!(net.udp_send_by(h, b"now", from, net.now()).is_ok());
+        assert_eq!(net.vnic_counters().tx_dropped, 0);
+        assert_balanced(&published(&mut net));
+    }
+}
