@@ -8,7 +8,7 @@ use hypercall_abi::vnic::{slot_size, NetConfig, VnicShared, RX_SLOTS, TX_SLOTS};
 use smoltcp::time::Instant;
 use vnic_driver::{Doorbell, Vnic};
 
-pub use netstack::{NetError, UdpHandle};
+pub use netstack::{AppOutcome, Duration, NetError, UdpHandle};
 pub use smoltcp::wire::Ipv4Address;
 
 /// The guest's network stack.

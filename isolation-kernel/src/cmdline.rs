@@ -34,6 +34,8 @@ pub struct KernelArgs {
     pub tx_mode: TxMode,
     /// Per-packet stage stamps (benchmarks only).
     pub stamps: bool,
+    /// A line of each guest's own counters after every `stats:` line (`stats=per-guest`).
+    pub stats_per_guest: bool,
 }
 
 impl Default for KernelArgs {
@@ -44,6 +46,7 @@ impl Default for KernelArgs {
             test_fault: None,
             tx_mode: TxMode::Copy,
             stamps: false,
+            stats_per_guest: false,
         }
     }
 }
@@ -121,6 +124,14 @@ pub fn parse(cmdline: &str) -> Result<KernelArgs, CmdlineError<'_>> {
                     _ => return Err(CmdlineError::BadValue { key, value, expected: "on or off" }),
                 };
             }
+            keys::STATS => {
+                let [totals, per_guest] = keys::STATS_KINDS;
+                args.stats_per_guest = match value {
+                    v if v == per_guest => true,
+                    v if v == totals => false,
+                    _ => return Err(CmdlineError::BadValue { key, value, expected: "totals or per-guest" }),
+                };
+            }
             _ => return Err(CmdlineError::UnknownKey(key)),
         }
     }
@@ -150,6 +161,10 @@ mod tests {
         assert!(parse("stamps=on").unwrap().stamps);
         assert!(!parse("").unwrap().stamps);
         assert!(parse("stamps=yes").is_err());
+        assert!(parse("stats=per-guest").unwrap().stats_per_guest);
+        assert!(!parse("stats=totals").unwrap().stats_per_guest);
+        assert!(!parse("").unwrap().stats_per_guest);
+        assert!(matches!(parse("stats=all"), Err(CmdlineError::BadValue { key: "stats", .. })));
     }
 
     #[test]

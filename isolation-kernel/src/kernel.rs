@@ -116,6 +116,7 @@ pub extern "C" fn kernel_entry(start_info_phys: u64) -> ! {
         .unwrap_or_else(|e| fail(format_args!("kernel command line `{cmdline_text}`: {e}")));
     log::set_max_level(args.log_level);
     log::info!("command line: `{cmdline_text}`");
+    crate::guest::set_per_guest_stats(args.stats_per_guest);
 
     setup_memory(&info);
     calibrate_and_start_timer();

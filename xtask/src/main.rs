@@ -2,9 +2,11 @@
 
 mod baseline;
 mod bench;
+mod burst;
 mod checks;
 mod dispatch;
 mod initrd;
+mod ledger;
 mod manifest;
 mod native;
 mod pack;
@@ -61,6 +63,25 @@ enum Cmd {
         /// Datagram sizes (default: the standard test sizes).
         #[arg(long, value_delimiter = ',')]
         sizes: Vec<usize>,
+    },
+    /// Bursts of datagrams to UDP echo servers, echoes compared, host drops counted (the loss
+    /// tests run it inside the tap namespace).
+    #[command(hide = true)]
+    UdpBurst {
+        #[arg(long, value_delimiter = ',')]
+        peers: Vec<std::net::SocketAddr>,
+        /// One datagram of each size, in order, to each peer.
+        #[arg(long, value_delimiter = ',')]
+        sizes: Vec<usize>,
+        /// Makes this burst's payloads differ from other bursts'.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The burst is over when no echo has come for this long.
+        #[arg(long, default_value_t = 1000)]
+        settle_ms: u64,
+        /// The tap device whose drop counters are read.
+        #[arg(long, default_value = tapnet::TAP_IFNAME)]
+        tap: String,
     },
     Test {
         /// Run only the QEMU tests whose name contains this text.
@@ -163,6 +184,9 @@ struct RunArgs {
     /// Per-packet stage stamps in kernel and guests (for `bench dispatch`; off by default).
     #[arg(long)]
     stamps: bool,
+    /// After each `stats:` line, one line of each guest's own counters (`stats=per-guest`).
+    #[arg(long)]
+    per_guest_stats: bool,
     /// Record what crosses the physical NIC to this pcap file (opens in Wireshark/tshark).
     #[arg(long, value_name = "FILE")]
     pcap: Option<std::path::PathBuf>,
@@ -186,6 +210,7 @@ fn real_main() -> Result<()> {
         Cmd::Run(args) => run(args),
         Cmd::Test { filter, qemu_only } => tests::run_all(filter.as_deref(), qemu_only),
         Cmd::UdpProbe { peer, sizes } => udp::probe(peer, &sizes),
+        Cmd::UdpBurst { peers, sizes, seed, settle_ms, tap } => burst::command(&peers, &sizes, seed, settle_ms, &tap),
         Cmd::Bench { which: BenchCmd::Native } => native::run().map(|_| ()),
         Cmd::Bench { which: BenchCmd::Dispatch { quick, accel } } => {
             let (packets, sizes) = if quick { (30, &dispatch::SIZES[..]) } else { (10_100, &dispatch::FULL_SIZES[..]) };
@@ -221,6 +246,9 @@ fn run(args: RunArgs) -> Result<()> {
     append += &format!(" {}={}", keys::TX, tx.name());
     if args.stamps {
         append += &format!(" {}=on", keys::STAMPS);
+    }
+    if args.per_guest_stats {
+        append += &format!(" {}=per-guest", keys::STATS);
     }
     let net_guests: Vec<_> = image.guests.iter().filter_map(|g| g.net.map(|n| (g.name.clone(), n))).collect();
     if args.net == NetChoice::User && u64::from(image.manifest.kernel.mtu) > hypercall_abi::vnic::MTU {

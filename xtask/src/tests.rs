@@ -42,6 +42,9 @@ struct QemuTest {
     run: fn(&Ctx) -> TestResult,
 }
 
+#[path = "tests_loss.rs"]
+mod loss;
+
 const QEMU_TESTS: &[QemuTest] = &[
     QemuTest { name: "boot_tcg", run: boot_tcg },
     QemuTest { name: "boot_kvm", run: boot_kvm },
@@ -78,6 +81,10 @@ const QEMU_TESTS: &[QemuTest] = &[
         name: "udp_jumbo_tap_network_cow_tcg",
         run: |ctx| udp_echo_tap_network(ctx, TxMode::Cow, "udp-echo-jumbo", &udp::JUMBO_TEST_SIZES),
     },
+    QemuTest { name: "udp_burst_ring_no_loss_copy_tcg", run: |ctx| loss::ring_burst_no_loss(ctx, TxMode::Copy) },
+    QemuTest { name: "udp_burst_ring_no_loss_cow_tcg", run: |ctx| loss::ring_burst_no_loss(ctx, TxMode::Cow) },
+    QemuTest { name: "udp_burst_overload_counted_copy_tcg", run: |ctx| loss::overload_burst_counted(ctx, TxMode::Copy) },
+    QemuTest { name: "udp_burst_overload_counted_cow_tcg", run: |ctx| loss::overload_burst_counted(ctx, TxMode::Cow) },
     QemuTest {
         name: "udp_jumbo_guest_to_guest_copy_tcg",
         run: |ctx| udp_guest_to_guest(ctx, TxMode::Copy, "udp-g2g-jumbo"),

@@ -87,6 +87,7 @@ fn main(env: &Env) -> i32 {
                 while outcome.is_none() && Instant::now() < deadline {
                     net.poll();
                     while let Some((len, from)) = net.udp_recv(socket, &mut buf) {
+                        net.app_outcome(net::AppOutcome::Consumed);
                         if from != peer || earlier.iter().any(|e| e[..] == buf[..len]) {
                             continue;
                         }

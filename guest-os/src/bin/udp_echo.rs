@@ -3,10 +3,12 @@
 #![no_std]
 #![no_main]
 
-use guest_os::net::{self, format_ipv4};
+use guest_os::net::{self, format_ipv4, AppOutcome, Duration};
 use guest_os::{println, Env};
 
 const DEFAULT_PORT: u16 = 7;
+/// How long an echo may wait for room in the send buffer before it is dropped (and counted).
+const ECHO_PATIENCE: Duration = Duration::from_secs(1);
 
 fn main(env: &Env) -> i32 {
     let port = env.arg("port").and_then(|p| p.parse().ok()).unwrap_or(DEFAULT_PORT);
@@ -34,14 +36,20 @@ fn main(env: &Env) -> i32 {
                     println!("{line}");
                 }
                 println!("dispatch: report done");
+                net.app_outcome(AppOutcome::Consumed);
                 continue;
             }
-            // A full send buffer drops the echo; the client retries.
-            if net.udp_send(socket, &buf[..len], from).is_ok() {
+            // A full send buffer makes the echo wait for room, not vanish; it is given up (and
+            // counted) only if nothing moves for ECHO_PATIENCE (say, the sender never answers ARP).
+            let deadline = net.now() + ECHO_PATIENCE;
+            if net.udp_send_by(socket, &buf[..len], from, deadline).is_ok() {
                 echoed += 1;
-            }
-            if echoed.is_power_of_two() {
-                println!("udp-echo: {echoed} datagrams echoed");
+                net.app_outcome(AppOutcome::Echoed);
+                if echoed.is_power_of_two() {
+                    println!("udp-echo: {echoed} datagrams echoed");
+                }
+            } else {
+                net.app_outcome(AppOutcome::Dropped);
             }
         }
         if !net.poll() {

@@ -3,6 +3,7 @@
 
 mod loader;
 mod net;
+mod reports;
 mod space;
 
 use crate::arch::cpu;
@@ -136,16 +137,23 @@ fn stats_pairs_of(g: &Guests) -> Vec<(&'static str, u64)> {
         ("guest_switches", c.guest_switches),
     ];
     pairs.extend(g.net.counters.pairs());
+    pairs.extend(reports::totals(&g.nics));
     pairs.push(("stamp_records", g.net.stamp_records_made));
     if let Some(nic) = &g.net.nic {
         pairs.extend([
             ("nic_tx_frames", nic.counters.tx_frames),
             ("nic_rx_frames", nic.counters.rx_frames),
+            ("nic_rx_malformed", nic.counters.rx_malformed),
             ("nic_tx_queue_full", nic.counters.tx_queue_full),
             ("nic_notifies", nic.counters.notifies),
         ]);
     }
     pairs
+}
+
+/// `stats=per-guest`: each guest's own counters on a line after every `stats:` line.
+pub fn set_per_guest_stats(on: bool) {
+    reports::set_per_guest(on);
 }
 
 /// Reads the initrd, loads every guest of the image and runs the first one. Returns only with
@@ -435,6 +443,7 @@ impl Guests {
         if snapshot != self.last_reported {
             self.last_reported = snapshot;
             crate::kernel::print_stats_with(stats_pairs_of(self));
+            reports::print_per_guest(&self.list, &self.nics);
         }
     }
 
@@ -474,6 +483,9 @@ pub fn nic_interrupt() {
 
 /// Records the end of guest `id` (the current one) and frees its memory.
 fn end_guest(g: &mut Guests, id: GuestId, end: End) {
+    if let Some(nic) = &g.nics[id] {
+        reports::guest_ended(id, &g.list[id].name, nic);
+    }
     // Nothing may reach its pages once they are freed; pages the NIC still reads outlive it.
     if let (Some(nic), Some(space)) = (g.nics[id].take(), g.list[id].space.as_mut()) {
         g.net.orphan_in_flight(&nic, space);
@@ -722,6 +734,9 @@ pub fn finish_run(why: &str) -> ! {
         }
     }
     crate::kernel::print_stats();
+    if let Some(g) = GUESTS.lock().as_ref() {
+        reports::print_per_guest(&g.list, &g.nics);
+    }
     if all_met {
         log::info!("every guest met its expectation");
         exit_qemu(KernelExit::Success)

@@ -76,6 +76,12 @@ impl GuestNic {
         self.shared().virq.0.load(Ordering::Acquire)
     }
 
+    /// The counters the guest last published about its own receive path and apps: allegations,
+    /// only ever printed (see `reports`).
+    pub fn published_counters(&self) -> hypercall_abi::vnic::GuestCounterValues {
+        self.shared().guest_counters.read()
+    }
+
     /// Rx buffers posted and not yet filled (0 if the guest wrote nonsense).
     pub fn rx_posted(&self) -> u32 {
         pending(self.shared().rx_producer.0.load(Ordering::Acquire), self.rx_consumer, RX_RING_SIZE).unwrap_or(0)
