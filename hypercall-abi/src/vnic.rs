@@ -264,7 +264,7 @@ pub struct GuestCounters {
 
 impl GuestCounters {
     fn copy(&self, generation: u64) -> &[AtomicU64; GUEST_COUNTER_SLOTS] {
-        if generation % 2 == 0 {
+        if generation.is_multiple_of(2) {
             &self.even
         } else {
             &self.odd

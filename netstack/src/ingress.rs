@@ -129,7 +129,13 @@ impl RxBook {
     /// at least `2 * len` free bytes none of these can happen: if the bytes before the end are
     /// fewer than `len`, the rest of the free bytes are more than `len`. A datagram of 0 bytes
     /// needs one free entry and no padding.
-    pub fn surely_fits(&self, len: usize, packet_capacity: usize, payload_capacity: usize, bytes_queued: usize) -> bool {
+    pub fn surely_fits(
+        &self,
+        len: usize,
+        packet_capacity: usize,
+        payload_capacity: usize,
+        bytes_queued: usize,
+    ) -> bool {
         let entries = self.queued + self.paddings;
         let free_bytes = payload_capacity.saturating_sub(bytes_queued);
         if len == 0 {
@@ -168,7 +174,13 @@ pub mod test_frames {
     use std::vec::Vec;
 
     /// An Ethernet/IPv4/UDP frame with correct checksums.
-    pub fn udp_frame(dst_mac: EthernetAddress, src: Ipv4Address, dst: Ipv4Address, port: u16, payload: &[u8]) -> Vec<u8> {
+    pub fn udp_frame(
+        dst_mac: EthernetAddress,
+        src: Ipv4Address,
+        dst: Ipv4Address,
+        port: u16,
+        payload: &[u8],
+    ) -> Vec<u8> {
         let udp_len = 8 + payload.len();
         let ip_len = 20 + udp_len;
         let mut frame = vec![0u8; 14 + ip_len];
@@ -176,7 +188,13 @@ pub mod test_frames {
         eth.set_dst_addr(dst_mac);
         eth.set_src_addr(EthernetAddress([2, 0, 0, 0, 0, 9]));
         eth.set_ethertype(EthernetProtocol::Ipv4);
-        let ip = Ipv4Repr { src_addr: src, dst_addr: dst, next_header: IpProtocol::Udp, payload_len: udp_len, hop_limit: 64 };
+        let ip = Ipv4Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: IpProtocol::Udp,
+            payload_len: udp_len,
+            hop_limit: 64,
+        };
         let mut packet = Ipv4Packet::new_unchecked(&mut frame[14..]);
         ip.emit(&mut packet, &ChecksumCapabilities::default());
         let mut udp = UdpPacket::new_unchecked(&mut frame[34..]);
@@ -262,7 +280,8 @@ mod tests {
     fn the_book_tracks_smoltcp_and_admits_only_what_fits() {
         const PACKETS: usize = 16;
         const BYTES: usize = 16 * 1500;
-        let mut buffer: PacketBuffer<'_, ()> = PacketBuffer::new(vec![PacketMetadata::EMPTY; PACKETS], vec![0u8; BYTES]);
+        let mut buffer: PacketBuffer<'_, ()> =
+            PacketBuffer::new(vec![PacketMetadata::EMPTY; PACKETS], vec![0u8; BYTES]);
         let mut book = RxBook::new(7);
         let mut state = 0x1234_5678_u64;
         let mut random = move |below: usize| {

@@ -373,18 +373,21 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
         let checksum_ok = |device: &Vnic<'a, D>| device.last_rx().is_some_and(ingress::udp_checksum_ok);
         match admission {
             Admission::Socket { book, len } => {
-                let handle = self.udp_books[book].0;
-                let before = self.sockets.get::<udp::Socket>(handle).recv_queue();
+                let (handle, rx_book) = self.udp_books[book];
+                let socket = self.sockets.get::<udp::Socket>(handle);
+                let before = socket.recv_queue();
+                // An empty datagram adds no bytes: smoltcp takes it if an entry is free and its
+                // checksum holds (the book knows the entries, whatever admission decided).
+                let entry_free = rx_book.queued + rx_book.paddings < socket.packet_recv_capacity();
                 self.iface.poll_ingress_single(now, &mut self.device, &mut self.sockets);
                 let grew = self.sockets.get::<udp::Socket>(handle).recv_queue().saturating_sub(before);
-                // A datagram that surely fit is refused only for its UDP checksum; an empty one
-                // adds no bytes, so its checksum says whether it went in.
-                let queued = if len > 0 { grew > 0 } else { checksum_ok(&self.device) };
+                let queued = if len > 0 { grew > 0 } else { entry_free && checksum_ok(&self.device) };
                 if queued {
                     self.udp_books[book].1.enqueued(len, grew);
                     self.count(GuestCounter::RxDatagrams);
                     self.count(GuestCounter::UdpDelivered);
                 } else if checksum_ok(&self.device) {
+                    // Refused though it looked whole: no room after all.
                     self.count(GuestCounter::RxDatagrams);
                     self.count(GuestCounter::DropsSocketFull);
                 } else {

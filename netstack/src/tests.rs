@@ -301,11 +301,7 @@ mod no_silent_loss {
         assert_eq!(g(C::RxTaken), g(C::RxDatagrams) + g(C::RxOther) + g(C::DropsMalformed), "{v:?}");
         assert_eq!(g(C::RxDatagrams), g(C::UdpDelivered) + g(C::DropsSocketFull) + g(C::DropsNoSocket), "{v:?}");
         assert_eq!(g(C::UdpDelivered), g(C::AppReceived) + g(C::UdpQueued), "{v:?}");
-        assert_eq!(
-            g(C::AppReceived),
-            g(C::AppEchoes) + g(C::AppConsumed) + g(C::AppDrops) + g(C::AppHeld),
-            "{v:?}"
-        );
+        assert_eq!(g(C::AppReceived), g(C::AppEchoes) + g(C::AppConsumed) + g(C::AppDrops) + g(C::AppHeld), "{v:?}");
     }
 
     /// A full ring of datagrams (more than the socket's 16 entries hold) arrives before the

@@ -41,7 +41,11 @@ impl HostDrops {
                 .and_then(|s| s.trim().parse().ok())
                 .unwrap_or(0)
         };
-        HostDrops { udp_rcvbuf_errors: udp_rcvbuf_errors(), tap_tx_dropped: stat("tx_dropped"), tap_rx_dropped: stat("rx_dropped") }
+        HostDrops {
+            udp_rcvbuf_errors: udp_rcvbuf_errors(),
+            tap_tx_dropped: stat("tx_dropped"),
+            tap_rx_dropped: stat("rx_dropped"),
+        }
     }
 
     fn since(self, before: HostDrops) -> HostDrops {
@@ -75,7 +79,13 @@ fn payload(burst: u64, peer: usize, index: usize, size: usize) -> Vec<u8> {
 /// Sends `sizes.len()` datagrams (of those sizes, in that order) back to back to each peer in
 /// turn, then collects echoes until none has come for `settle`. Sockets are opened and their
 /// readers started before the first datagram goes, so echoes never wait in the host.
-pub fn burst(peers: &[SocketAddr], sizes: &[usize], burst: u64, settle: Duration, tap: &str) -> Result<(Vec<PeerResult>, HostDrops)> {
+pub fn burst(
+    peers: &[SocketAddr],
+    sizes: &[usize],
+    burst: u64,
+    settle: Duration,
+    tap: &str,
+) -> Result<(Vec<PeerResult>, HostDrops)> {
     let sockets = peers
         .iter()
         .map(|_| {
@@ -158,8 +168,11 @@ pub fn parse_output(text: &str) -> Option<(Vec<(String, PeerResult)>, HostDrops)
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("burst-peer:") {
             let peer = rest.split_whitespace().find_map(|w| w.strip_prefix("peer="))?.to_string();
-            let result =
-                PeerResult { sent: number(rest, "sent")?, intact: number(rest, "intact")?, corrupted: number(rest, "corrupted")? };
+            let result = PeerResult {
+                sent: number(rest, "sent")?,
+                intact: number(rest, "intact")?,
+                corrupted: number(rest, "corrupted")?,
+            };
             peers.push((peer, result));
         } else if let Some(rest) = line.strip_prefix("burst-host:") {
             host = Some(HostDrops {

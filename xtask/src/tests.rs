@@ -83,7 +83,10 @@ const QEMU_TESTS: &[QemuTest] = &[
     },
     QemuTest { name: "udp_burst_ring_no_loss_copy_tcg", run: |ctx| loss::ring_burst_no_loss(ctx, TxMode::Copy) },
     QemuTest { name: "udp_burst_ring_no_loss_cow_tcg", run: |ctx| loss::ring_burst_no_loss(ctx, TxMode::Cow) },
-    QemuTest { name: "udp_burst_overload_counted_copy_tcg", run: |ctx| loss::overload_burst_counted(ctx, TxMode::Copy) },
+    QemuTest {
+        name: "udp_burst_overload_counted_copy_tcg",
+        run: |ctx| loss::overload_burst_counted(ctx, TxMode::Copy),
+    },
     QemuTest { name: "udp_burst_overload_counted_cow_tcg", run: |ctx| loss::overload_burst_counted(ctx, TxMode::Cow) },
     QemuTest {
         name: "udp_jumbo_guest_to_guest_copy_tcg",

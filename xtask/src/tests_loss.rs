@@ -47,7 +47,11 @@ fn setup_error(what: &str, e: impl std::fmt::Display, log: String) -> Failure {
 }
 
 /// Runs `command` (in the namespace); its stdout, or a failure with its output.
-fn run_in_namespace(mut command: Command, what: &str, log: impl Fn() -> String) -> std::result::Result<String, Failure> {
+fn run_in_namespace(
+    mut command: Command,
+    what: &str,
+    log: impl Fn() -> String,
+) -> std::result::Result<String, Failure> {
     let out = command.output().map_err(|e| setup_error(what, e, log()))?;
     if !out.status.success() {
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -59,7 +63,11 @@ fn run_in_namespace(mut command: Command, what: &str, log: impl Fn() -> String) 
 /// Boots `udp-echo` on the tap network with per-guest stats, runs a one-datagram warm-up (the
 /// guests learn the host's MAC) and then each burst, and ends the run. `None`: no tap network
 /// can be made here (the reason is in the error).
-fn burst_run(ctx: &Ctx, tx: TxMode, bursts: &[Vec<usize>]) -> std::result::Result<std::result::Result<Run, String>, Failure> {
+fn burst_run(
+    ctx: &Ctx,
+    tx: TxMode,
+    bursts: &[Vec<usize>],
+) -> std::result::Result<std::result::Result<Run, String>, Failure> {
     let image = pack::pack_image("udp-echo", &ctx.artifacts, NetPlan::TAP)
         .map_err(|e| failure(format!("{e:#}"), String::new()))?;
     let namespace = match TapNamespace::create(&NetPlan::TAP, image.manifest.kernel.mtu) {
@@ -122,9 +130,11 @@ fn common_checks(run: &Run, tx: TxMode) -> std::result::Result<(ledger::Counters
     let stats = final_stats(outcome)?;
     let get = |name: &str| stats.get(name).copied().unwrap_or(0);
     match tx {
-        TxMode::Copy => check(outcome, get("tx_bytes_copied") == 2 * get("tx_bytes") && get("cow_protects") == 0, || {
-            format!("the copy path did not copy every byte twice: {stats:?}")
-        })?,
+        TxMode::Copy => {
+            check(outcome, get("tx_bytes_copied") == 2 * get("tx_bytes") && get("cow_protects") == 0, || {
+                format!("the copy path did not copy every byte twice: {stats:?}")
+            })?
+        }
         TxMode::Cow => check(outcome, get("tx_bytes_copied") == 0 && get("cow_protects") > 0, || {
             format!("the COW path copied bytes or protected nothing: {stats:?}")
         })?,
@@ -193,7 +203,9 @@ pub fn overload_burst_counted(ctx: &Ctx, tx: TxMode) -> TestResult {
     let host: u64 = run.bursts.iter().map(|b| b.host.total()).sum();
     check(outcome, lost > 0, || format!("bursts of twice the ring lost nothing ({sent} sent): not an overload"))?;
     check(outcome, lost == kernel + guest + host, || {
-        format!("{lost} of {sent} datagrams lost, but the drop counters say kernel {kernel} + guests {guest} + host {host}")
+        format!(
+            "{lost} of {sent} datagrams lost, but the drop counters say kernel {kernel} + guests {guest} + host {host}"
+        )
     })?;
     // Backpressure: the loss is at the kernel's full rings, none in the guests' sockets.
     check(outcome, guest == 0 && stats.get("drops_no_buffer") == Some(&kernel), || {
