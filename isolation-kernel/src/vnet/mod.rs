@@ -17,6 +17,7 @@ pub mod desc;
 pub mod fifo;
 pub mod netsched;
 pub mod pool;
+pub mod ring;
 pub mod vswitch;
 
 pub use counters::NetCounters;
@@ -26,4 +27,5 @@ pub use desc::{
 pub use fifo::{GuestFrameRef, Packet, PacketData, TxFifo, NO_STAMP};
 pub use netsched::NetScheduler;
 pub use pool::{BufId, PacketPool, PoolError};
+pub use ring::{RingIndexError, RxRing, TxRing};
 pub use vswitch::{DropReason, Ipv4, Mac, Route, Source, Vswitch, VswitchError, BROADCAST};
