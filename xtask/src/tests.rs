@@ -459,8 +459,11 @@ fn vnic_bad_descriptors(ctx: &Ctx, tx: TxMode) -> TestResult {
     }
     let stats = final_stats(&outcome)?;
     let get = |name: &str| stats.get(name).copied().unwrap_or(0);
-    check(&outcome, get("drops_bad_desc") >= 5, || {
-        format!("drops_bad_desc should count 4 bad descriptors and the bad index: {stats:?}")
+    check(&outcome, get("drops_bad_desc") == 4, || {
+        format!("drops_bad_desc should count 4 bad descriptors: {stats:?}")
+    })?;
+    check(&outcome, get("bad_ring_indices") == 1, || {
+        format!("bad_ring_indices should count the producer beyond the ring: {stats:?}")
     })?;
     check(&outcome, get("drops_spoof") >= 1, || format!("drops_spoof should count the spoofed frame: {stats:?}"))?;
     check(&outcome, outcome.log.matches("rejected tx descriptor").count() == 1, || {

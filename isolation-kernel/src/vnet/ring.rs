@@ -80,9 +80,10 @@ impl Default for TxRing {
     }
 }
 
-/// The ring position of free-running index `index` (always in bounds: the size is a power of two).
-fn position(index: u32, size: u32) -> usize {
-    (index % size) as usize
+/// The entry of free-running index `index` in a ring of `size` entries (0 for an empty ring,
+/// whose every lookup then fails).
+pub fn position(index: u32, size: u32) -> usize {
+    index.checked_rem(size).unwrap_or(0) as usize
 }
 
 impl TxRing {
