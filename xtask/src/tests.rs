@@ -99,6 +99,8 @@ pub fn run_all(filter: Option<&str>, qemu_only: bool) -> Result<()> {
         if !status.success() {
             bail!("host unit tests failed");
         }
+        println!("== lints (cargo clippy: host crates, then the kernel and guests for {})", pack::KERNEL_TARGET);
+        pack::clippy()?;
     }
 
     println!("== building the kernel and images");

@@ -9,7 +9,9 @@
 //! nowhere), and [`counters`] count what happened for the `stats:` line.
 //!
 //! Everything allocates at construction time only; the per-packet operations never allocate and
-//! never panic on guest-controlled values.
+//! never panic on guest-controlled values; the lints below hold every module here to that.
+
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
 pub mod counters;
 pub mod cow;
