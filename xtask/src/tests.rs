@@ -13,6 +13,8 @@ use hypercall_abi::host::KernelExit;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod rx;
+
 /// Timeouts: TCG boots in well under a second; PVM emulates ring 0 and takes seconds.
 const TCG_TIMEOUT: Duration = Duration::from_secs(60);
 const KVM_TIMEOUT: Duration = Duration::from_secs(180);
@@ -60,6 +62,7 @@ const QEMU_TESTS: &[QemuTest] = &[
     QemuTest { name: "vnic_bad_descriptors_rejected_copy_tcg", run: |ctx| vnic_bad_descriptors(ctx, TxMode::Copy) },
     QemuTest { name: "vnic_bad_descriptors_rejected_cow_tcg", run: |ctx| vnic_bad_descriptors(ctx, TxMode::Cow) },
     QemuTest { name: "cow_rewrite_in_flight_tcg", run: cow_rewrite_in_flight },
+    QemuTest { name: "rx_oversize_dropped_and_counted_tcg", run: rx::rx_oversize_dropped_and_counted },
     QemuTest { name: "bench_echo_smoke", run: bench_echo_smoke },
     QemuTest { name: "bench_dispatch_smoke", run: bench_dispatch_smoke },
     QemuTest {
