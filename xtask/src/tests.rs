@@ -13,6 +13,7 @@ use hypercall_abi::host::KernelExit;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod loss;
 mod rx;
 
 /// Timeouts: TCG boots in well under a second; PVM emulates ring 0 and takes seconds.
@@ -43,9 +44,6 @@ struct QemuTest {
     name: &'static str,
     run: fn(&Ctx) -> TestResult,
 }
-
-#[path = "tests_loss.rs"]
-mod loss;
 
 const QEMU_TESTS: &[QemuTest] = &[
     QemuTest { name: "boot_tcg", run: boot_tcg },

@@ -161,7 +161,7 @@ fn common_checks(run: &Run, tx: TxMode) -> std::result::Result<(ledger::Counters
 type BTreeMapOfGuests = std::collections::BTreeMap<String, ledger::Counters>;
 
 /// Bursts as large as the rx ring, to each of the four guests, sizes 0 to 1472: zero loss.
-pub fn ring_burst_no_loss(ctx: &Ctx, tx: TxMode) -> TestResult {
+pub(super) fn ring_burst_no_loss(ctx: &Ctx, tx: TxMode) -> TestResult {
     let mut bursts: Vec<Vec<usize>> = [0, 1, 100, 1000, MAX_PAYLOAD].iter().map(|&size| vec![size; RING]).collect();
     bursts.push(spread(RING));
     let run = match burst_run(ctx, tx, &bursts)? {
@@ -188,7 +188,7 @@ pub fn ring_burst_no_loss(ctx: &Ctx, tx: TxMode) -> TestResult {
 }
 
 /// Bursts of twice the ring: the loss equals the drop counters, and the ledgers balance.
-pub fn overload_burst_counted(ctx: &Ctx, tx: TxMode) -> TestResult {
+pub(super) fn overload_burst_counted(ctx: &Ctx, tx: TxMode) -> TestResult {
     let bursts = vec![vec![MAX_PAYLOAD; 2 * RING], spread(2 * RING), vec![0; 2 * RING]];
     let run = match burst_run(ctx, tx, &bursts)? {
         Ok(run) => run,
