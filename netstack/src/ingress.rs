@@ -19,7 +19,7 @@ use smoltcp::wire::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Inbound {
     /// A UDP datagram addressed to this interface: destination port and payload length. Its
-    /// UDP checksum is not checked yet (the stack checks it; see [`udp_checksum_ok`]).
+    /// UDP checksum is not checked yet (the stack checks it; see [`datagram_ok`]).
     Datagram { port: u16, len: usize },
     /// A frame the stack refuses: too short for its headers, a bad IPv4 header or checksum, a
     /// fragment (no reassembly), a non-unicast source, a bad UDP header.
@@ -91,9 +91,42 @@ pub fn classify(frame: &[u8], me: &Identity) -> Inbound {
     }
 }
 
+/// The receive path's quick look: if `frame` reads as an IPv4/UDP datagram for this interface,
+/// its destination port and payload length, straight from the headers (no checksums, no other
+/// checks: whether the stack takes it is seen afterwards, and anything else goes through
+/// [`classify`]). The length never exceeds the bytes the frame holds.
+pub fn udp_destination(frame: &[u8], me: &Identity) -> Option<(u16, usize)> {
+    const ETHERNET: usize = 14;
+    let dst = EthernetAddress::from_bytes(frame.get(..6)?);
+    if frame.get(12..ETHERNET)? != [0x08, 0x00] || !(dst == me.mac || dst.is_multicast()) {
+        return None;
+    }
+    let ip = frame.get(ETHERNET..)?;
+    let version_ihl = *ip.first()?;
+    let header = usize::from(version_ihl & 0x0f) * 4;
+    if version_ihl >> 4 != 4 || header < 20 || *ip.get(9)? != u8::from(IpProtocol::Udp) {
+        return None;
+    }
+    let dst_ip: [u8; 4] = ip.get(16..20)?.try_into().ok()?;
+    if !me.accepts(Ipv4Address::from(dst_ip)) {
+        return None;
+    }
+    let udp = ip.get(header..)?;
+    let port = u16::from_be_bytes([*udp.get(2)?, *udp.get(3)?]);
+    let length = usize::from(u16::from_be_bytes([*udp.get(4)?, *udp.get(5)?]));
+    (8..=udp.len()).contains(&length).then_some((port, length - 8))
+}
+
+/// Whether the stack takes `frame` as a whole datagram for this interface: [`classify`] calls it
+/// one and its UDP checksum holds (or is omitted, as IPv4 allows). For the second look at a
+/// datagram the stack did not queue, and at empty ones (which add no bytes to show they went in).
+pub fn datagram_ok(frame: &[u8], me: &Identity) -> bool {
+    matches!(classify(frame, me), Inbound::Datagram { .. }) && udp_checksum_ok(frame)
+}
+
 /// Whether the UDP checksum of a frame [`classify`] called a datagram holds (or is omitted, as
 /// IPv4 allows). False for anything that does not parse.
-pub fn udp_checksum_ok(frame: &[u8]) -> bool {
+fn udp_checksum_ok(frame: &[u8]) -> bool {
     let check = || {
         let eth = EthernetFrame::new_checked(frame).ok()?;
         let packet = Ipv4Packet::new_checked(eth.payload()).ok()?;
@@ -138,7 +171,10 @@ impl RxBook {
     ) -> bool {
         let entries = self.queued + self.paddings;
         let free_bytes = payload_capacity.saturating_sub(bytes_queued);
-        if len == 0 {
+        if entries == 0 {
+            // An empty buffer starts over at its beginning: anything up to its size fits.
+            packet_capacity > 0 && len <= payload_capacity
+        } else if len == 0 {
             entries < packet_capacity
         } else {
             entries + 2 <= packet_capacity && free_bytes >= 2 * len
@@ -230,7 +266,7 @@ mod tests {
         let me = me();
         let ours = udp_frame(MAC, PEER, IP, 7, b"hello");
         assert_eq!(classify(&ours, &me), Inbound::Datagram { port: 7, len: 5 });
-        assert!(udp_checksum_ok(&ours));
+        assert!(udp_checksum_ok(&ours) && datagram_ok(&ours, &me));
         assert_eq!(classify(&udp_frame(MAC, PEER, IP, 7, b""), &me), Inbound::Datagram { port: 7, len: 0 });
         // Broadcast, limited or the subnet's, is ours too.
         let bcast = EthernetAddress::BROADCAST;
@@ -266,7 +302,8 @@ mod tests {
         let mut bad_udp_sum = good.clone();
         bad_udp_sum[45] ^= 0xff;
         assert_eq!(classify(&bad_udp_sum, &me), Inbound::Datagram { port: 7, len: 5 });
-        assert!(!udp_checksum_ok(&bad_udp_sum));
+        assert!(!udp_checksum_ok(&bad_udp_sum) && !datagram_ok(&bad_udp_sum, &me));
+        assert!(!datagram_ok(&from_broadcast, &me) && !datagram_ok(&bad_ip_sum, &me));
         // A zero checksum means "none" over IPv4.
         let mut no_sum = good.clone();
         no_sum[40..42].fill(0);
@@ -322,6 +359,32 @@ mod tests {
     }
 
     #[test]
+    fn the_quick_look_agrees_with_classify_on_datagrams() {
+        let me = me();
+        let bcast = EthernetAddress::BROADCAST;
+        for frame in [
+            udp_frame(MAC, PEER, IP, 7, b"hello"),
+            udp_frame(MAC, PEER, IP, 9, b""),
+            udp_frame(MAC, PEER, IP, 7, &[0x55; 1472]),
+            udp_frame(bcast, PEER, Ipv4Address::BROADCAST, 9, b"x"),
+            udp_frame(bcast, PEER, Ipv4Address::new(10, 0, 0, 255), 9, b"x"),
+        ] {
+            let Inbound::Datagram { port, len } = classify(&frame, &me) else { panic!("a datagram") };
+            assert_eq!(udp_destination(&frame, &me), Some((port, len)));
+        }
+        let good = udp_frame(MAC, PEER, IP, 7, b"hello");
+        assert_eq!(udp_destination(&udp_frame(EthernetAddress([2, 0, 0, 0, 0, 2]), PEER, IP, 7, b"x"), &me), None);
+        assert_eq!(udp_destination(&udp_frame(MAC, PEER, Ipv4Address::new(10, 0, 0, 2), 7, b"x"), &me), None);
+        assert_eq!(udp_destination(&good[..40], &me), None, "cut short");
+        let mut long_claim = good.clone();
+        long_claim[38..40].copy_from_slice(&2000u16.to_be_bytes());
+        assert_eq!(udp_destination(&long_claim, &me), None, "a UDP length beyond the frame");
+        let mut tcp = good.clone();
+        tcp[23] = 6;
+        assert_eq!(udp_destination(&tcp, &me), None);
+    }
+
+    #[test]
     fn admission_rules() {
         let book = RxBook { port: 7, queued: 13, paddings: 1 };
         assert!(book.surely_fits(1472, 16, 24_000, 24_000 - 2944));
@@ -332,5 +395,9 @@ mod tests {
         assert!(book.surely_fits(0, 16, 24_000, 24_000), "a zero-length datagram needs no padding");
         let book = RxBook { port: 7, queued: 16, paddings: 0 };
         assert!(!book.surely_fits(0, 16, 24_000, 0));
+        // An empty buffer takes anything up to its size: a datagram never waits for ever.
+        let empty = RxBook::new(7);
+        assert!(empty.surely_fits(24_000, 16, 24_000, 0));
+        assert!(!empty.surely_fits(24_001, 16, 24_000, 0));
     }
 }

@@ -281,7 +281,10 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
         let socket = self.sockets.get_mut::<udp::Socket>(h.0);
         let before = socket.recv_queue();
         // Even a failed recv may drop a padding entry: the book follows the bytes.
+        let (device, samples) = (&mut self.device, &mut self.rx_stage_samples);
         let received = socket.recv().ok().map(|(data, meta)| {
+            // The receive stages end here, before the app's copy (as the stack hands it over).
+            record_rx_stages(device, samples, data.len());
             let len = data.len().min(buf.len());
             buf[..len].copy_from_slice(&data[..len]);
             (data.len(), len, meta.endpoint)
@@ -290,22 +293,8 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
         if let Some((_, book)) = book.and_then(|i| self.udp_books.get_mut(i)) {
             book.dequeued(received.map(|(full, _, _)| full), shrank);
         }
-        let (full_len, len, endpoint) = received?;
+        let (_, len, endpoint) = received?;
         self.count(GuestCounter::AppReceived);
-        if let Some(stamps) = self.device.take_rx_stamps() {
-            // The datagram's stages, from the kernel's trap entry to this return.
-            let done = self.device.clock();
-            let [entry, handler, popped, routed, copied, released, resumed, driver] = stamps;
-            let marks = [entry, handler, popped, routed, copied, released, resumed, driver, done];
-            if marks.windows(2).all(|w| w[0] <= w[1]) && entry != 0 {
-                let stages: [u32; 8] =
-                    core::array::from_fn(|i| (marks[i + 1] - marks[i]).min(u64::from(u32::MAX)) as u32);
-                let samples = self.rx_stage_samples.entry(full_len + FRAME_HEADERS).or_default();
-                if samples.len() < STAMP_SAMPLES {
-                    samples.push(stages);
-                }
-            }
-        }
         let from = match endpoint.addr {
             IpAddress::Ipv4(addr) => (addr, endpoint.port),
             // Only if another crate turns on IPv6: this interface has no IPv6 address.
@@ -348,20 +337,21 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
     /// (its socket cannot surely hold it, or an answer it may need would find no tx slot).
     fn admission(&mut self) -> Option<Admission> {
         let frame = self.device.peek_rx()?;
-        let inbound = ingress::classify(frame, &self.identity);
-        if let Inbound::Datagram { port, len } = inbound {
+        // The common case, a datagram for a socket, from a quick look at its headers; the stack
+        // checks the rest, and what it refuses is counted by a second look afterwards.
+        if let Some((port, len)) = ingress::udp_destination(frame, &self.identity) {
             if let Some(book) = self.udp_books.iter().position(|(_, b)| b.port == port) {
                 let (handle, rx_book) = self.udp_books[book];
                 let socket = self.sockets.get::<udp::Socket>(handle);
-                let fits = rx_book.surely_fits(
-                    len,
-                    socket.packet_recv_capacity(),
-                    socket.payload_recv_capacity(),
-                    socket.recv_queue(),
-                );
+                let capacity = socket.payload_recv_capacity();
+                // One that could never fit goes in (to be refused and counted), not to block
+                // the ring for ever.
+                let fits = len > capacity
+                    || rx_book.surely_fits(len, socket.packet_recv_capacity(), capacity, socket.recv_queue());
                 return fits.then_some(Admission::Socket { book, len });
             }
         }
+        let inbound = ingress::classify(frame, &self.identity);
         // ARP, ICMP and datagrams to closed ports may be answered at once.
         self.device.tx_has_room().then_some(Admission::Stack(inbound))
     }
@@ -370,23 +360,24 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
     /// became of it. Returns whether a frame was taken.
     fn ingress_one(&mut self, now: Instant) -> bool {
         let Some(admission) = self.admission() else { return false };
-        let checksum_ok = |device: &Vnic<'a, D>| device.last_rx().is_some_and(ingress::udp_checksum_ok);
+        let identity = self.identity;
+        let datagram_ok = |device: &Vnic<'a, D>| device.last_rx().is_some_and(|f| ingress::datagram_ok(f, &identity));
         match admission {
             Admission::Socket { book, len } => {
                 let (handle, rx_book) = self.udp_books[book];
                 let socket = self.sockets.get::<udp::Socket>(handle);
                 let before = socket.recv_queue();
-                // An empty datagram adds no bytes: smoltcp takes it if an entry is free and its
-                // checksum holds (the book knows the entries, whatever admission decided).
+                // An empty datagram adds no bytes: smoltcp takes it if an entry is free and it is
+                // a whole datagram (the book knows the entries, whatever admission decided).
                 let entry_free = rx_book.queued + rx_book.paddings < socket.packet_recv_capacity();
                 self.iface.poll_ingress_single(now, &mut self.device, &mut self.sockets);
                 let grew = self.sockets.get::<udp::Socket>(handle).recv_queue().saturating_sub(before);
-                let queued = if len > 0 { grew > 0 } else { entry_free && checksum_ok(&self.device) };
+                let queued = if len > 0 { grew > 0 } else { entry_free && datagram_ok(&self.device) };
                 if queued {
                     self.udp_books[book].1.enqueued(len, grew);
                     self.count(GuestCounter::RxDatagrams);
                     self.count(GuestCounter::UdpDelivered);
-                } else if checksum_ok(&self.device) {
+                } else if datagram_ok(&self.device) {
                     // Refused though it looked whole: no room after all.
                     self.count(GuestCounter::RxDatagrams);
                     self.count(GuestCounter::DropsSocketFull);
@@ -397,7 +388,7 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
             Admission::Stack(inbound) => {
                 self.iface.poll_ingress_single(now, &mut self.device, &mut self.sockets);
                 let counter = match inbound {
-                    Inbound::Datagram { .. } if checksum_ok(&self.device) => {
+                    Inbound::Datagram { .. } if datagram_ok(&self.device) => {
                         self.count(GuestCounter::RxDatagrams);
                         GuestCounter::DropsNoSocket
                     }
@@ -490,6 +481,26 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
 
     pub fn vnic_counters(&self) -> VnicCounters {
         self.device.counters()
+    }
+}
+
+/// With stamping on, the stages of the datagram of `len` payload bytes just taken, from the
+/// kernel's trap entry to now.
+fn record_rx_stages<D: Doorbell>(
+    device: &mut Vnic<'_, D>,
+    samples: &mut alloc::collections::BTreeMap<usize, Vec<[u32; 8]>>,
+    len: usize,
+) {
+    let Some(stamps) = device.take_rx_stamps() else { return };
+    let done = device.clock();
+    let [entry, handler, popped, routed, copied, released, resumed, driver] = stamps;
+    let marks = [entry, handler, popped, routed, copied, released, resumed, driver, done];
+    if marks.windows(2).all(|w| w[0] <= w[1]) && entry != 0 {
+        let stages: [u32; 8] = core::array::from_fn(|i| (marks[i + 1] - marks[i]).min(u64::from(u32::MAX)) as u32);
+        let samples = samples.entry(len + FRAME_HEADERS).or_default();
+        if samples.len() < STAMP_SAMPLES {
+            samples.push(stages);
+        }
     }
 }
 
