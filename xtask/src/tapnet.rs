@@ -22,6 +22,36 @@ fn ip(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Whether `program` is an executable file in a directory of `PATH`.
+pub fn on_path(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(program)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
+}
+
+/// The effective user id, from `/proc/self/status` (`Uid: real effective saved fs`).
+fn effective_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Uid:")?.split_whitespace().nth(1)?.parse().ok())
+}
+
+/// Why this machine cannot run a tap-network test, or `None` if it can: it needs root (to
+/// create a namespace and a tap device), iproute2's `ip`, and each of `programs`. Where it can,
+/// a failure to set the network up is a test failure, not a skip.
+pub fn unavailable_reason(programs: &[&str]) -> Option<String> {
+    if effective_uid() != Some(0) {
+        return Some("needs root (CAP_NET_ADMIN) to create a network namespace and a tap device".into());
+    }
+    ["ip"].iter().chain(programs).find(|p| !on_path(p)).map(|p| match *p {
+        "ip" => "iproute2 (`ip`) is not installed".to_string(),
+        "ping" => "`ping` is not installed (iputils-ping)".to_string(),
+        other => format!("`{other}` is not installed"),
+    })
+}
+
 impl TapNamespace {
     /// Creates namespace `ik-<pid>` with `iktap0` at the plan's gateway address, up, with `mtu`.
     pub fn create(plan: &NetPlan, mtu: u16) -> Result<TapNamespace> {
