@@ -258,3 +258,37 @@ mod output_tests {
         assert_eq!(tx_mode("nothing"), None);
     }
 }
+
+/// The `hostile-report role=ROLE key=N ...` lines of hostile guests: their counters by role.
+pub fn hostile_reports(log: &str) -> BTreeMap<String, BTreeMap<String, u64>> {
+    let mut reports = BTreeMap::new();
+    for line in log.lines() {
+        let Some(at) = line.find("hostile-report role=") else { continue };
+        let mut words = line[at + "hostile-report ".len()..].split_whitespace();
+        let Some(role) = words.next().and_then(|w| w.strip_prefix("role=")) else { continue };
+        let counters = words
+            .filter_map(|w| {
+                let (key, value) = w.split_once('=')?;
+                Some((key.to_string(), value.parse().ok()?))
+            })
+            .collect();
+        reports.insert(role.to_string(), counters);
+    }
+    reports
+}
+
+#[cfg(test)]
+mod hostile_report_tests {
+    use super::*;
+
+    #[test]
+    fn reports_parse_by_role() {
+        let log = "[ 1.2] INFO  guest 3 tx-ring: hostile-report role=tx-ring rounds=20 index_rejected=120 failures=0\n\
+                   [ 1.3] INFO  guest 4 rx-ring: hostile-report role=rx-ring index_dropped=7 failures=1\n";
+        let reports = hostile_reports(log);
+        assert_eq!(reports.len(), 2);
+        assert_eq!(reports["tx-ring"]["index_rejected"], 120);
+        assert_eq!(reports["rx-ring"]["failures"], 1);
+        assert!(!reports["tx-ring"].contains_key("late"));
+    }
+}

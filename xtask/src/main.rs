@@ -256,6 +256,7 @@ fn run(args: RunArgs) -> Result<()> {
         net: backend,
         pcap: args.pcap.as_deref(),
         netns: namespace.as_ref().map(|ns| ns.name.as_str()),
+        nic_tx_delay: None,
     };
     if args.icount && accel != qemu::Accel::Tcg {
         bail!("--icount needs TCG (--accel tcg)");
