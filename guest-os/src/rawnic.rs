@@ -3,7 +3,7 @@
 //! rewrites of frames in flight). Everything here is the guest's own memory; the kernel must
 //! cope with whatever ends up in it.
 
-use core::sync::atomic::Ordering::{Acquire, Release};
+use core::sync::atomic::Ordering::{AcqRel, Acquire, Release};
 use hypercall_abi::layout::{VNIC_RX_AREA_ADDR, VNIC_SHARED_ADDR, VNIC_TX_AREA_ADDR};
 use hypercall_abi::vnic::{slot_size, DescStatus, NetConfig, VnicShared, RX_RING_SIZE, TX_HEADROOM, TX_RING_SIZE};
 
@@ -83,16 +83,21 @@ impl RawNic {
         index
     }
 
-    /// Idles until `tx_consumer` reaches `index` or `timeout_ticks` pass; true if it did.
+    /// Idles until `tx_consumer` reaches `index` or `timeout_ticks` pass; true if it did. The
+    /// kernel raises "tx done" when it completes descriptors, which ends the idle.
     pub fn wait_tx_consumer(&self, index: u32, timeout_ticks: u64) -> bool {
         let deadline = crate::time::ticks() + timeout_ticks;
-        while index.wrapping_sub(self.tx_consumer()) as i32 > 0 {
+        loop {
+            // Cleared before looking, so a completion after the look ends the idle at once.
+            self.shared.virq.0.swap(0, AcqRel);
+            if index.wrapping_sub(self.tx_consumer()) as i32 <= 0 {
+                return true;
+            }
             if crate::time::ticks() > deadline {
                 return false;
             }
-            crate::vi::idle_until(crate::time::ticks() + crate::time::tsc_hz() / 2000);
+            crate::vi::idle_until(deadline);
         }
-        true
     }
 
     pub fn rx_producer(&self) -> u32 {

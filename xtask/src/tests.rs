@@ -13,8 +13,8 @@ use hypercall_abi::host::KernelExit;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-#[path = "tests_hostile.rs"]
 mod hostile;
+mod rx;
 
 /// Timeouts: TCG boots in well under a second; PVM emulates ring 0 and takes seconds.
 const TCG_TIMEOUT: Duration = Duration::from_secs(60);
@@ -63,6 +63,7 @@ const QEMU_TESTS: &[QemuTest] = &[
     QemuTest { name: "vnic_hostile_guests_copy_tcg", run: |ctx| hostile::vnic_hostile_guests(ctx, TxMode::Copy) },
     QemuTest { name: "vnic_hostile_guests_cow_tcg", run: |ctx| hostile::vnic_hostile_guests(ctx, TxMode::Cow) },
     QemuTest { name: "cow_rewrite_in_flight_tcg", run: cow_rewrite_in_flight },
+    QemuTest { name: "rx_oversize_dropped_and_counted_tcg", run: rx::rx_oversize_dropped_and_counted },
     QemuTest { name: "bench_echo_smoke", run: bench_echo_smoke },
     QemuTest { name: "bench_dispatch_smoke", run: bench_dispatch_smoke },
     QemuTest {
@@ -102,6 +103,8 @@ pub fn run_all(filter: Option<&str>, qemu_only: bool) -> Result<()> {
         if !status.success() {
             bail!("host unit tests failed");
         }
+        println!("== lints (cargo clippy: host crates, then the kernel and guests for {})", pack::KERNEL_TARGET);
+        pack::clippy()?;
     }
 
     println!("== building the kernel and images");

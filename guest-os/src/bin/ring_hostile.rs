@@ -300,7 +300,7 @@ fn rx_ring(env: &Env, nic: &RawNic) -> i32 {
         return 3;
     }
     let mut phase = 0u8;
-    let (mut index_dropped, mut late, mut desc_rejected, mut data_received) = (0u32, 0u32, 0u32, 0u32);
+    let (mut index_dropped, mut late, mut desc_rejected, mut small_rejected, mut data_received) = (0, 0, 0, 0, 0u32);
     let bad_indices = [
         ("one behind the consumer", 1u32.wrapping_neg(), false),
         ("16 behind the consumer", 16u32.wrapping_neg(), false),
@@ -336,6 +336,8 @@ fn rx_ring(env: &Env, nic: &RawNic) -> i32 {
     let first = rx.next;
     let slot = nic.slot_size;
     let buffer = |k: u32| nic.rx_buffer_addr(first.wrapping_add(k));
+    // The last case is a valid buffer too small for the frames (60 bytes): refused when the
+    // frame arrives, counted apart (`drops_rx_buffer_small`); it must stay last (see below).
     let bad = [
         ("outside its memory", 0x1000, 2048, true),
         ("a kernel address", 0xffff_8000_0000_0000, 2048, true),
@@ -344,7 +346,9 @@ fn rx_ring(env: &Env, nic: &RawNic) -> i32 {
         ("crossing the buffer's end", buffer(4) + slot - 32, 2048, true),
         ("in the tx area", VNIC_TX_AREA_ADDR + TX_HEADROOM, 2048, true),
         ("unaligned", buffer(6) + 7, 2000, false),
+        ("smaller than the frame", buffer(7), 20, true),
     ];
+    let too_small = bad.len() - 1;
     for (k, &(_, addr, capacity, _)) in bad.iter().enumerate() {
         nic.write_rx_desc(first.wrapping_add(k as u32), addr, capacity);
     }
@@ -356,6 +360,9 @@ fn rx_ring(env: &Env, nic: &RawNic) -> i32 {
         let case = bad.get(index.wrapping_sub(first) as usize);
         let is_data = msg.is_some_and(|m| m.op == Op::Data && m.phase == phase);
         match (status, case) {
+            (Some(DescStatus::RejectedBadDescriptor), Some(_)) if index.wrapping_sub(first) as usize == too_small => {
+                small_rejected += 1
+            }
             (Some(DescStatus::RejectedBadDescriptor), Some(_)) => desc_rejected += 1,
             (Some(DescStatus::Done), Some((what, _, _, true))) => {
                 fail(format_args!("rx descriptor {what} was filled"));
@@ -365,12 +372,13 @@ fn rx_ring(env: &Env, nic: &RawNic) -> i32 {
             (status, _) => fail(format_args!("rx index {index}: status {status:?}")),
         }
     }
-    if data_received + desc_rejected != sent {
-        fail(format_args!("{sent} frames sent, {data_received} received and {desc_rejected} refused"));
+    if data_received + desc_rejected + small_rejected != sent {
+        fail(format_args!("{sent} frames sent, {data_received} received, {desc_rejected} + {small_rejected} refused"));
     }
     println!(
         "hostile-report role=rx-ring index_phases={} index_dropped={index_dropped} late={late} \
-         desc_rejected={desc_rejected} data_received={data_received} failures={failures}",
+         desc_rejected={desc_rejected} small_rejected={small_rejected} data_received={data_received} \
+         failures={failures}",
         bad_indices.len()
     );
     i32::from(failures > 0)
