@@ -62,7 +62,8 @@ const QEMU_TESTS: &[QemuTest] = &[
     QemuTest { name: "udp_guest_to_guest_cow_tcg", run: |ctx| udp_guest_to_guest(ctx, TxMode::Cow, "udp-g2g") },
     QemuTest { name: "vnic_hostile_guests_copy_tcg", run: |ctx| hostile::vnic_hostile_guests(ctx, TxMode::Copy) },
     QemuTest { name: "vnic_hostile_guests_cow_tcg", run: |ctx| hostile::vnic_hostile_guests(ctx, TxMode::Cow) },
-    QemuTest { name: "cow_rewrite_in_flight_tcg", run: cow_rewrite_in_flight },
+    QemuTest { name: "cow_rewrite_in_flight_tcg", run: |ctx| cow_rewrite_in_flight(ctx, "cow-rewrite") },
+    QemuTest { name: "cow_rewrite_jumbo_in_flight_tcg", run: |ctx| cow_rewrite_in_flight(ctx, "cow-rewrite-jumbo") },
     QemuTest { name: "rx_oversize_dropped_and_counted_tcg", run: rx::rx_oversize_dropped_and_counted },
     QemuTest { name: "bench_echo_smoke", run: bench_echo_smoke },
     QemuTest { name: "bench_dispatch_smoke", run: bench_dispatch_smoke },
@@ -634,33 +635,76 @@ fn udp_echo_tap_network(ctx: &Ctx, tx: TxMode, image_name: &str, sizes: &[usize]
     Ok(Verdict::Pass)
 }
 
-/// Source MACs of every frame in a pcap file (classic format, Ethernet).
-fn pcap_source_macs(bytes: &[u8]) -> Vec<[u8; 6]> {
-    let mut macs = Vec::new();
+/// Every frame in a pcap file (classic format, Ethernet), as captured.
+fn pcap_frames(bytes: &[u8]) -> Vec<&[u8]> {
+    let mut frames = Vec::new();
     let mut at = 24;
-    while at + 16 <= bytes.len() {
-        let len = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().expect("4 bytes")) as usize;
-        let frame = &bytes[(at + 16).min(bytes.len())..(at + 16 + len).min(bytes.len())];
-        if let Some(mac) = frame.get(6..12) {
-            macs.push(mac.try_into().expect("6 bytes"));
-        }
+    while let Some(header) = bytes.get(at..at + 16) {
+        let len = u32::from_le_bytes([header[8], header[9], header[10], header[11]]) as usize;
+        frames.push(&bytes[(at + 16).min(bytes.len())..(at + 16 + len).min(bytes.len())]);
         at += 16 + len;
     }
-    macs
+    frames
 }
 
-/// Host port the cow-rewrite image sends to (its manifest says so).
-const COW_REWRITE_PORT: u16 = 40123;
-/// The MAC the cow-rewriter guest writes into its in-flight frames (guest-os/src/bin/cow_rewriter.rs).
-const SPOOFED_MAC: [u8; 6] = [0x02, 0x49, 0x4b, 0xee, 0xee, 0xee];
+/// Source MACs of every frame in a pcap file.
+fn pcap_source_macs(bytes: &[u8]) -> Vec<[u8; 6]> {
+    pcap_frames(bytes).into_iter().filter_map(|f| f.get(6..12)?.try_into().ok()).collect()
+}
 
-fn cow_rewrite_in_flight(ctx: &Ctx) -> TestResult {
-    let image = pack::pack_image("cow-rewrite", &ctx.artifacts, NetPlan::USER)
+/// The MAC the cow-rewriter guest writes into its in-flight frames and its spoofed frames
+/// (guest-os/src/bin/cow_rewriter.rs).
+const SPOOFED_MAC: [u8; 6] = [0x02, 0x49, 0x4b, 0xee, 0xee, 0xee];
+/// The cow-rewriter's datagrams: a 32-byte tag (`ORIGINAL 7`, space-padded), then a pattern.
+const COW_TAG_LEN: usize = 32;
+
+/// Byte `i` after the tag of the cow-rewriter's datagram tagged `tag` in `round` (the guest's
+/// `pattern`).
+fn cow_payload_byte(tag: &str, round: u32, i: usize) -> u8 {
+    let seed = tag.bytes().fold(round, |acc, b| acc.wrapping_mul(31).wrapping_add(u32::from(b)));
+    (seed.wrapping_add(i as u32).wrapping_mul(2_654_435_761) >> 24) as u8
+}
+
+/// `(tag, round)` of a cow-rewriter datagram whose every byte is as the guest wrote it.
+fn cow_datagram(payload: &[u8]) -> Option<(String, u32)> {
+    let text = std::str::from_utf8(payload.get(..COW_TAG_LEN.min(payload.len()))?).ok()?;
+    let (tag, round) = text.trim_end().split_once(' ')?;
+    let round: u32 = round.parse().ok()?;
+    let pattern_ok = payload.iter().skip(COW_TAG_LEN).enumerate().all(|(i, &b)| b == cow_payload_byte(tag, round, i));
+    pattern_ok.then(|| (tag.to_string(), round))
+}
+
+/// The UDP payload of an Ethernet/IPv4/UDP frame to `port`.
+fn udp_payload(frame: &[u8], port: u16) -> Option<&[u8]> {
+    let ip = frame.get(14..)?;
+    if frame.get(12..14)? != [0x08, 0x00] || ip.first()? & 0xf0 != 0x40 || *ip.get(9)? != 17 {
+        return None;
+    }
+    let udp = ip.get(usize::from(ip[0] & 0x0f) * 4..)?;
+    if u16::from_be_bytes([*udp.get(2)?, *udp.get(3)?]) != port {
+        return None;
+    }
+    let len = usize::from(u16::from_be_bytes([*udp.get(4)?, *udp.get(5)?]));
+    udp.get(8..len)
+}
+
+/// A guest rewrites its tx slots while they are in flight (COW): the wire carries exactly the
+/// bytes of every frame as checked, each rewrite took exactly one COW fault, spoofed frames were
+/// refused and counted; with `probe=stale-tlb` (jumbo slots of several pages) no stale TLB
+/// entry of a slot's other pages survives a fault.
+fn cow_rewrite_in_flight(ctx: &Ctx, image_name: &str) -> TestResult {
+    let image = pack::pack_image(image_name, &ctx.artifacts, NetPlan::USER)
         .map_err(|e| failure(format!("{e:#}"), String::new()))?;
-    let socket = std::net::UdpSocket::bind(("127.0.0.1", COW_REWRITE_PORT))
-        .map_err(|e| failure(format!("cannot listen on 127.0.0.1:{COW_REWRITE_PORT}: {e}"), String::new()))?;
+    let guest = image.guests.first().ok_or_else(|| failure("the image has no guest", String::new()))?;
+    let arg = |key: &str| guest.args.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('='));
+    let number = |key: &str, default: u64| arg(key).and_then(|v| v.parse().ok()).unwrap_or(default);
+    let (port, rounds, spoofs) = (number("port", 9) as u16, number("rounds", 20), number("spoof", 1));
+    let probe = u64::from(arg("probe") == Some("stale-tlb"));
+    let mac = guest.net.map(|n| n.mac).unwrap_or_default();
+    let socket = std::net::UdpSocket::bind(("127.0.0.1", port))
+        .map_err(|e| failure(format!("cannot listen on 127.0.0.1:{port}: {e}"), String::new()))?;
     socket.set_read_timeout(Some(Duration::from_millis(200))).map_err(|e| failure(e.to_string(), String::new()))?;
-    let pcap = image.dir.join("cow-rewrite.pcap");
+    let pcap = image.dir.join(format!("{image_name}.pcap"));
     let _ = std::fs::remove_file(&pcap);
     let session = start_networked_pcap(
         &image,
@@ -673,13 +717,13 @@ fn cow_rewrite_in_flight(ctx: &Ctx) -> TestResult {
     )?;
     let receiver = std::thread::spawn(move || {
         let mut received = Vec::new();
-        let mut buf = [0u8; 2048];
+        let mut buf = vec![0u8; 65536];
         let mut quiet = 0;
         while quiet < 25 {
             match socket.recv_from(&mut buf) {
                 Ok((len, _)) => {
                     quiet = 0;
-                    received.push(String::from_utf8_lossy(&buf[..len]).trim_end().to_string());
+                    received.push(cow_datagram(&buf[..len]));
                 }
                 Err(_) => quiet += 1,
             }
@@ -689,23 +733,67 @@ fn cow_rewrite_in_flight(ctx: &Ctx) -> TestResult {
     let outcome = session.finish().map_err(|e| failure(format!("{e:#}"), String::new()))?;
     let received = receiver.join().unwrap_or_default();
     check_guest_expectations(&image, &outcome)?;
-    let rounds = 20;
-    for round in 0..rounds {
-        for tag in ["ORIGINAL", "AFTER"] {
-            let want = format!("{tag} {round}");
-            check(&outcome, received.contains(&want), || format!("the host never received `{want}`: {received:?}"))?;
+    let reports = checks::hostile_reports(&outcome.log);
+    let report = reports.get("cow-rewriter").cloned().unwrap_or_default();
+    let get_report = |key: &str| report.get(key).copied();
+    check(&outcome, get_report("failures") == Some(0) && get_report("stale_reads") == Some(0), || {
+        format!("cow-rewriter: {report:?}")
+    })?;
+    // Every rewrite came while its frame was in flight (the NIC holds frames NIC_TX_DELAY).
+    let rewrites = rounds * (1 + probe);
+    check(&outcome, get_report("in_flight_rewrites") == Some(rewrites), || {
+        format!("{rewrites} rewrites in flight expected: {report:?}")
+    })?;
+
+    // The wire: every frame from the guest is one it sent as checked, byte for byte.
+    let mut on_wire: std::collections::BTreeMap<String, u64> = Default::default();
+    let frames = std::fs::read(&pcap).unwrap_or_default();
+    for frame in pcap_frames(&frames) {
+        let source = frame.get(6..12);
+        check(&outcome, source != Some(&SPOOFED_MAC[..]), || "a frame with the spoofed source MAC crossed the NIC".into())?;
+        if source != Some(&mac[..]) {
+            continue;
+        }
+        let datagram = udp_payload(frame, port).and_then(cow_datagram);
+        check(&outcome, datagram.is_some(), || {
+            format!("a frame of the guest on the wire is not as it wrote it: {:02x?}", &frame[..frame.len().min(80)])
+        })?;
+        if let Some((tag, _)) = datagram {
+            *on_wire.entry(tag).or_default() += 1;
         }
     }
-    check(&outcome, !received.iter().any(|r| r.starts_with("REWRITTEN")), || {
-        format!("rewritten bytes reached the wire: {received:?}")
-    })?;
-    let macs = pcap_source_macs(&std::fs::read(&pcap).unwrap_or_default());
-    check(&outcome, macs.len() >= 2 * rounds, || format!("the pcap holds only {} frames", macs.len()))?;
-    check(&outcome, !macs.contains(&SPOOFED_MAC), || "a frame with the spoofed source MAC crossed the NIC".into())?;
+    let want: std::collections::BTreeMap<String, u64> =
+        [("AFTER", rounds), ("MARKER", rounds * probe), ("ORIGINAL", rounds)]
+            .into_iter()
+            .filter(|&(_, n)| n > 0)
+            .map(|(tag, n)| (tag.to_string(), n))
+            .collect();
+    check(&outcome, on_wire == want, || format!("frames on the wire by tag: {on_wire:?}, expected {want:?}"))?;
+    // What slirp delivered to the host (standard frames; slirp may not pass jumbo datagrams).
+    if probe == 0 {
+        for round in 0..rounds as u32 {
+            for tag in ["ORIGINAL", "AFTER"] {
+                let want = Some((tag.to_string(), round));
+                check(&outcome, received.contains(&want), || format!("the host never received {want:?}"))?;
+            }
+        }
+        check(&outcome, received.iter().all(|d| d.as_ref().is_some_and(|(t, _)| t == "ORIGINAL" || t == "AFTER")), || {
+            format!("the host received datagrams the guest did not send as checked: {received:?}")
+        })?;
+    }
+
     let stats = final_stats(&outcome)?;
-    let faults = stats.get("cow_faults").copied().unwrap_or(0);
-    check(&outcome, faults >= 1, || format!("no COW fault was counted: {stats:?}"))?;
-    check(&outcome, stats.get("tx_bytes_copied") == Some(&0), || format!("the COW path copied: {stats:?}"))?;
+    let get = |name: &str| stats.get(name).copied().unwrap_or(0);
+    check(&outcome, get("cow_faults") == rewrites, || {
+        format!("cow_faults {} for {rewrites} rewrites in flight: {stats:?}", get("cow_faults"))
+    })?;
+    check(&outcome, get("drops_spoof") == rounds * spoofs && get_report("spoof_rejected") == Some(rounds * spoofs), || {
+        format!("{} spoofed frames sent; drops_spoof {}: {report:?}", rounds * spoofs, get("drops_spoof"))
+    })?;
+    check(&outcome, get("tx_packets") == rounds * (2 + probe), || {
+        format!("tx_packets {} for {} frames sent: {stats:?}", get("tx_packets"), rounds * (2 + probe))
+    })?;
+    check_tx_path(&outcome, TxMode::Cow, &stats, Traffic::NicOnly)?;
     Ok(Verdict::Pass)
 }
 
