@@ -242,7 +242,10 @@ mod output_tests {
         let ping = "PING 10.77.0.16 56(84) bytes of data.\n2 packets transmitted, 0 received, 100% packet loss\n";
         assert_eq!(ping_replies(ping), Some((2, 0)));
         assert_eq!(ping_replies("ping: command not found"), None);
-        assert_eq!(udp_probe_counts("udp-probe 10.77.0.16:7: 5 intact, 0 corrupted, 1 lost, 3 retries"), Some((5, 0, 1)));
+        assert_eq!(
+            udp_probe_counts("udp-probe 10.77.0.16:7: 5 intact, 0 corrupted, 1 lost, 3 retries"),
+            Some((5, 0, 1))
+        );
         let log = "[ 1.0] INFO  guest 4 udp-client-0: udp-client: 0/30 datagrams echoed intact by 10.0.2.16:7, \
                    2 corrupted, 28 lost, 150 retries, 900 ms\n\
                    [ 1.1] INFO  guest 5 udp-client-1: udp-client: 30/30 datagrams echoed intact by 10.0.2.17:7, \

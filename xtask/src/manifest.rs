@@ -288,7 +288,9 @@ impl Manifest {
                     let name = &guest.args[start + open.len()..end];
                     let net = match addresses.iter().find(|(n, _)| n == name) {
                         Some((_, Some(net))) => net,
-                        Some((_, None)) => bail!("guest {}: {open}{name}}} names a guest without `net = true`", guest.name),
+                        Some((_, None)) => {
+                            bail!("guest {}: {open}{name}}} names a guest without `net = true`", guest.name)
+                        }
                         None => bail!("guest {}: {open}{name}}} names no guest of this image", guest.name),
                     };
                     let value = if key == "ip" { format_ip(net.ipv4) } else { format_mac(net.mac) };

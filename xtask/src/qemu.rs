@@ -154,7 +154,8 @@ impl<'a> QemuConfig<'a> {
             cmd.arg("-netdev").arg(netdev);
             // Legacy (transitional) virtio-net, which the kernel drives through its I/O BAR;
             // no option ROM (it is not installed without recommends, and nothing boots from it).
-            let mut device = String::from("virtio-net-pci,netdev=net0,disable-modern=on,romfile=,mac=52:54:00:12:34:56");
+            let mut device =
+                String::from("virtio-net-pci,netdev=net0,disable-modern=on,romfile=,mac=52:54:00:12:34:56");
             if let Some(delay) = self.nic_tx_delay {
                 device += &format!(",tx=timer,x-txtimer={}", delay.as_nanos().min(u128::from(u32::MAX)));
             }

@@ -42,10 +42,16 @@ fn effective_uid() -> Option<u32> {
 /// create a namespace and a tap device), iproute2's `ip`, and each of `programs`. Where it can,
 /// a failure to set the network up is a test failure, not a skip.
 pub fn unavailable_reason(programs: &[&str]) -> Option<String> {
-    if effective_uid() != Some(0) {
+    reason_unavailable(effective_uid(), on_path, programs)
+}
+
+/// [`unavailable_reason`] for a machine whose effective uid is `uid` and where `installed` tells
+/// which programs are on the `PATH`.
+fn reason_unavailable(uid: Option<u32>, installed: impl Fn(&str) -> bool, programs: &[&str]) -> Option<String> {
+    if uid != Some(0) {
         return Some("needs root (CAP_NET_ADMIN) to create a network namespace and a tap device".into());
     }
-    ["ip"].iter().chain(programs).find(|p| !on_path(p)).map(|p| match *p {
+    ["ip"].iter().chain(programs).find(|p| !installed(p)).map(|p| match *p {
         "ip" => "iproute2 (`ip`) is not installed".to_string(),
         "ping" => "`ping` is not installed (iputils-ping)".to_string(),
         other => format!("`{other}` is not installed"),
@@ -84,5 +90,25 @@ impl TapNamespace {
 impl Drop for TapNamespace {
     fn drop(&mut self) {
         let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skipped_only_without_root_or_programs() {
+        let all = |_: &str| true;
+        assert_eq!(reason_unavailable(Some(0), all, &["ping"]), None);
+        assert!(reason_unavailable(Some(1000), all, &[]).is_some_and(|r| r.contains("root")));
+        assert!(reason_unavailable(None, all, &[]).is_some());
+        let no_ping = |p: &str| p != "ping";
+        assert!(reason_unavailable(Some(0), no_ping, &["ping"]).is_some_and(|r| r.contains("ping")));
+        assert_eq!(reason_unavailable(Some(0), no_ping, &[]), None);
+        let no_ip = |p: &str| p != "ip";
+        assert!(reason_unavailable(Some(0), no_ip, &["ping"]).is_some_and(|r| r.contains("iproute2")));
+        assert!(on_path("sh"));
+        assert!(!on_path("no-such-program-anywhere"));
     }
 }

@@ -141,8 +141,11 @@ pub fn run_all(filter: Option<&str>, qemu_only: bool) -> Result<()> {
             }
         }
     }
-    let skip_note =
-        if skipped.is_empty() { String::new() } else { format!(" ({} skipped: {})", skipped.len(), skipped.join("; ")) };
+    let skip_note = if skipped.is_empty() {
+        String::new()
+    } else {
+        format!(" ({} skipped: {})", skipped.len(), skipped.join("; "))
+    };
     if !failed.is_empty() {
         bail!("{} QEMU test(s) failed: {}; {passed} passed{skip_note}", failed.len(), failed.join(", "));
     }
@@ -475,7 +478,9 @@ fn check_tx_path(
                 Traffic::GuestOnly => copied == bytes,
                 Traffic::Mixed => copied > bytes && copied < 2 * bytes,
             };
-            check(outcome, ok, || format!("{traffic:?} traffic: tx_bytes_copied {copied} for tx_bytes {bytes}: {stats:?}"))
+            check(outcome, ok, || {
+                format!("{traffic:?} traffic: tx_bytes_copied {copied} for tx_bytes {bytes}: {stats:?}")
+            })
         }
         TxMode::Cow => {
             check(outcome, copied == 0 && get("tx_copies") == 0, || format!("the COW path copied: {stats:?}"))?;
@@ -566,9 +571,11 @@ fn check_client_results(image: &Image, outcome: &Outcome) -> std::result::Result
     })?;
     for (client, result) in clients.iter().zip(&results) {
         let want = client_datagrams(&client.args);
-        check(outcome, result.total == want && result.intact == want && result.corrupted == 0 && result.lost == 0, || {
-            format!("a udp-client result is {result:?}; {want} datagrams echoed intact wanted")
-        })?;
+        check(
+            outcome,
+            result.total == want && result.intact == want && result.corrupted == 0 && result.lost == 0,
+            || format!("a udp-client result is {result:?}; {want} datagrams echoed intact wanted"),
+        )?;
     }
     Ok(())
 }
@@ -597,10 +604,7 @@ fn udp_echo_tap_network(ctx: &Ctx, tx: TxMode, image_name: &str, sizes: &[usize]
     }
     let replies = checks::ping_replies(&String::from_utf8_lossy(&ping.stdout));
     if replies != Some((2, 2)) {
-        return Err(failure(
-            format!("ping {target}: {replies:?} (transmitted, received), want 2 of 2"),
-            session.log(),
-        ));
+        return Err(failure(format!("ping {target}: {replies:?} (transmitted, received), want 2 of 2"), session.log()));
     }
     let exe = std::env::current_exe().map_err(|e| failure(format!("{e}"), String::new()))?;
     for net in &guests {
@@ -750,7 +754,9 @@ fn cow_rewrite_in_flight(ctx: &Ctx, image_name: &str) -> TestResult {
     let frames = std::fs::read(&pcap).unwrap_or_default();
     for frame in pcap_frames(&frames) {
         let source = frame.get(6..12);
-        check(&outcome, source != Some(&SPOOFED_MAC[..]), || "a frame with the spoofed source MAC crossed the NIC".into())?;
+        check(&outcome, source != Some(&SPOOFED_MAC[..]), || {
+            "a frame with the spoofed source MAC crossed the NIC".into()
+        })?;
         if source != Some(&mac[..]) {
             continue;
         }
@@ -777,9 +783,11 @@ fn cow_rewrite_in_flight(ctx: &Ctx, image_name: &str) -> TestResult {
                 check(&outcome, received.contains(&want), || format!("the host never received {want:?}"))?;
             }
         }
-        check(&outcome, received.iter().all(|d| d.as_ref().is_some_and(|(t, _)| t == "ORIGINAL" || t == "AFTER")), || {
-            format!("the host received datagrams the guest did not send as checked: {received:?}")
-        })?;
+        check(
+            &outcome,
+            received.iter().all(|d| d.as_ref().is_some_and(|(t, _)| t == "ORIGINAL" || t == "AFTER")),
+            || format!("the host received datagrams the guest did not send as checked: {received:?}"),
+        )?;
     }
 
     let stats = final_stats(&outcome)?;
@@ -787,9 +795,11 @@ fn cow_rewrite_in_flight(ctx: &Ctx, image_name: &str) -> TestResult {
     check(&outcome, get("cow_faults") == rewrites, || {
         format!("cow_faults {} for {rewrites} rewrites in flight: {stats:?}", get("cow_faults"))
     })?;
-    check(&outcome, get("drops_spoof") == rounds * spoofs && get_report("spoof_rejected") == Some(rounds * spoofs), || {
-        format!("{} spoofed frames sent; drops_spoof {}: {report:?}", rounds * spoofs, get("drops_spoof"))
-    })?;
+    check(
+        &outcome,
+        get("drops_spoof") == rounds * spoofs && get_report("spoof_rejected") == Some(rounds * spoofs),
+        || format!("{} spoofed frames sent; drops_spoof {}: {report:?}", rounds * spoofs, get("drops_spoof")),
+    )?;
     check(&outcome, get("tx_packets") == rounds * (2 + probe), || {
         format!("tx_packets {} for {} frames sent: {stats:?}", get("tx_packets"), rounds * (2 + probe))
     })?;

@@ -32,7 +32,7 @@ use guest_os::rawnic::{ethernet_frame, RawNic, ETHERTYPE_TEST, SLIRP_MAC};
 use guest_os::time::{ticks, tsc_hz};
 use guest_os::{println, vi, Env};
 use hypercall_abi::layout::VNIC_TX_AREA_ADDR;
-use hypercall_abi::vnic::{DescStatus, TX_HEADROOM, RX_RING_SIZE, TX_RING_SIZE};
+use hypercall_abi::vnic::{DescStatus, RX_RING_SIZE, TX_HEADROOM, TX_RING_SIZE};
 
 /// A MAC no guest has: the first spoof attempt.
 const UNUSED_MAC: [u8; 6] = [0x02, 0x49, 0x4b, 0xee, 0xee, 0xee];
@@ -101,7 +101,8 @@ impl Msg {
         if p[..4] != MAGIC {
             return None;
         }
-        let op = [Op::Ping, Op::Pong, Op::Go, Op::Data, Op::Query, Op::Report].into_iter().find(|o| *o as u8 == p[4])?;
+        let op =
+            [Op::Ping, Op::Pong, Op::Go, Op::Data, Op::Query, Op::Report].into_iter().find(|o| *o as u8 == p[4])?;
         Some(Msg { op, phase: p[5], value: u32::from_le_bytes([p[8], p[9], p[10], p[11]]) })
     }
 }
@@ -260,7 +261,10 @@ fn tx_ring(env: &Env, nic: &RawNic) -> i32 {
         let len = ethernet_frame(SLIRP_MAC, mac, ETHERTYPE_TEST, &payload, &mut frame);
         let index = nic.post_tx(&frame[..len]);
         let got = vi::vnic_tx_kick();
-        if got != 1 || !nic.wait_tx_consumer(index.wrapping_add(1), tsc_hz()) || nic.tx_status(index) != Some(DescStatus::Done) {
+        if got != 1
+            || !nic.wait_tx_consumer(index.wrapping_add(1), tsc_hz())
+            || nic.tx_status(index) != Some(DescStatus::Done)
+        {
             fail(format_args!("round {round}: a good frame after the attack: took {got}, {:?}", nic.tx_status(index)));
         }
         sent += 1;
@@ -325,7 +329,7 @@ fn rx_ring(env: &Env, nic: &RawNic) -> i32 {
         nic.set_rx_producer(rx.full_producer());
         let (sent, received) = query(nic, &mut rx, feeder, phase, &mut fail);
         let arrived =
-            received.iter().filter(|(_, _, m)| m.is_some_and(|m| m.op == Op::Data && m.phase == phase)).count() as u32;
+            received.iter().filter(|r| r.msg.is_some_and(|m| m.op == Op::Data && m.phase == phase)).count() as u32;
         late += arrived;
         index_dropped += sent.saturating_sub(arrived);
     }
@@ -356,7 +360,7 @@ fn rx_ring(env: &Env, nic: &RawNic) -> i32 {
         fail(format_args!("phase {phase}: could not send to the feeder"));
     }
     let (sent, received) = query(nic, &mut rx, feeder, phase, &mut fail);
-    for (index, status, msg) in received {
+    for Received { index, status, msg } in received {
         let case = bad.get(index.wrapping_sub(first) as usize);
         let is_data = msg.is_some_and(|m| m.op == Op::Data && m.phase == phase);
         match (status, case) {
@@ -392,7 +396,7 @@ fn query(
     feeder: [u8; 6],
     phase: u8,
     fail: &mut impl FnMut(core::fmt::Arguments<'_>),
-) -> (u32, alloc::vec::Vec<(u32, Option<DescStatus>, Option<Msg>)>) {
+) -> (u32, alloc::vec::Vec<Received>) {
     let mut received = alloc::vec::Vec::new();
     if !send(nic, feeder, &[Msg { op: Op::Query, phase, value: 0 }]) {
         fail(format_args!("phase {phase}: could not query the feeder"));
@@ -404,7 +408,7 @@ fn query(
                 return (value, received);
             }
         }
-        received.push((r.index, r.status, r.msg));
+        received.push(r);
     }
     fail(format_args!("phase {phase}: no report from the feeder"));
     (0, received)
