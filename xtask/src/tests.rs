@@ -371,7 +371,7 @@ fn run_hello(ctx: &Ctx, accel: Accel, timeout: Duration) -> TestResult {
     let stats = checks::stats(&outcome.log).unwrap_or_default();
     check(&outcome, stats.get("guests_exited") == Some(&(guests.len() as u64)), || format!("stats: {stats:?}"))?;
     let names: Vec<&str> = guests.iter().map(|g| g.name.as_str()).collect();
-    check_idle_guests_idle(&outcome, &names)?;
+    check_idle_guests_idle(&outcome, &names, accel)?;
     Ok(Verdict::Pass)
 }
 
@@ -383,8 +383,10 @@ const HELLO_MAX_VIRTUAL_INSTRUCTIONS: u64 = 8;
 const HELLO_MAX_MEDIAN_CPU_US: u64 = 1_500;
 
 /// The guests named slept without working: few virtual instructions each (every one of them),
-/// and a small median CPU time (the median, so a host stall charged to one guest does not count).
-fn check_idle_guests_idle(outcome: &Outcome, names: &[&str]) -> std::result::Result<(), Failure> {
+/// and, under TCG, a small median CPU time (the median, so a host stall charged to one guest
+/// does not count; under KVM on a PVM host every trap is emulated and costs ~1,000 times more,
+/// so CPU time says nothing there).
+fn check_idle_guests_idle(outcome: &Outcome, names: &[&str], accel: Accel) -> std::result::Result<(), Failure> {
     let work = checks::guest_work(&outcome.log);
     let mut cpu = Vec::new();
     for name in names {
@@ -402,7 +404,7 @@ fn check_idle_guests_idle(outcome: &Outcome, names: &[&str]) -> std::result::Res
     }
     cpu.sort_unstable();
     let median = cpu.get(cpu.len() / 2).copied().unwrap_or(0);
-    check(outcome, median <= HELLO_MAX_MEDIAN_CPU_US, || {
+    check(outcome, accel != Accel::Tcg || median <= HELLO_MAX_MEDIAN_CPU_US, || {
         format!("sleeping guests used {median} us of CPU (median), at most {HELLO_MAX_MEDIAN_CPU_US} expected: {cpu:?}")
     })
 }
@@ -434,7 +436,7 @@ fn chaos_tcg(ctx: &Ctx) -> TestResult {
     check(&outcome, stats.get("guests_refused") == Some(&4), || format!("expected 4 refused ELF files: {stats:?}"))?;
     let hellos: Vec<&str> = ctx.chaos.guests.iter().filter(|g| g.app == "hello").map(|g| g.name.as_str()).collect();
     check(&outcome, hellos.len() == 3, || format!("the chaos image should hold 3 hello guests: {hellos:?}"))?;
-    check_idle_guests_idle(&outcome, &hellos)?;
+    check_idle_guests_idle(&outcome, &hellos, Accel::Tcg)?;
     Ok(Verdict::Pass)
 }
 
