@@ -721,11 +721,14 @@ fn cow_rewrite_in_flight(ctx: &Ctx, image_name: &str) -> TestResult {
         Some(NIC_TX_DELAY),
         TCG_TIMEOUT,
     )?;
+    // Receives until QEMU has ended and the socket has been quiet for two read timeouts.
+    let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let receiver_ended = std::sync::Arc::clone(&ended);
     let receiver = std::thread::spawn(move || {
         let mut received = Vec::new();
         let mut buf = vec![0u8; 65536];
         let mut quiet = 0;
-        while quiet < 25 {
+        while quiet < 2 || !receiver_ended.load(std::sync::atomic::Ordering::Acquire) {
             match socket.recv_from(&mut buf) {
                 Ok((len, _)) => {
                     quiet = 0;
@@ -736,8 +739,10 @@ fn cow_rewrite_in_flight(ctx: &Ctx, image_name: &str) -> TestResult {
         }
         received
     });
-    let outcome = session.finish().map_err(|e| failure(format!("{e:#}"), String::new()))?;
+    let outcome = session.finish().map_err(|e| failure(format!("{e:#}"), String::new()));
+    ended.store(true, std::sync::atomic::Ordering::Release);
     let received = receiver.join().unwrap_or_default();
+    let outcome = outcome?;
     check_guest_expectations(&image, &outcome)?;
     let reports = checks::hostile_reports(&outcome.log);
     let report = reports.get("cow-rewriter").cloned().unwrap_or_default();
