@@ -13,6 +13,7 @@ extern crate alloc;
 
 pub mod console;
 pub mod net;
+pub mod rawnic;
 pub mod time;
 
 use hypercall_abi::boot_info::BootInfo;

@@ -135,3 +135,163 @@ mod guest_end_tests {
         assert!(!end_meets(None, "exit:0"));
     }
 }
+
+/// What the kernel's `summary:` line says about one guest's work.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestWork {
+    /// CPU time the guest used, in microseconds.
+    pub cpu_us: u64,
+    /// Virtual instructions the guest issued.
+    pub virtual_instructions: u64,
+}
+
+/// Every guest's work from the `summary: guest <id> <name>: ...; cpu_us=N virtual_instructions=N`
+/// lines, by guest name.
+pub fn guest_work(log: &str) -> BTreeMap<String, GuestWork> {
+    let mut work = BTreeMap::new();
+    for line in log.lines() {
+        let Some(rest) = line.strip_prefix("summary: guest ") else { continue };
+        let Some((_id, rest)) = rest.split_once(' ') else { continue };
+        let Some((name, rest)) = rest.split_once(": ") else { continue };
+        let Some((_, pairs)) = rest.rsplit_once("; ") else { continue };
+        let value = |key: &str| {
+            pairs.split_whitespace().find_map(|p| p.strip_prefix(key)?.strip_prefix('=')?.parse::<u64>().ok())
+        };
+        if let (Some(cpu_us), Some(virtual_instructions)) = (value("cpu_us"), value("virtual_instructions")) {
+            work.insert(name.to_string(), GuestWork { cpu_us, virtual_instructions });
+        }
+    }
+    work
+}
+
+#[cfg(test)]
+mod guest_work_tests {
+    use super::*;
+
+    #[test]
+    fn summary_lines_parse() {
+        let log = "summary: guest 0 hello-0: exited 0; expected exit:0 (as expected); cpu 1 ms; cpu_us=1234 \
+                   virtual_instructions=5\nsummary: guest 1 spin: stopped: cpu budget; x; expected stopped:cpu \
+                   (as expected); cpu 200 ms; cpu_us=200100 virtual_instructions=0\nsummary: guest 2 old: exited 0; cpu 3 ms\n";
+        let work = guest_work(log);
+        assert_eq!(work.len(), 2);
+        assert_eq!(work["hello-0"], GuestWork { cpu_us: 1234, virtual_instructions: 5 });
+        assert_eq!(work["spin"].cpu_us, 200_100);
+    }
+}
+
+/// `(transmitted, received)` from ping's `N packets transmitted, M received` line.
+pub fn ping_replies(output: &str) -> Option<(u64, u64)> {
+    output.lines().find_map(|l| {
+        let (sent, rest) = l.split_once(" packets transmitted, ")?;
+        let received = rest.split_once(" received")?.0;
+        Some((sent.trim().parse().ok()?, received.trim().parse().ok()?))
+    })
+}
+
+/// One `udp-client: OK/TOTAL datagrams echoed intact by PEER, BAD corrupted, LOST lost, ...`
+/// result line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientResult {
+    pub intact: u64,
+    pub total: u64,
+    pub corrupted: u64,
+    pub lost: u64,
+}
+
+/// Every udp-client result line of the log, in order.
+pub fn udp_client_results(log: &str) -> Vec<ClientResult> {
+    log.lines()
+        .filter_map(|l| {
+            let rest = &l[l.find("udp-client: ")? + "udp-client: ".len()..];
+            let (ratio, rest) = rest.split_once(" datagrams echoed intact by ")?;
+            let (intact, total) = ratio.split_once('/')?;
+            let mut fields = rest.split(", ").skip(1);
+            let mut number = |unit: &str| fields.next()?.strip_suffix(unit)?.trim().parse().ok();
+            Some(ClientResult {
+                intact: intact.parse().ok()?,
+                total: total.parse().ok()?,
+                corrupted: number(" corrupted")?,
+                lost: number(" lost")?,
+            })
+        })
+        .collect()
+}
+
+/// `(intact, corrupted, lost)` from the `udp-probe PEER: N intact, N corrupted, N lost` line.
+pub fn udp_probe_counts(output: &str) -> Option<(u64, u64, u64)> {
+    output.lines().find_map(|l| {
+        let rest = l.strip_prefix("udp-probe ")?.split_once(": ")?.1;
+        let mut fields = rest.split(", ");
+        let mut number = |unit: &str| fields.next()?.strip_suffix(unit)?.trim().parse().ok();
+        Some((number(" intact")?, number(" corrupted")?, number(" lost")?))
+    })
+}
+
+/// The transmit path the kernel reports (`transmit path: Copy; ...`): `Copy` or `Cow`.
+pub fn tx_mode(log: &str) -> Option<&str> {
+    log.lines().find_map(|l| Some(l[l.find("transmit path: ")? + "transmit path: ".len()..].split(';').next()?.trim()))
+}
+
+#[cfg(test)]
+mod output_tests {
+    use super::*;
+
+    #[test]
+    fn ping_and_probe_and_client_lines_parse_as_numbers() {
+        let ping = "PING 10.77.0.16 56(84) bytes of data.\n2 packets transmitted, 0 received, 100% packet loss\n";
+        assert_eq!(ping_replies(ping), Some((2, 0)));
+        assert_eq!(ping_replies("ping: command not found"), None);
+        assert_eq!(
+            udp_probe_counts("udp-probe 10.77.0.16:7: 5 intact, 0 corrupted, 1 lost, 3 retries"),
+            Some((5, 0, 1))
+        );
+        let log = "[ 1.0] INFO  guest 4 udp-client-0: udp-client: 0/30 datagrams echoed intact by 10.0.2.16:7, \
+                   2 corrupted, 28 lost, 150 retries, 900 ms\n\
+                   [ 1.1] INFO  guest 5 udp-client-1: udp-client: 30/30 datagrams echoed intact by 10.0.2.17:7, \
+                   0 corrupted, 0 lost, 0 retries, 90 ms\n";
+        assert_eq!(
+            udp_client_results(log),
+            vec![
+                ClientResult { intact: 0, total: 30, corrupted: 2, lost: 28 },
+                ClientResult { intact: 30, total: 30, corrupted: 0, lost: 0 }
+            ]
+        );
+        assert_eq!(tx_mode("[ 0.1] INFO  transmit path: Cow; largest MTU 1500"), Some("Cow"));
+        assert_eq!(tx_mode("nothing"), None);
+    }
+}
+
+/// The `hostile-report role=ROLE key=N ...` lines of hostile guests: their counters by role.
+pub fn hostile_reports(log: &str) -> BTreeMap<String, BTreeMap<String, u64>> {
+    let mut reports = BTreeMap::new();
+    for line in log.lines() {
+        let Some(at) = line.find("hostile-report role=") else { continue };
+        let mut words = line[at + "hostile-report ".len()..].split_whitespace();
+        let Some(role) = words.next().and_then(|w| w.strip_prefix("role=")) else { continue };
+        let counters = words
+            .filter_map(|w| {
+                let (key, value) = w.split_once('=')?;
+                Some((key.to_string(), value.parse().ok()?))
+            })
+            .collect();
+        reports.insert(role.to_string(), counters);
+    }
+    reports
+}
+
+#[cfg(test)]
+mod hostile_report_tests {
+    use super::*;
+
+    #[test]
+    fn reports_parse_by_role() {
+        let log = "[ 1.2] INFO  guest 3 tx-ring: hostile-report role=tx-ring rounds=20 index_rejected=120 failures=0\n\
+                   [ 1.3] INFO  guest 4 rx-ring: hostile-report role=rx-ring index_dropped=7 failures=1\n";
+        let reports = hostile_reports(log);
+        assert_eq!(reports.len(), 2);
+        assert_eq!(reports["tx-ring"]["index_rejected"], 120);
+        assert_eq!(reports["rx-ring"]["failures"], 1);
+        assert!(!reports["tx-ring"].contains_key("late"));
+    }
+}

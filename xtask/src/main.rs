@@ -190,6 +190,9 @@ struct RunArgs {
     /// Record what crosses the physical NIC to this pcap file (opens in Wireshark/tshark).
     #[arg(long, value_name = "FILE")]
     pcap: Option<std::path::PathBuf>,
+    /// Make the NIC hold each transmitted frame this long (keeps zero-copy frames in flight).
+    #[arg(long, value_name = "MICROSECONDS")]
+    nic_tx_delay_us: Option<u64>,
 }
 
 fn main() {
@@ -284,6 +287,7 @@ fn run(args: RunArgs) -> Result<()> {
         net: backend,
         pcap: args.pcap.as_deref(),
         netns: namespace.as_ref().map(|ns| ns.name.as_str()),
+        nic_tx_delay: args.nic_tx_delay_us.map(Duration::from_micros),
     };
     if args.icount && accel != qemu::Accel::Tcg {
         bail!("--icount needs TCG (--accel tcg)");

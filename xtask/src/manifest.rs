@@ -93,6 +93,10 @@ impl NetPlan {
 /// Guests with a NIC an image may hold (the rest of the /24).
 pub const MAX_NET_GUESTS: usize = 200;
 
+pub fn format_mac(mac: [u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
+}
+
 pub fn format_ip(ip: [u8; 4]) -> String {
     format!("{}.{}.{}.{}", ip[0], ip[1], ip[2], ip[3])
 }
@@ -100,8 +104,8 @@ pub fn format_ip(ip: [u8; 4]) -> String {
 /// Broken ELF files `cargo xtask build` can make from `hello`, for loader tests.
 pub const CORRUPT_KINDS: [&str; 4] = ["truncated", "wrong-machine", "overlapping", "kernel-half"];
 /// Apps that are binaries of guest-os.
-pub const GUEST_APPS: [&str; 8] =
-    ["cow-rewriter", "hello", "hostile", "noop", "tx-flood", "udp-client", "udp-echo", "vi-bench"];
+pub const GUEST_APPS: [&str; 9] =
+    ["cow-rewriter", "hello", "hostile", "noop", "ring-hostile", "tx-flood", "udp-client", "udp-echo", "vi-bench"];
 /// Most guests one image may hold.
 pub const MAX_GUESTS: usize = 16384;
 
@@ -246,7 +250,8 @@ impl Manifest {
     }
 
     /// Every guest, in boot order, with network addresses from `plan`. In `args`, `{i}` becomes
-    /// the guest's index within its group and `{ip:NAME}` the IPv4 address of guest NAME.
+    /// the guest's index within its group, `{ip:NAME}` the IPv4 address of guest NAME and
+    /// `{mac:NAME}` its MAC (`02:49:4b:00:00:05`).
     pub fn expand(&self, plan: &NetPlan) -> Result<Vec<Guest>> {
         let mut guests = Vec::new();
         let mut net_index = 0;
@@ -273,18 +278,24 @@ impl Manifest {
         }
         let addresses: Vec<(String, Option<NetConfig>)> = guests.iter().map(|g| (g.name.clone(), g.net)).collect();
         for guest in &mut guests {
-            while let Some(start) = guest.args.find("{ip:") {
-                let end = guest.args[start..]
-                    .find('}')
-                    .map(|e| start + e)
-                    .ok_or_else(|| anyhow::anyhow!("guest {}: unterminated {{ip:...}} in args", guest.name))?;
-                let name = &guest.args[start + 4..end];
-                let ip = match addresses.iter().find(|(n, _)| n == name) {
-                    Some((_, Some(net))) => format_ip(net.ipv4),
-                    Some((_, None)) => bail!("guest {}: {{ip:{name}}} names a guest without `net = true`", guest.name),
-                    None => bail!("guest {}: {{ip:{name}}} names no guest of this image", guest.name),
-                };
-                guest.args.replace_range(start..=end, &ip);
+            for key in ["ip", "mac"] {
+                let open = format!("{{{key}:");
+                while let Some(start) = guest.args.find(&open) {
+                    let end = guest.args[start..]
+                        .find('}')
+                        .map(|e| start + e)
+                        .ok_or_else(|| anyhow::anyhow!("guest {}: unterminated {open}...}} in args", guest.name))?;
+                    let name = &guest.args[start + open.len()..end];
+                    let net = match addresses.iter().find(|(n, _)| n == name) {
+                        Some((_, Some(net))) => net,
+                        Some((_, None)) => {
+                            bail!("guest {}: {open}{name}}} names a guest without `net = true`", guest.name)
+                        }
+                        None => bail!("guest {}: {open}{name}}} names no guest of this image", guest.name),
+                    };
+                    let value = if key == "ip" { format_ip(net.ipv4) } else { format_mac(net.mac) };
+                    guest.args.replace_range(start..=end, &value);
+                }
             }
         }
         Ok(guests)
@@ -367,18 +378,20 @@ mod tests {
     #[test]
     fn network_addresses_and_arg_placeholders() {
         let m = Manifest::parse(
-            "description = \"x\"\n[[guest]]\napp = \"hello\"\nname = \"echo\"\ncount = 2\nnet = true\n[[guest]]\napp = \"hello\"\nname = \"client\"\ncount = 2\nnet = true\nargs = \"peer={ip:echo-{i}}:7 n={i}\"\n[[guest]]\napp = \"hello\"\nname = \"quiet\"\n",
+            "description = \"x\"\n[[guest]]\napp = \"hello\"\nname = \"echo\"\ncount = 2\nnet = true\n[[guest]]\napp = \"hello\"\nname = \"client\"\ncount = 2\nnet = true\nargs = \"peer={ip:echo-{i}}:7 n={i} mac={mac:echo-1}\"\n[[guest]]\napp = \"hello\"\nname = \"quiet\"\n",
         )
         .unwrap();
         let guests = m.expand(&NetPlan::TAP).unwrap();
         assert_eq!(guests[0].net.unwrap().ipv4, [10, 77, 0, 16]);
         assert_eq!(guests[3].net.unwrap().mac, [0x02, 0x49, 0x4b, 0, 0, 3]);
-        assert_eq!(guests[3].args, "peer=10.77.0.17:7 n=1");
+        assert_eq!(guests[3].args, "peer=10.77.0.17:7 n=1 mac=02:49:4b:00:00:01");
         assert_eq!(guests[4].net, None);
         let config = m.image_config("t", &guests);
         assert!(config.contains("net=02:49:4b:00:00:00,10.77.0.16/24,10.77.0.1"), "{config}");
         let bad = "description = \"x\"\n[[guest]]\napp = \"hello\"\nargs = \"{ip:nobody}\"";
         assert!(Manifest::parse(bad).is_err());
+        let bad = "description = \"x\"\n[[guest]]\napp = \"hello\"\nargs = \"{mac:hello}\"";
+        assert!(Manifest::parse(bad).is_err(), "a guest without a NIC has no MAC");
     }
 
     #[test]

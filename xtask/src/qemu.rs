@@ -84,6 +84,10 @@ pub struct QemuConfig<'a> {
     pub pcap: Option<&'a Path>,
     /// Run QEMU inside this network namespace (`ip netns exec`), for the tap backend.
     pub netns: Option<&'a str>,
+    /// Make the NIC hold transmitted frames this long before sending them (virtio-net's
+    /// `tx=timer`), so that zero-copy frames stay in flight long after their doorbell: the
+    /// hostile tests need frames at the NIC when they attack. `None`: send at once.
+    pub nic_tx_delay: Option<Duration>,
 }
 
 impl<'a> QemuConfig<'a> {
@@ -100,6 +104,7 @@ impl<'a> QemuConfig<'a> {
             net: None,
             pcap: None,
             netns: None,
+            nic_tx_delay: None,
         }
     }
 
@@ -149,7 +154,12 @@ impl<'a> QemuConfig<'a> {
             cmd.arg("-netdev").arg(netdev);
             // Legacy (transitional) virtio-net, which the kernel drives through its I/O BAR;
             // no option ROM (it is not installed without recommends, and nothing boots from it).
-            cmd.args(["-device", "virtio-net-pci,netdev=net0,disable-modern=on,romfile=,mac=52:54:00:12:34:56"]);
+            let mut device =
+                String::from("virtio-net-pci,netdev=net0,disable-modern=on,romfile=,mac=52:54:00:12:34:56");
+            if let Some(delay) = self.nic_tx_delay {
+                device += &format!(",tx=timer,x-txtimer={}", delay.as_nanos().min(u128::from(u32::MAX)));
+            }
+            cmd.arg("-device").arg(device);
             if let Some(pcap) = self.pcap {
                 cmd.arg("-object").arg(format!("filter-dump,id=dump0,netdev=net0,file={}", pcap.display()));
             }
@@ -358,6 +368,7 @@ mod tests {
             net: Some(NetBackend::User { forwards: vec![(7000, [10, 0, 2, 16], 7)] }),
             pcap: None,
             netns: None,
+            nic_tx_delay: None,
         };
         let line = shell_line(&cfg.command());
         assert!(line.contains("-device isa-debug-exit,iobase=0xf4,iosize=0x4"), "{line}");

@@ -22,6 +22,42 @@ fn ip(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Whether `program` is an executable file in a directory of `PATH`.
+pub fn on_path(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(program)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
+}
+
+/// The effective user id, from `/proc/self/status` (`Uid: real effective saved fs`).
+fn effective_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Uid:")?.split_whitespace().nth(1)?.parse().ok())
+}
+
+/// Why this machine cannot run a tap-network test, or `None` if it can: it needs root (to
+/// create a namespace and a tap device), iproute2's `ip`, and each of `programs`. Where it can,
+/// a failure to set the network up is a test failure, not a skip.
+pub fn unavailable_reason(programs: &[&str]) -> Option<String> {
+    reason_unavailable(effective_uid(), on_path, programs)
+}
+
+/// [`unavailable_reason`] for a machine whose effective uid is `uid` and where `installed` tells
+/// which programs are on the `PATH`.
+fn reason_unavailable(uid: Option<u32>, installed: impl Fn(&str) -> bool, programs: &[&str]) -> Option<String> {
+    if uid != Some(0) {
+        return Some("needs root (CAP_NET_ADMIN) to create a network namespace and a tap device".into());
+    }
+    ["ip"].iter().chain(programs).find(|p| !installed(p)).map(|p| match *p {
+        "ip" => "iproute2 (`ip`) is not installed".to_string(),
+        "ping" => "`ping` is not installed (iputils-ping)".to_string(),
+        other => format!("`{other}` is not installed"),
+    })
+}
+
 impl TapNamespace {
     /// Creates namespace `ik-<pid>` with `iktap0` at the plan's gateway address, up, with `mtu`.
     pub fn create(plan: &NetPlan, mtu: u16) -> Result<TapNamespace> {
@@ -54,5 +90,25 @@ impl TapNamespace {
 impl Drop for TapNamespace {
     fn drop(&mut self) {
         let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skipped_only_without_root_or_programs() {
+        let all = |_: &str| true;
+        assert_eq!(reason_unavailable(Some(0), all, &["ping"]), None);
+        assert!(reason_unavailable(Some(1000), all, &[]).is_some_and(|r| r.contains("root")));
+        assert!(reason_unavailable(None, all, &[]).is_some());
+        let no_ping = |p: &str| p != "ping";
+        assert!(reason_unavailable(Some(0), no_ping, &["ping"]).is_some_and(|r| r.contains("ping")));
+        assert_eq!(reason_unavailable(Some(0), no_ping, &[]), None);
+        let no_ip = |p: &str| p != "ip";
+        assert!(reason_unavailable(Some(0), no_ip, &["ping"]).is_some_and(|r| r.contains("iproute2")));
+        assert!(on_path("sh"));
+        assert!(!on_path("no-such-program-anywhere"));
     }
 }

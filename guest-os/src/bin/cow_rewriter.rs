@@ -1,28 +1,38 @@
 //! `cow-rewriter`: the copy-on-write path's correctness check. For each round it writes a UDP
-//! datagram (payload `ORIGINAL <round>`) into tx slot 0, kicks, and at once, while the packet is
-//! still in flight, rewrites the slot: the payload becomes `REWRITTEN <round>` and the source MAC
-//! another guest's. The kernel must send the original bytes (the rewrite takes a COW fault and
-//! lands in a private copy). After the round completes it sends `AFTER <round>` from the same
-//! slot, which must carry those new bytes. It drives the vNIC rings itself (no smoltcp) and
-//! sends to QEMU's user-network host address, which delivers to the host's loopback.
+//! datagram (payload `ORIGINAL <round>` and a pattern) into tx slot 0, kicks, and at once, while
+//! the packet is still in flight, rewrites the slot's first page: the payload becomes
+//! `REWRITTEN <round>` and the source MAC another guest's. The kernel must send the original
+//! bytes (the rewrite takes a COW fault and lands in a private copy). After the round completes
+//! it sends `AFTER <round>` from the same slot, which must carry those new bytes, then `spoof=N`
+//! frames with a foreign source MAC, which the kernel must refuse. It drives the vNIC rings
+//! itself (no smoltcp) and sends to QEMU's user-network host address, which delivers to the
+//! host's loopback (and the test reads the NIC's pcap).
 //!
-//! Arguments: `port=N` (host UDP port), `rounds=N` (default 20).
+//! With `probe=stale-tlb` (slots of several pages, jumbo MTU), each round also checks that no
+//! stale TLB entry survives the COW fault: before the rewrite it reads the slot's other pages
+//! (caching read-only translations of the old frames), after the old frames are freed it makes
+//! the kernel reuse them (a `MARKER` frame in slot 1, rewritten in flight too, is copied into
+//! the lowest free frames), then reads slot 0's other pages again: they must still hold the
+//! original bytes, not the marker's.
+//!
+//! Arguments: `port=N` (host UDP port), `rounds=N` (default 20), `size=N` (UDP payload bytes,
+//! default 32), `spoof=N` (default 1), `probe=stale-tlb`.
 
 #![no_std]
 #![no_main]
 
-use core::sync::atomic::Ordering::{Acquire, Release};
-use guest_os::time::{ticks, tsc_hz};
+use guest_os::rawnic::{RawNic, SLIRP_MAC};
+use guest_os::time::tsc_hz;
 use guest_os::{println, vi, Env};
-use hypercall_abi::layout::{VNIC_SHARED_ADDR, VNIC_TX_AREA_ADDR};
-use hypercall_abi::vnic::{DescStatus, VnicShared, TX_HEADROOM, TX_RING_SIZE};
+use hypercall_abi::vnic::{DescStatus, TX_HEADROOM};
 
-/// QEMU user network's host (slirp): 10.0.2.2, MAC 52:55:0a:00:02:02.
-const HOST_MAC: [u8; 6] = [0x52, 0x55, 0x0a, 0x00, 0x02, 0x02];
 const HOST_IP: [u8; 4] = [10, 0, 2, 2];
 /// A MAC that is not this guest's: the spoof attempt.
 pub const SPOOFED_MAC: [u8; 6] = [0x02, 0x49, 0x4b, 0xee, 0xee, 0xee];
-const FRAME_LEN: usize = 14 + 20 + 8 + 32;
+/// Bytes of the payload that carry the tag (`ORIGINAL 3`, padded with spaces); the pattern follows.
+const TAG_LEN: usize = 32;
+const HEADERS: usize = 14 + 20 + 8;
+const PAGE: u64 = 4096;
 
 fn ip_checksum(header: &[u8]) -> u16 {
     let mut sum: u32 = header.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
@@ -32,15 +42,25 @@ fn ip_checksum(header: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-/// An Ethernet/IPv4/UDP frame from us to the host with a 32-byte payload (UDP checksum 0: none).
-fn build_frame(mac: [u8; 6], ip: [u8; 4], port: u16, payload: &[u8; 32]) -> [u8; FRAME_LEN] {
-    let mut f = [0u8; FRAME_LEN];
-    f[0..6].copy_from_slice(&HOST_MAC);
+/// Payload byte `i` (past the tag) of the datagram tagged `tag` in round `round`: the test
+/// recomputes it (xtask/src/tests.rs, `cow_payload_byte`).
+fn pattern(tag: &str, round: u32, i: usize) -> u8 {
+    let seed = tag.bytes().fold(round, |acc, b| acc.wrapping_mul(31).wrapping_add(u32::from(b)));
+    (seed.wrapping_add(i as u32).wrapping_mul(2_654_435_761) >> 24) as u8
+}
+
+/// An Ethernet/IPv4/UDP frame from `mac` to the host with a `size`-byte payload (UDP checksum
+/// 0: none): the tag `TAG ROUND` padded to [`TAG_LEN`], then the pattern. Returns its length.
+fn build_frame(out: &mut [u8], mac: [u8; 6], ip: [u8; 4], port: u16, size: usize, tag: &str, round: u32) -> usize {
+    let len = HEADERS + size;
+    let f = &mut out[..len];
+    f[0..6].copy_from_slice(&SLIRP_MAC);
     f[6..12].copy_from_slice(&mac);
     f[12..14].copy_from_slice(&[0x08, 0x00]);
     let ip_header = &mut f[14..34];
+    ip_header.fill(0);
     ip_header[0] = 0x45;
-    ip_header[2..4].copy_from_slice(&((20 + 8 + 32) as u16).to_be_bytes());
+    ip_header[2..4].copy_from_slice(&((20 + 8 + size) as u16).to_be_bytes());
     ip_header[8] = 64;
     ip_header[9] = 17;
     ip_header[12..16].copy_from_slice(&ip);
@@ -49,94 +69,150 @@ fn build_frame(mac: [u8; 6], ip: [u8; 4], port: u16, payload: &[u8; 32]) -> [u8;
     ip_header[10..12].copy_from_slice(&checksum.to_be_bytes());
     f[34..36].copy_from_slice(&4000u16.to_be_bytes());
     f[36..38].copy_from_slice(&port.to_be_bytes());
-    f[38..40].copy_from_slice(&((8 + 32) as u16).to_be_bytes());
-    f[42..].copy_from_slice(payload);
-    f
-}
-
-fn payload(tag: &str, round: u32) -> [u8; 32] {
-    let mut p = [b' '; 32];
+    f[38..40].copy_from_slice(&((8 + size) as u16).to_be_bytes());
+    f[40..42].fill(0);
+    let payload = &mut f[HEADERS..];
+    let tag_end = TAG_LEN.min(size);
+    let mut text = [b' '; TAG_LEN];
     let mut w = 0;
-    for &b in tag.as_bytes().iter().chain(b" ") {
-        p[w] = b;
+    for b in tag.bytes().chain(*b" ") {
+        text[w] = b;
         w += 1;
     }
     let mut digits = [0u8; 10];
-    let mut n = round;
-    let mut len = 0;
+    let (mut n, mut count) = (round, 0);
     loop {
-        digits[len] = b'0' + (n % 10) as u8;
-        len += 1;
+        digits[count] = b'0' + (n % 10) as u8;
+        count += 1;
         n /= 10;
         if n == 0 {
             break;
         }
     }
-    for i in (0..len).rev() {
-        p[w] = digits[i];
+    for i in (0..count).rev() {
+        text[w] = digits[i];
         w += 1;
     }
-    p
+    payload[..tag_end].copy_from_slice(&text[..tag_end]);
+    for (i, byte) in payload[tag_end..].iter_mut().enumerate() {
+        *byte = pattern(tag, round, i);
+    }
+    len
+}
+
+/// Reads `len` bytes of tx slot `slot` from `offset` (within the slot) through the guest's own
+/// mapping, as the CPU translates it now.
+fn read_slot(nic: &RawNic, slot: u32, offset: u64, out: &mut [u8]) {
+    let base = nic.tx_frame_addr(slot) - TX_HEADROOM + offset;
+    for (i, byte) in out.iter_mut().enumerate() {
+        // SAFETY: inside the tx area, mapped (readable) for this guest; `offset + len` is
+        // within the slot (callers pass ranges of the slot's pages).
+        *byte = unsafe { core::ptr::read_volatile((base + i as u64) as *const u8) };
+    }
 }
 
 fn main(env: &Env) -> i32 {
-    let Some(net) = env.net else {
+    let Some(nic) = RawNic::open(env.net) else {
         println!("cow-rewriter needs a virtual NIC (net = true)");
         return 2;
     };
-    let port: u16 = env.arg("port").and_then(|p| p.parse().ok()).unwrap_or(9);
-    let rounds: u32 = env.arg("rounds").and_then(|p| p.parse().ok()).unwrap_or(20);
-    // SAFETY: the kernel maps the shared page and the tx area at these addresses for guests
-    // with a NIC; this app is their only user (it does not open the smoltcp stack).
-    let shared = unsafe { &*(VNIC_SHARED_ADDR as *const VnicShared) };
-    let slot = (VNIC_TX_AREA_ADDR + TX_HEADROOM) as *mut u8;
-    let send = |frame: &[u8; FRAME_LEN]| -> u32 {
-        // SAFETY: slot 0 of the tx area, mapped read-write; frame fits in the slot.
-        unsafe { core::ptr::copy_nonoverlapping(frame.as_ptr(), slot, frame.len()) };
-        let index = shared.tx_producer.0.load(Acquire);
-        let desc = &shared.tx[(index % TX_RING_SIZE) as usize];
-        desc.addr.store(slot as u64, Release);
-        desc.len.store(frame.len() as u32, Release);
-        desc.status.store(DescStatus::Pending as u32, Release);
-        shared.tx_producer.0.store(index.wrapping_add(1), Release);
+    let arg = |key: &str, default: u32| env.arg(key).and_then(|p| p.parse().ok()).unwrap_or(default);
+    let port = arg("port", 9) as u16;
+    let rounds = arg("rounds", 20);
+    let max_payload = (nic.slot_size - TX_HEADROOM) as usize - HEADERS;
+    let max_payload = max_payload.min(usize::from(nic.config.mtu) - 28);
+    let size = (arg("size", TAG_LEN as u32) as usize).clamp(TAG_LEN, max_payload);
+    let spoofs = arg("spoof", 1);
+    let probe = env.arg("probe") == Some("stale-tlb");
+    let pages = nic.slot_size / PAGE;
+    let (mac, ip) = (nic.config.mac, nic.config.ipv4);
+    let mut frame = alloc::vec![0u8; HEADERS + size];
+    let mut scratch = alloc::vec![0u8; nic.slot_size as usize];
+    let mut original = alloc::vec![0u8; nic.slot_size as usize];
+    let second = tsc_hz();
+    let send = |slot: u32, frame: &[u8]| -> u32 {
+        nic.write_tx_slot(slot, frame);
+        let index = nic.tx_producer();
+        nic.write_tx_desc(index, nic.tx_frame_addr(slot), frame.len() as u32);
+        nic.set_tx_producer(index.wrapping_add(1));
         vi::vnic_tx_kick();
         index
     };
-    let wait_done = |index: u32| -> bool {
-        let deadline = ticks() + tsc_hz();
-        while shared.tx_consumer.0.load(Acquire).wrapping_sub(index) as i32 <= 0 {
-            if ticks() > deadline {
-                return false;
-            }
-            vi::idle_until(ticks() + tsc_hz() / 1000);
-        }
-        true
+    // Rewrites the slot's first page at once (header and tag): in flight, this write must fault.
+    let rewrite = |slot: u32, round: u32, buf: &mut [u8]| {
+        let len = build_frame(buf, SPOOFED_MAC, ip, port, TAG_LEN, "REWRITTEN", round);
+        nic.write_tx_slot(slot, &buf[..len]);
     };
-    let (mut in_flight_rewrites, mut failures) = (0u32, 0u32);
+    let (mut in_flight_rewrites, mut spoof_rejected, mut stale_reads, mut failures) = (0u32, 0u32, 0u32, 0u32);
     for round in 0..rounds {
-        let index = send(&build_frame(net.mac, net.ipv4, port, &payload("ORIGINAL", round)));
-        // Rewrite at once: payload and source MAC. In flight, so this write must fault.
-        if shared.tx_consumer.0.load(Acquire) == index {
-            in_flight_rewrites += 1;
+        let len = build_frame(&mut frame, mac, ip, port, size, "ORIGINAL", round);
+        let index = send(0, &frame[..len]);
+        let in_flight = nic.tx_consumer() == index;
+        if probe {
+            // Cache read-only translations of the other pages (they map the old frames).
+            for page in 1..pages {
+                read_slot(&nic, 0, page * PAGE, &mut scratch[..1]);
+            }
         }
-        let rewritten = build_frame(SPOOFED_MAC, net.ipv4, port, &payload("REWRITTEN", round));
-        // SAFETY: as in `send`.
-        unsafe { core::ptr::copy_nonoverlapping(rewritten.as_ptr(), slot, rewritten.len()) };
-        if !wait_done(index) {
+        rewrite(0, round, &mut scratch);
+        in_flight_rewrites += u32::from(in_flight);
+        if !nic.wait_tx_consumer(index.wrapping_add(1), second) {
             failures += 1;
+        }
+        if probe {
+            // The old frames are free now; have the kernel reuse them for a copy of slot 1.
+            let len = build_frame(&mut frame, mac, ip, port, size, "MARKER", round);
+            let marker = send(1, &frame[..len]);
+            let in_flight = nic.tx_consumer() == marker;
+            rewrite(1, round, &mut scratch);
+            in_flight_rewrites += u32::from(in_flight);
+            if !nic.wait_tx_consumer(marker.wrapping_add(1), second) {
+                failures += 1;
+            }
+            // Slot 0's other pages still hold the original frame (the rewrite touched page 0).
+            let len = build_frame(&mut original, mac, ip, port, size, "ORIGINAL", round);
+            let end = TX_HEADROOM + len as u64;
+            let mut stale = false;
+            for page in 1..pages {
+                let (start, stop) = (page * PAGE, ((page + 1) * PAGE).min(end));
+                if start >= stop {
+                    break;
+                }
+                let got = &mut scratch[..(stop - start) as usize];
+                read_slot(&nic, 0, start, got);
+                let want = &original[(start - TX_HEADROOM) as usize..(stop - TX_HEADROOM) as usize];
+                stale |= got != want;
+            }
+            if stale {
+                stale_reads += 1;
+                println!("cow-rewriter: round {round}: slot 0 reads back other bytes than it holds (stale TLB entry)");
+            }
         }
         // The slot now holds our rewrite; send a proper frame from it with new bytes.
-        let after = send(&build_frame(net.mac, net.ipv4, port, &payload("AFTER", round)));
-        if !wait_done(after) {
+        let len = build_frame(&mut frame, mac, ip, port, size, "AFTER", round);
+        let after = send(0, &frame[..len]);
+        if !nic.wait_tx_consumer(after.wrapping_add(1), second) || nic.tx_status(after) != Some(DescStatus::Done) {
             failures += 1;
         }
-        let status = DescStatus::from_u32(shared.tx[(after % TX_RING_SIZE) as usize].status.load(Acquire));
-        if status != Some(DescStatus::Done) {
-            failures += 1;
+        for _ in 0..spoofs {
+            let len = build_frame(&mut frame, SPOOFED_MAC, ip, port, size, "SPOOFED", round);
+            let spoof = send(2, &frame[..len]);
+            nic.wait_tx_consumer(spoof.wrapping_add(1), second);
+            match nic.tx_status(spoof) {
+                Some(DescStatus::RejectedSpoofedSource) => spoof_rejected += 1,
+                status => {
+                    failures += 1;
+                    println!("cow-rewriter: a spoofed frame ended {status:?}");
+                }
+            }
         }
     }
-    println!("cow-rewriter: {rounds} rounds, {in_flight_rewrites} rewrites while in flight, {failures} failures");
-    i32::from(failures > 0)
+    println!(
+        "hostile-report role=cow-rewriter rounds={rounds} size={size} in_flight_rewrites={in_flight_rewrites} \
+         spoof_rejected={spoof_rejected} stale_reads={stale_reads} failures={failures}"
+    );
+    i32::from(failures > 0 || stale_reads > 0)
 }
 
+extern crate alloc;
 guest_os::entry!(main);

@@ -36,7 +36,7 @@ fn bad_descriptors(env: &Env) -> i32 {
         ("in the headroom", VNIC_TX_AREA_ADDR, 60, DescStatus::RejectedBadDescriptor),
         ("spoofed source MAC", slot, 60, DescStatus::RejectedSpoofedSource),
     ];
-    let mut failures = 0;
+    let (mut failures, mut desc_rejected, mut spoof_rejected) = (0, 0, 0);
     for (what, addr, len, want) in cases {
         let index = shared.tx_producer.0.load(Acquire);
         let desc = &shared.tx[(index % TX_RING_SIZE) as usize];
@@ -46,6 +46,8 @@ fn bad_descriptors(env: &Env) -> i32 {
         shared.tx_producer.0.store(index.wrapping_add(1), Release);
         vi::vnic_tx_kick();
         let status = DescStatus::from_u32(desc.status.load(Acquire));
+        desc_rejected += u32::from(status == Some(DescStatus::RejectedBadDescriptor));
+        spoof_rejected += u32::from(status == Some(DescStatus::RejectedSpoofedSource));
         let ok = status == Some(want);
         failures += u32::from(!ok);
         println!("bad descriptor ({what}): {status:?} {}", if ok { "as expected" } else { "WRONG" });
@@ -59,6 +61,11 @@ fn bad_descriptors(env: &Env) -> i32 {
     println!("ring index beyond the ring: kernel took {taken} {}", if ok { "as expected" } else { "WRONG" });
     shared.tx_producer.0.store(consumer, Release);
     println!("hostile guest {} survived every bad descriptor; {failures} unexpected outcomes", env.id);
+    println!(
+        "hostile-report role=bad-descriptors desc_rejected={desc_rejected} spoof_rejected={spoof_rejected} \
+         index_rejected={} failures={failures}",
+        u32::from(taken == 0)
+    );
     i32::from(failures > 0)
 }
 

@@ -58,6 +58,9 @@ struct Guest {
     frame: TrapFrame,
     space: Option<AddressSpace>,
     cpu_ticks: u64,
+    /// Virtual instructions this guest issued: with `cpu_ticks`, what bounds the work of an
+    /// idle guest in the tests (a guest whose idle returned at once would issue thousands).
+    virtual_instructions: u64,
     /// CPU budget as the manifest states it, and in TSC ticks.
     cpu_budget_ms: u64,
     cpu_budget_ticks: Option<u64>,
@@ -254,6 +257,7 @@ pub fn boot(
             frame: TrapFrame::default(),
             space: None,
             cpu_ticks: 0,
+            virtual_instructions: 0,
             cpu_budget_ms: spec.cpu_budget_ms,
             cpu_budget_ticks: (spec.cpu_budget_ms > 0).then(|| spec.cpu_budget_ms * tsc_hz / 1000),
             expect: spec.expect,
@@ -592,6 +596,7 @@ fn general_protection(g: &mut Guests, id: GuestId, frame: &mut TrapFrame, now: u
 
 fn virtual_instruction(g: &mut Guests, id: GuestId, port: u16, frame: &mut TrapFrame, now: u64) -> Action {
     g.counters.virtual_instructions += 1;
+    g.list[id].virtual_instructions += 1;
     let Some(instruction) = Vi::from_port(port) else {
         frame.rax = vi::Error::Unsupported.code() as u64;
         return Action::Resume;
@@ -707,10 +712,12 @@ pub fn finish_run(why: &str) -> ! {
             all_met &= met;
             let verdict = if met { "as expected" } else { "EXPECTATION FAILED" };
             console_write_fmt(format_args!(
-                "summary: guest {id} {}: {summary}; expected {} ({verdict}); cpu {} ms\n",
+                "summary: guest {id} {}: {summary}; expected {} ({verdict}); cpu {} ms; cpu_us={} virtual_instructions={}\n",
                 guest.name,
                 guest.expect,
-                guest.cpu_ticks * 1000 / g.tsc_hz.max(1)
+                guest.cpu_ticks * 1000 / g.tsc_hz.max(1),
+                u128::from(guest.cpu_ticks) * 1_000_000 / u128::from(g.tsc_hz.max(1)),
+                guest.virtual_instructions
             ));
         }
     }
