@@ -26,6 +26,29 @@ pub enum TxMode {
     Cow,
 }
 
+/// What the x87/MMX/SSE unit is to guests (`fpu=` on the command line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FpuPolicy {
+    /// The unit is off (`CR0.EM`, no `CR4.OSFXSR`): any x87, MMX or SSE instruction traps and
+    /// the guest is stopped. Guests are built soft-float, so none needs it; nothing to switch.
+    #[default]
+    Fault,
+    /// Each guest has its own x87/MMX/SSE registers (an FXSAVE area), saved and restored on
+    /// every switch between guests.
+    Save,
+}
+
+impl FpuPolicy {
+    /// The command-line spelling.
+    pub fn name(self) -> &'static str {
+        let [fault, save] = keys::FPU_POLICIES;
+        match self {
+            FpuPolicy::Fault => fault,
+            FpuPolicy::Save => save,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelArgs {
     pub log_level: LevelFilter,
@@ -34,6 +57,7 @@ pub struct KernelArgs {
     pub tx_mode: TxMode,
     /// Per-packet stage stamps (benchmarks only).
     pub stamps: bool,
+    pub fpu: FpuPolicy,
 }
 
 impl Default for KernelArgs {
@@ -44,6 +68,7 @@ impl Default for KernelArgs {
             test_fault: None,
             tx_mode: TxMode::Copy,
             stamps: false,
+            fpu: FpuPolicy::Fault,
         }
     }
 }
@@ -121,6 +146,14 @@ pub fn parse(cmdline: &str) -> Result<KernelArgs, CmdlineError<'_>> {
                     _ => return Err(CmdlineError::BadValue { key, value, expected: "on or off" }),
                 };
             }
+            keys::FPU => {
+                let [fault, save] = keys::FPU_POLICIES;
+                args.fpu = match value {
+                    v if v == fault => FpuPolicy::Fault,
+                    v if v == save => FpuPolicy::Save,
+                    _ => return Err(CmdlineError::BadValue { key, value, expected: "fault or save" }),
+                };
+            }
             _ => return Err(CmdlineError::UnknownKey(key)),
         }
     }
@@ -150,6 +183,12 @@ mod tests {
         assert!(parse("stamps=on").unwrap().stamps);
         assert!(!parse("").unwrap().stamps);
         assert!(parse("stamps=yes").is_err());
+        assert_eq!(parse("fpu=save").unwrap().fpu, FpuPolicy::Save);
+        assert_eq!(parse("fpu=fault").unwrap().fpu, FpuPolicy::Fault);
+        assert_eq!(parse("").unwrap().fpu, FpuPolicy::Fault);
+        for policy in [FpuPolicy::Fault, FpuPolicy::Save] {
+            assert_eq!(parse(&format!("fpu={}", policy.name())).unwrap().fpu, policy);
+        }
     }
 
     #[test]
@@ -162,5 +201,6 @@ mod tests {
         assert!(matches!(parse("shutdown_after=3s"), Err(CmdlineError::BadValue { .. })));
         assert!(matches!(parse("test_fault=gp"), Err(CmdlineError::BadValue { .. })));
         assert!(matches!(parse("tx=zero"), Err(CmdlineError::BadValue { key: "tx", .. })));
+        assert!(matches!(parse("fpu=lazy"), Err(CmdlineError::BadValue { key: "fpu", expected: "fault or save", .. })));
     }
 }

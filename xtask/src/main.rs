@@ -163,6 +163,10 @@ struct RunArgs {
     /// Per-packet stage stamps in kernel and guests (for `bench dispatch`; off by default).
     #[arg(long)]
     stamps: bool,
+    /// What the x87/MMX/SSE unit is to guests: fault (stops the guest) or save (switched per
+    /// guest). Default: the image's `fpu`, else fault.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(keys::FPU_POLICIES))]
+    fpu: Option<String>,
     /// Record what crosses the physical NIC to this pcap file (opens in Wireshark/tshark).
     #[arg(long, value_name = "FILE")]
     pcap: Option<std::path::PathBuf>,
@@ -219,6 +223,7 @@ fn run(args: RunArgs) -> Result<()> {
     }
     let tx = args.tx.unwrap_or(image.manifest.kernel.tx);
     append += &format!(" {}={}", keys::TX, tx.name());
+    append += &format!(" {}={}", keys::FPU, args.fpu.as_deref().unwrap_or(&image.manifest.kernel.fpu));
     if args.stamps {
         append += &format!(" {}=on", keys::STAMPS);
     }

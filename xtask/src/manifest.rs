@@ -1,6 +1,7 @@
 //! Image manifests: `images/NAME.toml`. One file per bootable image.
 
 use anyhow::{bail, Context, Result};
+use hypercall_abi::cmdline::FPU_POLICIES;
 use hypercall_abi::initrd::{Expect, GuestSpec};
 use hypercall_abi::layout::MAX_HEAP_SIZE;
 use hypercall_abi::vnic::{NetConfig, MAX_MTU, MIN_MTU, MTU};
@@ -100,8 +101,8 @@ pub fn format_ip(ip: [u8; 4]) -> String {
 /// Broken ELF files `cargo xtask build` can make from `hello`, for loader tests.
 pub const CORRUPT_KINDS: [&str; 4] = ["truncated", "wrong-machine", "overlapping", "kernel-half"];
 /// Apps that are binaries of guest-os.
-pub const GUEST_APPS: [&str; 8] =
-    ["cow-rewriter", "hello", "hostile", "noop", "tx-flood", "udp-client", "udp-echo", "vi-bench"];
+pub const GUEST_APPS: [&str; 9] =
+    ["cow-rewriter", "fpu-probe", "hello", "hostile", "noop", "tx-flood", "udp-client", "udp-echo", "vi-bench"];
 /// Most guests one image may hold.
 pub const MAX_GUESTS: usize = 16384;
 
@@ -163,6 +164,14 @@ pub struct KernelSection {
     /// traffic and the tap network (QEMU's user network carries at most 1500).
     #[serde(default = "default_mtu")]
     pub mtu: u16,
+    /// What the x87/MMX/SSE unit is to guests: `fault` (the default) or `save` (the kernel's
+    /// `fpu=`; `--fpu` overrides it).
+    #[serde(default = "default_fpu")]
+    pub fpu: String,
+}
+
+fn default_fpu() -> String {
+    FPU_POLICIES[0].into()
 }
 
 fn default_mtu() -> u16 {
@@ -175,7 +184,13 @@ fn default_tx() -> crate::TxMode {
 
 impl Default for KernelSection {
     fn default() -> Self {
-        KernelSection { log: default_log(), memory_mib: default_memory_mib(), tx: default_tx(), mtu: default_mtu() }
+        KernelSection {
+            log: default_log(),
+            memory_mib: default_memory_mib(),
+            tx: default_tx(),
+            mtu: default_mtu(),
+            fpu: default_fpu(),
+        }
     }
 }
 
@@ -200,6 +215,9 @@ impl Manifest {
         }
         if !(MIN_MTU..=MAX_MTU).contains(&u64::from(manifest.kernel.mtu)) {
             bail!("kernel.mtu = {}: expected {MIN_MTU} to {MAX_MTU}", manifest.kernel.mtu);
+        }
+        if !FPU_POLICIES.contains(&manifest.kernel.fpu.as_str()) {
+            bail!("kernel.fpu = {:?}: expected one of {}", manifest.kernel.fpu, FPU_POLICIES.join(", "));
         }
         for group in &manifest.guests {
             if !app_is_known(&group.app) {
@@ -346,6 +364,8 @@ mod tests {
         assert!(Manifest::parse("description = \"x\"\nguests = 3").is_err(), "unknown key");
         assert!(Manifest::parse("description = \"x\"\n[kernel]\nlog = \"loud\"").is_err());
         assert!(Manifest::parse("description = \"x\"\n[kernel]\nmemory_mib = 1").is_err());
+        assert!(Manifest::parse("description = \"x\"\n[kernel]\nfpu = \"lazy\"").is_err());
+        assert_eq!(Manifest::parse("description = \"x\"\n[kernel]\nfpu = \"save\"").unwrap().kernel.fpu, "save");
         assert!(Manifest::parse("[kernel]\nlog = \"info\"").is_err(), "description is required");
     }
 
