@@ -16,7 +16,9 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use hypercall_abi::host::KernelExit;
-use hypercall_abi::initrd::{parse_config, Expect, GuestSpec, Record, APP_DIR, CONFIG_FILE};
+use hypercall_abi::initrd::{
+    cpu_budget_ticks, parse_config, Expect, GuestSpec, Record, APP_DIR, CONFIG_FILE, MAX_CPU_BUDGET_MS,
+};
 use hypercall_abi::layout::STACK_TOP;
 use hypercall_abi::vi::{self, Vi, MAX_CONSOLE_WRITE, NO_DEADLINE};
 use isolation_kernel::cpio::Archive;
@@ -221,9 +223,16 @@ pub fn boot(
         let app = apps.entry(spec.app).or_insert_with(|| load_app(&archive, spec.app));
         let start = cpu::rdtsc();
         let user_state = UserState::new();
-        let built = match app {
-            Ok(_) if user_state.is_none() => Err("no kernel memory for its floating-point state".to_string()),
-            Ok(app) => with_frames(|frames| {
+        let budget_ticks = match spec.cpu_budget_ms {
+            0 => Ok(None),
+            ms => cpu_budget_ticks(ms, tsc_hz)
+                .map(Some)
+                .ok_or_else(|| format!("cpu_budget_ms = {ms} is out of range: at most {MAX_CPU_BUDGET_MS}")),
+        };
+        let built = match (app, &budget_ticks) {
+            (Ok(_), _) if user_state.is_none() => Err("no kernel memory for its floating-point state".to_string()),
+            (Ok(_), Err(e)) => Err(e.clone()),
+            (Ok(app), Ok(_)) => with_frames(|frames| {
                 let mut loaded = loader::build_guest(id as u32, spec, app, tsc_hz, frames)
                     .map_err(|e| format!("cannot build its address space: {e}"))?;
                 let nic = match spec.net {
@@ -238,7 +247,7 @@ pub fn boot(
                 };
                 Ok((loaded, nic))
             }),
-            Err(e) => Err(e.clone()),
+            (Err(e), _) => Err(e.clone()),
         };
         let built = built.and_then(|(loaded, nic)| match g.net.add_guest(id, nic.as_ref()) {
             Ok(()) => Ok((loaded, nic)),
@@ -257,7 +266,7 @@ pub fn boot(
             space: None,
             cpu_ticks: 0,
             cpu_budget_ms: spec.cpu_budget_ms,
-            cpu_budget_ticks: (spec.cpu_budget_ms > 0).then(|| spec.cpu_budget_ms * tsc_hz / 1000),
+            cpu_budget_ticks: budget_ticks.ok().flatten(),
             expect: spec.expect,
             end: None,
             console: Vec::new(),
