@@ -29,6 +29,8 @@
 //! shutdown) or `any`. `cpu_budget_ms=0` means no CPU budget. `args` comes last and
 //! may contain spaces (not tabs).
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 use crate::vnic::{NetConfig, MAX_MTU, MIN_MTU, MTU};
 
 /// Path of the image config inside the archive.
@@ -303,7 +305,7 @@ fn bounded<'a>(
 pub fn parse_config(text: &str) -> impl Iterator<Item = Result<Record<'_>, ConfigError<'_>>> {
     let mut guests = 0usize;
     text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty() && !l.starts_with('#')).map(move |(index, l)| {
-        let line = index + 1;
+        let line = index.saturating_add(1); // 1-based; an index never reaches usize::MAX
         let mut fields = l.split('\t');
         match fields.next().unwrap_or("") {
             "image" => {
@@ -326,6 +328,7 @@ pub fn parse_config(text: &str) -> impl Iterator<Item = Result<Record<'_>, Confi
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 mod tests {
     extern crate std;
     use super::*;

@@ -2,6 +2,8 @@
 //! [`hypercall_abi::cmdline`]). Anything the kernel does not understand is an error that names
 //! the word, so a typo in a test's options fails loudly instead of being ignored.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 use hypercall_abi::cmdline as keys;
 use log::LevelFilter;
 
@@ -161,6 +163,7 @@ pub fn parse(cmdline: &str) -> Result<KernelArgs, CmdlineError<'_>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 

@@ -1,5 +1,7 @@
 //! Names of the x86 exception vectors, for fault reports.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 use crate::cmdline::FpuPolicy;
 use crate::vinstr::{fpu_use, FpuUse};
 
@@ -90,6 +92,7 @@ impl core::fmt::Display for PageFault {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 

@@ -7,6 +7,8 @@
 //! so they are hostile: any input gives a value, never a panic. Only what a ring-3 #GP can
 //! come from is decoded; everything else is [`GpInstruction::Other`].
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 /// The architectural limit: a longer instruction raises #GP itself.
 pub const MAX_INSTRUCTION_LEN: usize = 15;
 
@@ -133,13 +135,15 @@ pub fn decode_gp(bytes: &[u8]) -> Result<GpInstruction, DecodeError> {
     let Prefixed { index, operand_size, opcode } = skip_prefixes(bytes)?;
     let wide = if operand_size { 2 } else { 4 };
     let port_io = |direction, width, port, len| Ok(GpInstruction::PortIo(PortIo { direction, width, port, len }));
-    let after = index + 1;
+    // Indices stay below MAX_INSTRUCTION_LEN + 2 (`byte_at` refuses any beyond the limit), so
+    // the additions here and in `decode_0f` never saturate.
+    let after = index.saturating_add(1);
     match opcode {
         0xE4..=0xE7 => {
             let imm = byte_at(bytes, after)?;
             let direction = if opcode & 2 == 0 { Direction::In } else { Direction::Out };
             let width = if opcode & 1 == 0 { 1 } else { wide };
-            port_io(direction, width, PortOperand::Imm(imm), after + 1)
+            port_io(direction, width, PortOperand::Imm(imm), after.saturating_add(1))
         }
         0xEC..=0xEF => {
             let direction = if opcode & 2 == 0 { Direction::In } else { Direction::Out };
@@ -230,12 +234,12 @@ pub fn fpu_use(bytes: &[u8]) -> Option<FpuUse> {
 fn decode_0f(bytes: &[u8], index: usize) -> Result<GpInstruction, DecodeError> {
     let privileged = |p| Ok(GpInstruction::Privileged(p));
     match byte_at(bytes, index)? {
-        0x00 => match modrm(bytes, index + 1)? {
+        0x00 => match modrm(bytes, index.saturating_add(1))? {
             (_, 2, _) => privileged(Privileged::Lldt),
             (_, 3, _) => privileged(Privileged::Ltr),
             _ => Ok(GpInstruction::Other),
         },
-        0x01 => match modrm(bytes, index + 1)? {
+        0x01 => match modrm(bytes, index.saturating_add(1))? {
             (mode, 2, _) if mode != 3 => privileged(Privileged::Lgdt),
             (mode, 3, _) if mode != 3 => privileged(Privileged::Lidt),
             (_, 6, _) => privileged(Privileged::Lmsw),
@@ -270,6 +274,7 @@ fn byte_at(bytes: &[u8], index: usize) -> Result<u8, DecodeError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 
