@@ -113,7 +113,7 @@ impl fmt::Display for BadDescriptor {
 fn locate(addr: u64, base: u64, slots: u64, slot_size: u64) -> Option<(u64, u64)> {
     let within = addr.checked_sub(base)?;
     let size = slots.checked_mul(slot_size)?;
-    (within < size).then_some((within / slot_size, within % slot_size))
+    (within < size).then_some((within.checked_div(slot_size)?, within.checked_rem(slot_size)?))
 }
 
 /// Checks a tx descriptor with standard-MTU slots ([`SLOT_SIZE`]); see [`validate_tx_sized`].
@@ -165,6 +165,7 @@ pub fn validate_rx_sized(addr: u64, capacity: u32, slot_size: u64) -> Result<RxB
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
     use alloc::string::ToString;
