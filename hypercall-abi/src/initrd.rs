@@ -18,10 +18,18 @@
 //! `net=02:00:00:00:00:10,10.0.2.16/24,10.0.2.2`; the MTU defaults to 1500), placed before
 //! `args`.
 //!
+//! Every number has a limit, checked by the parser (and by `cargo xtask` when it writes the
+//! config): `heap_kib` at most [`MAX_HEAP_KIB`], `cpu_budget_ms` at most [`MAX_CPU_BUDGET_MS`],
+//! `args` at most [`MAX_ARGS_LEN`] bytes, at most [`MAX_GUESTS`] guest records; a value beyond
+//! its limit is an error naming the limit. [`heap_bytes`] and [`cpu_budget_ticks`] turn the
+//! numbers into what the kernel uses, with checked arithmetic.
+//!
 //! `expect` is `exit:<code>`, `stopped:<text the stop cause contains>`, `refused:<text the load
 //! error contains>` (the kernel must refuse to load the guest), `running` (still running at
 //! shutdown) or `any`. `cpu_budget_ms=0` means no CPU budget. `args` comes last and
 //! may contain spaces (not tabs).
+
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
 use crate::vnic::{NetConfig, MAX_MTU, MIN_MTU, MTU};
 
@@ -31,6 +39,36 @@ pub const CONFIG_FILE: &str = "image.cfg";
 pub const APP_DIR: &str = "bin/";
 /// Longest guest or image name.
 pub const MAX_NAME: usize = crate::boot_info::MAX_NAME_LEN;
+/// Longest `args`, in bytes: what the boot-info page holds.
+pub const MAX_ARGS_LEN: usize = crate::boot_info::MAX_ARGS_LEN;
+/// Largest `heap_kib`: [`MAX_HEAP_SIZE`](crate::layout::MAX_HEAP_SIZE) in KiB (1 GiB).
+pub const MAX_HEAP_KIB: u64 = crate::layout::MAX_HEAP_SIZE / BYTES_PER_KIB;
+/// Largest `cpu_budget_ms`: one day. With it, the budget in TSC ticks fits in 64 bits for any
+/// TSC frequency up to 213 GHz.
+pub const MAX_CPU_BUDGET_MS: u64 = 24 * 60 * 60 * 1000;
+/// Most guest records one image config may hold.
+pub const MAX_GUESTS: usize = 16_384;
+const BYTES_PER_KIB: u64 = 1024;
+const MILLIS_PER_SECOND: u128 = 1000;
+
+/// A guest's heap in bytes, from its `heap_kib`; `None` beyond [`MAX_HEAP_KIB`].
+pub fn heap_bytes(heap_kib: u64) -> Option<u64> {
+    if heap_kib > MAX_HEAP_KIB {
+        return None;
+    }
+    heap_kib.checked_mul(BYTES_PER_KIB)
+}
+
+/// A CPU budget in TSC ticks, from its `cpu_budget_ms` and the TSC frequency; `None` beyond
+/// [`MAX_CPU_BUDGET_MS`] or if the ticks do not fit in 64 bits.
+pub fn cpu_budget_ticks(budget_ms: u64, tsc_hz: u64) -> Option<u64> {
+    if budget_ms > MAX_CPU_BUDGET_MS {
+        return None;
+    }
+    // Two 64-bit factors cannot overflow 128 bits; the divisor is a non-zero constant.
+    let ticks = u128::from(budget_ms).checked_mul(u128::from(tsc_hz))?.checked_div(MILLIS_PER_SECOND)?;
+    u64::try_from(ticks).ok()
+}
 
 /// What a guest is expected to do, checked by the kernel when the run ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,9 +196,36 @@ pub enum Record<'a> {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConfigError<'a> {
-    UnknownRecord { line: usize, record: &'a str },
-    MissingField { line: usize, field: &'static str },
-    BadField { line: usize, field: &'a str },
+    UnknownRecord {
+        line: usize,
+        record: &'a str,
+    },
+    MissingField {
+        line: usize,
+        field: &'static str,
+    },
+    BadField {
+        line: usize,
+        field: &'a str,
+    },
+    /// A number beyond its limit (or beyond 64 bits).
+    TooLarge {
+        line: usize,
+        field: &'static str,
+        value: &'a str,
+        max: u64,
+    },
+    /// `args` longer than [`MAX_ARGS_LEN`].
+    ArgsTooLong {
+        line: usize,
+        len: usize,
+        max: usize,
+    },
+    /// A guest record beyond [`MAX_GUESTS`].
+    TooManyGuests {
+        line: usize,
+        max: usize,
+    },
 }
 
 impl core::fmt::Display for ConfigError<'_> {
@@ -169,11 +234,19 @@ impl core::fmt::Display for ConfigError<'_> {
             ConfigError::UnknownRecord { line, record } => write!(f, "line {line}: unknown record `{record}`"),
             ConfigError::MissingField { line, field } => write!(f, "line {line}: missing field `{field}`"),
             ConfigError::BadField { line, field } => write!(f, "line {line}: bad or unknown field `{field}`"),
+            ConfigError::TooLarge { line, field, value, max } => {
+                write!(f, "line {line}: `{field}={value}` is out of range: at most {max}")
+            }
+            ConfigError::ArgsTooLong { line, len, max } => {
+                write!(f, "line {line}: `args` is {len} bytes long: at most {max}")
+            }
+            ConfigError::TooManyGuests { line, max } => write!(f, "line {line}: more than {max} guests"),
         }
     }
 }
 
-fn valid_name(name: &str) -> bool {
+/// Whether `name` may name a guest or an image: 1 to [`MAX_NAME`] letters, digits, `-`, `_`, `.`.
+pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
@@ -188,10 +261,13 @@ fn parse_guest(line: usize, fields: core::str::Split<'_, char>) -> Result<GuestS
         match key {
             "name" if valid_name(value) => name = Some(value),
             "app" if valid_name(value) => app = Some(value),
-            "heap_kib" => heap_kib = Some(value.parse().map_err(|_| bad)?),
-            "cpu_budget_ms" => budget = Some(value.parse().map_err(|_| bad)?),
+            "heap_kib" => heap_kib = Some(bounded(line, field, "heap_kib", value, MAX_HEAP_KIB)?),
+            "cpu_budget_ms" => budget = Some(bounded(line, field, "cpu_budget_ms", value, MAX_CPU_BUDGET_MS)?),
             "expect" => expect = Some(Expect::parse(value).ok_or(bad)?),
             "net" => net = Some(parse_net(value).ok_or(bad)?),
+            "args" if value.len() > MAX_ARGS_LEN => {
+                return Err(ConfigError::ArgsTooLong { line, len: value.len(), max: MAX_ARGS_LEN })
+            }
             "args" => args = Some(value),
             _ => return Err(bad),
         }
@@ -208,10 +284,28 @@ fn parse_guest(line: usize, fields: core::str::Split<'_, char>) -> Result<GuestS
     })
 }
 
+/// The decimal number `value` of `field` (`name=value`), at most `max`.
+fn bounded<'a>(
+    line: usize,
+    field: &'a str,
+    name: &'static str,
+    value: &'a str,
+    max: u64,
+) -> Result<u64, ConfigError<'a>> {
+    let too_large = ConfigError::TooLarge { line, field: name, value, max };
+    match value.parse::<u64>() {
+        Ok(number) if number <= max => Ok(number),
+        Ok(_) => Err(too_large),
+        Err(e) if *e.kind() == core::num::IntErrorKind::PosOverflow => Err(too_large),
+        Err(_) => Err(ConfigError::BadField { line, field }),
+    }
+}
+
 /// The records of an image config, in order; each line's error names its line number (1-based).
 pub fn parse_config(text: &str) -> impl Iterator<Item = Result<Record<'_>, ConfigError<'_>>> {
-    text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty() && !l.starts_with('#')).map(|(index, l)| {
-        let line = index + 1;
+    let mut guests = 0usize;
+    text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty() && !l.starts_with('#')).map(move |(index, l)| {
+        let line = index.saturating_add(1); // 1-based; an index never reaches usize::MAX
         let mut fields = l.split('\t');
         match fields.next().unwrap_or("") {
             "image" => {
@@ -221,17 +315,25 @@ pub fn parse_config(text: &str) -> impl Iterator<Item = Result<Record<'_>, Confi
                     _ => Err(ConfigError::BadField { line, field }),
                 }
             }
-            "guest" => parse_guest(line, fields).map(Record::Guest),
+            "guest" => {
+                guests = guests.saturating_add(1);
+                if guests > MAX_GUESTS {
+                    return Err(ConfigError::TooManyGuests { line, max: MAX_GUESTS });
+                }
+                parse_guest(line, fields).map(Record::Guest)
+            }
             record => Err(ConfigError::UnknownRecord { line, record }),
         }
     })
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 mod tests {
     extern crate std;
     use super::*;
-    use std::string::ToString;
+    use std::format;
+    use std::string::{String, ToString};
     use std::vec::Vec;
 
     #[test]
@@ -293,6 +395,82 @@ mod tests {
         ] {
             assert_eq!(parse_net(bad), None, "{bad}");
         }
+    }
+
+    /// A guest line with `field` set to `value` (and the required fields otherwise).
+    fn guest_line(field: &str, value: &str) -> String {
+        let mut line = "guest\tname=g\tapp=a\theap_kib=64".to_string();
+        if field == "heap_kib" {
+            line = "guest\tname=g\tapp=a".to_string();
+        }
+        line + &format!("\t{field}={value}")
+    }
+
+    fn parse_one(line: &str) -> Result<GuestSpec<'_>, ConfigError<'_>> {
+        match parse_config(line).next() {
+            Some(Ok(Record::Guest(spec))) => Ok(spec),
+            Some(Err(e)) => Err(e),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn numbers_are_bounded_with_the_limit_in_the_message() {
+        for (field, max) in [("heap_kib", MAX_HEAP_KIB), ("cpu_budget_ms", MAX_CPU_BUDGET_MS)] {
+            let at_limit = guest_line(field, &max.to_string());
+            let spec = parse_one(&at_limit).unwrap();
+            assert_eq!(if field == "heap_kib" { spec.heap_kib } else { spec.cpu_budget_ms }, max);
+            let beyond = (max + 1).to_string();
+            let line = guest_line(field, &beyond);
+            let error = parse_one(&line).unwrap_err();
+            assert_eq!(error, ConfigError::TooLarge { line: 1, field, value: &beyond, max });
+            assert_eq!(error.to_string(), format!("line 1: `{field}={beyond}` is out of range: at most {max}"));
+            // Beyond 64 bits, and the value that once wrapped to 1 KiB (2^54 + 1 KiB).
+            for huge in ["18446744073709551616", "18014398509481985"] {
+                let line = guest_line(field, huge);
+                assert!(matches!(parse_one(&line), Err(ConfigError::TooLarge { max: m, .. }) if m == max), "{huge}");
+            }
+            let line = guest_line(field, "-1");
+            assert!(matches!(parse_one(&line), Err(ConfigError::BadField { .. })));
+        }
+        assert_eq!(MAX_HEAP_KIB, 1 << 20);
+        assert_eq!(MAX_CPU_BUDGET_MS, 86_400_000);
+    }
+
+    #[test]
+    fn args_are_bounded_by_the_boot_info_page() {
+        let longest = "x".repeat(MAX_ARGS_LEN);
+        assert_eq!(parse_one(&guest_line("args", &longest)).unwrap().args, longest);
+        let too_long = "x".repeat(MAX_ARGS_LEN + 1);
+        let line = guest_line("args", &too_long);
+        let error = parse_one(&line).unwrap_err();
+        assert_eq!(error, ConfigError::ArgsTooLong { line: 1, len: MAX_ARGS_LEN + 1, max: MAX_ARGS_LEN });
+        assert_eq!(error.to_string(), "line 1: `args` is 1025 bytes long: at most 1024");
+    }
+
+    #[test]
+    fn guest_records_are_bounded() {
+        let line = "guest\tname=g\tapp=a\theap_kib=4\n";
+        let at_limit = line.repeat(MAX_GUESTS);
+        assert!(parse_config(&at_limit).all(|r| r.is_ok()));
+        let beyond = line.repeat(MAX_GUESTS + 1);
+        let errors: Vec<_> = parse_config(&beyond).filter_map(Result::err).collect();
+        assert_eq!(errors, [ConfigError::TooManyGuests { line: MAX_GUESTS + 1, max: MAX_GUESTS }]);
+        assert_eq!(errors[0].to_string(), "line 16385: more than 16384 guests");
+    }
+
+    #[test]
+    fn budgets_and_heaps_convert_with_checked_arithmetic() {
+        assert_eq!(heap_bytes(MAX_HEAP_KIB), Some(crate::layout::MAX_HEAP_SIZE));
+        assert_eq!(heap_bytes(MAX_HEAP_KIB + 1), None);
+        assert_eq!(heap_bytes((1 << 54) + 1), None, "once wrapped to 1 KiB");
+        assert_eq!(heap_bytes(u64::MAX), None);
+        assert_eq!(cpu_budget_ticks(200, 2_500_000_000), Some(500_000_000));
+        assert_eq!(cpu_budget_ticks(MAX_CPU_BUDGET_MS, 2_500_000_000), Some(216_000_000_000_000));
+        assert_eq!(cpu_budget_ticks(MAX_CPU_BUDGET_MS + 1, 1), None);
+        // The limit keeps 64 bits for TSCs up to 213 GHz; beyond, the ticks do not fit.
+        assert!(cpu_budget_ticks(MAX_CPU_BUDGET_MS, 213_000_000_000).is_some());
+        assert_eq!(cpu_budget_ticks(MAX_CPU_BUDGET_MS, u64::MAX), None);
     }
 
     #[test]

@@ -92,6 +92,12 @@ pub mod cmdline {
     pub const TX: &str = "tx";
     /// Per-packet stage stamps: `on` or `off` (the default; a normal run pays nothing).
     pub const STAMPS: &str = "stamps";
+    /// What the x87/MMX/SSE unit is to guests (see [`FPU_POLICIES`]).
+    pub const FPU: &str = "fpu";
+    /// Values accepted by [`FPU`]: `fault` (the default; guests are built soft-float, so any
+    /// x87, MMX or SSE instruction stops the guest) or `save` (each guest has its own x87/MMX/SSE
+    /// registers, saved and restored by the kernel on every switch between guests).
+    pub const FPU_POLICIES: [&str; 2] = ["fault", "save"];
     /// Prefix of the line the kernel prints with its counters, as `name=value` pairs.
     pub const STATS_PREFIX: &str = "stats:";
     /// What the `stats:` line covers: `totals` (the default: guests' own counters summed) or

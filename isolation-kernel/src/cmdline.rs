@@ -2,6 +2,8 @@
 //! [`hypercall_abi::cmdline`]). Anything the kernel does not understand is an error that names
 //! the word, so a typo in a test's options fails loudly instead of being ignored.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 use hypercall_abi::cmdline as keys;
 use log::LevelFilter;
 
@@ -26,6 +28,29 @@ pub enum TxMode {
     Cow,
 }
 
+/// What the x87/MMX/SSE unit is to guests (`fpu=` on the command line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FpuPolicy {
+    /// The unit is off (`CR0.EM`, no `CR4.OSFXSR`): any x87, MMX or SSE instruction traps and
+    /// the guest is stopped. Guests are built soft-float, so none needs it; nothing to switch.
+    #[default]
+    Fault,
+    /// Each guest has its own x87/MMX/SSE registers (an FXSAVE area), saved and restored on
+    /// every switch between guests.
+    Save,
+}
+
+impl FpuPolicy {
+    /// The command-line spelling.
+    pub fn name(self) -> &'static str {
+        let [fault, save] = keys::FPU_POLICIES;
+        match self {
+            FpuPolicy::Fault => fault,
+            FpuPolicy::Save => save,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelArgs {
     pub log_level: LevelFilter,
@@ -36,6 +61,7 @@ pub struct KernelArgs {
     pub stamps: bool,
     /// A line of each guest's own counters after every `stats:` line (`stats=per-guest`).
     pub stats_per_guest: bool,
+    pub fpu: FpuPolicy,
 }
 
 impl Default for KernelArgs {
@@ -47,6 +73,7 @@ impl Default for KernelArgs {
             tx_mode: TxMode::Copy,
             stamps: false,
             stats_per_guest: false,
+            fpu: FpuPolicy::Fault,
         }
     }
 }
@@ -132,6 +159,14 @@ pub fn parse(cmdline: &str) -> Result<KernelArgs, CmdlineError<'_>> {
                     _ => return Err(CmdlineError::BadValue { key, value, expected: "totals or per-guest" }),
                 };
             }
+            keys::FPU => {
+                let [fault, save] = keys::FPU_POLICIES;
+                args.fpu = match value {
+                    v if v == fault => FpuPolicy::Fault,
+                    v if v == save => FpuPolicy::Save,
+                    _ => return Err(CmdlineError::BadValue { key, value, expected: "fault or save" }),
+                };
+            }
             _ => return Err(CmdlineError::UnknownKey(key)),
         }
     }
@@ -139,6 +174,7 @@ pub fn parse(cmdline: &str) -> Result<KernelArgs, CmdlineError<'_>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 
@@ -165,6 +201,12 @@ mod tests {
         assert!(!parse("stats=totals").unwrap().stats_per_guest);
         assert!(!parse("").unwrap().stats_per_guest);
         assert!(matches!(parse("stats=all"), Err(CmdlineError::BadValue { key: "stats", .. })));
+        assert_eq!(parse("fpu=save").unwrap().fpu, FpuPolicy::Save);
+        assert_eq!(parse("fpu=fault").unwrap().fpu, FpuPolicy::Fault);
+        assert_eq!(parse("").unwrap().fpu, FpuPolicy::Fault);
+        for policy in [FpuPolicy::Fault, FpuPolicy::Save] {
+            assert_eq!(parse(&format!("fpu={}", policy.name())).unwrap().fpu, policy);
+        }
     }
 
     #[test]
@@ -177,5 +219,6 @@ mod tests {
         assert!(matches!(parse("shutdown_after=3s"), Err(CmdlineError::BadValue { .. })));
         assert!(matches!(parse("test_fault=gp"), Err(CmdlineError::BadValue { .. })));
         assert!(matches!(parse("tx=zero"), Err(CmdlineError::BadValue { key: "tx", .. })));
+        assert!(matches!(parse("fpu=lazy"), Err(CmdlineError::BadValue { key: "fpu", expected: "fault or save", .. })));
     }
 }

@@ -8,6 +8,8 @@
 //! the NUL-terminated name padded so that header and name end on a 4-byte boundary, then the
 //! file data padded to a 4-byte boundary. The archive ends with an entry named `TRAILER!!!`.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 /// Magic at the start of every "newc" header.
 pub const MAGIC: &[u8; 6] = b"070701";
 /// Size of an entry header.
@@ -154,8 +156,8 @@ fn read_entry(bytes: &[u8], offset: usize) -> Result<(Entry<'_>, usize), CpioErr
     }
     let header = rest.get(..HEADER_SIZE).ok_or(truncated)?;
     let field = |index: usize| -> Result<u32, CpioError> {
-        let start = MAGIC.len() + index * 8;
-        let digits = header.get(start..start + 8).ok_or(truncated)?;
+        let start = index.checked_mul(8).and_then(|at| at.checked_add(MAGIC.len())).ok_or(truncated)?;
+        let digits = header.get(start..start.checked_add(8).ok_or(truncated)?).ok_or(truncated)?;
         parse_hex(digits).ok_or(CpioError::BadHeader { offset })
     };
     // Check every field, even those we do not use, so a corrupt header is noticed.
@@ -205,6 +207,7 @@ fn parse_hex(digits: &[u8]) -> Option<u32> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 

@@ -6,6 +6,8 @@
 //! ([`IMAGE_BASE`]..[`IMAGE_LIMIT`]), inside the file, and on pages no other segment touches,
 //! plus an entry point that lies in executable memory.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 use hypercall_abi::layout::{IMAGE_BASE, IMAGE_LIMIT, PAGE_SIZE};
 
 /// Most loadable segments a guest image may have (linkers emit three or four).
@@ -199,12 +201,16 @@ pub fn parse(bytes: &[u8]) -> Result<ElfImage, ElfError> {
         if let Some(slot) = indices.get_mut(image.count) {
             *slot = index;
         }
-        image.count += 1;
+        // Below `segments.len()` (the slot above exists), so this never saturates.
+        image.count = image.count.saturating_add(1);
     }
     if image.count == 0 {
         return Err(ElfError::NoSegments);
     }
-    let entry_ok = image.segments().iter().any(|s| s.executable && entry >= s.vaddr && entry - s.vaddr < s.mem_size);
+    let entry_ok = image
+        .segments()
+        .iter()
+        .any(|s| s.executable && entry.checked_sub(s.vaddr).is_some_and(|offset| offset < s.mem_size));
     if !entry_ok {
         return Err(ElfError::EntryNotExecutable(entry));
     }
@@ -259,6 +265,7 @@ fn u64_at(bytes: &[u8], offset: usize) -> Option<u64> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 

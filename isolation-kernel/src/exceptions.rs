@@ -1,5 +1,10 @@
 //! Names of the x86 exception vectors, for fault reports.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
+use crate::cmdline::FpuPolicy;
+use crate::vinstr::{fpu_use, FpuUse};
+
 /// Vectors 0..=31 with the mnemonic and a short description; reserved vectors are `None`.
 pub fn exception_name(vector: u64) -> Option<(&'static str, &'static str)> {
     Some(match vector {
@@ -37,6 +42,25 @@ pub const fn pushes_error_code(vector: u64) -> bool {
     matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)
 }
 
+/// Stop cause of a guest that used the x87/MMX/SSE unit under `fpu=fault`.
+pub const FPU_FAULT_CAUSE: &str = "floating-point/SIMD instruction (x87/MMX/SSE is not available to guests)";
+/// Stop cause of a guest that used AVX or XSAVE (under either policy): no guest has that state.
+pub const AVX_CAUSE: &str = "SIMD instruction beyond SSE (AVX/XSAVE state is not available to guests)";
+
+/// The stop cause of a guest's `#NM` (7) or `#UD` (6) when a floating-point or SIMD instruction
+/// raised it, from the bytes at its RIP; `None` when the vector's own name says it better.
+pub fn fpu_stop_cause(vector: u64, instruction: &[u8], policy: FpuPolicy) -> Option<&'static str> {
+    let off = policy == FpuPolicy::Fault;
+    match (vector, fpu_use(instruction)) {
+        (6 | 7, Some(FpuUse::Avx)) => Some(AVX_CAUSE),
+        // With CR0.EM set, every #NM is an x87 instruction (or fxsave) meeting the switched-off
+        // unit, even where the bytes cannot be read back.
+        (7, _) if off => Some(FPU_FAULT_CAUSE),
+        (6, Some(_)) if off => Some(FPU_FAULT_CAUSE),
+        _ => None,
+    }
+}
+
 /// A page fault described for a log line, from the error code the CPU pushed and CR2.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PageFault {
@@ -68,6 +92,7 @@ impl core::fmt::Display for PageFault {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 
@@ -79,6 +104,28 @@ mod tests {
         assert_eq!(kernel.to_string(), "page fault: write at 0xffff800000100000 (protection violation, kernel half)");
         let fetch = PageFault { error_code: 0x15, address: 0x1000_0000 };
         assert_eq!(fetch.to_string(), "page fault: instruction fetch at 0x10000000 (protection violation)");
+    }
+
+    #[test]
+    fn floating_point_traps_are_named_by_policy() {
+        const FNINIT: &[u8] = &[0xDB, 0xE3];
+        const MOVQ_MM0_RAX: &[u8] = &[0x48, 0x0F, 0x6E, 0xC0];
+        const MOVQ_XMM0_RAX: &[u8] = &[0x66, 0x48, 0x0F, 0x6E, 0xC0];
+        const VADDPS: &[u8] = &[0xC5, 0xF8, 0x58, 0xC0];
+        const UD2: &[u8] = &[0x0F, 0x0B];
+        let fault = FpuPolicy::Fault;
+        assert_eq!(fpu_stop_cause(7, FNINIT, fault), Some(FPU_FAULT_CAUSE));
+        assert_eq!(fpu_stop_cause(7, &[], fault), Some(FPU_FAULT_CAUSE));
+        assert_eq!(fpu_stop_cause(6, MOVQ_MM0_RAX, fault), Some(FPU_FAULT_CAUSE));
+        assert_eq!(fpu_stop_cause(6, MOVQ_XMM0_RAX, fault), Some(FPU_FAULT_CAUSE));
+        assert_eq!(fpu_stop_cause(6, VADDPS, fault), Some(AVX_CAUSE));
+        assert_eq!(fpu_stop_cause(6, UD2, fault), None);
+        assert_eq!(fpu_stop_cause(13, FNINIT, fault), None);
+        let save = FpuPolicy::Save;
+        assert_eq!(fpu_stop_cause(6, VADDPS, save), Some(AVX_CAUSE));
+        assert_eq!(fpu_stop_cause(6, MOVQ_XMM0_RAX, save), None, "an SSE #UD under save is the CPU's");
+        assert_eq!(fpu_stop_cause(7, FNINIT, save), None);
+        assert_eq!(fpu_stop_cause(6, UD2, save), None);
     }
 
     #[test]

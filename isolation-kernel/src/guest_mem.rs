@@ -7,6 +7,8 @@
 //! is known to be mapped with the needed access. The check holds as long as the map does not
 //! change; the kernel validates and uses a slice within one hypercall, with the guest stopped.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 use hypercall_abi::layout::{PAGE_SIZE, USER_LIMIT};
 
 /// Most regions a guest map holds (a guest has a handful: boot info, image segments, heap,
@@ -127,11 +129,14 @@ impl GuestMemoryMap {
             return Err(MapError::Full);
         }
         let at = self.regions().iter().take_while(|r| r.end <= start).count();
-        self.regions.copy_within(at..self.len, at + 1);
-        if let Some(slot) = self.regions.get_mut(at) {
+        // Shift the regions from `at` up by one (the unused entry at `len` comes round to `at`).
+        let Some(tail) = self.regions.get_mut(at..=self.len) else { return Err(MapError::Full) };
+        tail.rotate_right(1);
+        if let Some(slot) = tail.first_mut() {
             *slot = Region { start, end, access };
         }
-        self.len += 1;
+        // Below MAX_REGIONS (checked above), so this never saturates.
+        self.len = self.len.saturating_add(1);
         Ok(())
     }
 
@@ -229,7 +234,7 @@ impl ValidSlice {
 
     /// One past the last byte (cannot overflow: validated slices lie below `USER_LIMIT`).
     pub const fn end(&self) -> u64 {
-        self.addr + self.len
+        self.addr.saturating_add(self.len)
     }
 }
 
@@ -290,6 +295,7 @@ pub fn readable_prefix(map: &GuestMemoryMap, addr: u64, max_len: u64, need: Acce
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 

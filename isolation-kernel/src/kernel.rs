@@ -121,6 +121,15 @@ pub extern "C" fn kernel_entry(start_info_phys: u64) -> ! {
     setup_memory(&info);
     calibrate_and_start_timer();
     log_cpu();
+    arch::user_state::init(args.fpu).unwrap_or_else(|e| fail(format_args!("{e}")));
+    log::info!(
+        "fpu: {} ({})",
+        args.fpu.name(),
+        match args.fpu {
+            cmdline::FpuPolicy::Fault => "x87/MMX/SSE instructions stop the guest",
+            cmdline::FpuPolicy::Save => "each guest has its own x87/MMX/SSE registers, switched with it",
+        }
+    );
 
     if let Some(fault) = args.test_fault {
         trigger_test_fault(fault);

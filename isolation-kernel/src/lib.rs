@@ -20,5 +20,6 @@ pub mod memmap;
 pub mod pvh;
 pub mod sched;
 pub mod stats;
+pub mod user_state;
 pub mod vinstr;
 pub mod vnet;

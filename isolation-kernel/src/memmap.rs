@@ -5,6 +5,8 @@
 //! entry says "usable" and no entry says anything else; usable ranges are shrunk to whole 4 KiB
 //! frames. Storage is fixed-size because this runs before the kernel has a heap.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 /// Size of a physical frame.
 pub const FRAME_SIZE: u64 = 4096;
 /// Most disjoint ranges a [`RegionSet`] holds. Real maps have a dozen.
@@ -56,7 +58,7 @@ pub struct Range {
 
 impl Range {
     pub fn len(&self) -> u64 {
-        self.end - self.start
+        self.end.saturating_sub(self.start)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -72,6 +74,7 @@ pub struct TooFragmented;
 #[derive(Clone, Debug)]
 pub struct RegionSet {
     ranges: [Range; MAX_REGIONS],
+    /// How many entries of `ranges` are in use (at most [`MAX_REGIONS`]).
     len: usize,
 }
 
@@ -87,12 +90,41 @@ impl RegionSet {
     }
 
     pub fn ranges(&self) -> &[Range] {
-        &self.ranges[..self.len]
+        self.ranges.get(..self.len).unwrap_or(&[])
     }
 
     /// Total bytes in the set.
     pub fn total(&self) -> u64 {
         self.ranges().iter().map(Range::len).sum()
+    }
+
+    /// Puts `range` at `at`, moving the ranges from `at` up by one; refused when the set is full.
+    fn insert_at(&mut self, at: usize, range: Range) -> Result<(), TooFragmented> {
+        // `at..=len` exists only while `len < MAX_REGIONS`; its last entry is unused.
+        let tail = self.ranges.get_mut(at..=self.len).ok_or(TooFragmented)?;
+        tail.rotate_right(1);
+        if let Some(slot) = tail.first_mut() {
+            *slot = range;
+        }
+        self.len = self.len.checked_add(1).ok_or(TooFragmented)?;
+        Ok(())
+    }
+
+    /// Removes `count` ranges from `at`, moving those after them down.
+    fn remove_at(&mut self, at: usize, count: usize) {
+        if let Some(tail) = self.ranges.get_mut(at..self.len) {
+            let count = count.min(tail.len());
+            tail.rotate_left(count);
+            // `count` is at most the tail's length, so at most `len`.
+            self.len = self.len.saturating_sub(count);
+        }
+    }
+
+    /// Overwrites the range at `index` (in use).
+    fn set(&mut self, index: usize, range: Range) {
+        if let Some(slot) = self.ranges.get_mut(..self.len).and_then(|used| used.get_mut(index)) {
+            *slot = range;
+        }
     }
 
     /// Adds `[start, end)`, merging with any range it overlaps or touches.
@@ -104,21 +136,21 @@ impl RegionSet {
         // Ranges strictly before the new one, and those it overlaps or touches.
         let first = self.ranges().iter().take_while(|r| r.end < start).count();
         let mut last = first;
-        while last < self.len && self.ranges[last].start <= end {
-            start = start.min(self.ranges[last].start);
-            end = end.max(self.ranges[last].end);
-            last += 1;
-        }
-        let merged = last - first;
-        if merged == 0 && self.len == MAX_REGIONS {
-            return Err(TooFragmented);
+        while let Some(r) = self.ranges().get(last).copied().filter(|r| r.start <= end) {
+            start = start.min(r.start);
+            end = end.max(r.end);
+            // `last` indexes a range in use: below `len`.
+            last = last.saturating_add(1);
         }
         // Replace ranges[first..last] with the one merged range.
-        let new_len = self.len + 1 - merged;
-        self.ranges.copy_within(last..self.len, first + 1);
-        self.ranges[first] = Range { start, end };
-        self.len = new_len;
-        Ok(())
+        match last.saturating_sub(first).checked_sub(1) {
+            None => self.insert_at(first, Range { start, end }),
+            Some(extra) => {
+                self.set(first, Range { start, end });
+                self.remove_at(first.saturating_add(1), extra);
+                Ok(())
+            }
+        }
     }
 
     /// Removes `[start, end)` from the set, splitting a range if needed.
@@ -126,37 +158,32 @@ impl RegionSet {
         if end <= start {
             return Ok(());
         }
-        let mut index = 0;
-        while index < self.len {
-            let r = self.ranges[index];
+        // `index` stays below `len`, and `len` below MAX_REGIONS: the additions never saturate.
+        let mut index = 0usize;
+        while let Some(r) = self.ranges().get(index).copied() {
             if r.end <= start || r.start >= end {
-                index += 1;
+                index = index.saturating_add(1);
                 continue;
             }
             let left = Range { start: r.start, end: start.max(r.start) };
             let right = Range { start: end.min(r.end), end: r.end };
             match (left.is_empty(), right.is_empty()) {
-                (true, true) => {
-                    self.ranges.copy_within(index + 1..self.len, index);
-                    self.len -= 1;
-                }
+                (true, true) => self.remove_at(index, 1),
                 (false, true) => {
-                    self.ranges[index] = left;
-                    index += 1;
+                    self.set(index, left);
+                    index = index.saturating_add(1);
                 }
                 (true, false) => {
-                    self.ranges[index] = right;
-                    index += 1;
+                    self.set(index, right);
+                    index = index.saturating_add(1);
                 }
                 (false, false) => {
                     if self.len == MAX_REGIONS {
                         return Err(TooFragmented);
                     }
-                    self.ranges.copy_within(index + 1..self.len, index + 2);
-                    self.ranges[index] = left;
-                    self.ranges[index + 1] = right;
-                    self.len += 1;
-                    index += 2;
+                    self.set(index, left);
+                    self.insert_at(index.saturating_add(1), right)?;
+                    index = index.saturating_add(2);
                 }
             }
         }
@@ -165,14 +192,18 @@ impl RegionSet {
 
     /// Shrinks every range inward to whole frames and drops those left empty.
     pub fn align_to_frames(&mut self) {
-        let mut kept = 0;
+        let mut kept = 0usize;
         for index in 0..self.len {
-            let r = self.ranges[index];
+            let Some(r) = self.ranges.get(index).copied() else { break };
             let start = r.start.checked_next_multiple_of(FRAME_SIZE).unwrap_or(u64::MAX);
-            let end = r.end - r.end % FRAME_SIZE;
+            // The remainder is at most `end`: never saturates.
+            let end = r.end.saturating_sub(r.end % FRAME_SIZE);
             if start < end {
-                self.ranges[kept] = Range { start, end };
-                kept += 1;
+                if let Some(slot) = self.ranges.get_mut(kept) {
+                    *slot = Range { start, end };
+                }
+                // `kept` <= `index` < `len`.
+                kept = kept.saturating_add(1);
             }
         }
         self.len = kept;
@@ -202,6 +233,7 @@ pub fn usable_memory(map: &[RawRegion], low_limit: u64) -> Result<RegionSet, Too
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 
@@ -284,5 +316,46 @@ mod tests {
         assert_eq!(ranges(&set), vec![(0, 0x1000), (0x2000, 0x8000), (0x28000, 0x30000)]);
         set.remove(0, u64::MAX).unwrap();
         assert!(set.ranges().is_empty());
+    }
+
+    /// Random inserts and removes against a model of one flag per unit: the set always covers
+    /// exactly the model's units, sorted, disjoint and not touching, and refuses only when full.
+    #[test]
+    fn random_inserts_and_removes_match_a_model() {
+        const UNITS: usize = 600;
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |bound: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % bound
+        };
+        for _ in 0..20 {
+            let mut set = RegionSet::new();
+            let mut model = [false; UNITS];
+            for _ in 0..300 {
+                let start = next(UNITS as u64);
+                let end = (start + next(12)).min(UNITS as u64);
+                let before = set.clone();
+                let insert = next(3) != 0;
+                let result = if insert { set.insert(start, end) } else { set.remove(start, end) };
+                if result.is_err() {
+                    assert_eq!(set.ranges().len(), MAX_REGIONS);
+                    if insert {
+                        assert_eq!(set.ranges(), before.ranges(), "a refused insert changes nothing");
+                    }
+                    set = before;
+                    continue;
+                }
+                for unit in start..end {
+                    model[unit as usize] = insert;
+                }
+                let covered: Vec<bool> =
+                    (0..UNITS as u64).map(|u| set.ranges().iter().any(|r| r.start <= u && u < r.end)).collect();
+                assert_eq!(covered, model.to_vec());
+                assert!(set.ranges().windows(2).all(|w| w[0].end < w[1].start));
+                assert!(set.ranges().iter().all(|r| r.start < r.end));
+            }
+        }
     }
 }

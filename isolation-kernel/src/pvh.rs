@@ -7,6 +7,8 @@
 //! field from the loader is treated as untrusted: a read outside what the reader can reach, a
 //! wrong magic or an oversized table is an error, never a panic.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 use crate::memmap::{MemoryKind, RawRegion};
 
 /// `hvm_start_info.magic`: "xEn3" with the high bit of the first byte set.
@@ -91,25 +93,24 @@ pub struct StartInfo {
 impl StartInfo {
     /// The memory map as the loader gave it (unsorted, possibly overlapping).
     pub fn memory_map(&self) -> &[RawRegion] {
-        &self.memmap[..self.memmap_len]
+        self.memmap.get(..self.memmap_len).unwrap_or(&self.memmap)
     }
 
     /// The boot modules, in the loader's order.
     pub fn modules(&self) -> &[Module] {
-        &self.modules[..self.module_count]
+        self.modules.get(..self.module_count).unwrap_or(&self.modules)
     }
 }
 
+/// The little-endian word at `offset` (every caller passes an offset inside its fixed-size
+/// buffer; beyond it, the word reads as 0).
 fn u32_at(bytes: &[u8], offset: usize) -> u32 {
-    let mut word = [0u8; 4];
-    word.copy_from_slice(&bytes[offset..offset + 4]);
-    u32::from_le_bytes(word)
+    u32::from_le_bytes(bytes.get(offset..).and_then(<[u8]>::first_chunk).copied().unwrap_or_default())
 }
 
+/// As [`u32_at`], 64 bits.
 fn u64_at(bytes: &[u8], offset: usize) -> u64 {
-    let mut word = [0u8; 8];
-    word.copy_from_slice(&bytes[offset..offset + 8]);
-    u64::from_le_bytes(word)
+    u64::from_le_bytes(bytes.get(offset..).and_then(<[u8]>::first_chunk).copied().unwrap_or_default())
 }
 
 fn read_exact(mem: &impl PhysRead, phys: u64, buf: &mut [u8], what: &'static str) -> Result<(), StartInfoError> {
@@ -158,22 +159,22 @@ pub fn parse_start_info(mem: &impl PhysRead, phys: u64) -> Result<StartInfo, Sta
     if nr_modules as usize > MAX_MODULES {
         return Err(StartInfoError::TooManyModules(nr_modules));
     }
-    for index in 0..nr_modules as usize {
+    for (index, slot) in info.modules.iter_mut().take(nr_modules as usize).enumerate() {
         let mut entry = [0u8; MODLIST_ENTRY_SIZE];
         let at = entry_address(modlist_phys, index, MODLIST_ENTRY_SIZE, "module list")?;
         read_exact(mem, at, &mut entry, "module list")?;
-        info.modules[index] = Module { phys: u64_at(&entry, 0), size: u64_at(&entry, 8) };
+        *slot = Module { phys: u64_at(&entry, 0), size: u64_at(&entry, 8) };
     }
     info.module_count = nr_modules as usize;
 
     if memmap_entries as usize > MAX_MEMMAP_ENTRIES {
         return Err(StartInfoError::TooManyMemmapEntries(memmap_entries));
     }
-    for index in 0..memmap_entries as usize {
+    for (index, slot) in info.memmap.iter_mut().take(memmap_entries as usize).enumerate() {
         let mut entry = [0u8; MEMMAP_ENTRY_SIZE];
         let at = entry_address(memmap_phys, index, MEMMAP_ENTRY_SIZE, "memory map")?;
         read_exact(mem, at, &mut entry, "memory map")?;
-        info.memmap[index] = RawRegion {
+        *slot = RawRegion {
             start: u64_at(&entry, 0),
             size: u64_at(&entry, 8),
             kind: MemoryKind::from_e820(u32_at(&entry, 16)),
@@ -201,11 +202,11 @@ fn cmdline_length(mem: &impl PhysRead, phys: u64) -> Result<usize, StartInfoErro
             read_exact(mem, at, &mut chunk[..1], "command line")?;
             1
         };
-        if let Some(nul) = chunk[..step].iter().position(|&b| b == 0) {
-            let len = scanned + nul;
-            return if len <= MAX_CMDLINE_LEN { Ok(len + 1) } else { Err(StartInfoError::BadCmdline) };
+        if let Some(nul) = chunk.get(..step).unwrap_or(&chunk).iter().position(|&b| b == 0) {
+            let len = scanned.checked_add(nul).filter(|&len| len <= MAX_CMDLINE_LEN);
+            return len.and_then(|len| len.checked_add(1)).ok_or(StartInfoError::BadCmdline);
         }
-        scanned += step;
+        scanned = scanned.checked_add(step).ok_or(StartInfoError::BadCmdline)?;
     }
     Err(StartInfoError::BadCmdline)
 }
@@ -219,11 +220,12 @@ pub fn read_cmdline<'b>(
     let (phys, len_with_nul) = cmdline;
     let text = buf.get_mut(..len_with_nul).ok_or(StartInfoError::BadCmdline)?;
     read_exact(mem, phys, text, "command line")?;
-    let without_nul = &text[..len_with_nul - 1];
+    let without_nul = len_with_nul.checked_sub(1).and_then(|len| text.get(..len)).ok_or(StartInfoError::BadCmdline)?;
     core::str::from_utf8(without_nul).map_err(|_| StartInfoError::BadCmdline)
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 

@@ -7,6 +7,8 @@
 //! so they are hostile: any input gives a value, never a panic. Only what a ring-3 #GP can
 //! come from is decoded; everything else is [`GpInstruction::Other`].
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 /// The architectural limit: a longer instruction raises #GP itself.
 pub const MAX_INSTRUCTION_LEN: usize = 15;
 
@@ -130,30 +132,18 @@ pub fn decode_gp(bytes: &[u8]) -> Result<GpInstruction, DecodeError> {
         return Err(DecodeError::Empty);
     }
     let bytes = bytes.get(..MAX_INSTRUCTION_LEN).unwrap_or(bytes);
-    // Legacy prefixes in any order, and REX. A REX that is not directly before the opcode is
-    // ignored by the CPU, so skipping it wherever it appears gives the same meaning; REX never
-    // changes what is decoded here (REX.W does not widen port I/O beyond 32 bits).
-    let mut index = 0;
-    let mut operand_size = false;
-    let opcode = loop {
-        let byte = byte_at(bytes, index)?;
-        match byte {
-            0x66 => operand_size = true,
-            0x67 | 0xF0 | 0xF2 | 0xF3 | 0x2E | 0x36 | 0x3E | 0x26 | 0x64 | 0x65 => {}
-            0x40..=0x4F => {}
-            _ => break byte,
-        }
-        index += 1;
-    };
+    let Prefixed { index, operand_size, opcode } = skip_prefixes(bytes)?;
     let wide = if operand_size { 2 } else { 4 };
     let port_io = |direction, width, port, len| Ok(GpInstruction::PortIo(PortIo { direction, width, port, len }));
-    let after = index + 1;
+    // Indices stay below MAX_INSTRUCTION_LEN + 2 (`byte_at` refuses any beyond the limit), so
+    // the additions here and in `decode_0f` never saturate.
+    let after = index.saturating_add(1);
     match opcode {
         0xE4..=0xE7 => {
             let imm = byte_at(bytes, after)?;
             let direction = if opcode & 2 == 0 { Direction::In } else { Direction::Out };
             let width = if opcode & 1 == 0 { 1 } else { wide };
-            port_io(direction, width, PortOperand::Imm(imm), after + 1)
+            port_io(direction, width, PortOperand::Imm(imm), after.saturating_add(1))
         }
         0xEC..=0xEF => {
             let direction = if opcode & 2 == 0 { Direction::In } else { Direction::Out };
@@ -169,16 +159,87 @@ pub fn decode_gp(bytes: &[u8]) -> Result<GpInstruction, DecodeError> {
     }
 }
 
+/// The prefixes of an instruction skipped: where its opcode byte sits and what it is.
+struct Prefixed {
+    index: usize,
+    /// Whether an operand-size prefix (66) was among the prefixes.
+    operand_size: bool,
+    opcode: u8,
+}
+
+/// Skips legacy prefixes in any order, and REX. A REX that is not directly before the opcode is
+/// ignored by the CPU, so skipping it wherever it appears gives the same meaning; REX never
+/// changes what is decoded here (REX.W does not widen port I/O beyond 32 bits).
+#[inline(always)]
+fn skip_prefixes(bytes: &[u8]) -> Result<Prefixed, DecodeError> {
+    let mut operand_size = false;
+    for (index, &byte) in bytes.iter().enumerate().take(MAX_INSTRUCTION_LEN) {
+        match byte {
+            0x66 => operand_size = true,
+            0x67 | 0xF0 | 0xF2 | 0xF3 | 0x2E | 0x36 | 0x3E | 0x26 | 0x64 | 0x65 => {}
+            0x40..=0x4F => {}
+            opcode => return Ok(Prefixed { index, operand_size, opcode }),
+        }
+    }
+    Err(if bytes.len() >= MAX_INSTRUCTION_LEN { DecodeError::TooLong } else { DecodeError::Truncated })
+}
+
+/// The floating-point or SIMD unit an instruction needs: how the kernel names a guest's `#NM`
+/// or `#UD` (see [`fpu_use`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FpuUse {
+    /// x87: the escape opcodes D8..DF, and `fwait`.
+    X87,
+    /// MMX or SSE: the SIMD opcodes of the 0F map (and its 0F 38 / 0F 3A extensions), `emms`,
+    /// 3DNow!, and `fxsave`/`fxrstor`/`ldmxcsr`/`stmxcsr`.
+    MmxSse,
+    /// AVX and later (VEX or EVEX encoded) and `xsave`/`xrstor`: state beyond what FXSAVE holds,
+    /// which no guest is given.
+    Avx,
+}
+
+/// Which floating-point or SIMD unit the instruction at the start of `bytes` uses, if any.
+/// Only names a trap's cause, so undecodable bytes are simply `None`.
+pub fn fpu_use(bytes: &[u8]) -> Option<FpuUse> {
+    let Prefixed { index, opcode, .. } = skip_prefixes(bytes).ok()?;
+    let next = |skip: usize| index.checked_add(skip).and_then(|at| bytes.get(at)).copied();
+    match opcode {
+        0xD8..=0xDF | 0x9B => Some(FpuUse::X87),
+        // In 64-bit mode C4/C5 are always VEX and 62 always EVEX (LES, LDS and BOUND are gone).
+        0xC4 | 0xC5 | 0x62 => Some(FpuUse::Avx),
+        0x0F => match next(1)? {
+            0x0E | 0x0F | 0x10..=0x17 | 0x28..=0x2F | 0x50..=0x7F | 0xC2 | 0xC4..=0xC6 | 0xD0..=0xFE => {
+                Some(FpuUse::MmxSse)
+            }
+            // 0F 38 F0.. and 0F 3A F0.. are integer instructions (movbe, crc32, adcx, ...).
+            0x38 | 0x3A => (next(2)? < 0xF0).then_some(FpuUse::MmxSse),
+            // 0F AE: memory forms /0../3 are fxsave, fxrstor, ldmxcsr, stmxcsr; /4 and /5 are
+            // xsave and xrstor; register forms are fences and fs/gs-base instructions.
+            0xAE => {
+                let modrm = next(2)?;
+                match (modrm >> 6, (modrm >> 3) & 7) {
+                    (3, _) => None,
+                    (_, 0..=3) => Some(FpuUse::MmxSse),
+                    (_, 4 | 5) => Some(FpuUse::Avx),
+                    _ => None,
+                }
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// The two-byte opcodes; `index` is where the byte after 0F sits.
 fn decode_0f(bytes: &[u8], index: usize) -> Result<GpInstruction, DecodeError> {
     let privileged = |p| Ok(GpInstruction::Privileged(p));
     match byte_at(bytes, index)? {
-        0x00 => match modrm(bytes, index + 1)? {
+        0x00 => match modrm(bytes, index.saturating_add(1))? {
             (_, 2, _) => privileged(Privileged::Lldt),
             (_, 3, _) => privileged(Privileged::Ltr),
             _ => Ok(GpInstruction::Other),
         },
-        0x01 => match modrm(bytes, index + 1)? {
+        0x01 => match modrm(bytes, index.saturating_add(1))? {
             (mode, 2, _) if mode != 3 => privileged(Privileged::Lgdt),
             (mode, 3, _) if mode != 3 => privileged(Privileged::Lidt),
             (_, 6, _) => privileged(Privileged::Lmsw),
@@ -213,6 +274,7 @@ fn byte_at(bytes: &[u8], index: usize) -> Result<u8, DecodeError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 
@@ -441,6 +503,47 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn floating_point_and_simd_instructions_are_named() {
+        use FpuUse::{Avx, MmxSse, X87};
+        let cases: [(&[u8], Option<FpuUse>); 30] = [
+            (&[0xDB, 0xE3], Some(X87)),                            // fninit
+            (&[0xDF, 0x28], Some(X87)),                            // fild qword [rax]
+            (&[0xDF, 0x38], Some(X87)),                            // fistp qword [rax]
+            (&[0xD9, 0x28], Some(X87)),                            // fldcw [rax]
+            (&[0x9B], Some(X87)),                                  // fwait
+            (&[0x48, 0x0F, 0x6E, 0xC0], Some(MmxSse)),             // movq mm0, rax
+            (&[0x48, 0x0F, 0x7E, 0xC0], Some(MmxSse)),             // movq rax, mm0
+            (&[0x0F, 0x77], Some(MmxSse)),                         // emms
+            (&[0x66, 0x48, 0x0F, 0x6E, 0xC0], Some(MmxSse)),       // movq xmm0, rax
+            (&[0x66, 0x4C, 0x0F, 0x6E, 0xF8], Some(MmxSse)),       // movq xmm15, rax
+            (&[0x0F, 0x28, 0xC1], Some(MmxSse)),                   // movaps xmm0, xmm1
+            (&[0xF2, 0x0F, 0x58, 0xC1], Some(MmxSse)),             // addsd xmm0, xmm1
+            (&[0x66, 0x0F, 0xEF, 0xC0], Some(MmxSse)),             // pxor xmm0, xmm0
+            (&[0x66, 0x0F, 0x38, 0x00, 0xC1], Some(MmxSse)),       // pshufb xmm0, xmm1
+            (&[0x66, 0x0F, 0x3A, 0x22, 0xC0, 0x01], Some(MmxSse)), // pinsrd xmm0, eax, 1
+            (&[0x0F, 0xAE, 0x00], Some(MmxSse)),                   // fxsave [rax]
+            (&[0x48, 0x0F, 0xAE, 0x08], Some(MmxSse)),             // fxrstor64 [rax]
+            (&[0x0F, 0xAE, 0x10], Some(MmxSse)),                   // ldmxcsr [rax]
+            (&[0x0F, 0xAE, 0x20], Some(Avx)),                      // xsave [rax]
+            (&[0xC5, 0xF8, 0x58, 0xC0], Some(Avx)),                // vaddps xmm0, xmm0, xmm0
+            (&[0x62, 0xF1, 0x7C, 0x48, 0x58, 0xC0], Some(Avx)),    // vaddps zmm0, zmm0, zmm0
+            (&[0x0F, 0x0B], None),                                 // ud2
+            (&[0x0F, 0xAE, 0xE8], None),                           // lfence
+            (&[0xF3, 0x48, 0x0F, 0xAE, 0xD0], None),               // wrfsbase rax
+            (&[0x0F, 0x31], None),                                 // rdtsc
+            (&[0xF2, 0x0F, 0x38, 0xF1, 0xC0], None),               // crc32 eax, eax
+            (&[0x8E, 0xD8], None),                                 // mov ds, ax
+            (&[0x90], None),
+            (&[0x66, 0x0F], None), // truncated
+            (&[], None),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(fpu_use(bytes), want, "{bytes:02x?}");
+        }
+        assert_eq!(fpu_use(&[0x66; 20]), None);
     }
 
     #[test]

@@ -187,6 +187,10 @@ struct RunArgs {
     /// After each `stats:` line, one line of each guest's own counters (`stats=per-guest`).
     #[arg(long)]
     per_guest_stats: bool,
+    /// What the x87/MMX/SSE unit is to guests: fault (stops the guest) or save (switched per
+    /// guest). Default: the image's `fpu`, else fault.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(keys::FPU_POLICIES))]
+    fpu: Option<String>,
     /// Record what crosses the physical NIC to this pcap file (opens in Wireshark/tshark).
     #[arg(long, value_name = "FILE")]
     pcap: Option<std::path::PathBuf>,
@@ -247,6 +251,7 @@ fn run(args: RunArgs) -> Result<()> {
     }
     let tx = args.tx.unwrap_or(image.manifest.kernel.tx);
     append += &format!(" {}={}", keys::TX, tx.name());
+    append += &format!(" {}={}", keys::FPU, args.fpu.as_deref().unwrap_or(&image.manifest.kernel.fpu));
     if args.stamps {
         append += &format!(" {}=on", keys::STAMPS);
     }

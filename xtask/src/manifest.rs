@@ -1,8 +1,10 @@
 //! Image manifests: `images/NAME.toml`. One file per bootable image.
 
 use anyhow::{bail, Context, Result};
-use hypercall_abi::initrd::{Expect, GuestSpec};
-use hypercall_abi::layout::MAX_HEAP_SIZE;
+use hypercall_abi::cmdline::FPU_POLICIES;
+use hypercall_abi::initrd::{
+    valid_name, Expect, GuestSpec, MAX_ARGS_LEN, MAX_CPU_BUDGET_MS, MAX_GUESTS, MAX_HEAP_KIB, MAX_NAME,
+};
 use hypercall_abi::vnic::{NetConfig, MAX_MTU, MIN_MTU, MTU};
 use serde::Deserialize;
 use std::collections::BTreeSet;
@@ -104,10 +106,18 @@ pub fn format_ip(ip: [u8; 4]) -> String {
 /// Broken ELF files `cargo xtask build` can make from `hello`, for loader tests.
 pub const CORRUPT_KINDS: [&str; 4] = ["truncated", "wrong-machine", "overlapping", "kernel-half"];
 /// Apps that are binaries of guest-os.
-pub const GUEST_APPS: [&str; 9] =
-    ["cow-rewriter", "hello", "hostile", "noop", "ring-hostile", "tx-flood", "udp-client", "udp-echo", "vi-bench"];
-/// Most guests one image may hold.
-pub const MAX_GUESTS: usize = 16384;
+pub const GUEST_APPS: [&str; 10] = [
+    "cow-rewriter",
+    "fpu-probe",
+    "hello",
+    "hostile",
+    "noop",
+    "ring-hostile",
+    "tx-flood",
+    "udp-client",
+    "udp-echo",
+    "vi-bench",
+];
 
 fn one() -> u32 {
     1
@@ -167,6 +177,14 @@ pub struct KernelSection {
     /// traffic and the tap network (QEMU's user network carries at most 1500).
     #[serde(default = "default_mtu")]
     pub mtu: u16,
+    /// What the x87/MMX/SSE unit is to guests: `fault` (the default) or `save` (the kernel's
+    /// `fpu=`; `--fpu` overrides it).
+    #[serde(default = "default_fpu")]
+    pub fpu: String,
+}
+
+fn default_fpu() -> String {
+    FPU_POLICIES[0].into()
 }
 
 fn default_mtu() -> u16 {
@@ -179,7 +197,13 @@ fn default_tx() -> crate::TxMode {
 
 impl Default for KernelSection {
     fn default() -> Self {
-        KernelSection { log: default_log(), memory_mib: default_memory_mib(), tx: default_tx(), mtu: default_mtu() }
+        KernelSection {
+            log: default_log(),
+            memory_mib: default_memory_mib(),
+            tx: default_tx(),
+            mtu: default_mtu(),
+            fpu: default_fpu(),
+        }
     }
 }
 
@@ -205,6 +229,9 @@ impl Manifest {
         if !(MIN_MTU..=MAX_MTU).contains(&u64::from(manifest.kernel.mtu)) {
             bail!("kernel.mtu = {}: expected {MIN_MTU} to {MAX_MTU}", manifest.kernel.mtu);
         }
+        if !FPU_POLICIES.contains(&manifest.kernel.fpu.as_str()) {
+            bail!("kernel.fpu = {:?}: expected one of {}", manifest.kernel.fpu, FPU_POLICIES.join(", "));
+        }
         for group in &manifest.guests {
             if !app_is_known(&group.app) {
                 bail!(
@@ -221,29 +248,40 @@ impl Manifest {
                     group.expect
                 );
             }
-            if group.heap_kib % 4 != 0 || group.heap_kib * 1024 > MAX_HEAP_SIZE {
+            if group.heap_kib % 4 != 0 || group.heap_kib > MAX_HEAP_KIB {
                 bail!(
-                    "guest `{}`: heap_kib = {} must be a multiple of 4 and at most {}",
+                    "guest `{}`: heap_kib = {} must be a multiple of 4 and at most {MAX_HEAP_KIB}",
                     group.app,
-                    group.heap_kib,
-                    MAX_HEAP_SIZE / 1024
+                    group.heap_kib
                 );
             }
-            if group.args.contains(['\t', '\n']) {
-                bail!("guest `{}`: args may not contain tabs or newlines", group.app);
+            if group.cpu_budget_ms > MAX_CPU_BUDGET_MS {
+                bail!(
+                    "guest `{}`: cpu_budget_ms = {} is out of range: at most {MAX_CPU_BUDGET_MS}",
+                    group.app,
+                    group.cpu_budget_ms
+                );
+            }
+            if group.args.contains(['\t', '\n']) || group.expect.contains(['\t', '\n']) {
+                bail!("guest `{}`: args and expect may not contain tabs or newlines", group.app);
             }
         }
-        let guests = manifest.expand(&NetPlan::USER)?;
-        if guests.len() > MAX_GUESTS {
-            bail!("{} guests: at most {MAX_GUESTS}", guests.len());
+        // Counted before expanding, so that a huge count is refused without being expanded.
+        let total = manifest.guests.iter().try_fold(0u64, |n, g| n.checked_add(u64::from(g.count)));
+        if total.is_none_or(|n| n > MAX_GUESTS as u64) {
+            bail!("{} guests: at most {MAX_GUESTS}", total.map_or("too many".into(), |n| n.to_string()));
         }
+        let guests = manifest.expand(&NetPlan::USER)?;
         let mut names = BTreeSet::new();
         for guest in &guests {
             if !names.insert(guest.name.as_str()) {
                 bail!("two guests are named `{}`", guest.name);
             }
-            if guest.name.len() > hypercall_abi::initrd::MAX_NAME {
-                bail!("guest name `{}` is too long", guest.name);
+            if !valid_name(&guest.name) {
+                bail!("guest name `{}` is not 1 to {MAX_NAME} letters, digits, `-`, `_` or `.`", guest.name);
+            }
+            if guest.args.len() > MAX_ARGS_LEN {
+                bail!("guest `{}`: args are {} bytes long: at most {MAX_ARGS_LEN}", guest.name, guest.args.len());
             }
         }
         Ok(manifest)
@@ -258,6 +296,9 @@ impl Manifest {
         for group in &self.guests {
             let base = group.name.clone().unwrap_or_else(|| group.app.clone());
             for i in 0..group.count {
+                if group.net && net_index == MAX_NET_GUESTS {
+                    bail!("more than {MAX_NET_GUESTS} guests with a NIC: at most {MAX_NET_GUESTS}");
+                }
                 let net = group.net.then(|| {
                     net_index += 1;
                     plan.config(net_index - 1, self.kernel.mtu)
@@ -272,9 +313,6 @@ impl Manifest {
                     net,
                 });
             }
-        }
-        if net_index > MAX_NET_GUESTS {
-            bail!("{net_index} guests with a NIC: at most {MAX_NET_GUESTS}");
         }
         let addresses: Vec<(String, Option<NetConfig>)> = guests.iter().map(|g| (g.name.clone(), g.net)).collect();
         for guest in &mut guests {
@@ -357,6 +395,8 @@ mod tests {
         assert!(Manifest::parse("description = \"x\"\nguests = 3").is_err(), "unknown key");
         assert!(Manifest::parse("description = \"x\"\n[kernel]\nlog = \"loud\"").is_err());
         assert!(Manifest::parse("description = \"x\"\n[kernel]\nmemory_mib = 1").is_err());
+        assert!(Manifest::parse("description = \"x\"\n[kernel]\nfpu = \"lazy\"").is_err());
+        assert_eq!(Manifest::parse("description = \"x\"\n[kernel]\nfpu = \"save\"").unwrap().kernel.fpu, "save");
         assert!(Manifest::parse("[kernel]\nlog = \"info\"").is_err(), "description is required");
     }
 
@@ -420,12 +460,77 @@ mod tests {
         );
     }
 
+    /// A manifest with one hello guest whose group has `line` added.
+    fn with_guest_line(line: &str) -> Result<Manifest> {
+        Manifest::parse(&format!("description = \"x\"\n[[guest]]\napp = \"hello\"\n{line}\n"))
+    }
+
+    fn refusal(line: &str) -> String {
+        format!("{:#}", with_guest_line(line).expect_err(line))
+    }
+
+    #[test]
+    fn image_config_numbers_are_bounded_with_the_limit_in_the_message() {
+        // At the limit: accepted, and the config it becomes parses in the kernel's parser.
+        let m = with_guest_line(&format!("heap_kib = {MAX_HEAP_KIB}\ncpu_budget_ms = {MAX_CPU_BUDGET_MS}")).unwrap();
+        let guests = m.expand(&NetPlan::USER).unwrap();
+        let config = m.image_config("t", &guests);
+        let records: Vec<_> = hypercall_abi::initrd::parse_config(&config).collect::<Result<_, _>>().unwrap();
+        assert!(matches!(records[1], hypercall_abi::initrd::Record::Guest(spec)
+            if spec.heap_kib == MAX_HEAP_KIB && spec.cpu_budget_ms == MAX_CPU_BUDGET_MS));
+        // One beyond (and the value that once wrapped to 1 KiB): refused, naming the limit.
+        for heap in [MAX_HEAP_KIB + 4, (1 << 54) + 4] {
+            let error = refusal(&format!("heap_kib = {heap}"));
+            assert!(
+                error.ends_with(&format!("heap_kib = {heap} must be a multiple of 4 and at most 1048576")),
+                "{error}"
+            );
+        }
+        let error = refusal(&format!("cpu_budget_ms = {}", MAX_CPU_BUDGET_MS + 1));
+        assert!(error.ends_with("cpu_budget_ms = 86400001 is out of range: at most 86400000"), "{error}");
+        // args: at most what the boot-info page holds, counted after placeholders expand.
+        assert!(with_guest_line(&format!("args = \"{}\"", "x".repeat(MAX_ARGS_LEN))).is_ok());
+        let error = refusal(&format!("args = \"{}\"", "x".repeat(MAX_ARGS_LEN + 1)));
+        assert!(error.ends_with("args are 1025 bytes long: at most 1024"), "{error}");
+        let error = refusal(&format!("args = \"{}{{i}}\"", "x".repeat(MAX_ARGS_LEN)));
+        assert!(error.ends_with("args are 1025 bytes long: at most 1024"), "{error}");
+        assert!(refusal("expect = \"stopped:a\\tb\"").contains("tabs or newlines"));
+    }
+
+    #[test]
+    fn guest_counts_and_names_are_bounded() {
+        assert!(with_guest_line(&format!("count = {MAX_GUESTS}\nheap_kib = 4")).is_ok());
+        let error = refusal(&format!("count = {}", MAX_GUESTS + 1));
+        assert!(error.ends_with("16385 guests: at most 16384"), "{error}");
+        let error = format!(
+            "{:#}",
+            Manifest::parse(&format!(
+                "description = \"x\"\n[[guest]]\napp = \"hello\"\nname = \"a\"\ncount = {}\n[[guest]]\napp = \"hello\"\ncount = {}",
+                u32::MAX,
+                u32::MAX
+            ))
+            .unwrap_err()
+        );
+        assert!(error.ends_with("guests: at most 16384"), "{error}");
+        let longest = "n".repeat(MAX_NAME);
+        assert!(with_guest_line(&format!("name = \"{longest}\"")).is_ok());
+        assert!(refusal(&format!("name = \"{longest}n\"")).contains("is not 1 to 64 letters"));
+        assert!(refusal("name = \"a b\"").contains("is not 1 to 64 letters"));
+        // Guests with a NIC: at most MAX_NET_GUESTS, refused before an address would wrap.
+        assert!(with_guest_line(&format!("count = {MAX_NET_GUESTS}\nnet = true")).is_ok());
+        let error = refusal(&format!("count = {}\nnet = true", MAX_NET_GUESTS + 1));
+        assert!(error.ends_with("at most 200"), "{error}");
+        let error = refusal("count = 300\nnet = true");
+        assert!(error.ends_with("at most 200"), "{error}");
+    }
+
     #[test]
     fn every_manifest_in_the_repository_parses() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images");
         let names = image_names(&dir).unwrap();
         assert!(names.contains(&"empty".to_string()));
         for name in names {
+            assert!(valid_name(&name), "image name `{name}`");
             Manifest::load(&manifest_path(&dir, &name)).unwrap();
         }
     }

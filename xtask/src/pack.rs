@@ -141,6 +141,12 @@ pub fn pack_image(name: &str, artifacts: &Artifacts, plan: NetPlan) -> Result<Im
         let known = image_names(&images_dir())?.join(", ");
         bail!("no image named `{name}` (images/{name}.toml does not exist); images: {known}");
     }
+    if !hypercall_abi::initrd::valid_name(name) {
+        bail!(
+            "image name `{name}` is not 1 to {} letters, digits, `-`, `_` or `.` (the kernel reads it from {CONFIG_FILE})",
+            hypercall_abi::initrd::MAX_NAME
+        );
+    }
     let manifest = Manifest::load(&source)?;
     let dir = workspace_root().join("target/images").join(name);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -2,6 +2,8 @@
 //! timeout; a failing test prints the kernel's console log.
 
 use crate::checks;
+#[path = "tests_isolation.rs"]
+mod isolation;
 use crate::manifest::NetPlan;
 use crate::pack::{self, Image};
 use crate::qemu::{self, Accel, NetBackend, Outcome, QemuConfig, Session};
@@ -57,6 +59,8 @@ const QEMU_TESTS: &[QemuTest] = &[
     QemuTest { name: "hello_16_guests_tcg", run: hello_tcg },
     QemuTest { name: "hello_16_guests_kvm", run: hello_kvm },
     QemuTest { name: "chaos_hostile_guests_isolated_tcg", run: chaos_tcg },
+    QemuTest { name: "fpu_state_isolated_fault_tcg", run: |ctx| isolation::fpu_state_isolated(ctx, "fault") },
+    QemuTest { name: "fpu_state_isolated_save_tcg", run: |ctx| isolation::fpu_state_isolated(ctx, "save") },
     QemuTest { name: "udp_echo_user_network_copy_tcg", run: |ctx| udp_echo_user_network(ctx, TxMode::Copy) },
     QemuTest { name: "udp_echo_user_network_cow_tcg", run: |ctx| udp_echo_user_network(ctx, TxMode::Cow) },
     QemuTest { name: "udp_guest_to_guest_copy_tcg", run: |ctx| udp_guest_to_guest(ctx, TxMode::Copy, "udp-g2g") },

@@ -9,3 +9,4 @@ pub mod lapic;
 pub mod pic;
 pub mod trap;
 pub mod tsc;
+pub mod user_state;

@@ -11,7 +11,7 @@
 use super::space::{fill_frame, zero_frame, AddressSpace, SpaceError};
 use alloc::vec::Vec;
 use hypercall_abi::boot_info::BootInfo;
-use hypercall_abi::initrd::GuestSpec;
+use hypercall_abi::initrd::{heap_bytes, GuestSpec};
 use hypercall_abi::layout::{BOOT_INFO_ADDR, HEAP_BASE, PAGE_SIZE, STACK_SIZE, STACK_TOP};
 use isolation_kernel::elf::{self, ElfError, ElfImage, Segment};
 use isolation_kernel::frame_alloc::FrameAllocator;
@@ -144,7 +144,7 @@ fn populate(
     }
 
     // Boot info: read-only for the guest.
-    let heap_bytes = spec.heap_kib.checked_mul(1024).ok_or(SpaceError::BadMapping(HEAP_BASE))?;
+    let heap_bytes = heap_bytes(spec.heap_kib).ok_or(SpaceError::HeapTooLarge(spec.heap_kib))?;
     let info = BootInfo {
         abi_version: hypercall_abi::ABI_VERSION,
         guest_id: id,

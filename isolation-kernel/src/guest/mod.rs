@@ -8,6 +8,7 @@ mod space;
 
 use crate::arch::cpu;
 use crate::arch::trap::{enter_frame, TrapFrame};
+use crate::arch::user_state::{self, UserState};
 use crate::drivers::debug_exit::exit_qemu;
 use crate::kernel::{console_write_fmt, TIMER_VECTOR};
 use crate::mm::phys::with_frames;
@@ -16,11 +17,13 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use hypercall_abi::host::KernelExit;
-use hypercall_abi::initrd::{parse_config, Expect, GuestSpec, Record, APP_DIR, CONFIG_FILE};
+use hypercall_abi::initrd::{
+    cpu_budget_ticks, parse_config, Expect, GuestSpec, Record, APP_DIR, CONFIG_FILE, MAX_CPU_BUDGET_MS,
+};
 use hypercall_abi::layout::STACK_TOP;
 use hypercall_abi::vi::{self, Vi, MAX_CONSOLE_WRITE, NO_DEADLINE};
 use isolation_kernel::cpio::Archive;
-use isolation_kernel::exceptions::{exception_name, PageFault};
+use isolation_kernel::exceptions::{exception_name, fpu_stop_cause, PageFault};
 use isolation_kernel::guest_mem::{readable_prefix, Access, UserSlice};
 use isolation_kernel::sched::{GuestId, Scheduler};
 use isolation_kernel::vinstr::{decode_gp, Direction, GpInstruction, PortOperand, MAX_INSTRUCTION_LEN};
@@ -56,6 +59,9 @@ struct Guest {
     name: String,
     /// Registers while the guest is not on the CPU.
     frame: TrapFrame,
+    /// Registers outside the trap frame (x87/MMX/SSE, segment selectors) while another guest's
+    /// are on the CPU.
+    user_state: UserState,
     space: Option<AddressSpace>,
     cpu_ticks: u64,
     /// Virtual instructions this guest issued: with `cpu_ticks`, what bounds the work of an
@@ -100,6 +106,8 @@ struct Guests {
     running_since: u64,
     /// The guest whose registers are in the trap frame, if any.
     on_cpu: Option<GuestId>,
+    /// The guest whose [`UserState`] the CPU holds (it may have ended since).
+    user_state_holder: Option<GuestId>,
     counters: Counters,
     shutdown_deadline: Option<u64>,
     tsc_hz: u64,
@@ -208,6 +216,7 @@ pub fn boot(
         sched: Scheduler::new(),
         running_since: 0,
         on_cpu: None,
+        user_state_holder: None,
         counters: Counters::default(),
         shutdown_deadline,
         tsc_hz,
@@ -224,8 +233,17 @@ pub fn boot(
         let id = g.sched.add();
         let app = apps.entry(spec.app).or_insert_with(|| load_app(&archive, spec.app));
         let start = cpu::rdtsc();
-        let built = match app {
-            Ok(app) => with_frames(|frames| {
+        let user_state = UserState::new();
+        let budget_ticks = match spec.cpu_budget_ms {
+            0 => Ok(None),
+            ms => cpu_budget_ticks(ms, tsc_hz)
+                .map(Some)
+                .ok_or_else(|| format!("cpu_budget_ms = {ms} is out of range: at most {MAX_CPU_BUDGET_MS}")),
+        };
+        let built = match (app, &budget_ticks) {
+            (Ok(_), _) if user_state.is_none() => Err("no kernel memory for its floating-point state".to_string()),
+            (Ok(_), Err(e)) => Err(e.clone()),
+            (Ok(app), Ok(_)) => with_frames(|frames| {
                 let mut loaded = loader::build_guest(id as u32, spec, app, tsc_hz, frames)
                     .map_err(|e| format!("cannot build its address space: {e}"))?;
                 let nic = match spec.net {
@@ -240,7 +258,7 @@ pub fn boot(
                 };
                 Ok((loaded, nic))
             }),
-            Err(e) => Err(e.clone()),
+            (Err(e), _) => Err(e.clone()),
         };
         let built = built.and_then(|(loaded, nic)| match g.net.add_guest(id, nic.as_ref()) {
             Ok(()) => Ok((loaded, nic)),
@@ -255,11 +273,12 @@ pub fn boot(
         let mut guest = Guest {
             name: spec.name.into(),
             frame: TrapFrame::default(),
+            user_state: user_state.unwrap_or_default(),
             space: None,
             cpu_ticks: 0,
             virtual_instructions: 0,
             cpu_budget_ms: spec.cpu_budget_ms,
-            cpu_budget_ticks: (spec.cpu_budget_ms > 0).then(|| spec.cpu_budget_ms * tsc_hz / 1000),
+            cpu_budget_ticks: budget_ticks.ok().flatten(),
             expect: spec.expect,
             end: None,
             console: Vec::new(),
@@ -315,6 +334,7 @@ pub fn boot(
     };
     g.running_since = now;
     g.on_cpu = Some(first);
+    switch_user_state(&mut g, first);
     let frame = g.list[first].frame;
     space::activate(g.list[first].space.as_ref().expect("a scheduled guest has an address space").pml4_phys());
     *GUESTS.lock() = Some(g);
@@ -361,6 +381,14 @@ pub fn handle_user_trap(frame: &mut TrapFrame) {
         }
         v if v == u64::from(crate::kernel::SPURIOUS_VECTOR) => Action::Resume,
         13 => general_protection(g, id, frame, now),
+        // #UD, #NM: named as a floating-point or SIMD instruction when one raised it.
+        6 | 7 => {
+            let mut bytes = [0u8; MAX_INSTRUCTION_LEN];
+            let readable = instruction_at(&g.list[id], frame.rip, &mut bytes);
+            let named = fpu_stop_cause(frame.vector, &bytes[..readable], user_state::policy());
+            let (mnemonic, name) = exception_name(frame.vector).unwrap_or(("?", "reserved exception"));
+            Action::Stop(named.map_or_else(|| format!("{name} ({mnemonic})"), ToString::to_string))
+        }
         14 => {
             let fault = PageFault { error_code: frame.error_code, address: cpu::cr2() };
             // A write (bit 1) by the user (bit 2) to a present (bit 0) page may be a COW fault.
@@ -534,6 +562,7 @@ fn switch_to_next(frame: &mut TrapFrame, previous: GuestId) {
                 finish_run("every guest expected to end has ended");
             }
             if let Some(next) = g.sched.schedule(now) {
+                switch_user_state(g, next);
                 let guest = &g.list[next];
                 *frame = guest.frame;
                 let switched =
@@ -559,14 +588,34 @@ fn switch_to_next(frame: &mut TrapFrame, previous: GuestId) {
     }
 }
 
-fn general_protection(g: &mut Guests, id: GuestId, frame: &mut TrapFrame, now: u64) -> Action {
-    let guest = &g.list[id];
-    let space = guest.space.as_ref().expect("a running guest has an address space");
-    let mut bytes = [0u8; MAX_INSTRUCTION_LEN];
-    let readable = readable_prefix(&space.map, frame.rip, MAX_INSTRUCTION_LEN as u64, Access::READ) as usize;
-    if let Ok(slice) = UserSlice::new(frame.rip, readable as u64).validate(&space.map, Access::READ) {
+/// Gives the CPU guest `next`'s [`UserState`], first saving the state it holds into its holder's
+/// copy (unless that guest has ended: then its state is dropped, overwritten by `next`'s).
+fn switch_user_state(g: &mut Guests, next: GuestId) {
+    if g.user_state_holder == Some(next) {
+        return;
+    }
+    if let Some(holder) = g.user_state_holder.and_then(|h| g.list.get_mut(h)).filter(|h| h.end.is_none()) {
+        holder.user_state.save();
+    }
+    g.list[next].user_state.load();
+    g.user_state_holder = Some(next);
+}
+
+/// Reads the bytes at `rip` in the guest's memory that are readable, up to one instruction's
+/// worth, into `bytes`; returns how many there are.
+#[inline(always)]
+fn instruction_at(guest: &Guest, rip: u64, bytes: &mut [u8; MAX_INSTRUCTION_LEN]) -> usize {
+    let Some(space) = guest.space.as_ref() else { return 0 };
+    let readable = readable_prefix(&space.map, rip, MAX_INSTRUCTION_LEN as u64, Access::READ) as usize;
+    if let Ok(slice) = UserSlice::new(rip, readable as u64).validate(&space.map, Access::READ) {
         space.read(slice, &mut bytes[..readable]);
     }
+    readable
+}
+
+fn general_protection(g: &mut Guests, id: GuestId, frame: &mut TrapFrame, now: u64) -> Action {
+    let mut bytes = [0u8; MAX_INSTRUCTION_LEN];
+    let readable = instruction_at(&g.list[id], frame.rip, &mut bytes);
     match decode_gp(&bytes[..readable]) {
         Ok(GpInstruction::PortIo(io)) => {
             let port = match io.port {

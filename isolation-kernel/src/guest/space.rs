@@ -61,6 +61,8 @@ pub enum SpaceError {
     /// The loader asked to map a page twice or outside the user half: a loader bug or a bad
     /// layout in the image, refused rather than trusted.
     BadMapping(u64),
+    /// The image asks for a heap beyond `initrd::MAX_HEAP_KIB` (its `heap_kib`).
+    HeapTooLarge(u64),
 }
 
 impl core::fmt::Display for SpaceError {
@@ -68,6 +70,9 @@ impl core::fmt::Display for SpaceError {
         match self {
             SpaceError::OutOfMemory => f.write_str("out of memory"),
             SpaceError::BadMapping(addr) => write!(f, "cannot map page {addr:#x}"),
+            SpaceError::HeapTooLarge(kib) => {
+                write!(f, "heap_kib = {kib} is out of range: at most {}", hypercall_abi::initrd::MAX_HEAP_KIB)
+            }
         }
     }
 }
