@@ -1,0 +1,204 @@
+//! `memmap::usable_memory`: turning the loader's E820 map into usable frames.
+//!
+//! Entries are drawn around the addresses of QEMU's real map (640 KiB, the BIOS hole, 1 MiB,
+//! the top of RAM, the 4 GiB boundary, the top of the address space), overlapping, unaligned
+//! and wrapping. The rule the module promises is checked point by point: the frame holding
+//! each probed address is in the result exactly when every byte of it is at or above the low
+//! limit, covered by a usable entry and touched by no other entry. The result must be sorted,
+//! disjoint, non-adjacent and frame-aligned, and `TooFragmented` must come exactly when a set
+//! built step by step here (a different algorithm: sort and sweep) outgrows the fixed storage.
+
+use crate::engine::{Target, Verdict};
+use crate::features::Features;
+use crate::source::Source;
+use crate::{check, check_eq};
+use isolation_kernel::memmap::{usable_memory, MemoryKind, RawRegion, FRAME_SIZE, MAX_REGIONS};
+
+pub const TARGET: Target = Target {
+    name: "memmap",
+    checks: "usable frames are exactly those fully covered by usable entries, untouched by others and above \
+             the low limit; result sorted, disjoint, non-adjacent, aligned; TooFragmented exactly when due",
+    max_len: 4096,
+    dictionary: &[],
+    seeds,
+    run,
+};
+
+/// Boundaries of QEMU's real memory map and of the address space.
+const NEAR: [u64; 12] = [
+    0,
+    0x9fc00,
+    0xa0000,
+    0xf0000,
+    0x10_0000,
+    0x7fe_0000,
+    0x800_0000,
+    0xfffc_0000,
+    1 << 32,
+    u64::MAX - FRAME_SIZE,
+    u64::MAX,
+    1 << 63,
+];
+
+fn seeds(_: &crate::real::RealInputs) -> Vec<Vec<u8>> {
+    vec![vec![0, 1, 1, 0, 2, 3, 0, 2, 4, 4, 5, 0, 5, 7, 6, 0], (0..=255).collect(), vec![7; 300]]
+}
+
+fn run(input: &[u8], features: &mut Features) -> Verdict {
+    let mut source = Source::new(input);
+    let low_limit = source.u64_near(&[0, 0x10_0000, FRAME_SIZE, 1]);
+    let mut map = Vec::new();
+    while !source.is_empty() && map.len() < 200 {
+        let start = source.u64_near(&NEAR).wrapping_add(u64::from(source.u8()) * FRAME_SIZE);
+        let size = match source.below(4) {
+            0 => source.u64_near(&[0, 1, u64::MAX, 1 << 63]),
+            _ => u64::from(source.u16()) * FRAME_SIZE / 16 + u64::from(source.u8() % 3) * 0x800,
+        };
+        let kind = match source.below(5) {
+            0 | 1 => MemoryKind::Usable,
+            2 => MemoryKind::AcpiReclaimable,
+            _ => MemoryKind::from_e820(source.u32()),
+        };
+        map.push(RawRegion { start, size, kind });
+    }
+    check_usable(&map, low_limit, features)
+}
+
+/// Bounds of an entry: `[start, start + size)`, the end clamped to the top of the address space.
+fn bounds(entry: &RawRegion) -> (u64, u64) {
+    (entry.start, entry.start.saturating_add(entry.size))
+}
+
+/// A set of bytes as sorted, disjoint, non-adjacent ranges, rebuilt by sorting and sweeping.
+#[derive(Default)]
+struct SweepSet {
+    ranges: Vec<(u64, u64)>,
+}
+
+impl SweepSet {
+    fn normalize(&mut self) {
+        self.ranges.retain(|(s, e)| s < e);
+        self.ranges.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(self.ranges.len());
+        for &(s, e) in &self.ranges {
+            match merged.last_mut() {
+                Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        self.ranges = merged;
+    }
+
+    fn insert(&mut self, start: u64, end: u64) {
+        self.ranges.push((start, end));
+        self.normalize();
+    }
+
+    fn remove(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        let mut pieces = Vec::with_capacity(self.ranges.len() + 1);
+        for &(s, e) in &self.ranges {
+            pieces.push((s, e.min(start)));
+            pieces.push((s.max(end), e));
+        }
+        self.ranges = pieces;
+        self.normalize();
+    }
+}
+
+/// Checks `usable_memory(map, low_limit)` against the rule and the step-by-step model.
+pub fn check_usable(map: &[RawRegion], low_limit: u64, features: &mut Features) -> Verdict {
+    let got = usable_memory(map, low_limit);
+    // The same steps as the module (inserts, then removals, then the low limit), counting how
+    // many ranges the set holds after each.
+    let mut model = SweepSet::default();
+    let mut most = 0;
+    for entry in map.iter().filter(|e| e.kind == MemoryKind::Usable) {
+        let (start, end) = bounds(entry);
+        model.insert(start, end);
+        most = most.max(model.ranges.len());
+    }
+    for entry in map.iter().filter(|e| e.kind != MemoryKind::Usable) {
+        let (start, end) = bounds(entry);
+        model.remove(start, end);
+        most = most.max(model.ranges.len());
+    }
+    model.remove(0, low_limit);
+    most = most.max(model.ranges.len());
+    features.note_count("most ranges", most as u64);
+    let Ok(set) = got else {
+        check!(most > MAX_REGIONS, "TooFragmented with at most {most} ranges at any step");
+        return Ok(());
+    };
+    check!(most <= MAX_REGIONS, "{most} ranges at some step, but no TooFragmented");
+    let ranges = set.ranges();
+    features.note_count("ranges", ranges.len() as u64);
+    for r in ranges {
+        check!(r.start < r.end, "empty range {r:x?}");
+        check!(r.start % FRAME_SIZE == 0 && r.end % FRAME_SIZE == 0, "unaligned range {r:x?}");
+        check!(r.start >= low_limit, "range {r:x?} below the low limit {low_limit:#x}");
+    }
+    check!(ranges.windows(2).all(|w| w[0].end < w[1].start), "ranges not sorted, disjoint and apart: {ranges:x?}");
+    let expected: Vec<(u64, u64)> = model
+        .ranges
+        .iter()
+        .filter_map(|&(s, e)| {
+            let start = s.checked_next_multiple_of(FRAME_SIZE)?;
+            let end = e - e % FRAME_SIZE;
+            (start < end).then_some((start, end))
+        })
+        .collect();
+    let got_pairs: Vec<(u64, u64)> = ranges.iter().map(|r| (r.start, r.end)).collect();
+    check_eq!(got_pairs, expected, "usable ranges vs the sweep model");
+    check_eq!(set.total(), expected.iter().map(|(s, e)| e - s).sum::<u64>(), "total");
+
+    // The rule itself, at every entry edge and the low limit (and a byte each side).
+    let mut probes: Vec<u64> = vec![low_limit, 0, u64::MAX];
+    for entry in map.iter().take(32) {
+        let (start, end) = bounds(entry);
+        for edge in [start, end] {
+            probes.extend([edge.wrapping_sub(1), edge, edge.wrapping_add(1)]);
+        }
+    }
+    for probe in probes {
+        let frame = probe - probe % FRAME_SIZE;
+        let in_result = frame.checked_add(FRAME_SIZE).is_some_and(|end| set.contains(frame, end));
+        check_eq!(in_result, frame_usable(map, low_limit, frame), "frame {frame:#x} in the result");
+    }
+    Ok(())
+}
+
+/// Whether every byte of the frame at `frame` is usable by the module's rule.
+fn frame_usable(map: &[RawRegion], low_limit: u64, frame: u64) -> bool {
+    let (start, end) = (u128::from(frame), u128::from(frame) + u128::from(FRAME_SIZE));
+    if start < u128::from(low_limit) {
+        return false;
+    }
+    let touches = |e: &RawRegion| {
+        let (s, t) = bounds(e);
+        u128::from(s) < end && start < u128::from(t)
+    };
+    if map.iter().any(|e| e.kind != MemoryKind::Usable && touches(e)) {
+        return false;
+    }
+    // Covered by the union of usable entries: sweep their pieces inside the frame.
+    let mut pieces: Vec<(u128, u128)> = map
+        .iter()
+        .filter(|e| e.kind == MemoryKind::Usable && touches(e))
+        .map(|e| {
+            let (s, t) = bounds(e);
+            (u128::from(s).max(start), u128::from(t).min(end))
+        })
+        .collect();
+    pieces.sort_unstable();
+    let mut covered_to = start;
+    for (s, t) in pieces {
+        if s > covered_to {
+            return false;
+        }
+        covered_to = covered_to.max(t);
+    }
+    covered_to >= end
+}
