@@ -102,6 +102,11 @@ fn run(input: &[u8], features: &mut Features) -> Verdict {
 /// Where `addr` falls in an area of `slots` slots at `base`: `Some((slot, offset))` or outside.
 fn reference_locate(addr: u64, base: u64, slots: u64, slot_size: u64) -> Option<(u64, u64)> {
     let (addr, base, size) = (u128::from(addr), u128::from(base), u128::from(slot_size));
+    // An area whose size does not fit in a u64 holds nothing (only a nonsensical slot size
+    // makes one; the kernel's are at most 3 pages).
+    if u128::from(slots) * size > u128::from(u64::MAX) {
+        return None;
+    }
     let end = base + u128::from(slots) * size;
     if addr < base || addr >= end {
         return None;
@@ -143,7 +148,7 @@ fn note(features: &mut Features, tag: &str, result: Result<(), BadDescriptor>, r
         Ok(()) => 0,
         Err(e) => crate::rng::fnv1a(e.kind().as_bytes()),
     };
-    features.note(tag, kind * 2 + u64::from(real_size));
+    features.note(tag, kind.rotate_left(1) ^ u64::from(real_size));
 }
 
 fn check_tx(addr: u64, len: u32, max: u64, size: u64, real_size: bool, features: &mut Features) -> Verdict {

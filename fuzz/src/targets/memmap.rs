@@ -165,9 +165,22 @@ pub fn check_usable(map: &[RawRegion], low_limit: u64, features: &mut Features) 
     for probe in probes {
         let frame = probe - probe % FRAME_SIZE;
         let in_result = frame.checked_add(FRAME_SIZE).is_some_and(|end| set.contains(frame, end));
-        check_eq!(in_result, frame_usable(map, low_limit, frame), "frame {frame:#x} in the result");
+        if in_result != frame_usable(map, low_limit, frame) {
+            let near: Vec<_> = map.iter().filter(|e| touches(e, u128::from(frame), u128::from(frame) + 4096)).collect();
+            return Err(format!(
+                "frame {frame:#x} in the result: {in_result}, by the rule: {}; low limit {low_limit:#x}, \
+                 entries touching it: {near:x?}; result {ranges:x?}",
+                !in_result
+            ));
+        }
     }
     Ok(())
+}
+
+/// Whether an entry has a byte in `[start, end)`.
+fn touches(entry: &RawRegion, start: u128, end: u128) -> bool {
+    let (s, t) = bounds(entry);
+    s < t && u128::from(s) < end && start < u128::from(t)
 }
 
 /// Whether every byte of the frame at `frame` is usable by the module's rule.
@@ -176,10 +189,7 @@ fn frame_usable(map: &[RawRegion], low_limit: u64, frame: u64) -> bool {
     if start < u128::from(low_limit) {
         return false;
     }
-    let touches = |e: &RawRegion| {
-        let (s, t) = bounds(e);
-        u128::from(s) < end && start < u128::from(t)
-    };
+    let touches = |e: &RawRegion| touches(e, start, end);
     if map.iter().any(|e| e.kind != MemoryKind::Usable && touches(e)) {
         return false;
     }

@@ -48,7 +48,10 @@ struct Memory<'a> {
 }
 
 impl Memory<'_> {
+    /// The bytes at `[phys, phys + len)`; like the kernel's reader, nothing whose end does not
+    /// fit in a u64 (the blob may run past 2^64, but no address does).
     fn slice(&self, phys: u64, len: usize) -> Option<&[u8]> {
+        phys.checked_add(len as u64)?;
         let start = usize::try_from(phys.checked_sub(self.base)?).ok()?;
         self.bytes.get(start..start.checked_add(len)?)
     }

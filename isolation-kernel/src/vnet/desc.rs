@@ -113,7 +113,8 @@ impl fmt::Display for BadDescriptor {
 fn locate(addr: u64, base: u64, slots: u64, slot_size: u64) -> Option<(u64, u64)> {
     let within = addr.checked_sub(base)?;
     let size = slots.checked_mul(slot_size)?;
-    (within < size).then_some((within / slot_size, within % slot_size))
+    // `then`, not `then_some`: the division must not run when the area is empty (slot size 0).
+    (within < size).then(|| (within / slot_size, within % slot_size))
 }
 
 /// Checks a tx descriptor with standard-MTU slots ([`SLOT_SIZE`]); see [`validate_tx_sized`].
@@ -196,6 +197,14 @@ mod tests {
 
     fn tx(addr: u64, len: u32) -> Result<TxFrame, BadDescriptor> {
         validate_tx(addr, len, MAX_FRAME)
+    }
+
+    #[test]
+    fn a_zero_slot_size_refuses_everything_without_dividing_by_zero() {
+        // Found by `cargo xtask fuzz desc`: the division ran before the bounds check.
+        assert_eq!(validate_tx_sized(GOOD_TX, 60, MAX_FRAME, 0), Err(BadDescriptor::OutsideArea { addr: GOOD_TX }));
+        let rx = VNIC_RX_AREA_ADDR;
+        assert_eq!(validate_rx_sized(rx, 60, 0), Err(BadDescriptor::OutsideArea { addr: rx }));
     }
 
     #[test]
