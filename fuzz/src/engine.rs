@@ -74,7 +74,8 @@ pub struct Report {
     pub elapsed: Duration,
     pub corpus: usize,
     pub seeds: usize,
-    pub features: usize,
+    /// The facts the target reported, as (tag, value), in the order first seen.
+    pub features: Vec<(&'static str, u64)>,
     pub failure: Option<Failure>,
 }
 
@@ -117,7 +118,7 @@ pub fn fuzz(target: &Target, real: &RealInputs, seed: u64, limits: &Limits) -> R
         elapsed: start.elapsed(),
         corpus: corpus.len(),
         seeds,
-        features: features.distinct(),
+        features: features.seen().to_vec(),
         failure,
     };
 

@@ -13,7 +13,9 @@ const BITS: usize = 1 << 18;
 /// The facts seen so far in a run, and whether the current execution added one.
 pub struct Features {
     seen: Vec<u64>,
-    distinct: usize,
+    /// Each new fact as reported, in the order first seen (for `--features` and for tests that
+    /// check a target reaches the outcomes it should; recording costs nothing per execution).
+    named: Vec<(&'static str, u64)>,
     new_in_this_run: bool,
 }
 
@@ -25,24 +27,24 @@ impl Default for Features {
 
 impl Features {
     pub fn new() -> Features {
-        Features { seen: vec![0; BITS / 64], distinct: 0, new_in_this_run: false }
+        Features { seen: vec![0; BITS / 64], named: Vec::new(), new_in_this_run: false }
     }
 
     /// Records that `tag` happened with `value` (an enum discriminant, a small count, ...).
-    pub fn note(&mut self, tag: &str, value: u64) {
+    pub fn note(&mut self, tag: &'static str, value: u64) {
         let hash = (fnv1a(tag.as_bytes()) ^ value.wrapping_mul(0x9e37_79b9_7f4a_7c15)).rotate_left(29);
         let bit = (hash ^ (hash >> 32)) as usize % BITS;
         let (word, mask) = (bit / 64, 1u64 << (bit % 64));
         if self.seen[word] & mask == 0 {
             self.seen[word] |= mask;
-            self.distinct += 1;
+            self.named.push((tag, value));
             self.new_in_this_run = true;
         }
     }
 
     /// Records a count by its order of magnitude (0, 1, 2, 3, 4-7, 8-15, ...), so that every
     /// distinct length does not look like new behaviour.
-    pub fn note_count(&mut self, tag: &str, count: u64) {
+    pub fn note_count(&mut self, tag: &'static str, count: u64) {
         let bucket = if count < 4 { count } else { 2 + u64::from(63 - count.leading_zeros()) };
         self.note(tag, bucket);
     }
@@ -58,7 +60,17 @@ impl Features {
 
     /// Distinct facts seen so far.
     pub fn distinct(&self) -> usize {
-        self.distinct
+        self.named.len()
+    }
+
+    /// The facts seen so far, as reported (counts as their bucket), in the order first seen.
+    pub fn seen(&self) -> &[(&'static str, u64)] {
+        &self.named
+    }
+
+    /// Whether `tag` was reported with `value` (a count's bucket for [`Features::note_count`]).
+    pub fn has(&self, tag: &str, value: u64) -> bool {
+        self.named.iter().any(|&(t, v)| t == tag && v == value)
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 const USAGE: &str = "\
 usage: fuzz --list
        fuzz <TARGET|all> [--secs N] [--execs N] [--seed N] [--input FILE]
-                         [--images DIR] [--crashes DIR] [--progress SECS]
+                         [--images DIR] [--crashes DIR] [--progress SECS] [--features]
 
   --secs N       stop each target after N seconds (default 10 unless --execs is given)
   --execs N      stop each target after N executions
@@ -18,7 +18,8 @@ usage: fuzz --list
   --input FILE   run one saved input through the target and report its verdict
   --images DIR   real inputs to seed from (default: target/images of the workspace)
   --crashes DIR  where failing inputs are saved (default: target/fuzz/crashes)
-  --progress S   print a progress line every S seconds";
+  --progress S   print a progress line every S seconds
+  --features     print the facts each target reported (which outcomes the run reached)";
 
 struct Options {
     target: String,
@@ -29,6 +30,7 @@ struct Options {
     images: PathBuf,
     crashes: PathBuf,
     progress: Option<Duration>,
+    show_features: bool,
 }
 
 fn workspace_target_dir() -> PathBuf {
@@ -63,6 +65,7 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
         images: workspace_target_dir().join("images"),
         crashes: workspace_target_dir().join("fuzz/crashes"),
         progress: None,
+        show_features: false,
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -76,6 +79,7 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
             "--images" => options.images = value()?.into(),
             "--crashes" => options.crashes = value()?.into(),
             "--progress" => options.progress = Some(seconds(value()?)?),
+            "--features" => options.show_features = true,
             "-h" | "--help" => return Err(String::new()),
             flag if flag.starts_with('-') => return Err(format!("unknown option {flag}")),
             name if target.is_none() => target = Some(name.to_string()),
@@ -92,6 +96,20 @@ fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
 fn list() {
     for target in targets::ALL {
         println!("{:<10} {}", target.name, target.checks);
+    }
+}
+
+/// The facts a run reached, one line per tag with its values in order.
+fn print_features(features: &[(&'static str, u64)]) {
+    let mut tags: Vec<&str> = features.iter().map(|f| f.0).collect();
+    tags.sort_unstable();
+    tags.dedup();
+    for tag in tags {
+        let mut values: Vec<u64> = features.iter().filter(|f| f.0 == tag).map(|f| f.1).collect();
+        values.sort_unstable();
+        let shown: Vec<String> = values.iter().take(40).map(|v| v.to_string()).collect();
+        let more = if values.len() > 40 { format!(" ... ({} values)", values.len()) } else { String::new() };
+        println!("    {tag}: {}{more}", shown.join(" "));
     }
 }
 
@@ -172,8 +190,11 @@ fn main() -> ExitCode {
             report.per_second(),
             report.corpus,
             report.seeds,
-            report.features
+            report.features.len()
         );
+        if options.show_features {
+            print_features(&report.features);
+        }
         if let Some(failure) = report.failure {
             println!("FAILURE in target `{}` at execution {} of seed {seed:#x}:", target.name, failure.execution);
             println!("  {}", failure.message);

@@ -163,14 +163,15 @@ fn run(input: &[u8], features: &mut Features) -> Verdict {
         let len = length(&mut source);
         let need = access(&mut source);
         let got = UserSlice::new(addr, len).validate(&map, need);
-        features.note("validate", got.map_or_else(|e| 1 + e.reason as u64, |_| 0));
+        let need_bits = u64::from(need.read) | u64::from(need.write) << 1 | u64::from(need.execute) << 2;
+        features.note("validate", got.map_or_else(|e| 1 + e.reason as u64, |_| 0) * 8 + need_bits);
         check_eq!(
             got.map(|_| ()).map_err(|e| e.reason),
             model.validate(addr, len, need),
             "validate({addr:#x}, {len:#x}, {need})"
         );
         match got {
-            Ok(slice) => check_valid(&map, slice, addr, len, need)?,
+            Ok(slice) => check_valid(&map, slice, addr, len, need, features)?,
             Err(BadPointer { addr: a, len: l, reason }) => {
                 check!((a, l) == (addr, len), "error names {a:#x}+{l} for {addr:#x}+{len}");
                 let _ = BadPointer { addr, len, reason }.to_string();
@@ -179,6 +180,7 @@ fn run(input: &[u8], features: &mut Features) -> Verdict {
         let prefix = readable_prefix(&map, addr, len, need);
         check_eq!(prefix, model.readable_prefix(addr, len, need), "readable_prefix({addr:#x}, {len:#x}, {need})");
         check!(prefix <= len, "prefix {prefix} longer than asked {len}");
+        features.note("prefix", if prefix == 0 { 0 } else if prefix < len { 1 } else { 2 });
         if prefix > 0 {
             check!(UserSlice::new(addr, prefix).validate(&map, need).is_ok(), "the readable prefix does not validate");
         }
@@ -191,18 +193,20 @@ fn run(input: &[u8], features: &mut Features) -> Verdict {
 }
 
 /// An accepted slice: every byte in a region that allows `need`.
-fn check_valid(map: &GuestMemoryMap, slice: ValidSlice, addr: u64, len: u64, need: Access) -> Verdict {
+fn check_valid(map: &GuestMemoryMap, slice: ValidSlice, addr: u64, len: u64, need: Access, features: &mut Features) -> Verdict {
     check!((slice.addr(), slice.len()) == (addr, len), "valid slice changed its range");
     check_eq!(slice.end(), addr + len, "slice end");
     check!(slice.end() <= USER_LIMIT, "slice ends in the kernel half");
-    let mut covered = 0u64;
+    let (mut covered, mut spanned) = (0u64, 0u64);
     for r in map.regions() {
         let (start, end) = (r.start.max(addr), r.end.min(slice.end()));
         if start < end {
             check!(r.access.allows(need), "slice overlaps region {r:x?} without {need}");
             covered += end - start;
+            spanned += 1;
         }
     }
     check_eq!(covered, len, "bytes of the slice covered by regions");
+    features.note_count("regions spanned", spanned);
     Ok(())
 }

@@ -80,6 +80,8 @@ fn run(input: &[u8], features: &mut Features) -> Verdict {
         .collect();
     let results: Vec<_> = parse_config(&text).collect();
     check_eq!(results.len(), record_lines.len(), "one result per record line");
+    features.note_count("records", results.len() as u64);
+    features.note_count("good records", results.iter().filter(|r| r.is_ok()).count() as u64);
     for (result, &line_number) in results.iter().zip(&record_lines) {
         let line = lines[line_number - 1];
         match result {
@@ -124,12 +126,19 @@ fn check_record(record: &Record, features: &mut Features) -> Verdict {
         Record::Guest(spec) => {
             check!(valid_name(spec.name) && valid_name(spec.app), "guest or app name in {spec:?}");
             check!(!spec.args.contains(['\t', '\n']), "args {:?}", spec.args);
-            match spec.expect {
-                Expect::Stopped(text) | Expect::Refused(text) => check!(!text.is_empty(), "empty expectation text"),
-                _ => {}
-            }
+            let expect_kind = match spec.expect {
+                Expect::Exit(_) => 0,
+                Expect::Stopped(text) | Expect::Refused(text) => {
+                    check!(!text.is_empty(), "empty expectation text");
+                    1 + u64::from(matches!(spec.expect, Expect::Refused(_)))
+                }
+                Expect::Running => 3,
+                Expect::Any => 4,
+            };
+            features.note("expect", expect_kind);
+            features.note("net", u64::from(spec.net.is_some()));
             if let Some(net) = spec.net {
-                features.note("net mtu", u64::from(net.mtu));
+                features.note("net mtu", [1500, 9000, MIN_MTU as u16].iter().position(|&m| m == net.mtu).unwrap_or(3) as u64);
                 check!(net.mac[0] & 1 == 0, "group MAC {:02x?}", net.mac);
                 check!((1..=32).contains(&net.prefix_len), "prefix /{}", net.prefix_len);
                 check!((MIN_MTU..=MAX_MTU).contains(&u64::from(net.mtu)), "MTU {}", net.mtu);
