@@ -5,7 +5,8 @@
 //!
 //! `cargo run --release -p isolation-kernel --example tx_path_native`
 
-use isolation_kernel::vnet::cow::{CowSlots, TxRing};
+use isolation_kernel::vnet::cow::CowSlots;
+use isolation_kernel::vnet::TxRing;
 use isolation_kernel::vnet::{PacketPool, Vswitch};
 use std::arch::x86_64::_rdtsc;
 use std::hint::black_box;

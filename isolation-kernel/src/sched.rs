@@ -6,6 +6,10 @@
 //! a virtual interrupt wakes it, which is what lets one kernel hold thousands of mostly idle
 //! guests. A guest woken early leaves a stale heap entry behind; the per-guest sleep generation
 //! makes such entries harmless when they surface.
+//!
+//! Deadlines come from guests (the idle virtual instruction): any u64 at all.
+
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
 use alloc::collections::{BinaryHeap, VecDeque};
 use alloc::vec::Vec;
@@ -47,7 +51,7 @@ impl Scheduler {
         self.states.push(RunState::Runnable);
         self.sleep_generation.push(0);
         self.run_queue.push_back(id);
-        self.live += 1;
+        self.live = self.live.saturating_add(1);
         id
     }
 
@@ -71,7 +75,7 @@ impl Scheduler {
     /// The current guest goes to the back of the run queue (preemption or yield).
     pub fn preempt_current(&mut self) {
         if let Some(id) = self.current.take() {
-            self.states[id] = RunState::Runnable;
+            self.set_state(id, RunState::Runnable);
             self.run_queue.push_back(id);
         }
     }
@@ -79,10 +83,10 @@ impl Scheduler {
     /// The current guest idles until `deadline` (if any) or a virtual interrupt.
     pub fn idle_current(&mut self, deadline: Option<u64>) {
         if let Some(id) = self.current.take() {
-            self.states[id] = RunState::Idle { deadline };
-            self.sleep_generation[id] += 1;
+            self.set_state(id, RunState::Idle { deadline });
+            let generation = self.next_sleep_generation(id);
             if let Some(d) = deadline {
-                self.sleepers.push(Reverse((d, id, self.sleep_generation[id])));
+                self.sleepers.push(Reverse((d, id, generation)));
             }
         }
     }
@@ -93,10 +97,26 @@ impl Scheduler {
             None | Some(RunState::Done) => return,
             Some(RunState::Runnable) => self.run_queue.retain(|&g| g != id),
             Some(RunState::Running) => self.current = None,
-            Some(RunState::Idle { .. }) => self.sleep_generation[id] += 1,
+            Some(RunState::Idle { .. }) => {
+                self.next_sleep_generation(id);
+            }
         }
-        self.states[id] = RunState::Done;
-        self.live -= 1;
+        self.set_state(id, RunState::Done);
+        self.live = self.live.saturating_sub(1);
+    }
+
+    /// Sets a known guest's state (ids come from [`Scheduler::add`]; others are ignored).
+    fn set_state(&mut self, id: GuestId, state: RunState) {
+        if let Some(s) = self.states.get_mut(id) {
+            *s = state;
+        }
+    }
+
+    /// Makes every sleeper entry of `id` stale; returns the new generation.
+    fn next_sleep_generation(&mut self, id: GuestId) -> u64 {
+        let Some(generation) = self.sleep_generation.get_mut(id) else { return 0 };
+        *generation = generation.wrapping_add(1); // 2^64 sleeps never happen; a wrap would only wake early
+        *generation
     }
 
     /// A virtual interrupt for `id`: an idle guest becomes runnable. Returns whether it woke.
@@ -104,22 +124,22 @@ impl Scheduler {
         if !matches!(self.states.get(id), Some(RunState::Idle { .. })) {
             return false;
         }
-        self.sleep_generation[id] += 1;
-        self.states[id] = RunState::Runnable;
+        self.next_sleep_generation(id);
+        self.set_state(id, RunState::Runnable);
         self.run_queue.push_back(id);
         true
     }
 
     /// Wakes every idle guest whose deadline is at or before `now`; returns how many woke.
     pub fn wake_expired(&mut self, now: u64) -> usize {
-        let mut woken = 0;
+        let mut woken: usize = 0;
         while let Some(&Reverse((deadline, id, generation))) = self.sleepers.peek() {
             if deadline > now {
                 break;
             }
             self.sleepers.pop();
-            if generation == self.sleep_generation[id] && self.wake(id) {
-                woken += 1;
+            if self.sleep_generation.get(id) == Some(&generation) && self.wake(id) {
+                woken = woken.saturating_add(1);
             }
         }
         woken
@@ -131,7 +151,7 @@ impl Scheduler {
         debug_assert!(self.current.is_none(), "schedule with a guest still current");
         self.wake_expired(now);
         let id = self.run_queue.pop_front()?;
-        self.states[id] = RunState::Running;
+        self.set_state(id, RunState::Running);
         self.current = Some(id);
         Some(id)
     }
@@ -143,6 +163,7 @@ impl Scheduler {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 

@@ -44,6 +44,37 @@ fn build_bare_metal(what: &str, rustflags: &[&str], target_subdir: &str, selecti
     Ok(target_dir.join(KERNEL_TARGET).join("release"))
 }
 
+/// Runs clippy with warnings denied over the host crates and over the bare-metal kernel and
+/// guests (each in the target directory of its build, so the two do not rebuild each other).
+/// The guest-facing kernel modules deny `unwrap`, `expect`, indexing and unchecked arithmetic.
+pub fn clippy() -> Result<()> {
+    let root = workspace_root();
+    let run = |what: &str, args: &[&str]| -> Result<()> {
+        let status = cargo()
+            .current_dir(&root)
+            .env_remove("RUSTFLAGS")
+            .arg("clippy")
+            .args(args)
+            .args(["--", "-D", "warnings"])
+            .status()
+            .with_context(|| format!("running cargo clippy on the {what}"))?;
+        if !status.success() {
+            bail!("cargo clippy found problems in the {what}");
+        }
+        Ok(())
+    };
+    run("host crates", &["--all-targets"])?;
+    for (what, package, subdir) in [("kernel", "isolation-kernel", "kernel"), ("guest apps", "guest-os", "guest")] {
+        let target_dir = root.join("target").join(subdir);
+        let target_dir = target_dir.to_str().context("target directory is not UTF-8")?;
+        run(
+            what,
+            &["--release", "--package", package, "--bins", "--target", KERNEL_TARGET, "--target-dir", target_dir],
+        )?;
+    }
+    Ok(())
+}
+
 /// Builds the kernel ELF and returns its path.
 ///
 /// The kernel is linked in the top 2 GiB, so it needs the `kernel` code model; QEMU applies no

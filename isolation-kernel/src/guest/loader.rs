@@ -1,6 +1,12 @@
 //! Loading guests: an app's ELF file is checked once and its read-only pages are built once and
 //! shared by every guest of that app; each guest then gets its own copy of the writable
 //! segments, a stack, a heap and a boot-info page, in an address space of its own.
+//!
+//! Segments come from an image, so they are allegations too: the ELF parser checked them
+//! (inside the file, inside the image area), and every use here is checked again rather than
+//! assumed, so a parser slip refuses a guest instead of panicking the kernel.
+
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
 use super::space::{fill_frame, zero_frame, AddressSpace, SpaceError};
 use alloc::vec::Vec;
@@ -24,15 +30,18 @@ fn access_of(segment: &Segment) -> Access {
 }
 
 /// Fills frame `phys` (page at `page_addr`) with the file bytes of `segment` that fall in it.
-fn fill_from_file(phys: u64, page_addr: u64, segment: &Segment, file: &[u8]) {
-    let data_end = segment.vaddr + segment.file_size;
+/// `None` if the segment's file range is not inside `file` (the parser refuses such files).
+fn fill_from_file(phys: u64, page_addr: u64, segment: &Segment, file: &[u8]) -> Option<()> {
+    let data_end = segment.vaddr.checked_add(segment.file_size)?;
     let start = page_addr.max(segment.vaddr);
-    let end = (page_addr + PAGE_SIZE).min(data_end);
+    let end = page_addr.checked_add(PAGE_SIZE)?.min(data_end);
     if start < end {
-        let file_start = (segment.file_offset + (start - segment.vaddr)) as usize;
-        let bytes = &file[file_start..file_start + (end - start) as usize];
-        fill_frame(phys, (start - page_addr) as usize, bytes);
+        let file_start = segment.file_offset.checked_add(start.checked_sub(segment.vaddr)?)?;
+        let file_end = file_start.checked_add(end.checked_sub(start)?)?;
+        let bytes = file.get(usize::try_from(file_start).ok()?..usize::try_from(file_end).ok()?)?;
+        fill_frame(phys, usize::try_from(start.checked_sub(page_addr)?).ok()?, bytes);
     }
+    Some(())
 }
 
 pub enum AppError {
@@ -54,7 +63,7 @@ impl App {
     pub fn load(bytes: &'static [u8], frames: &mut FrameAllocator<'static>) -> Result<App, AppError> {
         let image = elf::parse(bytes).map_err(AppError::Elf)?;
         let mut shared = Vec::new();
-        for segment in image.segments() {
+        for (index, segment) in image.segments().iter().enumerate() {
             let mut pages = Vec::new();
             if !segment.writable {
                 let (start, end) = segment.page_range();
@@ -66,8 +75,13 @@ impl App {
                         return Err(AppError::OutOfMemory);
                     };
                     zero_frame(phys);
-                    fill_from_file(phys, page_addr, segment, bytes);
                     pages.push(phys);
+                    if fill_from_file(phys, page_addr, segment, bytes).is_none() {
+                        for phys in shared.iter().flatten().chain(pages.iter()) {
+                            let _ = frames.deallocate(*phys);
+                        }
+                        return Err(AppError::Elf(ElfError::SegmentOutOfFile { index }));
+                    }
                 }
             }
             shared.push(pages);
@@ -119,10 +133,10 @@ fn populate(
         for (index, page_addr) in (start..end).step_by(PAGE_SIZE as usize).enumerate() {
             let phys = if segment.writable {
                 let phys = space.new_frame(frames)?;
-                fill_from_file(phys, page_addr, segment, app.bytes);
+                fill_from_file(phys, page_addr, segment, app.bytes).ok_or(SpaceError::BadMapping(page_addr))?;
                 phys
             } else {
-                shared[index]
+                *shared.get(index).ok_or(SpaceError::BadMapping(page_addr))?
             };
             space.map_page(frames, page_addr, phys, access)?;
         }
@@ -130,7 +144,7 @@ fn populate(
     }
 
     // Boot info: read-only for the guest.
-    let heap_bytes = spec.heap_kib * 1024;
+    let heap_bytes = spec.heap_kib.checked_mul(1024).ok_or(SpaceError::BadMapping(HEAP_BASE))?;
     let info = BootInfo {
         abi_version: hypercall_abi::ABI_VERSION,
         guest_id: id,
@@ -150,11 +164,12 @@ fn populate(
     space.map_page(frames, BOOT_INFO_ADDR, phys, Access::READ)?;
     space
         .map
-        .add(BOOT_INFO_ADDR, BOOT_INFO_ADDR + PAGE_SIZE, Access::READ)
+        .add(BOOT_INFO_ADDR, BOOT_INFO_ADDR.wrapping_add(PAGE_SIZE), Access::READ) // ABI constants
         .map_err(|_| SpaceError::BadMapping(BOOT_INFO_ADDR))?;
 
     // Stack below STACK_TOP (the page under it stays unmapped as a guard), then the heap.
-    space.map_zeroed(frames, STACK_TOP - STACK_SIZE, STACK_SIZE / PAGE_SIZE, Access::READ_WRITE)?;
+    // ABI constants (the layout asserts STACK_SIZE < STACK_TOP).
+    space.map_zeroed(frames, STACK_TOP.wrapping_sub(STACK_SIZE), STACK_SIZE.div_ceil(PAGE_SIZE), Access::READ_WRITE)?;
     space.map_zeroed(frames, HEAP_BASE, heap_bytes.div_ceil(PAGE_SIZE), Access::READ_WRITE)?;
     Ok(())
 }

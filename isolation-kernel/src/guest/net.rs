@@ -1,6 +1,12 @@
 //! The kernel side of guests' virtual NICs: the doorbell (validate, copy 1 into the guest's
 //! FIFO, source-MAC check), the network scheduler's hand-off to the vswitch, delivery into
 //! guests' posted rx buffers, and the physical NIC's receive path.
+//!
+//! Everything the guest writes in its shared page is read once, checked against the kernel's
+//! own ring state ([`isolation_kernel::vnet::ring`]) and never trusted again; the lints below
+//! keep guest values away from panics, unchecked indexing and unchecked arithmetic.
+
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
 use super::space::{copy_into_run, AddressSpace};
 use super::Guest;
@@ -12,6 +18,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 use hypercall_abi::layout::{VNIC_RX_AREA_ADDR, VNIC_SHARED_ADDR, VNIC_TX_AREA_ADDR};
 use hypercall_abi::vi::VirtualInterrupts;
+use hypercall_abi::vnic::stamps::TX_STAMPS;
 use hypercall_abi::vnic::{
     max_frame, slot_size, DescStatus, NetConfig, VnicShared, RX_RING_SIZE, RX_SLOTS, SLOT_SIZE, TX_RING_SIZE, TX_SLOTS,
 };
@@ -19,10 +26,11 @@ use isolation_kernel::cmdline::TxMode;
 use isolation_kernel::frame_alloc::FrameAllocator;
 use isolation_kernel::guest_mem::Access;
 use isolation_kernel::sched::{GuestId, Scheduler};
-use isolation_kernel::vnet::cow::{CowSlots, Protect, Release, TxRing, WriteFault};
+use isolation_kernel::vnet::cow::{CowSlots, Protect, Release, WriteFault};
+use isolation_kernel::vnet::ring;
 use isolation_kernel::vnet::{
-    pending, validate_rx_sized, validate_tx_sized, DropReason, GuestFrameRef, NetCounters, NetScheduler, Packet,
-    PacketData, PacketPool, Route, Source, TxFifo, Vswitch,
+    validate_rx_sized, validate_tx_sized, DropReason, GuestFrameRef, NetCounters, NetScheduler, Packet, PacketData,
+    PacketPool, Route, RxRing, Source, TxFifo, TxRing, Vswitch,
 };
 
 const PAGE: u64 = 4096;
@@ -54,7 +62,8 @@ pub struct GuestNic {
     rx_frames: Vec<u64>,
     /// Descriptors taken and completed; the guest sees the completed prefix as `tx_consumer`.
     ring: TxRing,
-    rx_consumer: u32,
+    /// Rx buffers filled; the guest sees it as `rx_consumer`.
+    rx: RxRing,
     bad_descriptor_logged: bool,
     /// Guest pages write-protected since the guest last ran: their TLB entries must go before
     /// it runs again, unless its address space is reloaded anyway.
@@ -78,7 +87,14 @@ impl GuestNic {
 
     /// Rx buffers posted and not yet filled (0 if the guest wrote nonsense).
     pub fn rx_posted(&self) -> u32 {
-        pending(self.shared().rx_producer.0.load(Ordering::Acquire), self.rx_consumer, RX_RING_SIZE).unwrap_or(0)
+        self.rx.offered(self.shared().rx_producer.0.load(Ordering::Acquire)).unwrap_or(0)
+    }
+
+    /// Logs the first misbehaviour of this guest's vNIC; later ones are only counted.
+    fn log_once(&mut self, id: GuestId, name: &str, what: core::fmt::Arguments<'_>) {
+        if !core::mem::replace(&mut self.bad_descriptor_logged, true) {
+            log::warn!("guest {id} {name}: {what} (further vNIC errors of this guest are only counted)");
+        }
     }
 }
 
@@ -98,25 +114,28 @@ pub fn build_nic(
     let slot = slot_size(u64::from(config.mtu));
     let pages = slot / PAGE;
     // Each slot is a physically contiguous run of pages, so a frame is one piece for the NIC.
+    // Kernel constants only (areas, slot counts, slot sizes of MTUs the image checker bounds):
+    // the layout asserts in hypercall-abi prove these sums stay inside the guest's lower half.
     let mut area = |base: u64, slots: u64, space: &mut AddressSpace| {
         let mut runs = Vec::with_capacity(slots as usize);
         for index in 0..slots {
             let run = space.new_run(frames, pages)?;
-            for page in 0..pages {
-                space.map_page(frames, base + index * slot + page * PAGE, run + page * PAGE, Access::READ_WRITE)?;
+            let slot_base = base.wrapping_add(index.wrapping_mul(slot));
+            for (virt, phys) in page_addrs_of(slot_base, pages).zip(page_addrs_of(run, pages)) {
+                space.map_page(frames, virt, phys, Access::READ_WRITE)?;
             }
             runs.push(run);
         }
         space
             .map
-            .add(base, base + slots * slot, Access::READ_WRITE)
+            .add(base, base.wrapping_add(slots.wrapping_mul(slot)), Access::READ_WRITE)
             .map_err(|_| super::space::SpaceError::BadMapping(base))?;
         Ok(runs)
     };
     let tx_frames = area(VNIC_TX_AREA_ADDR, TX_SLOTS, space)?;
     let rx_frames = area(VNIC_RX_AREA_ADDR, RX_SLOTS, space)?;
-    let tx_pte = (0..TX_SLOTS * pages)
-        .map(|page| space.leaf_pte_phys(VNIC_TX_AREA_ADDR + page * PAGE))
+    let tx_pte = page_addrs_of(VNIC_TX_AREA_ADDR, TX_SLOTS.wrapping_mul(pages))
+        .map(|page| space.leaf_pte_phys(page))
         .collect::<Option<Vec<u64>>>()
         .ok_or(super::space::SpaceError::BadMapping(VNIC_TX_AREA_ADDR))?;
     let nic = GuestNic {
@@ -129,7 +148,7 @@ pub fn build_nic(
         tx_pte,
         rx_frames,
         ring: TxRing::new(),
-        rx_consumer: 0,
+        rx: RxRing::new(),
         bad_descriptor_logged: false,
         pending_flush: Vec::with_capacity(TX_SLOTS as usize),
     };
@@ -177,12 +196,13 @@ const STAMP_SLOTS: u32 = 4096;
 /// Transmit records kept per frame length.
 const STAMP_SAMPLES: usize = 10_240;
 
-/// The bytes `[offset, offset + len)` of the contiguous run of `run` bytes at `phys`.
+/// The bytes `[offset, offset + len)` of the contiguous run of `run` bytes at `phys`. Callers
+/// pass ranges they checked; a range beyond the run is a kernel bug, and panics.
 fn run_bytes<'p>(phys: u64, run: u64, offset: u64, len: u64) -> &'p [u8] {
-    assert!(offset + len <= run, "read beyond the run");
+    assert!(offset.checked_add(len).is_some_and(|end| end <= run), "read beyond the run");
     // SAFETY: a page in the direct map, range inside it (checked); the caller uses the slice
     // before anything can change the page (the kernel runs with interrupts off, on one CPU).
-    unsafe { core::slice::from_raw_parts(phys_to_virt(phys + offset).as_ptr::<u8>(), len as usize) }
+    unsafe { core::slice::from_raw_parts(phys_to_virt(phys.wrapping_add(offset)).as_ptr::<u8>(), len as usize) }
 }
 
 impl Network {
@@ -221,6 +241,13 @@ impl Network {
         }
     }
 
+    /// Queues a packet guest `id` sent in its FIFO (which the caller saw had room).
+    fn queue(&mut self, id: GuestId, packet: Packet) {
+        if let Some(fifo) = self.fifos.get_mut(id) {
+            let _ = fifo.push(packet);
+        }
+    }
+
     /// Turns per-packet stage stamps on (before guests start).
     pub fn enable_stamps(&mut self) {
         self.stamps = true;
@@ -235,12 +262,18 @@ impl Network {
             return isolation_kernel::vnet::NO_STAMP;
         }
         let now = crate::arch::cpu::rdtsc_serialized();
-        let guest = run_bytes(slot_run, slot_size, 0, 24);
-        let word = |i: usize| u64::from_le_bytes(guest[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
-        let index = self.next_stamp % STAMP_SLOTS;
+        // The guest's own stamps, from the headroom it writes: any values at all.
+        let mut guest = [0u64; TX_STAMPS];
+        for (word, bytes) in guest.iter_mut().zip(run_bytes(slot_run, slot_size, 0, 24).chunks_exact(8)) {
+            *word = u64::from_le_bytes(bytes.try_into().unwrap_or_default());
+        }
+        let index = ring::position(self.next_stamp, STAMP_SLOTS);
         self.next_stamp = self.next_stamp.wrapping_add(1);
-        self.stamp_records[index as usize] = [word(0), word(1), word(2), crate::arch::trap::entry_tsc(), now];
-        index
+        let [send, driver, kick] = guest;
+        if let Some(record) = self.stamp_records.get_mut(index) {
+            *record = [send, driver, kick, crate::arch::trap::entry_tsc(), now];
+        }
+        index as u32
     }
 
     /// After a notify: the transmit records of the packets it covered are complete.
@@ -250,23 +283,27 @@ impl Network {
         }
         let notified = crate::arch::cpu::rdtsc_serialized();
         for (index, handed, queued, len) in self.pending_notify.drain(..) {
-            let [send, driver, kick, trap, vnic] = self.stamp_records[(index % STAMP_SLOTS) as usize];
+            let Some(&[send, driver, kick, trap, vnic]) = self.stamp_records.get(ring::position(index, STAMP_SLOTS))
+            else {
+                continue;
+            };
             if send == 0 || driver < send || kick < driver || trap < kick {
                 continue; // the guest does not stamp (or stamped nonsense): no record
             }
+            // In order (checked above for the guest's stamps; the kernel's are its own).
             let stages = [
-                driver - send,
-                kick - driver,
-                trap - kick,
-                vnic - trap,
-                handed - vnic,
-                queued - handed,
-                notified - queued,
+                driver.saturating_sub(send),
+                kick.saturating_sub(driver),
+                trap.saturating_sub(kick),
+                vnic.saturating_sub(trap),
+                handed.saturating_sub(vnic),
+                queued.saturating_sub(handed),
+                notified.saturating_sub(queued),
             ];
             let samples = self.tx_stage_samples.entry(len).or_default();
             if samples.len() < STAMP_SAMPLES {
                 samples.push(stages.map(|t| t.min(u64::from(u32::MAX)) as u32));
-                self.stamp_records_made += 1;
+                self.stamp_records_made = self.stamp_records_made.saturating_add(1);
             }
         }
     }
@@ -274,10 +311,23 @@ impl Network {
     /// Guest `id` ends: frames with packets still in flight must outlive its address space.
     pub fn orphan_in_flight(&mut self, nic: &GuestNic, space: &mut AddressSpace) {
         for (base, count) in nic.cow.frames_in_flight() {
-            for page in 0..nic.slot_pages {
-                space.disown(base + page * PAGE);
+            for page in page_addrs_of(base, nic.slot_pages) {
+                space.disown(page);
             }
             self.zombies.push((base, count, nic.slot_pages));
+        }
+    }
+
+    /// A zero-copy packet on `frame`, of a guest that has ended, is done with: the frame is
+    /// freed after its last packet (and counted, so that a leak shows as a shortfall).
+    fn release_zombie(&mut self, frame: u64) {
+        let Some(index) = self.zombies.iter().position(|&(base, _, _)| base == frame) else { return };
+        let Some((_, packets, _)) = self.zombies.get_mut(index) else { return };
+        *packets = packets.saturating_sub(1);
+        if *packets == 0 {
+            let (base, _, pages) = self.zombies.swap_remove(index);
+            free_run(base, pages);
+            self.counters.zombies_freed = self.counters.zombies_freed.saturating_add(1);
         }
     }
 
@@ -304,25 +354,32 @@ pub struct NetCtx<'a> {
     pub guests: &'a mut [Guest],
 }
 
+/// The page addresses of the `pages`-page run at `base` (a kernel-made run or slot: no wrap).
+fn page_addrs_of(base: u64, pages: u64) -> impl Iterator<Item = u64> + Clone {
+    (0..pages).map(move |page| base.wrapping_add(page.wrapping_mul(PAGE)))
+}
+
 /// Frees a contiguous run of `pages` frames.
 fn free_run(base: u64, pages: u64) {
     crate::mm::phys::with_frames(|frames| {
-        for page in 0..pages {
-            let _ = frames.deallocate(base + page * PAGE);
+        for frame in page_addrs_of(base, pages) {
+            let _ = frames.deallocate(frame);
         }
     });
 }
 
 impl GuestNic {
-    /// Guest address of tx slot `slot`.
+    /// Guest address of tx slot `slot` (a validated slot number: inside the tx area).
     fn slot_addr(&self, slot: u64) -> u64 {
-        VNIC_TX_AREA_ADDR + slot * self.slot_size
+        VNIC_TX_AREA_ADDR.wrapping_add(slot.wrapping_mul(self.slot_size))
     }
 
-    /// Sets the writable bit of every page of tx slot `slot`.
+    /// Sets the writable bit of every page of tx slot `slot` (nothing for a slot that does
+    /// not exist).
     fn set_slot_writable(&self, slot: usize, writable: bool) {
         let pages = self.slot_pages as usize;
-        for pte in &self.tx_pte[slot * pages..(slot + 1) * pages] {
+        let ptes = slot.checked_mul(pages).and_then(|first| self.tx_pte.get(first..first.checked_add(pages)?));
+        for pte in ptes.unwrap_or_default() {
             super::space::set_pte_writable(*pte, writable);
         }
     }
@@ -341,118 +398,31 @@ impl NetCtx<'_> {
     /// into a pool buffer (copy path, copy 1), or left in the write-protected slot (COW path).
     fn pull_tx(&mut self, id: GuestId) -> u64 {
         let Some(nic) = self.nics.get_mut(id).and_then(Option::as_mut) else { return 0 };
-        let name = self.guests[id].name.as_str(); // for the one log line per misbehaving guest
+        let name = self.guests.get(id).map_or("?", |g| g.name.as_str()); // for the one log line per misbehaving guest
         let net = &mut *self.net;
         let shared = nic.shared();
+        // The producer is read once and checked against the kernel's own ring state: behind what
+        // the kernel has taken (moved backwards) or more than a ring past the consumer, it is
+        // refused whole and nothing is taken.
         let producer = shared.tx_producer.0.load(Ordering::Acquire);
-        // The guest may have at most a ring of descriptors beyond what has completed.
-        if let Err(bad) = pending(producer, nic.ring.consumer(), TX_RING_SIZE) {
-            net.counters.drops_bad_desc += 1;
-            if !core::mem::replace(&mut nic.bad_descriptor_logged, true) {
-                log::warn!(
-                    "guest {id} {name}: tx producer index {} is beyond the ring (consumer {}); ignored",
-                    bad.producer,
-                    bad.consumer
-                );
+        let count = match nic.ring.offered(producer) {
+            Ok(count) => count,
+            Err(bad) => {
+                net.counters.bad_ring_indices = net.counters.bad_ring_indices.saturating_add(1);
+                nic.log_once(id, name, format_args!("tx ring: {bad}; ignored"));
+                return 0;
             }
-            return 0;
-        }
-        let count = producer.wrapping_sub(nic.ring.taken());
-        let mut taken = 0;
+        };
+        let mut taken: u64 = 0;
         let mut backlogged = false;
         for _ in 0..count {
-            let position = nic.ring.taken();
-            let desc = &shared.tx[(position % TX_RING_SIZE) as usize];
-            // Read each field once: the guest may change them behind our back.
-            let (addr, len) = (desc.addr.load(Ordering::Relaxed), desc.len.load(Ordering::Relaxed));
-            let frame = match validate_tx_sized(addr, len, nic.max_frame, nic.slot_size) {
-                Err(bad) => {
-                    net.counters.drops_bad_desc += 1;
-                    if !core::mem::replace(&mut nic.bad_descriptor_logged, true) {
-                        log::warn!(
-                            "guest {id} {name}: rejected tx descriptor: {bad} (further rejections are only counted)"
-                        );
-                    }
-                    let index = nic.ring.take().expect("count is bounded by the ring");
-                    desc.status.store(DescStatus::RejectedBadDescriptor as u32, Ordering::Relaxed);
-                    nic.ring.complete(index);
-                    taken += 1;
-                    continue;
-                }
-                Ok(frame) => frame,
-            };
-            if net.fifos[id].is_full() {
-                backlogged = true;
-                break;
-            }
-            let slot = frame.slot as usize;
-            let page = nic.cow.frame(slot).expect("validated slots exist");
-            match net.mode {
-                TxMode::Copy => {
-                    let Some(buf) = net.pool.alloc() else {
-                        backlogged = true;
-                        break;
-                    };
-                    let index = nic.ring.take().expect("count is bounded by the ring");
-                    let kernel_copy = net.pool_frames[buf.0 as usize];
-                    let bytes = run_bytes(page, nic.slot_size, frame.offset, frame.len);
-                    copy_into_run(kernel_copy, net.pool_buffer_bytes, 0, bytes); // copy 1
-                    net.counters.tx_copies += 1;
-                    net.counters.tx_bytes_copied += frame.len;
-                    // The check runs on the kernel's copy: what is checked is what is sent.
-                    let status =
-                        if net.vswitch.source_is(id, run_bytes(kernel_copy, net.pool_buffer_bytes, 0, frame.len)) {
-                            let stamp = net.start_tx_record(page, nic.slot_size);
-                            let _ = net.fifos[id].push(Packet { stamp, ..Packet::pooled(buf, frame.len as u32) });
-                            net.sched.mark_ready(id);
-                            net.counters.tx_packets += 1;
-                            net.counters.tx_bytes += frame.len;
-                            DescStatus::Done
-                        } else {
-                            let _ = net.pool.release(buf);
-                            net.counters.drops_spoof += 1;
-                            DescStatus::RejectedSpoofedSource
-                        };
-                    desc.status.store(status as u32, Ordering::Relaxed);
-                    nic.ring.complete(index);
-                }
-                TxMode::Cow => {
-                    let index = nic.ring.take().expect("count is bounded by the ring");
-                    // Protect first, check after: the guest cannot change what was checked.
-                    if nic.cow.protect(slot) == Some(Protect::WriteProtect) {
-                        nic.set_slot_writable(slot, false);
-                        for page in 0..nic.slot_pages {
-                            nic.pending_flush.push(nic.slot_addr(frame.slot) + page * PAGE);
-                        }
-                        net.counters.cow_protects += 1;
-                    }
-                    if net.vswitch.source_is(id, run_bytes(page, nic.slot_size, frame.offset, frame.len)) {
-                        let reference = GuestFrameRef {
-                            frame: page,
-                            offset: frame.offset as u32,
-                            slot: frame.slot as u16,
-                            ring_index: index,
-                        };
-                        let stamp = net.start_tx_record(page, nic.slot_size);
-                        let _ = net.fifos[id].push(Packet {
-                            data: PacketData::GuestFrame(reference),
-                            len: frame.len as u32,
-                            stamp,
-                        });
-                        net.sched.mark_ready(id);
-                        net.counters.tx_packets += 1;
-                        net.counters.tx_bytes += frame.len;
-                    } else {
-                        net.counters.drops_spoof += 1;
-                        desc.status.store(DescStatus::RejectedSpoofedSource as u32, Ordering::Relaxed);
-                        nic.ring.complete(index);
-                        if let Release::RestoreWrite { .. } = nic.cow.release(slot, page) {
-                            nic.set_slot_writable(slot, true);
-                        }
-                    }
+            match take_tx(net, nic, id, name, shared) {
+                Taken::Yes => taken = taken.saturating_add(1),
+                Taken::Backlogged => {
+                    backlogged = true;
+                    break;
                 }
             }
-            taken += 1;
         }
         shared.tx_consumer.0.store(nic.ring.consumer(), Ordering::Release);
         shared.needs_kick.0.store(u32::from(!backlogged), Ordering::Release);
@@ -472,17 +442,13 @@ impl NetCtx<'_> {
     fn complete_cow(&mut self, id: GuestId, r: GuestFrameRef, status: DescStatus) {
         let Some(nic) = self.nics.get_mut(id).and_then(Option::as_mut) else {
             // The guest has ended: its frame waits among the zombies for its last packet.
-            if let Some(index) = self.net.zombies.iter().position(|&(f, _, _)| f == r.frame) {
-                self.net.zombies[index].1 -= 1;
-                if self.net.zombies[index].1 == 0 {
-                    let (base, _, pages) = self.net.zombies.swap_remove(index);
-                    free_run(base, pages);
-                }
-            }
+            self.net.release_zombie(r.frame);
             return;
         };
         let shared = nic.shared();
-        shared.tx[(r.ring_index % TX_RING_SIZE) as usize].status.store(status as u32, Ordering::Relaxed);
+        if let Some(desc) = shared.tx.get(ring::position(r.ring_index, TX_RING_SIZE)) {
+            desc.status.store(status as u32, Ordering::Relaxed);
+        }
         nic.ring.complete(r.ring_index);
         match nic.cow.release(usize::from(r.slot), r.frame) {
             // No flush: a stale read-only TLB entry costs at most a spurious fault.
@@ -499,17 +465,21 @@ impl NetCtx<'_> {
     /// the kernel resolves (then the guest is stopped).
     pub fn write_fault(&mut self, id: GuestId, addr: u64) -> Option<alloc::string::String> {
         let nic = self.nics.get_mut(id).and_then(Option::as_mut)?;
-        let tx_end = VNIC_TX_AREA_ADDR + TX_SLOTS * nic.slot_size;
-        if self.net.mode != TxMode::Cow || !(VNIC_TX_AREA_ADDR..tx_end).contains(&addr) {
-            return Some(alloc::string::String::new());
-        }
-        let slot = ((addr - VNIC_TX_AREA_ADDR) / nic.slot_size) as usize;
+        let slot = addr
+            .checked_sub(VNIC_TX_AREA_ADDR)
+            .and_then(|offset| offset.checked_div(nic.slot_size))
+            .filter(|&slot| slot < TX_SLOTS && self.net.mode == TxMode::Cow)
+            .and_then(|slot| usize::try_from(slot).ok());
+        let Some(slot) = slot else { return Some(alloc::string::String::new()) };
         let (slot_addr, run, pages) = (nic.slot_addr(slot as u64), nic.slot_size, nic.slot_pages);
-        let space = self.guests[id].space.as_mut().expect("a running guest has an address space");
+        let page_addrs = (0..pages).map(move |page| slot_addr.wrapping_add(page.wrapping_mul(PAGE)));
+        let Some(space) = self.guests.get_mut(id).and_then(|g| g.space.as_mut()) else {
+            return Some("write fault of a guest without an address space".into());
+        };
         match nic.cow.write_fault(slot) {
             Some(WriteFault::Spurious) => {
                 nic.set_slot_writable(slot, true);
-                self.net.counters.cow_spurious += 1;
+                self.net.counters.cow_spurious = self.net.counters.cow_spurious.saturating_add(1);
                 None
             }
             Some(WriteFault::Copy { old }) => {
@@ -517,9 +487,12 @@ impl NetCtx<'_> {
                 let copied = crate::mm::phys::with_frames(|frames| {
                     let new = frames.allocate_contiguous(pages, 1)?;
                     copy_into_run(new, run, 0, run_bytes(old, run, 0, run));
-                    for page in 0..pages {
-                        if space.remap_writable(frames, slot_addr + page * PAGE, new + page * PAGE).is_err() {
-                            return None; // cannot happen: the pages were mapped at build time
+                    for (virt, phys) in page_addrs.clone().zip(page_addrs_of(new, pages)) {
+                        if space.remap_writable(frames, virt, phys).is_err() {
+                            // Cannot happen (the slot's pages were mapped when the NIC was
+                            // built); the guest is stopped and the copy freed with its space.
+                            page_addrs_of(new, pages).for_each(|frame| space.own(frame));
+                            return None;
                         }
                     }
                     Some(new)
@@ -527,13 +500,21 @@ impl NetCtx<'_> {
                 let Some(new) = copied else {
                     return Some(alloc::format!("no memory for a copy-on-write copy of tx slot {slot}"));
                 };
+                // Every page of the slot now maps the copy. A read-only TLB entry of another
+                // page of a multi-page slot would still point at the old run, which is freed
+                // once the NIC is done with it: drop them all now (the faulting address space
+                // is the active one).
+                for virt in page_addrs {
+                    x86_64::instructions::tlb::flush(x86_64::VirtAddr::new(virt));
+                    self.net.counters.tlb_flushes = self.net.counters.tlb_flushes.saturating_add(1);
+                }
                 // The old run now belongs to the packets in flight; freed after the last.
-                for page in 0..pages {
-                    space.disown(old + page * PAGE);
-                    space.own(new + page * PAGE);
+                for (old_page, new_page) in page_addrs_of(old, pages).zip(page_addrs_of(new, pages)) {
+                    space.disown(old_page);
+                    space.own(new_page);
                 }
                 nic.cow.replace(slot, new);
-                self.net.counters.cow_faults += 1;
+                self.net.counters.cow_faults = self.net.counters.cow_faults.saturating_add(1);
                 None
             }
             None => Some(alloc::string::String::new()),
@@ -568,7 +549,10 @@ impl NetCtx<'_> {
                     let len = u64::from(packet.len);
                     let (frame, guest_frame) = match packet.data {
                         PacketData::Pool(buf) => {
-                            (run_bytes(pool_frames[buf.0 as usize], *pool_buffer_bytes, 0, len), None)
+                            let Some(&base) = pool_frames.get(buf.0 as usize) else {
+                                return Ok(()); // not a pool buffer: cannot happen
+                            };
+                            (run_bytes(base, *pool_buffer_bytes, 0, len), None)
                         }
                         PacketData::GuestFrame(r) => {
                             let Some(Some(owner)) = nics.get(src) else {
@@ -591,11 +575,11 @@ impl NetCtx<'_> {
                                 if packet.stamp != isolation_kernel::vnet::NO_STAMP {
                                     pending_notify.push((packet.stamp, handed, stamp(), packet.len));
                                 }
-                                counters.tx_copies += 1; // copy 2, into the NIC's DMA buffer
-                                counters.tx_bytes_copied += len;
+                                counters.tx_copies = counters.tx_copies.saturating_add(1); // copy 2, into the NIC's DMA buffer
+                                counters.tx_bytes_copied = counters.tx_bytes_copied.saturating_add(len);
                             }
                             (Some(nic), Some(r)) => {
-                                let data = r.frame + u64::from(r.offset);
+                                let data = r.frame.wrapping_add(u64::from(r.offset)); // inside the slot's run
                                 let handed = stamp();
                                 let queued = nic.transmit_zero_copy(data, packet.len, (src, r), |cookie| {
                                     finished.push((cookie, DescStatus::Done))
@@ -608,7 +592,7 @@ impl NetCtx<'_> {
                                 }
                                 return Ok(()); // completes when the NIC is done with the page
                             }
-                            (None, _) => counters.drops_unknown_mac += 1,
+                            (None, _) => counters.drops_unknown_mac = counters.drops_unknown_mac.saturating_add(1),
                         },
                         Route::Drop(reason) => count_drop(counters, reason),
                     }
@@ -662,7 +646,8 @@ impl NetCtx<'_> {
         self.net.finished = finished;
         let samples = &mut self.net.completion_samples;
         if stamping && samples.len() < samples.capacity() {
-            samples.push(((crate::arch::cpu::rdtsc_serialized() - start) / count) as u32);
+            let ticks = crate::arch::cpu::rdtsc_serialized().saturating_sub(start);
+            samples.push(ticks.checked_div(count).unwrap_or(0) as u32);
         }
     }
 
@@ -710,15 +695,114 @@ impl NetCtx<'_> {
     }
 }
 
+/// Whether [`take_tx`] took the next descriptor.
+enum Taken {
+    /// Taken: queued, or rejected with a status the guest sees.
+    Yes,
+    /// Not taken: the guest's FIFO or the kernel's buffers are full; it stays in the ring.
+    Backlogged,
+}
+
+/// Takes the next descriptor of guest `id`'s tx ring (which [`TxRing::offered`] said is there):
+/// validates it, and queues its frame or completes it with a rejection.
+fn take_tx(net: &mut Network, nic: &mut GuestNic, id: GuestId, name: &str, shared: &VnicShared) -> Taken {
+    let position = nic.ring.taken();
+    let Some(desc) = shared.tx.get(ring::position(position, TX_RING_SIZE)) else { return Taken::Backlogged };
+    // Read each field once: the guest may change them behind our back.
+    let (addr, len) = (desc.addr.load(Ordering::Relaxed), desc.len.load(Ordering::Relaxed));
+    let validated = validate_tx_sized(addr, len, nic.max_frame, nic.slot_size)
+        .map(|frame| (frame, usize::try_from(frame.slot).ok().and_then(|slot| nic.cow.frame(slot).map(|f| (slot, f)))));
+    let (frame, slot, page) = match validated {
+        Ok((frame, Some((slot, page)))) => (frame, slot, page),
+        Ok((_, None)) | Err(_) => {
+            if let Err(bad) = validated {
+                nic.log_once(id, name, format_args!("rejected tx descriptor: {bad}"));
+            }
+            let Some(index) = nic.ring.take() else { return Taken::Backlogged };
+            net.counters.drops_bad_desc = net.counters.drops_bad_desc.saturating_add(1);
+            desc.status.store(DescStatus::RejectedBadDescriptor as u32, Ordering::Relaxed);
+            nic.ring.complete(index);
+            return Taken::Yes;
+        }
+    };
+    if net.fifos.get(id).is_none_or(TxFifo::is_full) {
+        return Taken::Backlogged;
+    }
+    // `frame.len <= max_frame <= 9014` and `frame.offset < slot_size`, so both fit a u32.
+    let (frame_len, frame_offset) = (frame.len as u32, frame.offset as u32);
+    match net.mode {
+        TxMode::Copy => {
+            let Some(buf) = net.pool.alloc() else { return Taken::Backlogged };
+            let Some(&kernel_copy) = net.pool_frames.get(buf.0 as usize) else {
+                let _ = net.pool.release(buf);
+                return Taken::Backlogged;
+            };
+            let Some(index) = nic.ring.take() else {
+                let _ = net.pool.release(buf);
+                return Taken::Backlogged;
+            };
+            let bytes = run_bytes(page, nic.slot_size, frame.offset, frame.len);
+            copy_into_run(kernel_copy, net.pool_buffer_bytes, 0, bytes); // copy 1
+            net.counters.tx_copies = net.counters.tx_copies.saturating_add(1);
+            net.counters.tx_bytes_copied = net.counters.tx_bytes_copied.saturating_add(frame.len);
+            // The check runs on the kernel's copy: what is checked is what is sent.
+            let status = if net.vswitch.source_is(id, run_bytes(kernel_copy, net.pool_buffer_bytes, 0, frame.len)) {
+                let stamp = net.start_tx_record(page, nic.slot_size);
+                net.queue(id, Packet { stamp, ..Packet::pooled(buf, frame_len) });
+                net.sched.mark_ready(id);
+                net.counters.tx_packets = net.counters.tx_packets.saturating_add(1);
+                net.counters.tx_bytes = net.counters.tx_bytes.saturating_add(frame.len);
+                DescStatus::Done
+            } else {
+                let _ = net.pool.release(buf);
+                net.counters.drops_spoof = net.counters.drops_spoof.saturating_add(1);
+                DescStatus::RejectedSpoofedSource
+            };
+            desc.status.store(status as u32, Ordering::Relaxed);
+            nic.ring.complete(index);
+        }
+        TxMode::Cow => {
+            let Some(index) = nic.ring.take() else { return Taken::Backlogged };
+            // Protect first, check after: the guest cannot change what was checked.
+            if nic.cow.protect(slot) == Some(Protect::WriteProtect) {
+                nic.set_slot_writable(slot, false);
+                let base = nic.slot_addr(frame.slot);
+                nic.pending_flush.extend((0..nic.slot_pages).map(|page| base.wrapping_add(page.wrapping_mul(PAGE))));
+                net.counters.cow_protects = net.counters.cow_protects.saturating_add(1);
+            }
+            if net.vswitch.source_is(id, run_bytes(page, nic.slot_size, frame.offset, frame.len)) {
+                // Slot numbers are below TX_SLOTS (32).
+                let reference =
+                    GuestFrameRef { frame: page, offset: frame_offset, slot: slot as u16, ring_index: index };
+                let stamp = net.start_tx_record(page, nic.slot_size);
+                net.queue(id, Packet { data: PacketData::GuestFrame(reference), len: frame_len, stamp });
+                net.sched.mark_ready(id);
+                net.counters.tx_packets = net.counters.tx_packets.saturating_add(1);
+                net.counters.tx_bytes = net.counters.tx_bytes.saturating_add(frame.len);
+            } else {
+                net.counters.drops_spoof = net.counters.drops_spoof.saturating_add(1);
+                desc.status.store(DescStatus::RejectedSpoofedSource as u32, Ordering::Relaxed);
+                nic.ring.complete(index);
+                if let Release::RestoreWrite { .. } = nic.cow.release(slot, page) {
+                    nic.set_slot_writable(slot, true);
+                }
+            }
+        }
+    }
+    Taken::Yes
+}
+
 fn count_drop(counters: &mut NetCounters, reason: DropReason) {
     match reason {
-        DropReason::Malformed => counters.drops_malformed += 1,
-        _ => counters.drops_unknown_mac += 1,
+        DropReason::Malformed => counters.drops_malformed = counters.drops_malformed.saturating_add(1),
+        _ => counters.drops_unknown_mac = counters.drops_unknown_mac.saturating_add(1),
     }
 }
 
 /// Copies `frame` into the next rx buffer guest `dst` posted, raises its rx virtual interrupt
-/// and wakes it.
+/// and wakes it. A frame longer than the guest's MTU allows, or with no buffer to go into, is
+/// dropped and counted; a buffer the guest described badly is consumed, marked rejected and
+/// counted.
 /// Returns the rx buffer (run base and size) the frame went into, for the receive stamps.
 fn deliver(
     nics: &mut [Option<GuestNic>],
@@ -728,50 +812,62 @@ fn deliver(
     frame: &[u8],
 ) -> Option<(u64, u64)> {
     let Some(nic) = nics.get_mut(dst).and_then(Option::as_mut) else {
-        counters.drops_unknown_mac += 1;
+        counters.drops_unknown_mac = counters.drops_unknown_mac.saturating_add(1);
         return None;
     };
-    let shared = nic.shared();
-    let producer = shared.rx_producer.0.load(Ordering::Acquire);
-    match pending(producer, nic.rx_consumer, RX_RING_SIZE) {
-        Ok(0) => {
-            counters.drops_no_buffer += 1;
-            return None;
-        }
-        Ok(_) => {}
-        Err(_) => {
-            counters.drops_bad_desc += 1;
-            return None;
-        }
+    let frame_len = frame.len() as u64;
+    if frame_len > nic.max_frame {
+        counters.drops_oversize = counters.drops_oversize.saturating_add(1);
+        return None;
     }
-    let desc = &shared.rx[(nic.rx_consumer % RX_RING_SIZE) as usize];
+    let shared = nic.shared();
+    let index = match nic.rx.take(shared.rx_producer.0.load(Ordering::Acquire)) {
+        Ok(Some(index)) => index,
+        Ok(None) => {
+            counters.drops_no_buffer = counters.drops_no_buffer.saturating_add(1);
+            return None;
+        }
+        Err(_) => {
+            counters.bad_ring_indices = counters.bad_ring_indices.saturating_add(1);
+            counters.drops_bad_rx_ring = counters.drops_bad_rx_ring.saturating_add(1);
+            return None;
+        }
+    };
+    let desc = shared.rx.get(ring::position(index, RX_RING_SIZE))?;
+    // Read each field once: the guest may change them behind our back.
     let (addr, capacity) = (desc.addr.load(Ordering::Relaxed), desc.len.load(Ordering::Relaxed));
-    nic.rx_consumer = nic.rx_consumer.wrapping_add(1);
     let mut delivered = None;
-    let status = match validate_rx_sized(addr, capacity, nic.slot_size) {
-        Ok(buffer) if frame.len() as u64 <= buffer.capacity.min(nic.slot_size - buffer.offset) => {
-            copy_into_run(nic.rx_frames[buffer.slot as usize], nic.slot_size, buffer.offset, frame);
+    let buffer = validate_rx_sized(addr, capacity, nic.slot_size)
+        .ok()
+        .and_then(|buffer| Some((buffer, *nic.rx_frames.get(usize::try_from(buffer.slot).ok()?)?)));
+    let status = match buffer {
+        Some((buffer, run))
+            if buffer.offset.checked_add(frame_len).is_some_and(|end| end <= nic.slot_size)
+                && frame_len <= buffer.capacity =>
+        {
+            copy_into_run(run, nic.slot_size, buffer.offset, frame);
             // Room for the receive stamps after the frame (they are written only when on).
-            if buffer.offset + frame.len() as u64 <= hypercall_abi::vnic::stamps::rx_stamps_offset(nic.slot_size) {
-                delivered = Some((nic.rx_frames[buffer.slot as usize], nic.slot_size));
+            if buffer.offset.saturating_add(frame_len) <= hypercall_abi::vnic::stamps::rx_stamps_offset(nic.slot_size) {
+                delivered = Some((run, nic.slot_size));
             }
             desc.len.store(frame.len() as u32, Ordering::Relaxed);
-            counters.rx_copies += 1;
-            counters.rx_packets += 1;
-            counters.rx_bytes += frame.len() as u64;
+            counters.rx_copies = counters.rx_copies.saturating_add(1);
+            counters.rx_packets = counters.rx_packets.saturating_add(1);
+            counters.rx_bytes = counters.rx_bytes.saturating_add(frame_len);
             DescStatus::Done
         }
-        Ok(_) => {
-            counters.drops_no_buffer += 1;
+        Some(_) => {
+            // A valid buffer, but smaller than this frame (the guest posted less than its MTU).
+            counters.drops_rx_buffer_small = counters.drops_rx_buffer_small.saturating_add(1);
             DescStatus::RejectedBadDescriptor
         }
-        Err(_) => {
-            counters.drops_bad_desc += 1;
+        None => {
+            counters.drops_bad_desc = counters.drops_bad_desc.saturating_add(1);
             DescStatus::RejectedBadDescriptor
         }
     };
     desc.status.store(status as u32, Ordering::Relaxed);
-    shared.rx_consumer.0.store(nic.rx_consumer, Ordering::Release);
+    shared.rx_consumer.0.store(nic.rx.consumer(), Ordering::Release);
     shared.virq.0.fetch_or(VirtualInterrupts::RX, Ordering::AcqRel);
     sched.wake(dst);
     delivered

@@ -26,6 +26,17 @@ pub struct NetCounters {
     pub drops_malformed: u64,
     /// Frames refused because the guest's transmit FIFO was full.
     pub drops_fifo_full: u64,
+    /// Frames longer than the receiving guest's MTU allows (dropped before any buffer is used).
+    pub drops_oversize: u64,
+    /// Frames longer than the rx buffer the guest posted (the buffer is returned rejected).
+    pub drops_rx_buffer_small: u64,
+    /// Frames for a guest whose rx producer index was out of its window (see `bad_ring_indices`).
+    pub drops_bad_rx_ring: u64,
+    /// Producer indices refused (moved backwards, or more than a ring ahead), tx and rx. Not a
+    /// drop counter: a refused tx producer leaves the descriptors in the ring.
+    pub bad_ring_indices: u64,
+    /// Slot runs of ended guests freed once the NIC finished their last in-flight packet.
+    pub zombies_freed: u64,
     /// COW path: tx slot pages write-protected, write faults that copied a page, write faults
     /// on a stale read-only TLB entry that needed no copy, and TLB flushes (`invlpg`s) made.
     pub cow_protects: u64,
@@ -36,7 +47,7 @@ pub struct NetCounters {
 
 impl NetCounters {
     /// The counters as `(name, value)` pairs, in the order they are printed.
-    pub fn pairs(&self) -> [(&'static str, u64); 17] {
+    pub fn pairs(&self) -> [(&'static str, u64); 22] {
         [
             ("tx_packets", self.tx_packets),
             ("tx_bytes", self.tx_bytes),
@@ -51,6 +62,11 @@ impl NetCounters {
             ("drops_unknown_mac", self.drops_unknown_mac),
             ("drops_malformed", self.drops_malformed),
             ("drops_fifo_full", self.drops_fifo_full),
+            ("drops_oversize", self.drops_oversize),
+            ("drops_rx_buffer_small", self.drops_rx_buffer_small),
+            ("drops_bad_rx_ring", self.drops_bad_rx_ring),
+            ("bad_ring_indices", self.bad_ring_indices),
+            ("zombies_freed", self.zombies_freed),
             ("cow_protects", self.cow_protects),
             ("cow_faults", self.cow_faults),
             ("cow_spurious", self.cow_spurious),
@@ -60,11 +76,15 @@ impl NetCounters {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 
     #[test]
     fn pairs_name_every_counter_in_order() {
+        // Every field set to a distinct value through the pairs' own names would be circular;
+        // instead count the fields (a struct of u64s) and check each value is read once.
+        const FIELDS: usize = core::mem::size_of::<NetCounters>() / core::mem::size_of::<u64>();
         let counters = NetCounters {
             tx_packets: 1,
             tx_bytes: 2,
@@ -79,22 +99,28 @@ mod tests {
             drops_unknown_mac: 11,
             drops_malformed: 12,
             drops_fifo_full: 13,
-            cow_protects: 14,
-            cow_faults: 15,
-            cow_spurious: 16,
-            tlb_flushes: 17,
+            drops_oversize: 14,
+            drops_rx_buffer_small: 15,
+            drops_bad_rx_ring: 16,
+            bad_ring_indices: 17,
+            zombies_freed: 18,
+            cow_protects: 19,
+            cow_faults: 20,
+            cow_spurious: 21,
+            tlb_flushes: 22,
         };
         let pairs = counters.pairs();
-        // Distinct values 1..=17 in field order: each pair reads its own field.
+        assert_eq!(pairs.len(), FIELDS, "every counter is printed");
+        // Distinct values in field order: each pair reads its own field.
         assert_eq!(pairs.map(|(_, v)| v), core::array::from_fn(|i| i as u64 + 1));
         let names = pairs.map(|(n, _)| n);
         assert_eq!(names[0], "tx_packets");
         assert_eq!(names[7], "drops_bad_desc");
-        assert_eq!(names[12], "drops_fifo_full");
+        assert_eq!(names[13], "drops_oversize");
         let mut sorted = names.to_vec();
         sorted.sort_unstable();
         sorted.dedup();
-        assert_eq!(sorted.len(), 17, "names must be distinct");
+        assert_eq!(sorted.len(), FIELDS, "names must be distinct");
         assert!(names.iter().all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')));
         assert!(NetCounters::default().pairs().iter().all(|&(_, v)| v == 0));
     }

@@ -1,77 +1,11 @@
 //! Bookkeeping of the copy-on-write transmit path: which tx slots are write-protected, how many
-//! packets are in flight on each physical frame, and in what order the tx ring completes.
+//! packets are in flight on each physical frame (the tx ring's order is [`super::ring`]'s).
 //!
 //! The kernel binary applies the decisions (page-table changes, TLB flushes, page copies); this
 //! module only counts, so every case can be tested on the host. Costs are O(1) per packet,
 //! except that a frame orphaned by a COW fault is found by a scan of the (tiny) orphan list.
 
 use alloc::vec::Vec;
-use hypercall_abi::vnic::TX_RING_SIZE;
-
-/// The tx ring from the kernel's side: descriptors are *taken* (validated and queued) in ring
-/// order but may *complete* out of order (a frame to another guest completes at once, one to the
-/// NIC when the NIC is done). The consumer index the guest sees only passes completed
-/// descriptors, so the guest never reuses a slot whose packet is still in flight.
-#[derive(Clone, Debug)]
-pub struct TxRing {
-    taken: u32,
-    consumer: u32,
-    done: [bool; TX_RING_SIZE as usize],
-}
-
-impl Default for TxRing {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl TxRing {
-    pub const fn new() -> Self {
-        TxRing { taken: 0, consumer: 0, done: [false; TX_RING_SIZE as usize] }
-    }
-
-    /// Next ring index to take.
-    pub fn taken(&self) -> u32 {
-        self.taken
-    }
-
-    /// Every index below this one has completed (what the guest sees as `tx_consumer`).
-    pub fn consumer(&self) -> u32 {
-        self.consumer
-    }
-
-    /// Taken, not yet completed.
-    pub fn in_flight(&self) -> u32 {
-        self.taken.wrapping_sub(self.consumer)
-    }
-
-    /// Takes the next index; `None` if a whole ring is already in flight.
-    pub fn take(&mut self) -> Option<u32> {
-        if self.in_flight() >= TX_RING_SIZE {
-            return None;
-        }
-        let index = self.taken;
-        self.done[(index % TX_RING_SIZE) as usize] = false;
-        self.taken = self.taken.wrapping_add(1);
-        Some(index)
-    }
-
-    /// Marks `index` complete and advances the consumer over every completed index. Returns
-    /// false (and changes nothing) for an index not in flight or already completed.
-    pub fn complete(&mut self, index: u32) -> bool {
-        let offset = index.wrapping_sub(self.consumer);
-        let slot = (index % TX_RING_SIZE) as usize;
-        if offset >= self.in_flight() || self.done[slot] {
-            return false;
-        }
-        self.done[slot] = true;
-        while self.consumer != self.taken && self.done[(self.consumer % TX_RING_SIZE) as usize] {
-            self.done[(self.consumer % TX_RING_SIZE) as usize] = false;
-            self.consumer = self.consumer.wrapping_add(1);
-        }
-        true
-    }
-}
 
 /// One tx slot: the frame the guest's page maps now, packets in flight on it, and whether the
 /// guest's mapping of it is read-only.
@@ -143,9 +77,10 @@ impl CowSlots {
     }
 
     /// A packet in `slot` is about to be handed on without a copy: count it and protect the page.
+    /// `None` for a slot that does not exist (or, impossibly, a count that would overflow).
     pub fn protect(&mut self, slot: usize) -> Option<Protect> {
         let s = self.slots.get_mut(slot)?;
-        s.in_flight += 1;
+        s.in_flight = s.in_flight.checked_add(1)?;
         Some(if s.read_only {
             Protect::AlreadyProtected
         } else {
@@ -157,47 +92,47 @@ impl CowSlots {
     /// A packet on `frame` (taken from `slot`) is done with.
     pub fn release(&mut self, slot: usize, frame: u64) -> Release {
         if let Some(s) = self.slots.get_mut(slot).filter(|s| s.frame == frame && s.in_flight > 0) {
-            s.in_flight -= 1;
+            s.in_flight = s.in_flight.saturating_sub(1);
             if s.in_flight > 0 {
                 return Release::StillInFlight;
             }
             s.read_only = false;
             return Release::RestoreWrite { slot };
         }
-        match self.orphans.iter().position(|&(f, _)| f == frame) {
-            Some(index) => {
-                self.orphans[index].1 -= 1;
-                if self.orphans[index].1 == 0 {
-                    self.orphans.swap_remove(index);
-                    Release::FreeFrame(frame)
-                } else {
-                    Release::StillInFlight
-                }
-            }
-            None => Release::Unknown,
+        let Some(index) = self.orphans.iter().position(|&(f, _)| f == frame) else { return Release::Unknown };
+        let Some((_, count)) = self.orphans.get_mut(index) else { return Release::Unknown };
+        *count = count.saturating_sub(1);
+        if *count > 0 {
+            return Release::StillInFlight;
         }
+        self.orphans.swap_remove(index);
+        Release::FreeFrame(frame)
     }
 
-    /// The guest wrote to `slot`'s page and faulted.
+    /// The guest wrote to `slot`'s page and faulted. Changes nothing for a copy until
+    /// [`CowSlots::replace`] says the copy was made (it may fail for lack of memory).
     pub fn write_fault(&mut self, slot: usize) -> Option<WriteFault> {
         let s = self.slots.get_mut(slot)?;
         if s.in_flight == 0 {
             s.read_only = false;
             return Some(WriteFault::Spurious);
         }
-        self.orphans.push((s.frame, s.in_flight));
         Some(WriteFault::Copy { old: s.frame })
     }
 
-    /// After a [`WriteFault::Copy`]: the slot now maps `new_frame`, writable, nothing in flight.
+    /// After a [`WriteFault::Copy`]: the slot now maps `new_frame`, writable, nothing in flight;
+    /// its old frame becomes an orphan, freed after its last packet.
     pub fn replace(&mut self, slot: usize, new_frame: u64) {
         if let Some(s) = self.slots.get_mut(slot) {
+            if s.in_flight > 0 {
+                self.orphans.push((s.frame, s.in_flight));
+            }
             *s = Slot { frame: new_frame, in_flight: 0, read_only: false };
         }
     }
 
     /// Every frame with packets in flight (the guest's current ones and orphans), with counts:
-    /// what must outlive the guest if it ends now.
+    /// what must outlive the guest if it ends now. Each frame appears once.
     pub fn frames_in_flight(&self) -> Vec<(u64, u32)> {
         let mut frames: Vec<(u64, u32)> =
             self.slots.iter().filter(|s| s.in_flight > 0).map(|s| (s.frame, s.in_flight)).collect();
@@ -207,6 +142,7 @@ impl CowSlots {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 
@@ -265,29 +201,17 @@ mod tests {
     }
 
     #[test]
-    fn completion_out_of_order_advances_the_consumer_in_order() {
-        let mut r = TxRing::new();
-        let (a, b, c) = (r.take().unwrap(), r.take().unwrap(), r.take().unwrap());
-        assert_eq!(r.in_flight(), 3);
-        assert!(r.complete(b));
-        assert_eq!(r.consumer(), 0, "a is still in flight");
-        assert!(!r.complete(b), "twice");
-        assert!(r.complete(a));
-        assert_eq!(r.consumer(), 2);
-        assert!(r.complete(c));
-        assert_eq!(r.consumer(), 3);
-        assert!(!r.complete(7), "never taken");
-    }
-
-    #[test]
-    fn ring_is_bounded_and_wraps() {
-        let mut r = TxRing { taken: u32::MAX - 3, consumer: u32::MAX - 3, done: [false; TX_RING_SIZE as usize] };
-        let taken: Vec<u32> = (0..TX_RING_SIZE).map(|_| r.take().unwrap()).collect();
-        assert_eq!(r.take(), None, "a whole ring in flight");
-        for index in taken.iter().rev() {
-            assert!(r.complete(*index));
-        }
-        assert_eq!(r.consumer(), r.taken());
-        assert_eq!(r.in_flight(), 0);
+    fn a_copy_that_fails_leaves_the_frame_in_flight_once() {
+        let mut c = slots();
+        c.protect(1);
+        assert_eq!(c.write_fault(1), Some(WriteFault::Copy { old: 0x2000 }));
+        // No memory for the copy: the guest is stopped; its frames in flight are listed once.
+        assert_eq!(c.frames_in_flight(), vec![(0x2000, 1)]);
+        // A second fault and then a successful copy orphan the frame once.
+        assert_eq!(c.write_fault(1), Some(WriteFault::Copy { old: 0x2000 }));
+        c.replace(1, 0x8000);
+        assert_eq!(c.frames_in_flight(), vec![(0x2000, 1)]);
+        assert_eq!(c.release(1, 0x2000), Release::FreeFrame(0x2000));
+        assert_eq!(c.release(1, 0x2000), Release::Unknown);
     }
 }

@@ -9,7 +9,9 @@
 //! nowhere), and [`counters`] count what happened for the `stats:` line.
 //!
 //! Everything allocates at construction time only; the per-packet operations never allocate and
-//! never panic on guest-controlled values.
+//! never panic on guest-controlled values; the lints below hold every module here to that.
+
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
 pub mod counters;
 pub mod cow;
@@ -17,6 +19,7 @@ pub mod desc;
 pub mod fifo;
 pub mod netsched;
 pub mod pool;
+pub mod ring;
 pub mod vswitch;
 
 pub use counters::NetCounters;
@@ -26,4 +29,5 @@ pub use desc::{
 pub use fifo::{GuestFrameRef, Packet, PacketData, TxFifo, NO_STAMP};
 pub use netsched::NetScheduler;
 pub use pool::{BufId, PacketPool, PoolError};
+pub use ring::{RingIndexError, RxRing, TxRing};
 pub use vswitch::{DropReason, Ipv4, Mac, Route, Source, Vswitch, VswitchError, BROADCAST};

@@ -82,7 +82,7 @@ impl NetScheduler {
     /// reordered. `fifos[g]` is guest `g`'s FIFO; a guest without one leaves the rotation.
     /// Returns the number of packets sent.
     pub fn serve(&mut self, fifos: &mut [TxFifo], mut send: impl FnMut(usize, Packet) -> Result<(), Packet>) -> usize {
-        let mut sent = 0;
+        let mut sent: usize = 0;
         while let Some(&guest) = self.active.front() {
             let mut fifo = fifos.get_mut(guest);
             if let Some(fifo) = fifo.as_deref_mut() {
@@ -90,8 +90,8 @@ impl NetScheduler {
                     let Some(packet) = fifo.pop() else { break };
                     match send(guest, packet) {
                         Ok(()) => {
-                            sent += 1;
-                            self.spent += 1;
+                            sent = sent.saturating_add(1);
+                            self.spent = self.spent.saturating_add(1);
                         }
                         Err(packet) => {
                             // Cannot fail: the pop just made room.
@@ -116,6 +116,7 @@ impl NetScheduler {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
     use crate::vnet::pool::BufId;
