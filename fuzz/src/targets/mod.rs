@@ -7,6 +7,7 @@ pub mod guest_mem;
 pub mod image_cfg;
 pub mod memmap;
 pub mod pvh;
+pub mod ring;
 pub mod vinstr;
 pub mod vswitch;
 
@@ -16,6 +17,7 @@ use crate::engine::Target;
 pub const ALL: &[Target] = &[
     vinstr::TARGET,
     desc::TARGET,
+    ring::TARGET,
     guest_mem::TARGET,
     cpio::TARGET,
     elf::TARGET,
