@@ -8,12 +8,26 @@
 //! never goes back to the uplink; a frame too short for its headers is dropped as malformed;
 //! a broadcast ARP reaches only the owner of the address asked for. `source_is` accepts
 //! exactly the frames carrying the sender's own MAC.
+//!
+//! Then delivery, modelled from the portable pieces the kernel's `deliver` is made of: a frame
+//! from a guest must carry its own source MAC, a routed frame must fit the destination's MTU,
+//! takes the next buffer the destination posted (`RxRing::take` on a producer the guest moves
+//! anywhere) and must fit that buffer (`validate_rx_sized` on a descriptor the guest wrote).
+//! Every frame ends in exactly one counter (`frames = uplink + delivered + each drop`), a
+//! delivered frame lies inside the destination's rx area, fits its MTU and buffer, and fills a
+//! buffer the guest posted, once.
 
 use crate::engine::{Target, Verdict};
 use crate::features::Features;
 use crate::source::Source;
 use crate::{check, check_eq};
-use isolation_kernel::vnet::{DropReason, Ipv4, Mac, Route, Source as From, Vswitch, VswitchError, BROADCAST};
+use hypercall_abi::layout::VNIC_RX_AREA_ADDR;
+use hypercall_abi::vnic::{max_frame, rx_buffer_addr_for, slot_size, MAX_MTU, MIN_MTU, MTU, RX_RING_SIZE, RX_SLOTS};
+use isolation_kernel::vnet::ring::position;
+use isolation_kernel::vnet::{
+    validate_rx_sized, DropReason, Ipv4, Mac, NetCounters, Route, RxRing, Source as From, Vswitch, VswitchError,
+    BROADCAST,
+};
 
 pub const TARGET: Target = Target {
     name: "vswitch",
@@ -148,7 +162,17 @@ fn run(input: &[u8], features: &mut Features) -> Verdict {
         check_eq!(switch.guest_by_ip(&ip), Some(guest), "guest_by_ip");
     }
 
+    let mut nics: Vec<Nic> = (0..GUESTS).map(|_| Nic::new(&mut source)).collect();
+    let mut counters = NetCounters::default();
+    let mut frames = 0u64;
+
     while !source.is_empty() {
+        if source.below(4) == 0 {
+            // A guest posts buffers: moves its producer anywhere, rewrites a descriptor.
+            let nic = &mut nics[source.below(GUESTS)];
+            nic.post(&mut source);
+            continue;
+        }
         let from = match source.below(GUESTS + 2) {
             g if g < GUESTS + 1 => From::Guest(g),
             _ => From::Uplink,
@@ -175,7 +199,129 @@ fn run(input: &[u8], features: &mut Features) -> Verdict {
         if let Route::Drop(reason) = route {
             check!(!reason.kind().is_empty() && !reason.to_string().is_empty(), "drop reason without a name");
         }
+        frames += 1;
+        deliver(&switch, &mut nics, &mut counters, &frame, from, features)?;
+        let accounted = counters.tx_packets
+            + counters.rx_packets
+            + counters.drops_spoof
+            + counters.drops_malformed
+            + counters.drops_unknown_mac
+            + counters.drops_oversize
+            + counters.drops_no_buffer
+            + counters.drops_bad_rx_ring
+            + counters.drops_bad_desc
+            + counters.drops_rx_buffer_small;
+        check_eq!(accounted, frames, "frames accounted for by the counters {counters:?}");
     }
+    Ok(())
+}
+
+/// A guest's receive side: its ring as the kernel keeps it, and what the guest wrote in its
+/// shared page (producer, descriptors), which it may change at any time.
+struct Nic {
+    mtu: u64,
+    rx: RxRing,
+    producer: u32,
+    descriptors: [(u64, u32); RX_RING_SIZE as usize],
+    /// Ring indices filled since the guest last posted.
+    filled: Vec<u32>,
+}
+
+impl Nic {
+    fn new(source: &mut Source) -> Nic {
+        let mtu = source.pick(&[MTU, MTU, MAX_MTU, MIN_MTU]);
+        let start = source.u32_near(&[0, u32::MAX - 8]);
+        // Well-formed full-slot buffers to begin with, all posted.
+        let size = slot_size(mtu);
+        let descriptors = core::array::from_fn(|i| (rx_buffer_addr_for(i as u64, size), size as u32));
+        Nic { mtu, rx: RxRing::starting_at(start), producer: start.wrapping_add(RX_RING_SIZE), descriptors, filled: Vec::new() }
+    }
+
+    fn post(&mut self, source: &mut Source) {
+        let consumer = self.rx.consumer();
+        self.producer = match source.below(4) {
+            0 => source.u32(),
+            _ => consumer.wrapping_add(u32::from(source.u8()) % (2 * RX_RING_SIZE + 2)).wrapping_sub(RX_RING_SIZE / 2),
+        };
+        self.filled.clear();
+        if source.bool() {
+            let size = slot_size(self.mtu);
+            let slot = u64::from(source.u8()) % (RX_SLOTS + 2);
+            let addr = rx_buffer_addr_for(slot, size).wrapping_add(source.u64_near(&[0, 1, 64, size - 64]));
+            let capacity = source.u32_near(&[0, 14, 60, 1514, 4096, size as u32, u32::MAX]);
+            let at = source.below(RX_RING_SIZE as usize);
+            self.descriptors[at] = (addr, capacity);
+        }
+    }
+}
+
+/// What the kernel does with a frame, from the portable pieces: the source check for guests'
+/// frames, the route, then for a guest the MTU, the rx ring and the posted buffer.
+fn deliver(
+    switch: &Vswitch,
+    nics: &mut [Nic],
+    counters: &mut NetCounters,
+    frame: &[u8],
+    from: From,
+    features: &mut Features,
+) -> Verdict {
+    let count = |counter: &mut u64| *counter += 1;
+    if let From::Guest(g) = from {
+        if !switch.source_is(g, frame) {
+            count(&mut counters.drops_spoof);
+            return Ok(());
+        }
+    }
+    let dst = match switch.route(frame, from) {
+        Route::Uplink => return Ok(count(&mut counters.tx_packets)),
+        Route::Drop(DropReason::Malformed) => return Ok(count(&mut counters.drops_malformed)),
+        // As the kernel's `count_drop` does: the other reasons share `drops_unknown_mac`.
+        Route::Drop(_) => return Ok(count(&mut counters.drops_unknown_mac)),
+        Route::Guest(dst) => dst,
+    };
+    check!(from != From::Guest(dst), "a guest's frame delivered back to it");
+    let Some(nic) = nics.get_mut(dst) else {
+        return Err(format!("routed to guest {dst}, which has no NIC"));
+    };
+    let len = frame.len() as u64;
+    if len > max_frame(nic.mtu) {
+        count(&mut counters.drops_oversize);
+        features.note("deliver", 1);
+        return Ok(());
+    }
+    let consumer = nic.rx.consumer();
+    let index = match nic.rx.take(nic.producer) {
+        Ok(Some(index)) => index,
+        Ok(None) => {
+            check_eq!(nic.producer, consumer, "no buffer although the guest posted some");
+            features.note("deliver", 2);
+            return Ok(count(&mut counters.drops_no_buffer));
+        }
+        Err(_) => {
+            check!(nic.producer.wrapping_sub(consumer) > RX_RING_SIZE, "a producer within the ring refused");
+            features.note("deliver", 3);
+            return Ok(count(&mut counters.drops_bad_rx_ring));
+        }
+    };
+    check!(index.wrapping_sub(consumer) == 0 && nic.producer.wrapping_sub(index) <= RX_RING_SIZE, "index {index} not posted");
+    check!(!nic.filled.contains(&index), "rx buffer {index} filled twice");
+    nic.filled.push(index);
+    let (addr, capacity) = nic.descriptors[position(index, RX_RING_SIZE)];
+    let size = slot_size(nic.mtu);
+    let Ok(buffer) = validate_rx_sized(addr, capacity, size) else {
+        features.note("deliver", 4);
+        return Ok(count(&mut counters.drops_bad_desc));
+    };
+    if len > buffer.capacity {
+        features.note("deliver", 5);
+        return Ok(count(&mut counters.drops_rx_buffer_small));
+    }
+    // Delivered: the frame lies in the destination's rx area, in the buffer it posted.
+    let start = VNIC_RX_AREA_ADDR + buffer.slot * size + buffer.offset;
+    check!(start == addr && start + len <= VNIC_RX_AREA_ADDR + RX_SLOTS * size, "frame outside the rx area");
+    check!(buffer.offset + len <= size && len <= max_frame(nic.mtu), "frame outside its slot or over the MTU");
+    features.note("deliver", 0);
+    count(&mut counters.rx_packets);
     Ok(())
 }
 
