@@ -137,7 +137,7 @@ pub fn fuzz(target: &Target, real: &RealInputs, seed: u64, limits: &Limits) -> R
         if limits.executions.is_some_and(|max| executions >= max) {
             break;
         }
-        if executions % 256 == 0 {
+        if executions.is_multiple_of(256) {
             let now = Instant::now();
             if limits.time.is_some_and(|max| now - start >= max) {
                 break;

@@ -8,21 +8,8 @@ use crate::rng::Rng;
 /// sizes this kernel cares about (ring of 32, 4 KiB pages and slots, Ethernet frame limits).
 const INTERESTING_8: &[u8] = &[0, 1, 2, 13, 14, 15, 16, 31, 32, 33, 63, 64, 0x7f, 0x80, 0xfe, 0xff];
 const INTERESTING_16: &[u16] = &[0, 1, 56, 64, 0x7fff, 0x8000, 0xffff, 0x100, 1500, 1514, 1515, 4095, 4096, 9014];
-const INTERESTING_32: &[u32] = &[
-    0,
-    1,
-    31,
-    32,
-    33,
-    4095,
-    4096,
-    4097,
-    12288,
-    0x7fff_ffff,
-    0x8000_0000,
-    0xffff_fffe,
-    0xffff_ffff,
-];
+const INTERESTING_32: &[u32] =
+    &[0, 1, 31, 32, 33, 4095, 4096, 4097, 12288, 0x7fff_ffff, 0x8000_0000, 0xffff_fffe, 0xffff_ffff];
 const INTERESTING_64: &[u64] = &[
     0,
     1,

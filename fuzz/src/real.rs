@@ -29,7 +29,8 @@ impl RealInputs {
         for image in images {
             if let Ok(initrd) = std::fs::read(image.join("initrd.cpio")) {
                 for entry in Archive::new(&initrd).entries().flatten() {
-                    if entry.name.starts_with(hypercall_abi::initrd::APP_DIR) && !real.elfs.iter().any(|e| e == entry.data)
+                    if entry.name.starts_with(hypercall_abi::initrd::APP_DIR)
+                        && !real.elfs.iter().any(|e| e == entry.data)
                     {
                         real.elfs.push(entry.data.to_vec());
                     }

@@ -62,7 +62,10 @@ fn seeds(real: &RealInputs) -> Vec<Vec<u8>> {
     let config: &[u8] = b"image\tname=hello\nguest\tname=hello-0\tapp=hello\theap_kib=64\targs=\n";
     let elf_head: &[u8] = b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0\x02\0\x3e\0";
     let mut seeds = vec![
-        write_archive(&[(b"image.cfg", 0o100644, config), (b"bin", 0o40755, b""), (b"bin/hello", 0o100755, elf_head)], true),
+        write_archive(
+            &[(b"image.cfg", 0o100644, config), (b"bin", 0o40755, b""), (b"bin/hello", 0o100755, elf_head)],
+            true,
+        ),
         write_archive(&[(b"a", 0o100644, b"x")], true),
         write_archive(&[(b"a", 0o100644, b"xyz"), (b"a", 0o100644, b"second")], false),
         write_archive(&[], true),

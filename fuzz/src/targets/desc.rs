@@ -16,7 +16,9 @@ use hypercall_abi::vnic::{
     max_frame, slot_size, MAX_FRAME, MAX_MTU, MIN_FRAME, MIN_MTU, RX_RING_SIZE, RX_SLOTS, SLOT_SIZE, TX_HEADROOM,
     TX_RING_SIZE, TX_SLOTS,
 };
-use isolation_kernel::vnet::{pending, validate_rx_sized, validate_tx_sized, BadDescriptor, BadIndex, RxBuffer, TxFrame};
+use isolation_kernel::vnet::{
+    pending, validate_rx_sized, validate_tx_sized, BadDescriptor, BadIndex, RxBuffer, TxFrame,
+};
 
 pub const TARGET: Target = Target {
     name: "desc",
@@ -53,7 +55,8 @@ fn slot_size_choice(source: &mut Source) -> (u64, bool) {
 fn address(source: &mut Source, slot_size: u64) -> u64 {
     let base = source.pick(&[VNIC_TX_AREA_ADDR, VNIC_RX_AREA_ADDR, 0, u64::MAX, IMAGE_BASE]);
     let slot = u64::from(source.u32_near(&[0, 1, 31, 32, 33]));
-    let offset = source.u64_near(&[0, TX_HEADROOM, slot_size, slot_size.wrapping_sub(14), slot_size.wrapping_sub(MAX_FRAME)]);
+    let offset =
+        source.u64_near(&[0, TX_HEADROOM, slot_size, slot_size.wrapping_sub(14), slot_size.wrapping_sub(MAX_FRAME)]);
     match source.below(4) {
         0 => source.u64(),
         _ => base.wrapping_add(slot.wrapping_mul(slot_size)).wrapping_add(offset),
@@ -117,7 +120,8 @@ fn reference_locate(addr: u64, base: u64, slots: u64, slot_size: u64) -> Option<
 
 fn reference_tx(addr: u64, len: u32, max: u64, size: u64) -> Result<TxFrame, BadDescriptor> {
     let len = u64::from(len);
-    let (slot, offset) = reference_locate(addr, VNIC_TX_AREA_ADDR, TX_SLOTS, size).ok_or(BadDescriptor::OutsideArea { addr })?;
+    let (slot, offset) =
+        reference_locate(addr, VNIC_TX_AREA_ADDR, TX_SLOTS, size).ok_or(BadDescriptor::OutsideArea { addr })?;
     if len < MIN_FRAME {
         Err(BadDescriptor::TooShort { len })
     } else if len > max {
@@ -133,7 +137,8 @@ fn reference_tx(addr: u64, len: u32, max: u64, size: u64) -> Result<TxFrame, Bad
 
 fn reference_rx(addr: u64, capacity: u32, size: u64) -> Result<RxBuffer, BadDescriptor> {
     let capacity = u64::from(capacity);
-    let (slot, offset) = reference_locate(addr, VNIC_RX_AREA_ADDR, RX_SLOTS, size).ok_or(BadDescriptor::OutsideArea { addr })?;
+    let (slot, offset) =
+        reference_locate(addr, VNIC_RX_AREA_ADDR, RX_SLOTS, size).ok_or(BadDescriptor::OutsideArea { addr })?;
     if capacity < MIN_FRAME {
         Err(BadDescriptor::TooShort { len: capacity })
     } else if u128::from(offset) + u128::from(capacity) > u128::from(size) {

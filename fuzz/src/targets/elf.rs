@@ -190,9 +190,9 @@ fn reference(file: &[u8]) -> Result<(u64, Vec<Segment>), ElfError> {
     if segments.is_empty() {
         return Err(ElfError::NoSegments);
     }
-    let in_exec = segments.iter().any(|(_, s)| {
-        s.executable && u128::from(entry) >= u128::from(s.vaddr) && entry - s.vaddr < s.mem_size
-    });
+    let in_exec = segments
+        .iter()
+        .any(|(_, s)| s.executable && u128::from(entry) >= u128::from(s.vaddr) && entry - s.vaddr < s.mem_size);
     if !in_exec {
         return Err(ElfError::EntryNotExecutable(entry));
     }
@@ -241,11 +241,17 @@ fn check_file(file: &[u8], features: &mut Features) -> Verdict {
     check!((1..=MAX_SEGMENTS).contains(&segments.len()), "{} segments", segments.len());
     for (i, s) in segments.iter().enumerate() {
         check!(s.mem_size > 0 && s.file_size <= s.mem_size, "segment {i} sizes {s:x?}");
-        check!(s.file_offset.checked_add(s.file_size).is_some_and(|end| end <= file.len() as u64), "segment {i} past the file");
+        check!(
+            s.file_offset.checked_add(s.file_size).is_some_and(|end| end <= file.len() as u64),
+            "segment {i} past the file"
+        );
         check!(s.vaddr >= IMAGE_BASE && s.vaddr + s.mem_size <= IMAGE_LIMIT, "segment {i} outside the image area");
         check!(s.vaddr % PAGE_SIZE == s.file_offset % PAGE_SIZE, "segment {i} not congruent");
         let (start, end) = s.page_range();
-        check!(start % PAGE_SIZE == 0 && end % PAGE_SIZE == 0 && start <= s.vaddr && s.vaddr + s.mem_size <= end, "segment {i} pages");
+        check!(
+            start % PAGE_SIZE == 0 && end % PAGE_SIZE == 0 && start <= s.vaddr && s.vaddr + s.mem_size <= end,
+            "segment {i} pages"
+        );
         for (j, other) in segments[..i].iter().enumerate() {
             let (other_start, other_end) = other.page_range();
             check!(end <= other_start || other_end <= start, "segments {j} and {i} share a page");

@@ -69,7 +69,7 @@ struct Model {
 
 impl Model {
     fn add(&mut self, start: u64, end: u64, access: Access) -> Result<(), MapError> {
-        if start % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 {
+        if !start.is_multiple_of(PAGE_SIZE) || !end.is_multiple_of(PAGE_SIZE) {
             return Err(MapError::Unaligned);
         }
         if end <= start {
@@ -163,8 +163,10 @@ fn run(input: &[u8], features: &mut Features) -> Verdict {
         let len = length(&mut source);
         let need = access(&mut source);
         let got = UserSlice::new(addr, len).validate(&map, need);
+        let outcome = got.map_or_else(|e| 1 + e.reason as u64, |_| 0);
         let need_bits = u64::from(need.read) | u64::from(need.write) << 1 | u64::from(need.execute) << 2;
-        features.note("validate", got.map_or_else(|e| 1 + e.reason as u64, |_| 0) * 8 + need_bits);
+        features.note("validate", outcome);
+        features.note("validate with access", outcome * 8 + need_bits);
         check_eq!(
             got.map(|_| ()).map_err(|e| e.reason),
             model.validate(addr, len, need),
@@ -180,20 +182,39 @@ fn run(input: &[u8], features: &mut Features) -> Verdict {
         let prefix = readable_prefix(&map, addr, len, need);
         check_eq!(prefix, model.readable_prefix(addr, len, need), "readable_prefix({addr:#x}, {len:#x}, {need})");
         check!(prefix <= len, "prefix {prefix} longer than asked {len}");
-        features.note("prefix", if prefix == 0 { 0 } else if prefix < len { 1 } else { 2 });
+        features.note(
+            "prefix",
+            if prefix == 0 {
+                0
+            } else if prefix < len {
+                1
+            } else {
+                2
+            },
+        );
         if prefix > 0 {
             check!(UserSlice::new(addr, prefix).validate(&map, need).is_ok(), "the readable prefix does not validate");
         }
         let one_more = prefix.checked_add(1).filter(|&n| n <= len);
         if let Some(n) = one_more.filter(|&n| addr.checked_add(n).is_some_and(|end| end <= USER_LIMIT)) {
-            check!(UserSlice::new(addr, n).validate(&map, need).is_err(), "one byte past the readable prefix validates");
+            check!(
+                UserSlice::new(addr, n).validate(&map, need).is_err(),
+                "one byte past the readable prefix validates"
+            );
         }
     }
     Ok(())
 }
 
 /// An accepted slice: every byte in a region that allows `need`.
-fn check_valid(map: &GuestMemoryMap, slice: ValidSlice, addr: u64, len: u64, need: Access, features: &mut Features) -> Verdict {
+fn check_valid(
+    map: &GuestMemoryMap,
+    slice: ValidSlice,
+    addr: u64,
+    len: u64,
+    need: Access,
+    features: &mut Features,
+) -> Verdict {
     check!((slice.addr(), slice.len()) == (addr, len), "valid slice changed its range");
     check_eq!(slice.end(), addr + len, "slice end");
     check!(slice.end() <= USER_LIMIT, "slice ends in the kernel half");

@@ -138,7 +138,10 @@ fn check_record(record: &Record, features: &mut Features) -> Verdict {
             features.note("expect", expect_kind);
             features.note("net", u64::from(spec.net.is_some()));
             if let Some(net) = spec.net {
-                features.note("net mtu", [1500, 9000, MIN_MTU as u16].iter().position(|&m| m == net.mtu).unwrap_or(3) as u64);
+                features.note(
+                    "net mtu",
+                    [1500, 9000, MIN_MTU as u16].iter().position(|&m| m == net.mtu).unwrap_or(3) as u64,
+                );
                 check!(net.mac[0] & 1 == 0, "group MAC {:02x?}", net.mac);
                 check!((1..=32).contains(&net.prefix_len), "prefix /{}", net.prefix_len);
                 check!((MIN_MTU..=MAX_MTU).contains(&u64::from(net.mtu)), "MTU {}", net.mtu);

@@ -54,9 +54,14 @@ fn run(input: &[u8], features: &mut Features) -> Verdict {
     if source.below(4) == 0 {
         // A fragmented map: many one-frame usable entries two frames apart, then reserved
         // entries cutting some of them in two, enough to outgrow the module's fixed storage.
-        let (count, cuts, base) = (usize::from(source.u8()).min(160), usize::from(source.u8() % 64), source.u64_near(&NEAR));
+        let (count, cuts, base) =
+            (usize::from(source.u8()).min(160), usize::from(source.u8() % 64), source.u64_near(&NEAR));
         for i in 0..count as u64 {
-            map.push(RawRegion { start: base.wrapping_add(i * 2 * FRAME_SIZE), size: FRAME_SIZE, kind: MemoryKind::Usable });
+            map.push(RawRegion {
+                start: base.wrapping_add(i * 2 * FRAME_SIZE),
+                size: FRAME_SIZE,
+                kind: MemoryKind::Usable,
+            });
         }
         for i in 0..cuts as u64 {
             let start = base.wrapping_add(i * 2 * FRAME_SIZE + 0x800);

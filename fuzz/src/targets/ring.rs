@@ -107,7 +107,13 @@ fn run(input: &[u8], features: &mut Features) -> Verdict {
                     Err(RingIndexError::Beyond { .. }) => 101,
                 };
                 features.note("tx offered", outcome);
-                check_eq!(got.ok(), expected, "offered({producer}) with consumer {} taken {}", model.consumer, model.taken());
+                check_eq!(
+                    got.ok(),
+                    expected,
+                    "offered({producer}) with consumer {} taken {}",
+                    model.consumer,
+                    model.taken()
+                );
                 match got {
                     Ok(count) => {
                         for _ in 0..count {

@@ -13,7 +13,9 @@ use crate::engine::{Target, Verdict};
 use crate::features::Features;
 use crate::source::Source;
 use crate::{check, check_eq};
-use isolation_kernel::vinstr::{decode_gp, DecodeError, Direction, GpInstruction, PortIo, PortOperand, MAX_INSTRUCTION_LEN};
+use isolation_kernel::vinstr::{
+    decode_gp, DecodeError, Direction, GpInstruction, PortIo, PortOperand, MAX_INSTRUCTION_LEN,
+};
 
 pub const TARGET: Target = Target {
     name: "vinstr",
@@ -35,14 +37,14 @@ const PORT_OPCODES: [u8; 8] = [0xE4, 0xE5, 0xE6, 0xE7, 0xEC, 0xED, 0xEE, 0xEF];
 fn seeds(_: &crate::real::RealInputs) -> Vec<Vec<u8>> {
     let raw = |bytes: &[u8]| [&[0u8][..], bytes].concat();
     vec![
-        raw(&[0xEF]),                         // out dx, eax: the virtual instruction
-        raw(&[0x66, 0xEF, 0x90]),             // out dx, ax
-        raw(&[0xE6, 0xF4]),                   // out 0xf4, al
-        raw(&[0xF4]),                         // hlt
-        raw(&[0x0F, 0x01, 0x38]),             // invlpg [rax]
-        raw(&[0x0F, 0x22, 0xD8]),             // mov cr3, rax
-        raw(&[0xF3, 0x6E]),                   // rep outsb
-        raw(&[0x3E; 14]),                     // prefixes up to the limit
+        raw(&[0xEF]),                          // out dx, eax: the virtual instruction
+        raw(&[0x66, 0xEF, 0x90]),              // out dx, ax
+        raw(&[0xE6, 0xF4]),                    // out 0xf4, al
+        raw(&[0xF4]),                          // hlt
+        raw(&[0x0F, 0x01, 0x38]),              // invlpg [rax]
+        raw(&[0x0F, 0x22, 0xD8]),              // mov cr3, rax
+        raw(&[0xF3, 0x6E]),                    // rep outsb
+        raw(&[0x3E; 14]),                      // prefixes up to the limit
         vec![1, 3, 0, 5, 2, 0x12, 0xAB, 0xCD], // encoder mode
     ]
 }
@@ -125,7 +127,12 @@ fn raw_bytes(bytes: &[u8], features: &mut Features) -> Verdict {
         None => check!(!matches!(result, Ok(GpInstruction::PortIo(_))), "decoded port I/O from a non-port opcode"),
     }
     if let Ok(GpInstruction::PortIo(io)) = result {
-        check!(io.len >= 1 && io.len <= bytes.len() && io.len <= MAX_INSTRUCTION_LEN, "length {} of {}", io.len, bytes.len());
+        check!(
+            io.len >= 1 && io.len <= bytes.len() && io.len <= MAX_INSTRUCTION_LEN,
+            "length {} of {}",
+            io.len,
+            bytes.len()
+        );
         check!(matches!(io.width, 1 | 2 | 4), "width {}", io.width);
         // The instruction alone decodes the same, and every proper prefix of it is cut short.
         check_eq!(decode_gp(&bytes[..io.len]), result, "the instruction alone");

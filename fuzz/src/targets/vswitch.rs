@@ -200,7 +200,9 @@ fn run(input: &[u8], features: &mut Features) -> Verdict {
             check!(!reason.kind().is_empty() && !reason.to_string().is_empty(), "drop reason without a name");
         }
         frames += 1;
-        deliver(&switch, &mut nics, &mut counters, &frame, from, features)?;
+        let outcome = deliver(&switch, &mut nics, &frame, from)?;
+        features.note("deliver", outcome as u64);
+        *counter(&mut counters, outcome) += 1;
         let accounted = counters.tx_packets
             + counters.rx_packets
             + counters.drops_spoof
@@ -234,7 +236,13 @@ impl Nic {
         // Well-formed full-slot buffers to begin with, all posted.
         let size = slot_size(mtu);
         let descriptors = core::array::from_fn(|i| (rx_buffer_addr_for(i as u64, size), size as u32));
-        Nic { mtu, rx: RxRing::starting_at(start), producer: start.wrapping_add(RX_RING_SIZE), descriptors, filled: Vec::new() }
+        Nic {
+            mtu,
+            rx: RxRing::starting_at(start),
+            producer: start.wrapping_add(RX_RING_SIZE),
+            descriptors,
+            filled: Vec::new(),
+        }
     }
 
     fn post(&mut self, source: &mut Source) {
@@ -249,34 +257,56 @@ impl Nic {
             let slot = u64::from(source.u8()) % (RX_SLOTS + 2);
             let addr = rx_buffer_addr_for(slot, size).wrapping_add(source.u64_near(&[0, 1, 64, size - 64]));
             let capacity = source.u32_near(&[0, 14, 60, 1514, 4096, size as u32, u32::MAX]);
-            let at = source.below(RX_RING_SIZE as usize);
-            self.descriptors[at] = (addr, capacity);
+            // Usually the descriptor the next frame will use.
+            let ahead = if source.bool() { 0 } else { source.u32() };
+            self.descriptors[position(consumer.wrapping_add(ahead), RX_RING_SIZE)] = (addr, capacity);
         }
+    }
+}
+
+/// Where a frame ended, as the kernel counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Uplink,
+    Delivered,
+    Spoofed,
+    Malformed,
+    /// Unknown MAC, and (as the kernel's `count_drop` does) every other route drop.
+    UnknownMac,
+    Oversize,
+    NoBuffer,
+    BadRxRing,
+    BadDescriptor,
+    BufferTooSmall,
+}
+
+fn counter(counters: &mut NetCounters, outcome: Outcome) -> &mut u64 {
+    match outcome {
+        Outcome::Uplink => &mut counters.tx_packets,
+        Outcome::Delivered => &mut counters.rx_packets,
+        Outcome::Spoofed => &mut counters.drops_spoof,
+        Outcome::Malformed => &mut counters.drops_malformed,
+        Outcome::UnknownMac => &mut counters.drops_unknown_mac,
+        Outcome::Oversize => &mut counters.drops_oversize,
+        Outcome::NoBuffer => &mut counters.drops_no_buffer,
+        Outcome::BadRxRing => &mut counters.drops_bad_rx_ring,
+        Outcome::BadDescriptor => &mut counters.drops_bad_desc,
+        Outcome::BufferTooSmall => &mut counters.drops_rx_buffer_small,
     }
 }
 
 /// What the kernel does with a frame, from the portable pieces: the source check for guests'
 /// frames, the route, then for a guest the MTU, the rx ring and the posted buffer.
-fn deliver(
-    switch: &Vswitch,
-    nics: &mut [Nic],
-    counters: &mut NetCounters,
-    frame: &[u8],
-    from: From,
-    features: &mut Features,
-) -> Verdict {
-    let count = |counter: &mut u64| *counter += 1;
+fn deliver(switch: &Vswitch, nics: &mut [Nic], frame: &[u8], from: From) -> Result<Outcome, String> {
     if let From::Guest(g) = from {
         if !switch.source_is(g, frame) {
-            count(&mut counters.drops_spoof);
-            return Ok(());
+            return Ok(Outcome::Spoofed);
         }
     }
     let dst = match switch.route(frame, from) {
-        Route::Uplink => return Ok(count(&mut counters.tx_packets)),
-        Route::Drop(DropReason::Malformed) => return Ok(count(&mut counters.drops_malformed)),
-        // As the kernel's `count_drop` does: the other reasons share `drops_unknown_mac`.
-        Route::Drop(_) => return Ok(count(&mut counters.drops_unknown_mac)),
+        Route::Uplink => return Ok(Outcome::Uplink),
+        Route::Drop(DropReason::Malformed) => return Ok(Outcome::Malformed),
+        Route::Drop(_) => return Ok(Outcome::UnknownMac),
         Route::Guest(dst) => dst,
     };
     check!(from != From::Guest(dst), "a guest's frame delivered back to it");
@@ -285,44 +315,36 @@ fn deliver(
     };
     let len = frame.len() as u64;
     if len > max_frame(nic.mtu) {
-        count(&mut counters.drops_oversize);
-        features.note("deliver", 1);
-        return Ok(());
+        return Ok(Outcome::Oversize);
     }
     let consumer = nic.rx.consumer();
     let index = match nic.rx.take(nic.producer) {
         Ok(Some(index)) => index,
         Ok(None) => {
             check_eq!(nic.producer, consumer, "no buffer although the guest posted some");
-            features.note("deliver", 2);
-            return Ok(count(&mut counters.drops_no_buffer));
+            return Ok(Outcome::NoBuffer);
         }
         Err(_) => {
             check!(nic.producer.wrapping_sub(consumer) > RX_RING_SIZE, "a producer within the ring refused");
-            features.note("deliver", 3);
-            return Ok(count(&mut counters.drops_bad_rx_ring));
+            return Ok(Outcome::BadRxRing);
         }
     };
-    check!(index.wrapping_sub(consumer) == 0 && nic.producer.wrapping_sub(index) <= RX_RING_SIZE, "index {index} not posted");
+    check!(index == consumer && nic.producer.wrapping_sub(index) <= RX_RING_SIZE, "index {index} not posted");
     check!(!nic.filled.contains(&index), "rx buffer {index} filled twice");
     nic.filled.push(index);
     let (addr, capacity) = nic.descriptors[position(index, RX_RING_SIZE)];
     let size = slot_size(nic.mtu);
     let Ok(buffer) = validate_rx_sized(addr, capacity, size) else {
-        features.note("deliver", 4);
-        return Ok(count(&mut counters.drops_bad_desc));
+        return Ok(Outcome::BadDescriptor);
     };
     if len > buffer.capacity {
-        features.note("deliver", 5);
-        return Ok(count(&mut counters.drops_rx_buffer_small));
+        return Ok(Outcome::BufferTooSmall);
     }
     // Delivered: the frame lies in the destination's rx area, in the buffer it posted.
     let start = VNIC_RX_AREA_ADDR + buffer.slot * size + buffer.offset;
     check!(start == addr && start + len <= VNIC_RX_AREA_ADDR + RX_SLOTS * size, "frame outside the rx area");
     check!(buffer.offset + len <= size && len <= max_frame(nic.mtu), "frame outside its slot or over the MTU");
-    features.note("deliver", 0);
-    count(&mut counters.rx_packets);
-    Ok(())
+    Ok(Outcome::Delivered)
 }
 
 /// The properties that matter, stated on their own.
@@ -341,12 +363,18 @@ fn check_invariants(ports: &Ports, frame: &[u8], from: From, route: Route) -> Ve
             if dst[0] & 1 == 0 {
                 check!(dst == mac, "unicast for {dst:02x?} delivered to guest {g} with {mac:02x?}");
             } else {
-                check!(frame.len() >= 42 && frame[38..42] == ip[..], "group frame to guest {g} that did not ask for it");
+                check!(
+                    frame.len() >= 42 && frame[38..42] == ip[..],
+                    "group frame to guest {g} that did not ask for it"
+                );
             }
         }
         Route::Uplink => check!(from != From::Uplink, "uplink frame sent back to the uplink"),
         Route::Drop(DropReason::Loopback) => {
-            check!(ports.iter().any(|p| From::Guest(p.0) == from && p.1 == dst), "loopback drop of a frame to another MAC")
+            check!(
+                ports.iter().any(|p| From::Guest(p.0) == from && p.1 == dst),
+                "loopback drop of a frame to another MAC"
+            )
         }
         Route::Drop(_) => {}
     }
