@@ -34,7 +34,8 @@ struct Options {
 }
 
 fn workspace_target_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target")
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().unwrap_or(manifest_dir).join("target")
 }
 
 fn number(text: &str) -> Result<u64, String> {

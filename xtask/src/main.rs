@@ -4,6 +4,7 @@ mod baseline;
 mod bench;
 mod checks;
 mod dispatch;
+mod fuzz;
 mod initrd;
 mod manifest;
 mod native;
@@ -62,6 +63,8 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         sizes: Vec<usize>,
     },
+    /// Mutation fuzzing of the kernel's portable parsers and models (stable Rust; see fuzz/).
+    Fuzz(fuzz::FuzzArgs),
     Test {
         /// Run only the QEMU tests whose name contains this text.
         #[arg(long)]
@@ -185,6 +188,7 @@ fn real_main() -> Result<()> {
         }
         Cmd::Run(args) => run(args),
         Cmd::Test { filter, qemu_only } => tests::run_all(filter.as_deref(), qemu_only),
+        Cmd::Fuzz(args) => fuzz::run(&args),
         Cmd::UdpProbe { peer, sizes } => udp::probe(peer, &sizes),
         Cmd::Bench { which: BenchCmd::Native } => native::run().map(|_| ()),
         Cmd::Bench { which: BenchCmd::Dispatch { quick, accel } } => {

@@ -32,7 +32,8 @@ use isolation_kernel::vnet::{
 pub const TARGET: Target = Target {
     name: "vswitch",
     checks: "add_port refuses what a model refuses; routes equal the documented rule: never back to the sender, \
-             unicast to its owner only, uplink never to uplink, short frames malformed; source_is exact",
+             unicast to its owner only, uplink never to uplink, short frames malformed; source_is exact; \
+             delivery (MTU, rx ring, posted buffer) puts every frame in exactly one counter",
     max_len: 2048,
     dictionary: &[&[0x08, 0x06], &[0x08, 0x00], &[0xff; 6], &[0x02, 0, 0, 0, 0, 1]],
     seeds,
