@@ -167,8 +167,8 @@ pub fn fuzz(target: &Target, real: &RealInputs, seed: u64, limits: &Limits) -> R
         if features.finish() {
             if corpus.len() < MAX_CORPUS {
                 corpus.push(scratch.clone());
-            } else {
-                let victim = seeds + rng.below(MAX_CORPUS - seeds);
+            } else if corpus.len() > seeds {
+                let victim = seeds + rng.below(corpus.len() - seeds);
                 corpus[victim].clone_from(&scratch);
             }
         }

@@ -36,6 +36,11 @@ pub const TARGET: Target = Target {
         b",9000",
         b",576",
         b"/32",
+        b"/0",
+        b"/33",
+        b",575",
+        b",9001",
+        b"01:00:5e:00:00:01",
         b"18446744073709551615",
         b"18446744073709551616",
         b"-2147483648",
@@ -142,6 +147,8 @@ fn check_record(record: &Record, features: &mut Features) -> Verdict {
                     "net mtu",
                     [1500, 9000, MIN_MTU as u16].iter().position(|&m| m == net.mtu).unwrap_or(3) as u64,
                 );
+                // Every prefix length is its own outcome, so inputs at the limits are kept.
+                features.note("net prefix", u64::from(net.prefix_len));
                 check!(net.mac[0] & 1 == 0, "group MAC {:02x?}", net.mac);
                 check!((1..=32).contains(&net.prefix_len), "prefix /{}", net.prefix_len);
                 check!((MIN_MTU..=MAX_MTU).contains(&u64::from(net.mtu)), "MTU {}", net.mtu);
