@@ -5,6 +5,7 @@ mod bench;
 mod burst;
 mod checks;
 mod dispatch;
+mod fuzz;
 mod initrd;
 mod ledger;
 mod manifest;
@@ -83,6 +84,8 @@ enum Cmd {
         #[arg(long, default_value = tapnet::TAP_IFNAME)]
         tap: String,
     },
+    /// Mutation fuzzing of the kernel's portable parsers and models (stable Rust; see fuzz/).
+    Fuzz(fuzz::FuzzArgs),
     Test {
         /// Run only the QEMU tests whose name contains this text.
         #[arg(long)]
@@ -216,6 +219,7 @@ fn real_main() -> Result<()> {
         }
         Cmd::Run(args) => run(args),
         Cmd::Test { filter, qemu_only } => tests::run_all(filter.as_deref(), qemu_only),
+        Cmd::Fuzz(args) => fuzz::run(&args),
         Cmd::UdpProbe { peer, sizes } => udp::probe(peer, &sizes),
         Cmd::UdpBurst { peers, sizes, seed, settle_ms, tap } => burst::command(&peers, &sizes, seed, settle_ms, &tap),
         Cmd::Bench { which: BenchCmd::Native } => native::run().map(|_| ()),

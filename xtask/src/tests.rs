@@ -129,6 +129,12 @@ pub fn run_all(filter: Option<&str>, qemu_only: bool) -> Result<()> {
         chaos: pack::pack_image("chaos", &artifacts, NetPlan::USER)?,
     };
 
+    if !qemu_only {
+        // After the build, so the packed images' initrds, configs and ELF files seed the runs.
+        println!("== fuzzing (every target for {} s; cargo xtask fuzz --list)", crate::fuzz::TEST_SECS);
+        crate::fuzz::short_runs()?;
+    }
+
     println!("== QEMU integration tests");
     let mut failed = Vec::new();
     let mut skipped = Vec::new();

@@ -200,6 +200,14 @@ mod tests {
     }
 
     #[test]
+    fn a_zero_slot_size_refuses_everything_without_dividing_by_zero() {
+        // Found by `cargo xtask fuzz desc`: the division once ran before the bounds check.
+        assert_eq!(validate_tx_sized(GOOD_TX, 60, MAX_FRAME, 0), Err(BadDescriptor::OutsideArea { addr: GOOD_TX }));
+        let rx = VNIC_RX_AREA_ADDR;
+        assert_eq!(validate_rx_sized(rx, 60, 0), Err(BadDescriptor::OutsideArea { addr: rx }));
+    }
+
+    #[test]
     fn pending_counts_entries_between_consumer_and_producer() {
         assert_eq!(pending(0, 0, TX_RING_SIZE), Ok(0));
         assert_eq!(pending(5, 3, TX_RING_SIZE), Ok(2));
