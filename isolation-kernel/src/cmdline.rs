@@ -16,15 +16,8 @@ pub enum TestFault {
     Panic,
 }
 
-/// How guests' packets reach the NIC.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum TxMode {
-    /// Denali's baseline: copied into a kernel FIFO buffer, then into the NIC's buffer.
-    #[default]
-    Copy,
-    /// Zero copy: the guest's page is write-protected and handed to the NIC.
-    Cow,
-}
+/// Shared with the harness, which writes the value this module parses.
+pub use hypercall_abi::cmdline::TxMode;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelArgs {
@@ -108,11 +101,11 @@ pub fn parse(cmdline: &str) -> Result<KernelArgs, CmdlineError<'_>> {
                 });
             }
             keys::TX => {
-                args.tx_mode = match value {
-                    "copy" => TxMode::Copy,
-                    "cow" => TxMode::Cow,
-                    _ => return Err(CmdlineError::BadValue { key, value, expected: "copy or cow" }),
-                };
+                args.tx_mode = TxMode::from_name(value).ok_or(CmdlineError::BadValue {
+                    key,
+                    value,
+                    expected: "copy or cow",
+                })?;
             }
             keys::STAMPS => {
                 args.stamps = match value {

@@ -2,6 +2,7 @@
 
 mod baseline;
 mod bench;
+mod chart;
 mod checks;
 mod dispatch;
 mod initrd;
@@ -40,28 +41,32 @@ enum Cmd {
     },
     /// Boot an image in QEMU; the console is this terminal (Ctrl-C ends QEMU).
     Run(RunArgs),
-    /// Host unit tests, then the QEMU integration tests. Exit status 0 only if all pass.
-    /// Benchmarks; results under target/bench/.
+    /// Benchmarks; results (JSON, SVG charts) under target/bench/.
     Bench {
         #[command(subcommand)]
         which: BenchCmd,
     },
-    /// The echo benchmark's load generator (run inside the tap namespace by `bench echo`).
+    /// The echo benchmark's load generator (run inside the tap namespace by `bench echo`):
+    /// prints its measured cells as JSON on stdout.
     #[command(hide = true)]
     BenchClient {
-        #[arg(long, value_delimiter = ',')]
+        /// The echo servers, ADDRESS:PORT, comma-separated (the first one also for latency).
+        #[arg(long, value_delimiter = ',', required = true)]
         peers: Vec<std::net::SocketAddr>,
+        /// The smoke run's load (as `bench echo --quick`).
         #[arg(long)]
         quick: bool,
     },
     /// Check a UDP echo server: one random datagram of each test size, every byte compared.
     #[command(hide = true)]
     UdpProbe {
+        /// The echo server, ADDRESS:PORT.
         peer: std::net::SocketAddr,
         /// Datagram sizes (default: the standard test sizes).
         #[arg(long, value_delimiter = ',')]
         sizes: Vec<usize>,
     },
+    /// Host unit tests, then the QEMU integration tests. Exit status 0 only if all pass.
     Test {
         /// Run only the QEMU tests whose name contains this text.
         #[arg(long)]
@@ -82,21 +87,32 @@ enum NetChoice {
     None,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TxMode {
-    /// Denali's path: the kernel copies each packet into its FIFO, the driver into the NIC buffer.
-    Copy,
-    /// Zero copy: the guest's tx page is write-protected and handed to the NIC.
-    Cow,
+/// The transmit path: the kernel's own type, so its command-line words are written in one place.
+pub use hypercall_abi::cmdline::TxMode;
+
+/// `--tx`: the values by name, each with its meaning (shown by `--help`).
+fn tx_mode_parser() -> impl clap::builder::TypedValueParser<Value = TxMode> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    let help = |mode| match mode {
+        TxMode::Copy => "Denali's path: the kernel copies each packet into its FIFO, the driver into the NIC buffer",
+        TxMode::Cow => "Zero copy: the guest's tx page is write-protected and handed to the NIC",
+    };
+    PossibleValuesParser::new(TxMode::ALL.map(|mode| PossibleValue::new(mode.name()).help(help(mode))))
+        .try_map(|name| TxMode::from_name(&name).ok_or("not a transmit path"))
 }
 
-impl TxMode {
-    pub fn name(self) -> &'static str {
-        match self {
-            TxMode::Copy => "copy",
-            TxMode::Cow => "cow",
-        }
+/// `#[serde(with = "tx_mode_name")]`: a [`TxMode`] as its command-line word, in TOML and JSON.
+pub mod tx_mode_name {
+    use super::TxMode;
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(mode: &TxMode, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(mode.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<TxMode, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        TxMode::from_name(&name).ok_or_else(|| D::Error::custom(format!("unknown transmit path `{name}`: copy or cow")))
     }
 }
 
@@ -158,7 +174,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 7000)]
     host_port_base: u16,
     /// Transmit path (default: the image's `tx`, else copy).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = tx_mode_parser())]
     tx: Option<TxMode>,
     /// Per-packet stage stamps in kernel and guests (for `bench dispatch`; off by default).
     #[arg(long)]
@@ -198,8 +214,8 @@ fn real_main() -> Result<()> {
             bench::echo(if quick { bench::QUICK } else { bench::FULL }).map(|_| ())
         }
         Cmd::BenchClient { peers, quick } => {
-            let rows = bench::measure(&peers, if quick { bench::QUICK } else { bench::FULL })?;
-            print!("{}", bench::rows_to_lines(&rows));
+            let cells = bench::measure(&peers, if quick { bench::QUICK } else { bench::FULL })?;
+            println!("{}", serde_json::to_string(&cells)?);
             Ok(())
         }
     }

@@ -157,7 +157,7 @@ pub struct KernelSection {
     #[serde(default = "default_memory_mib")]
     pub memory_mib: u32,
     /// Transmit path: `copy` (default) or `cow`.
-    #[serde(default = "default_tx")]
+    #[serde(default, with = "crate::tx_mode_name")]
     pub tx: crate::TxMode,
     /// MTU of the guests' virtual NICs: 1500, or up to 9000 (jumbo frames) for guest-to-guest
     /// traffic and the tap network (QEMU's user network carries at most 1500).
@@ -169,13 +169,14 @@ fn default_mtu() -> u16 {
     MTU as u16
 }
 
-fn default_tx() -> crate::TxMode {
-    crate::TxMode::Copy
-}
-
 impl Default for KernelSection {
     fn default() -> Self {
-        KernelSection { log: default_log(), memory_mib: default_memory_mib(), tx: default_tx(), mtu: default_mtu() }
+        KernelSection {
+            log: default_log(),
+            memory_mib: default_memory_mib(),
+            tx: crate::TxMode::default(),
+            mtu: default_mtu(),
+        }
     }
 }
 
