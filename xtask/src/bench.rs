@@ -249,7 +249,7 @@ fn echo_svg(rows: &[EchoRow], network: &str) -> Result<String> {
             bars: Bars::Grouped,
         },
         Panel {
-            title: format!("UDP echo throughput, {WINDOW} outstanding per guest"),
+            title: format!("UDP echo throughput, {WINDOW} datagrams outstanding per guest"),
             x_desc,
             y_desc: "echoes per second (wall clock)".into(),
             legend_title: "echo servers".into(),

@@ -56,6 +56,9 @@ const LABEL_SIZE: u32 = 13;
 const CHAR_WIDTH: u32 = 8;
 const SWATCH: i32 = 12;
 const LINE: i32 = 20;
+/// Under a stacked panel's legend: what the number above a bar is (the table's `total` is the
+/// median of per-packet totals, which need not equal the sum of the stage medians).
+const STACK_NOTE: [&str; 2] = ["number above a bar:", "sum of its stage medians"];
 
 /// `panels` laid out in `columns` columns, each panel `panel_size` pixels, as an SVG document.
 pub fn svg(panels: &[Panel], columns: usize, panel_size: (u32, u32)) -> Result<String> {
@@ -66,8 +69,16 @@ pub fn svg(panels: &[Panel], columns: usize, panel_size: (u32, u32)) -> Result<S
     {
         let root = SVGBackend::with_string(&mut out, size).into_drawing_area();
         root.fill(&WHITE).map_err(plot_error)?;
+        // One legend width for every panel, so that panels above each other line up.
+        let longest = panels
+            .iter()
+            .flat_map(|p| p.series.iter().map(|s| s.name.len()).chain([p.legend_title.len()]))
+            .chain(STACK_NOTE.iter().filter(|_| panels.iter().any(|p| p.bars == Bars::Stacked)).map(|line| line.len()))
+            .max()
+            .unwrap_or(0);
+        let legend_width = (longest as u32 + 2) * CHAR_WIDTH + SWATCH as u32 + 16;
         for (panel, area) in panels.iter().zip(root.split_evenly((rows, columns))) {
-            draw_panel(panel, &area)?;
+            draw_panel(panel, &area, legend_width)?;
         }
         root.present().map_err(plot_error)?;
     }
@@ -78,9 +89,11 @@ fn plot_error<E: std::fmt::Debug>(error: E) -> anyhow::Error {
     anyhow!("drawing a chart: {error:?}")
 }
 
-fn draw_panel<DB: DrawingBackend>(panel: &Panel, area: &DrawingArea<DB, plotters::coord::Shift>) -> Result<()> {
-    let longest = panel.series.iter().map(|s| s.name.len()).chain([panel.legend_title.len()]).max().unwrap_or(0);
-    let legend_width = (longest as u32 + 2) * CHAR_WIDTH + SWATCH as u32 + 16;
+fn draw_panel<DB: DrawingBackend>(
+    panel: &Panel,
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    legend_width: u32,
+) -> Result<()> {
     let (plot_area, legend_area) = area.split_horizontally(area.dim_in_pixel().0.saturating_sub(legend_width));
     let categories = panel.categories.len().max(1);
     let top = match panel.bars {
@@ -100,6 +113,7 @@ fn draw_panel<DB: DrawingBackend>(panel: &Panel, area: &DrawingArea<DB, plotters
     chart
         .configure_mesh()
         .disable_x_mesh()
+        .light_line_style(TRANSPARENT)
         .x_labels(categories)
         .x_label_formatter(&|x| match x {
             SegmentValue::CenterOf(index) => label(*index),
@@ -162,6 +176,14 @@ fn draw_legend<DB: DrawingBackend>(panel: &Panel, area: &DrawingArea<DB, plotter
         area.draw(&Rectangle::new([(x, y), (x + SWATCH, y + SWATCH)], series.colour.filled())).map_err(plot_error)?;
         area.draw(&Text::new(series.name.clone(), (x + SWATCH + 6, y), (FONT, LABEL_SIZE).into_font()))
             .map_err(plot_error)?;
+    }
+    if panel.bars == Bars::Stacked {
+        y += LINE;
+        for line in STACK_NOTE {
+            y += LINE - 4;
+            area.draw(&Text::new(line, (x, y), (FONT, LABEL_SIZE - 1).into_font().color(&RGBColor(0x55, 0x55, 0x55))))
+                .map_err(plot_error)?;
+        }
     }
     Ok(())
 }
