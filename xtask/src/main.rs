@@ -26,7 +26,7 @@ use std::time::Duration;
 const DEFAULT_IMAGE: &str = "udp-echo";
 
 #[derive(Parser)]
-#[command(about = "Build, run and test the isolation kernel", version)]
+#[command(about = "Build, run, test and benchmark the isolation kernel and its guest images", version)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -118,7 +118,8 @@ pub mod tx_mode_name {
 
 #[derive(Subcommand)]
 enum BenchCmd {
-    /// Per-stage instructions of each packet (TCG -icount, stamps on), rx and tx, copy and COW.
+    /// Per-stage cost of each packet (stamps on; instructions under TCG -icount, cycles under
+    /// KVM), rx and tx, copy and COW: dispatch.json and dispatch.svg.
     Dispatch {
         /// A few packets per cell (a smoke run).
         #[arg(long)]
@@ -127,16 +128,18 @@ enum BenchCmd {
         #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
         accel: AccelChoice,
     },
-    /// The host-native stages in real TSC ticks: guest stack and driver, kernel portable logic.
+    /// The host-native stages in real TSC ticks: guest stack and driver, kernel portable logic:
+    /// native.json.
     Native,
     /// Our udp-echo guests against a Linux VM (Debian's kernel) in the same QEMU: boot to
-    /// first echo, latency, throughput, and the ratios.
+    /// first echo, latency, throughput, and the ratios: baseline.json.
     Baseline {
         /// Fewer packets per cell.
         #[arg(long)]
         quick: bool,
     },
-    /// UDP echo latency and throughput from the host, copy vs COW, 1 and 4 guests.
+    /// UDP echo latency and throughput from the host, copy vs COW, 1 and 4 guests: echo.json and
+    /// echo.svg.
     Echo {
         /// A few packets per cell (a smoke run).
         #[arg(long)]
@@ -171,7 +174,7 @@ struct RunArgs {
     #[arg(long, value_enum, default_value_t = NetChoice::User)]
     net: NetChoice,
     /// First host port of the user network's forwards (guest i: BASE+i -> its port 7).
-    #[arg(long, default_value_t = 7000)]
+    #[arg(long, value_name = "BASE", default_value_t = 7000)]
     host_port_base: u16,
     /// Transmit path (default: the image's `tx`, else copy).
     #[arg(long, value_parser = tx_mode_parser())]
@@ -320,5 +323,51 @@ fn accel_reason(choice: AccelChoice) -> &'static str {
         AccelChoice::Auto if qemu::host_has_hardware_virtualization() => "auto: host CPU has vmx/svm",
         AccelChoice::Auto => "auto: no vmx/svm on this host, and PVM's /dev/kvm is slower than TCG",
         _ => "as requested",
+    }
+}
+
+#[cfg(test)]
+mod cli_tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every subcommand, option and option value says what it is in `--help`.
+    #[test]
+    fn every_command_and_option_is_described() {
+        fn check(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments().filter(|a| !matches!(a.get_id().as_str(), "help" | "version")) {
+                let name = format!("{path} --{}", arg.get_id());
+                if arg.get_help().is_none() {
+                    missing.push(name.clone());
+                }
+                // Flags (`--quick`) have the possible values true and false, which need no words; a
+                // value the option's own help names (`--log`'s levels) needs none either.
+                let values = if arg.get_action().takes_values() { arg.get_possible_values() } else { Vec::new() };
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                let named = |value: &str| help.split(|c: char| !c.is_alphanumeric() && c != '_').any(|w| w == value);
+                for value in values.iter().filter(|v| v.get_help().is_none() && !named(v.get_name())) {
+                    missing.push(format!("{name}={}", value.get_name()));
+                }
+            }
+            for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
+                let sub_path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() {
+                    missing.push(sub_path.clone());
+                }
+                check(sub, &sub_path, missing);
+            }
+        }
+        Cli::command().debug_assert();
+        let mut missing = Vec::new();
+        check(&Cli::command(), "xtask", &mut missing);
+        assert!(missing.is_empty(), "no description: {missing:?}");
+    }
+
+    #[test]
+    fn tx_is_parsed_by_its_command_line_word() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args.iter().copied()).map(|cli| cli.command);
+        assert!(matches!(parse(&["xtask", "run", "--tx", "cow"]), Ok(Cmd::Run(RunArgs { tx: Some(TxMode::Cow), .. }))));
+        assert!(matches!(parse(&["xtask", "run"]), Ok(Cmd::Run(RunArgs { tx: None, .. }))));
+        assert!(parse(&["xtask", "run", "--tx", "zero"]).is_err());
     }
 }

@@ -351,6 +351,14 @@ mod tests {
     }
 
     #[test]
+    fn the_transmit_path_is_read_by_its_command_line_word() {
+        let m = Manifest::parse("description = \"x\"\n[kernel]\ntx = \"cow\"").unwrap();
+        assert_eq!(m.kernel.tx, crate::TxMode::Cow);
+        assert_eq!(Manifest::parse("description = \"x\"").unwrap().kernel.tx, crate::TxMode::Copy);
+        assert!(Manifest::parse("description = \"x\"\n[kernel]\ntx = \"Cow\"").is_err());
+    }
+
+    #[test]
     fn guests_expand_with_names_and_become_config_lines() {
         let m = Manifest::parse(
             "description = \"x\"\n[[guest]]\napp = \"hello\"\ncount = 2\nargs = \"a b\"\n[[guest]]\napp = \"hostile\"\nname = \"nul\"\nargs = \"null-write\"\nexpect = \"stopped:page fault\"\n",
