@@ -205,10 +205,9 @@ pub fn echo(load: Load) -> Result<std::path::PathBuf> {
             r.lost
         );
     }
-    let svg = echo_svg(&rows, network)?;
     let report = EchoReport { accel: "tcg".into(), unit: "wall-clock".into(), network: network.into(), results: rows };
     let json = write_json("echo.json", &report)?;
-    std::fs::write(json.with_file_name("echo.svg"), svg)?;
+    std::fs::write(json.with_file_name("echo.svg"), echo_svg(&report.results, network)?)?;
     println!("wrote {} and echo.svg", json.display());
     Ok(json)
 }

@@ -254,6 +254,17 @@ mod tests {
     }
 
     #[test]
+    fn one_category_or_none_still_draws() {
+        let mut one = panel(Bars::Stacked);
+        one.categories.truncate(1);
+        let mut none = panel(Bars::Grouped);
+        none.categories.clear();
+        none.series.iter_mut().for_each(|s| s.values.clear());
+        let svg = svg(&[one, none], 2, (600, 300)).unwrap();
+        assert!(texts(&svg).iter().any(|t| t == "first"));
+    }
+
+    #[test]
     fn thousands_are_separated() {
         assert_eq!(thousands(0.0), "0");
         assert_eq!(thousands(999.4), "999");

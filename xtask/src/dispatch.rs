@@ -216,7 +216,6 @@ pub fn run(packets: usize, sizes: &[usize], accel: Accel) -> Result<std::path::P
         }
         println!();
     }
-    let svg = svg(&cells, unit, accel)?;
     let report = DispatchReport {
         accel: accel.name().into(),
         unit: unit.into(),
@@ -225,7 +224,7 @@ pub fn run(packets: usize, sizes: &[usize], accel: Accel) -> Result<std::path::P
         results: cells,
     };
     let path = crate::bench::write_json("dispatch.json", &report)?;
-    std::fs::write(path.with_file_name("dispatch.svg"), svg)?;
+    std::fs::write(path.with_file_name("dispatch.svg"), svg(&report.results, unit, accel)?)?;
     println!("wrote {} and dispatch.svg", path.display());
     Ok(path)
 }
