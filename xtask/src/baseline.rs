@@ -200,7 +200,12 @@ pub fn run_baseline(load: Load) -> Result<PathBuf> {
     let mut line = |figure: String, ours: f64, linux: f64| {
         let ratio = ours / linux;
         println!("{figure:<40} {ours:>12.1} {linux:>12.1} {ratio:>8.2}");
-        figures.push(Figure { figure, ours, linux, ratio });
+        figures.push(Figure {
+            figure,
+            ours: bench::rounded(ours, 1),
+            linux: bench::rounded(linux, 1),
+            ratio: bench::rounded(ratio, 3),
+        });
     };
     line(
         "boot to first echo (ms)".into(),

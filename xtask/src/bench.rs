@@ -50,6 +50,12 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
+/// `value` to `decimals` places, so reports hold what was measured and not float noise.
+pub fn rounded(value: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (value * scale).round() / scale
+}
+
 /// One cell the load generator measures (what `bench-client` prints, as JSON, for its parent).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EchoCell {
@@ -108,9 +114,9 @@ pub fn measure(peers: &[SocketAddr], load: Load) -> Result<Vec<EchoCell>> {
             rows.push(EchoCell {
                 size,
                 guests,
-                rtt_p50_us: udp::percentile_us(&rtts, 50),
-                rtt_p99_us: udp::percentile_us(&rtts, 99),
-                echoes_per_second: t.echoes_per_second(),
+                rtt_p50_us: rounded(udp::percentile_us(&rtts, 50), 1),
+                rtt_p99_us: rounded(udp::percentile_us(&rtts, 99), 1),
+                echoes_per_second: rounded(t.echoes_per_second(), 1),
                 sent: t.sent,
                 received: t.received,
             });
@@ -283,6 +289,13 @@ mod tests {
             received: 98,
         };
         EchoRow { mode, cell, lost: 2 }
+    }
+
+    #[test]
+    fn rounding_keeps_the_places_asked_for() {
+        assert_eq!(rounded(200.40460299999998, 1), 200.4);
+        assert_eq!(rounded(0.021459899485876444, 3), 0.021);
+        assert_eq!(serde_json::to_string(&rounded(243.77700000000002, 1)).unwrap(), "243.8");
     }
 
     #[test]
