@@ -88,7 +88,7 @@ pub mod cmdline {
     pub const TEST_FAULT: &str = "test_fault";
     /// Values accepted by [`TEST_FAULT`].
     pub const TEST_FAULT_KINDS: [&str; 3] = ["page_fault", "invalid_opcode", "panic"];
-    /// Transmit path: `copy` (Denali's two copies, the default) or `cow` (zero copy).
+    /// Transmit path: a [`TxMode`] by its [`TxMode::name`].
     pub const TX: &str = "tx";
     /// Per-packet stage stamps: `on` or `off` (the default; a normal run pays nothing).
     pub const STAMPS: &str = "stamps";
@@ -108,6 +108,32 @@ pub mod cmdline {
     /// Prefix of the per-guest lines (`stats=per-guest`): `guest-stats: id=N name=NAME` and the
     /// guest's own counters as `name=value` pairs.
     pub const GUEST_STATS_PREFIX: &str = "guest-stats:";
+
+    /// How guests' packets reach the NIC: the value of [`TX`].
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub enum TxMode {
+        /// Denali's baseline: copied into a kernel FIFO buffer, then into the NIC's buffer.
+        #[default]
+        Copy,
+        /// Zero copy: the guest's page is write-protected and handed to the NIC.
+        Cow,
+    }
+
+    impl TxMode {
+        pub const ALL: [TxMode; 2] = [TxMode::Copy, TxMode::Cow];
+
+        /// The word on the command line (and in the harness's reports).
+        pub const fn name(self) -> &'static str {
+            match self {
+                TxMode::Copy => "copy",
+                TxMode::Cow => "cow",
+            }
+        }
+
+        pub fn from_name(name: &str) -> Option<TxMode> {
+            Self::ALL.into_iter().find(|mode| mode.name() == name)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -125,5 +151,15 @@ mod tests {
         assert_eq!(KernelExit::Success.qemu_status(), 33);
         assert_eq!(KernelExit::from_qemu_status(0), None);
         assert_eq!(KernelExit::from_qemu_status(1), None);
+    }
+
+    #[test]
+    fn tx_modes_round_trip_by_name() {
+        use super::cmdline::TxMode;
+        for mode in TxMode::ALL {
+            assert_eq!(TxMode::from_name(mode.name()), Some(mode));
+        }
+        assert_eq!(TxMode::from_name("cow"), Some(TxMode::Cow));
+        assert_eq!(TxMode::from_name("Copy"), None);
     }
 }

@@ -18,15 +18,8 @@ pub enum TestFault {
     Panic,
 }
 
-/// How guests' packets reach the NIC.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum TxMode {
-    /// Denali's baseline: copied into a kernel FIFO buffer, then into the NIC's buffer.
-    #[default]
-    Copy,
-    /// Zero copy: the guest's page is write-protected and handed to the NIC.
-    Cow,
-}
+/// Shared with the harness, which writes the value this module parses.
+pub use hypercall_abi::cmdline::TxMode;
 
 /// What the x87/MMX/SSE unit is to guests (`fpu=` on the command line).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -138,11 +131,8 @@ pub fn parse(cmdline: &str) -> Result<KernelArgs, CmdlineError<'_>> {
                 });
             }
             keys::TX => {
-                args.tx_mode = match value {
-                    "copy" => TxMode::Copy,
-                    "cow" => TxMode::Cow,
-                    _ => return Err(CmdlineError::BadValue { key, value, expected: "copy or cow" }),
-                };
+                args.tx_mode =
+                    TxMode::from_name(value).ok_or(CmdlineError::BadValue { key, value, expected: "copy or cow" })?;
             }
             keys::STAMPS => {
                 args.stamps = match value {

@@ -5,7 +5,7 @@
 //! eth0 and serves UDP echo on port 7. Reports the time from QEMU start to the first echo
 //! answered and the echo figures for both, with the ratio.
 
-use crate::bench::{self, EchoRow, Load};
+use crate::bench::{self, EchoCell, Load};
 use crate::initrd::CpioWriter;
 use crate::manifest::NetPlan;
 use crate::pack::{self, Artifacts};
@@ -120,7 +120,25 @@ fn first_echo(peer: SocketAddr, start: Instant, limit: Duration) -> Result<Durat
 
 struct Measured {
     boot_to_first_echo: Duration,
-    rows: Vec<EchoRow>,
+    rows: Vec<EchoCell>,
+}
+
+/// `target/bench/baseline.json`.
+#[derive(serde::Serialize)]
+struct BaselineReport {
+    accel: &'static str,
+    network: &'static str,
+    unit: &'static str,
+    results: Vec<Figure>,
+}
+
+/// One figure measured on both: ratio = ours / linux.
+#[derive(serde::Serialize)]
+struct Figure {
+    figure: String,
+    ours: f64,
+    linux: f64,
+    ratio: f64,
 }
 
 fn measure_ours(artifacts: &Artifacts, load: Load, base: u16) -> Result<Measured> {
@@ -178,15 +196,16 @@ pub fn run_baseline(load: Load) -> Result<PathBuf> {
     let linux = measure_linux(&kernel, &initramfs, load, base + 4)?;
     println!("ours vs a Linux VM, same QEMU (TCG, pc, legacy virtio-net, user network), wall clock, one run:");
     println!("{:<40} {:>12} {:>12} {:>8}", "figure", "ours", "linux", "ratio");
-    let mut json =
-        String::from("{\"accel\": \"tcg\", \"network\": \"user\", \"unit\": \"wall-clock\", \"results\": [\n");
-    let mut line = |name: String, ours: f64, linux: f64| {
-        println!("{name:<40} {ours:>12.1} {linux:>12.1} {:>8.2}", ours / linux);
-        let _ = writeln!(
-            json,
-            "  {{\"figure\": \"{name}\", \"ours\": {ours:.1}, \"linux\": {linux:.1}, \"ratio\": {:.3}}},",
-            ours / linux
-        );
+    let mut figures = Vec::new();
+    let mut line = |figure: String, ours: f64, linux: f64| {
+        let ratio = ours / linux;
+        println!("{figure:<40} {ours:>12.1} {linux:>12.1} {ratio:>8.2}");
+        figures.push(Figure {
+            figure,
+            ours: bench::rounded(ours, 1),
+            linux: bench::rounded(linux, 1),
+            ratio: bench::rounded(ratio, 3),
+        });
     };
     line(
         "boot to first echo (ms)".into(),
@@ -201,10 +220,8 @@ pub fn run_baseline(load: Load) -> Result<PathBuf> {
         }
         line(format!("echoes/s, {} B, {} stream(s)", o.size, o.guests), o.echoes_per_second, l.echoes_per_second);
     }
-    let json = json.trim_end_matches(",\n").to_string() + "\n]}\n";
-    let path = pack::workspace_root().join("target/bench/baseline.json");
-    std::fs::create_dir_all(path.parent().expect("target/bench"))?;
-    std::fs::write(&path, json)?;
+    let report = BaselineReport { accel: "tcg", network: "user", unit: "wall-clock", results: figures };
+    let path = bench::write_json("baseline.json", &report)?;
     println!("wrote {} (our figures: 4 guests, one per stream; Linux: one VM serving every stream)", path.display());
     Ok(path)
 }

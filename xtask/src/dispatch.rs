@@ -5,13 +5,14 @@
 //! stamps from the rx buffer joined with its own), the kernel the transmit stages of each echo
 //! (guest stamps from the tx slot's headroom joined with its own).
 
+use crate::chart::{self, Bars, Panel, Series, PALETTE};
 use crate::manifest::NetPlan;
 use crate::pack::{self, Artifacts};
 use crate::qemu::{Accel, NetBackend, QemuConfig, Session};
 use crate::TxMode;
 use anyhow::{bail, Context, Result};
 use hypercall_abi::vnic::stamps::{REPORT_REQUEST, RX_STAGES, TX_STAGES};
-use std::fmt::Write as _;
+use serde::{Deserialize, Serialize};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ pub const FULL_SIZES: [usize; 2] = [100, 1400];
 /// Ethernet, IPv4 and UDP headers: frame length = payload + this.
 const HEADERS: usize = 42;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stage {
     pub name: String,
     pub median: u64,
@@ -30,26 +31,76 @@ pub struct Stage {
     pub p90: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Rx,
+    Tx,
+}
+
+impl Direction {
+    pub const ALL: [Direction; 2] = [Direction::Rx, Direction::Tx];
+
+    /// The stage names in the order a packet passes them.
+    pub fn stages(self) -> &'static [&'static str] {
+        match self {
+            Direction::Rx => &RX_STAGES,
+            Direction::Tx => &TX_STAGES,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Direction::Rx => "rx",
+            Direction::Tx => "tx",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Cell {
-    pub direction: &'static str,
-    pub mode: &'static str,
+    pub direction: Direction,
+    #[serde(with = "crate::tx_mode_name")]
+    pub mode: TxMode,
+    /// UDP payload, bytes.
     pub size: usize,
     pub samples: u64,
     pub stages: Vec<Stage>,
+    /// Median of the per-packet totals (not the sum of the stage medians).
     pub total_median: u64,
 }
 
+impl Cell {
+    /// The median of stage `name`; 0 when the cell lacks it.
+    pub fn median(&self, name: &str) -> u64 {
+        self.stages.iter().find(|s| s.name == name).map_or(0, |s| s.median)
+    }
+}
+
+/// `target/bench/dispatch.json`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DispatchReport {
+    /// `tcg` or `kvm`.
+    pub accel: String,
+    /// `instructions` (TCG with `-icount shift=0`) or `cycles` (KVM).
+    pub unit: String,
+    pub cpu: String,
+    /// The guest's TSC frequency, from the kernel's log (0 when it did not say).
+    pub tsc_hz: u64,
+    pub results: Vec<Cell>,
+}
+
 /// Parses `dispatch: dir=.. frame=.. samples=.. name=med/p10/p90 ... total=..` lines.
-pub fn parse_lines(log: &str, mode: &'static str) -> Vec<Cell> {
+pub fn parse_lines(log: &str, mode: TxMode) -> Vec<Cell> {
     log.lines()
         .filter_map(|line| {
             let rest = &line[line.find("dispatch: dir=")? + "dispatch: ".len()..];
-            let mut cell = Cell { direction: "", mode, size: 0, samples: 0, stages: Vec::new(), total_median: 0 };
+            let mut cell =
+                Cell { direction: Direction::Rx, mode, size: 0, samples: 0, stages: Vec::new(), total_median: 0 };
             for field in rest.split_whitespace() {
                 let (key, value) = field.split_once('=')?;
                 match key {
-                    "dir" => cell.direction = if value == "tx" { "tx" } else { "rx" },
+                    "dir" => cell.direction = if value == "tx" { Direction::Tx } else { Direction::Rx },
                     "mode" => {}
                     "frame" => cell.size = value.parse::<usize>().ok()?.checked_sub(HEADERS)?,
                     "samples" => cell.samples = value.parse().ok()?,
@@ -125,7 +176,7 @@ fn run_mode(
         bail!("the kernel did not end cleanly: {}\n{}", outcome.describe(), outcome.log);
     }
     let tsc_hz = crate::checks::tsc_mhz(&outcome.log).map_or(0, |mhz| (mhz * 1e6) as u64);
-    let cells = parse_lines(&outcome.log, tx.name()).into_iter().filter(|c| sizes.contains(&c.size)).collect();
+    let cells = parse_lines(&outcome.log, tx).into_iter().filter(|c| sizes.contains(&c.size)).collect();
     Ok((cells, tsc_hz))
 }
 
@@ -136,25 +187,24 @@ pub fn run(packets: usize, sizes: &[usize], accel: Accel) -> Result<std::path::P
     let unit = if accel == Accel::Tcg { "instructions" } else { "cycles" };
     let mut cells = Vec::new();
     let mut tsc_hz = 0;
-    for tx in [TxMode::Copy, TxMode::Cow] {
+    for tx in TxMode::ALL {
         let (mode_cells, hz) = run_mode(&artifacts, tx, packets, sizes, accel)?;
         cells.extend(mode_cells);
         tsc_hz = hz;
     }
-    cells.sort_by_key(|c| (c.direction, c.size, c.mode));
-    for direction in ["rx", "tx"] {
-        println!("{direction}: median {unit} per stage ({}), share of the total in brackets", accel.name());
-        let names: Vec<&str> = if direction == "tx" { TX_STAGES.to_vec() } else { RX_STAGES.to_vec() };
+    cells.sort_by_key(|c| (c.direction, c.size, c.mode.name()));
+    for direction in Direction::ALL {
+        println!("{}: median {unit} per stage ({}), share of the total in brackets", direction.name(), accel.name());
         let row: Vec<&Cell> = cells.iter().filter(|c| c.direction == direction).collect();
         print!("{:<32}", "stage");
         for c in &row {
-            print!(" {:>16}", format!("{}B {}", c.size, c.mode));
+            print!(" {:>16}", format!("{}B {}", c.size, c.mode.name()));
         }
         println!();
-        for name in &names {
+        for name in direction.stages() {
             print!("{name:<32}");
             for c in &row {
-                let stage = c.stages.iter().find(|s| s.name == *name).map_or(0, |s| s.median);
+                let stage = c.median(name);
                 let share = stage as f64 * 100.0 / c.total_median.max(1) as f64;
                 print!(" {:>16}", format!("{stage} ({share:.0}%)"));
             }
@@ -166,77 +216,56 @@ pub fn run(packets: usize, sizes: &[usize], accel: Accel) -> Result<std::path::P
         }
         println!();
     }
-    let cpu = crate::bench::host_cpu();
-    let mut json = format!(
-        "{{\"accel\": \"{}\", \"unit\": \"{unit}\", \"cpu\": \"{cpu}\", \"tsc_hz\": {tsc_hz}, \"results\": [\n",
-        accel.name()
-    );
-    for (i, c) in cells.iter().enumerate() {
-        let stages: Vec<String> = c
-            .stages
-            .iter()
-            .map(|s| {
-                format!(
-                    "{{\"name\": \"{}\", \"median\": {}, \"p10\": {}, \"p90\": {}}}",
-                    s.name, s.median, s.p10, s.p90
-                )
-            })
-            .collect();
-        let _ = writeln!(
-            json,
-            "  {{\"direction\": \"{}\", \"mode\": \"{}\", \"size\": {}, \"samples\": {}, \"stages\": [{}], \"total_median\": {}}}{}",
-            c.direction,
-            c.mode,
-            c.size,
-            c.samples,
-            stages.join(", "),
-            c.total_median,
-            if i + 1 < cells.len() { "," } else { "" }
-        );
-    }
-    json += "]}\n";
-    let dir = pack::workspace_root().join("target/bench");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join("dispatch.json");
-    std::fs::write(&path, json)?;
-    std::fs::write(dir.join("dispatch.svg"), svg(&cells))?;
+    let report = DispatchReport {
+        accel: accel.name().into(),
+        unit: unit.into(),
+        cpu: crate::bench::host_cpu(),
+        tsc_hz,
+        results: cells,
+    };
+    let path = crate::bench::write_json("dispatch.json", &report)?;
+    std::fs::write(path.with_file_name("dispatch.svg"), svg(&report.results, unit, accel)?)?;
     println!("wrote {} and dispatch.svg", path.display());
     Ok(path)
 }
 
-/// Stacked bars, one per cell, one colour per stage (legend per direction).
-fn svg(cells: &[Cell]) -> String {
-    const COLORS: [&str; 8] = ["#4477aa", "#66ccee", "#228833", "#ccbb44", "#ee6677", "#aa3377", "#bbbbbb", "#000000"];
-    let max = cells.iter().map(|c| c.stages.iter().map(|s| s.median).sum::<u64>()).max().unwrap_or(1).max(1) as f64;
-    let (bar, gap, height) = (46.0, 14.0, 320.0);
-    let width = 260.0 + cells.len() as f64 * (bar + gap);
-    let mut out = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"10\">\n\
-         <text x=\"10\" y=\"16\" font-size=\"13\">Per-stage instructions per packet (TCG -icount), median; rx then tx</text>\n",
-        height + 80.0
-    );
-    for (i, c) in cells.iter().enumerate() {
-        let x = 20.0 + i as f64 * (bar + gap);
-        let mut y = 30.0 + height;
-        for (k, s) in c.stages.iter().enumerate() {
-            let h = s.median as f64 / max * height;
-            y -= h;
-            let _ = writeln!(
-                out,
-                "<rect x=\"{x}\" y=\"{y}\" width=\"{bar}\" height=\"{h}\" fill=\"{}\"><title>{}: {}</title></rect>",
-                COLORS[k % 8],
-                s.name,
-                s.median
-            );
+/// Two panels, receive above transmit: a stacked bar per cell (size, transmit path), one colour
+/// per stage. A stage name has one colour in both panels (`guest_stack` is the guest's smoltcp
+/// either way); different stages never share one.
+fn svg(cells: &[Cell], unit: &str, accel: Accel) -> Result<String> {
+    let mut names: Vec<&str> = Vec::new();
+    for name in Direction::ALL.iter().flat_map(|d| d.stages()) {
+        if !names.contains(name) {
+            names.push(name);
         }
-        let _ = writeln!(out, "<text x=\"{x}\" y=\"{}\">{} {}</text>", 45.0 + height, c.direction, c.size);
-        let _ = writeln!(out, "<text x=\"{x}\" y=\"{}\">{}</text>", 58.0 + height, c.mode);
     }
-    let legend_x = 30.0 + cells.len() as f64 * (bar + gap);
-    for (k, name) in RX_STAGES.iter().enumerate() {
-        let _ = writeln!(out, "<rect x=\"{legend_x}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">rx {name} / tx {}</text>", 40.0 + k as f64 * 16.0, COLORS[k], legend_x + 14.0, 49.0 + k as f64 * 16.0, TX_STAGES.get(k).copied().unwrap_or("-"));
-    }
-    out + "</svg>\n"
+    let colour = |name: &str| PALETTE[names.iter().position(|n| *n == name).unwrap_or(0) % PALETTE.len()];
+    let how = if accel == Accel::Tcg { "TCG -icount" } else { "KVM" };
+    let panels: Vec<Panel> = Direction::ALL
+        .into_iter()
+        .map(|direction| {
+            let row: Vec<&Cell> = cells.iter().filter(|c| c.direction == direction).collect();
+            let what = if direction == Direction::Rx { "Receive" } else { "Transmit" };
+            Panel {
+                title: format!("{what}: {unit} per packet by stage (median, {how})"),
+                x_desc: "UDP payload (bytes) and transmit path".into(),
+                y_desc: format!("{unit} per packet"),
+                legend_title: format!("{} stage", direction.name()),
+                categories: row.iter().map(|c| format!("{} B {}", c.size, c.mode.name())).collect(),
+                series: direction
+                    .stages()
+                    .iter()
+                    .map(|name| Series {
+                        name: name.to_string(),
+                        colour: colour(name),
+                        values: row.iter().map(|c| c.median(name) as f64).collect(),
+                    })
+                    .collect(),
+                bars: Bars::Stacked,
+            }
+        })
+        .collect();
+    chart::svg(&panels, 1, (1100, 460))
 }
 
 #[cfg(test)]
@@ -248,13 +277,72 @@ mod tests {
         let log = "[ 1.0] INFO  guest 0 udp-echo-0: dispatch: dir=rx frame=142 samples=200 interrupt_entry=59/58/60 guest_stack=489/480/500 total=2830\n\
                    dispatch: dir=tx mode=Copy frame=1442 samples=9 guest_stack=10/9/11 notify=5/5/6 total=15\n\
                    dispatch: report done\n";
-        let cells = parse_lines(log, "copy");
+        let cells = parse_lines(log, TxMode::Copy);
         assert_eq!(cells.len(), 2);
         assert_eq!(
             (cells[0].direction, cells[0].size, cells[0].samples, cells[0].total_median),
-            ("rx", 100, 200, 2830)
+            (Direction::Rx, 100, 200, 2830)
         );
         assert_eq!(cells[0].stages[1].name, "guest_stack");
-        assert_eq!((cells[1].direction, cells[1].size, cells[1].stages[1].p90), ("tx", 1400, 6));
+        assert_eq!((cells[1].direction, cells[1].size, cells[1].stages[1].p90), (Direction::Tx, 1400, 6));
+    }
+
+    fn cell(direction: Direction, mode: TxMode, size: usize) -> Cell {
+        let stages = direction
+            .stages()
+            .iter()
+            .enumerate()
+            .map(|(i, name)| Stage { name: name.to_string(), median: 100 + i as u64, p10: 90, p90: 200 })
+            .collect();
+        Cell { direction, mode, size, samples: 30, stages, total_median: 1000 }
+    }
+
+    #[test]
+    fn the_report_keeps_its_field_names() {
+        let report = DispatchReport {
+            accel: "tcg".into(),
+            unit: "instructions".into(),
+            cpu: "AMD \"EPYC\"".into(),
+            tsc_hz: 2_000_000_000,
+            results: vec![cell(Direction::Tx, TxMode::Cow, 1400)],
+        };
+        let json = serde_json::to_string(&report).unwrap();
+        assert!(json.starts_with(r#"{"accel":"tcg","unit":"instructions","cpu":"AMD \"EPYC\"","tsc_hz":2000000000,"#));
+        assert!(json.contains(r#"{"direction":"tx","mode":"cow","size":1400,"samples":30,"stages":[{"name":"guest_stack","median":100,"p10":90,"p90":200},"#));
+        assert!(json.ends_with(r#""total_median":1000}]}"#));
+        let back: DispatchReport = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.results, report.results);
+    }
+
+    #[test]
+    fn the_chart_names_every_stage_and_never_gives_two_stages_one_colour() {
+        let mut cells = Vec::new();
+        for direction in Direction::ALL {
+            for mode in TxMode::ALL {
+                for size in SIZES {
+                    cells.push(cell(direction, mode, size));
+                }
+            }
+        }
+        let svg = svg(&cells, "instructions", Accel::Tcg).unwrap();
+        let texts = crate::chart::texts(&svg);
+        for name in RX_STAGES.iter().chain(&TX_STAGES) {
+            assert!(texts.iter().any(|t| t == name), "{name} not in a legend");
+        }
+        for text in ["1400 B cow", "instructions per packet", "rx stage", "tx stage"] {
+            assert!(texts.iter().any(|t| t == text), "{text} missing: {texts:?}");
+        }
+        // Each stage's colour: its bars (8 cells) and its legend swatch, per panel it is in.
+        let mut seen = Vec::new();
+        for name in RX_STAGES.iter().chain(&TX_STAGES) {
+            if seen.contains(name) {
+                continue;
+            }
+            let panels = [&RX_STAGES[..], &TX_STAGES[..]].iter().filter(|s| s.contains(name)).count();
+            let c = PALETTE[seen.len()];
+            seen.push(*name);
+            let fill = format!("fill=\"#{:02X}{:02X}{:02X}\"", c.0, c.1, c.2);
+            assert_eq!(svg.matches(&fill).count(), panels * (2 * SIZES.len() + 1), "{name}");
+        }
     }
 }

@@ -3,6 +3,7 @@
 mod baseline;
 mod bench;
 mod burst;
+mod chart;
 mod checks;
 mod dispatch;
 mod fuzz;
@@ -28,7 +29,7 @@ use std::time::Duration;
 const DEFAULT_IMAGE: &str = "udp-echo";
 
 #[derive(Parser)]
-#[command(about = "Build, run and test the isolation kernel", version)]
+#[command(about = "Build, run, test and benchmark the isolation kernel and its guest images", version)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -43,23 +44,26 @@ enum Cmd {
     },
     /// Boot an image in QEMU; the console is this terminal (Ctrl-C ends QEMU).
     Run(RunArgs),
-    /// Host unit tests, then the QEMU integration tests. Exit status 0 only if all pass.
-    /// Benchmarks; results under target/bench/.
+    /// Benchmarks; results (JSON, SVG charts) under target/bench/.
     Bench {
         #[command(subcommand)]
         which: BenchCmd,
     },
-    /// The echo benchmark's load generator (run inside the tap namespace by `bench echo`).
+    /// The echo benchmark's load generator (run inside the tap namespace by `bench echo`):
+    /// prints its measured cells as JSON on stdout.
     #[command(hide = true)]
     BenchClient {
-        #[arg(long, value_delimiter = ',')]
+        /// The echo servers, ADDRESS:PORT, comma-separated (the first one also for latency).
+        #[arg(long, value_delimiter = ',', required = true)]
         peers: Vec<std::net::SocketAddr>,
+        /// The smoke run's load (as `bench echo --quick`).
         #[arg(long)]
         quick: bool,
     },
     /// Check a UDP echo server: one random datagram of each test size, every byte compared.
     #[command(hide = true)]
     UdpProbe {
+        /// The echo server, ADDRESS:PORT.
         peer: std::net::SocketAddr,
         /// Datagram sizes (default: the standard test sizes).
         #[arg(long, value_delimiter = ',')]
@@ -69,6 +73,7 @@ enum Cmd {
     /// tests run it inside the tap namespace).
     #[command(hide = true)]
     UdpBurst {
+        /// The echo servers, `ADDR:PORT`, comma-separated.
         #[arg(long, value_delimiter = ',')]
         peers: Vec<std::net::SocketAddr>,
         /// One datagram of each size, in order, to each peer.
@@ -86,6 +91,7 @@ enum Cmd {
     },
     /// Mutation fuzzing of the kernel's portable parsers and models (stable Rust; see fuzz/).
     Fuzz(fuzz::FuzzArgs),
+    /// Host unit tests, then the QEMU integration tests. Exit status 0 only if all pass.
     Test {
         /// Run only the QEMU tests whose name contains this text.
         #[arg(long)]
@@ -106,27 +112,39 @@ enum NetChoice {
     None,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TxMode {
-    /// Denali's path: the kernel copies each packet into its FIFO, the driver into the NIC buffer.
-    Copy,
-    /// Zero copy: the guest's tx page is write-protected and handed to the NIC.
-    Cow,
+/// The transmit path: the kernel's own type, so its command-line words are written in one place.
+pub use hypercall_abi::cmdline::TxMode;
+
+/// `--tx`: the values by name, each with its meaning (shown by `--help`).
+fn tx_mode_parser() -> impl clap::builder::TypedValueParser<Value = TxMode> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    let help = |mode| match mode {
+        TxMode::Copy => "Denali's path: the kernel copies each packet into its FIFO, the driver into the NIC buffer",
+        TxMode::Cow => "Zero copy: the guest's tx page is write-protected and handed to the NIC",
+    };
+    PossibleValuesParser::new(TxMode::ALL.map(|mode| PossibleValue::new(mode.name()).help(help(mode))))
+        .try_map(|name| TxMode::from_name(&name).ok_or("not a transmit path"))
 }
 
-impl TxMode {
-    pub fn name(self) -> &'static str {
-        match self {
-            TxMode::Copy => "copy",
-            TxMode::Cow => "cow",
-        }
+/// `#[serde(with = "tx_mode_name")]`: a [`TxMode`] as its command-line word, in TOML and JSON.
+pub mod tx_mode_name {
+    use super::TxMode;
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(mode: &TxMode, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(mode.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<TxMode, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        TxMode::from_name(&name).ok_or_else(|| D::Error::custom(format!("unknown transmit path `{name}`: copy or cow")))
     }
 }
 
 #[derive(Subcommand)]
 enum BenchCmd {
-    /// Per-stage instructions of each packet (TCG -icount, stamps on), rx and tx, copy and COW.
+    /// Per-stage cost of each packet (stamps on; instructions under TCG -icount, cycles under
+    /// KVM), rx and tx, copy and COW: dispatch.json and dispatch.svg.
     Dispatch {
         /// A few packets per cell (a smoke run).
         #[arg(long)]
@@ -135,16 +153,18 @@ enum BenchCmd {
         #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
         accel: AccelChoice,
     },
-    /// The host-native stages in real TSC ticks: guest stack and driver, kernel portable logic.
+    /// The host-native stages in real TSC ticks: guest stack and driver, kernel portable logic:
+    /// native.json.
     Native,
     /// Our udp-echo guests against a Linux VM (Debian's kernel) in the same QEMU: boot to
-    /// first echo, latency, throughput, and the ratios.
+    /// first echo, latency, throughput, and the ratios: baseline.json.
     Baseline {
         /// Fewer packets per cell.
         #[arg(long)]
         quick: bool,
     },
-    /// UDP echo latency and throughput from the host, copy vs COW, 1 and 4 guests.
+    /// UDP echo latency and throughput from the host, copy vs COW, 1 and 4 guests: echo.json and
+    /// echo.svg.
     Echo {
         /// A few packets per cell (a smoke run).
         #[arg(long)]
@@ -179,10 +199,10 @@ struct RunArgs {
     #[arg(long, value_enum, default_value_t = NetChoice::User)]
     net: NetChoice,
     /// First host port of the user network's forwards (guest i: BASE+i -> its port 7).
-    #[arg(long, default_value_t = 7000)]
+    #[arg(long, value_name = "BASE", default_value_t = 7000)]
     host_port_base: u16,
     /// Transmit path (default: the image's `tx`, else copy).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = tx_mode_parser())]
     tx: Option<TxMode>,
     /// Per-packet stage stamps in kernel and guests (for `bench dispatch`; off by default).
     #[arg(long)]
@@ -234,8 +254,8 @@ fn real_main() -> Result<()> {
             bench::echo(if quick { bench::QUICK } else { bench::FULL }).map(|_| ())
         }
         Cmd::BenchClient { peers, quick } => {
-            let rows = bench::measure(&peers, if quick { bench::QUICK } else { bench::FULL })?;
-            print!("{}", bench::rows_to_lines(&rows));
+            let cells = bench::measure(&peers, if quick { bench::QUICK } else { bench::FULL })?;
+            println!("{}", serde_json::to_string(&cells)?);
             Ok(())
         }
     }
@@ -345,5 +365,51 @@ fn accel_reason(choice: AccelChoice) -> &'static str {
         AccelChoice::Auto if qemu::host_has_hardware_virtualization() => "auto: host CPU has vmx/svm",
         AccelChoice::Auto => "auto: no vmx/svm on this host, and PVM's /dev/kvm is slower than TCG",
         _ => "as requested",
+    }
+}
+
+#[cfg(test)]
+mod cli_tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every subcommand, option and option value says what it is in `--help`.
+    #[test]
+    fn every_command_and_option_is_described() {
+        fn check(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments().filter(|a| !matches!(a.get_id().as_str(), "help" | "version")) {
+                let name = format!("{path} --{}", arg.get_id());
+                if arg.get_help().is_none() {
+                    missing.push(name.clone());
+                }
+                // Flags (`--quick`) have the possible values true and false, which need no words; a
+                // value the option's own help names (`--log`'s levels) needs none either.
+                let values = if arg.get_action().takes_values() { arg.get_possible_values() } else { Vec::new() };
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                let named = |value: &str| help.split(|c: char| !c.is_alphanumeric() && c != '_').any(|w| w == value);
+                for value in values.iter().filter(|v| v.get_help().is_none() && !named(v.get_name())) {
+                    missing.push(format!("{name}={}", value.get_name()));
+                }
+            }
+            for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
+                let sub_path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() {
+                    missing.push(sub_path.clone());
+                }
+                check(sub, &sub_path, missing);
+            }
+        }
+        Cli::command().debug_assert();
+        let mut missing = Vec::new();
+        check(&Cli::command(), "xtask", &mut missing);
+        assert!(missing.is_empty(), "no description: {missing:?}");
+    }
+
+    #[test]
+    fn tx_is_parsed_by_its_command_line_word() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args.iter().copied()).map(|cli| cli.command);
+        assert!(matches!(parse(&["xtask", "run", "--tx", "cow"]), Ok(Cmd::Run(RunArgs { tx: Some(TxMode::Cow), .. }))));
+        assert!(matches!(parse(&["xtask", "run"]), Ok(Cmd::Run(RunArgs { tx: None, .. }))));
+        assert!(parse(&["xtask", "run", "--tx", "zero"]).is_err());
     }
 }

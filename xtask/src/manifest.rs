@@ -171,7 +171,7 @@ pub struct KernelSection {
     #[serde(default = "default_memory_mib")]
     pub memory_mib: u32,
     /// Transmit path: `copy` (default) or `cow`.
-    #[serde(default = "default_tx")]
+    #[serde(default, with = "crate::tx_mode_name")]
     pub tx: crate::TxMode,
     /// MTU of the guests' virtual NICs: 1500, or up to 9000 (jumbo frames) for guest-to-guest
     /// traffic and the tap network (QEMU's user network carries at most 1500).
@@ -191,16 +191,12 @@ fn default_mtu() -> u16 {
     MTU as u16
 }
 
-fn default_tx() -> crate::TxMode {
-    crate::TxMode::Copy
-}
-
 impl Default for KernelSection {
     fn default() -> Self {
         KernelSection {
             log: default_log(),
             memory_mib: default_memory_mib(),
-            tx: default_tx(),
+            tx: crate::TxMode::default(),
             mtu: default_mtu(),
             fpu: default_fpu(),
         }
@@ -398,6 +394,14 @@ mod tests {
         assert!(Manifest::parse("description = \"x\"\n[kernel]\nfpu = \"lazy\"").is_err());
         assert_eq!(Manifest::parse("description = \"x\"\n[kernel]\nfpu = \"save\"").unwrap().kernel.fpu, "save");
         assert!(Manifest::parse("[kernel]\nlog = \"info\"").is_err(), "description is required");
+    }
+
+    #[test]
+    fn the_transmit_path_is_read_by_its_command_line_word() {
+        let m = Manifest::parse("description = \"x\"\n[kernel]\ntx = \"cow\"").unwrap();
+        assert_eq!(m.kernel.tx, crate::TxMode::Cow);
+        assert_eq!(Manifest::parse("description = \"x\"").unwrap().kernel.tx, crate::TxMode::Copy);
+        assert!(Manifest::parse("description = \"x\"\n[kernel]\ntx = \"Cow\"").is_err());
     }
 
     #[test]

@@ -13,7 +13,6 @@ use isolation_kernel::vnet::{validate_tx, BufId, NetScheduler, Packet, PacketPoo
 use netstack::{Instant, Ipv4Address, NetStack, Platform};
 use smoltcp::phy::{Device, RxToken, TxToken};
 use std::arch::x86_64::_rdtsc;
-use std::fmt::Write as _;
 use std::hint::black_box;
 use vnic_driver::testing::{CountingDoorbell, GuestMemory};
 
@@ -39,6 +38,7 @@ fn ticks() -> u64 {
 }
 
 /// One benchmark result: median and spread of ticks per operation.
+#[derive(serde::Serialize)]
 pub struct NativeRow {
     pub name: &'static str,
     pub size: usize,
@@ -235,6 +235,14 @@ fn kernel_rows(size: usize, rows: &mut Vec<NativeRow>) {
     ));
 }
 
+/// `target/bench/native.json`.
+#[derive(serde::Serialize)]
+struct NativeReport {
+    unit: &'static str,
+    cpu: String,
+    results: Vec<NativeRow>,
+}
+
 /// Runs every native benchmark and writes `target/bench/native.json`.
 pub fn run() -> Result<std::path::PathBuf> {
     let mut rows = vec![summarize("timer_overhead_empty_op", 0, time_batched(|| {}, || {}))];
@@ -248,25 +256,8 @@ pub fn run() -> Result<std::path::PathBuf> {
     for r in &rows {
         println!("{:<36} {:>5} {:>8} {:>8} {:>8}", r.name, r.size, r.median, r.p10, r.p90);
     }
-    let cpu = crate::bench::host_cpu();
-    let mut json = format!("{{\"unit\": \"tsc_ticks\", \"cpu\": \"{cpu}\", \"results\": [\n");
-    for (i, r) in rows.iter().enumerate() {
-        let _ = writeln!(
-            json,
-            "  {{\"name\": \"{}\", \"size\": {}, \"median\": {}, \"p10\": {}, \"p90\": {}}}{}",
-            r.name,
-            r.size,
-            r.median,
-            r.p10,
-            r.p90,
-            if i + 1 < rows.len() { "," } else { "" }
-        );
-    }
-    json += "]}\n";
-    let dir = crate::pack::workspace_root().join("target/bench");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join("native.json");
-    std::fs::write(&path, json)?;
+    let report = NativeReport { unit: "tsc_ticks", cpu: crate::bench::host_cpu(), results: rows };
+    let path = crate::bench::write_json("native.json", &report)?;
     println!("wrote {}", path.display());
     Ok(path)
 }

@@ -17,7 +17,9 @@ const QBOOT: &str = "/usr/share/qemu/qboot.rom";
 pub enum AccelChoice {
     /// KVM when the host CPU has hardware virtualization (vmx/svm), TCG otherwise.
     Auto,
+    /// Hardware virtualization through /dev/kvm (stamps count cycles).
     Kvm,
+    /// QEMU's emulator (with -icount, stamps count executed instructions).
     Tcg,
 }
 

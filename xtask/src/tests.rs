@@ -834,22 +834,21 @@ fn cow_rewrite_in_flight(ctx: &Ctx, image_name: &str) -> TestResult {
 
 /// `cargo xtask bench echo --quick`: every cell present, with numbers that mean something.
 fn bench_echo_smoke(_ctx: &Ctx) -> TestResult {
+    use crate::bench::{read_json, EchoReport};
     let json =
         crate::bench::echo(crate::bench::QUICK).map_err(|e| failure(format!("bench echo: {e:#}"), String::new()))?;
-    let text = std::fs::read_to_string(&json).map_err(|e| failure(e.to_string(), String::new()))?;
-    for mode in ["copy", "cow"] {
+    let report: EchoReport = read_json(&json).map_err(|e| failure(format!("{e:#}"), String::new()))?;
+    for mode in TxMode::ALL {
         for size in crate::bench::SIZES {
             for guests in crate::bench::GUEST_COUNTS {
-                let cell = format!("\"mode\": \"{mode}\", \"size\": {size}, \"guests\": {guests},");
-                let line = text.lines().find(|l| l.contains(&cell));
-                let positive = |key: &str| {
-                    line.and_then(|l| l.split(&format!("\"{key}\": ")).nth(1))
-                        .and_then(|v| v.split([',', '}']).next())
-                        .and_then(|v| v.trim().parse::<f64>().ok())
-                        .is_some_and(|v| v > 0.0)
+                let row =
+                    report.results.iter().find(|r| r.mode == mode && r.cell.size == size && r.cell.guests == guests);
+                let cell = format!("{} {size} B {guests} guest(s)", mode.name());
+                let Some(c) = row.map(|r| &r.cell) else {
+                    return Err(failure(format!("cell {cell} missing from {}", json.display()), String::new()));
                 };
-                if !(positive("rtt_p50_us") && positive("echoes_per_second") && positive("received")) {
-                    return Err(failure(format!("cell {cell} missing or empty in {}", json.display()), text));
+                if !(c.rtt_p50_us > 0.0 && c.echoes_per_second > 0.0 && c.received > 0) {
+                    return Err(failure(format!("cell {cell} empty in {}: {c:?}", json.display()), String::new()));
                 }
             }
         }
@@ -860,36 +859,35 @@ fn bench_echo_smoke(_ctx: &Ctx) -> TestResult {
 /// `cargo xtask bench dispatch --quick`: every cell, every stage with a positive median, and
 /// the stage medians adding up to the median total (within the stamps' own cost).
 fn bench_dispatch_smoke(_ctx: &Ctx) -> TestResult {
-    use hypercall_abi::vnic::stamps::{RX_STAGES, TX_STAGES};
+    use crate::dispatch::{Direction, DispatchReport};
     let json = crate::dispatch::run(30, &crate::dispatch::SIZES, Accel::Tcg)
         .map_err(|e| failure(format!("bench dispatch: {e:#}"), String::new()))?;
-    let text = std::fs::read_to_string(&json).map_err(|e| failure(e.to_string(), String::new()))?;
-    for direction in ["rx", "tx"] {
-        let stages: &[&str] = if direction == "tx" { &TX_STAGES } else { &RX_STAGES };
-        for mode in ["copy", "cow"] {
+    let report: DispatchReport =
+        crate::bench::read_json(&json).map_err(|e| failure(format!("{e:#}"), String::new()))?;
+    for direction in Direction::ALL {
+        for mode in TxMode::ALL {
             for size in crate::dispatch::SIZES {
-                let cell = format!("\"direction\": \"{direction}\", \"mode\": \"{mode}\", \"size\": {size},");
-                let Some(line) = text.lines().find(|l| l.contains(&cell)) else {
-                    return Err(failure(format!("cell {cell} missing from {}", json.display()), text));
-                };
-                let number = |after: &str| {
-                    line.split(after)
-                        .nth(1)
-                        .and_then(|v| v.split([',', '}']).next())
-                        .and_then(|v| v.trim().parse::<u64>().ok())
+                let cell = format!("{direction:?} {} {size} B", mode.name());
+                let found =
+                    report.results.iter().find(|c| c.direction == direction && c.mode == mode && c.size == size);
+                let Some(found) = found else {
+                    return Err(failure(format!("cell {cell} missing from {}", json.display()), String::new()));
                 };
                 let mut sum = 0;
-                for stage in stages {
-                    let median = number(&format!("\"name\": \"{stage}\", \"median\": "));
-                    if median.is_none_or(|m| m == 0) {
-                        return Err(failure(format!("{cell}: stage {stage} missing or zero"), line.to_string()));
+                for stage in direction.stages() {
+                    let median = found.median(stage);
+                    if median == 0 {
+                        return Err(failure(format!("{cell}: stage {stage} missing or zero"), format!("{found:?}")));
                     }
-                    sum += median.unwrap_or(0);
+                    sum += median;
                 }
-                let total = number("\"total_median\": ").unwrap_or(0);
+                let total = found.total_median;
                 // Medians of parts need not add exactly; each stamp costs a few dozen instructions.
                 if sum.abs_diff(total) > total / 10 + 200 {
-                    return Err(failure(format!("{cell}: stages add up to {sum}, total is {total}"), line.to_string()));
+                    return Err(failure(
+                        format!("{cell}: stages add up to {sum}, total is {total}"),
+                        format!("{found:?}"),
+                    ));
                 }
             }
         }
