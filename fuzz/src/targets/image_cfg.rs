@@ -9,7 +9,9 @@ use crate::engine::{Target, Verdict};
 use crate::features::Features;
 use crate::real::RealInputs;
 use crate::{check, check_eq};
-use hypercall_abi::initrd::{parse_config, ConfigError, Expect, Record, MAX_NAME};
+use hypercall_abi::initrd::{
+    parse_config, ConfigError, Expect, Record, MAX_ARGS_LEN, MAX_CPU_BUDGET_MS, MAX_HEAP_KIB, MAX_NAME,
+};
 use hypercall_abi::vnic::{MAX_MTU, MIN_MTU};
 
 pub const TARGET: Target = Target {
@@ -44,6 +46,10 @@ pub const TARGET: Target = Target {
         b"18446744073709551615",
         b"18446744073709551616",
         b"-2147483648",
+        b"1048576",
+        b"1048577",
+        b"86400000",
+        b"86400001",
         b"\n#",
         b"\r\n",
     ],
@@ -100,6 +106,23 @@ fn run(input: &[u8], features: &mut Features) -> Verdict {
                     ConfigError::UnknownRecord { line, record } => (1, line, Some(record)),
                     ConfigError::MissingField { line, .. } => (2, line, None),
                     ConfigError::BadField { line, field } => (3, line, Some(field)),
+                    ConfigError::TooLarge { line, field, value, max } => {
+                        // The value really is beyond the limit the error names.
+                        check!(
+                            value.parse::<u128>().map_or(true, |v| v > u128::from(max)),
+                            "{field}={value} refused as above {max}"
+                        );
+                        (4, line, Some(value))
+                    }
+                    ConfigError::ArgsTooLong { line, len, max } => {
+                        check!(len > max && len <= line_len(&lines, line), "args of {len} bytes refused (limit {max})");
+                        (5, line, None)
+                    }
+                    ConfigError::TooManyGuests { line, max } => {
+                        let guests_so_far = results_before(&record_lines, &lines, line);
+                        check!(guests_so_far >= max, "guest line {line} refused after {guests_so_far} of {max}");
+                        (6, line, None)
+                    }
                 };
                 features.note("error", kind);
                 check_eq!(at, line_number, "error's line number");
@@ -122,6 +145,16 @@ fn run(input: &[u8], features: &mut Features) -> Verdict {
     Ok(())
 }
 
+/// Bytes of line `line` (1-based).
+fn line_len(lines: &[&str], line: usize) -> usize {
+    lines.get(line.wrapping_sub(1)).map_or(0, |l| l.len())
+}
+
+/// Guest records on the record lines before line `line`.
+fn results_before(record_lines: &[usize], lines: &[&str], line: usize) -> usize {
+    record_lines.iter().filter(|&&l| l < line && lines[l - 1].starts_with("guest\t")).count()
+}
+
 fn check_record(record: &Record, features: &mut Features) -> Verdict {
     let written = match record {
         Record::Image { name } => {
@@ -131,6 +164,9 @@ fn check_record(record: &Record, features: &mut Features) -> Verdict {
         Record::Guest(spec) => {
             check!(valid_name(spec.name) && valid_name(spec.app), "guest or app name in {spec:?}");
             check!(!spec.args.contains(['\t', '\n']), "args {:?}", spec.args);
+            check!(spec.args.len() <= MAX_ARGS_LEN, "args of {} bytes accepted", spec.args.len());
+            check!(spec.heap_kib <= MAX_HEAP_KIB, "heap_kib {} accepted", spec.heap_kib);
+            check!(spec.cpu_budget_ms <= MAX_CPU_BUDGET_MS, "cpu_budget_ms {} accepted", spec.cpu_budget_ms);
             let expect_kind = match spec.expect {
                 Expect::Exit(_) => 0,
                 Expect::Stopped(text) | Expect::Refused(text) => {
