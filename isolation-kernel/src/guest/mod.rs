@@ -1,5 +1,10 @@
 //! Guests: the table of guests, the trap path from ring 3 (virtual instructions, faults, timer
 //! preemption), switching between guests, and the end of the run.
+//!
+//! Registers of the guest that trapped are its own to set: they are decoded here once and every
+//! value is checked before use; the lints below keep them away from panics and overflow.
+
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
 mod loader;
 mod net;
@@ -121,6 +126,37 @@ struct Guests {
     /// TSC ticks from a one-packet doorbell's trap to the NIC notify (instructions under
     /// `-icount`), for the transmit-path figures.
     kick_samples: Vec<u32>,
+}
+
+/// Guest `id` of the table. Ids come only from `Scheduler::add`, which boot calls once for each
+/// guest it pushes onto the table (and the table never shrinks), so every id indexes it.
+#[allow(clippy::indexing_slicing)] // proof above
+fn at(list: &[Guest], id: GuestId) -> &Guest {
+    &list[id]
+}
+
+/// [`at`], mutable.
+#[allow(clippy::indexing_slicing)] // proof at `at`
+fn at_mut(list: &mut [Guest], id: GuestId) -> &mut Guest {
+    &mut list[id]
+}
+
+/// The address space of a guest that is running or scheduled: `end_guest` takes the space in
+/// the same step that removes the guest from the scheduler, and only such guests run.
+#[allow(clippy::expect_used)] // proof above
+fn space_of(guest: &Guest) -> &AddressSpace {
+    guest.space.as_ref().expect("a scheduled guest has an address space")
+}
+
+/// The median of sorted values (0 for none).
+fn median<T: Copy + Default>(sorted: &[T]) -> T {
+    sorted.get(sorted.len() / 2).copied().unwrap_or_default()
+}
+
+/// TSC ticks in units of `1/per_second` s, in 128 bits (no overflow; 0 without a TSC rate).
+fn ticks_to(ticks: u64, per_second: u64, tsc_hz: u64) -> u64 {
+    let value = u128::from(ticks).saturating_mul(u128::from(per_second)).checked_div(u128::from(tsc_hz));
+    value.map_or(0, |v| u64::try_from(v).unwrap_or(u64::MAX))
 }
 
 /// Whether a guest with this expectation is expected to end by itself.
@@ -286,7 +322,7 @@ pub fn boot(
         match built {
             Ok((loaded, nic)) => {
                 g.nics.push(nic);
-                create_ticks.push(cpu::rdtsc() - start);
+                create_ticks.push(cpu::rdtsc().saturating_sub(start));
                 pages.push(loaded.space.owned_frames());
                 let selectors = crate::arch::gdt::selectors();
                 guest.frame = TrapFrame {
@@ -298,17 +334,17 @@ pub fn boot(
                     ..TrapFrame::default()
                 };
                 guest.space = Some(loaded.space);
-                g.counters.guests_created += 1;
+                g.counters.guests_created = g.counters.guests_created.saturating_add(1);
             }
             Err(error) => {
                 g.nics.push(None);
                 if expected_to_end(spec.expect) {
-                    g.awaiting_end -= 1;
+                    g.awaiting_end = g.awaiting_end.saturating_sub(1);
                 }
                 console_write_fmt(format_args!("guest {id} {} refused: {error}\n", spec.name));
                 guest.end = Some(End::Refused(error));
                 g.sched.finish(id);
-                g.counters.guests_refused += 1;
+                g.counters.guests_refused = g.counters.guests_refused.saturating_add(1);
             }
         }
         g.list.push(guest);
@@ -321,8 +357,8 @@ pub fn boot(
             "guests: {} created, {} refused; creating one took {} TSC ticks (median); {} private pages per guest (median), {} pages shared",
             g.counters.guests_created,
             g.counters.guests_refused,
-            create_ticks[create_ticks.len() / 2],
-            pages[pages.len() / 2],
+            median(&create_ticks),
+            median(&pages),
             shared
         );
     }
@@ -335,8 +371,8 @@ pub fn boot(
     g.running_since = now;
     g.on_cpu = Some(first);
     switch_user_state(&mut g, first);
-    let frame = g.list[first].frame;
-    space::activate(g.list[first].space.as_ref().expect("a scheduled guest has an address space").pml4_phys());
+    let frame = at(&g.list, first).frame;
+    space::activate(space_of(at(&g.list, first)).pml4_phys());
     *GUESTS.lock() = Some(g);
     // SAFETY: the trap stack's top is the TSS RSP0 and is unused (we run on the boot stack);
     // the frame is the guest's initial ring-3 context in the address space just activated.
@@ -361,7 +397,9 @@ fn load_app(archive: &Archive<'static>, app: &str) -> Result<App, String> {
 pub fn handle_user_trap(frame: &mut TrapFrame) {
     let now = cpu::rdtsc();
     let mut guard = GUESTS.lock();
+    #[allow(clippy::expect_used)] // boot installs the table before the first guest runs in ring 3
     let g = guard.as_mut().expect("a trap from ring 3 means guests were started");
+    #[allow(clippy::expect_used)] // on_cpu is set before every return to ring 3 (boot, switch_to_next)
     let id = g.on_cpu.expect("a trap from ring 3 comes from the guest on the CPU");
     let action = match frame.vector {
         v if v == u64::from(TIMER_VECTOR) => {
@@ -384,15 +422,15 @@ pub fn handle_user_trap(frame: &mut TrapFrame) {
         // #UD, #NM: named as a floating-point or SIMD instruction when one raised it.
         6 | 7 => {
             let mut bytes = [0u8; MAX_INSTRUCTION_LEN];
-            let readable = instruction_at(&g.list[id], frame.rip, &mut bytes);
-            let named = fpu_stop_cause(frame.vector, &bytes[..readable], user_state::policy());
+            let readable = instruction_at(at(&g.list, id), frame.rip, &mut bytes);
+            let named = fpu_stop_cause(frame.vector, readable, user_state::policy());
             let (mnemonic, name) = exception_name(frame.vector).unwrap_or(("?", "reserved exception"));
             Action::Stop(named.map_or_else(|| format!("{name} ({mnemonic})"), ToString::to_string))
         }
         14 => {
             let fault = PageFault { error_code: frame.error_code, address: cpu::cr2() };
             // A write (bit 1) by the user (bit 2) to a present (bit 0) page may be a COW fault.
-            let cow_candidate = frame.error_code & 0x7 == 0x7 && g.nics[id].is_some();
+            let cow_candidate = frame.error_code & 0x7 == 0x7 && g.nics.get(id).is_some_and(Option::is_some);
             match cow_candidate.then(|| g.net_ctx().write_fault(id, fault.address)).flatten() {
                 None if cow_candidate => Action::Resume,
                 Some(cause) if !cause.is_empty() => Action::Stop(cause),
@@ -416,8 +454,8 @@ pub fn handle_user_trap(frame: &mut TrapFrame) {
         }
         g.maybe_report_stats(now);
     }
-    let guest = &mut g.list[id];
-    guest.cpu_ticks += now.saturating_sub(g.running_since);
+    let guest = at_mut(&mut g.list, id);
+    guest.cpu_ticks = guest.cpu_ticks.saturating_add(now.saturating_sub(g.running_since));
     g.running_since = now;
     let over_budget = guest.cpu_budget_ticks.is_some_and(|budget| guest.cpu_ticks > budget);
     let action = match action {
@@ -470,7 +508,7 @@ impl Guests {
         if now < self.next_stats_report {
             return;
         }
-        self.next_stats_report = now + STATS_INTERVAL_SECS * self.tsc_hz;
+        self.next_stats_report = now.saturating_add(STATS_INTERVAL_SECS.saturating_mul(self.tsc_hz));
         let snapshot = (self.net.counters, self.counters.virtual_instructions);
         if snapshot != self.last_reported {
             self.last_reported = snapshot;
@@ -492,7 +530,8 @@ impl Guests {
             for &page in &nic.pending_flush {
                 x86_64::instructions::tlb::flush(x86_64::VirtAddr::new(page));
             }
-            self.net.counters.tlb_flushes += nic.pending_flush.len() as u64;
+            self.net.counters.tlb_flushes =
+                self.net.counters.tlb_flushes.saturating_add(nic.pending_flush.len() as u64);
         }
         nic.pending_flush.clear();
     }
@@ -515,21 +554,22 @@ pub fn nic_interrupt() {
 
 /// Records the end of guest `id` (the current one) and frees its memory.
 fn end_guest(g: &mut Guests, id: GuestId, end: End) {
-    if let Some(nic) = &g.nics[id] {
-        reports::guest_ended(id, &g.list[id].name, nic);
+    let nic = g.nics.get_mut(id).and_then(Option::take);
+    let guest = at_mut(&mut g.list, id);
+    if let Some(nic) = &nic {
+        reports::guest_ended(id, &guest.name, nic);
     }
     // Nothing may reach its pages once they are freed; pages the NIC still reads outlive it.
-    if let (Some(nic), Some(space)) = (g.nics[id].take(), g.list[id].space.as_mut()) {
+    if let (Some(nic), Some(space)) = (nic, guest.space.as_mut()) {
         g.net.orphan_in_flight(&nic, space);
     }
-    let guest = &mut g.list[id];
     flush_console(id, guest, true);
     match end {
-        End::Exited(_) => g.counters.guests_exited += 1,
-        _ => g.counters.guests_stopped += 1,
+        End::Exited(_) => g.counters.guests_exited = g.counters.guests_exited.saturating_add(1),
+        _ => g.counters.guests_stopped = g.counters.guests_stopped.saturating_add(1),
     }
     if expected_to_end(guest.expect) {
-        g.awaiting_end -= 1;
+        g.awaiting_end = g.awaiting_end.saturating_sub(1);
     }
     guest.end = Some(end);
     g.sched.finish(id);
@@ -547,6 +587,7 @@ fn switch_to_next(frame: &mut TrapFrame, previous: GuestId) {
         let now = cpu::rdtsc();
         {
             let mut guard = GUESTS.lock();
+            #[allow(clippy::expect_used)] // only guests, which boot installed first, switch
             let g = guard.as_mut().expect("guests exist");
             if g.shutdown_deadline.is_some_and(|d| now >= d) {
                 drop(guard);
@@ -563,15 +604,14 @@ fn switch_to_next(frame: &mut TrapFrame, previous: GuestId) {
             }
             if let Some(next) = g.sched.schedule(now) {
                 switch_user_state(g, next);
-                let guest = &g.list[next];
+                let guest = at(&g.list, next);
                 *frame = guest.frame;
-                let switched =
-                    space::activate(guest.space.as_ref().expect("a scheduled guest has an address space").pml4_phys());
+                let switched = space::activate(space_of(guest).pml4_phys());
                 g.flush_protected(next, switched);
                 g.on_cpu = Some(next);
                 g.running_since = now;
                 if next != previous {
-                    g.counters.guest_switches += 1;
+                    g.counters.guest_switches = g.counters.guest_switches.saturating_add(1);
                 }
                 return;
             }
@@ -597,26 +637,26 @@ fn switch_user_state(g: &mut Guests, next: GuestId) {
     if let Some(holder) = g.user_state_holder.and_then(|h| g.list.get_mut(h)).filter(|h| h.end.is_none()) {
         holder.user_state.save();
     }
-    g.list[next].user_state.load();
+    at(&g.list, next).user_state.load();
     g.user_state_holder = Some(next);
 }
 
 /// Reads the bytes at `rip` in the guest's memory that are readable, up to one instruction's
 /// worth, into `bytes`; returns how many there are.
 #[inline(always)]
-fn instruction_at(guest: &Guest, rip: u64, bytes: &mut [u8; MAX_INSTRUCTION_LEN]) -> usize {
-    let Some(space) = guest.space.as_ref() else { return 0 };
+fn instruction_at<'b>(guest: &Guest, rip: u64, bytes: &'b mut [u8; MAX_INSTRUCTION_LEN]) -> &'b [u8] {
+    let Some(space) = guest.space.as_ref() else { return &[] };
     let readable = readable_prefix(&space.map, rip, MAX_INSTRUCTION_LEN as u64, Access::READ) as usize;
+    let Some(prefix) = bytes.get_mut(..readable) else { return &[] };
     if let Ok(slice) = UserSlice::new(rip, readable as u64).validate(&space.map, Access::READ) {
-        space.read(slice, &mut bytes[..readable]);
+        space.read(slice, prefix);
     }
-    readable
+    prefix
 }
 
 fn general_protection(g: &mut Guests, id: GuestId, frame: &mut TrapFrame, now: u64) -> Action {
     let mut bytes = [0u8; MAX_INSTRUCTION_LEN];
-    let readable = instruction_at(&g.list[id], frame.rip, &mut bytes);
-    match decode_gp(&bytes[..readable]) {
+    match decode_gp(instruction_at(at(&g.list, id), frame.rip, &mut bytes)) {
         Ok(GpInstruction::PortIo(io)) => {
             let port = match io.port {
                 PortOperand::Dx => frame.rdx as u16,
@@ -624,7 +664,7 @@ fn general_protection(g: &mut Guests, id: GuestId, frame: &mut TrapFrame, now: u
             };
             match (io.direction, io.port) {
                 (Direction::Out, PortOperand::Dx) if vi::is_vi_port(port) => {
-                    frame.rip += io.len as u64;
+                    frame.rip = frame.rip.wrapping_add(io.len as u64); // a user address plus at most 15
                     virtual_instruction(g, id, port, frame, now)
                 }
                 (Direction::Out, _) if vi::is_vi_port(port) => {
@@ -644,8 +684,9 @@ fn general_protection(g: &mut Guests, id: GuestId, frame: &mut TrapFrame, now: u
 }
 
 fn virtual_instruction(g: &mut Guests, id: GuestId, port: u16, frame: &mut TrapFrame, now: u64) -> Action {
-    g.counters.virtual_instructions += 1;
-    g.list[id].virtual_instructions += 1;
+    g.counters.virtual_instructions = g.counters.virtual_instructions.saturating_add(1);
+    let guest = at_mut(&mut g.list, id);
+    guest.virtual_instructions = guest.virtual_instructions.saturating_add(1);
     let Some(instruction) = Vi::from_port(port) else {
         frame.rax = vi::Error::Unsupported.code() as u64;
         return Action::Resume;
@@ -659,7 +700,7 @@ fn virtual_instruction(g: &mut Guests, id: GuestId, port: u16, frame: &mut TrapF
         }
         Vi::IdleUntil => {
             // A virtual interrupt raised since the guest last looked ends the idle at once.
-            let pending = g.nics[id].as_ref().map_or(0, net::GuestNic::virq);
+            let pending = g.nics.get(id).and_then(Option::as_ref).map_or(0, net::GuestNic::virq);
             frame.rax = pending;
             if pending != 0 {
                 return Action::Resume;
@@ -675,13 +716,13 @@ fn virtual_instruction(g: &mut Guests, id: GuestId, port: u16, frame: &mut TrapF
             Action::Resume
         }
         Vi::VnicTxKick => {
-            frame.rax = if g.nics[id].is_some() {
+            frame.rax = if g.nics.get(id).is_some_and(Option::is_some) {
                 // Doorbell to NIC notify, for kicks that carried exactly one packet (stamping on).
                 let stamping = g.net.stamps;
                 let start = if stamping { cpu::rdtsc_serialized() } else { 0 };
                 let taken = g.net_ctx().tx_kick(id);
                 if stamping && taken == 1 && g.kick_samples.len() < g.kick_samples.capacity() {
-                    g.kick_samples.push((cpu::rdtsc_serialized() - start) as u32);
+                    g.kick_samples.push(cpu::rdtsc_serialized().saturating_sub(start) as u32);
                 }
                 taken
             } else {
@@ -690,7 +731,7 @@ fn virtual_instruction(g: &mut Guests, id: GuestId, port: u16, frame: &mut TrapF
             Action::Resume
         }
         Vi::VnicRxPosted => {
-            frame.rax = match &g.nics[id] {
+            frame.rax = match g.nics.get(id).and_then(Option::as_ref) {
                 Some(nic) => u64::from(nic.rx_posted()),
                 None => vi::Error::Unsupported.code() as u64,
             };
@@ -705,15 +746,16 @@ fn console_write(g: &mut Guests, id: GuestId, frame: &mut TrapFrame) -> Action {
         frame.rax = vi::Error::BadLength.code() as u64;
         return Action::Resume;
     }
-    let guest = &mut g.list[id];
-    let space = guest.space.as_ref().expect("a running guest has an address space");
+    let guest = at_mut(&mut g.list, id);
+    let space = space_of(guest);
     let slice = match UserSlice::new(addr, len).validate(&space.map, Access::READ) {
         Ok(slice) => slice,
         Err(bad) => return Action::Stop(format!("bad pointer in console_write: {bad}")),
     };
     let mut buf = [0u8; MAX_CONSOLE_WRITE as usize];
-    space.read(slice, &mut buf[..len as usize]);
-    for &byte in &buf[..len as usize] {
+    let Some(text) = buf.get_mut(..len as usize) else { return Action::Resume }; // len checked above
+    space.read(slice, text);
+    for &byte in &*text {
         if byte == b'\n' {
             flush_console(id, guest, false);
         } else {
@@ -764,8 +806,8 @@ pub fn finish_run(why: &str) -> ! {
                 "summary: guest {id} {}: {summary}; expected {} ({verdict}); cpu {} ms; cpu_us={} virtual_instructions={}\n",
                 guest.name,
                 guest.expect,
-                guest.cpu_ticks * 1000 / g.tsc_hz.max(1),
-                u128::from(guest.cpu_ticks) * 1_000_000 / u128::from(g.tsc_hz.max(1)),
+                ticks_to(guest.cpu_ticks, 1_000, g.tsc_hz),
+                ticks_to(guest.cpu_ticks, 1_000_000, g.tsc_hz),
                 guest.virtual_instructions
             ));
         }

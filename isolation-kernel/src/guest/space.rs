@@ -47,11 +47,15 @@ pub fn fill_frame(phys: u64, offset: usize, data: &[u8]) {
 /// Copies `data` to `offset` bytes into the physically contiguous run of `run` bytes at `phys`
 /// (a frame, a pool buffer, a guest's slot), through the direct map.
 pub fn copy_into_run(phys: u64, run: u64, offset: u64, data: &[u8]) {
-    assert!(offset as usize + data.len() <= run as usize, "copy beyond the run");
+    assert!(offset.checked_add(data.len() as u64).is_some_and(|end| end <= run), "copy beyond the run");
     // SAFETY: callers pass runs the kernel owns or a guest's own frames, all in the direct map;
     // the range stays inside the run (checked above); `data` is elsewhere in memory.
     unsafe {
-        core::ptr::copy_nonoverlapping(data.as_ptr(), phys_to_virt(phys + offset).as_mut_ptr::<u8>(), data.len())
+        core::ptr::copy_nonoverlapping(
+            data.as_ptr(),
+            phys_to_virt(phys.wrapping_add(offset)).as_mut_ptr::<u8>(),
+            data.len(),
+        )
     };
 }
 
@@ -127,9 +131,10 @@ impl AddressSpace {
     /// A zeroed, physically contiguous run of `pages` frames owned by this guest; its base.
     pub fn new_run(&mut self, frames: &mut FrameAllocator<'static>, pages: u64) -> Result<u64, SpaceError> {
         let base = frames.allocate_contiguous(pages, 1).ok_or(SpaceError::OutOfMemory)?;
-        for page in 0..pages {
-            self.owned.push(base + page * PAGE);
-            zero_frame(base + page * PAGE);
+        // A run the allocator handed out: its pages do not wrap.
+        for frame in (0..pages).map(|page| base.wrapping_add(page.wrapping_mul(PAGE))) {
+            self.owned.push(frame);
+            zero_frame(frame);
         }
         Ok(base)
     }
@@ -179,10 +184,13 @@ impl AddressSpace {
     ) -> Result<(), SpaceError> {
         for i in 0..pages {
             let phys = self.new_frame(frames)?;
-            self.map_page(frames, start + i * PAGE, phys, access)?;
+            // Kernel layout constants only (stack, heap): inside the user half, no wrap.
+            self.map_page(frames, start.wrapping_add(i.wrapping_mul(PAGE)), phys, access)?;
         }
         if pages > 0 {
-            self.map.add(start, start + pages * PAGE, access).map_err(|_| SpaceError::BadMapping(start))?;
+            self.map
+                .add(start, start.wrapping_add(pages.wrapping_mul(PAGE)), access)
+                .map_err(|_| SpaceError::BadMapping(start))?;
         }
         Ok(())
     }
@@ -192,9 +200,10 @@ impl AddressSpace {
     /// address space), so callers may keep it to flip permission bits without a walk.
     pub fn leaf_pte_phys(&self, virt: u64) -> Option<u64> {
         let mut table_phys = self.pml4_phys;
-        for level in (1..=4).rev() {
-            let index = (virt >> (12 + 9 * (level - 1))) & 0x1ff;
-            let entry_phys = table_phys + index * 8;
+        for level in (1u32..=4).rev() {
+            // level is 1..=4: shifts of 12..=39, an index below 512, an entry inside its table.
+            let index = (virt >> (12u32.wrapping_add(9u32.wrapping_mul(level.wrapping_sub(1))))) & 0x1ff;
+            let entry_phys = table_phys.wrapping_add(index.wrapping_mul(8));
             if level == 1 {
                 return Some(entry_phys);
             }
@@ -245,19 +254,21 @@ impl AddressSpace {
     pub fn read(&self, slice: ValidSlice, buf: &mut [u8]) {
         let len = (slice.len() as usize).min(buf.len());
         let mut done = 0usize;
-        while done < len {
-            let addr = slice.addr() + done as u64;
-            let in_page = ((PAGE - addr % PAGE) as usize).min(len - done);
+        // A validated slice lies inside the user half, so `addr` never wraps; `done < len`.
+        while let Some(rest) = buf.get_mut(done..len) {
+            if rest.is_empty() {
+                break;
+            }
+            let addr = slice.addr().wrapping_add(done as u64);
+            let in_page = (PAGE.wrapping_sub(addr & (PAGE - 1)) as usize).min(rest.len());
             let phys = match self.table.translate(VirtAddr::new(addr)) {
-                TranslateResult::Mapped { frame, offset, .. } => frame.start_address().as_u64() + offset,
+                TranslateResult::Mapped { frame, offset, .. } => frame.start_address().as_u64().wrapping_add(offset),
                 _ => panic!("validated guest address {addr:#x} is not mapped: guest map and page table disagree"),
             };
             // SAFETY: `phys..phys + in_page` lies in one mapped guest frame (same page), which
-            // the direct map covers; `buf[done..]` has room for `in_page` bytes.
-            unsafe {
-                core::ptr::copy_nonoverlapping(phys_to_virt(phys).as_ptr::<u8>(), buf[done..].as_mut_ptr(), in_page)
-            };
-            done += in_page;
+            // the direct map covers; `rest` has room for `in_page` bytes.
+            unsafe { core::ptr::copy_nonoverlapping(phys_to_virt(phys).as_ptr::<u8>(), rest.as_mut_ptr(), in_page) };
+            done = done.saturating_add(in_page);
         }
     }
 
