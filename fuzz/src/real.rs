@@ -4,7 +4,7 @@
 //! `image.cfg`, and the kernel ELF. Targets seed from these when they exist; without them
 //! (a fresh checkout) they still have the valid structures they make in code.
 
-use isolation_kernel::cpio::Archive;
+use kernel_core::guest::cpio::Archive;
 use std::path::Path;
 
 #[derive(Clone, Debug, Default)]

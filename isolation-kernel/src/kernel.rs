@@ -5,12 +5,12 @@ use crate::drivers::debug_exit::exit_qemu;
 use crate::mm::{self, paging, phys};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use hypercall_abi::host::KernelExit;
-use isolation_kernel::cmdline::{self, KernelArgs, TestFault};
-use isolation_kernel::exceptions::exception_name;
-use isolation_kernel::frame_alloc::{bitmap_words, FrameAllocator};
-use isolation_kernel::memmap::{usable_memory, MemoryKind, Range, RegionSet, FRAME_SIZE};
-use isolation_kernel::pvh;
-use isolation_kernel::stats::Stats;
+use kernel_core::boot::cmdline::{self, KernelArgs, TestFault};
+use kernel_core::boot::memmap::{usable_memory, MemoryKind, Range, RegionSet, FRAME_SIZE};
+use kernel_core::boot::pvh;
+use kernel_core::mm::frame_alloc::{bitmap_words, FrameAllocator};
+use kernel_core::stats::Stats;
+use kernel_core::trap::exceptions::exception_name;
 use x86_64::VirtAddr;
 
 /// Bytes of the boot (and, later, trap) stack, above one unmapped guard page.

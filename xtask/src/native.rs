@@ -7,9 +7,9 @@
 
 use anyhow::Result;
 use hypercall_abi::vnic::{tx_slot_addr, NetConfig, MAX_FRAME, TX_HEADROOM};
-use isolation_kernel::vnet::cow::CowSlots;
-use isolation_kernel::vnet::TxRing;
-use isolation_kernel::vnet::{validate_tx, BufId, NetScheduler, Packet, PacketPool, Route, Source, TxFifo, Vswitch};
+use kernel_core::vnet::cow::CowSlots;
+use kernel_core::vnet::TxRing;
+use kernel_core::vnet::{validate_tx, BufId, NetScheduler, Packet, PacketPool, Route, Source, TxFifo, Vswitch};
 use netstack::{Instant, Ipv4Address, NetStack, Platform};
 use smoltcp::phy::{Device, RxToken, TxToken};
 use std::arch::x86_64::_rdtsc;

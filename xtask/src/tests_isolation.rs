@@ -7,7 +7,7 @@ use crate::manifest::{Guest, NetPlan};
 use crate::pack;
 use crate::qemu::{Accel, Outcome};
 use hypercall_abi::cmdline as keys;
-use isolation_kernel::exceptions::FPU_FAULT_CAUSE;
+use kernel_core::trap::exceptions::FPU_FAULT_CAUSE;
 
 /// Rounds a probe runs when its args do not say (guest-os/src/bin/fpu_probe.rs).
 const DEFAULT_ROUNDS: u64 = 16;

@@ -10,7 +10,7 @@ use crate::engine::{Target, Verdict};
 use crate::features::Features;
 use crate::real::RealInputs;
 use crate::{check, check_eq};
-use isolation_kernel::cpio::{Archive, CpioError, HEADER_SIZE, MAGIC, TRAILER};
+use kernel_core::guest::cpio::{Archive, CpioError, HEADER_SIZE, MAGIC, TRAILER};
 
 pub const TARGET: Target = Target {
     name: "cpio",

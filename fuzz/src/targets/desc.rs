@@ -16,9 +16,7 @@ use hypercall_abi::vnic::{
     max_frame, slot_size, MAX_FRAME, MAX_MTU, MIN_FRAME, MIN_MTU, RX_RING_SIZE, RX_SLOTS, SLOT_SIZE, TX_HEADROOM,
     TX_RING_SIZE, TX_SLOTS,
 };
-use isolation_kernel::vnet::{
-    pending, validate_rx_sized, validate_tx_sized, BadDescriptor, BadIndex, RxBuffer, TxFrame,
-};
+use kernel_core::vnet::{pending, validate_rx_sized, validate_tx_sized, BadDescriptor, BadIndex, RxBuffer, TxFrame};
 
 pub const TARGET: Target = Target {
     name: "desc",

@@ -13,7 +13,7 @@ use crate::features::Features;
 use crate::real::RealInputs;
 use crate::{check, check_eq};
 use hypercall_abi::layout::{IMAGE_BASE, IMAGE_LIMIT, PAGE_SIZE};
-use isolation_kernel::elf::{parse, ElfError, Segment, MAX_SEGMENTS};
+use kernel_core::guest::elf::{parse, ElfError, Segment, MAX_SEGMENTS};
 use std::cell::RefCell;
 
 pub const TARGET: Target = Target {

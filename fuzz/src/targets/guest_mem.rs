@@ -13,7 +13,7 @@ use crate::features::Features;
 use crate::source::Source;
 use crate::{check, check_eq};
 use hypercall_abi::layout::{PAGE_SIZE, USER_LIMIT};
-use isolation_kernel::guest_mem::{
+use kernel_core::guest::mem::{
     readable_prefix, Access, BadPointer, BadPointerReason, GuestMemoryMap, MapError, Region, UserSlice, ValidSlice,
     MAX_REGIONS,
 };

@@ -12,7 +12,7 @@ use crate::engine::{Target, Verdict};
 use crate::features::Features;
 use crate::source::Source;
 use crate::{check, check_eq};
-use isolation_kernel::memmap::{usable_memory, MemoryKind, RawRegion, FRAME_SIZE, MAX_REGIONS};
+use kernel_core::boot::memmap::{usable_memory, MemoryKind, RawRegion, FRAME_SIZE, MAX_REGIONS};
 
 pub const TARGET: Target = Target {
     name: "memmap",

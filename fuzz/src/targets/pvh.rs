@@ -12,9 +12,9 @@ use crate::engine::{Target, Verdict};
 use crate::features::Features;
 use crate::targets::memmap::check_usable;
 use crate::{check, check_eq};
-use isolation_kernel::cmdline::{self, CmdlineError};
-use isolation_kernel::memmap::{MemoryKind, RawRegion};
-use isolation_kernel::pvh::{
+use kernel_core::boot::cmdline::{self, CmdlineError};
+use kernel_core::boot::memmap::{MemoryKind, RawRegion};
+use kernel_core::boot::pvh::{
     parse_start_info, read_cmdline, Module, PhysRead, StartInfoError, Unreadable, MAX_CMDLINE_LEN, MAX_MEMMAP_ENTRIES,
     MAX_MODULES, MEMMAP_ENTRY_SIZE, MODLIST_ENTRY_SIZE, START_INFO_MAGIC, START_INFO_SIZE,
 };

@@ -18,7 +18,7 @@ use crate::features::Features;
 use crate::source::Source;
 use crate::{check, check_eq};
 use hypercall_abi::vnic::{RX_RING_SIZE, TX_RING_SIZE};
-use isolation_kernel::vnet::{RingIndexError, RxRing, TxRing};
+use kernel_core::vnet::{RingIndexError, RxRing, TxRing};
 
 pub const TARGET: Target = Target {
     name: "ring",

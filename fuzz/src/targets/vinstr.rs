@@ -13,7 +13,7 @@ use crate::engine::{Target, Verdict};
 use crate::features::Features;
 use crate::source::Source;
 use crate::{check, check_eq};
-use isolation_kernel::vinstr::{
+use kernel_core::trap::vinstr::{
     decode_gp, DecodeError, Direction, GpInstruction, PortIo, PortOperand, MAX_INSTRUCTION_LEN,
 };
 

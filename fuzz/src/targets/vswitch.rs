@@ -23,8 +23,8 @@ use crate::source::Source;
 use crate::{check, check_eq};
 use hypercall_abi::layout::VNIC_RX_AREA_ADDR;
 use hypercall_abi::vnic::{max_frame, rx_buffer_addr_for, slot_size, MAX_MTU, MIN_MTU, MTU, RX_RING_SIZE, RX_SLOTS};
-use isolation_kernel::vnet::ring::position;
-use isolation_kernel::vnet::{
+use kernel_core::vnet::ring::position;
+use kernel_core::vnet::{
     validate_rx_sized, DropReason, Ipv4, Mac, NetCounters, Route, RxRing, Source as From, Vswitch, VswitchError,
     BROADCAST,
 };

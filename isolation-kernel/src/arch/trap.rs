@@ -5,7 +5,7 @@
 //! There is one 16-byte stub per vector, at `trap_stubs + 16 * vector`. Vectors for which the
 //! CPU pushes no error code get a zero pushed instead, so every frame has the same layout.
 
-use isolation_kernel::exceptions::pushes_error_code;
+use kernel_core::trap::exceptions::pushes_error_code;
 
 /// The registers of the interrupted context, as laid out on the stack by the entry stubs.
 #[repr(C)]

@@ -1,5 +1,5 @@
 //! Switching the register state that the trap frame does not hold (see
-//! [`isolation_kernel::user_state`]): the x87/MMX/SSE unit and the data segment selectors.
+//! [`kernel_core::guest::user_state`]): the x87/MMX/SSE unit and the data segment selectors.
 //!
 //! The floating-point policy is set once at boot (`fpu=` on the command line):
 //! - `fault` (the default): CR0.EM set, CR4.OSFXSR clear. An x87 instruction raises `#NM`, an
@@ -25,8 +25,8 @@ use super::cpu::cpuid;
 use alloc::vec::Vec;
 use core::arch::asm;
 use core::sync::atomic::{AtomicBool, Ordering};
-use isolation_kernel::cmdline::FpuPolicy;
-use isolation_kernel::user_state::{
+use kernel_core::boot::cmdline::FpuPolicy;
+use kernel_core::guest::user_state::{
     sanitized_selectors, Selectors, FXSAVE_AREA_BYTES, INITIAL_FXSAVE_AREA, INITIAL_SELECTORS,
 };
 use x86_64::registers::control::{Cr0, Cr0Flags, Cr4, Cr4Flags};

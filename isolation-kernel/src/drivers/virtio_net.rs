@@ -15,8 +15,8 @@ use crate::arch::cpu::{inb, inl, inw, outb, outl, outw};
 use crate::mm::phys::phys_to_virt;
 use alloc::vec::Vec;
 use core::sync::atomic::{fence, Ordering};
-use isolation_kernel::frame_alloc::FrameAllocator;
-use isolation_kernel::vnet::GuestFrameRef;
+use kernel_core::mm::frame_alloc::FrameAllocator;
+use kernel_core::vnet::GuestFrameRef;
 
 /// What a zero-copy transmit hands back when the device is done: the guest and its frame.
 pub type TxCookie = (usize, GuestFrameRef);

@@ -13,9 +13,9 @@ use alloc::vec::Vec;
 use hypercall_abi::boot_info::BootInfo;
 use hypercall_abi::initrd::{heap_bytes, GuestSpec};
 use hypercall_abi::layout::{BOOT_INFO_ADDR, HEAP_BASE, PAGE_SIZE, STACK_SIZE, STACK_TOP};
-use isolation_kernel::elf::{self, ElfError, ElfImage, Segment};
-use isolation_kernel::frame_alloc::FrameAllocator;
-use isolation_kernel::guest_mem::Access;
+use kernel_core::guest::elf::{self, ElfError, ElfImage, Segment};
+use kernel_core::guest::mem::Access;
+use kernel_core::mm::frame_alloc::FrameAllocator;
 
 /// An app's checked ELF image and the frames of its read-only segments.
 pub struct App {

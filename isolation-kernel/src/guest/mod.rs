@@ -27,11 +27,11 @@ use hypercall_abi::initrd::{
 };
 use hypercall_abi::layout::STACK_TOP;
 use hypercall_abi::vi::{self, Vi, MAX_CONSOLE_WRITE, NO_DEADLINE};
-use isolation_kernel::cpio::Archive;
-use isolation_kernel::exceptions::{exception_name, fpu_stop_cause, PageFault};
-use isolation_kernel::guest_mem::{readable_prefix, Access, UserSlice};
-use isolation_kernel::sched::{GuestId, Scheduler};
-use isolation_kernel::vinstr::{decode_gp, Direction, GpInstruction, PortOperand, MAX_INSTRUCTION_LEN};
+use kernel_core::guest::cpio::Archive;
+use kernel_core::guest::mem::{readable_prefix, Access, UserSlice};
+use kernel_core::guest::sched::{GuestId, Scheduler};
+use kernel_core::trap::exceptions::{exception_name, fpu_stop_cause, PageFault};
+use kernel_core::trap::vinstr::{decode_gp, Direction, GpInstruction, PortOperand, MAX_INSTRUCTION_LEN};
 use loader::App;
 use space::AddressSpace;
 
@@ -122,7 +122,7 @@ struct Guests {
     /// Whether any guest at all is expected to end (else only shutdown_after ends the run).
     some_expected_to_end: bool,
     next_stats_report: u64,
-    last_reported: (isolation_kernel::vnet::NetCounters, u64),
+    last_reported: (kernel_core::vnet::NetCounters, u64),
     /// TSC ticks from a one-packet doorbell's trap to the NIC notify (instructions under
     /// `-icount`), for the transmit-path figures.
     kick_samples: Vec<u32>,
@@ -210,7 +210,7 @@ pub fn boot(
     tsc_hz: u64,
     shutdown_deadline: Option<u64>,
     trap_stack_top: u64,
-    tx_mode: isolation_kernel::cmdline::TxMode,
+    tx_mode: kernel_core::boot::cmdline::TxMode,
     stamps: bool,
 ) -> String {
     let archive = Archive::new(initrd);

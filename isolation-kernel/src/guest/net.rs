@@ -3,7 +3,7 @@
 //! guests' posted rx buffers, and the physical NIC's receive path.
 //!
 //! Everything the guest writes in its shared page is read once, checked against the kernel's
-//! own ring state ([`isolation_kernel::vnet::ring`]) and never trusted again; the lints below
+//! own ring state ([`kernel_core::vnet::ring`]) and never trusted again; the lints below
 //! keep guest values away from panics, unchecked indexing and unchecked arithmetic.
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
@@ -22,13 +22,13 @@ use hypercall_abi::vnic::stamps::TX_STAMPS;
 use hypercall_abi::vnic::{
     max_frame, slot_size, DescStatus, NetConfig, VnicShared, RX_RING_SIZE, RX_SLOTS, SLOT_SIZE, TX_RING_SIZE, TX_SLOTS,
 };
-use isolation_kernel::cmdline::TxMode;
-use isolation_kernel::frame_alloc::FrameAllocator;
-use isolation_kernel::guest_mem::Access;
-use isolation_kernel::sched::{GuestId, Scheduler};
-use isolation_kernel::vnet::cow::{CowSlots, Protect, Release, WriteFault};
-use isolation_kernel::vnet::ring;
-use isolation_kernel::vnet::{
+use kernel_core::boot::cmdline::TxMode;
+use kernel_core::guest::mem::Access;
+use kernel_core::guest::sched::{GuestId, Scheduler};
+use kernel_core::mm::frame_alloc::FrameAllocator;
+use kernel_core::vnet::cow::{CowSlots, Protect, Release, WriteFault};
+use kernel_core::vnet::ring;
+use kernel_core::vnet::{
     validate_rx_sized, validate_tx_sized, DropReason, GuestFrameRef, NetCounters, NetScheduler, Packet, PacketData,
     PacketPool, Route, RxRing, Source, TxFifo, TxRing, Vswitch,
 };
@@ -265,7 +265,7 @@ impl Network {
     /// headroom, the trap entry, and now (its vNIC work done).
     fn start_tx_record(&mut self, slot_run: u64, slot_size: u64) -> u32 {
         if !self.stamps {
-            return isolation_kernel::vnet::NO_STAMP;
+            return kernel_core::vnet::NO_STAMP;
         }
         let now = crate::arch::cpu::rdtsc_serialized();
         // The guest's own stamps, from the headroom it writes: any values at all.
@@ -578,7 +578,7 @@ impl NetCtx<'_> {
                                 if nic.transmit(frame, |cookie| finished.push((cookie, DescStatus::Done))).is_err() {
                                     return Err(packet); // every NIC slot is in flight: retry later
                                 }
-                                if packet.stamp != isolation_kernel::vnet::NO_STAMP {
+                                if packet.stamp != kernel_core::vnet::NO_STAMP {
                                     pending_notify.push((packet.stamp, handed, stamp(), packet.len));
                                 }
                                 counters.tx_copies = counters.tx_copies.saturating_add(1); // copy 2, into the NIC's DMA buffer
@@ -593,7 +593,7 @@ impl NetCtx<'_> {
                                 if queued.is_err() {
                                     return Err(packet);
                                 }
-                                if packet.stamp != isolation_kernel::vnet::NO_STAMP {
+                                if packet.stamp != kernel_core::vnet::NO_STAMP {
                                     pending_notify.push((packet.stamp, handed, stamp(), packet.len));
                                 }
                                 return Ok(()); // completes when the NIC is done with the page

@@ -5,8 +5,8 @@
 use crate::mm::paging::{kernel_pml4_phys, no_execute};
 use crate::mm::phys::{phys_to_virt, DIRECT_MAP_OFFSET};
 use alloc::vec::Vec;
-use isolation_kernel::frame_alloc::FrameAllocator;
-use isolation_kernel::guest_mem::{Access, GuestMemoryMap, ValidSlice};
+use kernel_core::guest::mem::{Access, GuestMemoryMap, ValidSlice};
+use kernel_core::mm::frame_alloc::FrameAllocator;
 use x86_64::structures::paging::mapper::TranslateResult;
 use x86_64::structures::paging::{
     FrameAllocator as PageTableFrameSource, Mapper, OffsetPageTable, Page, PageTable, PageTableFlags as Flags,

@@ -5,8 +5,8 @@
 //! in the TLB.
 
 use super::phys::{phys_to_virt, DIRECT_MAP_OFFSET};
-use isolation_kernel::frame_alloc::FrameAllocator;
-use isolation_kernel::memmap::Range;
+use kernel_core::boot::memmap::Range;
+use kernel_core::mm::frame_alloc::FrameAllocator;
 use x86_64::registers::control::{Cr3, Cr3Flags, Cr4, Cr4Flags};
 use x86_64::registers::model_specific::{Efer, EferFlags};
 use x86_64::structures::paging::mapper::MapToError;

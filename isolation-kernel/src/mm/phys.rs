@@ -1,8 +1,8 @@
 //! Physical memory through the direct map, and the global frame allocator.
 
 use crate::arch::boot::BOOT_DIRECT_MAP_BYTES;
-use isolation_kernel::frame_alloc::FrameAllocator;
-use isolation_kernel::pvh::{PhysRead, Unreadable};
+use kernel_core::boot::pvh::{PhysRead, Unreadable};
+use kernel_core::mm::frame_alloc::FrameAllocator;
 use x86_64::VirtAddr;
 
 /// Virtual address at which all physical memory is mapped (kernel only, no execute).

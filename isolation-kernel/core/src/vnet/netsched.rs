@@ -3,7 +3,7 @@
 //! Guests with packets waiting are served round-robin, at most `budget` packets per turn, so a
 //! guest flooding the network gets its share of the NIC and no more: everyone else's packets
 //! interleave with its bursts. Only guests with a non-empty FIFO are in the rotation, so idle
-//! guests cost nothing (as in [`crate::sched`]). When the NIC is full the scheduler stops and
+//! guests cost nothing (as in [`crate::guest::sched`]). When the NIC is full the scheduler stops and
 //! remembers how far the current guest's turn got, so a NIC that takes only a few packets at a
 //! time still sees the guests take turns in the same order as a fast one would.
 

@@ -3,11 +3,11 @@
 //! the privileged steps (trap, PTE write through the direct map, `invlpg`), which never run
 //! natively here; the note adds literature costs for those.
 //!
-//! `cargo run --release -p isolation-kernel --example tx_path_native`
+//! `cargo run --release -p kernel-core --example tx_path_native`
 
-use isolation_kernel::vnet::cow::CowSlots;
-use isolation_kernel::vnet::TxRing;
-use isolation_kernel::vnet::{PacketPool, Vswitch};
+use kernel_core::vnet::cow::CowSlots;
+use kernel_core::vnet::TxRing;
+use kernel_core::vnet::{PacketPool, Vswitch};
 use std::arch::x86_64::_rdtsc;
 use std::hint::black_box;
 

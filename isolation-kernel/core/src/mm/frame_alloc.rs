@@ -7,7 +7,7 @@
 //! boot mapping of low memory. Word-wise scanning keeps boot cheap: under PVM every ring-0
 //! instruction is emulated, so a loop per frame would cost seconds.
 
-use crate::memmap::FRAME_SIZE;
+use crate::boot::memmap::FRAME_SIZE;
 
 const BITS: u64 = 64;
 

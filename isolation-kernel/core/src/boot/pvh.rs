@@ -9,7 +9,7 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
-use crate::memmap::{MemoryKind, RawRegion};
+use crate::boot::memmap::{MemoryKind, RawRegion};
 
 /// `hvm_start_info.magic`: "xEn3" with the high bit of the first byte set.
 pub const START_INFO_MAGIC: u32 = 0x336e_c578;

@@ -2,8 +2,8 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
-use crate::cmdline::FpuPolicy;
-use crate::vinstr::{fpu_use, FpuUse};
+use crate::boot::cmdline::FpuPolicy;
+use crate::trap::vinstr::{fpu_use, FpuUse};
 
 /// Vectors 0..=31 with the mnemonic and a short description; reserved vectors are `None`.
 pub fn exception_name(vector: u64) -> Option<(&'static str, &'static str)> {

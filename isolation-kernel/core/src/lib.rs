@@ -1,0 +1,20 @@
+//! The isolation kernel's portable half.
+//!
+//! Everything here is plain, safe Rust with no hardware access, so the same code runs in the
+//! kernel and in host unit tests (`cargo test -p kernel-core`). The hardware half (boot, CPU
+//! tables, paging, interrupts, drivers, guest switching) is the binary in `isolation-kernel/src`,
+//! whose folders carry the same names: `boot` (PVH start info, memory map, command line), `mm`
+//! (frame allocator), `guest` (pointer validation, scheduler, ELF and cpio loading, register-state
+//! checks), `trap` (instruction decoding, exceptions), `vnet` (the packet path).
+
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod boot;
+pub mod guest;
+pub mod mm;
+pub mod stats;
+pub mod trap;
+pub mod vnet;

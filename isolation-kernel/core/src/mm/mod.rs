@@ -1,0 +1,3 @@
+//! Memory bookkeeping: the physical frame allocator.
+
+pub mod frame_alloc;

@@ -1,0 +1,4 @@
+//! Traps from guests: decoding the instruction that trapped, naming exceptions.
+
+pub mod exceptions;
+pub mod vinstr;
