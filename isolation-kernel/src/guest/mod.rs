@@ -26,11 +26,12 @@ use hypercall_abi::initrd::{
     cpu_budget_ticks, parse_config, Expect, GuestSpec, Record, APP_DIR, CONFIG_FILE, MAX_CPU_BUDGET_MS,
 };
 use hypercall_abi::layout::STACK_TOP;
-use hypercall_abi::vi::{self, Vi, MAX_CONSOLE_WRITE, NO_DEADLINE};
+use hypercall_abi::vi::{self, MAX_CONSOLE_WRITE};
 use kernel_core::guest::cpio::Archive;
 use kernel_core::guest::mem::{readable_prefix, Access, UserSlice};
 use kernel_core::guest::sched::{GuestId, Scheduler};
 use kernel_core::trap::exceptions::{exception_name, fpu_stop_cause, PageFault};
+use kernel_core::trap::vcall::ViCall;
 use kernel_core::trap::vinstr::{decode_gp, Direction, GpInstruction, PortOperand, MAX_INSTRUCTION_LEN};
 use loader::App;
 use space::AddressSpace;
@@ -720,77 +721,85 @@ fn general_protection(g: &mut Guests, id: GuestId, frame: &mut TrapFrame, now: u
     }
 }
 
+/// Why a virtual instruction did not produce a value.
+enum ViFailure {
+    /// An error code for the guest (`rax`), which keeps running.
+    Error(vi::Error),
+    /// The guest is stopped, for this cause.
+    Stop(String),
+}
+
+/// Decodes the virtual instruction once, runs its handler, and writes its result: the one place
+/// that sets `rax` or stops the guest for a virtual instruction.
 fn virtual_instruction(g: &mut Guests, id: GuestId, port: u16, frame: &mut TrapFrame, now: u64) -> Action {
     g.counters.virtual_instructions = g.counters.virtual_instructions.saturating_add(1);
     let guest = at_mut(&mut g.list, id);
     guest.virtual_instructions = guest.virtual_instructions.saturating_add(1);
-    let Some(instruction) = Vi::from_port(port) else {
-        frame.rax = vi::Error::Unsupported.code() as u64;
-        return Action::Resume;
-    };
-    match instruction {
-        Vi::ConsoleWrite => console_write(g, id, frame),
-        Vi::Exit => Action::Exit(frame.rdi as i32),
-        Vi::Yield => {
-            frame.rax = 0;
-            Action::Preempt
+    let outcome =
+        ViCall::decode(port, frame.rdi, frame.rsi).map_err(ViFailure::Error).and_then(|call| run_vi(g, id, call, now));
+    match outcome {
+        Ok((value, action)) => {
+            frame.rax = value;
+            action
         }
-        Vi::IdleUntil => {
-            // A virtual interrupt raised since the guest last looked ends the idle at once.
-            let pending = g.nics.get(id).and_then(Option::as_ref).map_or(0, net::GuestNic::virq);
-            frame.rax = pending;
-            if pending != 0 {
-                return Action::Resume;
-            }
-            match frame.rdi {
-                NO_DEADLINE => Action::Idle(None),
-                deadline if deadline <= now => Action::Resume,
-                deadline => Action::Idle(Some(deadline)),
-            }
-        }
-        Vi::Null => {
-            frame.rax = 0;
+        Err(ViFailure::Error(error)) => {
+            frame.rax = error.code() as u64;
             Action::Resume
         }
-        Vi::VnicTxKick => {
-            frame.rax = if g.nics.get(id).is_some_and(Option::is_some) {
-                // Doorbell to NIC notify, for kicks that carried exactly one packet (stamping on).
-                let stamping = g.net.stamps;
-                let start = if stamping { cpu::rdtsc_serialized() } else { 0 };
-                let taken = g.net_ctx().tx_kick(id);
-                if stamping && taken == 1 && g.kick_samples.len() < g.kick_samples.capacity() {
-                    g.kick_samples.push(cpu::rdtsc_serialized().saturating_sub(start) as u32);
-                }
-                taken
-            } else {
-                vi::Error::Unsupported.code() as u64
-            };
-            Action::Resume
-        }
-        Vi::VnicRxPosted => {
-            frame.rax = match g.nics.get(id).and_then(Option::as_ref) {
-                Some(nic) => u64::from(nic.rx_posted()),
-                None => vi::Error::Unsupported.code() as u64,
-            };
-            Action::Resume
-        }
+        Err(ViFailure::Stop(cause)) => Action::Stop(cause),
     }
 }
 
-fn console_write(g: &mut Guests, id: GuestId, frame: &mut TrapFrame) -> Action {
-    let (addr, len) = (frame.rdi, frame.rsi);
-    if len > MAX_CONSOLE_WRITE {
-        frame.rax = vi::Error::BadLength.code() as u64;
-        return Action::Resume;
-    }
+/// The handlers: the value for `rax` and what happens to the guest next.
+fn run_vi(g: &mut Guests, id: GuestId, call: ViCall, now: u64) -> Result<(u64, Action), ViFailure> {
+    let nic = |g: &Guests| {
+        g.nics.get(id).and_then(Option::as_ref).map(|_| ()).ok_or(ViFailure::Error(vi::Error::Unsupported))
+    };
+    Ok(match call {
+        ViCall::ConsoleWrite { addr, len } => (console_write(g, id, addr, len)?, Action::Resume),
+        ViCall::Exit { code } => (0, Action::Exit(code)),
+        ViCall::Yield => (0, Action::Preempt),
+        ViCall::IdleUntil { deadline } => {
+            // A virtual interrupt raised since the guest last looked ends the idle at once.
+            let pending = g.nics.get(id).and_then(Option::as_ref).map_or(0, net::GuestNic::virq);
+            let action = match deadline {
+                _ if pending != 0 => Action::Resume,
+                None => Action::Idle(None),
+                Some(deadline) if deadline <= now => Action::Resume,
+                Some(deadline) => Action::Idle(Some(deadline)),
+            };
+            (pending, action)
+        }
+        ViCall::Null => (0, Action::Resume),
+        ViCall::VnicTxKick => {
+            nic(g)?;
+            // Doorbell to NIC notify, for kicks that carried exactly one packet (stamping on).
+            let stamping = g.net.stamps;
+            let start = if stamping { cpu::rdtsc_serialized() } else { 0 };
+            let taken = g.net_ctx().tx_kick(id);
+            if stamping && taken == 1 && g.kick_samples.len() < g.kick_samples.capacity() {
+                g.kick_samples.push(cpu::rdtsc_serialized().saturating_sub(start) as u32);
+            }
+            (taken, Action::Resume)
+        }
+        ViCall::VnicRxPosted => {
+            nic(g)?;
+            (g.nics.get(id).and_then(Option::as_ref).map_or(0, |nic| u64::from(nic.rx_posted())), Action::Resume)
+        }
+    })
+}
+
+/// Writes the guest's `len` bytes at `addr` (already bounded by the decoder) to its console
+/// line; returns the bytes written.
+fn console_write(g: &mut Guests, id: GuestId, addr: u64, len: u64) -> Result<u64, ViFailure> {
     let guest = at_mut(&mut g.list, id);
     let space = space_of(guest);
     let slice = match UserSlice::new(addr, len).validate(&space.map, Access::READ) {
         Ok(slice) => slice,
-        Err(bad) => return Action::Stop(format!("bad pointer in console_write: {bad}")),
+        Err(bad) => return Err(ViFailure::Stop(format!("bad pointer in console_write: {bad}"))),
     };
     let mut buf = [0u8; MAX_CONSOLE_WRITE as usize];
-    let Some(text) = buf.get_mut(..len as usize) else { return Action::Resume }; // len checked above
+    let text = buf.get_mut(..len as usize).ok_or(ViFailure::Error(vi::Error::BadLength))?;
     space.read(slice, text);
     for &byte in &*text {
         if byte == b'\n' {
@@ -802,8 +811,7 @@ fn console_write(g: &mut Guests, id: GuestId, frame: &mut TrapFrame) -> Action {
             }
         }
     }
-    frame.rax = len;
-    Action::Resume
+    Ok(len)
 }
 
 /// Prints the guest's buffered console line, prefixed with its id and name.
