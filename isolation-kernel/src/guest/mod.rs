@@ -30,7 +30,8 @@ use hypercall_abi::vi::{self, MAX_CONSOLE_WRITE};
 use kernel_core::guest::cpio::Archive;
 use kernel_core::guest::mem::{readable_prefix, Access, UserSlice};
 use kernel_core::guest::sched::{GuestId, Scheduler};
-use kernel_core::trap::exceptions::{exception_name, fpu_stop_cause, PageFault};
+use kernel_core::trap::exceptions::{fpu_stop_cause, PageFault};
+use kernel_core::trap::fault::GuestFault;
 use kernel_core::trap::vcall::ViCall;
 use kernel_core::trap::vinstr::{decode_gp, Direction, GpInstruction, PortOperand, MAX_INSTRUCTION_LEN};
 use loader::App;
@@ -45,7 +46,7 @@ const CONSOLE_LINE_MAX: usize = 512;
 #[derive(Clone, Debug)]
 enum End {
     Exited(i32),
-    Stopped { cause: String, rip: u64 },
+    Stopped { cause: GuestFault, rip: u64 },
     Refused(String),
 }
 
@@ -54,7 +55,7 @@ impl End {
         match (self, expect) {
             (_, Expect::Any) => true,
             (End::Exited(code), Expect::Exit(want)) => *code == want,
-            (End::Stopped { cause, .. }, Expect::Stopped(text)) => cause.contains(text),
+            (End::Stopped { cause, .. }, Expect::Stopped(text)) => cause.to_string().contains(text),
             (End::Refused(error), Expect::Refused(text)) => error.contains(text),
             _ => false,
         }
@@ -88,7 +89,7 @@ enum Action {
     Preempt,
     Idle(Option<u64>),
     Exit(i32),
-    Stop(String),
+    Stop(GuestFault),
 }
 
 #[derive(Default)]
@@ -478,23 +479,20 @@ fn handle_trap(g: &mut Guests, frame: &mut TrapFrame, now: u64) -> Next {
             let mut bytes = [0u8; MAX_INSTRUCTION_LEN];
             let readable = instruction_at(at(&g.list, id), frame.rip, &mut bytes);
             let named = fpu_stop_cause(frame.vector, readable, user_state::policy());
-            let (mnemonic, name) = exception_name(frame.vector).unwrap_or(("?", "reserved exception"));
-            Action::Stop(named.map_or_else(|| format!("{name} ({mnemonic})"), ToString::to_string))
+            Action::Stop(named.map_or(GuestFault::Exception { vector: frame.vector }, GuestFault::FloatingPoint))
         }
         14 => {
             let fault = PageFault { error_code: frame.error_code, address: cpu::cr2() };
             // A write (bit 1) by the user (bit 2) to a present (bit 0) page may be a COW fault.
             let cow_candidate = frame.error_code & 0x7 == 0x7 && g.nics.get(id).is_some_and(Option::is_some);
-            match cow_candidate.then(|| g.net_ctx().write_fault(id, fault.address)).flatten() {
-                None if cow_candidate => Action::Resume,
-                Some(cause) if !cause.is_empty() => Action::Stop(cause),
-                _ => Action::Stop(fault.to_string()),
+            let verdict = cow_candidate.then(|| g.net_ctx().write_fault(id, fault.address));
+            match verdict {
+                Some(net::WriteFaultVerdict::Resolved) => Action::Resume,
+                Some(net::WriteFaultVerdict::Stop(cause)) => Action::Stop(cause),
+                Some(net::WriteFaultVerdict::NotCopyOnWrite) | None => Action::Stop(GuestFault::PageFault(fault)),
             }
         }
-        v if v < 32 => {
-            let (mnemonic, name) = exception_name(v).unwrap_or(("?", "reserved exception"));
-            Action::Stop(format!("{name} ({mnemonic})"))
-        }
+        v if v < 32 => Action::Stop(GuestFault::Exception { vector: v }),
         v => {
             log::warn!("unexpected interrupt vector {v} while guest {id} ran");
             Action::Resume
@@ -511,7 +509,7 @@ fn handle_trap(g: &mut Guests, frame: &mut TrapFrame, now: u64) -> Next {
     let over_budget = guest.cpu_budget_ticks.is_some_and(|budget| guest.cpu_ticks > budget);
     let action = match action {
         Action::Resume | Action::Preempt | Action::Idle(_) if over_budget => {
-            Action::Stop(format!("cpu budget of {} ms exceeded", guest.cpu_budget_ms))
+            Action::Stop(GuestFault::CpuBudget { ms: guest.cpu_budget_ms })
         }
         other => other,
     };
@@ -705,19 +703,15 @@ fn general_protection(g: &mut Guests, id: GuestId, frame: &mut TrapFrame, now: u
                     frame.rip = frame.rip.wrapping_add(io.len as u64); // a user address plus at most 15
                     virtual_instruction(g, id, port, frame, now)
                 }
-                (Direction::Out, _) if vi::is_vi_port(port) => {
-                    Action::Stop(format!("virtual instruction on port {port:#x} must use the `out dx` form"))
-                }
-                (Direction::Out, _) => {
-                    Action::Stop(format!("out to port {port:#x} outside the virtual-instruction range"))
-                }
-                (Direction::In, _) => Action::Stop(format!("in from port {port:#x}: guests may not read ports")),
+                (Direction::Out, _) if vi::is_vi_port(port) => Action::Stop(GuestFault::ViNotDxForm { port }),
+                (Direction::Out, _) => Action::Stop(GuestFault::PortOutsideRange { port }),
+                (Direction::In, _) => Action::Stop(GuestFault::PortRead { port }),
             }
         }
-        Ok(GpInstruction::StringIo) => Action::Stop("string port I/O (ins/outs) is not permitted".into()),
-        Ok(GpInstruction::Privileged(p)) => Action::Stop(format!("privileged instruction {}", p.mnemonic())),
-        Ok(GpInstruction::Other) => Action::Stop(format!("general protection fault (error {:#x})", frame.error_code)),
-        Err(e) => Action::Stop(format!("general protection fault; instruction unreadable: {e}")),
+        Ok(GpInstruction::StringIo) => Action::Stop(GuestFault::StringIo),
+        Ok(GpInstruction::Privileged(p)) => Action::Stop(GuestFault::Privileged(p)),
+        Ok(GpInstruction::Other) => Action::Stop(GuestFault::GeneralProtection { error_code: frame.error_code }),
+        Err(e) => Action::Stop(GuestFault::InstructionUnreadable(e)),
     }
 }
 
@@ -726,7 +720,7 @@ enum ViFailure {
     /// An error code for the guest (`rax`), which keeps running.
     Error(vi::Error),
     /// The guest is stopped, for this cause.
-    Stop(String),
+    Stop(GuestFault),
 }
 
 /// Decodes the virtual instruction once, runs its handler, and writes its result: the one place
@@ -796,7 +790,7 @@ fn console_write(g: &mut Guests, id: GuestId, addr: u64, len: u64) -> Result<u64
     let space = space_of(guest);
     let slice = match UserSlice::new(addr, len).validate(&space.map, Access::READ) {
         Ok(slice) => slice,
-        Err(bad) => return Err(ViFailure::Stop(format!("bad pointer in console_write: {bad}"))),
+        Err(bad) => return Err(ViFailure::Stop(GuestFault::BadPointer { call: "console_write", bad })),
     };
     let mut buf = [0u8; MAX_CONSOLE_WRITE as usize];
     let text = buf.get_mut(..len as usize).ok_or(ViFailure::Error(vi::Error::BadLength))?;
