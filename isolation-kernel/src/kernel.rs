@@ -1,8 +1,9 @@
-//! Boot sequence, trap dispatch, the idle loop and shutdown.
+//! Boot sequence, the idle loop and shutdown (trap dispatch is `trap.rs`).
 
-use crate::arch::{self, cpu, lapic, trap::TrapFrame};
+use crate::arch::{self, cpu, lapic};
 use crate::drivers::debug_exit::exit_qemu;
 use crate::mm::{self, paging, phys};
+use crate::trap::{NIC_VECTOR, SPURIOUS_VECTOR, TIMER_VECTOR};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use hypercall_abi::host::KernelExit;
 use kernel_core::boot::cmdline::{self, KernelArgs, TestFault};
@@ -10,7 +11,6 @@ use kernel_core::boot::memmap::{usable_memory, MemoryKind, Range, RegionSet, FRA
 use kernel_core::boot::pvh;
 use kernel_core::mm::frame_alloc::{bitmap_words, FrameAllocator};
 use kernel_core::stats::Stats;
-use kernel_core::trap::exceptions::exception_name;
 use x86_64::VirtAddr;
 
 /// Bytes of the boot (and, later, trap) stack, above one unmapped guard page.
@@ -18,10 +18,6 @@ const KERNEL_STACK_BYTES: usize = 64 * 1024;
 const GUARD_BYTES: usize = 4096;
 /// Timer interrupts per second.
 pub const TIMER_HZ: u64 = 100;
-pub const TIMER_VECTOR: u8 = 32;
-pub const SPURIOUS_VECTOR: u8 = 0xff;
-/// MSI-X vector of the physical NIC's receive queue.
-pub const NIC_VECTOR: u8 = 0x30;
 /// Size of the kernel heap: 1/32 of RAM, at least 4 MiB (per-guest bookkeeping lives there).
 const MIN_HEAP_BYTES: u64 = 4 << 20;
 /// Physical memory below this is the legacy BIOS area; the kernel leaves it alone.
@@ -412,34 +408,6 @@ fn run(args: &KernelArgs) -> ! {
             exit_qemu(KernelExit::Success);
         }
     }
-}
-
-/// Called by the trap entry stub with the saved registers of the interrupted context.
-pub extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
-    if frame.came_from_user() {
-        return crate::guest::handle_user_trap(frame);
-    }
-    match frame.vector {
-        v if v == u64::from(TIMER_VECTOR) => timer_tick(),
-        v if v == u64::from(SPURIOUS_VECTOR) => {}
-        v if v == u64::from(NIC_VECTOR) => {
-            crate::guest::nic_interrupt();
-            end_of_interrupt();
-        }
-        v if v < 32 => kernel_fault(frame),
-        v => log::warn!("unexpected interrupt vector {v}"),
-    }
-}
-
-/// A CPU exception in kernel mode: report it and end the machine.
-fn kernel_fault(frame: &TrapFrame) -> ! {
-    let (mnemonic, name) = exception_name(frame.vector).unwrap_or(("?", "reserved vector"));
-    let cr2 = if frame.vector == 14 { cpu::cr2() } else { 0 };
-    console_write_fmt(format_args!(
-        "KERNEL FAULT: vector {} ({mnemonic} {name}) error {:#x} rip {:#x} cr2 {:#x} rsp {:#x} cs {:#x} rflags {:#x}\n",
-        frame.vector, frame.error_code, frame.rip, cr2, frame.rsp, frame.cs, frame.rflags
-    ));
-    exit_qemu(KernelExit::KernelFault)
 }
 
 #[panic_handler]

@@ -1,5 +1,5 @@
 //! Trap entry and exit: our own assembly stubs save the complete register frame, call
-//! [`trap_dispatch`](crate::trap_dispatch) with a pointer to it, and restore whatever the frame
+//! [`trap_dispatch`](crate::trap::trap_dispatch) with a pointer to it, and restore whatever the frame
 //! holds afterwards (which is what will let the scheduler switch guests by rewriting it).
 //!
 //! There is one 16-byte stub per vector, at `trap_stubs + 16 * vector`. Vectors for which the
@@ -133,7 +133,7 @@ trap_enter_frame:
     movq %rdi, %rsp
     jmp trap_restore
     "#,
-    dispatch = sym crate::trap_dispatch,
+    dispatch = sym crate::trap::trap_dispatch,
     stamping = sym STAMPING,
     entry_tsc = sym ENTRY_TSC,
     options(att_syntax)

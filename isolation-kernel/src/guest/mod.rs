@@ -15,8 +15,9 @@ use crate::arch::cpu;
 use crate::arch::trap::{enter_frame, TrapFrame};
 use crate::arch::user_state::{self, UserState};
 use crate::drivers::debug_exit::exit_qemu;
-use crate::kernel::{console_write_fmt, TIMER_VECTOR};
+use crate::kernel::console_write_fmt;
 use crate::mm::phys::with_frames;
+use crate::trap::Vector;
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -426,9 +427,9 @@ enum Next {
 }
 
 /// A trap from ring 3: handles it, then resumes the current guest or switches to another.
-pub fn handle_user_trap(frame: &mut TrapFrame) {
+pub fn handle_user_trap(frame: &mut TrapFrame, vector: Vector) {
     let now = cpu::rdtsc();
-    match with_guests(|g| handle_trap(g, frame, now)) {
+    match with_guests(|g| handle_trap(g, frame, vector, now)) {
         Some(Next::Resume) => {}
         Some(Next::Switch(previous)) => switch_to_next(frame, previous),
         Some(Next::Finish(why)) => finish_run(why),
@@ -454,15 +455,15 @@ fn run_over(g: &Guests, now: u64, poll_console: bool) -> Option<&'static str> {
     None
 }
 
-fn handle_trap(g: &mut Guests, frame: &mut TrapFrame, now: u64) -> Next {
+fn handle_trap(g: &mut Guests, frame: &mut TrapFrame, vector: Vector, now: u64) -> Next {
     let Some(id) = g.on_cpu else { return Next::Finish("a trap from ring 3 with no guest on the CPU") };
-    let action = match frame.vector {
-        v if v == u64::from(TIMER_VECTOR) => {
+    let action = match vector {
+        Vector::Timer => {
             crate::kernel::timer_tick();
             g.poll_network();
             Action::Preempt
         }
-        v if v == u64::from(crate::kernel::NIC_VECTOR) => {
+        Vector::Nic => {
             let woke = g.poll_network();
             crate::kernel::end_of_interrupt();
             // Let the receiver run soon rather than at the next tick.
@@ -472,16 +473,16 @@ fn handle_trap(g: &mut Guests, frame: &mut TrapFrame, now: u64) -> Next {
                 Action::Resume
             }
         }
-        v if v == u64::from(crate::kernel::SPURIOUS_VECTOR) => Action::Resume,
-        13 => general_protection(g, id, frame, now),
+        Vector::Spurious => Action::Resume,
+        Vector::Exception(13) => general_protection(g, id, frame, now),
         // #UD, #NM: named as a floating-point or SIMD instruction when one raised it.
-        6 | 7 => {
+        Vector::Exception(v @ (6 | 7)) => {
             let mut bytes = [0u8; MAX_INSTRUCTION_LEN];
             let readable = instruction_at(at(&g.list, id), frame.rip, &mut bytes);
-            let named = fpu_stop_cause(frame.vector, readable, user_state::policy());
-            Action::Stop(named.map_or(GuestFault::Exception { vector: frame.vector }, GuestFault::FloatingPoint))
+            let named = fpu_stop_cause(v, readable, user_state::policy());
+            Action::Stop(named.map_or(GuestFault::Exception { vector: v }, GuestFault::FloatingPoint))
         }
-        14 => {
+        Vector::Exception(14) => {
             let fault = PageFault { error_code: frame.error_code, address: cpu::cr2() };
             // A write (bit 1) by the user (bit 2) to a present (bit 0) page may be a COW fault.
             let cow_candidate = frame.error_code & 0x7 == 0x7 && g.nics.get(id).is_some_and(Option::is_some);
@@ -492,14 +493,14 @@ fn handle_trap(g: &mut Guests, frame: &mut TrapFrame, now: u64) -> Next {
                 Some(net::WriteFaultVerdict::NotCopyOnWrite) | None => Action::Stop(GuestFault::PageFault(fault)),
             }
         }
-        v if v < 32 => Action::Stop(GuestFault::Exception { vector: v }),
-        v => {
+        Vector::Exception(v) => Action::Stop(GuestFault::Exception { vector: v }),
+        Vector::Unexpected(v) => {
             log::warn!("unexpected interrupt vector {v} while guest {id} ran");
             Action::Resume
         }
     };
 
-    let timer = frame.vector == u64::from(TIMER_VECTOR);
+    let timer = vector == Vector::Timer;
     if timer {
         g.maybe_report_stats(now);
     }
