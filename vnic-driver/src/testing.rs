@@ -11,9 +11,13 @@ use core::sync::atomic::Ordering;
 use hypercall_abi::layout::{VNIC_RX_AREA_ADDR, VNIC_TX_AREA_ADDR};
 use hypercall_abi::vi::VirtualInterrupts;
 use hypercall_abi::vnic::{
-    ring_used, DescStatus, VnicShared, MAX_FRAME, MIN_FRAME, RX_RING_SIZE, RX_SLOTS, SLOT_SIZE, TX_HEADROOM,
+    max_frame, ring_used, slot_size, DescStatus, VnicShared, MIN_FRAME, MTU, RX_RING_SIZE, RX_SLOTS, TX_HEADROOM,
     TX_RING_SIZE, TX_SLOTS,
 };
+
+/// The fake kernel serves standard-MTU vNICs: slots and largest frame for [`MTU`].
+const SLOT_SIZE: u64 = slot_size(MTU);
+const MAX_FRAME: u64 = max_frame(MTU);
 
 /// Counts doorbells; clones share the counts, so a test keeps one while the vNIC owns another.
 #[derive(Clone, Debug, Default)]
