@@ -15,6 +15,7 @@ use crate::arch::cpu::{inb, inl, inw, outb, outl, outw};
 use crate::mm::phys::phys_to_virt;
 use alloc::vec::Vec;
 use core::sync::atomic::{fence, Ordering};
+use hypercall_abi::layout::PAGE_SIZE as PAGE;
 use kernel_core::mm::frame_alloc::FrameAllocator;
 use kernel_core::vnet::GuestFrameRef;
 
@@ -53,7 +54,6 @@ const USED_F_NO_NOTIFY: u16 = 1;
 
 /// Legacy virtio-net header (no mergeable rx buffers): 10 bytes, all zero for plain frames.
 pub const NET_HEADER_LEN: usize = 10;
-const PAGE: u64 = 4096;
 const RX_QUEUE: u16 = 0;
 const TX_QUEUE: u16 = 1;
 /// Buffers per queue (at most the device's queue size).

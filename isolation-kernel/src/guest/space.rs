@@ -5,6 +5,7 @@
 use crate::mm::paging::{kernel_pml4_phys, no_execute};
 use crate::mm::phys::{phys_to_virt, DIRECT_MAP_OFFSET};
 use alloc::vec::Vec;
+use hypercall_abi::layout::PAGE_SIZE as PAGE;
 use kernel_core::guest::mem::{Access, GuestMemoryMap, ValidSlice};
 use kernel_core::mm::frame_alloc::FrameAllocator;
 use x86_64::structures::paging::mapper::TranslateResult;
@@ -13,8 +14,6 @@ use x86_64::structures::paging::{
     PhysFrame, Size4KiB, Translate,
 };
 use x86_64::{PhysAddr, VirtAddr};
-
-const PAGE: u64 = 4096;
 
 /// Frames for a guest's page tables, each recorded so the guest's end can free them.
 struct RecordingFrames<'a, 'b> {

@@ -5,6 +5,7 @@
 //! in the TLB.
 
 use super::phys::{phys_to_virt, DIRECT_MAP_OFFSET};
+use hypercall_abi::layout::PAGE_SIZE as PAGE;
 use kernel_core::boot::memmap::Range;
 use kernel_core::mm::frame_alloc::FrameAllocator;
 use x86_64::registers::control::{Cr3, Cr3Flags, Cr4, Cr4Flags};
@@ -20,7 +21,6 @@ use x86_64::{PhysAddr, VirtAddr};
 pub const KERNEL_VMA: u64 = 0xffff_ffff_8000_0000;
 /// Kernel virtual addresses for device registers (MMIO), one 4 KiB page each.
 pub const MMIO_WINDOW: u64 = 0xffff_ff00_0000_0000;
-const PAGE: u64 = 4096;
 const LARGE_PAGE: u64 = 2 << 20;
 
 /// The kernel image's sections, as virtual address ranges.
