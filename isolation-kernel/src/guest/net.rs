@@ -27,6 +27,7 @@ use kernel_core::boot::cmdline::TxMode;
 use kernel_core::guest::mem::Access;
 use kernel_core::guest::sched::{GuestId, Scheduler};
 use kernel_core::mm::frame_alloc::FrameAllocator;
+use kernel_core::trap::fault::GuestFault;
 use kernel_core::vnet::cow::{CowSlots, Protect, Release, WriteFault};
 use kernel_core::vnet::ring;
 use kernel_core::vnet::{
@@ -351,6 +352,16 @@ impl Network {
     }
 }
 
+/// What a guest's write fault was.
+pub enum WriteFaultVerdict {
+    /// A copy-on-write fault the kernel resolved (a copy, or a stale read-only TLB entry).
+    Resolved,
+    /// Not on an in-flight tx slot: an ordinary page fault.
+    NotCopyOnWrite,
+    /// A copy-on-write fault that cannot be resolved: the guest is stopped.
+    Stop(GuestFault),
+}
+
 /// Everything the packet path touches, borrowed from the guest table at once.
 pub struct NetCtx<'a> {
     pub net: &'a mut Network,
@@ -466,26 +477,28 @@ impl NetCtx<'_> {
         self.sched.wake(id);
     }
 
-    /// Handles a write fault by guest `id` at `addr`; `Some(cause)` if it is not a COW fault
-    /// the kernel resolves (then the guest is stopped).
-    pub fn write_fault(&mut self, id: GuestId, addr: u64) -> Option<alloc::string::String> {
-        let nic = self.nics.get_mut(id).and_then(Option::as_mut)?;
+    /// Handles a write fault by guest `id` at `addr`: resolved (a COW copy or a stale TLB
+    /// entry), not a copy-on-write fault at all (an ordinary page fault), or a stop.
+    pub fn write_fault(&mut self, id: GuestId, addr: u64) -> WriteFaultVerdict {
+        let Some(nic) = self.nics.get_mut(id).and_then(Option::as_mut) else {
+            return WriteFaultVerdict::NotCopyOnWrite;
+        };
         let slot = addr
             .checked_sub(VNIC_TX_AREA_ADDR)
             .and_then(|offset| offset.checked_div(nic.slot_size))
             .filter(|&slot| slot < TX_SLOTS && self.net.mode == TxMode::Cow)
             .and_then(|slot| usize::try_from(slot).ok());
-        let Some(slot) = slot else { return Some(alloc::string::String::new()) };
+        let Some(slot) = slot else { return WriteFaultVerdict::NotCopyOnWrite };
         let (slot_addr, run, pages) = (nic.slot_addr(slot as u64), nic.slot_size, nic.slot_pages);
         let page_addrs = (0..pages).map(move |page| slot_addr.wrapping_add(page.wrapping_mul(PAGE)));
         let Some(space) = self.guests.get_mut(id).and_then(|g| g.space.as_mut()) else {
-            return Some("write fault of a guest without an address space".into());
+            return WriteFaultVerdict::NotCopyOnWrite;
         };
         match nic.cow.write_fault(slot) {
             Some(WriteFault::Spurious) => {
                 nic.set_slot_writable(slot, true);
                 self.net.counters.cow_spurious = self.net.counters.cow_spurious.saturating_add(1);
-                None
+                WriteFaultVerdict::Resolved
             }
             Some(WriteFault::Copy { old }) => {
                 // The whole slot is copied, so it stays one contiguous run for the NIC.
@@ -503,7 +516,7 @@ impl NetCtx<'_> {
                     Some(new)
                 });
                 let Some(new) = copied else {
-                    return Some(alloc::format!("no memory for a copy-on-write copy of tx slot {slot}"));
+                    return WriteFaultVerdict::Stop(GuestFault::CowCopyNoMemory { slot });
                 };
                 // Every page of the slot now maps the copy. A read-only TLB entry of another
                 // page of a multi-page slot would still point at the old run, which is freed
@@ -520,9 +533,9 @@ impl NetCtx<'_> {
                 }
                 nic.cow.replace(slot, new);
                 self.net.counters.cow_faults = self.net.counters.cow_faults.saturating_add(1);
-                None
+                WriteFaultVerdict::Resolved
             }
-            None => Some(alloc::string::String::new()),
+            None => WriteFaultVerdict::NotCopyOnWrite,
         }
     }
 

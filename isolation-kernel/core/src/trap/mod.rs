@@ -1,4 +1,6 @@
 //! Traps from guests: decoding the instruction that trapped, naming exceptions.
 
 pub mod exceptions;
+pub mod fault;
+pub mod vcall;
 pub mod vinstr;
