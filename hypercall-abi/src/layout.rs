@@ -2,6 +2,7 @@
 //! half and guests cannot touch it). Guest programs are linked at [`IMAGE_BASE`] with the small
 //! code model, so everything sits below 2 GiB.
 
+/// The x86_64 base page size: the one page size of the kernel, its guests and the vNIC ABI.
 pub const PAGE_SIZE: u64 = 4096;
 
 /// The read-only boot-info page (see [`crate::boot_info`]).

@@ -4,10 +4,11 @@
 //! - the **shared page** at `VNIC_SHARED_ADDR` (read-write for the guest): a [`VnicShared`] with
 //!   the ring indices (each on a cache line of its own, written by one side only), the
 //!   "needs kick" flag, the virtual-interrupt word, and the tx and rx descriptor rings;
-//! - the **tx area** at `VNIC_TX_AREA_ADDR`: [`TX_SLOTS`] slots of 4 KiB, one packet per slot,
+//! - the **tx area** at `VNIC_TX_AREA_ADDR`: [`TX_SLOTS`] slots of [`slot_size`] bytes for the
+//!   guest's MTU (one page at the standard MTU, three for jumbo frames), one packet per slot,
 //!   the frame starting [`TX_HEADROOM`] bytes into its slot (room for the NIC's virtio-net
-//!   header, so that the COW path can hand the page to the NIC unchanged);
-//! - the **rx area** at `VNIC_RX_AREA_ADDR`: [`RX_SLOTS`] receive buffers of 4 KiB.
+//!   header, so that the COW path can hand the pages to the NIC unchanged);
+//! - the **rx area** at `VNIC_RX_AREA_ADDR`: [`RX_SLOTS`] receive buffers of [`slot_size`] bytes.
 //!
 //! **Transmit.** The guest writes a frame into a free tx slot, fills descriptor
 //! `tx[tx_producer % TX_RING_SIZE]` (`addr` of the frame, `len`, `status` = [`DescStatus::Pending`])
@@ -29,6 +30,7 @@
 //! Indices are free-running `u32`s; the slot of index `i` is `i % RING_SIZE`, and a ring holds
 //! `producer - consumer` (wrapping) entries, never more than its size.
 
+use crate::layout::PAGE_SIZE;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Descriptors per ring (a power of two).
@@ -37,23 +39,18 @@ pub const RX_RING_SIZE: u32 = 32;
 /// Tx slots and rx buffers: one per descriptor.
 pub const TX_SLOTS: u64 = TX_RING_SIZE as u64;
 pub const RX_SLOTS: u64 = RX_RING_SIZE as u64;
-/// Size of a tx slot or rx buffer.
-pub const SLOT_SIZE: u64 = 4096;
 /// Bytes at the start of each tx slot left for the NIC's header; the frame follows.
 pub const TX_HEADROOM: u64 = 64;
 /// Largest IP packet (the Ethernet MTU) a guest may send.
 pub const MTU: u64 = 1500;
 /// Ethernet header length.
 pub const ETHERNET_HEADER: u64 = 14;
-/// Largest frame a descriptor may carry: MTU plus the Ethernet header.
-pub const MAX_FRAME: u64 = MTU + ETHERNET_HEADER;
 /// Smallest frame a descriptor may carry: an Ethernet header.
 pub const MIN_FRAME: u64 = ETHERNET_HEADER;
 /// Largest MTU an image may set (jumbo frames, for guest-to-guest traffic and the tap network).
 pub const MAX_MTU: u64 = 9000;
 /// Smallest MTU an image may set (IPv4's minimum datagram size).
 pub const MIN_MTU: u64 = 576;
-const PAGE: u64 = 4096;
 
 /// Largest frame for an MTU: the MTU plus the Ethernet header.
 pub const fn max_frame(mtu: u64) -> u64 {
@@ -64,7 +61,7 @@ pub const fn max_frame(mtu: u64) -> u64 {
 /// largest frame (one page at the standard MTU, three for jumbo frames). A slot's pages are
 /// physically contiguous, so a frame is one piece for the NIC.
 pub const fn slot_size(mtu: u64) -> u64 {
-    (TX_HEADROOM + max_frame(mtu)).next_multiple_of(PAGE)
+    (TX_HEADROOM + max_frame(mtu)).next_multiple_of(PAGE_SIZE)
 }
 
 /// What became of a descriptor.
@@ -319,21 +316,11 @@ const _: () = {
     assert!(core::mem::offset_of!(VnicShared, tx) == TX_RING_OFFSET);
     assert!(core::mem::offset_of!(VnicShared, rx) == RX_RING_OFFSET);
     assert!(core::mem::size_of::<Desc>() == 16);
-    assert!(core::mem::size_of::<VnicShared>() <= 4096);
+    assert!(core::mem::size_of::<VnicShared>() as u64 <= PAGE_SIZE);
     assert!(TX_RING_SIZE.is_power_of_two() && RX_RING_SIZE.is_power_of_two());
-    assert!(TX_HEADROOM + MAX_FRAME <= SLOT_SIZE);
-    assert!(slot_size(MTU) == SLOT_SIZE);
+    assert!(TX_HEADROOM + max_frame(MTU) <= slot_size(MTU));
+    assert!(slot_size(MTU) == PAGE_SIZE);
 };
-
-/// Guest address of tx slot `slot` (standard MTU; see [`tx_slot_addr_for`] for others).
-pub const fn tx_slot_addr(slot: u64) -> u64 {
-    tx_slot_addr_for(slot, SLOT_SIZE)
-}
-
-/// Guest address of rx buffer `slot` (standard MTU; see [`rx_buffer_addr_for`] for others).
-pub const fn rx_buffer_addr(slot: u64) -> u64 {
-    rx_buffer_addr_for(slot, SLOT_SIZE)
-}
 
 /// Guest address of tx slot `slot` when slots are `slot_size` bytes ([`slot_size`]).
 pub const fn tx_slot_addr_for(slot: u64, slot_size: u64) -> u64 {
@@ -510,14 +497,14 @@ mod tests {
     #[test]
     fn slots_lie_in_their_areas() {
         use crate::layout::*;
-        assert_eq!(tx_slot_addr(0), VNIC_TX_AREA_ADDR);
-        const { assert!(VNIC_SHARED_ADDR + SLOT_SIZE <= VNIC_TX_AREA_ADDR) };
-        const { assert!(tx_slot_addr(TX_SLOTS) <= VNIC_RX_AREA_ADDR) };
-        const { assert!(rx_buffer_addr(RX_SLOTS) <= IMAGE_BASE) };
+        assert_eq!(tx_slot_addr_for(0, slot_size(MTU)), VNIC_TX_AREA_ADDR);
+        const { assert!(VNIC_SHARED_ADDR + PAGE_SIZE <= VNIC_TX_AREA_ADDR) };
+        const { assert!(tx_slot_addr_for(TX_SLOTS, slot_size(MTU)) <= VNIC_RX_AREA_ADDR) };
+        const { assert!(rx_buffer_addr_for(RX_SLOTS, slot_size(MTU)) <= IMAGE_BASE) };
         // Jumbo slots fit their areas too.
         const { assert!(tx_slot_addr_for(TX_SLOTS, slot_size(MAX_MTU)) <= VNIC_RX_AREA_ADDR) };
         const { assert!(rx_buffer_addr_for(RX_SLOTS, slot_size(MAX_MTU)) <= IMAGE_BASE) };
-        assert_eq!(slot_size(MTU), SLOT_SIZE);
-        assert_eq!(slot_size(MAX_MTU), 3 * 4096);
+        assert_eq!(slot_size(MTU), PAGE_SIZE);
+        assert_eq!(slot_size(MAX_MTU), 3 * PAGE_SIZE);
     }
 }

@@ -11,9 +11,13 @@ use core::sync::atomic::Ordering;
 use hypercall_abi::layout::{VNIC_RX_AREA_ADDR, VNIC_TX_AREA_ADDR};
 use hypercall_abi::vi::VirtualInterrupts;
 use hypercall_abi::vnic::{
-    ring_used, DescStatus, VnicShared, MAX_FRAME, MIN_FRAME, RX_RING_SIZE, RX_SLOTS, SLOT_SIZE, TX_HEADROOM,
+    max_frame, ring_used, slot_size, DescStatus, VnicShared, MIN_FRAME, MTU, RX_RING_SIZE, RX_SLOTS, TX_HEADROOM,
     TX_RING_SIZE, TX_SLOTS,
 };
+
+/// The fake kernel serves standard-MTU vNICs: slots and largest frame for [`MTU`].
+const STANDARD_SLOT: u64 = slot_size(MTU);
+const STANDARD_MAX_FRAME: u64 = max_frame(MTU);
 
 /// Counts doorbells; clones share the counts, so a test keeps one while the vNIC owns another.
 #[derive(Clone, Debug, Default)]
@@ -56,8 +60,8 @@ impl GuestMemory {
         shared.needs_kick.0.store(1, Ordering::Relaxed);
         GuestMemory {
             shared,
-            tx_area: vec![0; (TX_SLOTS * SLOT_SIZE) as usize],
-            rx_area: vec![0; (RX_SLOTS * SLOT_SIZE) as usize],
+            tx_area: vec![0; (TX_SLOTS * STANDARD_SLOT) as usize],
+            rx_area: vec![0; (RX_SLOTS * STANDARD_SLOT) as usize],
         }
     }
 
@@ -132,11 +136,11 @@ impl<'v> KernelSide<'v> {
     fn tx_frame(&self, addr: u64, len: u32) -> Option<&'v [u8]> {
         let len = u64::from(len);
         let offset = addr.checked_sub(VNIC_TX_AREA_ADDR)?;
-        let in_slot = offset % SLOT_SIZE;
-        if !(MIN_FRAME..=MAX_FRAME).contains(&len)
-            || offset >= TX_SLOTS * SLOT_SIZE
+        let in_slot = offset % STANDARD_SLOT;
+        if !(MIN_FRAME..=STANDARD_MAX_FRAME).contains(&len)
+            || offset >= TX_SLOTS * STANDARD_SLOT
             || in_slot < TX_HEADROOM
-            || in_slot + len > SLOT_SIZE
+            || in_slot + len > STANDARD_SLOT
         {
             return None;
         }
@@ -159,8 +163,8 @@ impl<'v> KernelSide<'v> {
         let offset = addr.checked_sub(VNIC_RX_AREA_ADDR);
         let status = match offset {
             Some(offset)
-                if offset % SLOT_SIZE + capacity <= SLOT_SIZE
-                    && offset < RX_SLOTS * SLOT_SIZE
+                if offset % STANDARD_SLOT + capacity <= STANDARD_SLOT
+                    && offset < RX_SLOTS * STANDARD_SLOT
                     && frame.len() as u64 <= capacity =>
             {
                 let start = offset as usize;

@@ -3,7 +3,8 @@ use crate::{Vnic, VnicError};
 use core::sync::atomic::Ordering;
 use hypercall_abi::vi::VirtualInterrupts;
 use hypercall_abi::vnic::{
-    rx_buffer_addr, tx_slot_addr, DescStatus, VnicShared, MAX_FRAME, RX_RING_SIZE, SLOT_SIZE, TX_HEADROOM, TX_RING_SIZE,
+    max_frame, rx_buffer_addr_for, slot_size, tx_slot_addr_for, DescStatus, VnicShared, MTU, RX_RING_SIZE, TX_HEADROOM,
+    TX_RING_SIZE,
 };
 use smoltcp::phy::{Device, RxToken, TxToken};
 use smoltcp::time::Instant;
@@ -58,8 +59,8 @@ fn new_posts_every_rx_buffer_and_rings_once() {
     let side = vnic.kernel_side();
     assert_eq!(side.rx_posted(), RX_RING_SIZE);
     for (i, desc) in side.shared().rx.iter().enumerate() {
-        assert_eq!(desc.addr.load(Ordering::Relaxed), rx_buffer_addr(i as u64));
-        assert_eq!(u64::from(desc.len.load(Ordering::Relaxed)), SLOT_SIZE);
+        assert_eq!(desc.addr.load(Ordering::Relaxed), rx_buffer_addr_for(i as u64, slot_size(MTU)));
+        assert_eq!(u64::from(desc.len.load(Ordering::Relaxed)), slot_size(MTU));
         assert_eq!(desc.status.load(Ordering::Relaxed), DescStatus::Pending as u32);
     }
 }
@@ -75,7 +76,7 @@ fn transmit_fills_the_slot_and_descriptor_and_kicks_only_on_flush() {
     {
         let side = vnic.kernel_side();
         let desc = &side.shared().tx[0];
-        assert_eq!(desc.addr.load(Ordering::Relaxed), tx_slot_addr(0) + TX_HEADROOM);
+        assert_eq!(desc.addr.load(Ordering::Relaxed), tx_slot_addr_for(0, slot_size(MTU)) + TX_HEADROOM);
         assert_eq!(desc.len.load(Ordering::Relaxed), 60);
         assert_eq!(desc.status.load(Ordering::Relaxed), DescStatus::Pending as u32);
         assert_eq!(producer(side.shared()), 1);
@@ -163,15 +164,15 @@ fn no_kick_while_the_kernel_drains_by_itself() {
 fn oversized_frame_is_dropped_and_counted() {
     let mut mem = GuestMemory::default();
     let mut vnic = mem.vnic(CountingDoorbell::default());
-    let len = MAX_FRAME as usize + 1;
+    let len = max_frame(MTU) as usize + 1;
     let token = vnic.transmit(T0).expect("a slot");
     let got = token.consume(len, |buf| buf.len());
     assert_eq!(got, len, "smoltcp still gets the buffer it asked for");
     assert_eq!(producer(vnic.kernel_side().shared()), 0);
     let c = vnic.counters();
     assert_eq!((c.tx_frames, c.tx_dropped, c.tx_dropped_ring_full), (0, 1, 0));
-    // A frame of exactly MAX_FRAME goes out.
-    send(&mut vnic, &frame(1, MAX_FRAME as usize));
+    // A frame of exactly max_frame(MTU) bytes goes out.
+    send(&mut vnic, &frame(1, max_frame(MTU) as usize));
     assert_eq!(vnic.kernel_side().take_tx().len(), 1);
 }
 
@@ -226,8 +227,8 @@ fn received_frames_come_out_whole_and_buffers_are_reposted() {
     assert_eq!(side.shared().rx_producer.0.load(Ordering::Relaxed), RX_RING_SIZE + 3);
     for i in 0..3 {
         let desc = &side.shared().rx[i];
-        assert_eq!(desc.addr.load(Ordering::Relaxed), rx_buffer_addr(i as u64));
-        assert_eq!(u64::from(desc.len.load(Ordering::Relaxed)), SLOT_SIZE);
+        assert_eq!(desc.addr.load(Ordering::Relaxed), rx_buffer_addr_for(i as u64, slot_size(MTU)));
+        assert_eq!(u64::from(desc.len.load(Ordering::Relaxed)), slot_size(MTU));
         assert_eq!(desc.status.load(Ordering::Relaxed), DescStatus::Pending as u32);
     }
     assert_eq!(vnic.counters().rx_frames, 3);
@@ -294,7 +295,7 @@ fn malicious_rx_length_is_clamped_to_the_buffer() {
     vnic.kernel_side().deliver(&frame(1, 80));
     vnic.kernel_side().shared().rx[0].len.store(u32::MAX, Ordering::Relaxed);
     let got = recv(&mut vnic).expect("a frame");
-    assert_eq!(got.len(), SLOT_SIZE as usize);
+    assert_eq!(got.len(), slot_size(MTU) as usize);
     assert_eq!(&got[..80], &frame(1, 80)[..]);
     assert_eq!(vnic.counters().rx_len_clamped, 1);
     // The buffer goes back, with its full capacity, at the flush (or the next look for a frame).

@@ -6,10 +6,10 @@
 //! writes through the direct map, `invlpg`, the NIC) do not run natively here.
 
 use anyhow::Result;
-use hypercall_abi::vnic::{tx_slot_addr, NetConfig, MAX_FRAME, TX_HEADROOM};
+use hypercall_abi::vnic::{max_frame, slot_size, tx_slot_addr_for, NetConfig, MTU, TX_HEADROOM};
 use kernel_core::vnet::cow::CowSlots;
 use kernel_core::vnet::TxRing;
-use kernel_core::vnet::{validate_tx, BufId, NetScheduler, Packet, PacketPool, Route, Source, TxFifo, Vswitch};
+use kernel_core::vnet::{validate_tx_sized, BufId, NetScheduler, Packet, PacketPool, Route, Source, TxFifo, Vswitch};
 use netstack::{Instant, Ipv4Address, NetStack, Platform};
 use smoltcp::phy::{Device, RxToken, TxToken};
 use std::arch::x86_64::_rdtsc;
@@ -174,14 +174,14 @@ fn kernel_rows(size: usize, rows: &mut Vec<NativeRow>) {
     let mut frame = vec![0u8; size.max(60)];
     frame[..6].copy_from_slice(&MAC_B);
     frame[6..12].copy_from_slice(&MAC_A);
-    let addr = tx_slot_addr(3) + TX_HEADROOM;
+    let addr = tx_slot_addr_for(3, slot_size(MTU)) + TX_HEADROOM;
     let len = frame.len() as u32;
     let nothing = || {};
     rows.push(summarize(
         "kernel_validate_descriptor",
         size,
         time_batched(nothing, || {
-            black_box(validate_tx(black_box(addr), black_box(len), MAX_FRAME)).ok();
+            black_box(validate_tx_sized(black_box(addr), black_box(len), max_frame(MTU), slot_size(MTU))).ok();
         }),
     ));
     rows.push(summarize(

@@ -13,8 +13,7 @@ use crate::source::Source;
 use crate::{check, check_eq};
 use hypercall_abi::layout::{IMAGE_BASE, VNIC_RX_AREA_ADDR, VNIC_TX_AREA_ADDR};
 use hypercall_abi::vnic::{
-    max_frame, slot_size, MAX_FRAME, MAX_MTU, MIN_FRAME, MIN_MTU, RX_RING_SIZE, RX_SLOTS, SLOT_SIZE, TX_HEADROOM,
-    TX_RING_SIZE, TX_SLOTS,
+    max_frame, slot_size, MAX_MTU, MIN_FRAME, MIN_MTU, MTU, RX_RING_SIZE, RX_SLOTS, TX_HEADROOM, TX_RING_SIZE, TX_SLOTS,
 };
 use kernel_core::vnet::{pending, validate_rx_sized, validate_tx_sized, BadDescriptor, BadIndex, RxBuffer, TxFrame};
 
@@ -39,7 +38,7 @@ fn seeds(_: &crate::real::RealInputs) -> Vec<Vec<u8>> {
 /// arithmetic stays safe for any value.
 fn slot_size_choice(source: &mut Source) -> (u64, bool) {
     match source.below(8) {
-        0..=2 => (SLOT_SIZE, true),
+        0..=2 => (slot_size(MTU), true),
         3 => (slot_size(MAX_MTU), true),
         4 => {
             let mtu = MIN_MTU + source.u16() as u64 % (MAX_MTU - MIN_MTU + 1);
@@ -53,8 +52,13 @@ fn slot_size_choice(source: &mut Source) -> (u64, bool) {
 fn address(source: &mut Source, slot_size: u64) -> u64 {
     let base = source.pick(&[VNIC_TX_AREA_ADDR, VNIC_RX_AREA_ADDR, 0, u64::MAX, IMAGE_BASE]);
     let slot = u64::from(source.u32_near(&[0, 1, 31, 32, 33]));
-    let offset =
-        source.u64_near(&[0, TX_HEADROOM, slot_size, slot_size.wrapping_sub(14), slot_size.wrapping_sub(MAX_FRAME)]);
+    let offset = source.u64_near(&[
+        0,
+        TX_HEADROOM,
+        slot_size,
+        slot_size.wrapping_sub(14),
+        slot_size.wrapping_sub(max_frame(MTU)),
+    ]);
     match source.below(4) {
         0 => source.u64(),
         _ => base.wrapping_add(slot.wrapping_mul(slot_size)).wrapping_add(offset),
@@ -70,9 +74,9 @@ fn run(input: &[u8], features: &mut Features) -> Verdict {
                 let addr = address(&mut source, size);
                 let len = source.u32_near(&[0, 13, 14, 60, 1514, 1515, 4032, 9014, u32::MAX]);
                 let max = match source.below(3) {
-                    0 => MAX_FRAME,
+                    0 => max_frame(MTU),
                     1 => max_frame(MAX_MTU),
-                    _ => source.u64_near(&[0, MIN_FRAME, MAX_FRAME, u64::MAX]),
+                    _ => source.u64_near(&[0, MIN_FRAME, max_frame(MTU), u64::MAX]),
                 };
                 check_tx(addr, len, max, size, real_size, features)?;
             }

@@ -12,7 +12,8 @@ use crate::engine::{Target, Verdict};
 use crate::features::Features;
 use crate::source::Source;
 use crate::{check, check_eq};
-use kernel_core::boot::memmap::{usable_memory, MemoryKind, RawRegion, FRAME_SIZE, MAX_REGIONS};
+use hypercall_abi::layout::PAGE_SIZE;
+use kernel_core::boot::memmap::{usable_memory, MemoryKind, RawRegion, MAX_REGIONS};
 
 pub const TARGET: Target = Target {
     name: "memmap",
@@ -35,7 +36,7 @@ const NEAR: [u64; 12] = [
     0x800_0000,
     0xfffc_0000,
     1 << 32,
-    u64::MAX - FRAME_SIZE,
+    u64::MAX - PAGE_SIZE,
     u64::MAX,
     1 << 63,
 ];
@@ -49,7 +50,7 @@ fn seeds(_: &crate::real::RealInputs) -> Vec<Vec<u8>> {
 
 fn run(input: &[u8], features: &mut Features) -> Verdict {
     let mut source = Source::new(input);
-    let low_limit = source.u64_near(&[0, 0x10_0000, FRAME_SIZE, 1]);
+    let low_limit = source.u64_near(&[0, 0x10_0000, PAGE_SIZE, 1]);
     let mut map = Vec::new();
     if source.below(4) == 0 {
         // A fragmented map: many one-frame usable entries two frames apart, then reserved
@@ -58,21 +59,21 @@ fn run(input: &[u8], features: &mut Features) -> Verdict {
             (usize::from(source.u8()).min(160), usize::from(source.u8() % 64), source.u64_near(&NEAR));
         for i in 0..count as u64 {
             map.push(RawRegion {
-                start: base.wrapping_add(i * 2 * FRAME_SIZE),
-                size: FRAME_SIZE,
+                start: base.wrapping_add(i * 2 * PAGE_SIZE),
+                size: PAGE_SIZE,
                 kind: MemoryKind::Usable,
             });
         }
         for i in 0..cuts as u64 {
-            let start = base.wrapping_add(i * 2 * FRAME_SIZE + 0x800);
+            let start = base.wrapping_add(i * 2 * PAGE_SIZE + 0x800);
             map.push(RawRegion { start, size: 0x10, kind: MemoryKind::Reserved });
         }
     }
     while !source.is_empty() && map.len() < MAX_ENTRIES {
-        let start = source.u64_near(&NEAR).wrapping_add(u64::from(source.u8()) * FRAME_SIZE);
+        let start = source.u64_near(&NEAR).wrapping_add(u64::from(source.u8()) * PAGE_SIZE);
         let size = match source.below(4) {
             0 => source.u64_near(&[0, 1, u64::MAX, 1 << 63]),
-            _ => u64::from(source.u16()) * FRAME_SIZE / 16 + u64::from(source.u8() % 3) * 0x800,
+            _ => u64::from(source.u16()) * PAGE_SIZE / 16 + u64::from(source.u8() % 3) * 0x800,
         };
         let kind = match source.below(5) {
             0 | 1 => MemoryKind::Usable,
@@ -151,7 +152,7 @@ pub fn check_usable(map: &[RawRegion], low_limit: u64, features: &mut Features) 
     features.note_count("ranges", ranges.len() as u64);
     for r in ranges {
         check!(r.start < r.end, "empty range {r:x?}");
-        check!(r.start % FRAME_SIZE == 0 && r.end % FRAME_SIZE == 0, "unaligned range {r:x?}");
+        check!(r.start % PAGE_SIZE == 0 && r.end % PAGE_SIZE == 0, "unaligned range {r:x?}");
         check!(r.start >= low_limit, "range {r:x?} below the low limit {low_limit:#x}");
     }
     check!(ranges.windows(2).all(|w| w[0].end < w[1].start), "ranges not sorted, disjoint and apart: {ranges:x?}");
@@ -159,8 +160,8 @@ pub fn check_usable(map: &[RawRegion], low_limit: u64, features: &mut Features) 
         .ranges
         .iter()
         .filter_map(|&(s, e)| {
-            let start = s.checked_next_multiple_of(FRAME_SIZE)?;
-            let end = e - e % FRAME_SIZE;
+            let start = s.checked_next_multiple_of(PAGE_SIZE)?;
+            let end = e - e % PAGE_SIZE;
             (start < end).then_some((start, end))
         })
         .collect();
@@ -177,8 +178,8 @@ pub fn check_usable(map: &[RawRegion], low_limit: u64, features: &mut Features) 
         }
     }
     for probe in probes {
-        let frame = probe - probe % FRAME_SIZE;
-        let in_result = frame.checked_add(FRAME_SIZE).is_some_and(|end| set.contains(frame, end));
+        let frame = probe - probe % PAGE_SIZE;
+        let in_result = frame.checked_add(PAGE_SIZE).is_some_and(|end| set.contains(frame, end));
         if in_result != frame_usable(map, low_limit, frame) {
             let near: Vec<_> = map.iter().filter(|e| touches(e, u128::from(frame), u128::from(frame) + 4096)).collect();
             return Err(format!(
@@ -199,7 +200,7 @@ fn touches(entry: &RawRegion, start: u128, end: u128) -> bool {
 
 /// Whether every byte of the frame at `frame` is usable by the module's rule.
 fn frame_usable(map: &[RawRegion], low_limit: u64, frame: u64) -> bool {
-    let (start, end) = (u128::from(frame), u128::from(frame) + u128::from(FRAME_SIZE));
+    let (start, end) = (u128::from(frame), u128::from(frame) + u128::from(PAGE_SIZE));
     if start < u128::from(low_limit) {
         return false;
     }

@@ -24,6 +24,7 @@
 use guest_os::rawnic::{RawNic, SLIRP_MAC};
 use guest_os::time::tsc_hz;
 use guest_os::{println, vi, Env};
+use hypercall_abi::layout::PAGE_SIZE as PAGE;
 use hypercall_abi::vnic::{DescStatus, TX_HEADROOM};
 
 const HOST_IP: [u8; 4] = [10, 0, 2, 2];
@@ -32,7 +33,6 @@ pub const SPOOFED_MAC: [u8; 6] = [0x02, 0x49, 0x4b, 0xee, 0xee, 0xee];
 /// Bytes of the payload that carry the tag (`ORIGINAL 3`, padded with spaces); the pattern follows.
 const TAG_LEN: usize = 32;
 const HEADERS: usize = 14 + 20 + 8;
-const PAGE: u64 = 4096;
 
 fn ip_checksum(header: &[u8]) -> u16 {
     let mut sum: u32 = header.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();

@@ -33,6 +33,39 @@ pub fn cr2() -> u64 {
     x86_64::registers::control::Cr2::read_raw()
 }
 
+/// Physical address of the active top-level page table (CR3 without its flag bits).
+pub fn active_pml4() -> u64 {
+    x86_64::registers::control::Cr3::read_raw().0.start_address().as_u64()
+}
+
+/// Makes the PML4 at `pml4_phys` the active address space (a CR3 write, keeping CR3's
+/// cache-control bits), which flushes every non-global TLB entry.
+///
+/// # Safety
+/// `pml4_phys` must be a page-aligned PML4 that maps the kernel's code, stack and data in use at
+/// the same virtual addresses as the active one, so execution continues across the switch.
+pub unsafe fn load_pml4(pml4_phys: u64) {
+    use x86_64::registers::control::Cr3;
+    use x86_64::structures::paging::PhysFrame;
+    let (_, flags) = Cr3::read_raw();
+    // SAFETY: forwarded to the caller.
+    unsafe { Cr3::write_raw(PhysFrame::containing_address(x86_64::PhysAddr::new(pml4_phys)), flags) }
+}
+
+/// Sets CR4.PGE: page-table entries marked global (the kernel's) survive CR3 writes.
+pub fn enable_global_pages() {
+    use x86_64::registers::control::{Cr4, Cr4Flags};
+    // SAFETY: PGE only changes which TLB entries a CR3 write flushes; setting it flushes the TLB
+    // and changes no mapping.
+    unsafe { Cr4::update(|cr4| cr4.insert(Cr4Flags::PAGE_GLOBAL)) }
+}
+
+/// True when EFER.NXE is set, i.e. page-table entries may carry the no-execute bit.
+pub fn no_execute_enabled() -> bool {
+    use x86_64::registers::model_specific::{Efer, EferFlags};
+    Efer::read().contains(EferFlags::NO_EXECUTE_ENABLE)
+}
+
 /// Waits for the next interrupt with interrupts enabled, atomically (`sti; hlt`).
 pub fn enable_interrupts_and_halt() {
     x86_64::instructions::interrupts::enable_and_hlt();

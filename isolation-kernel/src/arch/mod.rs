@@ -1,5 +1,11 @@
-//! Hardware access for x86_64, in small typed wrappers. Every `unsafe` block in the kernel that
-//! touches the CPU or a device lives under `arch/` or `drivers/`.
+//! Hardware access for x86_64, in small typed wrappers: every instruction that reads or changes
+//! the CPU's own state (control registers including CR3, MSRs, descriptor tables, port I/O, the
+//! TSC, the local APIC) is issued here, and devices are driven under `drivers/`. Wrappers whose
+//! safety depends on the caller (`cpu::load_pml4`, `trap::enter_frame`, `lapic::LocalApic::enable`)
+//! are `unsafe fn`s; their callers give the proof. Elsewhere `unsafe` is about memory: page
+//! tables and RAM through the direct map (`mm/`, `guest/space.rs`, `guest/net.rs`) and the
+//! boot-time initrd and bitmap slices in `kernel.rs`; the one exception is `kernel.rs`'s
+//! deliberate test faults (`ud2`, a write to an unmapped page).
 
 pub mod boot;
 pub mod cpu;

@@ -5,16 +5,20 @@
 //! PCI configuration access and no MSI-X, and the COW transmit path needs to hand the device
 //! arbitrary guest frames by physical address, which is direct with our own descriptor table.
 //!
-//! Each queue has one fixed buffer page per descriptor (the pool: buffers never come from a
-//! general allocator on the packet path). Transmit copies the frame into its buffer behind the
-//! virtio-net header (Denali's copy 2); receive hands the frame to a closure and re-posts the
-//! buffer.
+//! Each queue has one fixed buffer per packet, whole pages holding a header and the largest
+//! frame (several pages for jumbo frames; buffers never come from a general allocator on the
+//! packet path).
+//! Every transmit is a two-descriptor chain: the shared all-zero virtio-net header, then the
+//! frame, either copied into the packet's buffer (the copy path, Denali's copy 2) or, on the COW
+//! path, the guest's own write-protected frame by physical address. Receive hands the frame to
+//! a closure and re-posts the buffer.
 
 use super::pci::PciAddress;
 use crate::arch::cpu::{inb, inl, inw, outb, outl, outw};
 use crate::mm::phys::phys_to_virt;
 use alloc::vec::Vec;
 use core::sync::atomic::{fence, Ordering};
+use hypercall_abi::layout::PAGE_SIZE as PAGE;
 use kernel_core::mm::frame_alloc::FrameAllocator;
 use kernel_core::vnet::GuestFrameRef;
 
@@ -53,7 +57,6 @@ const USED_F_NO_NOTIFY: u16 = 1;
 
 /// Legacy virtio-net header (no mergeable rx buffers): 10 bytes, all zero for plain frames.
 pub const NET_HEADER_LEN: usize = 10;
-const PAGE: u64 = 4096;
 const RX_QUEUE: u16 = 0;
 const TX_QUEUE: u16 = 1;
 /// Buffers per queue (at most the device's queue size).

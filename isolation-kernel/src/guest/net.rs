@@ -16,11 +16,12 @@ use crate::mm::phys::phys_to_virt;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
+use hypercall_abi::layout::PAGE_SIZE as PAGE;
 use hypercall_abi::layout::{VNIC_RX_AREA_ADDR, VNIC_SHARED_ADDR, VNIC_TX_AREA_ADDR};
 use hypercall_abi::vi::VirtualInterrupts;
 use hypercall_abi::vnic::stamps::TX_STAMPS;
 use hypercall_abi::vnic::{
-    max_frame, slot_size, DescStatus, NetConfig, VnicShared, RX_RING_SIZE, RX_SLOTS, SLOT_SIZE, TX_RING_SIZE, TX_SLOTS,
+    max_frame, slot_size, DescStatus, NetConfig, VnicShared, RX_RING_SIZE, RX_SLOTS, TX_RING_SIZE, TX_SLOTS,
 };
 use kernel_core::boot::cmdline::TxMode;
 use kernel_core::guest::mem::Access;
@@ -33,8 +34,6 @@ use kernel_core::vnet::{
     validate_rx_sized, validate_tx_sized, DropReason, GuestFrameRef, NetCounters, NetScheduler, Packet, PacketData,
     PacketPool, Route, RxRing, Source, TxFifo, TxRing, Vswitch,
 };
-
-const PAGE: u64 = 4096;
 
 /// Packets a guest may have queued in the kernel.
 const FIFO_CAPACITY: usize = 64;
@@ -116,7 +115,7 @@ pub fn build_nic(
     space.map_page(frames, VNIC_SHARED_ADDR, shared_phys, Access::READ_WRITE)?;
     space
         .map
-        .add(VNIC_SHARED_ADDR, VNIC_SHARED_ADDR + SLOT_SIZE, Access::READ_WRITE)
+        .add(VNIC_SHARED_ADDR, VNIC_SHARED_ADDR + PAGE, Access::READ_WRITE)
         .map_err(|_| super::space::SpaceError::BadMapping(VNIC_SHARED_ADDR))?;
     let slot = slot_size(u64::from(config.mtu));
     let pages = slot / PAGE;

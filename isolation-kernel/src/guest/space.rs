@@ -2,9 +2,11 @@
 //! lower half holding only what the loader maps (recorded in a [`GuestMemoryMap`], against
 //! which every pointer the guest hands the kernel is validated before use).
 
+use crate::arch::cpu;
 use crate::mm::paging::{kernel_pml4_phys, no_execute};
 use crate::mm::phys::{phys_to_virt, DIRECT_MAP_OFFSET};
 use alloc::vec::Vec;
+use hypercall_abi::layout::PAGE_SIZE as PAGE;
 use kernel_core::guest::mem::{Access, GuestMemoryMap, ValidSlice};
 use kernel_core::mm::frame_alloc::FrameAllocator;
 use x86_64::structures::paging::mapper::TranslateResult;
@@ -13,8 +15,6 @@ use x86_64::structures::paging::{
     PhysFrame, Size4KiB, Translate,
 };
 use x86_64::{PhysAddr, VirtAddr};
-
-const PAGE: u64 = 4096;
 
 /// Frames for a guest's page tables, each recorded so the guest's end can free them.
 struct RecordingFrames<'a, 'b> {
@@ -300,14 +300,11 @@ pub fn set_pte_writable(pte_phys: u64, writable: bool) {
 /// Makes `pml4_phys` the active address space if it is not already; true if CR3 was written
 /// (which flushes every non-global TLB entry, i.e. all of the guests').
 pub fn activate(pml4_phys: u64) -> bool {
-    let (current, flags) = x86_64::registers::control::Cr3::read_raw();
-    let switch = current.start_address().as_u64() != pml4_phys;
+    let switch = cpu::active_pml4() != pml4_phys;
     if switch {
         // SAFETY: every address space shares the kernel half with the kernel's own tables, so
         // the code, stack and data in use stay mapped across the switch.
-        unsafe {
-            x86_64::registers::control::Cr3::write_raw(PhysFrame::containing_address(PhysAddr::new(pml4_phys)), flags)
-        };
+        unsafe { cpu::load_pml4(pml4_phys) };
     }
     switch
 }

@@ -5,10 +5,10 @@
 //! in the TLB.
 
 use super::phys::{phys_to_virt, DIRECT_MAP_OFFSET};
+use crate::arch::cpu;
+use hypercall_abi::layout::PAGE_SIZE as PAGE;
 use kernel_core::boot::memmap::Range;
 use kernel_core::mm::frame_alloc::FrameAllocator;
-use x86_64::registers::control::{Cr3, Cr3Flags, Cr4, Cr4Flags};
-use x86_64::registers::model_specific::{Efer, EferFlags};
 use x86_64::structures::paging::mapper::MapToError;
 use x86_64::structures::paging::{
     FrameAllocator as PageTableFrameSource, Mapper, OffsetPageTable, Page, PageTable, PageTableFlags as Flags,
@@ -20,7 +20,6 @@ use x86_64::{PhysAddr, VirtAddr};
 pub const KERNEL_VMA: u64 = 0xffff_ffff_8000_0000;
 /// Kernel virtual addresses for device registers (MMIO), one 4 KiB page each.
 pub const MMIO_WINDOW: u64 = 0xffff_ff00_0000_0000;
-const PAGE: u64 = 4096;
 const LARGE_PAGE: u64 = 2 << 20;
 
 /// The kernel image's sections, as virtual address ranges.
@@ -65,7 +64,7 @@ pub fn kernel_pml4_phys() -> u64 {
 
 /// `NO_EXECUTE` where the CPU supports it (EFER.NXE set at boot), nothing otherwise.
 pub fn no_execute() -> Flags {
-    if Efer::read().contains(EferFlags::NO_EXECUTE_ENABLE) {
+    if cpu::no_execute_enabled() {
         Flags::NO_EXECUTE
     } else {
         Flags::empty()
@@ -153,11 +152,9 @@ pub fn init(frames: &mut FrameAllocator<'static>, ram: &[Range], layout: &Kernel
 
     // SAFETY: the new tables map everything the kernel touches from here on: its code, data and
     // stack at the same virtual addresses as before, and RAM at the same direct-map offset.
-    // CR4.PGE makes the global kernel entries survive later address-space switches.
-    unsafe {
-        Cr3::write(pml4_frame, Cr3Flags::empty());
-        Cr4::update(|cr4| cr4.insert(Cr4Flags::PAGE_GLOBAL));
-    }
+    unsafe { cpu::load_pml4(pml4_frame.start_address().as_u64()) };
+    // The global kernel entries survive later address-space switches.
+    cpu::enable_global_pages();
     KERNEL_PML4_PHYS.store(pml4_frame.start_address().as_u64(), core::sync::atomic::Ordering::Relaxed);
     *KERNEL_PAGE_TABLE.lock() = Some(table);
 }

@@ -2,13 +2,13 @@
 //!
 //! E820-style maps may be unsorted, overlapping, unaligned and may wrap around the top of the
 //! address space. The rule applied here is the conservative one: a byte is usable only if some
-//! entry says "usable" and no entry says anything else; usable ranges are shrunk to whole 4 KiB
-//! frames. Storage is fixed-size because this runs before the kernel has a heap.
+//! entry says "usable" and no entry says anything else; usable ranges are shrunk to whole
+//! pages ([`PAGE_SIZE`]). Storage is fixed-size because this runs before the kernel has a heap.
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
-/// Size of a physical frame.
-pub const FRAME_SIZE: u64 = 4096;
+use hypercall_abi::layout::PAGE_SIZE;
+
 /// Most disjoint ranges a [`RegionSet`] holds. Real maps have a dozen.
 pub const MAX_REGIONS: usize = 128;
 
@@ -195,9 +195,9 @@ impl RegionSet {
         let mut kept = 0usize;
         for index in 0..self.len {
             let Some(r) = self.ranges.get(index).copied() else { break };
-            let start = r.start.checked_next_multiple_of(FRAME_SIZE).unwrap_or(u64::MAX);
+            let start = r.start.checked_next_multiple_of(PAGE_SIZE).unwrap_or(u64::MAX);
             // The remainder is at most `end`: never saturates.
-            let end = r.end.saturating_sub(r.end % FRAME_SIZE);
+            let end = r.end.saturating_sub(r.end % PAGE_SIZE);
             if start < end {
                 if let Some(slot) = self.ranges.get_mut(kept) {
                     *slot = Range { start, end };

@@ -1,4 +1,4 @@
-//! Physical frame allocator: one bit per 4 KiB frame.
+//! Physical frame allocator: one bit per page-sized frame ([`PAGE_SIZE`]).
 //!
 //! The bitmap lives in memory the kernel carves out of usable RAM at boot (the caller passes it
 //! in), so this module needs no heap. A set bit means "not available" (allocated, reserved, or
@@ -7,7 +7,7 @@
 //! boot mapping of low memory. Word-wise scanning keeps boot cheap: under PVM every ring-0
 //! instruction is emulated, so a loop per frame would cost seconds.
 
-use crate::boot::memmap::FRAME_SIZE;
+use hypercall_abi::layout::PAGE_SIZE;
 
 const BITS: u64 = 64;
 
@@ -67,8 +67,8 @@ impl<'a> FrameAllocator<'a> {
 
     /// Frames `[first, end)` clamped to the managed range.
     fn frame_span(&self, start_phys: u64, end_phys: u64) -> (u64, u64) {
-        let first = start_phys.div_ceil(FRAME_SIZE).min(self.frame_count);
-        let end = (end_phys / FRAME_SIZE).min(self.frame_count);
+        let first = start_phys.div_ceil(PAGE_SIZE).min(self.frame_count);
+        let end = (end_phys / PAGE_SIZE).min(self.frame_count);
         (first, end.max(first))
     }
 
@@ -104,8 +104,8 @@ impl<'a> FrameAllocator<'a> {
     /// Takes every frame touching `[start_phys, end_phys)` out of use for good (kernel image,
     /// boot structures). Frames already unavailable are left as they are.
     pub fn reserve_range(&mut self, start_phys: u64, end_phys: u64) {
-        let first = (start_phys / FRAME_SIZE).min(self.frame_count);
-        let end = end_phys.div_ceil(FRAME_SIZE).min(self.frame_count).max(first);
+        let first = (start_phys / PAGE_SIZE).min(self.frame_count);
+        let end = end_phys.div_ceil(PAGE_SIZE).min(self.frame_count).max(first);
         let taken = self.set_span(first, end, true);
         self.free -= taken;
         self.managed -= taken;
@@ -122,7 +122,7 @@ impl<'a> FrameAllocator<'a> {
         }
         self.used[word_index] |= 1 << bit;
         self.free -= 1;
-        Some(frame * FRAME_SIZE)
+        Some(frame * PAGE_SIZE)
     }
 
     /// `count` physically contiguous free frames whose first frame number is a multiple of
@@ -137,7 +137,7 @@ impl<'a> FrameAllocator<'a> {
                 None => {
                     self.set_span(start, start + count, true);
                     self.free -= count;
-                    return Some(start * FRAME_SIZE);
+                    return Some(start * PAGE_SIZE);
                 }
                 Some(blocker) => start = (blocker + 1).next_multiple_of(align_frames),
             }
@@ -151,10 +151,10 @@ impl<'a> FrameAllocator<'a> {
 
     /// Returns an allocated frame.
     pub fn deallocate(&mut self, phys: u64) -> Result<(), FreeError> {
-        if !phys.is_multiple_of(FRAME_SIZE) {
+        if !phys.is_multiple_of(PAGE_SIZE) {
             return Err(FreeError::Unaligned(phys));
         }
-        let frame = phys / FRAME_SIZE;
+        let frame = phys / PAGE_SIZE;
         if frame >= self.frame_count {
             return Err(FreeError::OutOfRange(phys));
         }
@@ -181,8 +181,8 @@ mod tests {
         assert_eq!(alloc.allocate(), None);
         alloc.add_free_range(MIB + 0x800, 2 * MIB); // partial first frame is not usable
         assert_eq!(alloc.free_frames(), 255);
-        assert_eq!(alloc.allocate(), Some(MIB + FRAME_SIZE));
-        assert_eq!(alloc.allocate(), Some(MIB + 2 * FRAME_SIZE));
+        assert_eq!(alloc.allocate(), Some(MIB + PAGE_SIZE));
+        assert_eq!(alloc.allocate(), Some(MIB + 2 * PAGE_SIZE));
         assert_eq!(alloc.free_frames(), 253);
         assert_eq!(alloc.managed_frames(), 255);
     }
@@ -191,7 +191,7 @@ mod tests {
     fn reserved_frames_are_never_handed_out() {
         let mut bits = vec![0u64; bitmap_words(512)];
         let mut alloc = FrameAllocator::new(&mut bits, 512).unwrap();
-        alloc.add_free_range(0, 512 * FRAME_SIZE);
+        alloc.add_free_range(0, 512 * PAGE_SIZE);
         alloc.reserve_range(0x1800, 0x3001); // touches frames 1, 2 and 3
         assert_eq!(alloc.free_frames(), 509);
         let mut seen = Vec::new();
@@ -207,11 +207,11 @@ mod tests {
     fn free_detects_double_free_bad_alignment_and_range() {
         let mut bits = vec![0u64; bitmap_words(100)];
         let mut alloc = FrameAllocator::new(&mut bits, 100).unwrap();
-        alloc.add_free_range(0, 100 * FRAME_SIZE);
-        alloc.reserve_range(0, FRAME_SIZE);
+        alloc.add_free_range(0, 100 * PAGE_SIZE);
+        alloc.reserve_range(0, PAGE_SIZE);
         let frame = alloc.allocate().unwrap();
         assert_eq!(alloc.deallocate(frame + 8), Err(FreeError::Unaligned(frame + 8)));
-        assert_eq!(alloc.deallocate(100 * FRAME_SIZE), Err(FreeError::OutOfRange(100 * FRAME_SIZE)));
+        assert_eq!(alloc.deallocate(100 * PAGE_SIZE), Err(FreeError::OutOfRange(100 * PAGE_SIZE)));
         assert_eq!(alloc.deallocate(frame), Ok(()));
         assert_eq!(alloc.deallocate(frame), Err(FreeError::NotAllocated(frame)));
         assert_eq!(alloc.free_frames(), 99);
@@ -227,7 +227,7 @@ mod tests {
         alloc.add_free_range(0, 1 << 40);
         assert_eq!(alloc.free_frames(), 70);
         for _ in 0..70 {
-            assert!(alloc.allocate().unwrap() < 70 * FRAME_SIZE);
+            assert!(alloc.allocate().unwrap() < 70 * PAGE_SIZE);
         }
         assert_eq!(alloc.allocate(), None);
     }
@@ -236,12 +236,12 @@ mod tests {
     fn contiguous_allocation_respects_holes_and_alignment() {
         let mut bits = vec![0u64; bitmap_words(4096)];
         let mut alloc = FrameAllocator::new(&mut bits, 4096).unwrap();
-        alloc.add_free_range(0, 4096 * FRAME_SIZE);
-        alloc.reserve_range(10 * FRAME_SIZE, 11 * FRAME_SIZE);
+        alloc.add_free_range(0, 4096 * PAGE_SIZE);
+        alloc.reserve_range(10 * PAGE_SIZE, 11 * PAGE_SIZE);
         let run = alloc.allocate_contiguous(16, 1).unwrap();
-        assert_eq!(run, 11 * FRAME_SIZE, "skips the hole at frame 10");
+        assert_eq!(run, 11 * PAGE_SIZE, "skips the hole at frame 10");
         let aligned = alloc.allocate_contiguous(512, 512).unwrap();
-        assert_eq!(aligned % (512 * FRAME_SIZE), 0);
+        assert_eq!(aligned % (512 * PAGE_SIZE), 0);
         assert_eq!(alloc.free_frames(), 4096 - 1 - 16 - 512);
         assert_eq!(alloc.allocate_contiguous(5000, 1), None);
         assert_eq!(alloc.allocate(), Some(0), "single frames still come from the bottom");

@@ -9,7 +9,7 @@
 
 use core::fmt;
 use hypercall_abi::layout::{VNIC_RX_AREA_ADDR, VNIC_TX_AREA_ADDR};
-use hypercall_abi::vnic::{ring_used, MIN_FRAME, RX_SLOTS, SLOT_SIZE, TX_HEADROOM, TX_SLOTS};
+use hypercall_abi::vnic::{ring_used, MIN_FRAME, RX_SLOTS, TX_HEADROOM, TX_SLOTS};
 
 /// The guest's producer index is further ahead of the consumer index than the ring holds:
 /// it wrote an index that names entries it cannot have filled (or moved it backwards).
@@ -44,7 +44,7 @@ pub fn pending(producer: u32, consumer: u32, ring_size: u32) -> Result<u32, BadI
 }
 
 /// A tx descriptor that passed validation: the frame lies in tx slot `slot`, starting `offset`
-/// bytes into it, and is `len` bytes long (`offset + len <= SLOT_SIZE`).
+/// bytes into it, and is `len` bytes long (`offset + len` is at most the slot size).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TxFrame {
     pub slot: u64,
@@ -54,7 +54,7 @@ pub struct TxFrame {
 }
 
 /// An rx descriptor that passed validation: an empty buffer of `capacity` bytes in rx slot
-/// `slot`, starting `offset` bytes into it (`offset + capacity <= SLOT_SIZE`).
+/// `slot`, starting `offset` bytes into it (`offset + capacity` is at most the slot size).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RxBuffer {
     pub slot: u64,
@@ -70,7 +70,7 @@ pub enum BadDescriptor {
     OutsideArea { addr: u64 },
     /// A tx frame starts in its slot's headroom, which is reserved for the NIC's header.
     InHeadroom { addr: u64 },
-    /// The frame or buffer runs past the end of its 4 KiB slot.
+    /// The frame or buffer runs past the end of its slot.
     CrossesSlot { addr: u64, len: u64 },
     /// Shorter than an Ethernet header.
     TooShort { len: u64 },
@@ -116,11 +116,6 @@ fn locate(addr: u64, base: u64, slots: u64, slot_size: u64) -> Option<(u64, u64)
     (within < size).then_some((within.checked_div(slot_size)?, within.checked_rem(slot_size)?))
 }
 
-/// Checks a tx descriptor with standard-MTU slots ([`SLOT_SIZE`]); see [`validate_tx_sized`].
-pub fn validate_tx(addr: u64, len: u32, max_frame: u64) -> Result<TxFrame, BadDescriptor> {
-    validate_tx_sized(addr, len, max_frame, SLOT_SIZE)
-}
-
 /// Checks a tx descriptor: the frame must lie in one tx slot of `slot_size` bytes
 /// (`hypercall_abi::vnic::slot_size` of the guest's MTU), after its headroom, and be between
 /// [`MIN_FRAME`] and `max_frame` bytes long.
@@ -141,11 +136,6 @@ pub fn validate_tx_sized(addr: u64, len: u32, max_frame: u64, slot_size: u64) ->
         Some(end) if end <= slot_size => Ok(TxFrame { slot, offset, len }),
         _ => Err(BadDescriptor::CrossesSlot { addr, len }),
     }
-}
-
-/// Checks an rx descriptor with standard-MTU buffers; see [`validate_rx_sized`].
-pub fn validate_rx(addr: u64, capacity: u32) -> Result<RxBuffer, BadDescriptor> {
-    validate_rx_sized(addr, capacity, SLOT_SIZE)
 }
 
 /// Checks an rx descriptor: the buffer must lie in one rx slot of `slot_size` bytes and hold at
@@ -172,7 +162,7 @@ mod tests {
 
     #[test]
     fn jumbo_slots_hold_jumbo_frames_and_nothing_more() {
-        use hypercall_abi::vnic::{max_frame, slot_size, tx_slot_addr_for, MAX_MTU};
+        use hypercall_abi::vnic::MAX_MTU;
         let (size, max) = (slot_size(MAX_MTU), max_frame(MAX_MTU));
         let slot5 = tx_slot_addr_for(5, size) + TX_HEADROOM;
         assert_eq!(
@@ -180,29 +170,54 @@ mod tests {
             Ok(TxFrame { slot: 5, offset: TX_HEADROOM, len: max })
         );
         assert_eq!(validate_tx_sized(slot5, max as u32 + 1, max, size), Err(BadDescriptor::TooLong { len: max + 1 }));
-        // The standard check refuses the same frame: it crosses a 4 KiB slot.
-        assert!(validate_tx(slot5, 5000, max).is_err());
+        // Standard-MTU slots refuse the same frame: it crosses a one-page slot.
+        assert!(validate_tx_sized(slot5, 5000, max, slot_size(MTU)).is_err());
         let last = tx_slot_addr_for(TX_SLOTS, size);
         assert_eq!(validate_tx_sized(last, 100, max, size), Err(BadDescriptor::OutsideArea { addr: last }));
-        let rx = hypercall_abi::vnic::rx_buffer_addr_for(31, size);
+        let rx = rx_buffer_addr_for(31, size);
         assert_eq!(validate_rx_sized(rx, size as u32, size), Ok(RxBuffer { slot: 31, offset: 0, capacity: size }));
         assert!(validate_rx_sized(rx + 8, size as u32, size).is_err());
     }
-    use hypercall_abi::vnic::{rx_buffer_addr, tx_slot_addr, MAX_FRAME, RX_RING_SIZE, TX_RING_SIZE};
+    use hypercall_abi::vnic::{
+        max_frame, rx_buffer_addr_for, slot_size, tx_slot_addr_for, MTU, RX_RING_SIZE, TX_RING_SIZE,
+    };
 
-    const TX_END: u64 = VNIC_TX_AREA_ADDR + TX_SLOTS * SLOT_SIZE;
-    const RX_END: u64 = VNIC_RX_AREA_ADDR + RX_SLOTS * SLOT_SIZE;
+    /// The standard-MTU sizes most tests use.
+    const STANDARD_SLOT: u64 = slot_size(MTU);
+    const STANDARD_MAX_FRAME: u64 = max_frame(MTU);
+
+    fn standard_tx(addr: u64, len: u32, max_frame: u64) -> Result<TxFrame, BadDescriptor> {
+        validate_tx_sized(addr, len, max_frame, STANDARD_SLOT)
+    }
+
+    fn standard_rx(addr: u64, capacity: u32) -> Result<RxBuffer, BadDescriptor> {
+        validate_rx_sized(addr, capacity, STANDARD_SLOT)
+    }
+
+    fn standard_tx_slot(slot: u64) -> u64 {
+        tx_slot_addr_for(slot, STANDARD_SLOT)
+    }
+
+    fn standard_rx_buffer(slot: u64) -> u64 {
+        rx_buffer_addr_for(slot, STANDARD_SLOT)
+    }
+
+    const TX_END: u64 = VNIC_TX_AREA_ADDR + TX_SLOTS * STANDARD_SLOT;
+    const RX_END: u64 = VNIC_RX_AREA_ADDR + RX_SLOTS * STANDARD_SLOT;
     /// A well-formed frame address: slot 0, just past the headroom.
     const GOOD_TX: u64 = VNIC_TX_AREA_ADDR + TX_HEADROOM;
 
     fn tx(addr: u64, len: u32) -> Result<TxFrame, BadDescriptor> {
-        validate_tx(addr, len, MAX_FRAME)
+        standard_tx(addr, len, STANDARD_MAX_FRAME)
     }
 
     #[test]
     fn a_zero_slot_size_refuses_everything_without_dividing_by_zero() {
         // Found by `cargo xtask fuzz desc`: the division once ran before the bounds check.
-        assert_eq!(validate_tx_sized(GOOD_TX, 60, MAX_FRAME, 0), Err(BadDescriptor::OutsideArea { addr: GOOD_TX }));
+        assert_eq!(
+            validate_tx_sized(GOOD_TX, 60, STANDARD_MAX_FRAME, 0),
+            Err(BadDescriptor::OutsideArea { addr: GOOD_TX })
+        );
         let rx = VNIC_RX_AREA_ADDR;
         assert_eq!(validate_rx_sized(rx, 60, 0), Err(BadDescriptor::OutsideArea { addr: rx }));
     }
@@ -239,13 +254,16 @@ mod tests {
     fn good_tx_frames_are_located() {
         assert_eq!(tx(GOOD_TX, 60), Ok(TxFrame { slot: 0, offset: TX_HEADROOM, len: 60 }));
         assert_eq!(tx(GOOD_TX, MIN_FRAME as u32), Ok(TxFrame { slot: 0, offset: 64, len: 14 }));
-        assert_eq!(tx(GOOD_TX, MAX_FRAME as u32), Ok(TxFrame { slot: 0, offset: 64, len: MAX_FRAME }));
-        let last = tx_slot_addr(TX_SLOTS - 1) + TX_HEADROOM;
+        assert_eq!(
+            tx(GOOD_TX, STANDARD_MAX_FRAME as u32),
+            Ok(TxFrame { slot: 0, offset: 64, len: STANDARD_MAX_FRAME })
+        );
+        let last = standard_tx_slot(TX_SLOTS - 1) + TX_HEADROOM;
         assert_eq!(tx(last, 1514), Ok(TxFrame { slot: TX_SLOTS - 1, offset: 64, len: 1514 }));
         // A frame may sit anywhere after the headroom, up to the very end of its slot.
-        let at_end = tx_slot_addr(7) + SLOT_SIZE - 100;
-        assert_eq!(tx(at_end, 100), Ok(TxFrame { slot: 7, offset: SLOT_SIZE - 100, len: 100 }));
-        assert_eq!(tx(TX_END - 14, 14), Ok(TxFrame { slot: TX_SLOTS - 1, offset: SLOT_SIZE - 14, len: 14 }));
+        let at_end = standard_tx_slot(7) + STANDARD_SLOT - 100;
+        assert_eq!(tx(at_end, 100), Ok(TxFrame { slot: 7, offset: STANDARD_SLOT - 100, len: 100 }));
+        assert_eq!(tx(TX_END - 14, 14), Ok(TxFrame { slot: TX_SLOTS - 1, offset: STANDARD_SLOT - 14, len: 14 }));
     }
 
     #[test]
@@ -254,7 +272,7 @@ mod tests {
             0,
             0xffff_8000_0000_0000,
             VNIC_TX_AREA_ADDR - 1,
-            VNIC_TX_AREA_ADDR - SLOT_SIZE + TX_HEADROOM,
+            VNIC_TX_AREA_ADDR - STANDARD_SLOT + TX_HEADROOM,
             TX_END,
             TX_END + TX_HEADROOM,
             VNIC_RX_AREA_ADDR + TX_HEADROOM,
@@ -267,27 +285,27 @@ mod tests {
 
     #[test]
     fn tx_frame_in_headroom_is_refused() {
-        for addr in [VNIC_TX_AREA_ADDR, GOOD_TX - 1, tx_slot_addr(5), tx_slot_addr(TX_SLOTS - 1) + 63] {
+        for addr in [VNIC_TX_AREA_ADDR, GOOD_TX - 1, standard_tx_slot(5), standard_tx_slot(TX_SLOTS - 1) + 63] {
             assert_eq!(tx(addr, 60), Err(BadDescriptor::InHeadroom { addr }), "{addr:#x}");
         }
     }
 
     #[test]
     fn tx_frame_crossing_into_the_next_slot_is_refused() {
-        let addr = tx_slot_addr(3) + SLOT_SIZE - 100;
+        let addr = standard_tx_slot(3) + STANDARD_SLOT - 100;
         assert_eq!(tx(addr, 101), Err(BadDescriptor::CrossesSlot { addr, len: 101 }));
         // The last slot: crossing would leave the area.
         let addr = TX_END - 14;
         assert_eq!(tx(addr, 15), Err(BadDescriptor::CrossesSlot { addr, len: 15 }));
         // With a jumbo maximum the length check passes and the slot check catches it.
-        let len = (SLOT_SIZE - TX_HEADROOM + 1) as u32;
+        let len = (STANDARD_SLOT - TX_HEADROOM + 1) as u32;
         assert_eq!(
-            validate_tx(GOOD_TX, len, 9000),
+            standard_tx(GOOD_TX, len, 9000),
             Err(BadDescriptor::CrossesSlot { addr: GOOD_TX, len: u64::from(len) })
         );
         assert_eq!(
-            validate_tx(GOOD_TX, len - 1, 9000),
-            Ok(TxFrame { slot: 0, offset: TX_HEADROOM, len: SLOT_SIZE - TX_HEADROOM })
+            standard_tx(GOOD_TX, len - 1, 9000),
+            Ok(TxFrame { slot: 0, offset: TX_HEADROOM, len: STANDARD_SLOT - TX_HEADROOM })
         );
     }
 
@@ -295,45 +313,45 @@ mod tests {
     fn tx_lengths_out_of_range_are_refused() {
         assert_eq!(tx(GOOD_TX, 0), Err(BadDescriptor::TooShort { len: 0 }));
         assert_eq!(tx(GOOD_TX, 13), Err(BadDescriptor::TooShort { len: 13 }));
-        let over = MAX_FRAME as u32 + 1;
-        assert_eq!(tx(GOOD_TX, over), Err(BadDescriptor::TooLong { len: MAX_FRAME + 1 }));
+        let over = STANDARD_MAX_FRAME as u32 + 1;
+        assert_eq!(tx(GOOD_TX, over), Err(BadDescriptor::TooLong { len: STANDARD_MAX_FRAME + 1 }));
         assert_eq!(tx(GOOD_TX, u32::MAX), Err(BadDescriptor::TooLong { len: u64::from(u32::MAX) }));
         // A larger maximum admits a larger frame.
-        assert!(validate_tx(GOOD_TX, over, 2048).is_ok());
+        assert!(standard_tx(GOOD_TX, over, 2048).is_ok());
         // A maximum below the minimum refuses everything, without panicking.
-        assert_eq!(validate_tx(GOOD_TX, 14, 0), Err(BadDescriptor::TooLong { len: 14 }));
+        assert_eq!(standard_tx(GOOD_TX, 14, 0), Err(BadDescriptor::TooLong { len: 14 }));
     }
 
     #[test]
     fn tx_address_plus_length_overflow_is_refused() {
         for addr in [u64::MAX, u64::MAX - 13, u64::MAX - u64::from(u32::MAX) + 1] {
             assert_eq!(tx(addr, u32::MAX), Err(BadDescriptor::OutsideArea { addr }));
-            assert_eq!(validate_rx(addr, u32::MAX), Err(BadDescriptor::OutsideArea { addr }));
+            assert_eq!(standard_rx(addr, u32::MAX), Err(BadDescriptor::OutsideArea { addr }));
         }
     }
 
     #[test]
     fn good_rx_buffers_are_located() {
-        let full = SLOT_SIZE as u32;
-        assert_eq!(validate_rx(VNIC_RX_AREA_ADDR, full), Ok(RxBuffer { slot: 0, offset: 0, capacity: SLOT_SIZE }));
-        assert_eq!(validate_rx(VNIC_RX_AREA_ADDR, 14), Ok(RxBuffer { slot: 0, offset: 0, capacity: 14 }));
-        let last = rx_buffer_addr(RX_SLOTS - 1);
-        assert_eq!(validate_rx(last, full), Ok(RxBuffer { slot: RX_SLOTS - 1, offset: 0, capacity: SLOT_SIZE }));
-        assert_eq!(validate_rx(last + 2048, 2048), Ok(RxBuffer { slot: RX_SLOTS - 1, offset: 2048, capacity: 2048 }));
+        let full = STANDARD_SLOT as u32;
+        assert_eq!(standard_rx(VNIC_RX_AREA_ADDR, full), Ok(RxBuffer { slot: 0, offset: 0, capacity: STANDARD_SLOT }));
+        assert_eq!(standard_rx(VNIC_RX_AREA_ADDR, 14), Ok(RxBuffer { slot: 0, offset: 0, capacity: 14 }));
+        let last = standard_rx_buffer(RX_SLOTS - 1);
+        assert_eq!(standard_rx(last, full), Ok(RxBuffer { slot: RX_SLOTS - 1, offset: 0, capacity: STANDARD_SLOT }));
+        assert_eq!(standard_rx(last + 2048, 2048), Ok(RxBuffer { slot: RX_SLOTS - 1, offset: 2048, capacity: 2048 }));
     }
 
     #[test]
     fn bad_rx_buffers_are_refused() {
         for addr in [0, 0xffff_8000_0000_0000, VNIC_RX_AREA_ADDR - 1, RX_END, GOOD_TX, u64::MAX] {
-            assert_eq!(validate_rx(addr, 2048), Err(BadDescriptor::OutsideArea { addr }), "{addr:#x}");
+            assert_eq!(standard_rx(addr, 2048), Err(BadDescriptor::OutsideArea { addr }), "{addr:#x}");
         }
-        assert_eq!(validate_rx(VNIC_RX_AREA_ADDR, 0), Err(BadDescriptor::TooShort { len: 0 }));
-        assert_eq!(validate_rx(VNIC_RX_AREA_ADDR, 13), Err(BadDescriptor::TooShort { len: 13 }));
-        let addr = rx_buffer_addr(2) + 1;
-        assert_eq!(validate_rx(addr, 4096), Err(BadDescriptor::CrossesSlot { addr, len: 4096 }));
-        assert_eq!(validate_rx(RX_END - 14, 15), Err(BadDescriptor::CrossesSlot { addr: RX_END - 14, len: 15 }));
+        assert_eq!(standard_rx(VNIC_RX_AREA_ADDR, 0), Err(BadDescriptor::TooShort { len: 0 }));
+        assert_eq!(standard_rx(VNIC_RX_AREA_ADDR, 13), Err(BadDescriptor::TooShort { len: 13 }));
+        let addr = standard_rx_buffer(2) + 1;
+        assert_eq!(standard_rx(addr, 4096), Err(BadDescriptor::CrossesSlot { addr, len: 4096 }));
+        assert_eq!(standard_rx(RX_END - 14, 15), Err(BadDescriptor::CrossesSlot { addr: RX_END - 14, len: 15 }));
         assert_eq!(
-            validate_rx(VNIC_RX_AREA_ADDR, u32::MAX),
+            standard_rx(VNIC_RX_AREA_ADDR, u32::MAX),
             Err(BadDescriptor::CrossesSlot { addr: VNIC_RX_AREA_ADDR, len: u64::from(u32::MAX) })
         );
     }

@@ -1,10 +1,12 @@
-//! The kernel's packet path for guests' virtual NICs, as portable logic (Denali-style copy
-//! transmit path).
+//! The kernel's packet path for guests' virtual NICs, as portable logic.
 //!
-//! A guest's tx descriptors are hostile input: [`desc`] checks each one against the fixed vNIC
-//! layout before the kernel copies a byte. Accepted frames are copied into buffers of a fixed
-//! [`pool`], queued in the guest's bounded [`fifo`], and handed to the NIC by the [`netsched`]
-//! network scheduler, round-robin with a per-turn budget so one flooding guest cannot starve
+//! A guest's tx descriptors are hostile input: [`ring`] takes the guest's ring indices and
+//! [`desc`] checks each descriptor against the fixed vNIC layout (slots of
+//! `hypercall_abi::vnic::slot_size(mtu)` bytes) before the kernel reads a byte. There are two
+//! transmit paths: Denali's copy path copies accepted frames into buffers of a fixed [`pool`];
+//! the copy-on-write path ([`cow`]) write-protects the guest's slot and hands its pages on
+//! without a copy. Either way the packet is queued in the guest's bounded [`fifo`] and handed to
+//! the NIC by the [`netsched`] network scheduler, round-robin with a per-turn budget so one flooding guest cannot starve
 //! the others. The [`vswitch`] decides where a frame goes (another guest, the uplink, or
 //! nowhere), and [`counters`] count what happened for the `stats:` line.
 //!
@@ -23,9 +25,7 @@ pub mod ring;
 pub mod vswitch;
 
 pub use counters::NetCounters;
-pub use desc::{
-    pending, validate_rx, validate_rx_sized, validate_tx, validate_tx_sized, BadDescriptor, BadIndex, RxBuffer, TxFrame,
-};
+pub use desc::{pending, validate_rx_sized, validate_tx_sized, BadDescriptor, BadIndex, RxBuffer, TxFrame};
 pub use fifo::{GuestFrameRef, Packet, PacketData, TxFifo, NO_STAMP};
 pub use netsched::NetScheduler;
 pub use pool::{BufId, PacketPool, PoolError};
