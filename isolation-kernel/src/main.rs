@@ -26,6 +26,8 @@ mod kernel;
 mod logger;
 #[cfg(target_os = "none")]
 mod mm;
+#[cfg(target_os = "none")]
+mod vnet;
 
 #[cfg(target_os = "none")]
 pub use kernel::*;

@@ -8,10 +8,10 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
-use super::space::{copy_into_run, AddressSpace};
-use super::Guest;
 use crate::drivers::virtio_net::TxCookie;
 use crate::drivers::virtio_net::VirtioNet;
+use crate::guest::space::{copy_into_run, AddressSpace};
+use crate::guest::Guest;
 use crate::mm::phys::phys_to_virt;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
@@ -110,13 +110,13 @@ pub fn build_nic(
     frames: &mut FrameAllocator<'static>,
     config: NetConfig,
     stamps: bool,
-) -> Result<GuestNic, super::space::SpaceError> {
+) -> Result<GuestNic, crate::guest::space::SpaceError> {
     let shared_phys = space.new_frame(frames)?;
     space.map_page(frames, VNIC_SHARED_ADDR, shared_phys, Access::READ_WRITE)?;
     space
         .map
         .add(VNIC_SHARED_ADDR, VNIC_SHARED_ADDR + SLOT_SIZE, Access::READ_WRITE)
-        .map_err(|_| super::space::SpaceError::BadMapping(VNIC_SHARED_ADDR))?;
+        .map_err(|_| crate::guest::space::SpaceError::BadMapping(VNIC_SHARED_ADDR))?;
     let slot = slot_size(u64::from(config.mtu));
     let pages = slot / PAGE;
     // Each slot is a physically contiguous run of pages, so a frame is one piece for the NIC.
@@ -135,7 +135,7 @@ pub fn build_nic(
         space
             .map
             .add(base, base.wrapping_add(slots.wrapping_mul(slot)), Access::READ_WRITE)
-            .map_err(|_| super::space::SpaceError::BadMapping(base))?;
+            .map_err(|_| crate::guest::space::SpaceError::BadMapping(base))?;
         Ok(runs)
     };
     let tx_frames = area(VNIC_TX_AREA_ADDR, TX_SLOTS, space)?;
@@ -143,7 +143,7 @@ pub fn build_nic(
     let tx_pte = page_addrs_of(VNIC_TX_AREA_ADDR, TX_SLOTS.wrapping_mul(pages))
         .map(|page| space.leaf_pte_phys(page))
         .collect::<Option<Vec<u64>>>()
-        .ok_or(super::space::SpaceError::BadMapping(VNIC_TX_AREA_ADDR))?;
+        .ok_or(crate::guest::space::SpaceError::BadMapping(VNIC_TX_AREA_ADDR))?;
     let nic = GuestNic {
         config,
         shared_phys,
@@ -386,7 +386,7 @@ impl GuestNic {
         let pages = self.slot_pages as usize;
         let ptes = slot.checked_mul(pages).and_then(|first| self.tx_pte.get(first..first.checked_add(pages)?));
         for pte in ptes.unwrap_or_default() {
-            super::space::set_pte_writable(*pte, writable);
+            crate::guest::space::set_pte_writable(*pte, writable);
         }
     }
 }
