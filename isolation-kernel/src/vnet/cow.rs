@@ -16,6 +16,15 @@ use kernel_core::guest::sched::GuestId;
 use kernel_core::vnet::cow::{Release, WriteFault};
 use kernel_core::vnet::{ring, GuestFrameRef};
 
+/// The slot run of a guest that ended while packets on it were in flight.
+pub(super) struct Zombie {
+    /// Base of the run, and its length in pages.
+    base: u64,
+    pages: u64,
+    /// Packets still in flight on it: it is freed after the last.
+    packets: u32,
+}
+
 impl Network {
     /// Guest `id` ends: frames with packets still in flight must outlive its address space.
     pub fn orphan_in_flight(&mut self, nic: &GuestNic, space: &mut AddressSpace) {
@@ -23,18 +32,18 @@ impl Network {
             for page in page_addrs_of(base, nic.slot_pages) {
                 space.disown(page);
             }
-            self.zombies.push((base, count, nic.slot_pages));
+            self.zombies.push(Zombie { base, pages: nic.slot_pages, packets: count });
         }
     }
 
     /// A zero-copy packet on `frame`, of a guest that has ended, is done with: the frame is
     /// freed after its last packet (and counted, so that a leak shows as a shortfall).
     fn release_zombie(&mut self, frame: u64) {
-        let Some(index) = self.zombies.iter().position(|&(base, _, _)| base == frame) else { return };
-        let Some((_, packets, _)) = self.zombies.get_mut(index) else { return };
-        *packets = packets.saturating_sub(1);
-        if *packets == 0 {
-            let (base, _, pages) = self.zombies.swap_remove(index);
+        let Some(index) = self.zombies.iter().position(|zombie| zombie.base == frame) else { return };
+        let Some(zombie) = self.zombies.get_mut(index) else { return };
+        zombie.packets = zombie.packets.saturating_sub(1);
+        if zombie.packets == 0 {
+            let Zombie { base, pages, .. } = self.zombies.swap_remove(index);
             free_run(base, pages);
             self.counters.zombies_freed = self.counters.zombies_freed.saturating_add(1);
         }

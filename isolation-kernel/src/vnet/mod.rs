@@ -179,9 +179,9 @@ pub struct Network {
     /// Zero-copy packets done with, waiting to be completed (scratch space kept between calls,
     /// so the packet path does not allocate).
     finished: Vec<(TxCookie, DescStatus)>,
-    /// Slot runs of guests that ended with packets in flight on them, as (base, packets,
-    /// pages): freed when the NIC is done.
-    zombies: Vec<(u64, u32, u64)>,
+    /// Slot runs of guests that ended with packets in flight on them: freed when the NIC is
+    /// done.
+    zombies: Vec<cow::Zombie>,
     /// TSC ticks per zero-copy packet completed by the NIC (release, restore, ring completion),
     /// averaged over each batch the NIC hands back: the COW path's cost after the notify.
     pub completion_samples: Vec<u32>,
@@ -191,7 +191,7 @@ pub struct Network {
     pub stamps: bool,
     stamp_records: Vec<[u64; 5]>,
     next_stamp: u32,
-    pending_notify: Vec<(u32, u64, u64, u32)>,
+    pending_notify: Vec<stamps::PendingNotify>,
     pub tx_stage_samples: alloc::collections::BTreeMap<u32, Vec<[u32; 7]>>,
     pub stamp_records_made: u64,
 }

@@ -12,6 +12,19 @@ const STAMP_SLOTS: u32 = 4096;
 /// Transmit records kept per frame length.
 const STAMP_SAMPLES: usize = 10_240;
 
+/// A packet handed to the NIC since the last notify, with its stamp record and the kernel's
+/// stamps taken while handing it over.
+pub(super) struct PendingNotify {
+    /// Its stamp record (an index into the network's records).
+    pub stamp: u32,
+    /// TSC before the driver took it.
+    pub handed: u64,
+    /// TSC once it was in the NIC's ring.
+    pub queued: u64,
+    /// Frame length: the transmit records are kept per length.
+    pub len: u32,
+}
+
 impl Network {
     /// Turns per-packet stage stamps on (before guests start).
     pub fn enable_stamps(&mut self) {
@@ -47,7 +60,7 @@ impl Network {
             return;
         }
         let notified = crate::arch::cpu::rdtsc_serialized();
-        for (index, handed, queued, len) in self.pending_notify.drain(..) {
+        for PendingNotify { stamp: index, handed, queued, len } in self.pending_notify.drain(..) {
             let Some(&[send, driver, kick, trap, vnic]) = self.stamp_records.get(ring::position(index, STAMP_SLOTS))
             else {
                 continue;

@@ -5,7 +5,9 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
 use super::rx::deliver;
+use super::stamps::PendingNotify;
 use super::{count_drop, run_bytes, GuestNic, NetCtx, Network, PAGE};
+use crate::drivers::virtio_net::TxCookie;
 use crate::guest::space::copy_into_run;
 use core::sync::atomic::Ordering;
 use hypercall_abi::vi::VirtualInterrupts;
@@ -102,7 +104,7 @@ impl NetCtx<'_> {
                         }
                         PacketData::GuestFrame(r) => {
                             let Some(Some(owner)) = nics.get(src) else {
-                                finished.push(((src, r), DescStatus::Done)); // its guest has ended
+                                finished.push((TxCookie { guest: src, frame: r }, DescStatus::Done)); // its guest has ended
                                 return Ok(());
                             };
                             (run_bytes(r.frame, owner.slot_size, u64::from(r.offset), len), Some(r))
@@ -119,7 +121,12 @@ impl NetCtx<'_> {
                                     return Err(packet); // every NIC slot is in flight: retry later
                                 }
                                 if packet.stamp != kernel_core::vnet::NO_STAMP {
-                                    pending_notify.push((packet.stamp, handed, stamp(), packet.len));
+                                    pending_notify.push(PendingNotify {
+                                        stamp: packet.stamp,
+                                        handed,
+                                        queued: stamp(),
+                                        len: packet.len,
+                                    });
                                 }
                                 counters.tx_copies = counters.tx_copies.saturating_add(1); // copy 2, into the NIC's DMA buffer
                                 counters.tx_bytes_copied = counters.tx_bytes_copied.saturating_add(len);
@@ -127,14 +134,22 @@ impl NetCtx<'_> {
                             (Some(nic), Some(r)) => {
                                 let data = r.frame.wrapping_add(u64::from(r.offset)); // inside the slot's run
                                 let handed = stamp();
-                                let queued = nic.transmit_zero_copy(data, packet.len, (src, r), |cookie| {
-                                    finished.push((cookie, DescStatus::Done))
-                                });
+                                let queued = nic.transmit_zero_copy(
+                                    data,
+                                    packet.len,
+                                    TxCookie { guest: src, frame: r },
+                                    |cookie| finished.push((cookie, DescStatus::Done)),
+                                );
                                 if queued.is_err() {
                                     return Err(packet);
                                 }
                                 if packet.stamp != kernel_core::vnet::NO_STAMP {
-                                    pending_notify.push((packet.stamp, handed, stamp(), packet.len));
+                                    pending_notify.push(PendingNotify {
+                                        stamp: packet.stamp,
+                                        handed,
+                                        queued: stamp(),
+                                        len: packet.len,
+                                    });
                                 }
                                 return Ok(()); // completes when the NIC is done with the page
                             }
@@ -146,7 +161,7 @@ impl NetCtx<'_> {
                         (PacketData::Pool(buf), _) => {
                             let _ = pool.release(buf);
                         }
-                        (_, Some(r)) => finished.push(((src, r), DescStatus::Done)),
+                        (_, Some(r)) => finished.push((TxCookie { guest: src, frame: r }, DescStatus::Done)),
                         _ => {}
                     }
                     Ok(())
@@ -156,7 +171,7 @@ impl NetCtx<'_> {
                 }
             }
             self.net.finish_tx_records();
-            for ((guest, r), status) in finished.drain(..) {
+            for (TxCookie { guest, frame: r }, status) in finished.drain(..) {
                 self.complete_cow(guest, r, status);
             }
             if self.net.backlog.is_empty() {
@@ -186,7 +201,7 @@ impl NetCtx<'_> {
         let stamping = self.net.stamps;
         let start = if stamping { crate::arch::cpu::rdtsc_serialized() } else { 0 };
         let count = finished.len() as u64;
-        for ((guest, r), status) in finished.drain(..) {
+        for (TxCookie { guest, frame: r }, status) in finished.drain(..) {
             self.complete_cow(guest, r, status);
         }
         self.net.finished = finished;
