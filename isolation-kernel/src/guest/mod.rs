@@ -717,11 +717,11 @@ fn virtual_instruction(g: &mut Guests, id: GuestId, port: u16, frame: &mut TrapF
         Vi::VnicTxKick => {
             frame.rax = if g.nics.get(id).is_some_and(Option::is_some) {
                 // Doorbell to NIC notify, for kicks that carried exactly one packet (stamping on).
-                let stamping = g.net.stamps;
-                let start = if stamping { cpu::rdtsc_serialized() } else { 0 };
+                let stamps = g.net.stamps;
+                let start = stamps.now();
                 let taken = g.net_ctx().tx_kick(id);
-                if stamping && taken == 1 && g.kick_samples.len() < g.kick_samples.capacity() {
-                    g.kick_samples.push(cpu::rdtsc_serialized().saturating_sub(start) as u32);
+                if stamps.on() && taken == 1 && g.kick_samples.len() < g.kick_samples.capacity() {
+                    g.kick_samples.push(stamps.now().saturating_sub(start) as u32);
                 }
                 taken
             } else {

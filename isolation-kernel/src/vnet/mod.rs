@@ -15,6 +15,8 @@ mod rx;
 mod stamps;
 mod tx;
 
+pub use stamps::Stamps;
+
 use crate::drivers::virtio_net::TxCookie;
 use crate::drivers::virtio_net::VirtioNet;
 use crate::guest::space::AddressSpace;
@@ -188,7 +190,7 @@ pub struct Network {
     /// Per-packet stage stamps (`stamps=on`): records of packets in flight through the kernel
     /// (guest send, driver, doorbell; kernel trap entry, vNIC work done), the packets handed to
     /// the NIC since the last notify, and the finished transmit records by frame length.
-    pub stamps: bool,
+    pub stamps: Stamps,
     stamp_records: Vec<[u64; 5]>,
     next_stamp: u32,
     pending_notify: Vec<stamps::PendingNotify>,
@@ -232,7 +234,7 @@ impl Network {
             finished: Vec::with_capacity(256),
             zombies: Vec::new(),
             completion_samples: Vec::with_capacity(65_536),
-            stamps: false,
+            stamps: Stamps::OFF,
             stamp_records: Vec::new(),
             next_stamp: 0,
             pending_notify: Vec::new(),

@@ -14,21 +14,20 @@ use kernel_core::vnet::{ring, validate_rx_sized, DropReason, NetCounters, Route,
 impl NetCtx<'_> {
     /// The physical NIC's receive path: every frame to the guest the vswitch names.
     pub fn receive_from_nic(&mut self) -> usize {
-        let stamping = self.net.stamps;
-        let stamp = || if stamping { crate::arch::cpu::rdtsc_serialized() } else { 0 };
-        let (entry, handler) = (crate::arch::trap::entry_tsc(), stamp());
+        let stamps = self.net.stamps;
+        let (entry, handler) = (crate::arch::trap::entry_tsc(), stamps.now());
         self.reclaim_nic();
         let NetCtx { net, nics, sched, .. } = self;
         let Network { nic, vswitch, counters, .. } = &mut **net;
         let Some(nic) = nic.as_mut() else { return 0 };
         nic.receive_with(
             |frame| {
-                let popped = stamp();
+                let popped = stamps.now();
                 let route = vswitch.route(frame, Source::Uplink);
-                let routed = stamp();
+                let routed = stamps.now();
                 match route {
                     Route::Guest(dst) => {
-                        deliver(nics, sched, counters, dst, frame).map(|area| (area, popped, routed, stamp()))
+                        deliver(nics, sched, counters, dst, frame).map(|area| (area, popped, routed, stamps.now()))
                     }
                     Route::Uplink => {
                         count_drop(counters, DropReason::UnknownMac);
@@ -43,10 +42,10 @@ impl NetCtx<'_> {
             |delivered| {
                 // The receive stamps go at the end of the guest's rx buffer, once the NIC's
                 // buffer is released; the guest adds its own when it takes the frame.
-                if let (true, Some(((run, size), popped, routed, copied))) = (stamping, delivered) {
-                    let stamps = [entry, handler, popped, routed, copied, stamp()];
+                if let (true, Some(((run, size), popped, routed, copied))) = (stamps.on(), delivered) {
+                    let values = [entry, handler, popped, routed, copied, stamps.now()];
                     let mut bytes = [0u8; 48];
-                    for (chunk, value) in bytes.chunks_mut(8).zip(stamps) {
+                    for (chunk, value) in bytes.chunks_mut(8).zip(values) {
                         chunk.copy_from_slice(&value.to_le_bytes());
                     }
                     copy_into_run(run, size, hypercall_abi::vnic::stamps::rx_stamps_offset(size), &bytes);

@@ -91,8 +91,7 @@ impl NetCtx<'_> {
                     pending_notify,
                     ..
                 } = &mut **net;
-                let stamping = *stamps;
-                let stamp = || if stamping { crate::arch::cpu::rdtsc_serialized() } else { 0 };
+                let stamps = *stamps;
                 net_sched.serve(fifos, |src, packet| {
                     let len = u64::from(packet.len);
                     let (frame, guest_frame) = match packet.data {
@@ -116,7 +115,7 @@ impl NetCtx<'_> {
                         }
                         Route::Uplink => match (nic.as_mut(), guest_frame) {
                             (Some(nic), None) => {
-                                let handed = stamp();
+                                let handed = stamps.now();
                                 if nic.transmit(frame, |cookie| finished.push((cookie, DescStatus::Done))).is_err() {
                                     return Err(packet); // every NIC slot is in flight: retry later
                                 }
@@ -124,7 +123,7 @@ impl NetCtx<'_> {
                                     pending_notify.push(PendingNotify {
                                         stamp: packet.stamp,
                                         handed,
-                                        queued: stamp(),
+                                        queued: stamps.now(),
                                         len: packet.len,
                                     });
                                 }
@@ -133,7 +132,7 @@ impl NetCtx<'_> {
                             }
                             (Some(nic), Some(r)) => {
                                 let data = r.frame.wrapping_add(u64::from(r.offset)); // inside the slot's run
-                                let handed = stamp();
+                                let handed = stamps.now();
                                 let queued = nic.transmit_zero_copy(
                                     data,
                                     packet.len,
@@ -147,7 +146,7 @@ impl NetCtx<'_> {
                                     pending_notify.push(PendingNotify {
                                         stamp: packet.stamp,
                                         handed,
-                                        queued: stamp(),
+                                        queued: stamps.now(),
                                         len: packet.len,
                                     });
                                 }
@@ -198,16 +197,16 @@ impl NetCtx<'_> {
             return;
         }
         // With stamping on, the completion work per packet is timed for the transmit figures.
-        let stamping = self.net.stamps;
-        let start = if stamping { crate::arch::cpu::rdtsc_serialized() } else { 0 };
+        let stamps = self.net.stamps;
+        let start = stamps.now();
         let count = finished.len() as u64;
         for (TxCookie { guest, frame: r }, status) in finished.drain(..) {
             self.complete_cow(guest, r, status);
         }
         self.net.finished = finished;
         let samples = &mut self.net.completion_samples;
-        if stamping && samples.len() < samples.capacity() {
-            let ticks = crate::arch::cpu::rdtsc_serialized().saturating_sub(start);
+        if stamps.on() && samples.len() < samples.capacity() {
+            let ticks = stamps.now().saturating_sub(start);
             samples.push(ticks.checked_div(count).unwrap_or(0) as u32);
         }
     }
