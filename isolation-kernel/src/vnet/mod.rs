@@ -200,6 +200,7 @@ pub struct Network {
 
 /// The bytes `[offset, offset + len)` of the contiguous run of `run` bytes at `phys`. Callers
 /// pass ranges they checked; a range beyond the run is a kernel bug, and panics.
+#[inline(always)] // on the doorbell path: see tx::take_tx
 fn run_bytes<'p>(phys: u64, run: u64, offset: u64, len: u64) -> &'p [u8] {
     assert!(offset.checked_add(len).is_some_and(|end| end <= run), "read beyond the run");
     // SAFETY: a page in the direct map, range inside it (checked); the caller uses the slice
@@ -295,6 +296,7 @@ impl GuestNic {
 
     /// Sets the writable bit of every page of tx slot `slot` (nothing for a slot that does
     /// not exist).
+    #[inline(always)] // on the doorbell path: see tx::take_tx
     fn set_slot_writable(&self, slot: usize, writable: bool) {
         let pages = self.slot_pages as usize;
         let ptes = slot.checked_mul(pages).and_then(|first| self.tx_pte.get(first..first.checked_add(pages)?));

@@ -64,6 +64,7 @@ impl Network {
 
     /// A stamp record for a packet taken from a tx slot: the guest's stamps from the slot's
     /// headroom, the trap entry, and now (its vNIC work done).
+    #[inline(always)] // on the doorbell path: see take_tx
     pub(super) fn start_tx_record(&mut self, slot_run: u64, slot_size: u64) -> u32 {
         if !self.stamps.on() {
             return kernel_core::vnet::NO_STAMP;
