@@ -389,24 +389,18 @@ fn run_hello(ctx: &Ctx, accel: Accel, timeout: Duration) -> TestResult {
     let stats = checks::stats(&outcome.log).unwrap_or_default();
     check(&outcome, stats.get("guests_exited") == Some(&(guests.len() as u64)), || format!("stats: {stats:?}"))?;
     let names: Vec<&str> = guests.iter().map(|g| g.name.as_str()).collect();
-    check_idle_guests_idle(&outcome, &names, accel)?;
+    check_idle_guests_idle(&outcome, &names)?;
     Ok(Verdict::Pass)
 }
 
 /// Virtual instructions a `hello` guest issues: two console writes, one idle, the exit. A few
 /// more are tolerated (an idle cut short); a guest whose idle returned at once issues thousands.
 const HELLO_MAX_VIRTUAL_INSTRUCTIONS: u64 = 8;
-/// Median CPU time of the `hello` guests of a run. They sleep 50 ms each; idling they use about
-/// 0.3 ms each under TCG, busy-waiting together at least 50 ms / 16 each.
-const HELLO_MAX_MEDIAN_CPU_US: u64 = 1_500;
-
-/// The guests named slept without working: few virtual instructions each (every one of them),
-/// and, under TCG, a small median CPU time (the median, so a host stall charged to one guest
-/// does not count; under KVM on a PVM host every trap is emulated and costs ~1,000 times more,
-/// so CPU time says nothing there).
-fn check_idle_guests_idle(outcome: &Outcome, names: &[&str], accel: Accel) -> std::result::Result<(), Failure> {
+/// The guests named slept without working: few virtual instructions each (every one of them).
+/// A count, not CPU time: time is noisy on a shared 2-core machine and a bound on it would make
+/// the test flaky (CPU time is still in the summary lines for a person to read).
+fn check_idle_guests_idle(outcome: &Outcome, names: &[&str]) -> std::result::Result<(), Failure> {
     let work = checks::guest_work(&outcome.log);
-    let mut cpu = Vec::new();
     for name in names {
         let Some(w) = work.get(*name) else {
             return check(outcome, false, || format!("no summary line with the work of {name}"));
@@ -418,13 +412,8 @@ fn check_idle_guests_idle(outcome: &Outcome, names: &[&str], accel: Accel) -> st
                 w.virtual_instructions
             )
         })?;
-        cpu.push(w.cpu_us);
     }
-    cpu.sort_unstable();
-    let median = cpu.get(cpu.len() / 2).copied().unwrap_or(0);
-    check(outcome, accel != Accel::Tcg || median <= HELLO_MAX_MEDIAN_CPU_US, || {
-        format!("sleeping guests used {median} us of CPU (median), at most {HELLO_MAX_MEDIAN_CPU_US} expected: {cpu:?}")
-    })
+    Ok(())
 }
 
 fn hello_tcg(ctx: &Ctx) -> TestResult {
@@ -454,7 +443,7 @@ fn chaos_tcg(ctx: &Ctx) -> TestResult {
     check(&outcome, stats.get("guests_refused") == Some(&4), || format!("expected 4 refused ELF files: {stats:?}"))?;
     let hellos: Vec<&str> = ctx.chaos.guests.iter().filter(|g| g.app == "hello").map(|g| g.name.as_str()).collect();
     check(&outcome, hellos.len() == 3, || format!("the chaos image should hold 3 hello guests: {hellos:?}"))?;
-    check_idle_guests_idle(&outcome, &hellos, Accel::Tcg)?;
+    check_idle_guests_idle(&outcome, &hellos)?;
     Ok(Verdict::Pass)
 }
 

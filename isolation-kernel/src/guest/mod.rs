@@ -25,11 +25,12 @@ use hypercall_abi::initrd::{
     cpu_budget_ticks, parse_config, Expect, GuestSpec, Record, APP_DIR, CONFIG_FILE, MAX_CPU_BUDGET_MS,
 };
 use hypercall_abi::layout::STACK_TOP;
-use hypercall_abi::vi::{self, Vi, MAX_CONSOLE_WRITE, NO_DEADLINE};
+use hypercall_abi::vi::{self, MAX_CONSOLE_WRITE};
 use kernel_core::guest::cpio::Archive;
 use kernel_core::guest::mem::{readable_prefix, Access, UserSlice};
 use kernel_core::guest::sched::{GuestId, Scheduler};
 use kernel_core::trap::exceptions::{exception_name, fpu_stop_cause, PageFault};
+use kernel_core::trap::vcall::ViCall;
 use kernel_core::trap::vinstr::{decode_gp, Direction, GpInstruction, PortOperand, MAX_INSTRUCTION_LEN};
 use loader::App;
 use space::AddressSpace;
@@ -163,12 +164,32 @@ fn expected_to_end(expect: Expect<'_>) -> bool {
     matches!(expect, Expect::Exit(_) | Expect::Stopped(_) | Expect::Refused(_))
 }
 
+/// The guest table, installed by [`boot`]. Reached only through [`with_guests`].
 static GUESTS: spin::Mutex<Option<Guests>> = spin::Mutex::new(None);
+
+/// Runs `f` on the guest table (`None` before [`boot`] installed it). The kernel runs on one CPU
+/// with interrupts off, so a second borrow while one is live can only be a re-entrant call, a
+/// kernel bug: it panics, naming itself, instead of spinning for ever on a lock a caller forgot
+/// to drop. Whatever must run with the table released (ending the run, switching stacks) is
+/// decided inside and done by the caller afterwards.
+fn with_guests<R>(f: impl FnOnce(&mut Guests) -> R) -> Option<R> {
+    let Some(mut guard) = GUESTS.try_lock() else {
+        panic!("the guest table was borrowed re-entrantly");
+    };
+    guard.as_mut().map(f)
+}
+
+/// Installs the guest table (once, at boot).
+fn install_guests(g: Guests) {
+    let Some(mut guard) = GUESTS.try_lock() else {
+        panic!("the guest table was borrowed re-entrantly");
+    };
+    *guard = Some(g);
+}
 
 /// `name=value` pairs for the kernel's stats line.
 pub fn stats_pairs() -> Vec<(&'static str, u64)> {
-    let guard = GUESTS.lock();
-    guard.as_ref().map(stats_pairs_of).unwrap_or_default()
+    with_guests(|g| stats_pairs_of(g)).unwrap_or_default()
 }
 
 fn stats_pairs_of(g: &Guests) -> Vec<(&'static str, u64)> {
@@ -364,7 +385,7 @@ pub fn boot(
 
     let now = cpu::rdtsc();
     let Some(first) = g.sched.schedule(now) else {
-        *GUESTS.lock() = Some(g);
+        install_guests(g);
         finish_run("no guest could be started");
     };
     g.running_since = now;
@@ -372,7 +393,7 @@ pub fn boot(
     switch_user_state(&mut g, first);
     let frame = at(&g.list, first).frame;
     space::activate(space_of(at(&g.list, first)).pml4_phys());
-    *GUESTS.lock() = Some(g);
+    install_guests(g);
     // SAFETY: the trap stack's top is the TSS RSP0 and is unused (we run on the boot stack);
     // the frame is the guest's initial ring-3 context in the address space just activated.
     unsafe { enter_frame(&frame, trap_stack_top) }
@@ -392,14 +413,47 @@ fn load_app(archive: &Archive<'static>, app: &str) -> Result<App, String> {
     loaded
 }
 
+/// What follows a trap, decided with the guest table borrowed and done after it is released.
+enum Next {
+    /// Back to the guest that trapped.
+    Resume,
+    /// Another guest (or the idle halt); the argument is the guest that trapped.
+    Switch(GuestId),
+    /// The run is over, for this reason.
+    Finish(&'static str),
+}
+
 /// A trap from ring 3: handles it, then resumes the current guest or switches to another.
 pub fn handle_user_trap(frame: &mut TrapFrame) {
     let now = cpu::rdtsc();
-    let mut guard = GUESTS.lock();
-    #[allow(clippy::expect_used)] // boot installs the table before the first guest runs in ring 3
-    let g = guard.as_mut().expect("a trap from ring 3 means guests were started");
-    #[allow(clippy::expect_used)] // on_cpu is set before every return to ring 3 (boot, switch_to_next)
-    let id = g.on_cpu.expect("a trap from ring 3 comes from the guest on the CPU");
+    match with_guests(|g| handle_trap(g, frame, now)) {
+        Some(Next::Resume) => {}
+        Some(Next::Switch(previous)) => switch_to_next(frame, previous),
+        Some(Next::Finish(why)) => finish_run(why),
+        None => finish_run("a trap from ring 3 before any guest was started"),
+    }
+}
+
+/// Whether the run is over, and why: one check for every place that asks. `poll_console`
+/// reads the serial port for a typed `q` (on the timer and when switching, not on every trap).
+fn run_over(g: &Guests, now: u64, poll_console: bool) -> Option<&'static str> {
+    if g.shutdown_deadline.is_some_and(|d| now >= d) {
+        return Some("shutdown_after reached");
+    }
+    if poll_console && crate::kernel::quit_requested() {
+        return Some("quit requested on the console");
+    }
+    if g.awaiting_end == 0 && g.some_expected_to_end {
+        return Some("every guest expected to end has ended");
+    }
+    if g.sched.live() == 0 {
+        return Some("every guest has finished");
+    }
+    None
+}
+
+fn handle_trap(g: &mut Guests, frame: &mut TrapFrame, now: u64) -> Next {
+    let Some(id) = g.on_cpu else { return Next::Finish("a trap from ring 3 with no guest on the CPU") };
     let action = match frame.vector {
         v if v == u64::from(TIMER_VECTOR) => {
             crate::kernel::timer_tick();
@@ -446,11 +500,8 @@ pub fn handle_user_trap(frame: &mut TrapFrame) {
         }
     };
 
-    if frame.vector == u64::from(TIMER_VECTOR) {
-        if crate::kernel::quit_requested() {
-            drop(guard);
-            finish_run("quit requested on the console");
-        }
+    let timer = frame.vector == u64::from(TIMER_VECTOR);
+    if timer {
         g.maybe_report_stats(now);
     }
     let guest = at_mut(&mut g.list, id);
@@ -463,16 +514,16 @@ pub fn handle_user_trap(frame: &mut TrapFrame) {
         }
         other => other,
     };
-    if g.shutdown_deadline.is_some_and(|d| now >= d) {
-        guest.frame = *frame;
-        drop(guard);
-        finish_run("shutdown_after reached");
+    if let Some(why) = run_over(g, now, timer) {
+        at_mut(&mut g.list, id).frame = *frame;
+        return Next::Finish(why);
     }
 
+    let guest = at_mut(&mut g.list, id);
     match action {
         Action::Resume => {
             g.flush_protected(id, false);
-            return;
+            return Next::Resume;
         }
         Action::Preempt => {
             guest.frame = *frame;
@@ -491,8 +542,7 @@ pub fn handle_user_trap(frame: &mut TrapFrame) {
             end_guest(g, id, End::Stopped { cause, rip: frame.rip });
         }
     }
-    drop(guard);
-    switch_to_next(frame, id);
+    Next::Switch(id)
 }
 
 /// Most doorbell timings kept.
@@ -546,9 +596,7 @@ impl Guests {
 
 /// The physical NIC's interrupt, taken while the kernel idles.
 pub fn nic_interrupt() {
-    if let Some(g) = GUESTS.lock().as_mut() {
-        g.poll_network();
-    }
+    with_guests(|g| g.poll_network());
 }
 
 /// Records the end of guest `id` (the current one) and frees its memory.
@@ -584,42 +632,32 @@ fn end_guest(g: &mut Guests, id: GuestId, end: End) {
 fn switch_to_next(frame: &mut TrapFrame, previous: GuestId) {
     loop {
         let now = cpu::rdtsc();
-        {
-            let mut guard = GUESTS.lock();
-            #[allow(clippy::expect_used)] // only guests, which boot installed first, switch
-            let g = guard.as_mut().expect("guests exist");
-            if g.shutdown_deadline.is_some_and(|d| now >= d) {
-                drop(guard);
-                finish_run("shutdown_after reached");
-            }
-            if crate::kernel::quit_requested() {
-                drop(guard);
-                finish_run("quit requested on the console");
+        let step = with_guests(|g| {
+            if let Some(why) = run_over(g, now, true) {
+                return Next::Finish(why);
             }
             g.maybe_report_stats(now);
-            if g.awaiting_end == 0 && g.some_expected_to_end {
-                drop(guard);
-                finish_run("every guest expected to end has ended");
+            let Some(next) = g.sched.schedule(now) else {
+                g.on_cpu = None;
+                return Next::Switch(previous); // nobody runnable: halt, then look again
+            };
+            switch_user_state(g, next);
+            let guest = at(&g.list, next);
+            *frame = guest.frame;
+            let switched = space::activate(space_of(guest).pml4_phys());
+            g.flush_protected(next, switched);
+            g.on_cpu = Some(next);
+            g.running_since = now;
+            if next != previous {
+                g.counters.guest_switches = g.counters.guest_switches.saturating_add(1);
             }
-            if let Some(next) = g.sched.schedule(now) {
-                switch_user_state(g, next);
-                let guest = at(&g.list, next);
-                *frame = guest.frame;
-                let switched = space::activate(space_of(guest).pml4_phys());
-                g.flush_protected(next, switched);
-                g.on_cpu = Some(next);
-                g.running_since = now;
-                if next != previous {
-                    g.counters.guest_switches = g.counters.guest_switches.saturating_add(1);
-                }
-                return;
-            }
-            if g.sched.live() == 0 {
-                drop(guard);
-                finish_run("every guest has finished");
-            }
-
-            g.on_cpu = None;
+            Next::Resume
+        });
+        match step {
+            Some(Next::Resume) => return,
+            Some(Next::Finish(why)) => finish_run(why),
+            None => finish_run("no guest table to switch in"),
+            Some(Next::Switch(_)) => {}
         }
         // Every live guest idles: halt until the next interrupt (the timer, at the latest).
         cpu::enable_interrupts_and_halt();
@@ -682,77 +720,85 @@ fn general_protection(g: &mut Guests, id: GuestId, frame: &mut TrapFrame, now: u
     }
 }
 
+/// Why a virtual instruction did not produce a value.
+enum ViFailure {
+    /// An error code for the guest (`rax`), which keeps running.
+    Error(vi::Error),
+    /// The guest is stopped, for this cause.
+    Stop(String),
+}
+
+/// Decodes the virtual instruction once, runs its handler, and writes its result: the one place
+/// that sets `rax` or stops the guest for a virtual instruction.
 fn virtual_instruction(g: &mut Guests, id: GuestId, port: u16, frame: &mut TrapFrame, now: u64) -> Action {
     g.counters.virtual_instructions = g.counters.virtual_instructions.saturating_add(1);
     let guest = at_mut(&mut g.list, id);
     guest.virtual_instructions = guest.virtual_instructions.saturating_add(1);
-    let Some(instruction) = Vi::from_port(port) else {
-        frame.rax = vi::Error::Unsupported.code() as u64;
-        return Action::Resume;
-    };
-    match instruction {
-        Vi::ConsoleWrite => console_write(g, id, frame),
-        Vi::Exit => Action::Exit(frame.rdi as i32),
-        Vi::Yield => {
-            frame.rax = 0;
-            Action::Preempt
+    let outcome =
+        ViCall::decode(port, frame.rdi, frame.rsi).map_err(ViFailure::Error).and_then(|call| run_vi(g, id, call, now));
+    match outcome {
+        Ok((value, action)) => {
+            frame.rax = value;
+            action
         }
-        Vi::IdleUntil => {
-            // A virtual interrupt raised since the guest last looked ends the idle at once.
-            let pending = g.nics.get(id).and_then(Option::as_ref).map_or(0, crate::vnet::GuestNic::virq);
-            frame.rax = pending;
-            if pending != 0 {
-                return Action::Resume;
-            }
-            match frame.rdi {
-                NO_DEADLINE => Action::Idle(None),
-                deadline if deadline <= now => Action::Resume,
-                deadline => Action::Idle(Some(deadline)),
-            }
-        }
-        Vi::Null => {
-            frame.rax = 0;
+        Err(ViFailure::Error(error)) => {
+            frame.rax = error.code() as u64;
             Action::Resume
         }
-        Vi::VnicTxKick => {
-            frame.rax = if g.nics.get(id).is_some_and(Option::is_some) {
-                // Doorbell to NIC notify, for kicks that carried exactly one packet (stamping on).
-                let stamps = g.net.stamps;
-                let start = stamps.now();
-                let taken = g.net_ctx().tx_kick(id);
-                if stamps.on() && taken == 1 && g.kick_samples.len() < g.kick_samples.capacity() {
-                    g.kick_samples.push(stamps.now().saturating_sub(start) as u32);
-                }
-                taken
-            } else {
-                vi::Error::Unsupported.code() as u64
-            };
-            Action::Resume
-        }
-        Vi::VnicRxPosted => {
-            frame.rax = match g.nics.get(id).and_then(Option::as_ref) {
-                Some(nic) => u64::from(nic.rx_posted()),
-                None => vi::Error::Unsupported.code() as u64,
-            };
-            Action::Resume
-        }
+        Err(ViFailure::Stop(cause)) => Action::Stop(cause),
     }
 }
 
-fn console_write(g: &mut Guests, id: GuestId, frame: &mut TrapFrame) -> Action {
-    let (addr, len) = (frame.rdi, frame.rsi);
-    if len > MAX_CONSOLE_WRITE {
-        frame.rax = vi::Error::BadLength.code() as u64;
-        return Action::Resume;
-    }
+/// The handlers: the value for `rax` and what happens to the guest next.
+fn run_vi(g: &mut Guests, id: GuestId, call: ViCall, now: u64) -> Result<(u64, Action), ViFailure> {
+    let nic = |g: &Guests| {
+        g.nics.get(id).and_then(Option::as_ref).map(|_| ()).ok_or(ViFailure::Error(vi::Error::Unsupported))
+    };
+    Ok(match call {
+        ViCall::ConsoleWrite { addr, len } => (console_write(g, id, addr, len)?, Action::Resume),
+        ViCall::Exit { code } => (0, Action::Exit(code)),
+        ViCall::Yield => (0, Action::Preempt),
+        ViCall::IdleUntil { deadline } => {
+            // A virtual interrupt raised since the guest last looked ends the idle at once.
+            let pending = g.nics.get(id).and_then(Option::as_ref).map_or(0, crate::vnet::GuestNic::virq);
+            let action = match deadline {
+                _ if pending != 0 => Action::Resume,
+                None => Action::Idle(None),
+                Some(deadline) if deadline <= now => Action::Resume,
+                Some(deadline) => Action::Idle(Some(deadline)),
+            };
+            (pending, action)
+        }
+        ViCall::Null => (0, Action::Resume),
+        ViCall::VnicTxKick => {
+            nic(g)?;
+            // Doorbell to NIC notify, for kicks that carried exactly one packet (stamping on).
+            let stamps = g.net.stamps;
+            let start = stamps.now();
+            let taken = g.net_ctx().tx_kick(id);
+            if stamps.on() && taken == 1 && g.kick_samples.len() < g.kick_samples.capacity() {
+                g.kick_samples.push(stamps.now().saturating_sub(start) as u32);
+            }
+            (taken, Action::Resume)
+        }
+        ViCall::VnicRxPosted => {
+            nic(g)?;
+            (g.nics.get(id).and_then(Option::as_ref).map_or(0, |nic| u64::from(nic.rx_posted())), Action::Resume)
+        }
+    })
+}
+
+/// Writes the guest's `len` bytes at `addr` (already bounded by the decoder) to its console
+/// line; returns the bytes written.
+fn console_write(g: &mut Guests, id: GuestId, addr: u64, len: u64) -> Result<u64, ViFailure> {
     let guest = at_mut(&mut g.list, id);
     let space = space_of(guest);
     let slice = match UserSlice::new(addr, len).validate(&space.map, Access::READ) {
         Ok(slice) => slice,
-        Err(bad) => return Action::Stop(format!("bad pointer in console_write: {bad}")),
+        Err(bad) => return Err(ViFailure::Stop(format!("bad pointer in console_write: {bad}"))),
     };
     let mut buf = [0u8; MAX_CONSOLE_WRITE as usize];
-    let Some(text) = buf.get_mut(..len as usize) else { return Action::Resume }; // len checked above
+    let text = buf.get_mut(..len as usize).ok_or(ViFailure::Error(vi::Error::BadLength))?;
     space.read(slice, text);
     for &byte in &*text {
         if byte == b'\n' {
@@ -764,8 +810,7 @@ fn console_write(g: &mut Guests, id: GuestId, frame: &mut TrapFrame) -> Action {
             }
         }
     }
-    frame.rax = len;
-    Action::Resume
+    Ok(len)
 }
 
 /// Prints the guest's buffered console line, prefixed with its id and name.
@@ -782,7 +827,7 @@ fn flush_console(id: GuestId, guest: &mut Guest, only_if_nonempty: bool) {
 /// with success only if every expectation holds.
 pub fn finish_run(why: &str) -> ! {
     let mut all_met = true;
-    if let Some(g) = GUESTS.lock().as_mut() {
+    with_guests(|g| {
         log::info!("run over: {why}");
         for (id, guest) in g.list.iter_mut().enumerate() {
             let (summary, met) = match &guest.end {
@@ -810,8 +855,8 @@ pub fn finish_run(why: &str) -> ! {
                 guest.virtual_instructions
             ));
         }
-    }
-    if let Some(g) = GUESTS.lock().as_mut() {
+    });
+    with_guests(|g| {
         use hypercall_abi::vnic::stamps::{quantiles, write_stages, TX_STAGES};
         for (len, samples) in &g.net.tx_stage_samples {
             let mut line = format!("dispatch: dir=tx mode={:?} frame={len} samples={}", g.net.mode, samples.len());
@@ -829,11 +874,9 @@ pub fn finish_run(why: &str) -> ! {
                 g.net.mode
             ));
         }
-    }
+    });
     crate::kernel::print_stats();
-    if let Some(g) = GUESTS.lock().as_ref() {
-        reports::print_per_guest(&g.list, &g.nics);
-    }
+    with_guests(|g| reports::print_per_guest(&g.list, &g.nics));
     if all_met {
         log::info!("every guest met its expectation");
         exit_qemu(KernelExit::Success)
