@@ -28,6 +28,8 @@ mod logger;
 mod mm;
 #[cfg(target_os = "none")]
 mod trap;
+#[cfg(target_os = "none")]
+mod vnet;
 
 #[cfg(target_os = "none")]
 pub use kernel::*;

@@ -3,7 +3,7 @@
 //! TSC, the local APIC) is issued here, and devices are driven under `drivers/`. Wrappers whose
 //! safety depends on the caller (`cpu::load_pml4`, `trap::enter_frame`, `lapic::LocalApic::enable`)
 //! are `unsafe fn`s; their callers give the proof. Elsewhere `unsafe` is about memory: page
-//! tables and RAM through the direct map (`mm/`, `guest/space.rs`, `guest/net.rs`) and the
+//! tables and RAM through the direct map (`mm/`, `guest/space.rs`, `vnet/`) and the
 //! boot-time initrd and bitmap slices in `kernel.rs`; the one exception is `kernel.rs`'s
 //! deliberate test faults (`ud2`, a write to an unmapped page).
 

@@ -23,7 +23,13 @@ use kernel_core::mm::frame_alloc::FrameAllocator;
 use kernel_core::vnet::GuestFrameRef;
 
 /// What a zero-copy transmit hands back when the device is done: the guest and its frame.
-pub type TxCookie = (usize, GuestFrameRef);
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxCookie {
+    /// The guest that sent the frame.
+    pub guest: usize,
+    /// Where the frame lies in the guest's tx slot, and its ring position.
+    pub frame: GuestFrameRef,
+}
 
 pub const VENDOR_VIRTIO: u16 = 0x1af4;
 /// Transitional (legacy-capable) virtio-net PCI device id.

@@ -7,9 +7,8 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
 mod loader;
-mod net;
 mod reports;
-mod space;
+pub mod space;
 
 use crate::arch::cpu;
 use crate::arch::trap::{enter_frame, TrapFrame};
@@ -63,14 +62,14 @@ impl End {
     }
 }
 
-struct Guest {
-    name: String,
+pub struct Guest {
+    pub name: String,
     /// Registers while the guest is not on the CPU.
     frame: TrapFrame,
     /// Registers outside the trap frame (x87/MMX/SSE, segment selectors) while another guest's
     /// are on the CPU.
     user_state: UserState,
-    space: Option<AddressSpace>,
+    pub space: Option<AddressSpace>,
     cpu_ticks: u64,
     /// Virtual instructions this guest issued: with `cpu_ticks`, what bounds the work of an
     /// idle guest in the tests (a guest whose idle returned at once would issue thousands).
@@ -107,8 +106,8 @@ struct Guests {
     list: Vec<Guest>,
     /// Each guest's virtual NIC, by guest id (apart from `list` so the packet path can borrow
     /// them alongside the scheduler).
-    nics: Vec<Option<net::GuestNic>>,
-    net: net::Network,
+    nics: Vec<Option<crate::vnet::GuestNic>>,
+    net: crate::vnet::Network,
     sched: Scheduler,
     /// TSC when the current guest last got the CPU (for CPU accounting).
     running_since: u64,
@@ -262,7 +261,7 @@ pub fn boot(
     let physical_nic = max_mtu.and_then(|mtu| crate::kernel::probe_nic(hypercall_abi::vnic::max_frame(mtu)));
     let max_mtu = max_mtu.unwrap_or(0);
     log::info!("transmit path: {tx_mode:?}; largest MTU {max_mtu}");
-    let mut network = with_frames(|frames| net::Network::new(physical_nic, tx_mode, max_mtu, frames));
+    let mut network = with_frames(|frames| crate::vnet::Network::new(physical_nic, tx_mode, max_mtu, frames));
     if stamps {
         network.enable_stamps();
         crate::arch::trap::enable_stamping();
@@ -307,7 +306,7 @@ pub fn boot(
                     .map_err(|e| format!("cannot build its address space: {e}"))?;
                 let nic = match spec.net {
                     None => None,
-                    Some(config) => match net::build_nic(&mut loaded.space, frames, config, stamps) {
+                    Some(config) => match crate::vnet::build_nic(&mut loaded.space, frames, config, stamps) {
                         Ok(nic) => Some(nic),
                         Err(e) => {
                             loaded.space.release(frames);
@@ -488,9 +487,11 @@ fn handle_trap(g: &mut Guests, frame: &mut TrapFrame, vector: Vector, now: u64) 
             let cow_candidate = frame.error_code & 0x7 == 0x7 && g.nics.get(id).is_some_and(Option::is_some);
             let verdict = cow_candidate.then(|| g.net_ctx().write_fault(id, fault.address));
             match verdict {
-                Some(net::WriteFaultVerdict::Resolved) => Action::Resume,
-                Some(net::WriteFaultVerdict::Stop(cause)) => Action::Stop(cause),
-                Some(net::WriteFaultVerdict::NotCopyOnWrite) | None => Action::Stop(GuestFault::PageFault(fault)),
+                Some(crate::vnet::WriteFaultVerdict::Resolved) => Action::Resume,
+                Some(crate::vnet::WriteFaultVerdict::Stop(cause)) => Action::Stop(cause),
+                Some(crate::vnet::WriteFaultVerdict::NotCopyOnWrite) | None => {
+                    Action::Stop(GuestFault::PageFault(fault))
+                }
             }
         }
         Vector::Exception(v) => Action::Stop(GuestFault::Exception { vector: v }),
@@ -566,8 +567,8 @@ impl Guests {
         }
     }
 
-    fn net_ctx(&mut self) -> net::NetCtx<'_> {
-        net::NetCtx { net: &mut self.net, nics: &mut self.nics, sched: &mut self.sched, guests: &mut self.list }
+    fn net_ctx(&mut self) -> crate::vnet::NetCtx<'_> {
+        crate::vnet::NetCtx { net: &mut self.net, nics: &mut self.nics, sched: &mut self.sched, guests: &mut self.list }
     }
 
     /// Before guest `id` runs again in the address space that is active now: drop the TLB
@@ -756,7 +757,7 @@ fn run_vi(g: &mut Guests, id: GuestId, call: ViCall, now: u64) -> Result<(u64, A
         ViCall::Yield => (0, Action::Preempt),
         ViCall::IdleUntil { deadline } => {
             // A virtual interrupt raised since the guest last looked ends the idle at once.
-            let pending = g.nics.get(id).and_then(Option::as_ref).map_or(0, net::GuestNic::virq);
+            let pending = g.nics.get(id).and_then(Option::as_ref).map_or(0, crate::vnet::GuestNic::virq);
             let action = match deadline {
                 _ if pending != 0 => Action::Resume,
                 None => Action::Idle(None),
@@ -769,11 +770,11 @@ fn run_vi(g: &mut Guests, id: GuestId, call: ViCall, now: u64) -> Result<(u64, A
         ViCall::VnicTxKick => {
             nic(g)?;
             // Doorbell to NIC notify, for kicks that carried exactly one packet (stamping on).
-            let stamping = g.net.stamps;
-            let start = if stamping { cpu::rdtsc_serialized() } else { 0 };
+            let stamps = g.net.stamps;
+            let start = stamps.now();
             let taken = g.net_ctx().tx_kick(id);
-            if stamping && taken == 1 && g.kick_samples.len() < g.kick_samples.capacity() {
-                g.kick_samples.push(cpu::rdtsc_serialized().saturating_sub(start) as u32);
+            if stamps.on() && taken == 1 && g.kick_samples.len() < g.kick_samples.capacity() {
+                g.kick_samples.push(stamps.now().saturating_sub(start) as u32);
             }
             (taken, Action::Resume)
         }

@@ -1,0 +1,324 @@
+//! The kernel side of guests' virtual NICs, the hardware half of [`kernel_core::vnet`]: here
+//! the NIC set-up (a guest's shared page and slot areas, the network's pool) and the state
+//! both directions share; [`tx`] the doorbell and the network scheduler's hand-off, [`rx`]
+//! delivery into guests' posted rx buffers and the physical NIC's receive path, [`cow`] the
+//! copy-on-write transmit slots, [`stamps`] the per-packet stage stamps.
+//!
+//! Everything the guest writes in its shared page is read once, checked against the kernel's
+//! own ring state ([`kernel_core::vnet::ring`]) and never trusted again; the lints below
+//! keep guest values away from panics, unchecked indexing and unchecked arithmetic.
+
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
+mod cow;
+mod rx;
+mod stamps;
+mod tx;
+
+pub use stamps::Stamps;
+
+use crate::drivers::virtio_net::TxCookie;
+use crate::drivers::virtio_net::VirtioNet;
+use crate::guest::space::AddressSpace;
+use crate::guest::Guest;
+use crate::mm::phys::phys_to_virt;
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+use core::sync::atomic::Ordering;
+use hypercall_abi::layout::PAGE_SIZE as PAGE;
+use hypercall_abi::layout::{VNIC_RX_AREA_ADDR, VNIC_SHARED_ADDR, VNIC_TX_AREA_ADDR};
+use hypercall_abi::vnic::{max_frame, slot_size, DescStatus, NetConfig, VnicShared, RX_SLOTS, TX_SLOTS};
+use kernel_core::boot::cmdline::TxMode;
+use kernel_core::guest::mem::Access;
+use kernel_core::guest::sched::{GuestId, Scheduler};
+use kernel_core::mm::frame_alloc::FrameAllocator;
+use kernel_core::trap::fault::GuestFault;
+use kernel_core::vnet::cow::CowSlots;
+use kernel_core::vnet::{DropReason, NetCounters, NetScheduler, Packet, PacketPool, RxRing, TxFifo, TxRing, Vswitch};
+
+/// Packets a guest may have queued in the kernel.
+const FIFO_CAPACITY: usize = 64;
+/// Packets a guest may send per turn of the network scheduler.
+const BUDGET_PER_TURN: usize = 8;
+/// Kernel packet buffers (one page each) shared by all guests' FIFOs.
+const POOL_BUFFERS: u32 = 512;
+
+/// A guest's virtual NIC as the kernel sees it: the frames behind its shared page and areas
+/// (reached through the direct map, never through guest addresses), and the kernel's own copy
+/// of the indices it owns (the copies in the shared page are for the guest to read only).
+pub struct GuestNic {
+    pub config: NetConfig,
+    shared_phys: u64,
+    /// Bytes and pages of each tx slot and rx buffer (more than one page for jumbo frames), and
+    /// the largest frame, all from the guest's MTU.
+    slot_size: u64,
+    slot_pages: u64,
+    max_frame: u64,
+    /// The frames behind the tx slots (they change when a COW fault copies one), and how many
+    /// packets are in flight on each.
+    cow: CowSlots,
+    /// Physical address of the page-table entry of each tx slot page (`slot * slot_pages + i`;
+    /// fixed for the guest's life): protecting or restoring a slot is a write per page, no walk.
+    tx_pte: Vec<u64>,
+    rx_frames: Vec<u64>,
+    /// Descriptors taken and completed; the guest sees the completed prefix as `tx_consumer`.
+    ring: TxRing,
+    /// Rx buffers filled; the guest sees it as `rx_consumer`.
+    rx: RxRing,
+    bad_descriptor_logged: bool,
+    /// Guest pages write-protected since the guest last ran: their TLB entries must go before
+    /// it runs again, unless its address space is reloaded anyway.
+    pub pending_flush: Vec<u64>,
+}
+
+impl GuestNic {
+    /// The shared page. Not tied to `&self` so the kernel's own indices can be updated while
+    /// it is in use; callers never keep it beyond the handling of one trap or interrupt.
+    fn shared(&self) -> &'static VnicShared {
+        // The page is freed only after `end_guest` has dropped this GuestNic, and no reference
+        // outlives the current trap; the layout fits the page (checked in the ABI).
+        // SAFETY: a frame this guest owns for its whole life; every field is an atomic.
+        unsafe { &*phys_to_virt(self.shared_phys).as_ptr::<VnicShared>() }
+    }
+
+    /// Pending virtual-interrupt bits.
+    pub fn virq(&self) -> u64 {
+        self.shared().virq.0.load(Ordering::Acquire)
+    }
+
+    /// The counters the guest last published about its own receive path and apps: allegations,
+    /// only ever printed (see `reports`).
+    pub fn published_counters(&self) -> hypercall_abi::vnic::GuestCounterValues {
+        self.shared().guest_counters.read()
+    }
+
+    /// Rx buffers posted and not yet filled (0 if the guest wrote nonsense).
+    pub fn rx_posted(&self) -> u32 {
+        self.rx.offered(self.shared().rx_producer.0.load(Ordering::Acquire)).unwrap_or(0)
+    }
+
+    /// Logs the first misbehaviour of this guest's vNIC; later ones are only counted.
+    fn log_once(&mut self, id: GuestId, name: &str, what: core::fmt::Arguments<'_>) {
+        if !core::mem::replace(&mut self.bad_descriptor_logged, true) {
+            log::warn!("guest {id} {name}: {what} (further vNIC errors of this guest are only counted)");
+        }
+    }
+}
+
+/// Maps the shared page and the tx and rx areas into a new guest and returns its NIC.
+pub fn build_nic(
+    space: &mut AddressSpace,
+    frames: &mut FrameAllocator<'static>,
+    config: NetConfig,
+    stamps: bool,
+) -> Result<GuestNic, crate::guest::space::SpaceError> {
+    let shared_phys = space.new_frame(frames)?;
+    space.map_page(frames, VNIC_SHARED_ADDR, shared_phys, Access::READ_WRITE)?;
+    space
+        .map
+        .add(VNIC_SHARED_ADDR, VNIC_SHARED_ADDR + PAGE, Access::READ_WRITE)
+        .map_err(|_| crate::guest::space::SpaceError::BadMapping(VNIC_SHARED_ADDR))?;
+    let slot = slot_size(u64::from(config.mtu));
+    let pages = slot / PAGE;
+    // Each slot is a physically contiguous run of pages, so a frame is one piece for the NIC.
+    // Kernel constants only (areas, slot counts, slot sizes of MTUs the image checker bounds):
+    // the layout asserts in hypercall-abi prove these sums stay inside the guest's lower half.
+    let mut area = |base: u64, slots: u64, space: &mut AddressSpace| {
+        let mut runs = Vec::with_capacity(slots as usize);
+        for index in 0..slots {
+            let run = space.new_run(frames, pages)?;
+            let slot_base = base.wrapping_add(index.wrapping_mul(slot));
+            for (virt, phys) in page_addrs_of(slot_base, pages).zip(page_addrs_of(run, pages)) {
+                space.map_page(frames, virt, phys, Access::READ_WRITE)?;
+            }
+            runs.push(run);
+        }
+        space
+            .map
+            .add(base, base.wrapping_add(slots.wrapping_mul(slot)), Access::READ_WRITE)
+            .map_err(|_| crate::guest::space::SpaceError::BadMapping(base))?;
+        Ok(runs)
+    };
+    let tx_frames = area(VNIC_TX_AREA_ADDR, TX_SLOTS, space)?;
+    let rx_frames = area(VNIC_RX_AREA_ADDR, RX_SLOTS, space)?;
+    let tx_pte = page_addrs_of(VNIC_TX_AREA_ADDR, TX_SLOTS.wrapping_mul(pages))
+        .map(|page| space.leaf_pte_phys(page))
+        .collect::<Option<Vec<u64>>>()
+        .ok_or(crate::guest::space::SpaceError::BadMapping(VNIC_TX_AREA_ADDR))?;
+    let nic = GuestNic {
+        config,
+        shared_phys,
+        slot_size: slot,
+        slot_pages: pages,
+        max_frame: max_frame(u64::from(config.mtu)),
+        cow: CowSlots::new(&tx_frames),
+        tx_pte,
+        rx_frames,
+        ring: TxRing::new(),
+        rx: RxRing::new(),
+        bad_descriptor_logged: false,
+        pending_flush: Vec::with_capacity(TX_SLOTS as usize),
+    };
+    nic.shared().needs_kick.0.store(1, Ordering::Release);
+    nic.shared().stamps_enabled.0.store(u32::from(stamps), Ordering::Release);
+    Ok(nic)
+}
+
+/// The network: physical NIC, vswitch, per-guest FIFOs, the network scheduler, the buffer pool.
+pub struct Network {
+    pub nic: Option<VirtioNet>,
+    vswitch: Vswitch,
+    sched: NetScheduler,
+    fifos: Vec<TxFifo>,
+    pool: PacketPool,
+    /// Base of each pool buffer: a contiguous run of `pool_buffer_bytes`.
+    pool_frames: Vec<u64>,
+    pool_buffer_bytes: u64,
+    /// Guests whose tx ring still holds packets the kernel could not take yet.
+    backlog: VecDeque<GuestId>,
+    pub counters: NetCounters,
+    pub mode: TxMode,
+    /// Zero-copy packets done with, waiting to be completed (scratch space kept between calls,
+    /// so the packet path does not allocate).
+    finished: Vec<(TxCookie, DescStatus)>,
+    /// Slot runs of guests that ended with packets in flight on them: freed when the NIC is
+    /// done.
+    zombies: Vec<cow::Zombie>,
+    /// TSC ticks per zero-copy packet completed by the NIC (release, restore, ring completion),
+    /// averaged over each batch the NIC hands back: the COW path's cost after the notify.
+    pub completion_samples: Vec<u32>,
+    /// Per-packet stage stamps (`stamps=on`): records of packets in flight through the kernel
+    /// (guest send, driver, doorbell; kernel trap entry, vNIC work done), the packets handed to
+    /// the NIC since the last notify, and the finished transmit records by frame length.
+    pub stamps: Stamps,
+    stamp_records: Vec<[u64; 5]>,
+    next_stamp: u32,
+    pending_notify: Vec<stamps::PendingNotify>,
+    pub tx_stage_samples: alloc::collections::BTreeMap<u32, Vec<[u32; 7]>>,
+    pub stamp_records_made: u64,
+}
+
+/// The bytes `[offset, offset + len)` of the contiguous run of `run` bytes at `phys`. Callers
+/// pass ranges they checked; a range beyond the run is a kernel bug, and panics.
+#[inline(always)] // on the doorbell path: see tx::take_tx
+fn run_bytes<'p>(phys: u64, run: u64, offset: u64, len: u64) -> &'p [u8] {
+    assert!(offset.checked_add(len).is_some_and(|end| end <= run), "read beyond the run");
+    // SAFETY: a page in the direct map, range inside it (checked); the caller uses the slice
+    // before anything can change the page (the kernel runs with interrupts off, on one CPU).
+    unsafe { core::slice::from_raw_parts(phys_to_virt(phys.wrapping_add(offset)).as_ptr::<u8>(), len as usize) }
+}
+
+impl Network {
+    /// The network for guests whose largest MTU is `max_mtu` (sizing the pool's buffers; 0 when
+    /// no guest has a NIC, and then there are no buffers).
+    pub fn new(nic: Option<VirtioNet>, mode: TxMode, max_mtu: u64, frames: &mut FrameAllocator<'static>) -> Network {
+        let pool_buffer_bytes = max_frame(max_mtu).next_multiple_of(PAGE);
+        let buffers = if max_mtu == 0 { 0 } else { POOL_BUFFERS };
+        let mut pool_frames = Vec::with_capacity(buffers as usize);
+        for _ in 0..buffers {
+            match frames.allocate_contiguous(pool_buffer_bytes / PAGE, 1) {
+                Some(phys) => pool_frames.push(phys),
+                None => break,
+            }
+        }
+        Network {
+            nic,
+            vswitch: Vswitch::new(),
+            sched: NetScheduler::new(0, BUDGET_PER_TURN),
+            fifos: Vec::new(),
+            pool: PacketPool::new(pool_frames.len() as u32),
+            pool_frames,
+            pool_buffer_bytes,
+            backlog: VecDeque::new(),
+            counters: NetCounters::default(),
+            mode,
+            finished: Vec::with_capacity(256),
+            zombies: Vec::new(),
+            completion_samples: Vec::with_capacity(65_536),
+            stamps: Stamps::OFF,
+            stamp_records: Vec::new(),
+            next_stamp: 0,
+            pending_notify: Vec::new(),
+            tx_stage_samples: alloc::collections::BTreeMap::new(),
+            stamp_records_made: 0,
+        }
+    }
+
+    /// Queues a packet guest `id` sent in its FIFO (which the caller saw had room).
+    fn queue(&mut self, id: GuestId, packet: Packet) {
+        if let Some(fifo) = self.fifos.get_mut(id) {
+            let _ = fifo.push(packet);
+        }
+    }
+
+    /// Registers guest `id` (every guest, with or without a NIC, so ids line up).
+    pub fn add_guest(&mut self, id: GuestId, nic: Option<&GuestNic>) -> Result<(), &'static str> {
+        while self.fifos.len() <= id {
+            self.fifos.push(TxFifo::new(FIFO_CAPACITY));
+            self.sched.add_guest();
+        }
+        if let Some(nic) = nic {
+            self.vswitch
+                .add_port(id, nic.config.mac, nic.config.ipv4)
+                .map_err(|_| "its MAC or IPv4 address is already another guest's")?;
+        }
+        Ok(())
+    }
+}
+
+/// What a guest's write fault was.
+pub enum WriteFaultVerdict {
+    /// A copy-on-write fault the kernel resolved (a copy, or a stale read-only TLB entry).
+    Resolved,
+    /// Not on an in-flight tx slot: an ordinary page fault.
+    NotCopyOnWrite,
+    /// A copy-on-write fault that cannot be resolved: the guest is stopped.
+    Stop(GuestFault),
+}
+
+/// Everything the packet path touches, borrowed from the guest table at once.
+pub struct NetCtx<'a> {
+    pub net: &'a mut Network,
+    pub nics: &'a mut [Option<GuestNic>],
+    pub sched: &'a mut Scheduler,
+    pub guests: &'a mut [Guest],
+}
+
+/// The page addresses of the `pages`-page run at `base` (a kernel-made run or slot: no wrap).
+fn page_addrs_of(base: u64, pages: u64) -> impl Iterator<Item = u64> + Clone {
+    (0..pages).map(move |page| base.wrapping_add(page.wrapping_mul(PAGE)))
+}
+
+/// Frees a contiguous run of `pages` frames.
+fn free_run(base: u64, pages: u64) {
+    crate::mm::phys::with_frames(|frames| {
+        for frame in page_addrs_of(base, pages) {
+            let _ = frames.deallocate(frame);
+        }
+    });
+}
+
+impl GuestNic {
+    /// Guest address of tx slot `slot` (a validated slot number: inside the tx area).
+    fn slot_addr(&self, slot: u64) -> u64 {
+        VNIC_TX_AREA_ADDR.wrapping_add(slot.wrapping_mul(self.slot_size))
+    }
+
+    /// Sets the writable bit of every page of tx slot `slot` (nothing for a slot that does
+    /// not exist).
+    #[inline(always)] // on the doorbell path: see tx::take_tx
+    fn set_slot_writable(&self, slot: usize, writable: bool) {
+        let pages = self.slot_pages as usize;
+        let ptes = slot.checked_mul(pages).and_then(|first| self.tx_pte.get(first..first.checked_add(pages)?));
+        for pte in ptes.unwrap_or_default() {
+            crate::guest::space::set_pte_writable(*pte, writable);
+        }
+    }
+}
+
+fn count_drop(counters: &mut NetCounters, reason: DropReason) {
+    match reason {
+        DropReason::Malformed => counters.drops_malformed = counters.drops_malformed.saturating_add(1),
+        _ => counters.drops_unknown_mac = counters.drops_unknown_mac.saturating_add(1),
+    }
+}
