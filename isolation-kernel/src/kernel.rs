@@ -1,24 +1,20 @@
 //! Boot sequence, the idle loop and shutdown (trap dispatch is `trap.rs`).
 
-use crate::arch::{self, cpu, lapic};
+use crate::arch::{self, clock, cpu};
 use crate::drivers::debug_exit::exit_qemu;
 use crate::mm::{self, paging, phys};
-use crate::trap::{NIC_VECTOR, SPURIOUS_VECTOR, TIMER_VECTOR};
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
 use hypercall_abi::host::KernelExit;
 use hypercall_abi::layout::PAGE_SIZE as FRAME_SIZE;
 use kernel_core::boot::cmdline::{self, KernelArgs, TestFault};
 use kernel_core::boot::memmap::{usable_memory, MemoryKind, Range, RegionSet};
 use kernel_core::boot::pvh;
 use kernel_core::mm::frame_alloc::{bitmap_words, FrameAllocator};
-use kernel_core::stats::Stats;
 use x86_64::VirtAddr;
 
 /// Bytes of the boot (and, later, trap) stack, above one unmapped guard page.
 const KERNEL_STACK_BYTES: usize = 64 * 1024;
 const GUARD_BYTES: usize = 4096;
-/// Timer interrupts per second.
-pub const TIMER_HZ: u64 = 100;
 /// Size of the kernel heap: 1/32 of RAM, at least 4 MiB (per-guest bookkeeping lives there).
 const MIN_HEAP_BYTES: u64 = 4 << 20;
 /// Physical memory below this is the legacy BIOS area; the kernel leaves it alone.
@@ -33,10 +29,6 @@ pub static mut BOOT_STACK: KernelStack = KernelStack([0; GUARD_BYTES + KERNEL_ST
 static mut TRAP_STACK: KernelStack = KernelStack([0; GUARD_BYTES + KERNEL_STACK_BYTES]);
 
 pub static PANICKING: AtomicBool = AtomicBool::new(false);
-static TSC_HZ: AtomicU64 = AtomicU64::new(0);
-static BOOT_TSC: AtomicU64 = AtomicU64::new(0);
-static TIMER_TICKS: AtomicU64 = AtomicU64::new(0);
-static LAPIC: spin::Once<lapic::LocalApic> = spin::Once::new();
 
 extern "C" {
     static __kernel_phys_start: u8;
@@ -47,20 +39,6 @@ extern "C" {
     static __data_start: u8;
     static __data_end: u8;
     static __kernel_end: u8;
-}
-
-/// Console output that bypasses the log level (panics, the stats line, exit reasons).
-pub fn console_write_fmt(args: core::fmt::Arguments<'_>) {
-    crate::logger::write_fmt(args);
-}
-
-pub fn uptime_micros() -> u64 {
-    let hz = TSC_HZ.load(Ordering::Relaxed);
-    if hz == 0 {
-        return 0;
-    }
-    let ticks = cpu::rdtsc().saturating_sub(BOOT_TSC.load(Ordering::Relaxed));
-    (u128::from(ticks) * 1_000_000 / u128::from(hz)) as u64
 }
 
 fn kernel_layout() -> (paging::KernelLayout, u64, u64) {
@@ -116,7 +94,9 @@ pub extern "C" fn kernel_entry(start_info_phys: u64) -> ! {
     crate::guest::set_per_guest_stats(args.stats_per_guest);
 
     setup_memory(&info);
-    calibrate_and_start_timer();
+    if let Err(problem) = clock::start() {
+        fail(format_args!("{problem}"));
+    }
     log_cpu();
     arch::user_state::init(args.fpu).unwrap_or_else(|e| fail(format_args!("{e}")));
     log::info!(
@@ -138,90 +118,13 @@ pub extern "C" fn kernel_entry(start_info_phys: u64) -> ! {
             core::slice::from_raw_parts(phys::phys_to_virt(module.phys).as_ptr::<u8>(), module.size as usize)
         };
         log::info!("initrd: {} bytes at {:#x}", module.size, module.phys);
-        let hz = TSC_HZ.load(Ordering::Relaxed);
-        let deadline = args.shutdown_after_secs.map(|s| BOOT_TSC.load(Ordering::Relaxed) + s * hz);
-        log::info!("boot complete in {} us; starting guests", uptime_micros());
+        let hz = clock::tsc_hz();
+        let deadline = args.shutdown_after_secs.map(|s| clock::boot_tsc() + s * hz);
+        log::info!("boot complete in {} us; starting guests", clock::uptime_micros());
         let problem = crate::guest::boot(initrd, hz, deadline, trap_stack_top().as_u64(), args.tx_mode, args.stamps);
         fail(format_args!("cannot start the image's guests: {problem}"));
     }
     run(&args)
-}
-
-/// Whether `q` was typed on the console: the way to end a run of servers cleanly (the harness
-/// sends it; interactively, type it).
-pub fn quit_requested() -> bool {
-    static REQUESTED: AtomicBool = AtomicBool::new(false);
-    while let Some(byte) = crate::drivers::serial::try_read_byte() {
-        if byte == b'q' {
-            REQUESTED.store(true, Ordering::Relaxed);
-        }
-    }
-    REQUESTED.load(Ordering::Relaxed)
-}
-
-/// One tick of the LAPIC timer.
-pub fn timer_tick() {
-    TIMER_TICKS.fetch_add(1, Ordering::Relaxed);
-    end_of_interrupt();
-}
-
-pub fn end_of_interrupt() {
-    if let Some(apic) = LAPIC.get() {
-        apic.end_of_interrupt();
-    }
-}
-
-/// Finds and starts the physical NIC (a legacy virtio-net PCI device), if the machine has one.
-/// `max_frame` sizes its buffers: the largest frame any guest may send or receive.
-pub fn probe_nic(max_frame: u64) -> Option<crate::drivers::virtio_net::VirtioNet> {
-    use crate::drivers::{pci, virtio_net};
-    let address = pci::find_devices(virtio_net::VENDOR_VIRTIO, virtio_net::DEVICE_NET_LEGACY).next()?;
-    let apic_id = LAPIC.get().map_or(0, |apic| apic.id());
-    let result = phys::with_frames(|frames| {
-        let buffer_pages = (max_frame + virtio_net::NET_HEADER_LEN as u64).div_ceil(FRAME_SIZE);
-        virtio_net::VirtioNet::init(
-            address,
-            frames,
-            |phys, frames| paging::map_mmio_page(1, phys, frames),
-            NIC_VECTOR,
-            apic_id,
-            buffer_pages,
-        )
-    });
-    match result {
-        Ok(nic) => {
-            let m = nic.mac();
-            log::info!(
-                "nic: virtio-net at {address}, MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, {}",
-                m[0],
-                m[1],
-                m[2],
-                m[3],
-                m[4],
-                m[5],
-                if nic.msix { "MSI-X receive interrupts" } else { "polled on the timer" }
-            );
-            Some(nic)
-        }
-        Err(e) => {
-            log::error!("nic: virtio-net at {address} unusable: {e}");
-            None
-        }
-    }
-}
-
-/// Prints the `stats:` line: the kernel's counters, then the guests'.
-pub fn print_stats() {
-    print_stats_with(crate::guest::stats_pairs());
-}
-
-/// Prints the `stats:` line with these guest and network counters.
-pub fn print_stats_with(guest_pairs: alloc::vec::Vec<(&'static str, u64)>) {
-    let mut text = alloc::string::String::new();
-    for (name, value) in guest_pairs {
-        text += &alloc::format!(" {name}={value}");
-    }
-    console_write_fmt(format_args!("{}{text}\n", stats()));
 }
 
 fn setup_memory(info: &pvh::StartInfo) {
@@ -308,41 +211,6 @@ fn setup_memory(info: &pvh::StartInfo) {
     log::info!("heap: {} KiB at physical {heap_phys:#x}", heap_bytes / 1024);
 }
 
-fn calibrate_and_start_timer() {
-    let (hz, source) = arch::tsc::frequency();
-    BOOT_TSC.store(cpu::rdtsc(), Ordering::Relaxed);
-    TSC_HZ.store(hz, Ordering::Relaxed);
-    log::info!("tsc: {}.{:03} MHz ({})", hz / 1_000_000, hz / 1000 % 1000, source.describe());
-
-    arch::pic::remap_and_mask();
-    let (has_apic, has_x2apic) = lapic::features();
-    if !has_apic {
-        fail(format_args!("this CPU has no local APIC"));
-    }
-    let mode = if has_x2apic {
-        lapic::Mode::X2Apic
-    } else {
-        let base = lapic::xapic_phys_base();
-        lapic::Mode::XApic(phys::with_frames(|frames| paging::map_mmio_page(0, base, frames)))
-    };
-    // SAFETY: x2APIC is used only where CPUID reports it; otherwise the xAPIC page was just
-    // mapped uncached at the address given.
-    let apic = LAPIC.call_once(|| unsafe { lapic::LocalApic::enable(mode, SPURIOUS_VECTOR) });
-    let per_10ms = apic.measure_timer_rate(hz / 100);
-    let period = (per_10ms * 100 / TIMER_HZ).clamp(1, u64::from(u32::MAX)) as u32;
-    apic.start_periodic_timer(TIMER_VECTOR, period);
-    log::info!(
-        "lapic: id {} ({}), timer {} Hz ({} ticks/period at divide 16), 8259A PIC masked",
-        apic.id(),
-        match apic.mode() {
-            lapic::Mode::X2Apic => "x2APIC",
-            lapic::Mode::XApic(_) => "xAPIC",
-        },
-        TIMER_HZ,
-        period
-    );
-}
-
 fn log_cpu() {
     let mut brand = [0u8; 48];
     log::info!("cpu: {}", cpu::brand_string(&mut brand));
@@ -364,30 +232,17 @@ fn trigger_test_fault(fault: TestFault) {
     fail(format_args!("test fault {fault:?} did not fault"));
 }
 
-fn stats() -> Stats {
-    let (frames_managed, frames_free) = phys::with_frames(|f| (f.managed_frames(), f.free_frames()));
-    let (heap_bytes_used, heap_bytes_free) = mm::heap::usage();
-    Stats {
-        uptime_ms: uptime_micros() / 1000,
-        timer_ticks: TIMER_TICKS.load(Ordering::Relaxed),
-        frames_managed,
-        frames_free,
-        heap_bytes_used,
-        heap_bytes_free,
-    }
-}
-
 /// The idle loop: halts between interrupts, reports uptime once a second, and ends the machine
 /// when the shutdown deadline passes.
 fn run(args: &KernelArgs) -> ! {
-    let hz = TSC_HZ.load(Ordering::Relaxed);
-    let boot = BOOT_TSC.load(Ordering::Relaxed);
+    let hz = clock::tsc_hz();
+    let boot = clock::boot_tsc();
     let deadline = args.shutdown_after_secs.map(|s| boot + s * hz);
     let mut next_report = boot + hz;
     let mut seconds = 0;
     log::info!(
         "boot complete in {} us; {}",
-        uptime_micros(),
+        clock::uptime_micros(),
         match args.shutdown_after_secs {
             Some(_) => "idling until shutdown_after",
             None => "idling (no shutdown_after given)",
@@ -400,11 +255,11 @@ fn run(args: &KernelArgs) -> ! {
         if now >= next_report {
             seconds += 1;
             next_report += hz;
-            log::info!("uptime {seconds} s, timer ticks {}", TIMER_TICKS.load(Ordering::Relaxed));
+            log::info!("uptime {seconds} s, timer ticks {}", clock::timer_ticks());
         }
-        let quit = quit_requested();
+        let quit = crate::drivers::serial::quit_requested();
         if quit || deadline.is_some_and(|d| now >= d) {
-            print_stats();
+            crate::stats::print_stats_with(alloc::vec::Vec::new()); // no guests
             log::info!("{}: exiting", if quit { "quit requested on the console" } else { "shutdown_after reached" });
             exit_qemu(KernelExit::Success);
         }
@@ -418,6 +273,6 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
         // A panic while reporting a panic: do not risk a loop.
         exit_qemu(KernelExit::Panic);
     }
-    console_write_fmt(format_args!("KERNEL PANIC: {info}\n"));
+    crate::logger::console_write_fmt(format_args!("KERNEL PANIC: {info}\n"));
     exit_qemu(KernelExit::Panic)
 }

@@ -19,8 +19,8 @@ impl log::Log for KernelLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let micros = crate::uptime_micros();
-        crate::console_write_fmt(format_args!(
+        let micros = crate::arch::clock::uptime_micros();
+        crate::logger::console_write_fmt(format_args!(
             "[{:>5}.{:06}] {:<5} {}\n",
             micros / 1_000_000,
             micros % 1_000_000,
@@ -55,4 +55,9 @@ pub fn write_fmt(args: core::fmt::Arguments<'_>) {
             let _ = serial.write_fmt(args);
         }
     });
+}
+
+/// Console output that bypasses the log level (panics, the stats line, exit reasons).
+pub fn console_write_fmt(args: core::fmt::Arguments<'_>) {
+    write_fmt(args);
 }

@@ -27,6 +27,8 @@ mod logger;
 #[cfg(target_os = "none")]
 mod mm;
 #[cfg(target_os = "none")]
+mod stats;
+#[cfg(target_os = "none")]
 mod trap;
 #[cfg(target_os = "none")]
 mod vnet;

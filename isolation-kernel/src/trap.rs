@@ -2,19 +2,14 @@
 //! (`arch/trap.rs`), its vector is decoded once into a [`Vector`], and it goes to the guest
 //! trap handler (from ring 3) or is handled for the kernel itself.
 
+use crate::arch::clock::{end_of_interrupt, timer_tick};
 use crate::arch::cpu;
 use crate::arch::trap::TrapFrame;
+use crate::arch::vectors::{NIC_VECTOR, SPURIOUS_VECTOR, TIMER_VECTOR};
 use crate::drivers::debug_exit::exit_qemu;
-use crate::kernel::{console_write_fmt, end_of_interrupt, timer_tick};
+use crate::logger::console_write_fmt;
 use hypercall_abi::host::KernelExit;
 use kernel_core::trap::exceptions::exception_name;
-
-/// The LAPIC timer.
-pub const TIMER_VECTOR: u8 = 32;
-/// The LAPIC's spurious-interrupt vector.
-pub const SPURIOUS_VECTOR: u8 = 0xff;
-/// MSI-X vector of the physical NIC's receive queue.
-pub const NIC_VECTOR: u8 = 0x30;
 
 /// What a trap is, decoded once from its vector number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,6 +8,7 @@
 //! deliberate test faults (`ud2`, a write to an unmapped page).
 
 pub mod boot;
+pub mod clock;
 pub mod cpu;
 pub mod gdt;
 pub mod idt;
@@ -16,3 +17,4 @@ pub mod pic;
 pub mod trap;
 pub mod tsc;
 pub mod user_state;
+pub mod vectors;

@@ -9,6 +9,6 @@ pub fn exit_qemu(reason: KernelExit) -> ! {
     // SAFETY: writing to the debug-exit port only asks QEMU to end the machine; on a machine
     // without the device the write goes nowhere.
     unsafe { outl(DEBUG_EXIT_PORT, u32::from(reason.code())) };
-    crate::console_write_fmt(format_args!("isa-debug-exit did not end the machine; halting\n"));
+    crate::logger::console_write_fmt(format_args!("isa-debug-exit did not end the machine; halting\n"));
     halt_forever()
 }

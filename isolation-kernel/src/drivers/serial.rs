@@ -59,3 +59,15 @@ impl core::fmt::Write for Serial {
         Ok(())
     }
 }
+
+/// Whether `q` was typed on the console: the way to end a run of servers cleanly (the harness
+/// sends it; interactively, type it).
+pub fn quit_requested() -> bool {
+    static REQUESTED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+    while let Some(byte) = try_read_byte() {
+        if byte == b'q' {
+            REQUESTED.store(true, core::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    REQUESTED.load(core::sync::atomic::Ordering::Relaxed)
+}

@@ -404,13 +404,9 @@ impl VirtioNet {
         }
     }
 
-    /// Hands every received frame to `deliver`, then re-posts its buffer. Returns the count.
-    pub fn receive(&mut self, mut deliver: impl FnMut(&[u8])) -> usize {
-        self.receive_with(|frame| deliver(frame), |()| {})
-    }
-
-    /// [`VirtioNet::receive`], also calling `released` with `deliver`'s result once the frame's
-    /// buffer is back with the device (for stage stamps).
+    /// Hands every received frame to `deliver`, then re-posts its buffer, calling `released`
+    /// with `deliver`'s result once the frame's buffer is back with the device (for stage
+    /// stamps). Returns the count.
     pub fn receive_with<R>(&mut self, mut deliver: impl FnMut(&[u8]) -> R, mut released: impl FnMut(R)) -> usize {
         let mut count = 0;
         while let Some((id, len)) = self.rx.pop_used() {
@@ -441,5 +437,45 @@ impl VirtioNet {
             self.set_reg16(REG_QUEUE_NOTIFY, self.rx.index);
         }
         count
+    }
+}
+
+/// Finds and starts the physical NIC (a legacy virtio-net PCI device), if the machine has one.
+/// `max_frame` sizes its buffers: the largest frame any guest may send or receive.
+pub fn probe(max_frame: u64) -> Option<VirtioNet> {
+    use crate::drivers::{pci, virtio_net};
+    use crate::mm::{paging, phys};
+    let address = pci::find_devices(virtio_net::VENDOR_VIRTIO, virtio_net::DEVICE_NET_LEGACY).next()?;
+    let apic_id = crate::arch::clock::apic_id();
+    let result = phys::with_frames(|frames| {
+        let buffer_pages = (max_frame + virtio_net::NET_HEADER_LEN as u64).div_ceil(hypercall_abi::layout::PAGE_SIZE);
+        virtio_net::VirtioNet::init(
+            address,
+            frames,
+            |phys, frames| paging::map_mmio_page(1, phys, frames),
+            crate::arch::vectors::NIC_VECTOR,
+            apic_id,
+            buffer_pages,
+        )
+    });
+    match result {
+        Ok(nic) => {
+            let m = nic.mac();
+            log::info!(
+                "nic: virtio-net at {address}, MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, {}",
+                m[0],
+                m[1],
+                m[2],
+                m[3],
+                m[4],
+                m[5],
+                if nic.msix { "MSI-X receive interrupts" } else { "polled on the timer" }
+            );
+            Some(nic)
+        }
+        Err(e) => {
+            log::error!("nic: virtio-net at {address} unusable: {e}");
+            None
+        }
     }
 }

@@ -14,7 +14,7 @@ use crate::arch::cpu;
 use crate::arch::trap::{enter_frame, TrapFrame};
 use crate::arch::user_state::{self, UserState};
 use crate::drivers::debug_exit::exit_qemu;
-use crate::kernel::console_write_fmt;
+use crate::logger::console_write_fmt;
 use crate::mm::phys::with_frames;
 use crate::trap::Vector;
 use alloc::collections::BTreeMap;
@@ -258,7 +258,7 @@ pub fn boot(
 
     let max_mtu = specs.iter().filter_map(|s| s.net).map(|n| u64::from(n.mtu)).max();
     // No guest with a NIC: no physical NIC, no packet buffers.
-    let physical_nic = max_mtu.and_then(|mtu| crate::kernel::probe_nic(hypercall_abi::vnic::max_frame(mtu)));
+    let physical_nic = max_mtu.and_then(|mtu| crate::drivers::virtio_net::probe(hypercall_abi::vnic::max_frame(mtu)));
     let max_mtu = max_mtu.unwrap_or(0);
     log::info!("transmit path: {tx_mode:?}; largest MTU {max_mtu}");
     let mut network = with_frames(|frames| crate::vnet::Network::new(physical_nic, tx_mode, max_mtu, frames));
@@ -442,7 +442,7 @@ fn run_over(g: &Guests, now: u64, poll_console: bool) -> Option<&'static str> {
     if g.shutdown_deadline.is_some_and(|d| now >= d) {
         return Some("shutdown_after reached");
     }
-    if poll_console && crate::kernel::quit_requested() {
+    if poll_console && crate::drivers::serial::quit_requested() {
         return Some("quit requested on the console");
     }
     if g.awaiting_end == 0 && g.some_expected_to_end {
@@ -458,13 +458,13 @@ fn handle_trap(g: &mut Guests, frame: &mut TrapFrame, vector: Vector, now: u64) 
     let Some(id) = g.on_cpu else { return Next::Finish("a trap from ring 3 with no guest on the CPU") };
     let action = match vector {
         Vector::Timer => {
-            crate::kernel::timer_tick();
+            crate::arch::clock::timer_tick();
             g.poll_network();
             Action::Preempt
         }
         Vector::Nic => {
             let woke = g.poll_network();
-            crate::kernel::end_of_interrupt();
+            crate::arch::clock::end_of_interrupt();
             // Let the receiver run soon rather than at the next tick.
             if woke > 0 {
                 Action::Preempt
@@ -562,7 +562,7 @@ impl Guests {
         let snapshot = (self.net.counters, self.counters.virtual_instructions);
         if snapshot != self.last_reported {
             self.last_reported = snapshot;
-            crate::kernel::print_stats_with(stats_pairs_of(self));
+            crate::stats::print_stats_with(stats_pairs_of(self));
             reports::print_per_guest(&self.list, &self.nics);
         }
     }
@@ -872,7 +872,7 @@ pub fn finish_run(why: &str) -> ! {
             ));
         }
     });
-    crate::kernel::print_stats();
+    crate::stats::print_stats_with(stats_pairs());
     with_guests(|g| reports::print_per_guest(&g.list, &g.nics));
     if all_met {
         log::info!("every guest met its expectation");

@@ -9,7 +9,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 
 use super::Guest;
-use crate::kernel::console_write_fmt;
+use crate::logger::console_write_fmt;
 use crate::vnet::GuestNic;
 use alloc::string::String;
 use alloc::vec::Vec;
