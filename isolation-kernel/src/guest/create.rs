@@ -1,0 +1,196 @@
+//! Creating the guests of an image: reading `image.cfg` and the apps from the initrd, building each guest's address space and vNIC, and entering the first one.
+
+use super::*;
+
+/// `rflags` of a guest: interrupts enabled (bit 9), reserved bit 1 set, IOPL 0.
+pub(super) const GUEST_RFLAGS: u64 = 0x202;
+
+/// Reads the initrd, loads every guest of the image and runs the first one. Returns only with
+/// the reason the initrd cannot be used.
+pub fn boot(
+    initrd: &'static [u8],
+    tsc_hz: u64,
+    shutdown_deadline: Option<u64>,
+    trap_stack_top: u64,
+    tx_mode: kernel_core::boot::cmdline::TxMode,
+    stamps: bool,
+) -> String {
+    let archive = Archive::new(initrd);
+    let config = match archive.find(CONFIG_FILE) {
+        Ok(Some(entry)) => entry.data,
+        Ok(None) => return format!("initrd has no {CONFIG_FILE}"),
+        Err(e) => return format!("initrd is malformed: {e}"),
+    };
+    let Ok(config) = core::str::from_utf8(config) else {
+        return format!("{CONFIG_FILE} is not UTF-8");
+    };
+    let mut specs: Vec<GuestSpec<'static>> = Vec::new();
+    for record in parse_config(config) {
+        match record {
+            Ok(Record::Image { name }) => log::info!("image `{name}`"),
+            Ok(Record::Guest(spec)) => specs.push(spec),
+            Err(e) => return format!("{CONFIG_FILE}: {e}"),
+        }
+    }
+    if specs.is_empty() {
+        return format!("{CONFIG_FILE} names no guests");
+    }
+
+    let max_mtu = specs.iter().filter_map(|s| s.net).map(|n| u64::from(n.mtu)).max();
+    // No guest with a NIC: no physical NIC, no packet buffers.
+    let physical_nic = max_mtu.and_then(|mtu| crate::drivers::virtio_net::probe(hypercall_abi::vnic::max_frame(mtu)));
+    let max_mtu = max_mtu.unwrap_or(0);
+    log::info!("transmit path: {tx_mode:?}; largest MTU {max_mtu}");
+    let mut network = with_frames(|frames| crate::vnet::Network::new(physical_nic, tx_mode, max_mtu, frames));
+    if stamps {
+        network.enable_stamps();
+        crate::arch::trap::enable_stamping();
+        log::info!("per-packet stage stamps on");
+    }
+    let mut g = Guests {
+        list: Vec::with_capacity(specs.len()),
+        nics: Vec::with_capacity(specs.len()),
+        net: network,
+        sched: Scheduler::new(),
+        running_since: 0,
+        on_cpu: None,
+        user_state_holder: None,
+        counters: Counters::default(),
+        shutdown_deadline,
+        tsc_hz,
+        awaiting_end: specs.iter().filter(|s| expected_to_end(s.expect)).count(),
+        some_expected_to_end: specs.iter().any(|s| expected_to_end(s.expect)),
+        next_stats_report: 0,
+        last_reported: Default::default(),
+        kick_samples: Vec::with_capacity(KICK_SAMPLES),
+    };
+    let mut apps: BTreeMap<&str, Result<App, String>> = BTreeMap::new();
+    let mut create_ticks = Vec::with_capacity(specs.len());
+    let mut pages = Vec::with_capacity(specs.len());
+    for spec in &specs {
+        let id = g.sched.add();
+        let app = apps.entry(spec.app).or_insert_with(|| load_app(&archive, spec.app));
+        let start = cpu::rdtsc();
+        let user_state = UserState::new();
+        let budget_ticks = match spec.cpu_budget_ms {
+            0 => Ok(None),
+            ms => cpu_budget_ticks(ms, tsc_hz)
+                .map(Some)
+                .ok_or_else(|| format!("cpu_budget_ms = {ms} is out of range: at most {MAX_CPU_BUDGET_MS}")),
+        };
+        let built = match (app, &budget_ticks) {
+            (Ok(_), _) if user_state.is_none() => Err("no kernel memory for its floating-point state".to_string()),
+            (Ok(_), Err(e)) => Err(e.clone()),
+            (Ok(app), Ok(_)) => with_frames(|frames| {
+                let mut loaded = loader::build_guest(id as u32, spec, app, tsc_hz, frames)
+                    .map_err(|e| format!("cannot build its address space: {e}"))?;
+                let nic = match spec.net {
+                    None => None,
+                    Some(config) => match crate::vnet::build_nic(&mut loaded.space, frames, config, stamps) {
+                        Ok(nic) => Some(nic),
+                        Err(e) => {
+                            loaded.space.release(frames);
+                            return Err(format!("cannot build its virtual NIC: {e}"));
+                        }
+                    },
+                };
+                Ok((loaded, nic))
+            }),
+            (Err(e), _) => Err(e.clone()),
+        };
+        let built = built.and_then(|(loaded, nic)| match g.net.add_guest(id, nic.as_ref()) {
+            Ok(()) => Ok((loaded, nic)),
+            Err(e) => {
+                with_frames(|frames| loaded.space.release(frames));
+                Err(format!("cannot join the vswitch: {e}"))
+            }
+        });
+        if built.is_err() {
+            let _ = g.net.add_guest(id, None);
+        }
+        let mut guest = Guest {
+            name: spec.name.into(),
+            frame: TrapFrame::default(),
+            user_state: user_state.unwrap_or_default(),
+            space: None,
+            cpu_ticks: 0,
+            virtual_instructions: 0,
+            cpu_budget_ms: spec.cpu_budget_ms,
+            cpu_budget_ticks: budget_ticks.ok().flatten(),
+            expect: spec.expect,
+            end: None,
+            console: Vec::new(),
+        };
+        match built {
+            Ok((loaded, nic)) => {
+                g.nics.push(nic);
+                create_ticks.push(cpu::rdtsc().saturating_sub(start));
+                pages.push(loaded.space.owned_frames());
+                let selectors = crate::arch::gdt::selectors();
+                guest.frame = TrapFrame {
+                    rip: loaded.entry,
+                    cs: u64::from(selectors.user_code.0),
+                    rflags: GUEST_RFLAGS,
+                    rsp: STACK_TOP,
+                    ss: u64::from(selectors.user_data.0),
+                    ..TrapFrame::default()
+                };
+                guest.space = Some(loaded.space);
+                g.counters.guests_created = g.counters.guests_created.saturating_add(1);
+            }
+            Err(error) => {
+                g.nics.push(None);
+                if expected_to_end(spec.expect) {
+                    g.awaiting_end = g.awaiting_end.saturating_sub(1);
+                }
+                console_write_fmt(format_args!("guest {id} {} refused: {error}\n", spec.name));
+                guest.end = Some(End::Refused(error));
+                g.sched.finish(id);
+                g.counters.guests_refused = g.counters.guests_refused.saturating_add(1);
+            }
+        }
+        g.list.push(guest);
+    }
+    if !create_ticks.is_empty() {
+        create_ticks.sort_unstable();
+        pages.sort_unstable();
+        let shared: usize = apps.values().filter_map(|a| a.as_ref().ok()).map(App::shared_frames).sum();
+        log::info!(
+            "guests: {} created, {} refused; creating one took {} TSC ticks (median); {} private pages per guest (median), {} pages shared",
+            g.counters.guests_created,
+            g.counters.guests_refused,
+            median(&create_ticks),
+            median(&pages),
+            shared
+        );
+    }
+
+    let now = cpu::rdtsc();
+    let Some(first) = g.sched.schedule(now) else {
+        install_guests(g);
+        finish_run("no guest could be started");
+    };
+    g.running_since = now;
+    g.on_cpu = Some(first);
+    switch_user_state(&mut g, first);
+    let frame = at(&g.list, first).frame;
+    space::activate(space_of(at(&g.list, first)).pml4_phys());
+    install_guests(g);
+    // SAFETY: the trap stack's top is the TSS RSP0 and is unused (we run on the boot stack);
+    // the frame is the guest's initial ring-3 context in the address space just activated.
+    unsafe { enter_frame(&frame, trap_stack_top) }
+}
+
+pub(super) fn load_app(archive: &Archive<'static>, app: &str) -> Result<App, String> {
+    let path = format!("{APP_DIR}{app}");
+    let entry = match archive.find(&path) {
+        Ok(Some(entry)) => entry,
+        Ok(None) => return Err(format!("app `{app}` is not in the initrd")),
+        Err(e) => return Err(format!("initrd is malformed: {e}")),
+    };
+    let loaded = with_frames(|frames| App::load(entry.data, frames)).map_err(|e| format!("app `{app}`: {e}"));
+    if let Err(e) = &loaded {
+        log::error!("{e}");
+    }
+    loaded
+}

@@ -1,0 +1,208 @@
+//! Running guests: the trap from ring 3, the one check of whether the run is over, switching (registers, address space, register state), idling, and a guest's end.
+
+use super::*;
+
+/// A trap from ring 3: handles it, then resumes the current guest or switches to another.
+pub fn handle_user_trap(frame: &mut TrapFrame, vector: Vector) {
+    let now = cpu::rdtsc();
+    match with_guests(|g| handle_trap(g, frame, vector, now)) {
+        Some(Next::Resume) => {}
+        Some(Next::Switch(previous)) => switch_to_next(frame, previous),
+        Some(Next::Finish(why)) => finish_run(why),
+        None => finish_run("a trap from ring 3 before any guest was started"),
+    }
+}
+
+/// Whether the run is over, and why: one check for every place that asks. `poll_console`
+/// reads the serial port for a typed `q` (on the timer and when switching, not on every trap).
+pub(super) fn run_over(g: &Guests, now: u64, poll_console: bool) -> Option<&'static str> {
+    if g.shutdown_deadline.is_some_and(|d| now >= d) {
+        return Some("shutdown_after reached");
+    }
+    if poll_console && crate::drivers::serial::quit_requested() {
+        return Some("quit requested on the console");
+    }
+    if g.awaiting_end == 0 && g.some_expected_to_end {
+        return Some("every guest expected to end has ended");
+    }
+    if g.sched.live() == 0 {
+        return Some("every guest has finished");
+    }
+    None
+}
+
+pub(super) fn handle_trap(g: &mut Guests, frame: &mut TrapFrame, vector: Vector, now: u64) -> Next {
+    let Some(id) = g.on_cpu else { return Next::Finish("a trap from ring 3 with no guest on the CPU") };
+    let action = match vector {
+        Vector::Timer => {
+            crate::arch::clock::timer_tick();
+            g.poll_network();
+            Action::Preempt
+        }
+        Vector::Nic => {
+            let woke = g.poll_network();
+            crate::arch::clock::end_of_interrupt();
+            // Let the receiver run soon rather than at the next tick.
+            if woke > 0 {
+                Action::Preempt
+            } else {
+                Action::Resume
+            }
+        }
+        Vector::Spurious => Action::Resume,
+        Vector::Exception(13) => general_protection(g, id, frame, now),
+        // #UD, #NM: named as a floating-point or SIMD instruction when one raised it.
+        Vector::Exception(v @ (6 | 7)) => {
+            let mut bytes = [0u8; MAX_INSTRUCTION_LEN];
+            let readable = instruction_at(at(&g.list, id), frame.rip, &mut bytes);
+            let named = fpu_stop_cause(v, readable, user_state::policy());
+            Action::Stop(named.map_or(GuestFault::Exception { vector: v }, GuestFault::FloatingPoint))
+        }
+        Vector::Exception(14) => {
+            let fault = PageFault { error_code: frame.error_code, address: cpu::cr2() };
+            // A write (bit 1) by the user (bit 2) to a present (bit 0) page may be a COW fault.
+            let cow_candidate = frame.error_code & 0x7 == 0x7 && g.nics.get(id).is_some_and(Option::is_some);
+            let verdict = cow_candidate.then(|| g.net_ctx().write_fault(id, fault.address));
+            match verdict {
+                Some(crate::vnet::WriteFaultVerdict::Resolved) => Action::Resume,
+                Some(crate::vnet::WriteFaultVerdict::Stop(cause)) => Action::Stop(cause),
+                Some(crate::vnet::WriteFaultVerdict::NotCopyOnWrite) | None => {
+                    Action::Stop(GuestFault::PageFault(fault))
+                }
+            }
+        }
+        Vector::Exception(v) => Action::Stop(GuestFault::Exception { vector: v }),
+        Vector::Unexpected(v) => {
+            log::warn!("unexpected interrupt vector {v} while guest {id} ran");
+            Action::Resume
+        }
+    };
+
+    let timer = vector == Vector::Timer;
+    if timer {
+        g.maybe_report_stats(now);
+    }
+    let guest = at_mut(&mut g.list, id);
+    guest.cpu_ticks = guest.cpu_ticks.saturating_add(now.saturating_sub(g.running_since));
+    g.running_since = now;
+    let over_budget = guest.cpu_budget_ticks.is_some_and(|budget| guest.cpu_ticks > budget);
+    let action = match action {
+        Action::Resume | Action::Preempt | Action::Idle(_) if over_budget => {
+            Action::Stop(GuestFault::CpuBudget { ms: guest.cpu_budget_ms })
+        }
+        other => other,
+    };
+    if let Some(why) = run_over(g, now, timer) {
+        at_mut(&mut g.list, id).frame = *frame;
+        return Next::Finish(why);
+    }
+
+    let guest = at_mut(&mut g.list, id);
+    match action {
+        Action::Resume => {
+            g.flush_protected(id, false);
+            return Next::Resume;
+        }
+        Action::Preempt => {
+            guest.frame = *frame;
+            g.sched.preempt_current();
+        }
+        Action::Idle(deadline) => {
+            guest.frame = *frame;
+            g.sched.idle_current(deadline);
+        }
+        Action::Exit(code) => {
+            console_write_fmt(format_args!("guest {id} {} exited {code}\n", guest.name));
+            end_guest(g, id, End::Exited(code));
+        }
+        Action::Stop(cause) => {
+            console_write_fmt(format_args!("guest {id} {} stopped: {cause} at rip {:#x}\n", guest.name, frame.rip));
+            end_guest(g, id, End::Stopped { cause, rip: frame.rip });
+        }
+    }
+    Next::Switch(id)
+}
+
+/// The physical NIC's interrupt, taken while the kernel idles.
+pub fn nic_interrupt() {
+    with_guests(|g| g.poll_network());
+}
+
+/// Records the end of guest `id` (the current one) and frees its memory.
+pub(super) fn end_guest(g: &mut Guests, id: GuestId, end: End) {
+    let nic = g.nics.get_mut(id).and_then(Option::take);
+    let guest = at_mut(&mut g.list, id);
+    if let Some(nic) = &nic {
+        reports::guest_ended(id, &guest.name, nic);
+    }
+    // Nothing may reach its pages once they are freed; pages the NIC still reads outlive it.
+    if let (Some(nic), Some(space)) = (nic, guest.space.as_mut()) {
+        g.net.orphan_in_flight(&nic, space);
+    }
+    flush_console(id, guest, true);
+    match end {
+        End::Exited(_) => g.counters.guests_exited = g.counters.guests_exited.saturating_add(1),
+        _ => g.counters.guests_stopped = g.counters.guests_stopped.saturating_add(1),
+    }
+    if expected_to_end(guest.expect) {
+        g.awaiting_end = g.awaiting_end.saturating_sub(1);
+    }
+    guest.end = Some(end);
+    g.sched.finish(id);
+    g.on_cpu = None;
+    if let Some(space) = guest.space.take() {
+        // Its tables may be the active ones: leave them before they are freed.
+        space::activate_kernel();
+        with_frames(|frames| space.release(frames));
+    }
+}
+
+/// Puts the next runnable guest's registers into `frame` (halting while every guest idles).
+pub(super) fn switch_to_next(frame: &mut TrapFrame, previous: GuestId) {
+    loop {
+        let now = cpu::rdtsc();
+        let step = with_guests(|g| {
+            if let Some(why) = run_over(g, now, true) {
+                return Next::Finish(why);
+            }
+            g.maybe_report_stats(now);
+            let Some(next) = g.sched.schedule(now) else {
+                g.on_cpu = None;
+                return Next::Switch(previous); // nobody runnable: halt, then look again
+            };
+            switch_user_state(g, next);
+            let guest = at(&g.list, next);
+            *frame = guest.frame;
+            let switched = space::activate(space_of(guest).pml4_phys());
+            g.flush_protected(next, switched);
+            g.on_cpu = Some(next);
+            g.running_since = now;
+            if next != previous {
+                g.counters.guest_switches = g.counters.guest_switches.saturating_add(1);
+            }
+            Next::Resume
+        });
+        match step {
+            Some(Next::Resume) => return,
+            Some(Next::Finish(why)) => finish_run(why),
+            None => finish_run("no guest table to switch in"),
+            Some(Next::Switch(_)) => {}
+        }
+        // Every live guest idles: halt until the next interrupt (the timer, at the latest).
+        cpu::enable_interrupts_and_halt();
+        x86_64::instructions::interrupts::disable();
+    }
+}
+
+/// Gives the CPU guest `next`'s [`UserState`], first saving the state it holds into its holder's
+/// copy (unless that guest has ended: then its state is dropped, overwritten by `next`'s).
+pub(super) fn switch_user_state(g: &mut Guests, next: GuestId) {
+    if g.user_state_holder == Some(next) {
+        return;
+    }
+    if let Some(holder) = g.user_state_holder.and_then(|h| g.list.get_mut(h)).filter(|h| h.end.is_none()) {
+        holder.user_state.save();
+    }
+    at(&g.list, next).user_state.load();
+    g.user_state_holder = Some(next);
+}
