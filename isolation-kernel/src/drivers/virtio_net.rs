@@ -172,6 +172,15 @@ pub struct VirtioNet {
     buffer_bytes: u64,
 }
 
+/// Why [`VirtioNet::transmit`] did not queue a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransmitError {
+    /// Every packet slot is in flight: try again after the device hands some back.
+    QueueFull,
+    /// Longer than the driver's buffers (sized for the largest MTU, so only a kernel bug).
+    TooLong,
+}
+
 impl VirtioNet {
     fn set_reg8(&self, offset: u16, value: u8) {
         // SAFETY: a register of this device's I/O BAR; the driver writes only registers whose
@@ -364,12 +373,12 @@ impl VirtioNet {
     }
 
     /// Copies `frame` into a driver buffer (Denali's copy 2) and queues it (the device is
-    /// notified by [`VirtioNet::flush`]). `Err` when every packet slot is in flight.
-    pub fn transmit(&mut self, frame: &[u8], done: impl FnMut(TxCookie)) -> Result<(), ()> {
+    /// notified by [`VirtioNet::flush`]).
+    pub fn transmit(&mut self, frame: &[u8], done: impl FnMut(TxCookie)) -> Result<(), TransmitError> {
         if frame.len() as u64 > self.buffer_bytes {
-            return Err(());
+            return Err(TransmitError::TooLong);
         }
-        let k = self.free_slot(done).ok_or(())?;
+        let k = self.free_slot(done).ok_or(TransmitError::QueueFull)?;
         let buffer = self.tx_buffers[usize::from(k)];
         // SAFETY: the buffer is this driver's run for slot `k`, not in flight (the slot was
         // free); the frame fits in it (checked above).

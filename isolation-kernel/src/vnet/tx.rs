@@ -7,7 +7,7 @@
 use super::rx::deliver;
 use super::stamps::PendingNotify;
 use super::{count_drop, run_bytes, GuestNic, NetCtx, Network, PAGE};
-use crate::drivers::virtio_net::TxCookie;
+use crate::drivers::virtio_net::{TransmitError, TxCookie};
 use crate::guest::space::copy_into_run;
 use core::sync::atomic::Ordering;
 use hypercall_abi::vi::VirtualInterrupts;
@@ -116,8 +116,17 @@ impl NetCtx<'_> {
                         Route::Uplink => match (nic.as_mut(), guest_frame) {
                             (Some(nic), None) => {
                                 let handed = stamps.now();
-                                if nic.transmit(frame, |cookie| finished.push((cookie, DescStatus::Done))).is_err() {
-                                    return Err(packet); // every NIC slot is in flight: retry later
+                                match nic.transmit(frame, |cookie| finished.push((cookie, DescStatus::Done))) {
+                                    Ok(()) => {}
+                                    // Every NIC slot is in flight: retry later.
+                                    Err(TransmitError::QueueFull) => return Err(packet),
+                                    Err(TransmitError::TooLong) => {
+                                        counters.drops_oversize = counters.drops_oversize.saturating_add(1);
+                                        if let PacketData::Pool(buf) = packet.data {
+                                            let _ = pool.release(buf);
+                                        }
+                                        return Ok(());
+                                    }
                                 }
                                 if packet.stamp != kernel_core::vnet::NO_STAMP {
                                     pending_notify.push(PendingNotify {
