@@ -5,7 +5,7 @@
 
 use super::{run_bytes, Network};
 use hypercall_abi::vnic::stamps::TX_STAMPS;
-use kernel_core::vnet::ring;
+use kernel_core::vnet::{ring, Packet};
 
 /// Stamp records the kernel keeps for packets in flight (more than can be queued at once).
 const STAMP_SLOTS: u32 = 4096;
@@ -52,6 +52,16 @@ pub(super) struct PendingNotify {
     pub queued: u64,
     /// Frame length: the transmit records are kept per length.
     pub len: u32,
+}
+
+impl PendingNotify {
+    /// Notes a stamped packet handed to the NIC at `handed` and queued at `queued`, to be
+    /// completed by the next notify (unstamped packets are not recorded).
+    pub(super) fn record(pending: &mut alloc::vec::Vec<PendingNotify>, packet: &Packet, handed: u64, queued: u64) {
+        if packet.stamp != kernel_core::vnet::NO_STAMP {
+            pending.push(PendingNotify { stamp: packet.stamp, handed, queued, len: packet.len });
+        }
+    }
 }
 
 impl Network {

@@ -128,14 +128,7 @@ impl NetCtx<'_> {
                                         return Ok(());
                                     }
                                 }
-                                if packet.stamp != kernel_core::vnet::NO_STAMP {
-                                    pending_notify.push(PendingNotify {
-                                        stamp: packet.stamp,
-                                        handed,
-                                        queued: stamps.now(),
-                                        len: packet.len,
-                                    });
-                                }
+                                PendingNotify::record(pending_notify, &packet, handed, stamps.now());
                                 counters.tx_copies = counters.tx_copies.saturating_add(1); // copy 2, into the NIC's DMA buffer
                                 counters.tx_bytes_copied = counters.tx_bytes_copied.saturating_add(len);
                             }
@@ -151,14 +144,7 @@ impl NetCtx<'_> {
                                 if queued.is_err() {
                                     return Err(packet);
                                 }
-                                if packet.stamp != kernel_core::vnet::NO_STAMP {
-                                    pending_notify.push(PendingNotify {
-                                        stamp: packet.stamp,
-                                        handed,
-                                        queued: stamps.now(),
-                                        len: packet.len,
-                                    });
-                                }
+                                PendingNotify::record(pending_notify, &packet, handed, stamps.now());
                                 return Ok(()); // completes when the NIC is done with the page
                             }
                             (None, _) => counters.drops_unknown_mac = counters.drops_unknown_mac.saturating_add(1),
