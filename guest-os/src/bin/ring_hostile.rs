@@ -468,13 +468,13 @@ fn exit_in_flight(env: &Env, nic: &RawNic) -> i32 {
             nic.post_tx(&frame[..len]);
         }
         let produced = nic.tx_producer();
-        // SAFETY: virtual instructions only (the kernel changes nothing but `rax`). The kick
-        // (`rax`: descriptors taken), the in-flight count from the consumer the kernel publishes,
-        // then `exit` with that count if every frame was taken and some are not completed (else
-        // the null instruction, and another batch): straight-line code (conditional moves, no
-        // branch), which the CPU emulator runs as one block, so no interrupt (no NIC completion)
-        // comes between the reading and the exit. The exit code is exactly what was in flight
-        // when the kernel ended this guest.
+        // The kick (`rax`: descriptors taken), the in-flight count from the consumer the kernel
+        // publishes, then `exit` with that count if every frame was taken and some are not
+        // completed (else the null instruction, and another batch): straight-line code
+        // (conditional moves, no branch), which the CPU emulator runs as one block, so no
+        // interrupt (no NIC completion) comes between the reading and the exit. The exit code is
+        // exactly what was in flight when the kernel ended this guest.
+        // SAFETY: virtual instructions only (the kernel changes nothing but `rax`); `r8` points at the shared page's consumer.
         unsafe {
             core::arch::asm!(
                 "out dx, eax",

@@ -9,6 +9,12 @@
 
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
+// Everything here handles what guests and images write: no panics, unchecked indexing or
+// unchecked arithmetic outside tests (an `allow` only with its proof beside it).
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)
+)]
 
 extern crate alloc;
 

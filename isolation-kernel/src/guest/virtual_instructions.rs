@@ -61,18 +61,21 @@ pub(super) fn virtual_instruction(g: &mut Guests, id: GuestId, port: u16, frame:
     }
 }
 
+/// Guest `id`'s vNIC, if it has one.
+fn vnic_of(g: &Guests, id: GuestId) -> Option<&crate::vnet::GuestNic> {
+    g.nics.get(id).and_then(Option::as_ref)
+}
+
 /// The handlers: the value for `rax` and what happens to the guest next.
 pub(super) fn run_vi(g: &mut Guests, id: GuestId, call: ViCall, now: u64) -> Result<(u64, Action), ViFailure> {
-    let nic = |g: &Guests| {
-        g.nics.get(id).and_then(Option::as_ref).map(|_| ()).ok_or(ViFailure::Error(vi::Error::Unsupported))
-    };
+    let no_nic = ViFailure::Error(vi::Error::Unsupported);
     Ok(match call {
         ViCall::ConsoleWrite { addr, len } => (console_write(g, id, addr, len)?, Action::Resume),
         ViCall::Exit { code } => (0, Action::Exit(code)),
         ViCall::Yield => (0, Action::Preempt),
         ViCall::IdleUntil { deadline } => {
             // A virtual interrupt raised since the guest last looked ends the idle at once.
-            let pending = g.nics.get(id).and_then(Option::as_ref).map_or(0, crate::vnet::GuestNic::virq);
+            let pending = vnic_of(g, id).map_or(0, crate::vnet::GuestNic::virq);
             let action = match deadline {
                 _ if pending != 0 => Action::Resume,
                 None => Action::Idle(None),
@@ -83,7 +86,7 @@ pub(super) fn run_vi(g: &mut Guests, id: GuestId, call: ViCall, now: u64) -> Res
         }
         ViCall::Null => (0, Action::Resume),
         ViCall::VnicTxKick => {
-            nic(g)?;
+            vnic_of(g, id).ok_or(no_nic)?;
             // Doorbell to NIC notify, for kicks that carried exactly one packet (stamping on).
             let stamps = g.net.stamps;
             let start = stamps.now();
@@ -93,10 +96,7 @@ pub(super) fn run_vi(g: &mut Guests, id: GuestId, call: ViCall, now: u64) -> Res
             }
             (taken, Action::Resume)
         }
-        ViCall::VnicRxPosted => {
-            nic(g)?;
-            (g.nics.get(id).and_then(Option::as_ref).map_or(0, |nic| u64::from(nic.rx_posted())), Action::Resume)
-        }
+        ViCall::VnicRxPosted => (u64::from(vnic_of(g, id).ok_or(no_nic)?.rx_posted()), Action::Resume),
     })
 }
 

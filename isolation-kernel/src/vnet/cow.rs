@@ -3,9 +3,7 @@
 //! packet done with releases its slot. Slots of guests that ended with packets in flight wait
 //! as zombies for their last packet.
 
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
-
-use super::{free_run, page_addrs_of, run_bytes, GuestNic, NetCtx, Network, WriteFaultVerdict, PAGE};
+use super::{free_run, page_addrs_of, run_bytes, GuestNic, NetCtx, Network, WriteFaultVerdict};
 use crate::guest::space::{copy_into_run, AddressSpace};
 use core::sync::atomic::Ordering;
 use hypercall_abi::layout::VNIC_TX_AREA_ADDR;
@@ -89,7 +87,7 @@ impl NetCtx<'_> {
             .and_then(|slot| usize::try_from(slot).ok());
         let Some(slot) = slot else { return WriteFaultVerdict::NotCopyOnWrite };
         let (slot_addr, run, pages) = (nic.slot_addr(slot as u64), nic.slot_size, nic.slot_pages);
-        let page_addrs = (0..pages).map(move |page| slot_addr.wrapping_add(page.wrapping_mul(PAGE)));
+        let page_addrs = page_addrs_of(slot_addr, pages);
         let Some(space) = self.guests.get_mut(id).and_then(|g| g.space.as_mut()) else {
             return WriteFaultVerdict::NotCopyOnWrite;
         };

@@ -1,8 +1,6 @@
 //! Receive: the physical NIC's frames through the vswitch, and delivery (copy into the rx
 //! buffer the guest posted, virtual interrupt, wake) for frames from the NIC or another guest.
 
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
-
 use super::{count_drop, GuestNic, NetCtx, Network};
 use crate::guest::space::copy_into_run;
 use core::sync::atomic::Ordering;

@@ -1,8 +1,6 @@
 //! Per-packet stage stamps (`stamps=on`): a record per packet taken from a tx slot (the guest's
 //! own stamps, the trap entry, the vNIC work done), completed after the notify that covered it.
 
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
-
 use super::{run_bytes, Network};
 use hypercall_abi::vnic::stamps::TX_STAMPS;
 use kernel_core::vnet::{ring, Packet};

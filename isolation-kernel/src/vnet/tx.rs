@@ -2,11 +2,9 @@
 //! the slot, source-MAC check, queue in the guest's FIFO), the network scheduler's hand-off to
 //! the vswitch and the physical NIC, and the NIC's transmit completions.
 
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
-
 use super::rx::deliver;
 use super::stamps::PendingNotify;
-use super::{count_drop, run_bytes, GuestNic, NetCtx, Network, PAGE};
+use super::{count_drop, page_addrs_of, run_bytes, GuestNic, NetCtx, Network};
 use crate::drivers::virtio_net::{TransmitError, TxCookie};
 use crate::guest::space::copy_into_run;
 use core::sync::atomic::Ordering;
@@ -222,24 +220,24 @@ enum Taken {
 // instructions more per packet (`bench dispatch`).
 #[inline(always)]
 fn take_tx(net: &mut Network, nic: &mut GuestNic, id: GuestId, name: &str, shared: &VnicShared) -> Taken {
-    let position = nic.ring.taken();
-    let Some(desc) = shared.tx.get(ring::position(position, TX_RING_SIZE)) else { return Taken::Backlogged };
+    let Some(desc) = shared.tx.get(ring::position(nic.ring.taken(), TX_RING_SIZE)) else { return Taken::Backlogged };
     // Read each field once: the guest may change them behind our back.
     let (addr, len) = (desc.addr.load(Ordering::Relaxed), desc.len.load(Ordering::Relaxed));
-    let validated = validate_tx_sized(addr, len, nic.max_frame, nic.slot_size)
-        .map(|frame| (frame, usize::try_from(frame.slot).ok().and_then(|slot| nic.cow.frame(slot).map(|f| (slot, f)))));
-    let (frame, slot, page) = match validated {
-        Ok((frame, Some((slot, page)))) => (frame, slot, page),
-        Ok((_, None)) | Err(_) => {
-            if let Err(bad) = validated {
-                nic.log_once(id, name, format_args!("rejected tx descriptor: {bad}"));
-            }
-            let Some(index) = nic.ring.take() else { return Taken::Backlogged };
-            net.counters.drops_bad_desc = net.counters.drops_bad_desc.saturating_add(1);
-            desc.status.store(DescStatus::RejectedBadDescriptor as u32, Ordering::Relaxed);
-            nic.ring.complete(index);
-            return Taken::Yes;
+    let validated = validate_tx_sized(addr, len, nic.max_frame, nic.slot_size);
+    // The slot's current frame (a validated slot always has one).
+    let located = validated.ok().and_then(|frame| {
+        let slot = usize::try_from(frame.slot).ok()?;
+        Some((frame, slot, nic.cow.frame(slot)?))
+    });
+    let Some((frame, slot, page)) = located else {
+        if let Err(bad) = validated {
+            nic.log_once(id, name, format_args!("rejected tx descriptor: {bad}"));
         }
+        let Some(index) = nic.ring.take() else { return Taken::Backlogged };
+        net.counters.drops_bad_desc = net.counters.drops_bad_desc.saturating_add(1);
+        desc.status.store(DescStatus::RejectedBadDescriptor as u32, Ordering::Relaxed);
+        nic.ring.complete(index);
+        return Taken::Yes;
     };
     if net.fifos.get(id).is_none_or(TxFifo::is_full) {
         return Taken::Backlogged;
@@ -283,7 +281,7 @@ fn take_tx(net: &mut Network, nic: &mut GuestNic, id: GuestId, name: &str, share
             if nic.cow.protect(slot) == Some(Protect::WriteProtect) {
                 nic.set_slot_writable(slot, false);
                 let base = nic.slot_addr(frame.slot);
-                nic.pending_flush.extend((0..nic.slot_pages).map(|page| base.wrapping_add(page.wrapping_mul(PAGE))));
+                nic.pending_flush.extend(page_addrs_of(base, nic.slot_pages));
                 net.counters.cow_protects = net.counters.cow_protects.saturating_add(1);
             }
             if net.vswitch.source_is(id, run_bytes(page, nic.slot_size, frame.offset, frame.len)) {

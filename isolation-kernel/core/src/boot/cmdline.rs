@@ -2,8 +2,6 @@
 //! [`hypercall_abi::cmdline`]). Anything the kernel does not understand is an error that names
 //! the word, so a typo in a test's options fails loudly instead of being ignored.
 
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
-
 use hypercall_abi::cmdline as keys;
 use log::LevelFilter;
 

@@ -5,8 +5,6 @@
 //! entry says "usable" and no entry says anything else; usable ranges are shrunk to whole
 //! pages ([`PAGE_SIZE`]). Storage is fixed-size because this runs before the kernel has a heap.
 
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
-
 use hypercall_abi::layout::PAGE_SIZE;
 
 /// Most disjoint ranges a [`RegionSet`] holds. Real maps have a dozen.

@@ -7,8 +7,6 @@
 //! field from the loader is treated as untrusted: a read outside what the reader can reach, a
 //! wrong magic or an oversized table is an error, never a panic.
 
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
-
 use crate::boot::memmap::{MemoryKind, RawRegion};
 
 /// `hvm_start_info.magic`: "xEn3" with the high bit of the first byte set.

@@ -8,8 +8,6 @@
 //! the NUL-terminated name padded so that header and name end on a 4-byte boundary, then the
 //! file data padded to a 4-byte boundary. The archive ends with an entry named `TRAILER!!!`.
 
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
-
 /// Magic at the start of every "newc" header.
 pub const MAGIC: &[u8; 6] = b"070701";
 /// Size of an entry header.

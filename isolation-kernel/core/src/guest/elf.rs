@@ -6,8 +6,6 @@
 //! ([`IMAGE_BASE`]..[`IMAGE_LIMIT`]), inside the file, and on pages no other segment touches,
 //! plus an entry point that lies in executable memory.
 
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
-
 use hypercall_abi::layout::{IMAGE_BASE, IMAGE_LIMIT, PAGE_SIZE};
 
 /// Most loadable segments a guest image may have (linkers emit three or four).

@@ -7,8 +7,6 @@
 //! is known to be mapped with the needed access. The check holds as long as the map does not
 //! change; the kernel validates and uses a slice within one hypercall, with the guest stopped.
 
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
-
 use hypercall_abi::layout::{PAGE_SIZE, USER_LIMIT};
 
 /// Most regions a guest map holds (a guest has a handful: boot info, image segments, heap,

@@ -9,8 +9,6 @@
 //!
 //! Deadlines come from guests (the idle virtual instruction): any u64 at all.
 
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
-
 use alloc::collections::{BinaryHeap, VecDeque};
 use alloc::vec::Vec;
 use core::cmp::Reverse;

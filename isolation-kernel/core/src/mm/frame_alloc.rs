@@ -7,6 +7,11 @@
 //! boot mapping of low memory. Word-wise scanning keeps boot cheap: under PVM every ring-0
 //! instruction is emulated, so a loop per frame would cost seconds.
 
+// Not guest-facing: its inputs are the boot memory map and frame addresses the kernel itself
+// took from it (never a guest's or an image's value), and its bitmap arithmetic is bounded by
+// the frame count fixed at construction; the crate's lints for guest input do not apply here.
+#![allow(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+
 use hypercall_abi::layout::PAGE_SIZE;
 
 const BITS: u64 = 64;

@@ -1,7 +1,5 @@
 //! Names of the x86 exception vectors, for fault reports.
 
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
-
 use crate::boot::cmdline::FpuPolicy;
 use crate::trap::vinstr::{fpu_use, FpuUse};
 
