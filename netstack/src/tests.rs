@@ -260,6 +260,8 @@ fn wait_until_caps_the_sleep_at_the_app_deadline() {
     assert_eq!(platform.idles.borrow().len(), idles);
 }
 
+mod tcp;
+
 mod no_silent_loss {
     use super::*;
     use crate::ingress::test_frames::udp_frame;
