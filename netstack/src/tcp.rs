@@ -282,6 +282,10 @@ fn new_socket(options: &TcpOptions) -> Option<tcp::Socket<'static>> {
     // and answers them with one ACK anyway, and a socket that reached TIME-WAIT has sent its
     // last ACK by the end of that poll and can be freed.
     socket.set_ack_delay(None);
+    // Reno (RFC 5681): what is in flight adapts to what the path takes. A guest's receive ring
+    // holds 32 frames and the kernel drops what finds it full; without congestion control a
+    // sender keeps a whole window in flight and loses part of it again and again.
+    socket.set_congestion_control(tcp::CongestionControl::Reno);
     Some(socket)
 }
 
