@@ -64,7 +64,7 @@ pub fn boot(
         last_reported: Default::default(),
         kick_samples: Vec::with_capacity(KICK_SAMPLES),
     };
-    let mut apps: BTreeMap<&str, Result<App, String>> = BTreeMap::new();
+    let mut apps: BTreeMap<&str, Result<App, Refusal>> = BTreeMap::new();
     let mut create_ticks = Vec::with_capacity(specs.len());
     let mut pages = Vec::with_capacity(specs.len());
     for spec in &specs {
@@ -74,35 +74,33 @@ pub fn boot(
         let user_state = UserState::new();
         let budget_ticks = match spec.cpu_budget_ms {
             0 => Ok(None),
-            ms => cpu_budget_ticks(ms, tsc_hz)
-                .map(Some)
-                .ok_or_else(|| format!("cpu_budget_ms = {ms} is out of range: at most {MAX_CPU_BUDGET_MS}")),
+            ms => cpu_budget_ticks(ms, tsc_hz).map(Some).ok_or(Refusal::CpuBudgetOutOfRange { ms }),
         };
         let built = match (app, &budget_ticks) {
-            (Ok(_), _) if user_state.is_none() => Err("no kernel memory for its floating-point state".to_string()),
-            (Ok(_), Err(e)) => Err(e.clone()),
+            (Ok(_), _) if user_state.is_none() => Err(Refusal::NoFpuState),
+            (Ok(_), Err(e)) => Err(*e),
             (Ok(app), Ok(_)) => with_frames(|frames| {
-                let mut loaded = loader::build_guest(id as u32, spec, app, tsc_hz, frames)
-                    .map_err(|e| format!("cannot build its address space: {e}"))?;
+                let mut loaded =
+                    loader::build_guest(id as u32, spec, app, tsc_hz, frames).map_err(Refusal::AddressSpace)?;
                 let nic = match spec.net {
                     None => None,
                     Some(config) => match crate::vnet::build_nic(&mut loaded.space, frames, config, stamps) {
                         Ok(nic) => Some(nic),
                         Err(e) => {
                             loaded.space.release(frames);
-                            return Err(format!("cannot build its virtual NIC: {e}"));
+                            return Err(Refusal::Vnic(e));
                         }
                     },
                 };
                 Ok((loaded, nic))
             }),
-            (Err(e), _) => Err(e.clone()),
+            (Err(e), _) => Err(*e),
         };
         let built = built.and_then(|(loaded, nic)| match g.net.add_guest(id, nic.as_ref()) {
             Ok(()) => Ok((loaded, nic)),
             Err(e) => {
                 with_frames(|frames| loaded.space.release(frames));
-                Err(format!("cannot join the vswitch: {e}"))
+                Err(Refusal::Vswitch(e))
             }
         });
         if built.is_err() {
@@ -143,8 +141,9 @@ pub fn boot(
                 if expected_to_end(spec.expect) {
                     g.awaiting_end = g.awaiting_end.saturating_sub(1);
                 }
-                console_write_fmt(format_args!("guest {id} {} refused: {error}\n", spec.name));
-                guest.end = Some(End::Refused(error));
+                let end = End::Refused(error);
+                console_write_fmt(format_args!("guest {id} {} {end}\n", spec.name));
+                guest.end = Some(end);
                 g.sched.finish(id);
                 g.counters.guests_refused = g.counters.guests_refused.saturating_add(1);
             }
@@ -181,16 +180,15 @@ pub fn boot(
     unsafe { enter_frame(&frame, trap_stack_top) }
 }
 
-pub(super) fn load_app(archive: &Archive<'static>, app: &str) -> Result<App, String> {
+pub(super) fn load_app(archive: &Archive<'static>, app: &str) -> Result<App, Refusal> {
     let path = format!("{APP_DIR}{app}");
-    let entry = match archive.find(&path) {
-        Ok(Some(entry)) => entry,
-        Ok(None) => return Err(format!("app `{app}` is not in the initrd")),
-        Err(e) => return Err(format!("initrd is malformed: {e}")),
+    let loaded = match archive.find(&path) {
+        Ok(Some(entry)) => with_frames(|frames| App::load(entry.data, frames)).map_err(Refusal::App),
+        Ok(None) => Err(Refusal::AppMissing),
+        Err(e) => Err(Refusal::InitrdMalformed(e)),
     };
-    let loaded = with_frames(|frames| App::load(entry.data, frames)).map_err(|e| format!("app `{app}`: {e}"));
     if let Err(e) = &loaded {
-        log::error!("{e}");
+        log::error!("app `{app}`: {e}");
     }
     loaded
 }

@@ -10,14 +10,7 @@ pub fn finish_run(why: &str) -> ! {
         log::info!("run over: {why}");
         for (id, guest) in g.list.iter_mut().enumerate() {
             let (summary, met) = match &guest.end {
-                Some(end) => {
-                    let summary = match end {
-                        End::Exited(code) => format!("exited {code}"),
-                        End::Stopped { cause, rip } => format!("stopped: {cause} at rip {rip:#x}"),
-                        End::Refused(error) => format!("refused: {error}"),
-                    };
-                    (summary, end.meets(guest.expect))
-                }
+                Some(end) => (end.to_string(), end.meets(guest.expect)),
                 None => {
                     flush_console(id, guest, true);
                     ("still running".to_string(), matches!(guest.expect, Expect::Running | Expect::Any))

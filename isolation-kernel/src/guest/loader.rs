@@ -42,6 +42,7 @@ fn fill_from_file(phys: u64, page_addr: u64, segment: &Segment, file: &[u8]) -> 
     Some(())
 }
 
+#[derive(Clone, Copy, Debug)]
 pub enum AppError {
     Elf(ElfError),
     OutOfMemory,

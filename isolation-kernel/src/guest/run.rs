@@ -112,12 +112,14 @@ pub(super) fn handle_trap(g: &mut Guests, frame: &mut TrapFrame, vector: Vector,
             g.sched.idle_current(deadline);
         }
         Action::Exit(code) => {
-            console_write_fmt(format_args!("guest {id} {} exited {code}\n", guest.name));
-            end_guest(g, id, End::Exited(code));
+            let end = End::Exited(code);
+            console_write_fmt(format_args!("guest {id} {} {end}\n", guest.name));
+            end_guest(g, id, end);
         }
         Action::Stop(cause) => {
-            console_write_fmt(format_args!("guest {id} {} stopped: {cause} at rip {:#x}\n", guest.name, frame.rip));
-            end_guest(g, id, End::Stopped { cause, rip: frame.rip });
+            let end = End::Stopped { cause, rip: frame.rip };
+            console_write_fmt(format_args!("guest {id} {} {end}\n", guest.name));
+            end_guest(g, id, end);
         }
     }
     Next::Switch(id)

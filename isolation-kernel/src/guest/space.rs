@@ -59,7 +59,7 @@ pub fn copy_into_run(phys: u64, run: u64, offset: u64, data: &[u8]) {
     };
 }
 
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 pub enum SpaceError {
     OutOfMemory,
     /// The loader asked to map a page twice or outside the user half: a loader bug or a bad

@@ -34,7 +34,7 @@ pub(super) fn ticks_to(ticks: u64, per_second: u64, tsc_hz: u64) -> u64 {
 }
 
 /// Whether a guest with this expectation is expected to end by itself.
-pub(super) fn expected_to_end(expect: Expect<'_>) -> bool {
+pub(super) fn expected_to_end(expect: Expect) -> bool {
     matches!(expect, Expect::Exit(_) | Expect::Stopped(_) | Expect::Refused(_))
 }
 
