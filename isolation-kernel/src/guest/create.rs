@@ -5,6 +5,27 @@ use super::*;
 /// `rflags` of a guest: interrupts enabled (bit 9), reserved bit 1 set, IOPL 0.
 pub(super) const GUEST_RFLAGS: u64 = 0x202;
 
+/// Why the initrd cannot be used (the boot fails with it).
+pub enum InitrdError {
+    NoConfig,
+    Malformed(kernel_core::guest::cpio::CpioError),
+    ConfigNotUtf8,
+    Config(hypercall_abi::initrd::ConfigError<'static>),
+    NoGuests,
+}
+
+impl core::fmt::Display for InitrdError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            InitrdError::NoConfig => write!(f, "initrd has no {CONFIG_FILE}"),
+            InitrdError::Malformed(e) => write!(f, "initrd is malformed: {e}"),
+            InitrdError::ConfigNotUtf8 => write!(f, "{CONFIG_FILE} is not UTF-8"),
+            InitrdError::Config(e) => write!(f, "{CONFIG_FILE}: {e}"),
+            InitrdError::NoGuests => write!(f, "{CONFIG_FILE} names no guests"),
+        }
+    }
+}
+
 /// Reads the initrd, loads every guest of the image and runs the first one. Returns only with
 /// the reason the initrd cannot be used.
 pub fn boot(
@@ -14,26 +35,26 @@ pub fn boot(
     trap_stack_top: u64,
     tx_mode: kernel_core::boot::cmdline::TxMode,
     stamps: bool,
-) -> String {
+) -> InitrdError {
     let archive = Archive::new(initrd);
     let config = match archive.find(CONFIG_FILE) {
         Ok(Some(entry)) => entry.data,
-        Ok(None) => return format!("initrd has no {CONFIG_FILE}"),
-        Err(e) => return format!("initrd is malformed: {e}"),
+        Ok(None) => return InitrdError::NoConfig,
+        Err(e) => return InitrdError::Malformed(e),
     };
     let Ok(config) = core::str::from_utf8(config) else {
-        return format!("{CONFIG_FILE} is not UTF-8");
+        return InitrdError::ConfigNotUtf8;
     };
     let mut specs: Vec<GuestSpec<'static>> = Vec::new();
     for record in parse_config(config) {
         match record {
             Ok(Record::Image { name }) => log::info!("image `{name}`"),
             Ok(Record::Guest(spec)) => specs.push(spec),
-            Err(e) => return format!("{CONFIG_FILE}: {e}"),
+            Err(e) => return InitrdError::Config(e),
         }
     }
     if specs.is_empty() {
-        return format!("{CONFIG_FILE} names no guests");
+        return InitrdError::NoGuests;
     }
 
     let max_mtu = specs.iter().filter_map(|s| s.net).map(|n| u64::from(n.mtu)).max();
