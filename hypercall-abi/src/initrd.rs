@@ -133,6 +133,8 @@ kinds! {
         BadPointer = "bad_pointer",
         /// A write to an in-flight tx slot found no memory for its copy-on-write copy.
         CowCopyNoMemory = "cow_copy_no_memory",
+        /// The first touch of a stack or heap page found no frame to back it.
+        NoMemoryForPage = "no_memory_for_page",
     }
 }
 

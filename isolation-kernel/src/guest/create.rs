@@ -88,11 +88,13 @@ pub fn boot(
     let mut apps: BTreeMap<&str, Result<App, Refusal>> = BTreeMap::new();
     let mut create_ticks = Vec::with_capacity(specs.len());
     let mut pages = Vec::with_capacity(specs.len());
+    let mut kernel_bytes = Vec::with_capacity(specs.len());
     for spec in &specs {
         let id = g.sched.add();
         let app = apps.entry(spec.app).or_insert_with(|| load_app(&archive, spec.app));
         let start = cpu::rdtsc();
         let user_state = UserState::new();
+        let user_state_bytes = user_state.as_ref().map_or(0, UserState::heap_bytes);
         let budget_ticks = match spec.cpu_budget_ms {
             0 => Ok(None),
             ms => cpu_budget_ticks(ms, tsc_hz).map(Some).ok_or(Refusal::CpuBudgetOutOfRange { ms }),
@@ -138,13 +140,22 @@ pub fn boot(
             cpu_budget_ticks: budget_ticks.ok().flatten(),
             expect: spec.expect,
             end: None,
+            pages_at_end: None,
             console: Vec::new(),
         };
         match built {
             Ok((loaded, nic)) => {
+                let nic_bytes = nic.as_ref().map_or(0, crate::vnet::GuestNic::kernel_bytes);
                 g.nics.push(nic);
                 create_ticks.push(cpu::rdtsc().saturating_sub(start));
                 pages.push(loaded.space.owned_frames());
+                kernel_bytes.push(
+                    core::mem::size_of::<Guest>()
+                        .saturating_add(loaded.space.kernel_bytes())
+                        .saturating_add(nic_bytes)
+                        .saturating_add(g.net.kernel_bytes_per_guest())
+                        .saturating_add(user_state_bytes),
+                );
                 let selectors = crate::arch::gdt::selectors();
                 guest.frame = TrapFrame {
                     rip: loaded.entry,
@@ -174,14 +185,16 @@ pub fn boot(
     if !create_ticks.is_empty() {
         create_ticks.sort_unstable();
         pages.sort_unstable();
+        kernel_bytes.sort_unstable();
         let shared: usize = apps.values().filter_map(|a| a.as_ref().ok()).map(App::shared_frames).sum();
         log::info!(
-            "guests: {} created, {} refused; creating one took {} TSC ticks (median); {} private pages per guest (median), {} pages shared",
+            "guests: {} created, {} refused; creating one took {} TSC ticks (median); {} private pages per guest (median), {} pages shared; kernel heap {} bytes per guest (median; the guest, its vNIC, address-space and FIFO records, its register state)",
             g.counters.guests_created,
             g.counters.guests_refused,
             median(&create_ticks),
             median(&pages),
-            shared
+            shared,
+            median(&kernel_bytes),
         );
     }
 

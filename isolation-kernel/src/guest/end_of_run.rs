@@ -18,13 +18,22 @@ pub fn finish_run(why: &str) -> ! {
             };
             all_met &= met;
             let verdict = if met { "as expected" } else { "EXPECTATION FAILED" };
+            let pages = guest.space.as_ref().map(AddressSpace::page_counts).or(guest.pages_at_end).unwrap_or_default();
+            let mut page_pairs = String::new();
+            for page_use in PageUse::ALL {
+                let _ = core::fmt::Write::write_fmt(
+                    &mut page_pairs,
+                    format_args!(" pages_{}={}", page_use.name(), pages.get(page_use)),
+                );
+            }
             console_write_fmt(format_args!(
-                "summary: guest {id} {}: {summary}; expected {} ({verdict}); cpu {} ms; cpu_us={} virtual_instructions={}\n",
+                "summary: guest {id} {}: {summary}; expected {} ({verdict}); cpu {} ms; cpu_us={} virtual_instructions={} pages={}{page_pairs}\n",
                 guest.name,
                 guest.expect,
                 ticks_to(guest.cpu_ticks, 1_000, g.tsc_hz),
                 ticks_to(guest.cpu_ticks, 1_000_000, g.tsc_hz),
-                guest.virtual_instructions
+                guest.virtual_instructions,
+                pages.total(),
             ));
         }
     });

@@ -48,7 +48,7 @@ use kernel_core::trap::vcall::ViCall;
 use kernel_core::trap::vinstr::{decode_gp, Direction, GpInstruction, PortOperand, MAX_INSTRUCTION_LEN};
 use loader::App;
 use run::*;
-use space::AddressSpace;
+use space::{AddressSpace, LazyFault, PageCounts, PageUse};
 use table::*;
 
 pub use create::boot;
@@ -160,6 +160,8 @@ pub struct Guest {
     /// From the image config, which lives in the initrd for the whole run.
     expect: Expect,
     end: Option<End>,
+    /// Its private pages when it ended (its address space is freed then).
+    pages_at_end: Option<PageCounts>,
     console: Vec<u8>,
 }
 
@@ -180,6 +182,8 @@ struct Counters {
     guests_stopped: u64,
     virtual_instructions: u64,
     guest_switches: u64,
+    /// Stack and heap pages backed on their first touch.
+    lazy_pages_backed: u64,
 }
 
 struct Guests {

@@ -50,6 +50,10 @@ pub enum GuestFault {
     CowCopyNoMemory {
         slot: usize,
     },
+    /// The first touch of a lazily backed page (stack, heap) found no frame for it.
+    NoMemoryForPage {
+        address: u64,
+    },
 }
 
 impl GuestFault {
@@ -69,6 +73,7 @@ impl GuestFault {
             Self::CpuBudget { .. } => StopKind::CpuBudget,
             Self::BadPointer { .. } => StopKind::BadPointer,
             Self::CowCopyNoMemory { .. } => StopKind::CowCopyNoMemory,
+            Self::NoMemoryForPage { .. } => StopKind::NoMemoryForPage,
         }
     }
 }
@@ -92,6 +97,7 @@ impl fmt::Display for GuestFault {
             Self::CpuBudget { ms } => write!(f, "cpu budget of {ms} ms exceeded"),
             Self::BadPointer { call, bad } => write!(f, "bad pointer in {call}: {bad}"),
             Self::CowCopyNoMemory { slot } => write!(f, "no memory for a copy-on-write copy of tx slot {slot}"),
+            Self::NoMemoryForPage { address } => write!(f, "no memory to back the page at {address:#x}"),
         }
     }
 }
