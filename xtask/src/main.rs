@@ -264,6 +264,24 @@ fn real_main() -> Result<()> {
 
 /// UDP port every guest's forward points at.
 pub const ECHO_PORT: u16 = 7;
+/// Guests that get a host port forward on the user network (one `hostfwd` each, all in one
+/// QEMU argument, which Linux caps at 128 KiB): the first ones.
+const MAX_USER_FORWARDS: usize = 64;
+/// Guests `cargo xtask run` lists one line each; the plan's pattern describes the rest.
+const LISTED_GUESTS: usize = 8;
+
+/// The user network's forwards `(host port, guest address, guest port)`: host port `base + i`
+/// to guest `i`'s echo port, for the first [`MAX_USER_FORWARDS`] guests.
+fn user_forwards(base: u16, guests: impl Iterator<Item = [u8; 4]>) -> Result<Vec<(u16, [u8; 4], u16)>> {
+    guests
+        .take(MAX_USER_FORWARDS)
+        .enumerate()
+        .map(|(i, ip)| match u16::try_from(usize::from(base) + i) {
+            Ok(port) => Ok((port, ip, ECHO_PORT)),
+            Err(_) => bail!("--host-port-base {base}: guest {i}'s forward would be beyond port 65535"),
+        })
+        .collect()
+}
 
 fn run(args: RunArgs) -> Result<()> {
     let plan = if args.net == NetChoice::Tap { NetPlan::TAP } else { NetPlan::USER };
@@ -296,14 +314,9 @@ fn run(args: RunArgs) -> Result<()> {
         NetChoice::Tap => Some(tapnet::TapNamespace::create(&plan, image.manifest.kernel.mtu)?),
         _ => None,
     };
+    let forwards = user_forwards(args.host_port_base, net_guests.iter().map(|(_, n)| n.ipv4))?;
     let backend = match args.net {
-        NetChoice::User => Some(NetBackend::User {
-            forwards: net_guests
-                .iter()
-                .enumerate()
-                .map(|(i, (_, n))| (args.host_port_base + i as u16, n.ipv4, ECHO_PORT))
-                .collect(),
-        }),
+        NetChoice::User => Some(NetBackend::User { forwards: forwards.clone() }),
         NetChoice::Tap => Some(NetBackend::Tap { ifname: tapnet::TAP_IFNAME.into() }),
         NetChoice::None => None,
     };
@@ -331,20 +344,32 @@ fn run(args: RunArgs) -> Result<()> {
     if args.gdb {
         println!("waiting for gdb: gdb {} -ex 'target remote :1234'", image.kernel.display());
     }
-    for (i, (name, net)) in net_guests.iter().enumerate() {
-        match (&args.net, &namespace) {
-            (NetChoice::User, _) => println!(
-                "guest {name}: {} (udp 127.0.0.1:{} -> port {ECHO_PORT})",
-                format_ip(net.ipv4),
-                args.host_port_base + i as u16
-            ),
-            (NetChoice::Tap, Some(ns)) => println!(
+    if args.net != NetChoice::None {
+        println!("{}", plan.describe(net_guests.len()));
+    }
+    for (i, (name, net)) in net_guests.iter().enumerate().take(LISTED_GUESTS) {
+        match (&args.net, &namespace, forwards.get(i)) {
+            (NetChoice::User, _, Some((host_port, _, _))) => {
+                println!("guest {name}: {} (udp 127.0.0.1:{host_port} -> port {ECHO_PORT})", format_ip(net.ipv4))
+            }
+            (NetChoice::Tap, Some(ns), _) => println!(
                 "guest {name}: {} (try: ip netns exec {} ping {0}; ip netns exec {1} nc -u {0} {ECHO_PORT})",
                 format_ip(net.ipv4),
                 ns.name
             ),
             _ => println!("guest {name}: {} (vswitch only)", format_ip(net.ipv4)),
         }
+    }
+    if net_guests.len() > LISTED_GUESTS {
+        println!("... and {} more guests with a NIC, by the pattern above", net_guests.len() - LISTED_GUESTS);
+    }
+    if args.net == NetChoice::User && net_guests.len() > forwards.len() {
+        println!(
+            "host port forwards: the first {} guests only (127.0.0.1:{}..={}); the others are reachable from guests",
+            forwards.len(),
+            args.host_port_base,
+            forwards.last().map_or(args.host_port_base, |f| f.0)
+        );
     }
     let margin = if accel == qemu::Accel::Kvm { 120 } else { 30 };
     let timeout = args.timeout.or(args.for_secs.map(|s| s + margin)).map(Duration::from_secs);
@@ -405,6 +430,18 @@ mod cli_tests {
         let mut missing = Vec::new();
         check(&Cli::command(), "xtask", &mut missing);
         assert!(missing.is_empty(), "no description: {missing:?}");
+    }
+
+    #[test]
+    fn user_forwards_cover_the_first_guests_and_stay_in_port_range() {
+        let plan = NetPlan::USER;
+        let forwards = user_forwards(7000, (0..10_000).map(|i| plan.guest_ip(i))).unwrap();
+        assert_eq!(forwards.len(), MAX_USER_FORWARDS);
+        assert_eq!(forwards[0], (7000, [10, 0, 2, 16], ECHO_PORT));
+        assert_eq!(forwards[MAX_USER_FORWARDS - 1].0, 7000 + MAX_USER_FORWARDS as u16 - 1);
+        assert_eq!(user_forwards(65_535, (0..1).map(|i| plan.guest_ip(i))).unwrap().len(), 1);
+        let error = user_forwards(65_535, (0..2).map(|i| plan.guest_ip(i))).unwrap_err().to_string();
+        assert!(error.contains("beyond port 65535"), "{error}");
     }
 
     #[test]
