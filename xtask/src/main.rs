@@ -5,6 +5,7 @@ mod bench;
 mod burst;
 mod chart;
 mod checks;
+mod density;
 mod dispatch;
 mod fuzz;
 mod initrd;
@@ -13,6 +14,7 @@ mod manifest;
 mod native;
 mod pack;
 mod qemu;
+mod sweep;
 mod tapnet;
 mod tests;
 mod udp;
@@ -88,6 +90,32 @@ enum Cmd {
         /// The tap device whose drop counters are read.
         #[arg(long, default_value = tapnet::TAP_IFNAME)]
         tap: String,
+    },
+    /// One datagram to each of COUNT echo servers at consecutive addresses, every answer matched
+    /// (the density test and `bench density` run it inside the tap namespace).
+    #[command(hide = true)]
+    UdpSweep {
+        /// The first server's address; server i is at FIRST + i.
+        #[arg(long)]
+        first: std::net::Ipv4Addr,
+        /// Servers to sweep.
+        #[arg(long)]
+        count: usize,
+        /// Their UDP port.
+        #[arg(long, default_value_t = ECHO_PORT)]
+        port: u16,
+        /// Datagrams in flight at most.
+        #[arg(long, default_value_t = 64)]
+        window: usize,
+        /// Milliseconds before an unanswered datagram is sent again.
+        #[arg(long, default_value_t = 2000)]
+        retry_after_ms: u64,
+        /// Times a datagram is sent again before its server counts as silent.
+        #[arg(long, default_value_t = 2)]
+        max_retries: u32,
+        /// Makes this sweep's payloads differ from other sweeps'.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// Mutation fuzzing of the kernel's portable parsers and models (stable Rust; see fuzz/).
     Fuzz(fuzz::FuzzArgs),
@@ -241,6 +269,19 @@ fn real_main() -> Result<()> {
         Cmd::Run(args) => run(args),
         Cmd::Test { filter, qemu_only } => tests::run_all(filter.as_deref(), qemu_only),
         Cmd::Fuzz(args) => fuzz::run(&args),
+        Cmd::UdpSweep { first, count, port, window, retry_after_ms, max_retries, seed } => {
+            let plan = sweep::SweepPlan {
+                first,
+                count,
+                port,
+                window,
+                retry_after: Duration::from_millis(retry_after_ms),
+                max_retries,
+                seed,
+            };
+            println!("{}", sweep::sweep(&plan)?.line());
+            Ok(())
+        }
         Cmd::UdpProbe { peer, sizes } => udp::probe(peer, &sizes),
         Cmd::UdpBurst { peers, sizes, seed, settle_ms, tap } => burst::command(&peers, &sizes, seed, settle_ms, &tap),
         Cmd::Bench { which: BenchCmd::Native } => native::run().map(|_| ()),

@@ -273,6 +273,11 @@ impl Session {
         })
     }
 
+    /// QEMU's process id (`ip netns exec` execs QEMU in its own process).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The console so far.
     pub fn log(&self) -> String {
         self.log.lock().expect("log lock").clone()
