@@ -9,6 +9,7 @@ use crate::sweep::SweepResult;
 use crate::tapnet::{TapNamespace, TAP_IFNAME};
 use crate::TxMode;
 use anyhow::{anyhow, bail, Context, Result};
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -186,6 +187,115 @@ impl Creation {
             kernel_bytes_median: before(" bytes per guest").unwrap_or(0),
         })
     }
+}
+
+/// Median and maximum of one figure over the guests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Spread {
+    pub median: u64,
+    pub max: u64,
+}
+
+/// `target/bench/density.json`.
+#[derive(Debug, Serialize)]
+pub struct DensityReport {
+    pub image: String,
+    pub guests: usize,
+    #[serde(with = "crate::tx_mode_name")]
+    pub tx: TxMode,
+    pub accel: &'static str,
+    pub host_cpu: String,
+    /// Guest RAM QEMU was given, and what QEMU itself held after the sweep.
+    pub memory_mib: u32,
+    pub qemu_rss_mib: Option<u64>,
+    /// Wall-clock milliseconds from QEMU's start (TCG: emulator time).
+    pub every_guest_listening_ms: u64,
+    pub every_guest_answered_ms: u64,
+    /// The sweep alone (one datagram to each guest, 64 in flight).
+    pub sweep_ms: u64,
+    pub answered: usize,
+    pub retries: usize,
+    /// The kernel's figures at creation: median TSC ticks to create one guest (TCG: emulator
+    /// ticks), private pages (before the guest ran), pages shared, kernel heap bytes per guest.
+    pub create_ticks_median: u64,
+    pub private_pages_at_creation: u64,
+    pub shared_pages: u64,
+    pub kernel_heap_bytes_per_guest: u64,
+    /// Private pages per guest at the end (after it answered), in total and by use.
+    pub private_pages: BTreeMap<String, Spread>,
+    /// The kernel's last `stats:` line.
+    pub stats: BTreeMap<String, u64>,
+}
+
+/// `cargo xtask bench density`: boots `image_name` over tap, sweeps every guest once, and
+/// reports what it took.
+pub fn bench(image_name: &str, tx: TxMode) -> Result<DensityReport> {
+    if let Some(why) = crate::tapnet::unavailable_reason(&[]) {
+        bail!("bench density needs a tap network: {why}");
+    }
+    let image = crate::pack::build(Some(image_name), NetPlan::TAP)?.remove(0);
+    let guests = image.guests.iter().filter(|g| g.net.is_some()).count();
+    println!(
+        "bench density: {guests} guests of {} over tap, {} MiB, TCG",
+        image.name, image.manifest.kernel.memory_mib
+    );
+    // Creating 10,000 guests and starting their stacks takes tens of seconds under TCG.
+    let run = run_echo_over_tap(&image, tx, Duration::from_secs(900))
+        .map_err(|e| anyhow!("{:#}\n---- console log ----\n{}", e.error, tail(&e.log, 60)))?;
+    let creation = Creation::from_log(&run.outcome.log).unwrap_or_default();
+    let pages = PageReport::from_log(&run.outcome.log);
+    let report = DensityReport {
+        image: image.name.clone(),
+        guests: run.guests,
+        tx,
+        accel: Accel::Tcg.name(),
+        host_cpu: crate::bench::host_cpu(),
+        memory_mib: image.manifest.kernel.memory_mib,
+        qemu_rss_mib: run.qemu_rss_kib.map(|kib| kib / 1024),
+        every_guest_listening_ms: run.listening_after.as_millis() as u64,
+        every_guest_answered_ms: run.answered_after.as_millis() as u64,
+        sweep_ms: run.sweep.last_answer_ms,
+        answered: run.sweep.answered,
+        retries: run.sweep.retries,
+        create_ticks_median: creation.ticks_median,
+        private_pages_at_creation: creation.private_pages_median,
+        shared_pages: creation.shared_pages,
+        kernel_heap_bytes_per_guest: creation.kernel_bytes_median,
+        private_pages: pages.figures.iter().map(|(k, &(median, max))| (k.clone(), Spread { median, max })).collect(),
+        stats: crate::checks::stats(&run.outcome.log).unwrap_or_default(),
+    };
+    println!(
+        "{} of {} guests answered ({} retries); every guest listening {:.1} s and answered {:.1} s after QEMU \
+         started (sweep {} ms)",
+        report.answered,
+        report.guests,
+        report.retries,
+        run.listening_after.as_secs_f64(),
+        run.answered_after.as_secs_f64(),
+        report.sweep_ms
+    );
+    println!(
+        "creating one guest: {} TSC ticks (median); kernel heap {} bytes per guest; {} pages shared",
+        report.create_ticks_median, report.kernel_heap_bytes_per_guest, report.shared_pages
+    );
+    println!("{}", pages.describe());
+    println!(
+        "memory: {} MiB given to the machine, QEMU's RSS {} MiB",
+        report.memory_mib,
+        report.qemu_rss_mib.map_or("?".into(), |m| m.to_string())
+    );
+    let path = crate::bench::write_json("density.json", &report)?;
+    println!("wrote {}", path.display());
+    if report.answered != report.guests {
+        bail!("{} of {} guests never answered: {:?}", report.guests - report.answered, report.guests, run.sweep.silent);
+    }
+    Ok(report)
+}
+
+/// The last `lines` lines of `text`.
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 #[cfg(test)]

@@ -191,6 +191,17 @@ enum BenchCmd {
         #[arg(long)]
         quick: bool,
     },
+    /// Many echo guests on one kernel over tap (needs root): time from QEMU's start to every
+    /// guest answering one datagram, private pages per guest, kernel heap per guest, QEMU's
+    /// RSS: density.json.
+    Density {
+        /// The image (its guests must be udp-echo with a NIC).
+        #[arg(long, default_value = "echo-10k")]
+        image: String,
+        /// Transmit path.
+        #[arg(long, value_parser = tx_mode_parser(), default_value = "copy")]
+        tx: TxMode,
+    },
     /// UDP echo latency and throughput from the host, copy vs COW, 1 and 4 guests: echo.json and
     /// echo.svg.
     Echo {
@@ -285,6 +296,7 @@ fn real_main() -> Result<()> {
         Cmd::UdpProbe { peer, sizes } => udp::probe(peer, &sizes),
         Cmd::UdpBurst { peers, sizes, seed, settle_ms, tap } => burst::command(&peers, &sizes, seed, settle_ms, &tap),
         Cmd::Bench { which: BenchCmd::Native } => native::run().map(|_| ()),
+        Cmd::Bench { which: BenchCmd::Density { image, tx } } => density::bench(&image, tx).map(|_| ()),
         Cmd::Bench { which: BenchCmd::Dispatch { quick, accel } } => {
             let (packets, sizes) = if quick { (30, &dispatch::SIZES[..]) } else { (10_100, &dispatch::FULL_SIZES[..]) };
             dispatch::run(packets, sizes, qemu::resolve_accel(accel)?).map(|_| ())
