@@ -285,7 +285,9 @@ pub fn bench(image_name: &str, tx: TxMode) -> Result<DensityReport> {
         report.qemu_rss_mib.map_or("?".into(), |m| m.to_string())
     );
     let path = crate::bench::write_json("density.json", &report)?;
-    println!("wrote {}", path.display());
+    let log_path = path.with_file_name("density.log");
+    std::fs::write(&log_path, &run.outcome.log)?;
+    println!("wrote {} and the console log {}", path.display(), log_path.display());
     if report.answered != report.guests {
         bail!("{} of {} guests never answered: {:?}", report.guests - report.answered, report.guests, run.sweep.silent);
     }
