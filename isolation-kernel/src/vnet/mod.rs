@@ -141,11 +141,10 @@ pub fn build_nic(
     space.reserve_lazy(VNIC_TX_AREA_ADDR, TX_SLOTS.wrapping_mul(pages), Access::READ_WRITE, PageUse::Vnic)?;
     space.reserve_lazy(VNIC_RX_AREA_ADDR, RX_SLOTS.wrapping_mul(pages), Access::READ_WRITE, PageUse::Vnic)?;
     // The areas share the shared page's last-level table (the layout asserts it), so their
-    // entries' places are known now, backed or not.
-    let tx_pte = page_addrs_of(VNIC_TX_AREA_ADDR, TX_SLOTS.wrapping_mul(pages))
-        .map(|page| space.leaf_pte_phys(page))
-        .collect::<Option<Vec<u64>>>()
-        .ok_or(SpaceError::BadMapping(VNIC_TX_AREA_ADDR))?;
+    // entries' places are known now, backed or not: consecutive pages, consecutive entries.
+    let first_pte = space.leaf_pte_phys(VNIC_TX_AREA_ADDR).ok_or(SpaceError::BadMapping(VNIC_TX_AREA_ADDR))?;
+    let tx_pte: Vec<u64> =
+        (0..TX_SLOTS.wrapping_mul(pages)).map(|page| first_pte.wrapping_add(page.wrapping_mul(8))).collect();
     let nic = GuestNic {
         config,
         shared_phys,
