@@ -37,6 +37,20 @@ pub const USER_LIMIT: u64 = 0x0000_8000_0000_0000;
 // Guests use the small code model: everything they address lies below 2 GiB.
 const _: () = assert!(STACK_TOP < 1 << 31);
 
+/// Bytes past an allocator's high-water mark that its own bookkeeping may have written (a
+/// free-list header of 16 bytes, after rounding the last block up to 16 and aligning to 8).
+pub const ALLOCATOR_SCRATCH: usize = 64;
+
+/// How many bytes at the start of a fresh allocation `[start, start + len)` may hold old
+/// data and must be zeroed for a zeroed allocation, given that nothing was ever handed out at
+/// or beyond `high_water` (and only [`ALLOCATOR_SCRATCH`] bytes past it were ever written).
+/// The kernel backs heap pages lazily with zeroed frames, so the rest already reads as zero:
+/// not writing it keeps untouched pages unbacked (a guest pays only for what it uses).
+pub fn bytes_to_zero(start: usize, len: usize, high_water: usize) -> usize {
+    let dirty_end = high_water.saturating_add(ALLOCATOR_SCRATCH);
+    dirty_end.saturating_sub(start).min(len)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,5 +73,19 @@ mod tests {
         ];
         assert!(bounds.windows(2).all(|w| w[0] <= w[1]), "{bounds:x?}");
         assert!(bounds.iter().all(|b| b % PAGE_SIZE == 0));
+    }
+
+    #[test]
+    fn zeroing_stops_where_nothing_was_ever_written() {
+        // Wholly below the mark: everything.
+        assert_eq!(bytes_to_zero(100, 50, 1000), 50);
+        // Across the mark: up to the mark and the allocator's scratch.
+        assert_eq!(bytes_to_zero(900, 4096, 1000), 100 + ALLOCATOR_SCRATCH);
+        // Beyond the mark and its scratch: nothing.
+        assert_eq!(bytes_to_zero(2000, 4096, 1000), 0);
+        // Starting inside the scratch: its rest.
+        assert_eq!(bytes_to_zero(1010, 4096, 1000), ALLOCATOR_SCRATCH - 10);
+        // At the top of the address space: no overflow.
+        assert_eq!(bytes_to_zero(usize::MAX - 10, 10, usize::MAX), 10);
     }
 }

@@ -167,11 +167,12 @@ pub fn format_ip(ip: [u8; 4]) -> String {
 /// Broken ELF files `cargo xtask build` can make from `hello`, for loader tests.
 pub const CORRUPT_KINDS: [&str; 4] = ["truncated", "wrong-machine", "overlapping", "kernel-half"];
 /// Apps that are binaries of guest-os.
-pub const GUEST_APPS: [&str; 10] = [
+pub const GUEST_APPS: [&str; 11] = [
     "cow-rewriter",
     "fpu-probe",
     "hello",
     "hostile",
+    "mem-probe",
     "noop",
     "ring-hostile",
     "tx-flood",
@@ -280,8 +281,8 @@ impl Manifest {
         if !LOG_LEVELS.contains(&manifest.kernel.log.as_str()) {
             bail!("kernel.log = {:?}: expected one of {}", manifest.kernel.log, LOG_LEVELS.join(", "));
         }
-        if !(32..=65536).contains(&manifest.kernel.memory_mib) {
-            bail!("kernel.memory_mib = {}: expected 32 to 65536", manifest.kernel.memory_mib);
+        if !(16..=65536).contains(&manifest.kernel.memory_mib) {
+            bail!("kernel.memory_mib = {}: expected 16 to 65536", manifest.kernel.memory_mib);
         }
         if !(MIN_MTU..=MAX_MTU).contains(&u64::from(manifest.kernel.mtu)) {
             bail!("kernel.mtu = {}: expected {MIN_MTU} to {MAX_MTU}", manifest.kernel.mtu);
