@@ -173,7 +173,10 @@ impl Creation {
     /// From the `guests: N created, M refused; creating one took T TSC ticks (median); P private
     /// pages per guest (median), S pages shared; kernel heap B bytes per guest ...` line.
     pub fn from_log(log: &str) -> Option<Creation> {
-        let line = log.lines().find_map(|l| Some(&l[l.find("guests: ")? + "guests: ".len()..]))?;
+        let line = log.lines().find_map(|l| {
+            let rest = &l[l.find("guests: ")? + "guests: ".len()..];
+            rest.contains(" created, ").then_some(rest)
+        })?;
         let before = |marker: &str| -> Option<u64> {
             let head = &line[..line.find(marker)?];
             head.split_whitespace().last()?.trim_start_matches('(').parse().ok()
@@ -305,6 +308,7 @@ mod tests {
     use super::*;
 
     const LOG: &str = "\
+[    0.040000] INFO  frames free before the guests: 15000
 [    0.045069] INFO  guests: 3 created, 0 refused; creating one took 9691628 TSC ticks (median); 72 private pages per guest (median), 23 pages shared; kernel heap 6496 bytes per guest (median; the guest, its vNIC)
 summary: guest 0 e-0: still running; expected running (as expected); cpu 32 ms; cpu_us=32284 virtual_instructions=9 pages=89 pages_page_tables=6 pages_heap=13
 summary: guest 1 e-1: still running; expected running (as expected); cpu 32 ms; cpu_us=32284 virtual_instructions=9 pages=91 pages_page_tables=6 pages_heap=15
