@@ -73,6 +73,7 @@ const QEMU_TESTS: &[QemuTest] = &[
     QemuTest { name: "cow_rewrite_jumbo_in_flight_tcg", run: |ctx| cow_rewrite_in_flight(ctx, "cow-rewrite-jumbo") },
     QemuTest { name: "rx_oversize_dropped_and_counted_tcg", run: rx::rx_oversize_dropped_and_counted },
     QemuTest { name: "lazy_memory_backed_on_touch_tcg", run: lazy::lazy_memory_backed_on_touch },
+    QemuTest { name: "kernel_heap_short_refuses_not_panics_tcg", run: lazy::kernel_heap_short_refuses_not_panics },
     QemuTest { name: "bench_echo_smoke", run: bench_echo_smoke },
     QemuTest { name: "bench_dispatch_smoke", run: bench_dispatch_smoke },
     QemuTest {
