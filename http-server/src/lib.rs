@@ -68,7 +68,9 @@ pub struct Counters {
     pub refused: u64,
     /// Connections ended because nothing moved for the idle timeout.
     pub idle_timeouts: u64,
-    /// Connections whose peer reset them (or that were aborted) before they finished.
+    /// Connections that ended cleanly (both sides closed), refused ones included.
+    pub closed: u64,
+    /// Connections that ended otherwise: reset by the peer, or aborted.
     pub resets: u64,
     /// Well-formed request heads taken.
     pub requests: u64,
@@ -81,6 +83,11 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// Connections open now: accepted or refused, and not yet ended.
+    pub fn active(&self) -> u64 {
+        (self.connections + self.refused).saturating_sub(self.closed + self.resets)
+    }
+
     pub fn responses_with(&self, status: Status) -> u64 {
         self.responses[status.index()]
     }
@@ -90,8 +97,14 @@ impl fmt::Display for Counters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "connections={} refused={} idle_timeouts={} resets={} requests={}",
-            self.connections, self.refused, self.idle_timeouts, self.resets, self.requests
+            "connections={} refused={} active={} closed={} resets={} idle_timeouts={} requests={}",
+            self.connections,
+            self.refused,
+            self.active(),
+            self.closed,
+            self.resets,
+            self.idle_timeouts,
+            self.requests
         )?;
         for status in Status::ALL {
             write!(f, " status_{}={}", status.code(), self.responses_with(status))?;
@@ -211,6 +224,15 @@ pub enum Timeout {
     /// A request head was not complete in time: a 408 is queued, and the connection ends after
     /// it (keep sending; [`Connection::is_finished`] says when).
     Head,
+}
+
+/// How a connection ended, for the counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// Both sides closed.
+    Closed,
+    /// Reset by the peer, or aborted here.
+    Reset,
 }
 
 /// One HTTP connection's state: the request bytes received, the response going out.
@@ -356,10 +378,13 @@ impl Connection {
         self.response.is_some()
     }
 
-    /// The connection ends before it finished (peer reset, or aborted): a response still going
-    /// out is counted as incomplete, the connection as reset.
-    pub fn reset(self, server: &mut Server) {
-        server.counters.resets += 1;
+    /// The connection has ended, cleanly (`Ending::Closed`) or not; a response still going out
+    /// is counted as incomplete.
+    pub fn end(self, server: &mut Server, how: Ending) {
+        match how {
+            Ending::Closed => server.counters.closed += 1,
+            Ending::Reset => server.counters.resets += 1,
+        }
         if self.response.is_some() {
             server.counters.incomplete += 1;
         }

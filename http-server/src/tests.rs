@@ -598,10 +598,16 @@ fn a_reset_mid_response_is_counted() {
     conn.receive(b"GET /bytes/1000000 HTTP/1.1\r\nHost: x\r\n\r\n", 0);
     let mut buf = [0u8; 4096];
     conn.output(&mut s, &mut buf, 0);
-    conn.reset(&mut s);
+    assert_eq!(s.counters.active(), 1);
+    conn.end(&mut s, Ending::Reset);
     let done = Connection::new(&mut s, 0);
-    done.reset(&mut s);
+    done.end(&mut s, Ending::Reset);
+    let mut refused = Connection::refused(&mut s, 0);
+    assert_eq!(s.counters.active(), 1);
+    assert!(refused.output(&mut s, &mut buf, 0) > 0 && refused.is_finished());
+    refused.end(&mut s, Ending::Closed);
     assert_eq!((s.counters.resets, s.counters.incomplete, s.counters.connections), (2, 1, 2));
+    assert_eq!((s.counters.closed, s.counters.refused, s.counters.active()), (1, 1, 0));
 }
 
 #[test]
@@ -611,7 +617,7 @@ fn counters_print_every_status() {
     let line = s.counters.to_string();
     assert_eq!(
         line,
-        "connections=1 refused=0 idle_timeouts=0 resets=0 requests=2 status_200=1 status_400=0 status_404=0 \
+        "connections=1 refused=0 active=1 closed=0 resets=0 idle_timeouts=0 requests=2 status_200=1 status_400=0 status_404=0 \
          status_405=1 status_408=0 status_431=0 status_503=0 status_505=0 incomplete=0 body_bytes="
             .to_string()
             + &s.counters.body_bytes.to_string()
