@@ -282,7 +282,17 @@ impl Connection {
     /// worth of pipelined bytes waits behind a long response), the socket keeps them and TCP's
     /// window makes the client wait.
     pub fn wants_input(&self) -> bool {
-        self.last || self.reader.room() > 0
+        self.input_room() > 0
+    }
+
+    /// How many bytes [`Self::receive`] takes now (`usize::MAX` once input is only dropped):
+    /// read no more than this from the socket, and the rest waits there.
+    pub fn input_room(&self) -> usize {
+        if self.last {
+            usize::MAX
+        } else {
+            self.reader.takes()
+        }
     }
 
     /// Takes received bytes; returns how many (the caller keeps the rest for later). Bytes after

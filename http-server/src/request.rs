@@ -274,6 +274,11 @@ impl RequestReader {
         self.limit.saturating_sub(self.buf.len())
     }
 
+    /// How many bytes [`Self::push`] would take now, body bytes to skip included.
+    pub fn takes(&self) -> usize {
+        usize::try_from(self.skip).unwrap_or(usize::MAX).saturating_add(self.room())
+    }
+
     /// Whether bytes of a request not yet taken are held.
     pub fn has_pending(&self) -> bool {
         !self.buf.is_empty()

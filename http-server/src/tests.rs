@@ -80,6 +80,18 @@ fn drive(server: &mut Server, chunks: &[&[u8]], out_size: usize, peer_closes: bo
     (output, conn.is_finished())
 }
 
+fn drive_output(conn: &mut Connection, server: &mut Server) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = conn.output(server, &mut buf, 0);
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
 fn serve(request: &[u8]) -> Vec<Parsed> {
     let (out, _) = drive(&mut server(), &[request], 4096, true);
     let head_only = request.starts_with(b"HEAD");
@@ -401,6 +413,17 @@ fn request_bodies_are_skipped_even_when_split() {
     let body = vec![b'z'; 10_000];
     let post = [&b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10000\r\n\r\n"[..], &body].concat();
     let stream = [&post[..], b"GET /bytes/2 HTTP/1.1\r\nHost: x\r\n\r\n"].concat();
+    // The body is taken beyond the head limit: it is skipped, not held.
+    let mut s = server();
+    s.limits.max_head_bytes = 100;
+    let mut conn = Connection::new(&mut s, 0);
+    let head = post.len() - 10_000;
+    assert_eq!(conn.receive(&stream[..head + 8], 0), head + 8);
+    assert!(conn.output(&mut s, &mut [0u8; 4096], 0) > 0, "405 for the POST");
+    assert_eq!(conn.input_room(), (10_000 - 8) + 100, "the body left to skip and the head room");
+    assert_eq!(conn.receive(&stream[head + 8..], 0), stream.len() - head - 8);
+    let r = parse_responses(&drive_output(&mut conn, &mut s), &[]);
+    assert_eq!((r.len(), r[0].body.clone()), (1, pattern(0, 2)));
     for split in [1, 100, 4096, stream.len()] {
         let chunks: Vec<&[u8]> = stream.chunks(split).collect();
         let (out, _) = drive(&mut server(), &chunks, 4096, true);
@@ -436,9 +459,11 @@ fn input_waits_in_the_socket_behind_a_long_response() {
     out.extend_from_slice(&buf[..n]);
     // While the response goes out, pipelined requests fill the buffer up to the limit, no more.
     let more = b"GET /bytes/2 HTTP/1.1\r\nHost: x\r\n\r\n".repeat(3);
+    assert_eq!(conn.input_room(), 64);
     let taken = conn.receive(&more, 0);
     assert_eq!(taken, 64);
     assert!(!conn.wants_input());
+    assert_eq!(conn.input_room(), 0);
     assert_eq!(conn.receive(&more[taken..], 0), 0);
     let mut rest = &more[taken..];
     loop {
