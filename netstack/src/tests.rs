@@ -260,6 +260,8 @@ fn wait_until_caps_the_sleep_at_the_app_deadline() {
     assert_eq!(platform.idles.borrow().len(), idles);
 }
 
+mod tcp;
+
 mod no_silent_loss {
     use super::*;
     use crate::ingress::test_frames::udp_frame;
@@ -298,7 +300,11 @@ mod no_silent_loss {
     /// The ledgers every published snapshot must satisfy.
     fn assert_balanced(v: &GuestCounterValues) {
         let g = |c| get(v, c);
-        assert_eq!(g(C::RxTaken), g(C::RxDatagrams) + g(C::RxOther) + g(C::DropsMalformed), "{v:?}");
+        assert_eq!(
+            g(C::RxTaken),
+            g(C::RxDatagrams) + g(C::RxTcpSegments) + g(C::RxOther) + g(C::DropsMalformed),
+            "{v:?}"
+        );
         assert_eq!(g(C::RxDatagrams), g(C::UdpDelivered) + g(C::DropsSocketFull) + g(C::DropsNoSocket), "{v:?}");
         assert_eq!(g(C::UdpDelivered), g(C::AppReceived) + g(C::UdpQueued), "{v:?}");
         assert_eq!(g(C::AppReceived), g(C::AppEchoes) + g(C::AppConsumed) + g(C::AppDrops) + g(C::AppHeld), "{v:?}");
