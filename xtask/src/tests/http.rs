@@ -13,8 +13,7 @@ const BYTES_SIZES: [u64; 7] = [0, 1, 1459, 1460, 1461, 65536, 10 << 20];
 /// The body a client resets in the middle of, and how much of it it reads first.
 const RESET_BODY: u64 = 100 << 20;
 const RESET_AFTER: usize = 4 << 20;
-/// The port the guests serve HTTP on.
-const HTTP_PORT: u16 = 80;
+use crate::HTTP_PORT;
 /// The guests' head timeout (the app's default; images/http.toml does not change it).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time limit of one client operation: far beyond what any takes, so only a hang trips it.
@@ -27,7 +26,11 @@ fn curl_missing() -> Option<TestResult> {
         return None;
     }
     let why = "`curl` is not installed (apt-get install curl)".to_string();
-    Some(if std::env::var_os("CI").is_some() { Err(failure(format!("{why}, but CI must run this test"), String::new())) } else { Ok(Verdict::Skip(why)) })
+    Some(if std::env::var_os("CI").is_some() {
+        Err(failure(format!("{why}, but CI must run this test"), String::new()))
+    } else {
+        Ok(Verdict::Skip(why))
+    })
 }
 
 /// Waits until every `http` guest of the image says it listens.
@@ -195,7 +198,9 @@ fn curl_check(
     let mut head = curl(namespace);
     head.args(["--head", &format!("{base}/bytes/1461")]);
     let head = run_curl(head)?;
-    if !head.starts_with("HTTP/1.1 200 OK\r\n") || !head.contains("\r\nContent-Length: 1461\r\n") || !head.ends_with("\r\n\r\n")
+    if !head.starts_with("HTTP/1.1 200 OK\r\n")
+        || !head.contains("\r\nContent-Length: 1461\r\n")
+        || !head.ends_with("\r\n\r\n")
     {
         bail!("HEAD /bytes/1461: {head:?}");
     }
@@ -223,7 +228,8 @@ fn http_counters(log: &str) -> BTreeMap<String, BTreeMap<String, u64>> {
     let mut found = BTreeMap::new();
     for line in log.lines() {
         let Some((prefix, counters)) = line.split_once(": http: ") else { continue };
-        let Some(name) = prefix.strip_prefix("guest ").and_then(|r| r.split_whitespace().nth(1)) else { continue };
+        // `[time] INFO  guest <id> <name>: http: ...`
+        let Some(name) = prefix.rsplit_once("guest ").and_then(|(_, r)| r.split_whitespace().nth(1)) else { continue };
         let values: Option<BTreeMap<String, u64>> = counters
             .split_whitespace()
             .map(|pair| {
@@ -246,6 +252,12 @@ fn wait_counters(
 ) -> Option<BTreeMap<String, u64>> {
     session.wait_for(Duration::from_secs(15), |log| http_counters(log).get(name).is_some_and(&want));
     http_counters(&session.log()).remove(name)
+}
+
+/// The user network with host TCP port `base + i` forwarded to guest i's HTTP port.
+fn http_forwards(guests: &[hypercall_abi::vnic::NetConfig], base: u16) -> NetBackend {
+    let tcp_forwards = guests.iter().enumerate().map(|(i, n)| (base + i as u16, n.ipv4, HTTP_PORT)).collect();
+    NetBackend::User { forwards: Vec::new(), tcp_forwards }
 }
 
 fn user_network_session(image: &Image, tx: TxMode) -> std::result::Result<(Session, Vec<SocketAddr>), Failure> {
@@ -484,11 +496,93 @@ pub(super) fn http_slow_client_pipelining_reset(ctx: &Ctx, tx: TxMode) -> TestRe
     Ok(Verdict::Pass)
 }
 
+/// The most connections guest `name` serves at once, from its `http listening on` line.
+fn max_connections(log: &str, name: &str) -> Option<usize> {
+    let line = log.lines().find(|l| l.contains(&format!(" {name}: http listening on ")))?;
+    line.split_once("(at most ")?.1.split_whitespace().next()?.parse().ok()
+}
+
+/// A guest serves at most its limit of connections at once: with that many open (and idle),
+/// one more is answered 503 with `Retry-After` and closed; when one closes, the next is served.
+pub(super) fn http_connection_limit(ctx: &Ctx) -> TestResult {
+    if let Some(verdict) = curl_missing() {
+        return verdict;
+    }
+    let image = pack::pack_image("http", &ctx.artifacts, NetPlan::USER)
+        .map_err(|e| failure(format!("{e:#}"), String::new()))?;
+    let (mut session, addrs) = user_network_session(&image, TxMode::Copy)?;
+    let name = image.guests.iter().find(|g| g.net.is_some()).map(|g| g.name.clone()).unwrap_or_default();
+    let addr = addrs[0];
+    let Some(max) = max_connections(&session.log(), &name) else {
+        return Err(failure(format!("{name} does not say how many connections it serves"), session.log()));
+    };
+    // Each of them served once and kept open (keep-alive): a request right after the connect
+    // also spares the test slirp's slow setup of connections that stay silent.
+    let mut idle = Vec::new();
+    for i in 0..max {
+        let open = || -> Result<BufReader<TcpStream>> {
+            let mut stream = connect(addr)?;
+            stream.write_all(b"GET /bytes/0 HTTP/1.1\r\nHost: x\r\n\r\n")?;
+            let mut reader = BufReader::new(stream);
+            let response = read_response(&mut reader, false)?;
+            if response.code != 200 || response.header("Connection") != Some("keep-alive") {
+                bail!("{response:?}");
+            }
+            Ok(reader)
+        };
+        idle.push(open().map_err(|e| failure(format!("connection {} of {max}: {e:#}", i + 1), session.log()))?);
+    }
+    let count = |key: &'static str, want: u64| move |c: &BTreeMap<String, u64>| c.get(key) == Some(&want);
+    if wait_counters(&mut session, &name, count("active", max as u64)).is_none_or(|c| !count("active", max as u64)(&c))
+    {
+        return Err(failure(format!("{name} did not take {max} connections"), session.log()));
+    }
+    let status = |session: &Session| -> std::result::Result<(u16, String), Failure> {
+        let mut command = curl(None);
+        command.args(["--dump-header", "-", "--output", "/dev/null", &format!("http://{addr}/")]);
+        let head = run_curl(command).map_err(|e| failure(format!("{e:#}"), session.log()))?;
+        let code = head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+        Ok((code, head))
+    };
+    let (code, head) = status(&session)?;
+    if code != 503 || !head.contains("\r\nRetry-After: 1\r\n") || !head.contains("\r\nConnection: close\r\n") {
+        return Err(failure(format!("connection {} of {max} got {head:?}, 503 expected", max + 1), session.log()));
+    }
+    // One closes: its place is free again once the guest has seen it go.
+    drop(idle.pop());
+    if wait_counters(&mut session, &name, count("active", max as u64 - 1))
+        .is_none_or(|c| c.get("active") != Some(&(max as u64 - 1)))
+    {
+        return Err(failure(format!("{name} did not free a closed connection"), session.log()));
+    }
+    let (code, head) = status(&session)?;
+    if code != 200 {
+        return Err(failure(format!("with a place free, GET / got {head:?}"), session.log()));
+    }
+    drop(idle);
+    let want = |c: &BTreeMap<String, u64>| {
+        let get = |k: &str| c.get(k).copied().unwrap_or(u64::MAX);
+        let served = max as u64 + 1;
+        get("refused") == 1 && get("status_503") == 1 && get("status_200") == served && get("active") == 0
+    };
+    let counters = wait_counters(&mut session, &name, want);
+    if !counters.as_ref().is_some_and(want) {
+        return Err(failure(
+            format!("{name}: counters {counters:?}: one refused (503), {} x 200, none active expected", max + 1),
+            session.log(),
+        ));
+    }
+    session.request_quit();
+    let outcome = session.finish().map_err(|e| failure(format!("{e:#}"), String::new()))?;
+    check_guest_expectations(&image, &outcome)?;
+    Ok(Verdict::Pass)
+}
+
 /// The `http` image over tap: curl from inside the namespace fetches every guest's page and a
 /// checked `/bytes/` body.
 pub(super) fn http_tap_network(ctx: &Ctx, tx: TxMode) -> TestResult {
-    let image = pack::pack_image("http", &ctx.artifacts, NetPlan::TAP)
-        .map_err(|e| failure(format!("{e:#}"), String::new()))?;
+    let image =
+        pack::pack_image("http", &ctx.artifacts, NetPlan::TAP).map_err(|e| failure(format!("{e:#}"), String::new()))?;
     if let Some(why) = crate::tapnet::unavailable_reason(&[]) {
         return Ok(Verdict::Skip(why));
     }
@@ -531,8 +625,15 @@ mod unit {
     }
 
     #[test]
+    fn reads_the_connection_limit() {
+        let log = "[ 0.1] INFO  guest 0 http-0: http listening on 10.0.2.16:80 (at most 64 connections, idle ...)\n";
+        assert_eq!(max_connections(log, "http-0"), Some(64));
+        assert_eq!(max_connections(log, "http-1"), None);
+    }
+
+    #[test]
     fn reads_counter_lines_and_responses() {
-        let log = "guest 1 http-1: http: connections=2 status_200=5\n\
+        let log = "[    1.231793] INFO  guest 1 http-1: http: connections=2 status_200=5\n\
                    guest 2 http-2: http: connections=1\n\
                    guest 1 http-1: http: connections=3 status_200=9\n\
                    guest 1 http-1: something else\n";
