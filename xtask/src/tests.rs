@@ -102,8 +102,12 @@ const QEMU_TESTS: &[QemuTest] = &[
         run: |ctx| http::http_slow_client_pipelining_reset(ctx, TxMode::Cow),
     },
     QemuTest { name: "http_connection_limit_tcg", run: http::http_connection_limit },
-    QemuTest { name: "http_tap_network_copy_tcg", run: |ctx| http::http_tap_network(ctx, TxMode::Copy) },
-    QemuTest { name: "http_tap_network_cow_tcg", run: |ctx| http::http_tap_network(ctx, TxMode::Cow) },
+    QemuTest { name: "http_tap_network_copy_tcg", run: |ctx| http::http_tap_network(ctx, TxMode::Copy, "http") },
+    QemuTest { name: "http_tap_network_cow_tcg", run: |ctx| http::http_tap_network(ctx, TxMode::Cow, "http") },
+    QemuTest {
+        name: "http_jumbo_tap_network_cow_tcg",
+        run: |ctx| http::http_tap_network(ctx, TxMode::Cow, "http-jumbo"),
+    },
     QemuTest {
         name: "udp_jumbo_guest_to_guest_copy_tcg",
         run: |ctx| udp_guest_to_guest(ctx, TxMode::Copy, "udp-g2g-jumbo"),

@@ -578,11 +578,11 @@ pub(super) fn http_connection_limit(ctx: &Ctx) -> TestResult {
     Ok(Verdict::Pass)
 }
 
-/// The `http` image over tap: curl from inside the namespace fetches every guest's page and a
-/// checked `/bytes/` body.
-pub(super) fn http_tap_network(ctx: &Ctx, tx: TxMode) -> TestResult {
-    let image =
-        pack::pack_image("http", &ctx.artifacts, NetPlan::TAP).map_err(|e| failure(format!("{e:#}"), String::new()))?;
+/// An `http` image over tap: curl from inside the namespace fetches every guest's page and
+/// checked `/bytes/` bodies.
+pub(super) fn http_tap_network(ctx: &Ctx, tx: TxMode, image_name: &str) -> TestResult {
+    let image = pack::pack_image(image_name, &ctx.artifacts, NetPlan::TAP)
+        .map_err(|e| failure(format!("{e:#}"), String::new()))?;
     if let Some(why) = crate::tapnet::unavailable_reason(&[]) {
         return Ok(Verdict::Skip(why));
     }
@@ -598,16 +598,34 @@ pub(super) fn http_tap_network(ctx: &Ctx, tx: TxMode) -> TestResult {
     for guest in &guests {
         let ip = crate::manifest::format_ip(guest.net.map(|n| n.ipv4).unwrap_or_default());
         let dir = image.dir.join("http-tap-test").join(&guest.name);
-        curl_check(Some(&namespace), &format!("http://{ip}:{HTTP_PORT}"), &guest.name, &ip, &[0, 1461, 1 << 20], &dir)
-            .map_err(|e| failure(format!("curl against {} at {ip}: {e:#}", guest.name), session.log()))?;
+        curl_check(
+            Some(&namespace),
+            &format!("http://{ip}:{HTTP_PORT}"),
+            &guest.name,
+            &ip,
+            &[0, 1461, 8949, 1 << 20],
+            &dir,
+        )
+        .map_err(|e| failure(format!("curl against {} at {ip}: {e:#}", guest.name), session.log()))?;
     }
     session.request_quit();
     let outcome = session.finish().map_err(|e| failure(format!("{e:#}"), String::new()))?;
     check_guest_expectations(&image, &outcome)?;
     let stats = final_stats(&outcome)?;
     check_tx_path(&outcome, tx, &stats, Traffic::NicOnly)?;
+    // With jumbo frames, the bodies went out in segments no standard frame could hold: on
+    // average the guests' frames are longer than the longest standard one.
+    let get = |name: &str| stats.get(name).copied().unwrap_or(0);
+    let average = get("tx_bytes") / get("tx_packets").max(1);
+    let standard = STANDARD_FRAME as u64;
+    check(&outcome, image.manifest.kernel.mtu <= 1500 || average > standard, || {
+        format!("MTU {}: frames of {average} bytes on average, over {standard} expected", image.manifest.kernel.mtu)
+    })?;
     Ok(Verdict::Pass)
 }
+
+/// The longest Ethernet frame at MTU 1500 (without FCS).
+const STANDARD_FRAME: usize = 1514;
 
 #[cfg(test)]
 mod unit {
