@@ -36,7 +36,7 @@ const DEFAULT_MAX_CONNECTIONS: usize = 64;
 const MAX_REFUSING: usize = 8;
 /// Connections the listener holds ready before the app accepts them.
 const BACKLOG: usize = 16;
-/// Bytes moved between a socket and a connection in one step.
+/// Bytes read from a socket in one step.
 const CHUNK: usize = 16 * 1024;
 /// The counters are printed at most this often.
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
@@ -98,20 +98,12 @@ fn serve(net: &mut Net, server: &mut Server, client: &mut Client, chunk: &mut [u
         }
         Some(Timeout::Head) | None => {}
     }
+    // Responses are written straight into the send buffer (bodies generated in place), as far
+    // as it has room; the rest waits for the peer's acknowledgements.
     loop {
-        let room = net.tcp_send_room(socket).min(chunk.len());
-        let n = http.peek_output(server, &mut chunk[..room]);
-        if n == 0 {
-            break;
-        }
-        match net.tcp_send(socket, &chunk[..n]) {
-            Ok(sent) => {
-                http.consume_output(server, sent, now);
-                progressed = true;
-                if sent < n {
-                    break;
-                }
-            }
+        match net.tcp_send_with(socket, |room| http.output(server, room, now)) {
+            Ok(0) => break,
+            Ok(_) => progressed = true,
             Err(_) => {
                 net.tcp_abort(socket);
                 return Pass::Ended(Ending::Reset);
