@@ -144,7 +144,7 @@ fn main(env: &Env) -> i32 {
         }
     };
     let ipv4 = env.net.map(|n| n.ipv4).unwrap_or_default();
-    let mut server = Server::new(Site { name: env.name.to_string(), id: env.id, ipv4 }, limits);
+    let mut server = Server::new(&Site { name: env.name.to_string(), id: env.id, ipv4 }, limits);
     println!(
         "http listening on {}:{port} (at most {max_connections} connections, idle timeout {} ms, head timeout {} ms)",
         format_ipv4(ipv4),
@@ -168,9 +168,10 @@ fn main(env: &Env) -> i32 {
             }
             let Some(socket) = net.tcp_accept(listener) else { break };
             let now_ms = millis(now);
+            // A connection whose request buffer the heap cannot hold is refused too.
             let http =
                 if refuse { Connection::refused(&mut server, now_ms) } else { Connection::new(&mut server, now_ms) };
-            clients.push(Client { socket, http, refused: refuse });
+            clients.push(Client { socket, refused: http.is_refusal(), http });
         }
         let mut progressed = false;
         let mut i = 0;
