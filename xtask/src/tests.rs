@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 mod hostile;
 mod http;
+mod lazy;
 mod loss;
 mod rx;
 
@@ -71,6 +72,7 @@ const QEMU_TESTS: &[QemuTest] = &[
     QemuTest { name: "cow_rewrite_in_flight_tcg", run: |ctx| cow_rewrite_in_flight(ctx, "cow-rewrite") },
     QemuTest { name: "cow_rewrite_jumbo_in_flight_tcg", run: |ctx| cow_rewrite_in_flight(ctx, "cow-rewrite-jumbo") },
     QemuTest { name: "rx_oversize_dropped_and_counted_tcg", run: rx::rx_oversize_dropped_and_counted },
+    QemuTest { name: "lazy_memory_backed_on_touch_tcg", run: lazy::lazy_memory_backed_on_touch },
     QemuTest { name: "bench_echo_smoke", run: bench_echo_smoke },
     QemuTest { name: "bench_dispatch_smoke", run: bench_dispatch_smoke },
     QemuTest {
@@ -356,6 +358,10 @@ fn bad_command_line_refused(ctx: &Ctx) -> TestResult {
     let outcome = boot(&ctx.empty, Accel::Tcg, "shutdown_after=soon", TCG_TIMEOUT)?;
     expect_exit(&outcome, KernelExit::Failure)?;
     expect_line(&outcome, "bad value `soon` for `shutdown_after`")?;
+    // A kernel built without stage stamps refuses to pretend it takes them.
+    let outcome = boot(&ctx.empty, Accel::Tcg, "stamps=on", TCG_TIMEOUT)?;
+    expect_exit(&outcome, KernelExit::Failure)?;
+    expect_line(&outcome, "stamps=on: this kernel was built without the `stamps` feature")?;
     Ok(Verdict::Pass)
 }
 
@@ -446,7 +452,7 @@ fn chaos_tcg(ctx: &Ctx) -> TestResult {
     // The spinning guest was preempted: the hello guests finished while it still ran.
     let ends = checks::guest_ends(&outcome.log);
     let position = |name: &str| outcome.log.find(&format!(" {name} ")).zip(ends.get(name)).map(|(at, _)| at);
-    let spin_end = outcome.log.find("spin stopped: cpu budget");
+    let spin_end = outcome.log.find("spin stopped cpu_budget: ");
     let hello_end = outcome.log.find("hello-last exited 0");
     check(&outcome, matches!((hello_end, spin_end), (Some(h), Some(s)) if h < s), || {
         "hello-last should finish while the spinning guest is still preempted and running".into()
@@ -522,9 +528,16 @@ fn final_stats(outcome: &Outcome) -> std::result::Result<std::collections::BTree
     checks::stats(&outcome.log).ok_or_else(|| failure("no stats line", outcome.log.clone()))
 }
 
+/// The smallest memory the default image must boot and echo in.
+const DEFAULT_IMAGE_MIB: u32 = 16;
+
+/// The default image, in [`DEFAULT_IMAGE_MIB`] of memory, echoes every test size on every
+/// guest; each guest holds few private pages (its 4 MiB heap and 64 KiB stack backed only
+/// where touched, 6 page tables), and stamping stays off.
 fn udp_echo_user_network(ctx: &Ctx, tx: TxMode) -> TestResult {
-    let image = pack::pack_image("udp-echo", &ctx.artifacts, NetPlan::USER)
+    let mut image = pack::pack_image("udp-echo", &ctx.artifacts, NetPlan::USER)
         .map_err(|e| failure(format!("{e:#}"), String::new()))?;
+    image.manifest.kernel.memory_mib = DEFAULT_IMAGE_MIB;
     let base = host_port_base();
     let guests: Vec<_> = image.guests.iter().filter_map(|g| g.net).collect();
     let forwards = guests.iter().enumerate().map(|(i, n)| (base + i as u16, n.ipv4, 7)).collect();
@@ -557,6 +570,13 @@ fn udp_echo_user_network(ctx: &Ctx, tx: TxMode) -> TestResult {
     check(&outcome, stats.contains_key("stamp_records") && get("stamp_records") == 0, || {
         format!("stamp records without stamps=on: {stats:?}")
     })?;
+    for guest in image.guests.iter().filter(|g| g.net.is_some()) {
+        let pages = lazy::summary_numbers(&outcome.log, &guest.name);
+        let page = |key: &str| pages.get(key).copied().unwrap_or(u64::MAX);
+        check(&outcome, page("pages_page_tables") == 6 && page("pages_heap") <= 8 && page("pages_stack") <= 4, || {
+            format!("{}: expected 6 page tables, at most 8 heap and 4 stack pages: {pages:?}", guest.name)
+        })?;
+    }
     Ok(Verdict::Pass)
 }
 
