@@ -15,6 +15,7 @@ use hypercall_abi::host::KernelExit;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod density;
 mod hostile;
 mod http;
 mod lazy;
@@ -122,6 +123,7 @@ const QEMU_TESTS: &[QemuTest] = &[
         name: "udp_jumbo_guest_to_guest_cow_tcg",
         run: |ctx| udp_guest_to_guest(ctx, TxMode::Cow, "udp-g2g-jumbo"),
     },
+    QemuTest { name: "density_echo_1k_tap_tcg", run: density::echo_1k_every_guest_answers },
 ];
 
 pub fn run_all(filter: Option<&str>, qemu_only: bool) -> Result<()> {
