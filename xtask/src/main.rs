@@ -501,12 +501,14 @@ mod cli_tests {
     #[test]
     fn user_forwards_cover_the_first_guests_and_stay_in_port_range() {
         let plan = NetPlan::USER;
-        let forwards = user_forwards(7000, (0..10_000).map(|i| plan.guest_ip(i))).unwrap();
+        let forwards = user_forwards(7000, ECHO_PORT, (0..10_000).map(|i| plan.guest_ip(i))).unwrap();
         assert_eq!(forwards.len(), MAX_USER_FORWARDS);
         assert_eq!(forwards[0], (7000, [10, 0, 2, 16], ECHO_PORT));
         assert_eq!(forwards[MAX_USER_FORWARDS - 1].0, 7000 + MAX_USER_FORWARDS as u16 - 1);
-        assert_eq!(user_forwards(65_535, (0..1).map(|i| plan.guest_ip(i))).unwrap().len(), 1);
-        let error = user_forwards(65_535, (0..2).map(|i| plan.guest_ip(i))).unwrap_err().to_string();
+        let http = user_forwards(8080, HTTP_PORT, (0..3).map(|i| plan.guest_ip(i))).unwrap();
+        assert_eq!(http[2], (8082, [10, 0, 2, 18], HTTP_PORT));
+        assert_eq!(user_forwards(65_535, ECHO_PORT, (0..1).map(|i| plan.guest_ip(i))).unwrap().len(), 1);
+        let error = user_forwards(65_535, ECHO_PORT, (0..2).map(|i| plan.guest_ip(i))).unwrap_err().to_string();
         assert!(error.contains("beyond port 65535"), "{error}");
     }
 
