@@ -12,7 +12,7 @@
 use smoltcp::phy::{Checksum, ChecksumCapabilities};
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, IpAddress, IpProtocol, Ipv4Address, Ipv4Cidr, Ipv4Packet,
-    Ipv4Repr, UdpPacket, UdpRepr, IPV4_MULTICAST_ALL_SYSTEMS,
+    Ipv4Repr, TcpControl, TcpPacket, TcpRepr, UdpPacket, UdpRepr, IPV4_MULTICAST_ALL_SYSTEMS,
 };
 
 /// What a received frame is, as the stack will treat it.
@@ -21,11 +21,26 @@ pub enum Inbound {
     /// A UDP datagram addressed to this interface: destination port and payload length. Its
     /// UDP checksum is not checked yet (the stack checks it; see [`datagram_ok`]).
     Datagram { port: u16, len: usize },
+    /// A TCP segment addressed to this interface, its checksum correct.
+    Segment(Segment),
     /// A frame the stack refuses: too short for its headers, a bad IPv4 header or checksum, a
-    /// fragment (no reassembly), a non-unicast source, a bad UDP header.
+    /// fragment (no reassembly), a non-unicast source, a bad UDP header, a bad TCP header or
+    /// checksum.
     Malformed,
     /// Anything else: ARP, ICMP, other protocols, frames and packets addressed elsewhere.
     Other,
+}
+
+/// What admission needs to know of a TCP segment: who sent it, to which port, and the flags
+/// that open (a SYN alone) or end (RST) a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub src: Ipv4Address,
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// A connection request: SYN without ACK.
+    pub syn: bool,
+    pub rst: bool,
 }
 
 /// The interface's own addresses, as the stack matches frames against them.
@@ -80,14 +95,30 @@ pub fn classify(frame: &[u8], me: &Identity) -> Inbound {
     if !me.accepts(ip.dst_addr) {
         return Inbound::Other;
     }
-    if ip.next_header != IpProtocol::Udp {
-        return Inbound::Other;
-    }
-    let Ok(udp) = UdpPacket::new_checked(packet.payload()) else { return Inbound::Malformed };
     let (src, dst) = (IpAddress::Ipv4(ip.src_addr), IpAddress::Ipv4(ip.dst_addr));
-    match UdpRepr::parse(&udp, &src, &dst, &caps) {
-        Ok(repr) => Inbound::Datagram { port: repr.dst_port, len: udp.payload().len() },
-        Err(_) => Inbound::Malformed,
+    match ip.next_header {
+        IpProtocol::Udp => {
+            let Ok(udp) = UdpPacket::new_checked(packet.payload()) else { return Inbound::Malformed };
+            match UdpRepr::parse(&udp, &src, &dst, &caps) {
+                Ok(repr) => Inbound::Datagram { port: repr.dst_port, len: udp.payload().len() },
+                Err(_) => Inbound::Malformed,
+            }
+        }
+        IpProtocol::Tcp => {
+            // With the checksum, as the stack checks it: a segment it would drop is malformed.
+            let Ok(tcp) = TcpPacket::new_checked(packet.payload()) else { return Inbound::Malformed };
+            match TcpRepr::parse(&tcp, &src, &dst, &ChecksumCapabilities::default()) {
+                Ok(repr) => Inbound::Segment(Segment {
+                    src: ip.src_addr,
+                    src_port: repr.src_port,
+                    dst_port: repr.dst_port,
+                    syn: repr.control == TcpControl::Syn && repr.ack_number.is_none(),
+                    rst: repr.control == TcpControl::Rst,
+                }),
+                Err(_) => Inbound::Malformed,
+            }
+        }
+        _ => Inbound::Other,
     }
 }
 
@@ -282,6 +313,55 @@ mod tests {
         let mut arp = ours.clone();
         arp[12..14].copy_from_slice(&[0x08, 0x06]);
         assert_eq!(classify(&arp, &me), Inbound::Other);
+    }
+
+    /// An Ethernet/IPv4/TCP frame from PEER:5000 to `port`, with correct checksums.
+    fn tcp_frame(port: u16, control: TcpControl, ack: bool, payload: &[u8]) -> std::vec::Vec<u8> {
+        use smoltcp::wire::{TcpSeqNumber, TcpTimestampRepr};
+        let repr = TcpRepr {
+            src_port: 5000,
+            dst_port: port,
+            control,
+            seq_number: TcpSeqNumber(1000),
+            ack_number: ack.then_some(TcpSeqNumber(2000)),
+            window_len: 1024,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None::<TcpTimestampRepr>,
+            payload,
+        };
+        let mut frame = udp_frame(MAC, PEER, IP, port, &vec![0; repr.buffer_len() - 8]);
+        let ip = Ipv4Repr {
+            src_addr: PEER,
+            dst_addr: IP,
+            next_header: IpProtocol::Tcp,
+            payload_len: repr.buffer_len(),
+            hop_limit: 64,
+        };
+        ip.emit(&mut Ipv4Packet::new_unchecked(&mut frame[14..]), &ChecksumCapabilities::default());
+        let mut tcp = TcpPacket::new_unchecked(&mut frame[34..]);
+        repr.emit(&mut tcp, &PEER.into(), &IP.into(), &ChecksumCapabilities::default());
+        frame
+    }
+
+    #[test]
+    fn tcp_segments_are_told_with_their_flags() {
+        let me = me();
+        let segment = |syn, rst| Inbound::Segment(Segment { src: PEER, src_port: 5000, dst_port: 80, syn, rst });
+        assert_eq!(classify(&tcp_frame(80, TcpControl::Syn, false, b""), &me), segment(true, false));
+        assert_eq!(classify(&tcp_frame(80, TcpControl::Syn, true, b""), &me), segment(false, false), "a SYN-ACK");
+        assert_eq!(classify(&tcp_frame(80, TcpControl::None, true, b"data"), &me), segment(false, false));
+        assert_eq!(classify(&tcp_frame(80, TcpControl::Rst, true, b""), &me), segment(false, true));
+        // The stack drops a bad checksum: so does the count, as malformed.
+        let mut bad = tcp_frame(80, TcpControl::None, true, b"data");
+        let last = bad.len() - 1;
+        bad[last] ^= 0x40;
+        assert_eq!(classify(&bad, &me), Inbound::Malformed);
+        assert_eq!(classify(&tcp_frame(80, TcpControl::None, true, b"data")[..40], &me), Inbound::Malformed);
+        // Port 0 is refused by the stack's parser.
+        assert_eq!(classify(&tcp_frame(0, TcpControl::Syn, false, b""), &me), Inbound::Malformed);
     }
 
     #[test]

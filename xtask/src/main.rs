@@ -132,7 +132,8 @@ enum Cmd {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum NetChoice {
-    /// QEMU's user network: host UDP port 127.0.0.1:(BASE+i) reaches guest i's port 7.
+    /// QEMU's user network: host UDP and TCP port 127.0.0.1:(BASE+i) reach guest i's port 7,
+    /// TCP 127.0.0.1:(HTTP_BASE+i) its port 80.
     User,
     /// A tap device in a network namespace of its own (needs root); reach guests by address.
     Tap,
@@ -237,9 +238,12 @@ struct RunArgs {
     /// The physical NIC's network.
     #[arg(long, value_enum, default_value_t = NetChoice::User)]
     net: NetChoice,
-    /// First host port of the user network's forwards (guest i: BASE+i -> its port 7).
+    /// First host port of the user network's forwards (guest i: UDP and TCP BASE+i -> its port 7).
     #[arg(long, value_name = "BASE", default_value_t = 7000)]
     host_port_base: u16,
+    /// First host port of the user network's HTTP forwards (guest i: TCP HTTP_BASE+i -> its port 80).
+    #[arg(long, value_name = "HTTP_BASE", default_value_t = 8080)]
+    http_port_base: u16,
     /// Transmit path (default: the image's `tx`, else copy).
     #[arg(long, value_parser = tx_mode_parser())]
     tx: Option<TxMode>,
@@ -315,23 +319,26 @@ fn real_main() -> Result<()> {
     }
 }
 
-/// UDP port every guest's forward points at.
+/// UDP and TCP port every guest's echo forward points at.
 pub const ECHO_PORT: u16 = 7;
-/// Guests that get a host port forward on the user network (one `hostfwd` each, all in one
-/// QEMU argument, which Linux caps at 128 KiB): the first ones.
+/// TCP port every guest's HTTP forward points at.
+pub const HTTP_PORT: u16 = 80;
+/// Guests that get host port forwards on the user network (three `hostfwd` each: UDP and TCP to
+/// the echo port, TCP to the HTTP port; all in one QEMU argument, which Linux caps at 128 KiB):
+/// the first ones.
 const MAX_USER_FORWARDS: usize = 64;
 /// Guests `cargo xtask run` lists one line each; the plan's pattern describes the rest.
 const LISTED_GUESTS: usize = 8;
 
-/// The user network's forwards `(host port, guest address, guest port)`: host port `base + i`
-/// to guest `i`'s echo port, for the first [`MAX_USER_FORWARDS`] guests.
-fn user_forwards(base: u16, guests: impl Iterator<Item = [u8; 4]>) -> Result<Vec<(u16, [u8; 4], u16)>> {
+/// User-network forwards `(host port, guest address, guest port)`: host port `base + i` to
+/// guest `i`'s `port`, for the first [`MAX_USER_FORWARDS`] guests.
+fn user_forwards(base: u16, port: u16, guests: impl Iterator<Item = [u8; 4]>) -> Result<Vec<(u16, [u8; 4], u16)>> {
     guests
         .take(MAX_USER_FORWARDS)
         .enumerate()
         .map(|(i, ip)| match u16::try_from(usize::from(base) + i) {
-            Ok(port) => Ok((port, ip, ECHO_PORT)),
-            Err(_) => bail!("--host-port-base {base}: guest {i}'s forward would be beyond port 65535"),
+            Ok(host_port) => Ok((host_port, ip, port)),
+            Err(_) => bail!("port base {base}: guest {i}'s forward would be beyond port 65535"),
         })
         .collect()
 }
@@ -367,9 +374,14 @@ fn run(args: RunArgs) -> Result<()> {
         NetChoice::Tap => Some(tapnet::TapNamespace::create(&plan, image.manifest.kernel.mtu)?),
         _ => None,
     };
-    let forwards = user_forwards(args.host_port_base, net_guests.iter().map(|(_, n)| n.ipv4))?;
+    let guest_ips = || net_guests.iter().map(|(_, n)| n.ipv4);
+    let forwards = user_forwards(args.host_port_base, ECHO_PORT, guest_ips())?;
+    let http_forwards = user_forwards(args.http_port_base, HTTP_PORT, guest_ips())?;
     let backend = match args.net {
-        NetChoice::User => Some(NetBackend::User { forwards: forwards.clone() }),
+        NetChoice::User => {
+            let tcp_forwards = forwards.iter().chain(&http_forwards).copied().collect();
+            Some(NetBackend::User { forwards: forwards.clone(), tcp_forwards })
+        }
         NetChoice::Tap => Some(NetBackend::Tap { ifname: tapnet::TAP_IFNAME.into() }),
         NetChoice::None => None,
     };
@@ -401,12 +413,13 @@ fn run(args: RunArgs) -> Result<()> {
         println!("{}", plan.describe(net_guests.len()));
     }
     for (i, (name, net)) in net_guests.iter().enumerate().take(LISTED_GUESTS) {
-        match (&args.net, &namespace, forwards.get(i)) {
-            (NetChoice::User, _, Some((host_port, _, _))) => {
-                println!("guest {name}: {} (udp 127.0.0.1:{host_port} -> port {ECHO_PORT})", format_ip(net.ipv4))
-            }
+        match (&args.net, &namespace, forwards.get(i).zip(http_forwards.get(i))) {
+            (NetChoice::User, _, Some(((host_port, _, _), (http_port, _, _)))) => println!(
+                "guest {name}: {} (udp and tcp 127.0.0.1:{host_port} -> port {ECHO_PORT}; tcp 127.0.0.1:{http_port} -> port {HTTP_PORT})",
+                format_ip(net.ipv4)
+            ),
             (NetChoice::Tap, Some(ns), _) => println!(
-                "guest {name}: {} (try: ip netns exec {} ping {0}; ip netns exec {1} nc -u {0} {ECHO_PORT})",
+                "guest {name}: {} (try: ip netns exec {} ping {0}; ip netns exec {1} nc [-u] {0} {ECHO_PORT})",
                 format_ip(net.ipv4),
                 ns.name
             ),
@@ -488,12 +501,14 @@ mod cli_tests {
     #[test]
     fn user_forwards_cover_the_first_guests_and_stay_in_port_range() {
         let plan = NetPlan::USER;
-        let forwards = user_forwards(7000, (0..10_000).map(|i| plan.guest_ip(i))).unwrap();
+        let forwards = user_forwards(7000, ECHO_PORT, (0..10_000).map(|i| plan.guest_ip(i))).unwrap();
         assert_eq!(forwards.len(), MAX_USER_FORWARDS);
         assert_eq!(forwards[0], (7000, [10, 0, 2, 16], ECHO_PORT));
         assert_eq!(forwards[MAX_USER_FORWARDS - 1].0, 7000 + MAX_USER_FORWARDS as u16 - 1);
-        assert_eq!(user_forwards(65_535, (0..1).map(|i| plan.guest_ip(i))).unwrap().len(), 1);
-        let error = user_forwards(65_535, (0..2).map(|i| plan.guest_ip(i))).unwrap_err().to_string();
+        let http = user_forwards(8080, HTTP_PORT, (0..3).map(|i| plan.guest_ip(i))).unwrap();
+        assert_eq!(http[2], (8082, [10, 0, 2, 18], HTTP_PORT));
+        assert_eq!(user_forwards(65_535, ECHO_PORT, (0..1).map(|i| plan.guest_ip(i))).unwrap().len(), 1);
+        let error = user_forwards(65_535, ECHO_PORT, (0..2).map(|i| plan.guest_ip(i))).unwrap_err().to_string();
         assert!(error.contains("beyond port 65535"), "{error}");
     }
 

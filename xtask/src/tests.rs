@@ -17,9 +17,11 @@ use std::time::{Duration, Instant};
 
 mod density;
 mod hostile;
+mod http;
 mod lazy;
 mod loss;
 mod rx;
+mod tcp;
 
 /// Timeouts: TCG boots in well under a second; PVM emulates ring 0 and takes seconds.
 const TCG_TIMEOUT: Duration = Duration::from_secs(60);
@@ -74,6 +76,9 @@ const QEMU_TESTS: &[QemuTest] = &[
     QemuTest { name: "rx_oversize_dropped_and_counted_tcg", run: rx::rx_oversize_dropped_and_counted },
     QemuTest { name: "lazy_memory_backed_on_touch_tcg", run: lazy::lazy_memory_backed_on_touch },
     QemuTest { name: "kernel_heap_short_refuses_not_panics_tcg", run: lazy::kernel_heap_short_refuses_not_panics },
+    QemuTest { name: "tcp_echo_user_network_copy_tcg", run: |ctx| tcp::tcp_echo_user_network(ctx, TxMode::Copy) },
+    QemuTest { name: "tcp_guest_to_guest_copy_tcg", run: |ctx| tcp::tcp_guest_to_guest(ctx, TxMode::Copy) },
+    QemuTest { name: "tcp_guest_to_guest_cow_tcg", run: |ctx| tcp::tcp_guest_to_guest(ctx, TxMode::Cow) },
     QemuTest { name: "bench_echo_smoke", run: bench_echo_smoke },
     QemuTest { name: "bench_dispatch_smoke", run: bench_dispatch_smoke },
     QemuTest {
@@ -99,6 +104,18 @@ const QEMU_TESTS: &[QemuTest] = &[
         run: |ctx| loss::overload_burst_counted(ctx, TxMode::Copy),
     },
     QemuTest { name: "udp_burst_overload_counted_cow_tcg", run: |ctx| loss::overload_burst_counted(ctx, TxMode::Cow) },
+    QemuTest { name: "http_user_network_copy_tcg", run: http::http_user_network },
+    QemuTest {
+        name: "http_slow_client_pipelining_reset_cow_tcg",
+        run: |ctx| http::http_slow_client_pipelining_reset(ctx, TxMode::Cow),
+    },
+    QemuTest { name: "http_connection_limit_tcg", run: http::http_connection_limit },
+    QemuTest { name: "http_tap_network_copy_tcg", run: |ctx| http::http_tap_network(ctx, TxMode::Copy, "http") },
+    QemuTest { name: "http_tap_network_cow_tcg", run: |ctx| http::http_tap_network(ctx, TxMode::Cow, "http") },
+    QemuTest {
+        name: "http_jumbo_tap_network_cow_tcg",
+        run: |ctx| http::http_tap_network(ctx, TxMode::Cow, "http-jumbo"),
+    },
     QemuTest {
         name: "udp_jumbo_guest_to_guest_copy_tcg",
         run: |ctx| udp_guest_to_guest(ctx, TxMode::Copy, "udp-g2g-jumbo"),
@@ -531,7 +548,8 @@ fn udp_echo_user_network(ctx: &Ctx, tx: TxMode) -> TestResult {
     let base = host_port_base();
     let guests: Vec<_> = image.guests.iter().filter_map(|g| g.net).collect();
     let forwards = guests.iter().enumerate().map(|(i, n)| (base + i as u16, n.ipv4, 7)).collect();
-    let mut session = start_networked(&image, NetBackend::User { forwards }, None, tx, TCG_TIMEOUT)?;
+    let mut session =
+        start_networked(&image, NetBackend::User { forwards, tcp_forwards: Vec::new() }, None, tx, TCG_TIMEOUT)?;
     wait_listening(&mut session, guests.len())?;
     let mut sent = 0;
     for i in 0..guests.len() {
@@ -744,7 +762,7 @@ fn cow_rewrite_in_flight(ctx: &Ctx, image_name: &str) -> TestResult {
     let _ = std::fs::remove_file(&pcap);
     let session = start_networked_pcap(
         &image,
-        NetBackend::User { forwards: Vec::new() },
+        NetBackend::User { forwards: Vec::new(), tcp_forwards: Vec::new() },
         None,
         TxMode::Cow,
         Some(&pcap),
