@@ -323,8 +323,9 @@ fn real_main() -> Result<()> {
 pub const ECHO_PORT: u16 = 7;
 /// TCP port every guest's HTTP forward points at.
 pub const HTTP_PORT: u16 = 80;
-/// Guests that get host port forwards on the user network (a few `hostfwd` each, all in one
-/// QEMU argument, which Linux caps at 128 KiB): the first ones.
+/// Guests that get host port forwards on the user network (three `hostfwd` each: UDP and TCP to
+/// the echo port, TCP to the HTTP port; all in one QEMU argument, which Linux caps at 128 KiB):
+/// the first ones.
 const MAX_USER_FORWARDS: usize = 64;
 /// Guests `cargo xtask run` lists one line each; the plan's pattern describes the rest.
 const LISTED_GUESTS: usize = 8;
@@ -373,12 +374,12 @@ fn run(args: RunArgs) -> Result<()> {
         NetChoice::Tap => Some(tapnet::TapNamespace::create(&plan, image.manifest.kernel.mtu)?),
         _ => None,
     };
-    let forwards = user_forwards(args.host_port_base, ECHO_PORT, net_guests.iter().map(|(_, n)| n.ipv4))?;
-    let http_forwards = user_forwards(args.http_port_base, HTTP_PORT, net_guests.iter().map(|(_, n)| n.ipv4))?;
+    let guest_ips = || net_guests.iter().map(|(_, n)| n.ipv4);
+    let forwards = user_forwards(args.host_port_base, ECHO_PORT, guest_ips())?;
+    let http_forwards = user_forwards(args.http_port_base, HTTP_PORT, guest_ips())?;
     let backend = match args.net {
         NetChoice::User => {
-            let mut tcp_forwards = forwards.clone();
-            tcp_forwards.extend(http_forwards.iter().copied());
+            let tcp_forwards = forwards.iter().chain(&http_forwards).copied().collect();
             Some(NetBackend::User { forwards: forwards.clone(), tcp_forwards })
         }
         NetChoice::Tap => Some(NetBackend::Tap { ifname: tapnet::TAP_IFNAME.into() }),
@@ -412,12 +413,12 @@ fn run(args: RunArgs) -> Result<()> {
         println!("{}", plan.describe(net_guests.len()));
     }
     for (i, (name, net)) in net_guests.iter().enumerate().take(LISTED_GUESTS) {
-        match (&args.net, &namespace, forwards.get(i), http_forwards.get(i)) {
-            (NetChoice::User, _, Some((echo, _, _)), Some((http, _, _))) => println!(
-                "guest {name}: {} (udp and tcp 127.0.0.1:{echo} -> port {ECHO_PORT}; tcp 127.0.0.1:{http} -> port {HTTP_PORT})",
+        match (&args.net, &namespace, forwards.get(i).zip(http_forwards.get(i))) {
+            (NetChoice::User, _, Some(((host_port, _, _), (http_port, _, _)))) => println!(
+                "guest {name}: {} (udp and tcp 127.0.0.1:{host_port} -> port {ECHO_PORT}; tcp 127.0.0.1:{http_port} -> port {HTTP_PORT})",
                 format_ip(net.ipv4)
             ),
-            (NetChoice::Tap, Some(ns), _, _) => println!(
+            (NetChoice::Tap, Some(ns), _) => println!(
                 "guest {name}: {} (try: ip netns exec {} ping {0}; ip netns exec {1} nc [-u] {0} {ECHO_PORT})",
                 format_ip(net.ipv4),
                 ns.name

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 mod density;
 mod hostile;
+mod http;
 mod lazy;
 mod loss;
 mod rx;
@@ -74,6 +75,7 @@ const QEMU_TESTS: &[QemuTest] = &[
     QemuTest { name: "cow_rewrite_jumbo_in_flight_tcg", run: |ctx| cow_rewrite_in_flight(ctx, "cow-rewrite-jumbo") },
     QemuTest { name: "rx_oversize_dropped_and_counted_tcg", run: rx::rx_oversize_dropped_and_counted },
     QemuTest { name: "lazy_memory_backed_on_touch_tcg", run: lazy::lazy_memory_backed_on_touch },
+    QemuTest { name: "kernel_heap_short_refuses_not_panics_tcg", run: lazy::kernel_heap_short_refuses_not_panics },
     QemuTest { name: "tcp_echo_user_network_copy_tcg", run: |ctx| tcp::tcp_echo_user_network(ctx, TxMode::Copy) },
     QemuTest { name: "tcp_guest_to_guest_copy_tcg", run: |ctx| tcp::tcp_guest_to_guest(ctx, TxMode::Copy) },
     QemuTest { name: "tcp_guest_to_guest_cow_tcg", run: |ctx| tcp::tcp_guest_to_guest(ctx, TxMode::Cow) },
@@ -102,6 +104,18 @@ const QEMU_TESTS: &[QemuTest] = &[
         run: |ctx| loss::overload_burst_counted(ctx, TxMode::Copy),
     },
     QemuTest { name: "udp_burst_overload_counted_cow_tcg", run: |ctx| loss::overload_burst_counted(ctx, TxMode::Cow) },
+    QemuTest { name: "http_user_network_copy_tcg", run: http::http_user_network },
+    QemuTest {
+        name: "http_slow_client_pipelining_reset_cow_tcg",
+        run: |ctx| http::http_slow_client_pipelining_reset(ctx, TxMode::Cow),
+    },
+    QemuTest { name: "http_connection_limit_tcg", run: http::http_connection_limit },
+    QemuTest { name: "http_tap_network_copy_tcg", run: |ctx| http::http_tap_network(ctx, TxMode::Copy, "http") },
+    QemuTest { name: "http_tap_network_cow_tcg", run: |ctx| http::http_tap_network(ctx, TxMode::Cow, "http") },
+    QemuTest {
+        name: "http_jumbo_tap_network_cow_tcg",
+        run: |ctx| http::http_tap_network(ctx, TxMode::Cow, "http-jumbo"),
+    },
     QemuTest {
         name: "udp_jumbo_guest_to_guest_copy_tcg",
         run: |ctx| udp_guest_to_guest(ctx, TxMode::Copy, "udp-g2g-jumbo"),
