@@ -48,6 +48,16 @@ pub fn run_echo_over_tap(
     tx: TxMode,
     boot_timeout: Duration,
 ) -> std::result::Result<DensityRun, RunError> {
+    run_echo_over_tap_with(image, tx, boot_timeout, &[])
+}
+
+/// [`run_echo_over_tap`] with extra `udp-sweep` arguments.
+pub fn run_echo_over_tap_with(
+    image: &Image,
+    tx: TxMode,
+    boot_timeout: Duration,
+    sweep_args: &[&str],
+) -> std::result::Result<DensityRun, RunError> {
     let no_log = String::new;
     let nets: Vec<_> = image.guests.iter().filter_map(|g| g.net).collect();
     let Some(first) = nets.first() else {
@@ -88,6 +98,7 @@ pub fn run_echo_over_tap(
     let output = namespace
         .command(&exe.to_string_lossy())
         .args(["udp-sweep", "--first", &format_ip(first.ipv4), "--count", &count.to_string()])
+        .args(sweep_args)
         .output();
     let qemu_rss_kib = rss_kib(session.pid());
     let sweep = with_log(
@@ -273,6 +284,10 @@ pub fn smallest_memory(
     (works_at, probes)
 }
 
+/// The probes' sweep: wider and with one retry, so that a probe where thousands of guests stay
+/// silent ends in about a minute (the first run's sweep has the default 64 in flight, 2 retries).
+const PROBE_SWEEP: [&str; 6] = ["--window", "256", "--max-retries", "1", "--retry-after-ms", "1000"];
+
 /// What to run: the image, and the range of the memory bisection.
 pub struct DensityPlan<'a> {
     pub image: &'a str,
@@ -410,9 +425,22 @@ pub fn bench(plan: &DensityPlan) -> Result<DensityReport> {
         let boot_timeout = (run.listening_after * 4).max(Duration::from_secs(60));
         let (smallest, all) = smallest_memory(low, memory_mib, step, |mib| {
             image.manifest.kernel.memory_mib = mib;
-            let failure = match run_echo_over_tap(&image, plan.tx, boot_timeout) {
+            let failure = match run_echo_over_tap_with(&image, plan.tx, boot_timeout, &PROBE_SWEEP) {
                 Ok(r) if r.sweep.answered == r.guests => None,
-                Ok(r) => Some(format!("{} of {} guests answered", r.sweep.answered, r.guests)),
+                Ok(r) => {
+                    let stats = crate::checks::stats(&r.outcome.log).unwrap_or_default();
+                    let counted: Vec<String> = stats
+                        .iter()
+                        .filter(|(name, &value)| value > 0 && (name.contains("drops") || name.contains("refused")))
+                        .map(|(name, value)| format!("{name}={value}"))
+                        .collect();
+                    Some(format!(
+                        "{} of {} guests answered; counted: {}",
+                        r.sweep.answered,
+                        r.guests,
+                        if counted.is_empty() { "no drops".into() } else { counted.join(" ") }
+                    ))
+                }
                 Err(e) => Some(format!("{:#}", e.error)),
             };
             println!("  -m {mib}: {}", failure.as_deref().unwrap_or("every guest answered"));
