@@ -425,9 +425,11 @@ pub fn bench(plan: &DensityPlan) -> Result<DensityReport> {
         let boot_timeout = (run.listening_after * 4).max(Duration::from_secs(60));
         let (smallest, all) = smallest_memory(low, memory_mib, step, |mib| {
             image.manifest.kernel.memory_mib = mib;
+            let probe_log = bench_dir.join(format!("density-probe-{mib}.log"));
             let failure = match run_echo_over_tap_with(&image, plan.tx, boot_timeout, &PROBE_SWEEP) {
                 Ok(r) if r.sweep.answered == r.guests => None,
                 Ok(r) => {
+                    let _ = std::fs::write(&probe_log, &r.outcome.log);
                     let stats = crate::checks::stats(&r.outcome.log).unwrap_or_default();
                     let counted: Vec<String> = stats
                         .iter()
@@ -441,9 +443,14 @@ pub fn bench(plan: &DensityPlan) -> Result<DensityReport> {
                         if counted.is_empty() { "no drops".into() } else { counted.join(" ") }
                     ))
                 }
-                Err(e) => Some(format!("{:#}", e.error)),
+                Err(e) => {
+                    let _ = std::fs::write(&probe_log, &e.log);
+                    Some(format!("{:#}", e.error))
+                }
             };
-            println!("  -m {mib}: {}", failure.as_deref().unwrap_or("every guest answered"));
+            let log_note =
+                if failure.is_some() { format!(" (console log {})", probe_log.display()) } else { String::new() };
+            println!("  -m {mib}: {}{log_note}", failure.as_deref().unwrap_or("every guest answered"));
             failure
         });
         image.manifest.kernel.memory_mib = memory_mib;
@@ -544,16 +551,13 @@ pub fn density_svg(report: &DensityReport) -> Result<String> {
     let memory_rows = [
         ("guest_private_pages", "guest's pages"),
         ("kernel_heap", "kernel heap"),
-        ("ram_for_that_kernel_heap", "RAM for heap (x32)"),
+        ("ram_for_that_kernel_heap", "RAM for heap"),
         ("smallest_memory", "smallest -m"),
     ];
     let panels = [
         Panel {
-            title: format!(
-                "Private pages per guest by use ({} guests, after answering)",
-                crate::chart::thousands(report.guests as f64)
-            ),
-            x_desc: "over the guests".into(),
+            title: format!("Private pages per guest by use ({} guests)", crate::chart::thousands(report.guests as f64)),
+            x_desc: "over the guests, after each answered".into(),
             y_desc: "private pages (4 KiB each)".into(),
             legend_title: "use".into(),
             categories: vec!["median".into(), "max".into()],
@@ -575,7 +579,7 @@ pub fn density_svg(report: &DensityReport) -> Result<String> {
         },
         Panel {
             title: "Memory per guest: the kernel heap is the wall".into(),
-            x_desc: "what".into(),
+            x_desc: "its pages; kernel heap; RAM for that heap (heap = 1/32 of RAM); smallest -m / guests".into(),
             y_desc: "KiB per guest".into(),
             legend_title: "measured".into(),
             categories: memory_rows.iter().map(|(_, label)| label.to_string()).collect(),
@@ -590,7 +594,7 @@ pub fn density_svg(report: &DensityReport) -> Result<String> {
             bars: Bars::Stacked,
         },
     ];
-    crate::chart::svg(&panels, 3, (620, 480))
+    crate::chart::svg(&panels, 2, (760, 460))
 }
 
 /// The last `lines` lines of `text`.
