@@ -196,9 +196,15 @@ enum BenchCmd {
     /// guest answering one datagram, private pages per guest, kernel heap per guest, QEMU's
     /// RSS: density.json.
     Density {
-        /// The image (its guests must be udp-echo with a NIC).
-        #[arg(long, default_value = "echo-10k")]
-        image: String,
+        /// The image (its guests must be udp-echo with a NIC); echo-1k with --quick.
+        #[arg(long)]
+        image: Option<String>,
+        /// echo-1k, and the memory bisected from 32 MiB at 16 MiB resolution.
+        #[arg(long)]
+        quick: bool,
+        /// Skip the memory bisection (each probe a full boot and sweep).
+        #[arg(long)]
+        no_bisect: bool,
         /// Transmit path.
         #[arg(long, value_parser = tx_mode_parser(), default_value = "copy")]
         tx: TxMode,
@@ -300,7 +306,16 @@ fn real_main() -> Result<()> {
         Cmd::UdpProbe { peer, sizes } => udp::probe(peer, &sizes),
         Cmd::UdpBurst { peers, sizes, seed, settle_ms, tap } => burst::command(&peers, &sizes, seed, settle_ms, &tap),
         Cmd::Bench { which: BenchCmd::Native } => native::run().map(|_| ()),
-        Cmd::Bench { which: BenchCmd::Density { image, tx } } => density::bench(&image, tx).map(|_| ()),
+        Cmd::Bench { which: BenchCmd::Density { image, quick, no_bisect, tx } } => {
+            let default = if quick { "echo-1k" } else { "echo-10k" };
+            let bisect = if quick { density::QUICK_BISECT } else { density::FULL_BISECT };
+            let plan = density::DensityPlan {
+                image: image.as_deref().unwrap_or(default),
+                tx,
+                bisect: (!no_bisect).then_some(bisect),
+            };
+            density::bench(&plan).map(|_| ())
+        }
         Cmd::Bench { which: BenchCmd::Dispatch { quick, accel } } => {
             let (packets, sizes) = if quick { (30, &dispatch::SIZES[..]) } else { (10_100, &dispatch::FULL_SIZES[..]) };
             dispatch::run(packets, sizes, qemu::resolve_accel(accel)?).map(|_| ())
