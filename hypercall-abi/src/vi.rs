@@ -93,6 +93,8 @@ pub enum Error {
     BadLength = -2,
     /// A port in the range that no instruction uses yet.
     Unsupported = -3,
+    /// The kernel has no memory for it now (its heap is short); nothing was done.
+    NoMemory = -4,
 }
 
 impl Error {
@@ -101,7 +103,7 @@ impl Error {
     }
 
     pub fn from_code(code: i64) -> Option<Error> {
-        [Error::BadLength, Error::Unsupported].into_iter().find(|e| e.code() == code)
+        [Error::BadLength, Error::Unsupported, Error::NoMemory].into_iter().find(|e| e.code() == code)
     }
 }
 

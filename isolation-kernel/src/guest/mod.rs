@@ -181,7 +181,12 @@ pub struct Guest {
 /// What the trap handler decided for the current guest.
 enum Action {
     Resume,
+    /// The guest yielded: to the back of the run queue.
     Preempt,
+    /// The timer tick: to the back if it used its share, else to the front.
+    PreemptByTimer,
+    /// A guest was just woken with a boost: it runs now, this one keeps its turn.
+    YieldToWoken,
     Idle(Option<u64>),
     Exit(i32),
     Stop(GuestFault),

@@ -37,14 +37,14 @@ pub(super) fn handle_trap(g: &mut Guests, frame: &mut TrapFrame, vector: Vector,
         Vector::Timer => {
             crate::arch::clock::timer_tick();
             g.poll_network();
-            Action::Preempt
+            Action::PreemptByTimer
         }
         Vector::Nic => {
             let woke = g.poll_network();
             crate::arch::clock::end_of_interrupt();
-            // Let the receiver run soon rather than at the next tick.
+            // A receiver that idles runs now rather than after this guest's quantum.
             if woke > 0 {
-                Action::Preempt
+                Action::YieldToWoken
             } else {
                 Action::Resume
             }
@@ -75,7 +75,9 @@ pub(super) fn handle_trap(g: &mut Guests, frame: &mut TrapFrame, vector: Vector,
     g.running_since = now;
     let over_budget = guest.cpu_budget_ticks.is_some_and(|budget| guest.cpu_ticks > budget);
     let action = match action {
-        Action::Resume | Action::Preempt | Action::Idle(_) if over_budget => {
+        Action::Resume | Action::Preempt | Action::PreemptByTimer | Action::YieldToWoken | Action::Idle(_)
+            if over_budget =>
+        {
             Action::Stop(GuestFault::CpuBudget { ms: guest.cpu_budget_ms })
         }
         other => other,
@@ -85,19 +87,35 @@ pub(super) fn handle_trap(g: &mut Guests, frame: &mut TrapFrame, vector: Vector,
         return Next::Finish(why);
     }
 
+    // Whatever woke a guest with a boost (a packet from the NIC, another guest's frame, a
+    // transmit completion), it runs now: this guest keeps its turn. Nobody boosted to yield
+    // to: this guest goes on.
+    let action = match action {
+        Action::Resume if g.sched.boosted_waiting() => Action::YieldToWoken,
+        other => other,
+    };
+    let action = match action {
+        Action::YieldToWoken if !g.sched.preempt_current_for_woken() => Action::Resume,
+        other => other,
+    };
     let guest = at_mut(&mut g.list, id);
     match action {
         Action::Resume => {
             g.flush_protected(id, false);
             return Next::Resume;
         }
+        Action::YieldToWoken => guest.frame = *frame,
         Action::Preempt => {
             guest.frame = *frame;
             g.sched.preempt_current();
         }
+        Action::PreemptByTimer => {
+            guest.frame = *frame;
+            g.sched.preempt_current_by_timer(now);
+        }
         Action::Idle(deadline) => {
             guest.frame = *frame;
-            g.sched.idle_current(deadline);
+            g.sched.idle_current(deadline, now);
         }
         Action::Exit(code) => {
             let end = End::Exited(code);

@@ -112,6 +112,11 @@ pub(super) fn console_write(g: &mut Guests, id: GuestId, addr: u64, len: u64) ->
     let mut buf = [0u8; MAX_CONSOLE_WRITE as usize];
     let text = buf.get_mut(..len as usize).ok_or(ViFailure::Error(vi::Error::BadLength))?;
     space.read(slice, text);
+    // The line buffer's storage, once (cleared lines keep it): a short kernel heap refuses
+    // the write instead of failing an allocation.
+    if guest.console.try_reserve_exact(CONSOLE_LINE_MAX.saturating_sub(guest.console.len())).is_err() {
+        return Err(ViFailure::Error(vi::Error::NoMemory));
+    }
     for &byte in &*text {
         if byte == b'\n' {
             flush_console(id, guest, false);

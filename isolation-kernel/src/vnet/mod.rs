@@ -325,6 +325,15 @@ impl Network {
         core::mem::size_of::<TxFifo>()
     }
 
+    /// Reserves the per-guest records of `additional` more guests now, fallibly (false: the
+    /// kernel heap is short), so that adding them does not grow storage.
+    pub fn try_reserve(&mut self, additional: usize) -> bool {
+        self.fifos.try_reserve(additional).is_ok()
+            && self.sched.try_reserve(additional)
+            && self.backlog.try_reserve(additional)
+            && self.vswitch.try_reserve(additional)
+    }
+
     /// Registers guest `id` (every guest, with or without a NIC, so ids line up).
     pub fn add_guest(&mut self, id: GuestId, nic: Option<&GuestNic>) -> Result<(), &'static str> {
         while self.fifos.len() <= id {

@@ -30,6 +30,14 @@ impl DeadlineHeap {
         DeadlineHeap { heap: Vec::new(), position: Vec::new(), visits: 0 }
     }
 
+    /// Reserves room for `additional` more ids now, fallibly (false: the heap is short), so
+    /// that registering them later does not grow storage.
+    pub fn try_reserve(&mut self, additional: usize) -> bool {
+        let ids = self.position.len().saturating_add(additional);
+        self.position.try_reserve(additional).is_ok()
+            && self.heap.try_reserve(ids.saturating_sub(self.heap.len())).is_ok()
+    }
+
     /// Registers the next id (the number registered so far) and returns it, without a
     /// deadline. Storage for its entry is reserved now, so setting a deadline never allocates.
     /// Beyond [`MAX_IDS`] nothing is registered and the id is refused by every operation.

@@ -55,6 +55,12 @@ impl IdQueue {
         queue
     }
 
+    /// Reserves room for `additional` more ids now, fallibly (false: the heap is short), so
+    /// that registering them later does not grow storage.
+    pub fn try_reserve(&mut self, additional: usize) -> bool {
+        self.links.try_reserve(additional).is_ok()
+    }
+
     /// Registers the next id (the number of ids registered so far) and returns it, not queued.
     /// Beyond [`MAX_IDS`] nothing is registered and the returned id is refused by every
     /// operation.
@@ -122,6 +128,24 @@ impl IdQueue {
         true
     }
 
+    /// Queues `id` at the front. False (and nothing changes) if it is queued already or was
+    /// never registered.
+    pub fn push_front(&mut self, id: usize) -> bool {
+        let Some(key) = self.key(id) else { return false };
+        let head = self.head;
+        match self.link(key) {
+            Some(link) if !link.queued => *link = Link { prev: END, next: head, queued: true },
+            _ => return false,
+        }
+        match self.link(head) {
+            Some(first) => first.prev = key,
+            None => self.tail = key,
+        }
+        self.head = key;
+        self.len = self.len.saturating_add(1);
+        true
+    }
+
     /// Takes the id at the front.
     pub fn pop_front(&mut self) -> Option<usize> {
         let id = self.front()?;
@@ -174,6 +198,22 @@ mod tests {
         assert!(q.is_empty() && !q.contains(3));
         assert!(q.push_back(1), "queued again once taken");
         assert_eq!(drain(&mut q), [1]);
+    }
+
+    #[test]
+    fn push_front_goes_first_and_mixes_with_push_back() {
+        let mut q = IdQueue::with_ids(5);
+        assert!(q.push_front(2), "into an empty queue");
+        assert!(q.push_back(3));
+        assert!(q.push_front(0));
+        assert!(!q.push_front(3), "queued already");
+        assert!(!q.push_front(9), "never registered");
+        assert!(q.remove(2));
+        assert!(q.push_front(4));
+        assert_eq!(q.len(), 3);
+        assert_eq!(drain(&mut q), [4, 0, 3]);
+        assert!(q.push_front(1) && q.push_back(2));
+        assert_eq!(drain(&mut q), [1, 2]);
     }
 
     #[test]

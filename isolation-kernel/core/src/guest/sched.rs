@@ -15,6 +15,15 @@
 //! entries never outnumber guests.
 //!
 //! Deadlines come from guests (the idle virtual instruction): any u64 at all.
+//!
+//! **Wake-up boost** (in the spirit of Xen's credit scheduler's BOOST): a guest woken by a
+//! virtual interrupt or its deadline runs ahead of guests that used up their quanta, if it is
+//! one that idles: its last run before idling was shorter than the boost limit. It goes to a
+//! boost queue served before the run queue, and a guest the kernel preempts so the woken one
+//! runs at once goes back to the *front* of the run queue (it keeps its turn). A guest that
+//! uses its whole quantum goes to the back of the run queue and loses any boost, so a guest
+//! cannot stay boosted by computing: a boosted guest runs at most one limit's worth before it
+//! either idles (and may be boosted again when woken) or is preempted like any other.
 
 use super::deadlines::DeadlineHeap;
 use super::queue::IdQueue;
@@ -37,7 +46,16 @@ pub enum RunState {
 #[derive(Debug, Default)]
 pub struct Scheduler {
     states: Vec<RunState>,
+    /// Woken guests that idle (served first), and the rest.
+    boosted: IdQueue,
     run_queue: IdQueue,
+    /// When each guest last got the CPU, and whether its last run before idling was short
+    /// enough for a boost when it wakes.
+    ran_since: Vec<u64>,
+    boost_eligible: Vec<bool>,
+    /// A run at least this long (TSC ticks) earns no boost; 0: no boosts.
+    boost_limit: u64,
+    boosts: u64,
     /// Deadlines of idle guests (and stale ones of guests woken early, see the module notes).
     sleepers: DeadlineHeap,
     current: Option<GuestId>,
@@ -49,13 +67,43 @@ impl Scheduler {
         Self::default()
     }
 
+    /// Turns the wake-up boost on for guests whose runs before idling are shorter than
+    /// `ticks` (0 turns it off).
+    pub fn set_boost_limit(&mut self, ticks: u64) {
+        self.boost_limit = ticks;
+    }
+
+    /// Whether a woken guest waits in the boost queue.
+    pub fn boosted_waiting(&self) -> bool {
+        !self.boosted.is_empty()
+    }
+
+    /// Wake-ups that went to the boost queue.
+    pub fn boosts(&self) -> u64 {
+        self.boosts
+    }
+
+    /// Reserves room for `additional` more guests now, fallibly (false: the heap is short), so
+    /// that registering them later does not grow storage.
+    pub fn try_reserve(&mut self, additional: usize) -> bool {
+        self.states.try_reserve(additional).is_ok()
+            && self.ran_since.try_reserve(additional).is_ok()
+            && self.boost_eligible.try_reserve(additional).is_ok()
+            && self.run_queue.try_reserve(additional)
+            && self.boosted.try_reserve(additional)
+            && self.sleepers.try_reserve(additional)
+    }
+
     /// Registers a new guest, runnable at once. O(1) amortized: nothing looks at the others.
     pub fn add(&mut self) -> GuestId {
         let id = self.states.len();
         self.states.push(RunState::Runnable);
         let queued = self.run_queue.register();
+        let boosted = self.boosted.register();
         let timed = self.sleepers.register();
-        debug_assert!(queued == id && timed == id, "scheduler ids out of step");
+        debug_assert!(queued == id && boosted == id && timed == id, "scheduler ids out of step");
+        self.ran_since.push(0);
+        self.boost_eligible.push(false);
         self.run_queue.push_back(id);
         self.live = self.live.saturating_add(1);
         id
@@ -75,7 +123,7 @@ impl Scheduler {
     }
 
     pub fn runnable(&self) -> usize {
-        self.run_queue.len()
+        self.run_queue.len().saturating_add(self.boosted.len())
     }
 
     /// Deadline entries held (at most one per guest).
@@ -86,7 +134,7 @@ impl Scheduler {
     /// Queue and heap entries visited so far: the scheduler's work, which tests compare across
     /// guest counts.
     pub fn work(&self) -> u64 {
-        self.run_queue.visits().saturating_add(self.sleepers.visits())
+        self.run_queue.visits().saturating_add(self.boosted.visits()).saturating_add(self.sleepers.visits())
     }
 
     /// The current guest goes to the back of the run queue (preemption or yield).
@@ -97,9 +145,43 @@ impl Scheduler {
         }
     }
 
-    /// The current guest idles until `deadline` (if any) or a virtual interrupt.
-    pub fn idle_current(&mut self, deadline: Option<u64>) {
+    /// The timer took the CPU from the current guest: to the back of the run queue if it ran a
+    /// boost limit or more since it got the CPU (its share is used), else to the front (a guest
+    /// that happened to be caught by the tick in the middle of a short run keeps its turn:
+    /// otherwise one wake in every quantum/run-length would wait a whole quantum).
+    pub fn preempt_current_by_timer(&mut self, now: u64) {
+        let Some(id) = self.current.take() else { return };
+        let ran = now.saturating_sub(self.ran_since.get(id).copied().unwrap_or(0));
+        self.set_state(id, RunState::Runnable);
+        if ran < self.boost_limit {
+            self.run_queue.push_front(id);
+        } else {
+            self.run_queue.push_back(id);
+        }
+    }
+
+    /// The current guest steps aside for a guest just woken with a boost: it goes to the front
+    /// of the run queue, keeping its turn. Without a boosted guest waiting it stays current
+    /// (false: nothing to switch to).
+    pub fn preempt_current_for_woken(&mut self) -> bool {
+        if self.boosted.is_empty() {
+            return false;
+        }
         if let Some(id) = self.current.take() {
+            self.set_state(id, RunState::Runnable);
+            self.run_queue.push_front(id);
+        }
+        true
+    }
+
+    /// The current guest idles until `deadline` (if any) or a virtual interrupt; `now` tells
+    /// how long it ran (a short run earns a boost when it wakes).
+    pub fn idle_current(&mut self, deadline: Option<u64>, now: u64) {
+        if let Some(id) = self.current.take() {
+            let ran = now.saturating_sub(self.ran_since.get(id).copied().unwrap_or(now));
+            if let Some(eligible) = self.boost_eligible.get_mut(id) {
+                *eligible = ran < self.boost_limit;
+            }
             self.set_state(id, RunState::Idle { deadline });
             if let Some(d) = deadline {
                 self.sleepers.set(id, d);
@@ -113,6 +195,7 @@ impl Scheduler {
             None | Some(RunState::Done) => return,
             Some(RunState::Runnable) => {
                 self.run_queue.remove(id);
+                self.boosted.remove(id);
             }
             Some(RunState::Running) => self.current = None,
             Some(RunState::Idle { .. }) => {}
@@ -136,7 +219,12 @@ impl Scheduler {
             return false;
         }
         self.set_state(id, RunState::Runnable);
-        self.run_queue.push_back(id);
+        if self.boost_eligible.get(id).copied().unwrap_or(false) {
+            self.boosted.push_back(id);
+            self.boosts = self.boosts.saturating_add(1);
+        } else {
+            self.run_queue.push_back(id);
+        }
         true
     }
 
@@ -158,8 +246,11 @@ impl Scheduler {
     pub fn schedule(&mut self, now: u64) -> Option<GuestId> {
         debug_assert!(self.current.is_none(), "schedule with a guest still current");
         self.wake_expired(now);
-        let id = self.run_queue.pop_front()?;
+        let id = self.boosted.pop_front().or_else(|| self.run_queue.pop_front())?;
         self.set_state(id, RunState::Running);
+        if let Some(since) = self.ran_since.get_mut(id) {
+            *since = now;
+        }
         self.current = Some(id);
         Some(id)
     }
@@ -203,9 +294,9 @@ mod tests {
         let a = s.add();
         let b = s.add();
         assert_eq!(s.schedule(0), Some(a));
-        s.idle_current(Some(100));
+        s.idle_current(Some(100), 0);
         assert_eq!(s.schedule(10), Some(b));
-        s.idle_current(Some(50));
+        s.idle_current(Some(50), 0);
         assert_eq!(s.schedule(20), None, "both idle");
         assert_eq!(s.next_deadline(), Some(50));
         assert_eq!(s.schedule(50), Some(b), "b's deadline passed first");
@@ -222,11 +313,11 @@ mod tests {
         let mut s = Scheduler::new();
         let a = s.add();
         s.schedule(0);
-        s.idle_current(Some(100));
+        s.idle_current(Some(100), 0);
         assert!(s.wake(a));
         assert!(!s.wake(a), "already runnable");
         assert_eq!(s.schedule(10), Some(a));
-        s.idle_current(None); // idle without deadline this time
+        s.idle_current(None, 0); // idle without deadline this time
         assert_eq!(s.wake_expired(1000), 0, "the old deadline entry is stale");
         assert_eq!(s.state(a), Some(RunState::Idle { deadline: None }));
         assert_eq!(s.schedule(1000), None);
@@ -239,7 +330,7 @@ mod tests {
         let b = s.add();
         let c = s.add();
         assert_eq!(s.schedule(0), Some(a));
-        s.idle_current(Some(5));
+        s.idle_current(Some(5), 0);
         s.finish(a); // stopped while idle
         s.finish(b); // stopped while runnable
         assert_eq!(s.live(), 1);
@@ -262,7 +353,7 @@ mod tests {
         s.preempt_current();
         for _ in &sleepers {
             s.schedule(0).unwrap();
-            s.idle_current(Some(1_000_000));
+            s.idle_current(Some(1_000_000), 0);
         }
         assert_eq!(s.runnable(), 1);
         for _ in 0..10 {
@@ -283,7 +374,7 @@ mod tests {
         s.preempt_current();
         for n in 0..idle {
             s.schedule(0).unwrap();
-            s.idle_current(Some(1_000_000_000 + n as u64));
+            s.idle_current(Some(1_000_000_000 + n as u64), 0);
         }
         assert_eq!(s.schedule(1), Some(busy));
         (s, busy)
@@ -338,12 +429,12 @@ mod tests {
         let a = s.add();
         for round in 0..10_000u64 {
             assert_eq!(s.schedule(round), Some(a));
-            s.idle_current(Some(u64::MAX - round)); // far away, and every time another one
+            s.idle_current(Some(u64::MAX - round), 0); // far away, and every time another one
             assert!(s.wake(a));
             assert!(s.sleeper_entries() <= 1, "round {round}: {} entries", s.sleeper_entries());
         }
         assert_eq!(s.schedule(0), Some(a));
-        s.idle_current(None);
+        s.idle_current(None, 0);
         assert_eq!(s.wake_expired(u64::MAX), 0, "the stale entry wakes nobody");
         assert_eq!(s.sleeper_entries(), 0);
         assert_eq!(s.state(a), Some(RunState::Idle { deadline: None }));
@@ -354,15 +445,98 @@ mod tests {
         let mut s = Scheduler::new();
         let a = s.add();
         s.schedule(0);
-        s.idle_current(Some(100));
+        s.idle_current(Some(100), 0);
         s.wake(a);
         s.schedule(1);
-        s.idle_current(Some(300)); // the entry moves from 100 to 300
+        s.idle_current(Some(300), 0); // the entry moves from 100 to 300
         assert_eq!(s.wake_expired(200), 0);
         assert_eq!(s.wake_expired(300), 1);
         assert_eq!(s.schedule(300), Some(a));
         s.preempt_current();
         s.finish(a);
         assert_eq!((s.live(), s.runnable(), s.sleeper_entries()), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_woken_guest_that_idles_runs_before_guests_that_used_their_quanta() {
+        let mut s = Scheduler::new();
+        s.set_boost_limit(100);
+        let (echo, hog1, hog2) = (s.add(), s.add(), s.add());
+        assert_eq!(s.schedule(0), Some(echo));
+        s.idle_current(None, 10); // a short run: eligible
+        assert_eq!(s.schedule(10), Some(hog1));
+        s.preempt_current();
+        assert_eq!(s.schedule(1_000), Some(hog2));
+        // A packet for the echo guest while hog2 runs: it runs next, hog2 keeps its turn.
+        assert!(s.wake(echo));
+        assert_eq!(s.boosts(), 1);
+        assert!(s.preempt_current_for_woken());
+        assert_eq!(s.schedule(1_010), Some(echo));
+        s.idle_current(None, 1_020);
+        assert_eq!(s.schedule(1_020), Some(hog2), "the preempted guest kept its place");
+        s.preempt_current();
+        assert_eq!(s.schedule(2_000), Some(hog1));
+        // Without a boosted guest waiting, nobody steps aside.
+        assert!(!s.preempt_current_for_woken());
+        assert_eq!(s.current(), Some(hog1));
+    }
+
+    #[test]
+    fn a_guest_that_computes_earns_no_boost() {
+        let mut s = Scheduler::new();
+        s.set_boost_limit(100);
+        let (spinner, other) = (s.add(), s.add());
+        assert_eq!(s.schedule(0), Some(spinner));
+        s.idle_current(Some(500), 400); // ran 400 ticks before idling: too long
+        assert_eq!(s.schedule(400), Some(other));
+        assert!(s.wake(spinner));
+        assert_eq!(s.boosts(), 0);
+        assert!(!s.preempt_current_for_woken(), "it waits its turn in the run queue");
+        s.preempt_current();
+        assert_eq!(s.schedule(600), Some(spinner));
+        // A short run this time: boosted when woken, then preempted by the timer after a whole
+        // quantum: back of the run queue, the boost gone.
+        s.idle_current(None, 610);
+        assert_eq!(s.schedule(610), Some(other));
+        assert!(s.wake(spinner));
+        assert_eq!(s.boosts(), 1);
+        s.preempt_current();
+        assert_eq!(s.schedule(700), Some(spinner), "boosted: ahead of the guest that used its quantum");
+        s.preempt_current();
+        assert_eq!(s.schedule(800), Some(other));
+        s.preempt_current();
+        assert_eq!(s.schedule(900), Some(spinner));
+        s.finish(other);
+        assert_eq!(s.runnable(), 0, "the spinner is current, the other gone");
+    }
+
+    #[test]
+    fn finishing_a_boosted_guest_takes_it_out_of_the_boost_queue() {
+        let mut s = Scheduler::new();
+        s.set_boost_limit(100);
+        let (a, b) = (s.add(), s.add());
+        assert_eq!(s.schedule(0), Some(a));
+        s.idle_current(None, 1);
+        assert_eq!(s.schedule(1), Some(b));
+        assert!(s.wake(a));
+        s.finish(a);
+        assert_eq!(s.runnable(), 0);
+        assert!(!s.preempt_current_for_woken());
+        s.preempt_current();
+        assert_eq!(s.schedule(2), Some(b));
+    }
+
+    #[test]
+    fn the_tick_in_the_middle_of_a_short_run_keeps_the_turn() {
+        let mut s = Scheduler::new();
+        s.set_boost_limit(100);
+        let (echo, spinner) = (s.add(), s.add());
+        assert_eq!(s.schedule(0), Some(echo));
+        s.preempt_current_by_timer(30); // caught 30 ticks into a short run: keeps its turn
+        assert_eq!(s.schedule(30), Some(echo));
+        s.preempt_current_by_timer(1_030); // a whole quantum: its share is used
+        assert_eq!(s.schedule(1_030), Some(spinner));
+        s.preempt_current_by_timer(2_030);
+        assert_eq!(s.schedule(2_030), Some(echo));
     }
 }

@@ -36,6 +36,14 @@ impl TxBacklog {
         Self::default()
     }
 
+    /// Reserves room for `additional` more guests now, fallibly (false: the heap is short), so
+    /// that registering them later does not grow storage.
+    pub fn try_reserve(&mut self, additional: usize) -> bool {
+        self.fifo_room.try_reserve(additional)
+            && self.buffer.try_reserve(additional)
+            && self.room_made.try_reserve(additional)
+    }
+
     /// Registers the next guest id (the number registered so far) and returns it.
     pub fn register(&mut self) -> usize {
         let id = self.fifo_room.register();

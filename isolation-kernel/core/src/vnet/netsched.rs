@@ -30,6 +30,12 @@ impl NetScheduler {
         Self { active: IdQueue::with_ids(guest_count), budget: budget_per_turn.max(1), spent: 0 }
     }
 
+    /// Reserves room for `additional` more guests now, fallibly (false: the heap is short), so
+    /// that registering them later does not grow storage.
+    pub fn try_reserve(&mut self, additional: usize) -> bool {
+        self.active.try_reserve(additional)
+    }
+
     /// Registers one more guest (not ready) and returns its id, the next in order. Grows the
     /// rotation's storage now, so that `mark_ready` never allocates.
     pub fn add_guest(&mut self) -> usize {

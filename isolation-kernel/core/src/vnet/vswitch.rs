@@ -126,6 +126,13 @@ impl Vswitch {
         Self::default()
     }
 
+    /// Reserves room for `additional` more ports now, fallibly (false: the heap is short).
+    pub fn try_reserve(&mut self, additional: usize) -> bool {
+        self.by_mac.try_reserve(additional).is_ok()
+            && self.by_ip.try_reserve(additional).is_ok()
+            && self.mac_of.try_reserve(additional).is_ok()
+    }
+
     /// A switch with room for `ports` ports, so that adding them does not rehash.
     pub fn with_capacity(ports: usize) -> Self {
         Self {
