@@ -391,7 +391,7 @@ int main(void) {
         pattern[i] = (unsigned char)(i % PATTERN_MODULUS);
     for (size_t i = 0; i < sizeof modules / sizeof modules[0]; i++)
         load(modules[i]);
-    char mtu[16];
+    char mtu[16]; /* asked for; the MTU eth0 got is printed */
     cmdline_value("ik.ip=", my_ip, sizeof my_ip, "10.0.2.15");
     cmdline_value("ik.mtu=", mtu, sizeof mtu, "1500");
     int ctl = socket(AF_INET, SOCK_DGRAM, 0);
@@ -408,6 +408,9 @@ int main(void) {
     if (ioctl(ctl, SIOCSIFMTU, &ifr))
         perror("echo-init: setting the MTU");
     eth0_request(&ifr);
+    ioctl(ctl, SIOCGIFMTU, &ifr);
+    int mtu_set = ifr.ifr_mtu;
+    eth0_request(&ifr);
     ioctl(ctl, SIOCGIFFLAGS, &ifr);
     ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
     if (ioctl(ctl, SIOCSIFFLAGS, &ifr))
@@ -419,7 +422,7 @@ int main(void) {
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(ECHO_PORT), .sin_addr.s_addr = htonl(INADDR_ANY)};
     if (bind(sock, (struct sockaddr *)&addr, sizeof addr))
         perror("echo-init: bind");
-    printf("linux-echo listening on %s:7 (udp, tcp), http on port 80, mtu %s\n", my_ip, mtu);
+    printf("linux-echo listening on %s:7 (udp, tcp), http on port 80, mtu %d\n", my_ip, mtu_set);
     fflush(stdout);
     static char buf[65536];
     for (;;) {

@@ -310,6 +310,10 @@ fn measure_streams(
                 Workload::Echo => report.echoes.push(row),
             }
         }
+        // Checked once it has answered, so booted: the MTU it asked for is the one it got.
+        if system == System::Linux && !booted.session.log().contains(&format!("http on port 80, mtu {mtu}\n")) {
+            bail!("the Linux VM's eth0 did not get MTU {mtu}; its console:\n{}", booted.session.log());
+        }
         Ok(())
     })();
     let stopped = booted.stop();
