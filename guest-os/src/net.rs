@@ -3,12 +3,13 @@
 
 use crate::time::{duration_to_ticks, ticks, ticks_to_duration};
 use core::sync::atomic::{AtomicBool, Ordering};
+use hypercall_abi::initrd::{TCP_RX_KIB_ARG, TCP_TX_KIB_ARG};
 use hypercall_abi::layout::{VNIC_RX_AREA_ADDR, VNIC_SHARED_ADDR, VNIC_TX_AREA_ADDR};
 use hypercall_abi::vnic::{slot_size, NetConfig, VnicShared, RX_SLOTS, TX_SLOTS};
 use smoltcp::time::Instant;
 use vnic_driver::{Doorbell, Vnic};
 
-pub use netstack::{AppOutcome, Duration, NetError, UdpHandle};
+pub use netstack::{AppOutcome, Duration, NetError, TcpError, TcpHandle, TcpListener, TcpOptions, TcpState, UdpHandle};
 pub use smoltcp::wire::Ipv4Address;
 
 /// The guest's network stack.
@@ -55,9 +56,21 @@ impl netstack::Platform for GuestPlatform {
 
 static OPENED: AtomicBool = AtomicBool::new(false);
 
-/// The network stack on this guest's virtual NIC: `None` if the image gave it no NIC, or if it
-/// was opened before (there is one NIC, so one stack).
-pub fn open(config: Option<NetConfig>) -> Option<Net> {
+/// The network stack on this guest's virtual NIC, its TCP buffer sizes from the arguments
+/// `tcp_rx_kib=N` and `tcp_tx_kib=N` (the image manifest's keys of those names; netstack's
+/// defaults otherwise): `None` if the image gave it no NIC, or if it was opened before (there
+/// is one NIC, so one stack).
+pub fn open(env: &crate::Env) -> Option<Net> {
+    let mut net = open_nic(env.net)?;
+    let kib = |key| env.arg(key).and_then(|v| v.parse::<usize>().ok()).map(|k| k.saturating_mul(1024));
+    let mut options = net.tcp_options();
+    options.rx_buffer = kib(TCP_RX_KIB_ARG).unwrap_or(options.rx_buffer);
+    options.tx_buffer = kib(TCP_TX_KIB_ARG).unwrap_or(options.tx_buffer);
+    net.set_tcp_options(options);
+    Some(net)
+}
+
+fn open_nic(config: Option<NetConfig>) -> Option<Net> {
     let config = config?;
     if OPENED.swap(true, Ordering::AcqRel) {
         return None;

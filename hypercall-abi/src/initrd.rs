@@ -51,6 +51,13 @@ pub const MAX_GUESTS: usize = 16_384;
 const BYTES_PER_KIB: u64 = 1024;
 const MILLIS_PER_SECOND: u128 = 1000;
 
+/// Guest arguments `cargo xtask` adds from the manifest's `tcp_rx_kib` and `tcp_tx_kib`: the
+/// receive and send buffer of each of the guest's TCP sockets, in KiB (`tcp_rx_kib=256`).
+pub const TCP_RX_KIB_ARG: &str = "tcp_rx_kib";
+pub const TCP_TX_KIB_ARG: &str = "tcp_tx_kib";
+/// Largest TCP buffer, each direction, in KiB (the guest's stack holds sockets to it too).
+pub const MAX_TCP_BUFFER_KIB: u64 = 16 * 1024;
+
 /// A guest's heap in bytes, from its `heap_kib`; `None` beyond [`MAX_HEAP_KIB`].
 pub fn heap_bytes(heap_kib: u64) -> Option<u64> {
     if heap_kib > MAX_HEAP_KIB {

@@ -124,7 +124,6 @@ pub struct VnicShared {
     pub stamps_enabled: CacheLine<AtomicU32>,
     /// Written by the guest: its own counters ([`GuestCounters`]), which the kernel only reports.
     pub guest_counters: GuestCounters,
-    _reserved: [CacheLine<u64>; 2],
     pub tx: [Desc; TX_RING_SIZE as usize],
     _reserved_tx: [Desc; 64 - TX_RING_SIZE as usize],
     pub rx: [Desc; RX_RING_SIZE as usize],
@@ -133,11 +132,13 @@ pub struct VnicShared {
 /// A counter a guest keeps about its own receive path and apps, published in its shared page
 /// ([`GuestCounters`]) so that the kernel's `stats:` line can carry it (names prefixed `guest_`,
 /// summed over guests). Together with the kernel's counters they account for every frame:
-/// - `rx_taken = rx_datagrams + rx_other + drops_malformed` (each frame taken from the rx ring
-///   is classified once, before the stack sees it);
+/// - `rx_taken = rx_datagrams + rx_tcp_segments + rx_other + drops_malformed` (each frame taken
+///   from the rx ring is classified once, before the stack sees it);
 /// - `rx_datagrams = udp_delivered + drops_socket_full + drops_no_socket`;
 /// - `udp_delivered = app_received + udp_queued`;
-/// - `app_received = app_echoes + app_consumed + app_drops + app_held`.
+/// - `app_received = app_echoes + app_consumed + app_drops + app_held`;
+/// - `tcp_accepted + tcp_connects = tcp_closed + tcp_reset + tcp_timed_out + tcp_open` (every
+///   connection an app got ends one way, and is freed when it ends).
 ///
 /// Published values are allegations: the kernel prints them and never decides anything by them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -181,10 +182,33 @@ pub enum GuestCounter {
     TxRejected,
     /// Filled rx descriptors with an error status, skipped (the kernel counts them too).
     RxDescErrors,
+    /// Of the frames taken, TCP segments addressed to the guest (with a correct checksum): TCP is
+    /// flow-controlled by its window, so the stack takes them whenever it can answer.
+    RxTcpSegments,
+    /// TCP connections apps accepted from a listener.
+    TcpAccepted,
+    /// TCP connections apps opened (connect), whether or not the peer answered.
+    TcpConnects,
+    /// Connections that ended normally (both sides closed), or that the app closed before
+    /// they were established.
+    TcpClosed,
+    /// Connections that ended with a reset: sent by the peer (a refused connect too), or by an
+    /// app's abort.
+    TcpReset,
+    /// Connections the guest gave up because the peer stayed silent past the idle timeout (or
+    /// never answered a connect).
+    TcpTimedOut,
+    /// Connection requests (SYN) refused with a reset because every socket of the port's
+    /// listener was taken (its backlog was full).
+    TcpRefused,
+    /// Gauge: connections accepted or opened that have not ended.
+    TcpOpen,
+    /// Gauge: TCP sockets the stack holds: its listeners' pools and connections not yet freed.
+    TcpSockets,
 }
 
 impl GuestCounter {
-    pub const COUNT: usize = 18;
+    pub const COUNT: usize = 27;
     pub const ALL: [GuestCounter; Self::COUNT] = [
         Self::RxTaken,
         Self::RxDatagrams,
@@ -204,6 +228,15 @@ impl GuestCounter {
         Self::TxDropsTooLong,
         Self::TxRejected,
         Self::RxDescErrors,
+        Self::RxTcpSegments,
+        Self::TcpAccepted,
+        Self::TcpConnects,
+        Self::TcpClosed,
+        Self::TcpReset,
+        Self::TcpTimedOut,
+        Self::TcpRefused,
+        Self::TcpOpen,
+        Self::TcpSockets,
     ];
 
     /// The name in the kernel's `stats:` line.
@@ -227,6 +260,15 @@ impl GuestCounter {
             Self::TxDropsTooLong => "guest_tx_drops_too_long",
             Self::TxRejected => "guest_tx_rejected",
             Self::RxDescErrors => "guest_rx_desc_errors",
+            Self::RxTcpSegments => "guest_rx_tcp_segments",
+            Self::TcpAccepted => "guest_tcp_accepted",
+            Self::TcpConnects => "guest_tcp_connects",
+            Self::TcpClosed => "guest_tcp_closed",
+            Self::TcpReset => "guest_tcp_reset",
+            Self::TcpTimedOut => "guest_tcp_timed_out",
+            Self::TcpRefused => "guest_tcp_refused",
+            Self::TcpOpen => "guest_tcp_open",
+            Self::TcpSockets => "guest_tcp_sockets",
         }
     }
 }
@@ -241,8 +283,9 @@ pub fn add_guest_counters(into: &mut GuestCounterValues, from: &GuestCounterValu
     }
 }
 
-/// Slots for guest counters in each copy (room to add counters without moving anything).
-pub const GUEST_COUNTER_SLOTS: usize = 24;
+/// Slots for guest counters in each copy (room to add counters without moving anything): the
+/// two copies fill the shared page up to the tx ring.
+pub const GUEST_COUNTER_SLOTS: usize = 32;
 
 /// The guest's counters in its shared page: two copies and a generation. The guest writes the
 /// copy the next generation names (even or odd), then stores that generation (release); the

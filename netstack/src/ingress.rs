@@ -12,7 +12,7 @@
 use smoltcp::phy::{Checksum, ChecksumCapabilities};
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, IpAddress, IpProtocol, Ipv4Address, Ipv4Cidr, Ipv4Packet,
-    Ipv4Repr, UdpPacket, UdpRepr, IPV4_MULTICAST_ALL_SYSTEMS,
+    Ipv4Repr, TcpControl, TcpPacket, TcpRepr, UdpPacket, UdpRepr, IPV4_MULTICAST_ALL_SYSTEMS,
 };
 
 /// What a received frame is, as the stack will treat it.
@@ -21,11 +21,26 @@ pub enum Inbound {
     /// A UDP datagram addressed to this interface: destination port and payload length. Its
     /// UDP checksum is not checked yet (the stack checks it; see [`datagram_ok`]).
     Datagram { port: u16, len: usize },
+    /// A TCP segment addressed to this interface, its checksum correct.
+    Segment(Segment),
     /// A frame the stack refuses: too short for its headers, a bad IPv4 header or checksum, a
-    /// fragment (no reassembly), a non-unicast source, a bad UDP header.
+    /// fragment (no reassembly), a non-unicast source, a bad UDP header, a bad TCP header or
+    /// checksum.
     Malformed,
     /// Anything else: ARP, ICMP, other protocols, frames and packets addressed elsewhere.
     Other,
+}
+
+/// What admission needs to know of a TCP segment: who sent it, to which port, and the flags
+/// that open (a SYN alone) or end (RST) a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub src: Ipv4Address,
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// A connection request: SYN without ACK.
+    pub syn: bool,
+    pub rst: bool,
 }
 
 /// The interface's own addresses, as the stack matches frames against them.
@@ -80,14 +95,30 @@ pub fn classify(frame: &[u8], me: &Identity) -> Inbound {
     if !me.accepts(ip.dst_addr) {
         return Inbound::Other;
     }
-    if ip.next_header != IpProtocol::Udp {
-        return Inbound::Other;
-    }
-    let Ok(udp) = UdpPacket::new_checked(packet.payload()) else { return Inbound::Malformed };
     let (src, dst) = (IpAddress::Ipv4(ip.src_addr), IpAddress::Ipv4(ip.dst_addr));
-    match UdpRepr::parse(&udp, &src, &dst, &caps) {
-        Ok(repr) => Inbound::Datagram { port: repr.dst_port, len: udp.payload().len() },
-        Err(_) => Inbound::Malformed,
+    match ip.next_header {
+        IpProtocol::Udp => {
+            let Ok(udp) = UdpPacket::new_checked(packet.payload()) else { return Inbound::Malformed };
+            match UdpRepr::parse(&udp, &src, &dst, &caps) {
+                Ok(repr) => Inbound::Datagram { port: repr.dst_port, len: udp.payload().len() },
+                Err(_) => Inbound::Malformed,
+            }
+        }
+        IpProtocol::Tcp => {
+            // With the checksum, as the stack checks it: a segment it would drop is malformed.
+            let Ok(tcp) = TcpPacket::new_checked(packet.payload()) else { return Inbound::Malformed };
+            match TcpRepr::parse(&tcp, &src, &dst, &ChecksumCapabilities::default()) {
+                Ok(repr) => Inbound::Segment(Segment {
+                    src: ip.src_addr,
+                    src_port: repr.src_port,
+                    dst_port: repr.dst_port,
+                    syn: repr.control == TcpControl::Syn && repr.ack_number.is_none(),
+                    rst: repr.control == TcpControl::Rst,
+                }),
+                Err(_) => Inbound::Malformed,
+            }
+        }
+        _ => Inbound::Other,
     }
 }
 

@@ -2,12 +2,45 @@
 //! configured from the guest's [`NetConfig`], with a small socket API for apps and a poll loop
 //! that sleeps through the [`Platform`] (the idle virtual instruction in a guest).
 //!
-//! An app loop is: `poll()`, use its sockets, `wait()`, repeat. Only UDP so far; TCP sockets
-//! go into the same [`SocketSet`] when they come.
+//! An app loop is: `poll()`, use its sockets, `wait()`, repeat.
+//!
+//! UDP: [`NetStack::udp_bind`], [`NetStack::udp_send`] (or [`NetStack::udp_send_by`], which
+//! waits for room), [`NetStack::udp_recv`].
+//!
+//! TCP, by handle (see the `tcp` module for how it works inside):
+//! - [`NetStack::tcp_listen`]`(port, backlog)` -> [`TcpListener`]; [`NetStack::tcp_accept`]
+//!   -> `Option<`[`TcpHandle`]`>` (a connection whose handshake is done). While all `backlog`
+//!   sockets of a listener hold connections not yet accepted, new ones are refused (a reset)
+//!   and counted.
+//! - [`NetStack::tcp_connect`]`((ip, port))` -> [`TcpHandle`], from an ephemeral port;
+//!   established when [`NetStack::tcp_may_send`] is true.
+//! - [`NetStack::tcp_recv`]`(h, &mut buf)`: `Ok(n)` bytes, `Ok(0)` nothing yet,
+//!   `Err(`[`TcpError::Finished`]`)` at the end of the stream, or how the connection ended
+//!   (`Reset`, `Refused`, `TimedOut`).
+//! - [`NetStack::tcp_send`]`(h, &buf)`: the bytes the send buffer took (a partial write, 0
+//!   while it is full): the app keeps the rest. [`NetStack::tcp_send_all_by`] polls and idles
+//!   until all is queued or a deadline passes; [`NetStack::tcp_send_room`] says how much
+//!   would be taken now. A full send buffer waits, never drops.
+//! - [`NetStack::tcp_shutdown`] (FIN; reading goes on), [`NetStack::tcp_close`] (gives the
+//!   handle back: FIN after the queued data, the socket freed when both sides are done),
+//!   [`NetStack::tcp_abort`] (gives it back with a reset).
+//! - State: [`NetStack::tcp_can_send`], [`NetStack::tcp_can_recv`], [`NetStack::tcp_may_send`],
+//!   [`NetStack::tcp_may_recv`], [`NetStack::tcp_is_closed`], [`NetStack::tcp_state`],
+//!   [`NetStack::tcp_remote`].
+//! - Options ([`TcpOptions`]): buffer sizes, idle timeout (a peer silent that long is given
+//!   up), keep-alive probes, `nodelay`; the stack's defaults ([`NetStack::set_tcp_options`]) or
+//!   per listener and connect ([`NetStack::tcp_listen_with`], [`NetStack::tcp_connect_with`]),
+//!   or per connection ([`NetStack::tcp_set_timeout`], [`NetStack::tcp_set_keep_alive`]).
+//!
+//! Every connection an app gets ends one way, counted in the guest's counters: closed by both
+//! sides, reset, or timed out ([`GuestCounter::TcpClosed`] and the rest); its socket is then
+//! removed from the [`SocketSet`] (gauges [`GuestCounter::TcpOpen`], [`GuestCounter::TcpSockets`]).
 //!
 //! No silent loss: the stack takes a frame from the rx ring only when it can surely hold it
 //! ([`ingress`]): a datagram whose socket is full waits in the ring (where the kernel counts
-//! whatever it cannot deliver) until the app has read the socket and polls again. Every frame
+//! whatever it cannot deliver) until the app has read the socket and polls again. TCP needs no
+//! such care: its window keeps the peer from sending more than the socket holds, so segments
+//! go to the stack as they come (counted as [`GuestCounter::RxTcpSegments`]). Every frame
 //! taken is counted by what became of it, and the counts are published in the vNIC's shared
 //! page for the kernel's `stats:` line ([`hypercall_abi::vnic::GuestCounter`]); apps report what
 //! they did with each datagram ([`AppOutcome`]) and can wait for room to send
@@ -31,9 +64,15 @@ use smoltcp::wire::{EthernetAddress, IpAddress, IpCidr, IpEndpoint, Ipv4Cidr};
 use vnic_driver::{Doorbell, Vnic, VnicCounters};
 
 mod ingress;
+mod tcp;
 
+pub use smoltcp::socket::tcp::State as TcpState;
 pub use smoltcp::time::{Duration, Instant};
 pub use smoltcp::wire::Ipv4Address;
+pub use tcp::{
+    TcpError, TcpHandle, TcpListener, TcpOptions, TCP_DEFAULT_BUFFER, TCP_DEFAULT_IDLE_TIMEOUT, TCP_MAX_BACKLOG,
+    TCP_MAX_BUFFER, TCP_MIN_BUFFER,
+};
 
 /// Largest UDP payload: one frame, as the stack does no IP fragmentation.
 pub const MAX_UDP_PAYLOAD: usize = MTU as usize - 20 - 8;
@@ -89,6 +128,8 @@ pub enum NetError {
     TooLarge,
     /// The socket's send buffer is full: poll, then try again (or use [`NetStack::udp_send_by`]).
     BufferFull,
+    /// The heap has no room for the socket's buffers.
+    NoMemory,
 }
 
 /// What an app did with a datagram it took ([`NetStack::udp_recv`]), for the guest's counters.
@@ -128,6 +169,8 @@ pub struct NetStack<'a, D: Doorbell, P: Platform> {
     /// The counters the stack and apps keep ([`GuestCounter`] order; the driver's and the
     /// gauges are filled in when published).
     counters: GuestCounterValues,
+    /// Listeners and connections.
+    tcp: tcp::TcpBook,
 }
 
 /// Receive records kept per frame length (bounded: the guest's heap is small).
@@ -142,7 +185,8 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
         let now = platform.now();
         let mut iface_config = Config::new(EthernetAddress(config.mac).into());
         // Distinct per guest and per boot, for TCP sequence numbers and ephemeral ports.
-        iface_config.random_seed = mac_seed(config.mac) ^ now.total_micros() as u64;
+        let seed = mac_seed(config.mac) ^ now.total_micros() as u64;
+        iface_config.random_seed = seed;
         let mut iface = Interface::new(iface_config, &mut device, now);
         let ip = Ipv4Address::from(config.ipv4);
         if !ip.is_unspecified() {
@@ -173,6 +217,7 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
             identity,
             udp_books: Vec::new(),
             counters: [0; GuestCounter::COUNT],
+            tcp: tcp::TcpBook::new(seed),
         }
     }
 
@@ -330,6 +375,8 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
         values[at(GuestCounter::TxDropsTooLong)] = driver.tx_dropped.saturating_sub(driver.tx_dropped_ring_full);
         values[at(GuestCounter::TxRejected)] = driver.tx_rejected;
         values[at(GuestCounter::RxDescErrors)] = driver.rx_errors;
+        values[at(GuestCounter::TcpOpen)] = self.tcp.open;
+        values[at(GuestCounter::TcpSockets)] = self.tcp.sockets;
         values
     }
 
@@ -386,6 +433,11 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
                 }
             }
             Admission::Stack(inbound) => {
+                if let Inbound::Segment(segment) = inbound {
+                    if segment.syn {
+                        self.tcp_note_syn((segment.src, segment.src_port), segment.dst_port);
+                    }
+                }
                 self.iface.poll_ingress_single(now, &mut self.device, &mut self.sockets);
                 let counter = match inbound {
                     Inbound::Datagram { .. } if datagram_ok(&self.device) => {
@@ -393,12 +445,18 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
                         GuestCounter::DropsNoSocket
                     }
                     Inbound::Datagram { .. } | Inbound::Malformed => GuestCounter::DropsMalformed,
+                    Inbound::Segment(_) => GuestCounter::RxTcpSegments,
                     Inbound::Other => GuestCounter::RxOther,
                 };
                 self.count(counter);
             }
         }
         true
+    }
+
+    /// Whether the stack has TCP listeners or connections to look after.
+    fn has_tcp(&self) -> bool {
+        self.tcp.sockets > 0
     }
 
     /// Processes received frames and sends what the sockets have queued, then rings the tx
@@ -415,14 +473,23 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
         // come in one at a time, each only if it can be held now.
         for _ in 0..POLL_ROUNDS {
             let mut progressed = false;
+            let segments = self.counters[GuestCounter::RxTcpSegments as usize];
             for _ in 0..RX_RING_SIZE {
                 if !self.ingress_one(now) {
                     break;
                 }
                 progressed = true;
             }
+            // What closed a connection (a reset, or a timeout) shows in which pass it closed.
+            if self.counters[GuestCounter::RxTcpSegments as usize] != segments {
+                self.tcp_observe(tcp::Pass::Ingress);
+            }
             if self.iface.poll_egress(now, &mut self.device, &mut self.sockets) != PollResult::None {
                 progressed = true;
+            }
+            if self.has_tcp() {
+                // Also frees what the app's reads and closes let go since the last poll.
+                self.tcp_observe(tcp::Pass::Egress);
             }
             if !progressed {
                 break;

@@ -298,7 +298,11 @@ mod no_silent_loss {
     /// The ledgers every published snapshot must satisfy.
     fn assert_balanced(v: &GuestCounterValues) {
         let g = |c| get(v, c);
-        assert_eq!(g(C::RxTaken), g(C::RxDatagrams) + g(C::RxOther) + g(C::DropsMalformed), "{v:?}");
+        assert_eq!(
+            g(C::RxTaken),
+            g(C::RxDatagrams) + g(C::RxTcpSegments) + g(C::RxOther) + g(C::DropsMalformed),
+            "{v:?}"
+        );
         assert_eq!(g(C::RxDatagrams), g(C::UdpDelivered) + g(C::DropsSocketFull) + g(C::DropsNoSocket), "{v:?}");
         assert_eq!(g(C::UdpDelivered), g(C::AppReceived) + g(C::UdpQueued), "{v:?}");
         assert_eq!(g(C::AppReceived), g(C::AppEchoes) + g(C::AppConsumed) + g(C::AppDrops) + g(C::AppHeld), "{v:?}");

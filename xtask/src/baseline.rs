@@ -148,7 +148,7 @@ fn measure_ours(artifacts: &Artifacts, load: Load, base: u16) -> Result<Measured
     let guests: Vec<_> = image.guests.iter().filter_map(|g| g.net).collect();
     let forwards = guests.iter().enumerate().map(|(i, n)| (base + i as u16, n.ipv4, 7)).collect();
     let config = QemuConfig {
-        net: Some(NetBackend::User { forwards }),
+        net: Some(NetBackend::User { forwards, tcp_forwards: Vec::new() }),
         ..QemuConfig::for_image(&image, Accel::Tcg, "log=warn shutdown_after=600 tx=copy".into())
     };
     let start = Instant::now();

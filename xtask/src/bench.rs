@@ -135,6 +135,7 @@ fn run_mode(artifacts: &Artifacts, tx: TxMode, load: Load, namespace: Option<&Ta
         Some(_) => NetBackend::Tap { ifname: crate::tapnet::TAP_IFNAME.into() },
         None => NetBackend::User {
             forwards: guests.iter().enumerate().map(|(i, n)| (base + i as u16, n.ipv4, 7)).collect(),
+            tcp_forwards: Vec::new(),
         },
     };
     let config = QemuConfig {

@@ -128,7 +128,7 @@ fn run_mode(
     let guest = image.guests.iter().find_map(|g| g.net).context("udp-echo has a networked guest")?;
     let port = 23_000 + (std::process::id() % 1_000) as u16 * 4;
     let config = QemuConfig {
-        net: Some(NetBackend::User { forwards: vec![(port, guest.ipv4, 7)] }),
+        net: Some(NetBackend::User { forwards: vec![(port, guest.ipv4, 7)], tcp_forwards: Vec::new() }),
         icount: accel == Accel::Tcg,
         ..QemuConfig::for_image(&image, accel, format!("log=info shutdown_after=3600 tx={} stamps=on", tx.name()))
     };

@@ -75,18 +75,24 @@ pub fn check_kernel(c: &Counters) -> Result<(), String> {
 }
 
 /// The ledgers of a guest's own counters (one guest's, or the sums over guests):
-/// frames taken = datagrams + other frames + malformed; datagrams = delivered to sockets +
+/// frames taken = datagrams + TCP segments + other frames + malformed; datagrams = delivered to sockets +
 /// socket full + no socket; delivered = taken by apps + still queued; taken by apps = echoed +
 /// consumed + app drops + held; and so datagrams = echoed + consumed + queued + held + each
-/// guest drop counter of the receive path.
+/// guest drop counter of the receive path. And TCP connections: accepted + opened = closed +
+/// reset + timed out + still open.
 pub fn check_guest(c: &Counters) -> Result<(), String> {
     use GuestCounter::*;
     let g = |counter| guest(c, counter);
     let ledgers = [
-        ("rx_taken", g(RxTaken), g(RxDatagrams) + g(RxOther) + g(DropsMalformed)),
+        ("rx_taken", g(RxTaken), g(RxDatagrams) + g(RxTcpSegments) + g(RxOther) + g(DropsMalformed)),
         ("rx_datagrams", g(RxDatagrams), g(UdpDelivered) + g(DropsSocketFull) + g(DropsNoSocket)),
         ("udp_delivered", g(UdpDelivered), g(AppReceived) + g(UdpQueued)),
         ("app_received", g(AppReceived), g(AppEchoes) + g(AppConsumed) + g(AppDrops) + g(AppHeld)),
+        (
+            "tcp_accepted+tcp_connects",
+            g(TcpAccepted) + g(TcpConnects),
+            g(TcpClosed) + g(TcpReset) + g(TcpTimedOut) + g(TcpOpen),
+        ),
     ];
     for (name, total, parts) in ledgers {
         if total != parts {
@@ -116,10 +122,11 @@ mod tests {
     use super::*;
 
     const BALANCED: &str = "stats: uptime_ms=1 nic_rx_frames=100 rx_packets=90 drops_no_buffer=7 \
-        drops_unknown_mac=3 drops_spoof=0 guest_rx_taken=90 guest_rx_datagrams=80 guest_rx_other=8 \
+        drops_unknown_mac=3 drops_spoof=0 guest_rx_taken=90 guest_rx_datagrams=80 guest_rx_other=6 guest_rx_tcp_segments=2 \
         guest_drops_malformed=2 guest_udp_delivered=77 guest_drops_socket_full=1 guest_drops_no_socket=2 \
         guest_udp_queued=3 guest_app_received=74 guest_app_echoes=70 guest_app_consumed=1 guest_app_drops=2 \
-        guest_app_held=1 guest_tx_drops_ring_full=4";
+        guest_app_held=1 guest_tx_drops_ring_full=4 guest_tcp_accepted=5 guest_tcp_connects=2 \
+        guest_tcp_closed=3 guest_tcp_reset=1 guest_tcp_timed_out=1 guest_tcp_open=2";
 
     #[test]
     fn balanced_counters_pass_and_sums_read_right() {
@@ -134,10 +141,12 @@ mod tests {
     fn each_imbalance_is_named() {
         for (from, to, what) in [
             ("drops_no_buffer=7", "drops_no_buffer=6", "nic_rx_frames=100"),
-            ("guest_rx_other=8", "guest_rx_other=9", "rx_taken=90"),
+            ("guest_rx_other=6", "guest_rx_other=7", "rx_taken=90"),
             ("guest_drops_socket_full=1", "guest_drops_socket_full=0", "rx_datagrams=80"),
             ("guest_udp_queued=3", "guest_udp_queued=4", "udp_delivered=77"),
             ("guest_app_held=1", "guest_app_held=0", "app_received=74"),
+            ("guest_rx_tcp_segments=2", "guest_rx_tcp_segments=3", "rx_taken=90"),
+            ("guest_tcp_open=2", "guest_tcp_open=1", "tcp_accepted+tcp_connects=7"),
         ] {
             let line = BALANCED.replace(from, to);
             let c = pairs(line.trim_start_matches(STATS_PREFIX));

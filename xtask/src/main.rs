@@ -123,7 +123,8 @@ enum Cmd {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum NetChoice {
-    /// QEMU's user network: host UDP port 127.0.0.1:(BASE+i) reaches guest i's port 7.
+    /// QEMU's user network: host UDP and TCP port 127.0.0.1:(BASE+i) reach guest i's port 7,
+    /// TCP 127.0.0.1:(HTTP_BASE+i) its port 80.
     User,
     /// A tap device in a network namespace of its own (needs root); reach guests by address.
     Tap,
@@ -226,9 +227,12 @@ struct RunArgs {
     /// The physical NIC's network.
     #[arg(long, value_enum, default_value_t = NetChoice::User)]
     net: NetChoice,
-    /// First host port of the user network's forwards (guest i: BASE+i -> its port 7).
+    /// First host port of the user network's forwards (guest i: UDP and TCP BASE+i -> its port 7).
     #[arg(long, value_name = "BASE", default_value_t = 7000)]
     host_port_base: u16,
+    /// First host port of the user network's HTTP forwards (guest i: TCP HTTP_BASE+i -> its port 80).
+    #[arg(long, value_name = "HTTP_BASE", default_value_t = 8080)]
+    http_port_base: u16,
     /// Transmit path (default: the image's `tx`, else copy).
     #[arg(long, value_parser = tx_mode_parser())]
     tx: Option<TxMode>,
@@ -297,8 +301,10 @@ fn real_main() -> Result<()> {
     }
 }
 
-/// UDP port every guest's forward points at.
+/// UDP and TCP port every guest's echo forward points at.
 pub const ECHO_PORT: u16 = 7;
+/// TCP port every guest's HTTP forward points at.
+pub const HTTP_PORT: u16 = 80;
 
 fn run(args: RunArgs) -> Result<()> {
     let plan = if args.net == NetChoice::Tap { NetPlan::TAP } else { NetPlan::USER };
@@ -331,13 +337,14 @@ fn run(args: RunArgs) -> Result<()> {
         _ => None,
     };
     let backend = match args.net {
-        NetChoice::User => Some(NetBackend::User {
-            forwards: net_guests
-                .iter()
-                .enumerate()
-                .map(|(i, (_, n))| (args.host_port_base + i as u16, n.ipv4, ECHO_PORT))
-                .collect(),
-        }),
+        NetChoice::User => {
+            let forwards = |base: u16, port: u16| {
+                net_guests.iter().enumerate().map(|(i, (_, n))| (base + i as u16, n.ipv4, port)).collect::<Vec<_>>()
+            };
+            let mut tcp_forwards = forwards(args.host_port_base, ECHO_PORT);
+            tcp_forwards.extend(forwards(args.http_port_base, HTTP_PORT));
+            Some(NetBackend::User { forwards: forwards(args.host_port_base, ECHO_PORT), tcp_forwards })
+        }
         NetChoice::Tap => Some(NetBackend::Tap { ifname: tapnet::TAP_IFNAME.into() }),
         NetChoice::None => None,
     };
@@ -368,12 +375,13 @@ fn run(args: RunArgs) -> Result<()> {
     for (i, (name, net)) in net_guests.iter().enumerate() {
         match (&args.net, &namespace) {
             (NetChoice::User, _) => println!(
-                "guest {name}: {} (udp 127.0.0.1:{} -> port {ECHO_PORT})",
+                "guest {name}: {} (udp and tcp 127.0.0.1:{} -> port {ECHO_PORT}; tcp 127.0.0.1:{} -> port {HTTP_PORT})",
                 format_ip(net.ipv4),
-                args.host_port_base + i as u16
+                args.host_port_base + i as u16,
+                args.http_port_base + i as u16
             ),
             (NetChoice::Tap, Some(ns)) => println!(
-                "guest {name}: {} (try: ip netns exec {} ping {0}; ip netns exec {1} nc -u {0} {ECHO_PORT})",
+                "guest {name}: {} (try: ip netns exec {} ping {0}; ip netns exec {1} nc [-u] {0} {ECHO_PORT})",
                 format_ip(net.ipv4),
                 ns.name
             ),

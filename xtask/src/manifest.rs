@@ -4,6 +4,7 @@ use anyhow::{bail, Context, Result};
 use hypercall_abi::cmdline::FPU_POLICIES;
 use hypercall_abi::initrd::{
     valid_name, Expect, GuestSpec, MAX_ARGS_LEN, MAX_CPU_BUDGET_MS, MAX_GUESTS, MAX_HEAP_KIB, MAX_NAME,
+    MAX_TCP_BUFFER_KIB, TCP_RX_KIB_ARG, TCP_TX_KIB_ARG,
 };
 use hypercall_abi::vnic::{NetConfig, MAX_MTU, MIN_MTU, MTU};
 use serde::Deserialize;
@@ -47,7 +48,16 @@ pub struct GuestGroup {
     /// Give the guest a virtual NIC, with the next MAC and IPv4 address of the network.
     #[serde(default)]
     pub net: bool,
+    /// Receive buffer of each of the guest's TCP sockets, in KiB (default: netstack's). Passed
+    /// to the guest as the argument `tcp_rx_kib=N`; each connection and each listening socket
+    /// of a backlog holds one, so size `heap_kib` for them.
+    pub tcp_rx_kib: Option<u64>,
+    /// Send buffer of each TCP socket, in KiB (argument `tcp_tx_kib=N`).
+    pub tcp_tx_kib: Option<u64>,
 }
+
+/// Smallest TCP buffer a manifest may ask for: room for a full segment.
+const MIN_TCP_BUFFER_KIB: u64 = 2;
 
 /// How guests' addresses are assigned on a network (`--net user` or `--net tap`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,13 +116,15 @@ pub fn format_ip(ip: [u8; 4]) -> String {
 /// Broken ELF files `cargo xtask build` can make from `hello`, for loader tests.
 pub const CORRUPT_KINDS: [&str; 4] = ["truncated", "wrong-machine", "overlapping", "kernel-half"];
 /// Apps that are binaries of guest-os.
-pub const GUEST_APPS: [&str; 10] = [
+pub const GUEST_APPS: [&str; 12] = [
     "cow-rewriter",
     "fpu-probe",
     "hello",
     "hostile",
     "noop",
     "ring-hostile",
+    "tcp-client",
+    "tcp-echo",
     "tx-flood",
     "udp-client",
     "udp-echo",
@@ -251,6 +263,15 @@ impl Manifest {
                     group.heap_kib
                 );
             }
+            for (key, kib) in [("tcp_rx_kib", group.tcp_rx_kib), ("tcp_tx_kib", group.tcp_tx_kib)] {
+                if kib.is_some_and(|k| !(MIN_TCP_BUFFER_KIB..=MAX_TCP_BUFFER_KIB).contains(&k)) {
+                    bail!(
+                        "guest `{}`: {key} = {} is out of range: {MIN_TCP_BUFFER_KIB} to {MAX_TCP_BUFFER_KIB}",
+                        group.app,
+                        kib.unwrap_or_default()
+                    );
+                }
+            }
             if group.cpu_budget_ms > MAX_CPU_BUDGET_MS {
                 bail!(
                     "guest `{}`: cpu_budget_ms = {} is out of range: at most {MAX_CPU_BUDGET_MS}",
@@ -299,10 +320,16 @@ impl Manifest {
                     net_index += 1;
                     plan.config(net_index - 1, self.kernel.mtu)
                 });
+                let mut args = group.args.replace("{i}", &i.to_string());
+                for (key, kib) in [(TCP_RX_KIB_ARG, group.tcp_rx_kib), (TCP_TX_KIB_ARG, group.tcp_tx_kib)] {
+                    if let Some(kib) = kib {
+                        args = format!("{args} {key}={kib}").trim_start().to_string();
+                    }
+                }
                 guests.push(Guest {
                     name: if group.count == 1 { base.clone() } else { format!("{base}-{i}") },
                     app: group.app.clone(),
-                    args: group.args.replace("{i}", &i.to_string()),
+                    args,
                     heap_kib: group.heap_kib,
                     cpu_budget_ms: group.cpu_budget_ms,
                     expect: group.expect.clone(),
@@ -447,6 +474,16 @@ mod tests {
         assert!(m.image_config("t", &guests).contains(",9000\t"));
         assert!(Manifest::parse("description = \"x\"\n[kernel]\nmtu = 9001").is_err());
         assert!(Manifest::parse("description = \"x\"\n[kernel]\nmtu = 100").is_err());
+    }
+
+    #[test]
+    fn tcp_buffer_sizes_become_arguments_within_bounds() {
+        let m = with_guest_line("args = \"port=7\"\ntcp_rx_kib = 256\ntcp_tx_kib = 64").unwrap();
+        assert_eq!(m.expand(&NetPlan::USER).unwrap()[0].args, "port=7 tcp_rx_kib=256 tcp_tx_kib=64");
+        let m = with_guest_line("tcp_tx_kib = 8").unwrap();
+        assert_eq!(m.expand(&NetPlan::USER).unwrap()[0].args, "tcp_tx_kib=8");
+        assert!(refusal("tcp_rx_kib = 1").ends_with("tcp_rx_kib = 1 is out of range: 2 to 16384"));
+        assert!(refusal("tcp_tx_kib = 16385").ends_with("tcp_tx_kib = 16385 is out of range: 2 to 16384"));
     }
 
     #[test]

@@ -63,9 +63,9 @@ pub fn resolve_accel(choice: AccelChoice) -> Result<Accel> {
 /// The physical NIC's backend.
 #[derive(Clone, Debug)]
 pub enum NetBackend {
-    /// QEMU's user-mode network (slirp), with UDP port forwards `(host port, guest IP, guest port)`
-    /// from 127.0.0.1.
-    User { forwards: Vec<(u16, [u8; 4], u16)> },
+    /// QEMU's user-mode network (slirp), with UDP and TCP port forwards `(host port, guest IP,
+    /// guest port)` from 127.0.0.1.
+    User { forwards: Vec<(u16, [u8; 4], u16)>, tcp_forwards: Vec<(u16, [u8; 4], u16)> },
     /// A tap device (which must exist in the namespace QEMU runs in).
     Tap { ifname: String },
 }
@@ -144,10 +144,13 @@ impl<'a> QemuConfig<'a> {
         }
         if let Some(net) = &self.net {
             let netdev = match net {
-                NetBackend::User { forwards } => {
+                NetBackend::User { forwards, tcp_forwards } => {
                     let mut netdev = String::from("user,id=net0,net=10.0.2.0/24");
-                    for (host_port, [a, b, c, d], guest_port) in forwards {
-                        netdev += &format!(",hostfwd=udp:127.0.0.1:{host_port}-{a}.{b}.{c}.{d}:{guest_port}");
+                    for (protocol, list) in [("udp", forwards), ("tcp", tcp_forwards)] {
+                        for (host_port, [a, b, c, d], guest_port) in list {
+                            netdev +=
+                                &format!(",hostfwd={protocol}:127.0.0.1:{host_port}-{a}.{b}.{c}.{d}:{guest_port}");
+                        }
                     }
                     netdev
                 }
@@ -367,7 +370,10 @@ mod tests {
             append: "log=info shutdown_after=3".into(),
             gdb: false,
             icount: false,
-            net: Some(NetBackend::User { forwards: vec![(7000, [10, 0, 2, 16], 7)] }),
+            net: Some(NetBackend::User {
+                forwards: vec![(7000, [10, 0, 2, 16], 7)],
+                tcp_forwards: vec![(7000, [10, 0, 2, 16], 7), (8080, [10, 0, 2, 16], 80)],
+            }),
             pcap: None,
             netns: None,
             nic_tx_delay: None,
@@ -379,6 +385,10 @@ mod tests {
         assert!(line.contains("-kernel /tmp/k.elf -append 'log=info shutdown_after=3'"), "{line}");
         assert!(!line.contains(" -S"));
         assert!(line.contains("hostfwd=udp:127.0.0.1:7000-10.0.2.16:7"), "{line}");
+        assert!(
+            line.contains("hostfwd=tcp:127.0.0.1:7000-10.0.2.16:7,hostfwd=tcp:127.0.0.1:8080-10.0.2.16:80"),
+            "{line}"
+        );
         assert!(line.contains("virtio-net-pci,netdev=net0,disable-modern=on"), "{line}");
     }
 

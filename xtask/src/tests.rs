@@ -515,7 +515,8 @@ fn udp_echo_user_network(ctx: &Ctx, tx: TxMode) -> TestResult {
     let base = host_port_base();
     let guests: Vec<_> = image.guests.iter().filter_map(|g| g.net).collect();
     let forwards = guests.iter().enumerate().map(|(i, n)| (base + i as u16, n.ipv4, 7)).collect();
-    let mut session = start_networked(&image, NetBackend::User { forwards }, None, tx, TCG_TIMEOUT)?;
+    let mut session =
+        start_networked(&image, NetBackend::User { forwards, tcp_forwards: Vec::new() }, None, tx, TCG_TIMEOUT)?;
     wait_listening(&mut session, guests.len())?;
     let mut sent = 0;
     for i in 0..guests.len() {
@@ -721,7 +722,7 @@ fn cow_rewrite_in_flight(ctx: &Ctx, image_name: &str) -> TestResult {
     let _ = std::fs::remove_file(&pcap);
     let session = start_networked_pcap(
         &image,
-        NetBackend::User { forwards: Vec::new() },
+        NetBackend::User { forwards: Vec::new(), tcp_forwards: Vec::new() },
         None,
         TxMode::Cow,
         Some(&pcap),

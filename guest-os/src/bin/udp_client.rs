@@ -52,7 +52,7 @@ fn main(env: &Env) -> i32 {
         Some(list) => list.split(',').filter_map(|s| s.parse().ok()).collect(),
         None => alloc::vec![1, 64, 100, 512, 1400, 1472],
     };
-    let Some(mut net) = net::open(env.net) else {
+    let Some(mut net) = net::open(env) else {
         println!("udp-client: this guest has no network interface");
         return 2;
     };

@@ -12,7 +12,7 @@ const ECHO_PATIENCE: Duration = Duration::from_secs(1);
 
 fn main(env: &Env) -> i32 {
     let port = env.arg("port").and_then(|p| p.parse().ok()).unwrap_or(DEFAULT_PORT);
-    let Some(mut net) = net::open(env.net) else {
+    let Some(mut net) = net::open(env) else {
         println!("udp-echo: this guest has no network interface");
         return 2;
     };

@@ -55,7 +55,7 @@ pub(super) fn vnic_hostile_guests(ctx: &Ctx, tx: TxMode) -> TestResult {
     let _ = std::fs::remove_file(&pcap);
     let mut session = start_networked_pcap(
         &image,
-        NetBackend::User { forwards },
+        NetBackend::User { forwards, tcp_forwards: Vec::new() },
         None,
         tx,
         Some(&pcap),
