@@ -21,7 +21,7 @@ use crate::pack::{self, Artifacts};
 use crate::qemu::{Accel, NetBackend, QemuConfig, Session};
 use crate::tapnet::TapNamespace;
 use crate::tcpload::{self, Transfer, Workload};
-use crate::TxMode;
+use crate::{TxMode, HTTP_PORT};
 use anyhow::{bail, Context, Result};
 use hypercall_abi::host::KernelExit;
 use serde::{Deserialize, Serialize};
@@ -29,7 +29,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub const HTTP_PORT: u16 = 80;
 /// Servers loaded at once in the request-rate cells, and connections per server.
 pub const SERVER_COUNTS: [usize; 2] = [1, 4];
 pub const CONNECTIONS: [u32; 2] = [1, 32];
@@ -175,7 +174,8 @@ fn boot_ours(artifacts: &Artifacts, image: &str, tx: TxMode, net: &Net) -> Resul
         Net::User { base } => {
             let forwards = user_forwards(*base, guests.len().min(4));
             let backend = NetBackend::User {
-                forwards: forwards.iter().map(|&(host, port, i)| (host, guests[i], port)).collect(),
+                forwards: Vec::new(),
+                tcp_forwards: forwards.iter().map(|&(host, port, i)| (host, guests[i], port)).collect(),
             };
             let http = (0..guests.len().min(4)).map(|i| localhost(base + i as u16)).collect();
             let echo = (0..guests.len().min(4)).map(|i| localhost(base + 4 + i as u16)).collect();
