@@ -12,6 +12,7 @@
 extern crate alloc;
 
 pub mod console;
+mod heap;
 pub mod net;
 pub mod rawnic;
 pub mod time;
@@ -47,7 +48,7 @@ impl Env {
 }
 
 #[global_allocator]
-static HEAP: linked_list_allocator::LockedHeap = linked_list_allocator::LockedHeap::empty();
+static HEAP: heap::GuestHeap = heap::GuestHeap::empty();
 
 /// Names the app's entry point: `guest_os::entry!(main);` with `fn main(env: &Env) -> i32`.
 #[macro_export]
@@ -92,8 +93,8 @@ extern "C" fn rust_start() -> ! {
     };
     time::init(info.tsc_hz);
     // SAFETY: the kernel maps [heap_base, heap_base + heap_size) writable for this guest only,
-    // and nothing else in the guest uses that range.
-    unsafe { HEAP.lock().init(info.heap_base as *mut u8, info.heap_size as usize) };
+    // backed with zeros on first touch, and nothing else in the guest uses that range.
+    unsafe { HEAP.init(info.heap_base as *mut u8, info.heap_size as usize) };
     console::init_logger();
     let env = Env { id: info.guest_id, name: info.name, args: info.args, heap_size: info.heap_size, net: info.net };
     // SAFETY: `__guest_main` is defined by the app binary through `entry!`, with this signature.

@@ -24,9 +24,11 @@
 //! its limit is an error naming the limit. [`heap_bytes`] and [`cpu_budget_ticks`] turn the
 //! numbers into what the kernel uses, with checked arithmetic.
 //!
-//! `expect` is `exit:<code>`, `stopped:<text the stop cause contains>`, `refused:<text the load
-//! error contains>` (the kernel must refuse to load the guest), `running` (still running at
-//! shutdown) or `any`. `cpu_budget_ms=0` means no CPU budget. `args` comes last and
+//! `expect` is `exit:<code>`, `stopped:<kind>` (a [`StopKind`]: why the kernel stopped it),
+//! `refused:<kind>` (a [`RefusalKind`]: why the kernel refused to load it), `running` (still
+//! running at shutdown) or `any`. Kinds are matched exactly, never as text: the kernel prints
+//! the kind beside the human-readable cause (`guest 3 bad stopped page_fault: page fault: ...`).
+//! `cpu_budget_ms=0` means no CPU budget. `args` comes last and
 //! may contain spaces (not tabs).
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::arithmetic_side_effects)]
@@ -77,43 +79,145 @@ pub fn cpu_budget_ticks(budget_ms: u64, tsc_hz: u64) -> Option<u64> {
     u64::try_from(ticks).ok()
 }
 
+/// Declares a kind enum with its stable names: `ALL`, `as_str` and `parse` stay in step.
+macro_rules! kinds {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)* }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)*
+        }
+
+        impl $name {
+            /// Every kind, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+
+            /// The stable name (in `expect =` and in the kernel's end lines).
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)*
+                }
+            }
+
+            pub fn parse(text: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|kind| kind.as_str() == text)
+            }
+        }
+
+        impl core::fmt::Display for $name {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+kinds! {
+    /// Why the kernel stopped a guest (the kernel's `GuestFault::kind`).
+    StopKind {
+        /// A virtual-instruction port used with an immediate-port `out`.
+        ViNotDxForm = "vi_not_dx_form",
+        /// `out` to a port outside the virtual-instruction range.
+        PortOutsideRange = "port_outside_range",
+        /// `in` from any port.
+        PortRead = "port_read",
+        /// `ins`/`outs`.
+        StringIo = "string_io",
+        /// `hlt`, `cli`, `wrmsr` and the like.
+        PrivilegedInstruction = "privileged_instruction",
+        /// Any other general-protection fault.
+        GeneralProtection = "general_protection",
+        /// A `#GP` whose instruction could not be read.
+        InstructionUnreadable = "instruction_unreadable",
+        /// x87/MMX/SSE while the kernel gives guests no floating point.
+        FloatingPoint = "floating_point",
+        /// Any other CPU exception (`#DE`, `#UD`, ...).
+        Exception = "exception",
+        PageFault = "page_fault",
+        /// The guest used up its `cpu_budget_ms`.
+        CpuBudget = "cpu_budget",
+        /// A virtual instruction was given a pointer that is not the guest's.
+        BadPointer = "bad_pointer",
+        /// A write to an in-flight tx slot found no memory for its copy-on-write copy.
+        CowCopyNoMemory = "cow_copy_no_memory",
+        /// The first touch of a stack or heap page found no frame to back it.
+        NoMemoryForPage = "no_memory_for_page",
+    }
+}
+
+kinds! {
+    /// Why the kernel refused to load a guest.
+    RefusalKind {
+        /// The image names an app the initrd does not hold.
+        AppMissing = "app_missing",
+        InitrdMalformed = "initrd_malformed",
+        ElfTooShort = "elf_too_short",
+        ElfBadMagic = "elf_bad_magic",
+        ElfNot64Bit = "elf_not_64_bit",
+        ElfNotLittleEndian = "elf_not_little_endian",
+        ElfNotExecutable = "elf_not_executable",
+        ElfWrongMachine = "elf_wrong_machine",
+        ElfBadProgramHeaders = "elf_bad_program_headers",
+        ElfTooManySegments = "elf_too_many_segments",
+        ElfNoSegments = "elf_no_segments",
+        ElfSegmentOutOfFile = "elf_segment_out_of_file",
+        ElfFileSizeExceedsMemSize = "elf_file_size_exceeds_mem_size",
+        ElfSegmentOutsideImageArea = "elf_segment_outside_image_area",
+        ElfOverlappingSegments = "elf_overlapping_segments",
+        ElfMisalignedSegment = "elf_misaligned_segment",
+        ElfEntryNotExecutable = "elf_entry_not_executable",
+        /// No frames or kernel memory left for the guest.
+        OutOfMemory = "out_of_memory",
+        /// The loader was asked to map a page twice or outside the user half.
+        BadMapping = "bad_mapping",
+        /// `heap_kib` beyond what the kernel maps.
+        HeapTooLarge = "heap_too_large",
+        /// `cpu_budget_ms` beyond its limit.
+        CpuBudgetOutOfRange = "cpu_budget_out_of_range",
+        /// The virtual NIC could not be built.
+        VnicUnbuildable = "vnic_unbuildable",
+        /// The vswitch refused the guest's NIC (say, a MAC another guest has).
+        VswitchRefused = "vswitch_refused",
+    }
+}
+
 /// What a guest is expected to do, checked by the kernel when the run ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Expect<'a> {
+pub enum Expect {
     Exit(i32),
-    /// Stopped by the kernel with a cause containing this text.
-    Stopped(&'a str),
-    /// Refused at load time with an error containing this text (bad ELF files).
-    Refused(&'a str),
+    /// Stopped by the kernel for this kind of fault.
+    Stopped(StopKind),
+    /// Refused at load time for this kind of error (bad ELF files).
+    Refused(RefusalKind),
     /// Still running when the kernel shuts down (servers).
     Running,
     Any,
 }
 
-impl core::fmt::Display for Expect<'_> {
+impl core::fmt::Display for Expect {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Expect::Exit(code) => write!(f, "exit:{code}"),
-            Expect::Stopped(cause) => write!(f, "stopped:{cause}"),
-            Expect::Refused(error) => write!(f, "refused:{error}"),
+            Expect::Stopped(kind) => write!(f, "stopped:{kind}"),
+            Expect::Refused(kind) => write!(f, "refused:{kind}"),
             Expect::Running => f.write_str("running"),
             Expect::Any => f.write_str("any"),
         }
     }
 }
 
-impl<'a> Expect<'a> {
-    pub fn parse(text: &'a str) -> Option<Expect<'a>> {
+impl Expect {
+    pub fn parse(text: &str) -> Option<Expect> {
         match text {
             "running" => Some(Expect::Running),
             "any" => Some(Expect::Any),
             _ => {
                 if let Some(code) = text.strip_prefix("exit:") {
                     code.parse().ok().map(Expect::Exit)
-                } else if let Some(error) = text.strip_prefix("refused:") {
-                    Some(Expect::Refused(error)).filter(|_| !error.is_empty())
+                } else if let Some(kind) = text.strip_prefix("refused:") {
+                    RefusalKind::parse(kind).map(Expect::Refused)
                 } else {
-                    text.strip_prefix("stopped:").filter(|c| !c.is_empty()).map(Expect::Stopped)
+                    text.strip_prefix("stopped:").and_then(StopKind::parse).map(Expect::Stopped)
                 }
             }
         }
@@ -127,7 +231,7 @@ pub struct GuestSpec<'a> {
     pub app: &'a str,
     pub heap_kib: u64,
     pub cpu_budget_ms: u64,
-    pub expect: Expect<'a>,
+    pub expect: Expect,
     pub net: Option<NetConfig>,
     pub args: &'a str,
 }
@@ -350,7 +454,7 @@ mod tests {
             app: "hello",
             heap_kib: 64,
             cpu_budget_ms: 500,
-            expect: Expect::Stopped("page fault"),
+            expect: Expect::Stopped(StopKind::PageFault),
             net: Some(NetConfig {
                 mac: [2, 0, 0, 0, 0, 0x1f],
                 ipv4: [10, 0, 2, 16],
@@ -483,10 +587,14 @@ mod tests {
     #[test]
     fn expectations_parse() {
         assert_eq!(Expect::parse("exit:-1"), Some(Expect::Exit(-1)));
-        assert_eq!(Expect::parse("stopped:divide error"), Some(Expect::Stopped("divide error")));
+        assert_eq!(Expect::parse("stopped:exception"), Some(Expect::Stopped(StopKind::Exception)));
         assert_eq!(Expect::parse("stopped:"), None);
+        // Kinds are names, not text to search: a piece of one, or a cause's text, is no kind.
+        assert_eq!(Expect::parse("stopped:page"), None);
+        assert_eq!(Expect::parse("stopped:divide error (#DE)"), None);
         assert_eq!(Expect::parse("running"), Some(Expect::Running));
-        assert_eq!(Expect::parse("refused:wrong machine"), Some(Expect::Refused("wrong machine")));
+        assert_eq!(Expect::parse("refused:elf_wrong_machine"), Some(Expect::Refused(RefusalKind::ElfWrongMachine)));
+        assert_eq!(Expect::parse("refused:wrong machine"), None);
         assert_eq!(Expect::parse("refused:"), None);
         assert_eq!(Expect::parse("exited"), None);
     }

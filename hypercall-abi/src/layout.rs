@@ -1,6 +1,11 @@
 //! The fixed layout of every guest's address space (the lower half; the kernel owns the upper
 //! half and guests cannot touch it). Guest programs are linked at [`IMAGE_BASE`] with the small
 //! code model, so everything sits below 2 GiB.
+//!
+//! Laid out for few page tables: the boot info, the vNIC and the stack share one 2 MiB range
+//! (one last-level table), the image starts the next, the heap is in the same first GiB, so a
+//! small guest needs a PML4, a PDPT, one directory and three last-level tables. Stack, heap and
+//! the vNIC areas are backed lazily: a page costs a frame only once it is touched.
 
 /// The x86_64 base page size: the one page size of the kernel, its guests and the vNIC ABI.
 pub const PAGE_SIZE: u64 = 4096;
@@ -21,8 +26,9 @@ pub const IMAGE_LIMIT: u64 = 0x1000_0000;
 pub const HEAP_BASE: u64 = 0x1000_0000;
 /// Largest heap a guest may ask for.
 pub const MAX_HEAP_SIZE: u64 = 0x4000_0000;
-/// Top of the guest stack (exclusive); the stack grows down from here.
-pub const STACK_TOP: u64 = 0x7fff_0000;
+/// Top of the guest stack (exclusive); the stack grows down from here. Above it and below it
+/// (down to the receive area) nothing is mapped: an overflow faults.
+pub const STACK_TOP: u64 = 0x003f_0000;
 /// Size of the guest stack. The page below it is left unmapped as a guard.
 pub const STACK_SIZE: u64 = 64 * 1024;
 /// First address that is not guest memory: the end of the lower canonical half.
@@ -31,25 +37,55 @@ pub const USER_LIMIT: u64 = 0x0000_8000_0000_0000;
 // Guests use the small code model: everything they address lies below 2 GiB.
 const _: () = assert!(STACK_TOP < 1 << 31);
 
+/// Bytes past an allocator's high-water mark that its own bookkeeping may have written (a
+/// free-list header of 16 bytes, after rounding the last block up to 16 and aligning to 8).
+pub const ALLOCATOR_SCRATCH: usize = 64;
+
+/// How many bytes at the start of a fresh allocation `[start, start + len)` may hold old
+/// data and must be zeroed for a zeroed allocation, given that nothing was ever handed out at
+/// or beyond `high_water` (and only [`ALLOCATOR_SCRATCH`] bytes past it were ever written).
+/// The kernel backs heap pages lazily with zeroed frames, so the rest already reads as zero:
+/// not writing it keeps untouched pages unbacked (a guest pays only for what it uses).
+pub fn bytes_to_zero(start: usize, len: usize, high_water: usize) -> usize {
+    let dirty_end = high_water.saturating_add(ALLOCATOR_SCRATCH);
+    dirty_end.saturating_sub(start).min(len)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn regions_are_ordered_aligned_and_below_2_gib() {
+        use crate::vnic::{rx_buffer_addr_for, slot_size, MAX_MTU, RX_SLOTS};
         let bounds = [
             BOOT_INFO_ADDR,
             VNIC_SHARED_ADDR,
             VNIC_TX_AREA_ADDR,
             VNIC_RX_AREA_ADDR,
+            rx_buffer_addr_for(RX_SLOTS, slot_size(MAX_MTU)),
+            STACK_TOP - STACK_SIZE - PAGE_SIZE,
+            STACK_TOP,
             IMAGE_BASE,
             IMAGE_LIMIT,
             HEAP_BASE,
             HEAP_BASE + MAX_HEAP_SIZE,
-            STACK_TOP - STACK_SIZE - PAGE_SIZE,
-            STACK_TOP,
         ];
         assert!(bounds.windows(2).all(|w| w[0] <= w[1]), "{bounds:x?}");
         assert!(bounds.iter().all(|b| b % PAGE_SIZE == 0));
+    }
+
+    #[test]
+    fn zeroing_stops_where_nothing_was_ever_written() {
+        // Wholly below the mark: everything.
+        assert_eq!(bytes_to_zero(100, 50, 1000), 50);
+        // Across the mark: up to the mark and the allocator's scratch.
+        assert_eq!(bytes_to_zero(900, 4096, 1000), 100 + ALLOCATOR_SCRATCH);
+        // Beyond the mark and its scratch: nothing.
+        assert_eq!(bytes_to_zero(2000, 4096, 1000), 0);
+        // Starting inside the scratch: its rest.
+        assert_eq!(bytes_to_zero(1010, 4096, 1000), ALLOCATOR_SCRATCH - 10);
+        // At the top of the address space: no overflow.
+        assert_eq!(bytes_to_zero(usize::MAX - 10, 10, usize::MAX), 10);
     }
 }

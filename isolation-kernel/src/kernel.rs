@@ -91,6 +91,12 @@ pub extern "C" fn kernel_entry(start_info_phys: u64) -> ! {
         .unwrap_or_else(|e| fail(format_args!("kernel command line `{cmdline_text}`: {e}")));
     log::set_max_level(args.log_level);
     log::info!("command line: `{cmdline_text}`");
+    if args.stamps && !cfg!(feature = "stamps") {
+        // Refused rather than ignored: a benchmark must not read stamps that were never taken.
+        fail(format_args!(
+            "stamps=on: this kernel was built without the `stamps` feature (`cargo xtask run --stamps` builds one)"
+        ));
+    }
     crate::guest::set_per_guest_stats(args.stats_per_guest);
 
     setup_memory(&info);

@@ -1,6 +1,7 @@
 //! Reading the kernel's console log: the facts the integration tests assert on.
 
 use hypercall_abi::cmdline::STATS_PREFIX;
+use hypercall_abi::initrd::{RefusalKind, StopKind};
 use std::collections::BTreeMap;
 
 /// The counters of the last `stats:` line.
@@ -66,13 +67,14 @@ stats: uptime_ms=2007 timer_ticks=197 frames_free=64196
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GuestEnd {
     Exited(i32),
-    Stopped { cause: String, rip: u64 },
-    Refused(String),
+    Stopped { kind: StopKind, cause: String, rip: u64 },
+    Refused { kind: RefusalKind, error: String },
 }
 
 /// Every guest's end from the fixed-form lines `guest <id> <name> exited <code>`,
-/// `guest <id> <name> stopped: <cause> at rip <hex>` and `guest <id> <name> refused: <error>`,
-/// by guest name.
+/// `guest <id> <name> stopped <kind>: <cause> at rip <hex>` and
+/// `guest <id> <name> refused <kind>: <error>`, by guest name. A line whose kind is not one of
+/// [`StopKind`] or [`RefusalKind`] is not an end line.
 pub fn guest_ends(log: &str) -> BTreeMap<String, (u32, GuestEnd)> {
     let mut ends = BTreeMap::new();
     for line in log.lines() {
@@ -85,12 +87,16 @@ pub fn guest_ends(log: &str) -> BTreeMap<String, (u32, GuestEnd)> {
                 Ok(code) => GuestEnd::Exited(code),
                 Err(_) => continue,
             }
-        } else if let Some(stop) = tail.strip_prefix("stopped: ") {
+        } else if let Some(stop) = tail.strip_prefix("stopped ") {
+            let Some((kind, stop)) = stop.split_once(": ") else { continue };
+            let Some(kind) = StopKind::parse(kind) else { continue };
             let Some((cause, rip)) = stop.rsplit_once(" at rip 0x") else { continue };
             let Ok(rip) = u64::from_str_radix(rip.trim(), 16) else { continue };
-            GuestEnd::Stopped { cause: cause.to_string(), rip }
-        } else if let Some(error) = tail.strip_prefix("refused: ") {
-            GuestEnd::Refused(error.to_string())
+            GuestEnd::Stopped { kind, cause: cause.to_string(), rip }
+        } else if let Some(refusal) = tail.strip_prefix("refused ") {
+            let Some((kind, error)) = refusal.split_once(": ") else { continue };
+            let Some(kind) = RefusalKind::parse(kind) else { continue };
+            GuestEnd::Refused { kind, error: error.to_string() }
         } else {
             continue;
         };
@@ -99,15 +105,16 @@ pub fn guest_ends(log: &str) -> BTreeMap<String, (u32, GuestEnd)> {
     ends
 }
 
-/// Whether `end` satisfies a manifest expectation (`exit:N`, `stopped:TEXT`, `refused:TEXT`, `any`).
+/// Whether `end` satisfies a manifest expectation (`exit:N`, `stopped:KIND`, `refused:KIND`,
+/// `running`, `any`): kinds compared as kinds, never as text.
 pub fn end_meets(end: Option<&GuestEnd>, expect: &str) -> bool {
     use hypercall_abi::initrd::Expect;
     match (Expect::parse(expect), end) {
         (Some(Expect::Any), _) => true,
         (Some(Expect::Running), None) => true,
         (Some(Expect::Exit(want)), Some(GuestEnd::Exited(code))) => *code == want,
-        (Some(Expect::Stopped(text)), Some(GuestEnd::Stopped { cause, .. })) => cause.contains(text),
-        (Some(Expect::Refused(text)), Some(GuestEnd::Refused(error))) => error.contains(text),
+        (Some(Expect::Stopped(want)), Some(GuestEnd::Stopped { kind, .. })) => *kind == want,
+        (Some(Expect::Refused(want)), Some(GuestEnd::Refused { kind, .. })) => *kind == want,
         _ => false,
     }
 }
@@ -119,18 +126,26 @@ mod guest_end_tests {
     #[test]
     fn end_lines_parse() {
         let log =
-            "guest 3 hello-3 exited 0\nguest 4 bad stopped: page fault: write at 0x0 (not mapped) at rip 0x400179\n\
-                   guest 5 elf refused: bad ELF file: x\n[ 0.1] INFO  guest 3 hello-3: exited 7\nguest x y exited 1\n";
+            "guest 3 hello-3 exited 0\nguest 4 bad stopped page_fault: page fault: write at 0x0 (not mapped) at rip \
+                   0x400179\nguest 5 elf refused elf_too_short: bad ELF file: x\n[ 0.1] INFO  guest 3 hello-3: exited 7\n\
+                   guest x y exited 1\nguest 6 odd stopped sneezed: x at rip 0x1\nguest 7 odd2 refused: no kind\n";
         let ends = guest_ends(log);
         assert_eq!(ends.len(), 3);
         assert_eq!(ends["hello-3"], (3, GuestEnd::Exited(0)));
         assert_eq!(
             ends["bad"].1,
-            GuestEnd::Stopped { cause: "page fault: write at 0x0 (not mapped)".into(), rip: 0x400179 }
+            GuestEnd::Stopped {
+                kind: StopKind::PageFault,
+                cause: "page fault: write at 0x0 (not mapped)".into(),
+                rip: 0x400179
+            }
         );
-        assert!(end_meets(Some(&ends["bad"].1), "stopped:write at 0x0"));
+        assert!(end_meets(Some(&ends["bad"].1), "stopped:page_fault"));
+        assert!(!end_meets(Some(&ends["bad"].1), "stopped:exception"));
+        assert!(!end_meets(Some(&ends["bad"].1), "stopped:write at 0x0"));
         assert!(!end_meets(Some(&ends["bad"].1), "exit:0"));
-        assert!(end_meets(Some(&ends["elf"].1), "refused:bad ELF"));
+        assert!(end_meets(Some(&ends["elf"].1), "refused:elf_too_short"));
+        assert!(!end_meets(Some(&ends["elf"].1), "refused:elf_bad_magic"));
         assert!(end_meets(None, "running"));
         assert!(!end_meets(None, "exit:0"));
     }
@@ -171,8 +186,8 @@ mod guest_work_tests {
     #[test]
     fn summary_lines_parse() {
         let log = "summary: guest 0 hello-0: exited 0; expected exit:0 (as expected); cpu 1 ms; cpu_us=1234 \
-                   virtual_instructions=5\nsummary: guest 1 spin: stopped: cpu budget; x; expected stopped:cpu \
-                   (as expected); cpu 200 ms; cpu_us=200100 virtual_instructions=0\nsummary: guest 2 old: exited 0; cpu 3 ms\n";
+                   virtual_instructions=5\nsummary: guest 1 spin: stopped cpu_budget: cpu budget; x; expected \
+                   stopped:cpu_budget (as expected); cpu 200 ms; cpu_us=200100 virtual_instructions=0\nsummary: guest 2 old: exited 0; cpu 3 ms\n";
         let work = guest_work(log);
         assert_eq!(work.len(), 2);
         assert_eq!(work["hello-0"], GuestWork { cpu_us: 1234, virtual_instructions: 5 });

@@ -236,7 +236,8 @@ struct RunArgs {
     /// Transmit path (default: the image's `tx`, else copy).
     #[arg(long, value_parser = tx_mode_parser())]
     tx: Option<TxMode>,
-    /// Per-packet stage stamps in kernel and guests (for `bench dispatch`; off by default).
+    /// Per-packet stage stamps in kernel and guests (for `bench dispatch`; off by default):
+    /// builds the kernel with its `stamps` feature (target/kernel-stamps).
     #[arg(long)]
     stamps: bool,
     /// After each `stats:` line, one line of each guest's own counters (`stats=per-guest`).
@@ -308,7 +309,8 @@ pub const HTTP_PORT: u16 = 80;
 
 fn run(args: RunArgs) -> Result<()> {
     let plan = if args.net == NetChoice::Tap { NetPlan::TAP } else { NetPlan::USER };
-    let image = pack::build(Some(&args.image), plan)?.remove(0);
+    let stamping = if args.stamps { pack::Stamping::Built } else { pack::Stamping::Absent };
+    let image = pack::build_with(Some(&args.image), plan, stamping)?.remove(0);
     let accel = qemu::resolve_accel(args.accel)?;
     let log = args.log.unwrap_or_else(|| image.manifest.kernel.log.clone());
     let mut append = format!("{}={log}", keys::LOG);

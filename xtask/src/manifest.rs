@@ -3,8 +3,8 @@
 use anyhow::{bail, Context, Result};
 use hypercall_abi::cmdline::FPU_POLICIES;
 use hypercall_abi::initrd::{
-    valid_name, Expect, GuestSpec, MAX_ARGS_LEN, MAX_CPU_BUDGET_MS, MAX_GUESTS, MAX_HEAP_KIB, MAX_NAME,
-    MAX_TCP_BUFFER_KIB, TCP_RX_KIB_ARG, TCP_TX_KIB_ARG,
+    valid_name, Expect, GuestSpec, RefusalKind, StopKind, MAX_ARGS_LEN, MAX_CPU_BUDGET_MS, MAX_GUESTS, MAX_HEAP_KIB,
+    MAX_NAME, MAX_TCP_BUFFER_KIB, TCP_RX_KIB_ARG, TCP_TX_KIB_ARG,
 };
 use hypercall_abi::vnic::{NetConfig, MAX_MTU, MIN_MTU, MTU};
 use serde::Deserialize;
@@ -42,7 +42,7 @@ pub struct GuestGroup {
     /// CPU time after which the kernel stops the guest; 0 means no limit.
     #[serde(default)]
     pub cpu_budget_ms: u64,
-    /// `exit:CODE`, `stopped:CAUSE TEXT`, `refused:ERROR TEXT`, `running` or `any`.
+    /// `exit:CODE`, `stopped:KIND` (a `StopKind`), `refused:KIND` (a `RefusalKind`), `running` or `any`.
     #[serde(default = "default_expect")]
     pub expect: String,
     /// Give the guest a virtual NIC, with the next MAC and IPv4 address of the network.
@@ -250,10 +250,14 @@ impl Manifest {
                 );
             }
             if Expect::parse(&group.expect).is_none() {
+                let names = |kinds: &mut dyn Iterator<Item = &'static str>| kinds.collect::<Vec<_>>().join("|");
                 bail!(
-                    "guest `{}`: expect = {:?} is not exit:CODE, stopped:TEXT, refused:TEXT, running or any",
+                    "guest `{}`: expect = {:?} is not exit:CODE, stopped:KIND, refused:KIND, running or any \
+                     (stop kinds: {}; refusal kinds: {})",
                     group.app,
-                    group.expect
+                    group.expect,
+                    names(&mut StopKind::ALL.iter().map(|k| k.as_str())),
+                    names(&mut RefusalKind::ALL.iter().map(|k| k.as_str())),
                 );
             }
             if group.heap_kib % 4 != 0 || group.heap_kib > MAX_HEAP_KIB {
@@ -279,8 +283,9 @@ impl Manifest {
                     group.cpu_budget_ms
                 );
             }
-            if group.args.contains(['\t', '\n']) || group.expect.contains(['\t', '\n']) {
-                bail!("guest `{}`: args and expect may not contain tabs or newlines", group.app);
+            // (expect is a closed vocabulary, checked above, so only args can hold a tab.)
+            if group.args.contains(['\t', '\n']) {
+                bail!("guest `{}`: args may not contain tabs or newlines", group.app);
             }
         }
         // Counted before expanding, so that a huge count is refused without being expanded.
@@ -434,7 +439,7 @@ mod tests {
     #[test]
     fn guests_expand_with_names_and_become_config_lines() {
         let m = Manifest::parse(
-            "description = \"x\"\n[[guest]]\napp = \"hello\"\ncount = 2\nargs = \"a b\"\n[[guest]]\napp = \"hostile\"\nname = \"nul\"\nargs = \"null-write\"\nexpect = \"stopped:page fault\"\n",
+            "description = \"x\"\n[[guest]]\napp = \"hello\"\ncount = 2\nargs = \"a b\"\n[[guest]]\napp = \"hostile\"\nname = \"nul\"\nargs = \"null-write\"\nexpect = \"stopped:page_fault\"\n",
         )
         .unwrap();
         let guests = m.expand(&NetPlan::USER).unwrap();
@@ -491,7 +496,11 @@ mod tests {
         let base = "description = \"x\"\n[[guest]]\n";
         assert!(Manifest::parse(&format!("{base}app = \"nope\"")).is_err());
         assert!(Manifest::parse(&format!("{base}app = \"corrupt-nope\"")).is_err());
-        assert!(Manifest::parse(&format!("{base}app = \"corrupt-truncated\"\nexpect = \"refused:x\"")).is_ok());
+        assert!(
+            Manifest::parse(&format!("{base}app = \"corrupt-truncated\"\nexpect = \"refused:elf_too_short\"")).is_ok()
+        );
+        assert!(Manifest::parse(&format!("{base}app = \"corrupt-truncated\"\nexpect = \"refused:x\"")).is_err());
+        assert!(refusal("expect = \"stopped:page fault\"").contains("stop kinds: vi_not_dx_form|"));
         assert!(Manifest::parse(&format!("{base}app = \"hello\"\nexpect = \"fine\"")).is_err());
         assert!(Manifest::parse(&format!("{base}app = \"hello\"\nheap_kib = 3")).is_err());
         assert!(Manifest::parse(&format!("{base}app = \"hello\"\nargs = \"a\\tb\"")).is_err());
@@ -535,7 +544,8 @@ mod tests {
         assert!(error.ends_with("args are 1025 bytes long: at most 1024"), "{error}");
         let error = refusal(&format!("args = \"{}{{i}}\"", "x".repeat(MAX_ARGS_LEN)));
         assert!(error.ends_with("args are 1025 bytes long: at most 1024"), "{error}");
-        assert!(refusal("expect = \"stopped:a\\tb\"").contains("tabs or newlines"));
+        assert!(refusal("args = \"a\\tb\"").contains("tabs or newlines"));
+        assert!(refusal("expect = \"stopped:a\\tb\"").contains("is not exit:CODE"));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use anyhow::Result;
 use hypercall_abi::vnic::{max_frame, slot_size, tx_slot_addr_for, NetConfig, MTU, TX_HEADROOM};
 use kernel_core::vnet::cow::CowSlots;
 use kernel_core::vnet::TxRing;
-use kernel_core::vnet::{validate_tx_sized, BufId, NetScheduler, Packet, PacketPool, Route, Source, TxFifo, Vswitch};
+use kernel_core::vnet::{validate_tx, BufId, NetScheduler, Packet, PacketPool, Route, Source, TxFifo, Vswitch};
 use netstack::{Instant, Ipv4Address, NetStack, Platform};
 use smoltcp::phy::{Device, RxToken, TxToken};
 use std::arch::x86_64::_rdtsc;
@@ -181,7 +181,7 @@ fn kernel_rows(size: usize, rows: &mut Vec<NativeRow>) {
         "kernel_validate_descriptor",
         size,
         time_batched(nothing, || {
-            black_box(validate_tx_sized(black_box(addr), black_box(len), max_frame(MTU), slot_size(MTU))).ok();
+            black_box(validate_tx(black_box(addr), black_box(len), max_frame(MTU), slot_size(MTU))).ok();
         }),
     ));
     rows.push(summarize(

@@ -82,14 +82,33 @@ pub fn clippy() -> Result<()> {
 /// files are split by subsystem, and with several units a call across files is not inlined
 /// (`bench dispatch`: 100 B copy receive 3,404 -> 3,281 and transmit 3,655 -> 3,607
 /// instructions with one unit); the kernel is small, so the build barely slows.
-pub fn build_kernel() -> Result<PathBuf> {
+///
+/// With [`Stamping::Built`], the kernel has the `stamps` feature (per-packet stage stamps for
+/// `bench dispatch`), built in its own target directory so the two kernels never rebuild each
+/// other; without it every stamp compiles to nothing and the kernel refuses `stamps=on`.
+pub fn build_kernel(stamping: Stamping) -> Result<PathBuf> {
+    let mut selection = vec!["--package", "isolation-kernel", "--bin", "isolation-kernel"];
+    let (what, subdir) = match stamping {
+        Stamping::Absent => ("kernel", "kernel"),
+        Stamping::Built => {
+            selection.extend(["--features", "stamps"]);
+            ("kernel with stage stamps", "kernel-stamps")
+        }
+    };
     let dir = build_bare_metal(
-        "kernel",
+        what,
         &["-Crelocation-model=static", "-Ccode-model=kernel", "-Ccodegen-units=1"],
-        "kernel",
-        &["--package", "isolation-kernel", "--bin", "isolation-kernel"],
+        subdir,
+        &selection,
     )?;
     Ok(dir.join("isolation-kernel"))
+}
+
+/// Whether the kernel is built with per-packet stage stamps (the `stamps` feature).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stamping {
+    Absent,
+    Built,
 }
 
 /// Builds every guest app and returns the directory holding the ELF files. Guests are linked
@@ -106,7 +125,11 @@ pub struct Artifacts {
 
 impl Artifacts {
     pub fn build() -> Result<Artifacts> {
-        Ok(Artifacts { kernel: build_kernel()?, guest_bin_dir: build_guests()? })
+        Self::build_with(Stamping::Absent)
+    }
+
+    pub fn build_with(stamping: Stamping) -> Result<Artifacts> {
+        Ok(Artifacts { kernel: build_kernel(stamping)?, guest_bin_dir: build_guests()? })
     }
 
     /// The ELF file for `app` (a guest-os binary, or a corrupted copy of `hello`).
@@ -176,7 +199,12 @@ pub fn pack_image(name: &str, artifacts: &Artifacts, plan: NetPlan) -> Result<Im
 
 /// Builds the kernel and guests and packs `name`, or every image when `name` is `None`.
 pub fn build(name: Option<&str>, plan: NetPlan) -> Result<Vec<Image>> {
-    let artifacts = Artifacts::build()?;
+    build_with(name, plan, Stamping::Absent)
+}
+
+/// [`build`] with the kernel built with or without stage stamps.
+pub fn build_with(name: Option<&str>, plan: NetPlan, stamping: Stamping) -> Result<Vec<Image>> {
+    let artifacts = Artifacts::build_with(stamping)?;
     let names = match name {
         Some(n) => vec![n.to_string()],
         None => image_names(&images_dir())?,

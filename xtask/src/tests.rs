@@ -343,6 +343,10 @@ fn bad_command_line_refused(ctx: &Ctx) -> TestResult {
     let outcome = boot(&ctx.empty, Accel::Tcg, "shutdown_after=soon", TCG_TIMEOUT)?;
     expect_exit(&outcome, KernelExit::Failure)?;
     expect_line(&outcome, "bad value `soon` for `shutdown_after`")?;
+    // A kernel built without stage stamps refuses to pretend it takes them.
+    let outcome = boot(&ctx.empty, Accel::Tcg, "stamps=on", TCG_TIMEOUT)?;
+    expect_exit(&outcome, KernelExit::Failure)?;
+    expect_line(&outcome, "stamps=on: this kernel was built without the `stamps` feature")?;
     Ok(Verdict::Pass)
 }
 
@@ -433,7 +437,7 @@ fn chaos_tcg(ctx: &Ctx) -> TestResult {
     // The spinning guest was preempted: the hello guests finished while it still ran.
     let ends = checks::guest_ends(&outcome.log);
     let position = |name: &str| outcome.log.find(&format!(" {name} ")).zip(ends.get(name)).map(|(at, _)| at);
-    let spin_end = outcome.log.find("spin stopped: cpu budget");
+    let spin_end = outcome.log.find("spin stopped cpu_budget: ");
     let hello_end = outcome.log.find("hello-last exited 0");
     check(&outcome, matches!((hello_end, spin_end), (Some(h), Some(s)) if h < s), || {
         "hello-last should finish while the spinning guest is still preempted and running".into()

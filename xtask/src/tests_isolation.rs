@@ -7,6 +7,7 @@ use crate::manifest::{Guest, NetPlan};
 use crate::pack;
 use crate::qemu::{Accel, Outcome};
 use hypercall_abi::cmdline as keys;
+use hypercall_abi::initrd::StopKind;
 use kernel_core::trap::exceptions::FPU_FAULT_CAUSE;
 
 /// Rounds a probe runs when its args do not say (guest-os/src/bin/fpu_probe.rs).
@@ -71,12 +72,13 @@ pub(super) fn fpu_state_isolated(ctx: &Ctx, policy: &str) -> TestResult {
         };
         let kinds: Vec<&str> = arg(guest, "kinds").unwrap_or("").split(',').filter(|k| !k.is_empty()).collect();
         if guest.expect.starts_with("stopped:") {
-            check(&outcome, matches!(end, GuestEnd::Stopped { cause, .. } if cause == FPU_FAULT_CAUSE), || {
-                format!("{} should be stopped with `{FPU_FAULT_CAUSE}`: {end:?}", guest.name)
+            let fpu_stop = |kind: &StopKind, cause: &str| *kind == StopKind::FloatingPoint && cause == FPU_FAULT_CAUSE;
+            check(&outcome, matches!(end, GuestEnd::Stopped { kind, cause, .. } if fpu_stop(kind, cause)), || {
+                format!("{} should be stopped as floating_point, `{FPU_FAULT_CAUSE}`: {end:?}", guest.name)
             })?;
             let reported = kinds.iter().any(|k| probe_report(&outcome, *id, &guest.name, k).is_some());
             check(&outcome, !reported, || format!("{} ran its probe although it was to be stopped", guest.name))?;
-            let stop_line = format!("guest {id} {} stopped: ", guest.name);
+            let stop_line = format!("guest {id} {} stopped ", guest.name);
             last_stop = last_stop.max(outcome.log.find(&stop_line).unwrap_or(usize::MAX));
             continue;
         }

@@ -15,7 +15,7 @@ use hypercall_abi::layout::{IMAGE_BASE, VNIC_RX_AREA_ADDR, VNIC_TX_AREA_ADDR};
 use hypercall_abi::vnic::{
     max_frame, slot_size, MAX_MTU, MIN_FRAME, MIN_MTU, MTU, RX_RING_SIZE, RX_SLOTS, TX_HEADROOM, TX_RING_SIZE, TX_SLOTS,
 };
-use kernel_core::vnet::{pending, validate_rx_sized, validate_tx_sized, BadDescriptor, BadIndex, RxBuffer, TxFrame};
+use kernel_core::vnet::{pending, validate_rx, validate_tx, BadDescriptor, BadIndex, RxBuffer, TxFrame};
 
 pub const TARGET: Target = Target {
     name: "desc",
@@ -164,9 +164,9 @@ fn note(features: &mut Features, tag: &'static str, result: Result<(), BadDescri
 }
 
 fn check_tx(addr: u64, len: u32, max: u64, size: u64, real_size: bool, features: &mut Features) -> Verdict {
-    let got = validate_tx_sized(addr, len, max, size);
+    let got = validate_tx(addr, len, max, size);
     note(features, "tx", got.map(|_| ()), real_size);
-    check_eq!(got, reference_tx(addr, len, max, size), "validate_tx_sized({addr:#x}, {len}, {max}, {size})");
+    check_eq!(got, reference_tx(addr, len, max, size), "validate_tx({addr:#x}, {len}, {max}, {size})");
     if let Ok(frame) = got {
         let slot_start = u128::from(VNIC_TX_AREA_ADDR) + u128::from(frame.slot) * u128::from(size);
         let (start, end) = (u128::from(addr), u128::from(addr) + u128::from(frame.len));
@@ -185,9 +185,9 @@ fn check_tx(addr: u64, len: u32, max: u64, size: u64, real_size: bool, features:
 }
 
 fn check_rx(addr: u64, capacity: u32, size: u64, real_size: bool, features: &mut Features) -> Verdict {
-    let got = validate_rx_sized(addr, capacity, size);
+    let got = validate_rx(addr, capacity, size);
     note(features, "rx", got.map(|_| ()), real_size);
-    check_eq!(got, reference_rx(addr, capacity, size), "validate_rx_sized({addr:#x}, {capacity}, {size})");
+    check_eq!(got, reference_rx(addr, capacity, size), "validate_rx({addr:#x}, {capacity}, {size})");
     if let Ok(buffer) = got {
         let slot_start = u128::from(VNIC_RX_AREA_ADDR) + u128::from(buffer.slot) * u128::from(size);
         let (start, end) = (u128::from(addr), u128::from(addr) + u128::from(buffer.capacity));

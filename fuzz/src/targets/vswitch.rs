@@ -12,7 +12,7 @@
 //! Then delivery, modelled from the portable pieces the kernel's `deliver` is made of: a frame
 //! from a guest must carry its own source MAC, a routed frame must fit the destination's MTU,
 //! takes the next buffer the destination posted (`RxRing::take` on a producer the guest moves
-//! anywhere) and must fit that buffer (`validate_rx_sized` on a descriptor the guest wrote).
+//! anywhere) and must fit that buffer (`validate_rx` on a descriptor the guest wrote).
 //! Every frame ends in exactly one counter (`frames = uplink + delivered + each drop`), a
 //! delivered frame lies inside the destination's rx area, fits its MTU and buffer, and fills a
 //! buffer the guest posted, once.
@@ -25,8 +25,7 @@ use hypercall_abi::layout::VNIC_RX_AREA_ADDR;
 use hypercall_abi::vnic::{max_frame, rx_buffer_addr_for, slot_size, MAX_MTU, MIN_MTU, MTU, RX_RING_SIZE, RX_SLOTS};
 use kernel_core::vnet::ring::position;
 use kernel_core::vnet::{
-    validate_rx_sized, DropReason, Ipv4, Mac, NetCounters, Route, RxRing, Source as From, Vswitch, VswitchError,
-    BROADCAST,
+    validate_rx, DropReason, Ipv4, Mac, NetCounters, Route, RxRing, Source as From, Vswitch, VswitchError, BROADCAST,
 };
 
 pub const TARGET: Target = Target {
@@ -335,7 +334,7 @@ fn deliver(switch: &Vswitch, nics: &mut [Nic], frame: &[u8], from: From) -> Resu
     nic.filled.push(index);
     let (addr, capacity) = nic.descriptors[position(index, RX_RING_SIZE)];
     let size = slot_size(nic.mtu);
-    let Ok(buffer) = validate_rx_sized(addr, capacity, size) else {
+    let Ok(buffer) = validate_rx(addr, capacity, size) else {
         return Ok(Outcome::BadDescriptor);
     };
     if len > buffer.capacity {

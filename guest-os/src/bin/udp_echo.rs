@@ -3,6 +3,8 @@
 #![no_std]
 #![no_main]
 
+extern crate alloc;
+
 use guest_os::net::{self, format_ipv4, AppOutcome, Duration};
 use guest_os::{println, Env};
 
@@ -25,7 +27,8 @@ fn main(env: &Env) -> i32 {
     };
     let ip = env.net.map(|n| n.ipv4).unwrap_or_default();
     println!("udp-echo listening on {}:{port}", format_ipv4(ip));
-    let mut buf = [0u8; 9216]; // room for a jumbo datagram
+    // Room for a jumbo datagram, on the heap: its pages are backed only as datagrams reach them.
+    let mut buf = alloc::vec![0u8; 9216];
     let mut echoed: u64 = 0;
     loop {
         net.poll();

@@ -44,25 +44,33 @@ impl TrapFrame {
 }
 
 /// Non-zero while per-packet stage stamps are on; read by the entry stubs.
+#[cfg(feature = "stamps")]
 static STAMPING: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
 /// The TSC at the latest trap entry (written by the entry stubs while stamping).
+#[cfg(feature = "stamps")]
 static ENTRY_TSC: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
 /// Turns the trap-entry stamp on.
 pub fn enable_stamping() {
+    #[cfg(feature = "stamps")]
     STAMPING.store(1, core::sync::atomic::Ordering::Relaxed);
 }
 
 /// The TSC when the trap being handled entered the kernel (0 when stamping is off).
 pub fn entry_tsc() -> u64 {
-    ENTRY_TSC.load(core::sync::atomic::Ordering::Relaxed)
+    #[cfg(feature = "stamps")]
+    return ENTRY_TSC.load(core::sync::atomic::Ordering::Relaxed);
+    #[cfg(not(feature = "stamps"))]
+    0
 }
 
 /// Size in bytes of one entry stub.
 const STUB_BYTES: u64 = 16;
 
-core::arch::global_asm!(
-    r#"
+/// The entry stubs and the common save/restore path, up to where the stage stamp goes.
+macro_rules! trap_asm_head {
+    () => {
+        r#"
     .section .text.trap_stubs, "ax", @progbits
     .balign 16
     .global trap_stubs
@@ -95,16 +103,14 @@ trap_common:
     pushq %r13
     pushq %r14
     pushq %r15
-    # Stage stamps (benchmarks): the TSC at trap entry, only while stamping is on.
-    cmpb $0, {stamping}(%rip)
-    je 1f
-    lfence
-    rdtsc
-    shlq $32, %rdx
-    orq %rdx, %rax
-    movq %rax, {entry_tsc}(%rip)
-1:
-    movq %rsp, %rdi             # &mut TrapFrame; the CPU aligned the stack, 22 words keep it so
+"#
+    };
+}
+
+/// The rest of the common path: the call into Rust, the restore, and `trap_enter_frame`.
+macro_rules! trap_asm_tail {
+    () => {
+        r#"    movq %rsp, %rdi             # &mut TrapFrame; the CPU aligned the stack, 22 words keep it so
     cld
     call {dispatch}
 trap_restore:
@@ -132,10 +138,38 @@ trap_restore:
 trap_enter_frame:
     movq %rdi, %rsp
     jmp trap_restore
-    "#,
+    "#
+    };
+}
+
+// With the `stamps` feature the entry takes the TSC (while stamping is on); without it the
+// entry has no stamping code at all.
+#[cfg(feature = "stamps")]
+core::arch::global_asm!(
+    concat!(
+        trap_asm_head!(),
+        r#"    # Stage stamps (benchmarks): the TSC at trap entry, only while stamping is on.
+    cmpb $0, {stamping}(%rip)
+    je 1f
+    lfence
+    rdtsc
+    shlq $32, %rdx
+    orq %rdx, %rax
+    movq %rax, {entry_tsc}(%rip)
+1:
+"#,
+        trap_asm_tail!()
+    ),
     dispatch = sym crate::trap::trap_dispatch,
     stamping = sym STAMPING,
     entry_tsc = sym ENTRY_TSC,
+    options(att_syntax)
+);
+
+#[cfg(not(feature = "stamps"))]
+core::arch::global_asm!(
+    concat!(trap_asm_head!(), trap_asm_tail!()),
+    dispatch = sym crate::trap::trap_dispatch,
     options(att_syntax)
 );
 

@@ -104,6 +104,11 @@ pub struct UserState {
 }
 
 impl UserState {
+    /// Kernel heap bytes beside the struct (the FXSAVE area under `fpu=save`).
+    pub fn heap_bytes(&self) -> usize {
+        self.fx.capacity().saturating_mul(core::mem::size_of::<FxArea>())
+    }
+
     /// A fresh guest's state: null selectors and, under `fpu=save`, the initial FXSAVE area.
     /// `None` when the kernel heap has no room for the area.
     pub fn new() -> Option<UserState> {

@@ -5,6 +5,27 @@ use super::*;
 /// `rflags` of a guest: interrupts enabled (bit 9), reserved bit 1 set, IOPL 0.
 pub(super) const GUEST_RFLAGS: u64 = 0x202;
 
+/// Why the initrd cannot be used (the boot fails with it).
+pub enum InitrdError {
+    NoConfig,
+    Malformed(kernel_core::guest::cpio::CpioError),
+    ConfigNotUtf8,
+    Config(hypercall_abi::initrd::ConfigError<'static>),
+    NoGuests,
+}
+
+impl core::fmt::Display for InitrdError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            InitrdError::NoConfig => write!(f, "initrd has no {CONFIG_FILE}"),
+            InitrdError::Malformed(e) => write!(f, "initrd is malformed: {e}"),
+            InitrdError::ConfigNotUtf8 => write!(f, "{CONFIG_FILE} is not UTF-8"),
+            InitrdError::Config(e) => write!(f, "{CONFIG_FILE}: {e}"),
+            InitrdError::NoGuests => write!(f, "{CONFIG_FILE} names no guests"),
+        }
+    }
+}
+
 /// Reads the initrd, loads every guest of the image and runs the first one. Returns only with
 /// the reason the initrd cannot be used.
 pub fn boot(
@@ -14,26 +35,26 @@ pub fn boot(
     trap_stack_top: u64,
     tx_mode: kernel_core::boot::cmdline::TxMode,
     stamps: bool,
-) -> String {
+) -> InitrdError {
     let archive = Archive::new(initrd);
     let config = match archive.find(CONFIG_FILE) {
         Ok(Some(entry)) => entry.data,
-        Ok(None) => return format!("initrd has no {CONFIG_FILE}"),
-        Err(e) => return format!("initrd is malformed: {e}"),
+        Ok(None) => return InitrdError::NoConfig,
+        Err(e) => return InitrdError::Malformed(e),
     };
     let Ok(config) = core::str::from_utf8(config) else {
-        return format!("{CONFIG_FILE} is not UTF-8");
+        return InitrdError::ConfigNotUtf8;
     };
     let mut specs: Vec<GuestSpec<'static>> = Vec::new();
     for record in parse_config(config) {
         match record {
             Ok(Record::Image { name }) => log::info!("image `{name}`"),
             Ok(Record::Guest(spec)) => specs.push(spec),
-            Err(e) => return format!("{CONFIG_FILE}: {e}"),
+            Err(e) => return InitrdError::Config(e),
         }
     }
     if specs.is_empty() {
-        return format!("{CONFIG_FILE} names no guests");
+        return InitrdError::NoGuests;
     }
 
     let max_mtu = specs.iter().filter_map(|s| s.net).map(|n| u64::from(n.mtu)).max();
@@ -64,45 +85,45 @@ pub fn boot(
         last_reported: Default::default(),
         kick_samples: Vec::with_capacity(KICK_SAMPLES),
     };
-    let mut apps: BTreeMap<&str, Result<App, String>> = BTreeMap::new();
+    let mut apps: BTreeMap<&str, Result<App, Refusal>> = BTreeMap::new();
     let mut create_ticks = Vec::with_capacity(specs.len());
     let mut pages = Vec::with_capacity(specs.len());
+    let mut kernel_bytes = Vec::with_capacity(specs.len());
     for spec in &specs {
         let id = g.sched.add();
         let app = apps.entry(spec.app).or_insert_with(|| load_app(&archive, spec.app));
         let start = cpu::rdtsc();
         let user_state = UserState::new();
+        let user_state_bytes = user_state.as_ref().map_or(0, UserState::heap_bytes);
         let budget_ticks = match spec.cpu_budget_ms {
             0 => Ok(None),
-            ms => cpu_budget_ticks(ms, tsc_hz)
-                .map(Some)
-                .ok_or_else(|| format!("cpu_budget_ms = {ms} is out of range: at most {MAX_CPU_BUDGET_MS}")),
+            ms => cpu_budget_ticks(ms, tsc_hz).map(Some).ok_or(Refusal::CpuBudgetOutOfRange { ms }),
         };
         let built = match (app, &budget_ticks) {
-            (Ok(_), _) if user_state.is_none() => Err("no kernel memory for its floating-point state".to_string()),
-            (Ok(_), Err(e)) => Err(e.clone()),
+            (Ok(_), _) if user_state.is_none() => Err(Refusal::NoFpuState),
+            (Ok(_), Err(e)) => Err(*e),
             (Ok(app), Ok(_)) => with_frames(|frames| {
-                let mut loaded = loader::build_guest(id as u32, spec, app, tsc_hz, frames)
-                    .map_err(|e| format!("cannot build its address space: {e}"))?;
+                let mut loaded =
+                    loader::build_guest(id as u32, spec, app, tsc_hz, frames).map_err(Refusal::AddressSpace)?;
                 let nic = match spec.net {
                     None => None,
                     Some(config) => match crate::vnet::build_nic(&mut loaded.space, frames, config, stamps) {
                         Ok(nic) => Some(nic),
                         Err(e) => {
                             loaded.space.release(frames);
-                            return Err(format!("cannot build its virtual NIC: {e}"));
+                            return Err(Refusal::Vnic(e));
                         }
                     },
                 };
                 Ok((loaded, nic))
             }),
-            (Err(e), _) => Err(e.clone()),
+            (Err(e), _) => Err(*e),
         };
         let built = built.and_then(|(loaded, nic)| match g.net.add_guest(id, nic.as_ref()) {
             Ok(()) => Ok((loaded, nic)),
             Err(e) => {
                 with_frames(|frames| loaded.space.release(frames));
-                Err(format!("cannot join the vswitch: {e}"))
+                Err(Refusal::Vswitch(e))
             }
         });
         if built.is_err() {
@@ -119,13 +140,22 @@ pub fn boot(
             cpu_budget_ticks: budget_ticks.ok().flatten(),
             expect: spec.expect,
             end: None,
+            pages_at_end: None,
             console: Vec::new(),
         };
         match built {
             Ok((loaded, nic)) => {
+                let nic_bytes = nic.as_ref().map_or(0, crate::vnet::GuestNic::kernel_bytes);
                 g.nics.push(nic);
                 create_ticks.push(cpu::rdtsc().saturating_sub(start));
                 pages.push(loaded.space.owned_frames());
+                kernel_bytes.push(
+                    core::mem::size_of::<Guest>()
+                        .saturating_add(loaded.space.kernel_bytes())
+                        .saturating_add(nic_bytes)
+                        .saturating_add(g.net.kernel_bytes_per_guest())
+                        .saturating_add(user_state_bytes),
+                );
                 let selectors = crate::arch::gdt::selectors();
                 guest.frame = TrapFrame {
                     rip: loaded.entry,
@@ -143,8 +173,9 @@ pub fn boot(
                 if expected_to_end(spec.expect) {
                     g.awaiting_end = g.awaiting_end.saturating_sub(1);
                 }
-                console_write_fmt(format_args!("guest {id} {} refused: {error}\n", spec.name));
-                guest.end = Some(End::Refused(error));
+                let end = End::Refused(error);
+                console_write_fmt(format_args!("guest {id} {} {end}\n", spec.name));
+                guest.end = Some(end);
                 g.sched.finish(id);
                 g.counters.guests_refused = g.counters.guests_refused.saturating_add(1);
             }
@@ -154,14 +185,16 @@ pub fn boot(
     if !create_ticks.is_empty() {
         create_ticks.sort_unstable();
         pages.sort_unstable();
+        kernel_bytes.sort_unstable();
         let shared: usize = apps.values().filter_map(|a| a.as_ref().ok()).map(App::shared_frames).sum();
         log::info!(
-            "guests: {} created, {} refused; creating one took {} TSC ticks (median); {} private pages per guest (median), {} pages shared",
+            "guests: {} created, {} refused; creating one took {} TSC ticks (median); {} private pages per guest (median), {} pages shared; kernel heap {} bytes per guest (median; the guest, its vNIC, address-space and FIFO records, its register state)",
             g.counters.guests_created,
             g.counters.guests_refused,
             median(&create_ticks),
             median(&pages),
-            shared
+            shared,
+            median(&kernel_bytes),
         );
     }
 
@@ -181,16 +214,15 @@ pub fn boot(
     unsafe { enter_frame(&frame, trap_stack_top) }
 }
 
-pub(super) fn load_app(archive: &Archive<'static>, app: &str) -> Result<App, String> {
+pub(super) fn load_app(archive: &Archive<'static>, app: &str) -> Result<App, Refusal> {
     let path = format!("{APP_DIR}{app}");
-    let entry = match archive.find(&path) {
-        Ok(Some(entry)) => entry,
-        Ok(None) => return Err(format!("app `{app}` is not in the initrd")),
-        Err(e) => return Err(format!("initrd is malformed: {e}")),
+    let loaded = match archive.find(&path) {
+        Ok(Some(entry)) => with_frames(|frames| App::load(entry.data, frames)).map_err(Refusal::App),
+        Ok(None) => Err(Refusal::AppMissing),
+        Err(e) => Err(Refusal::InitrdMalformed(e)),
     };
-    let loaded = with_frames(|frames| App::load(entry.data, frames)).map_err(|e| format!("app `{app}`: {e}"));
     if let Err(e) = &loaded {
-        log::error!("{e}");
+        log::error!("app `{app}`: {e}");
     }
     loaded
 }

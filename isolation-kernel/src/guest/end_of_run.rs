@@ -10,14 +10,7 @@ pub fn finish_run(why: &str) -> ! {
         log::info!("run over: {why}");
         for (id, guest) in g.list.iter_mut().enumerate() {
             let (summary, met) = match &guest.end {
-                Some(end) => {
-                    let summary = match end {
-                        End::Exited(code) => format!("exited {code}"),
-                        End::Stopped { cause, rip } => format!("stopped: {cause} at rip {rip:#x}"),
-                        End::Refused(error) => format!("refused: {error}"),
-                    };
-                    (summary, end.meets(guest.expect))
-                }
+                Some(end) => (end.to_string(), end.meets(guest.expect)),
                 None => {
                     flush_console(id, guest, true);
                     ("still running".to_string(), matches!(guest.expect, Expect::Running | Expect::Any))
@@ -25,13 +18,22 @@ pub fn finish_run(why: &str) -> ! {
             };
             all_met &= met;
             let verdict = if met { "as expected" } else { "EXPECTATION FAILED" };
+            let pages = guest.space.as_ref().map(AddressSpace::page_counts).or(guest.pages_at_end).unwrap_or_default();
+            let mut page_pairs = String::new();
+            for page_use in PageUse::ALL {
+                let _ = core::fmt::Write::write_fmt(
+                    &mut page_pairs,
+                    format_args!(" pages_{}={}", page_use.name(), pages.get(page_use)),
+                );
+            }
             console_write_fmt(format_args!(
-                "summary: guest {id} {}: {summary}; expected {} ({verdict}); cpu {} ms; cpu_us={} virtual_instructions={}\n",
+                "summary: guest {id} {}: {summary}; expected {} ({verdict}); cpu {} ms; cpu_us={} virtual_instructions={} pages={}{page_pairs}\n",
                 guest.name,
                 guest.expect,
                 ticks_to(guest.cpu_ticks, 1_000, g.tsc_hz),
                 ticks_to(guest.cpu_ticks, 1_000_000, g.tsc_hz),
-                guest.virtual_instructions
+                guest.virtual_instructions,
+                pages.total(),
             ));
         }
     });

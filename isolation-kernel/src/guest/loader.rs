@@ -6,7 +6,7 @@
 //! (inside the file, inside the image area), and every use here is checked again rather than
 //! assumed, so a parser slip refuses a guest instead of panicking the kernel.
 
-use super::space::{fill_frame, zero_frame, AddressSpace, SpaceError};
+use super::space::{fill_frame, zero_frame, AddressSpace, PageUse, SpaceError};
 use alloc::vec::Vec;
 use hypercall_abi::boot_info::BootInfo;
 use hypercall_abi::initrd::{heap_bytes, GuestSpec};
@@ -42,6 +42,7 @@ fn fill_from_file(phys: u64, page_addr: u64, segment: &Segment, file: &[u8]) -> 
     Some(())
 }
 
+#[derive(Clone, Copy, Debug)]
 pub enum AppError {
     Elf(ElfError),
     OutOfMemory,
@@ -130,7 +131,7 @@ fn populate(
         let access = access_of(segment);
         for (index, page_addr) in (start..end).step_by(PAGE_SIZE as usize).enumerate() {
             let phys = if segment.writable {
-                let phys = space.new_frame(frames)?;
+                let phys = space.new_frame(frames, PageUse::Other)?;
                 fill_from_file(phys, page_addr, segment, app.bytes).ok_or(SpaceError::BadMapping(page_addr))?;
                 phys
             } else {
@@ -155,7 +156,7 @@ fn populate(
         args: spec.args,
         net: spec.net,
     };
-    let phys = space.new_frame(frames)?;
+    let phys = space.new_frame(frames, PageUse::Other)?;
     let mut page = [0u8; hypercall_abi::boot_info::ENCODED_SIZE];
     info.encode(&mut page).map_err(|_| SpaceError::BadMapping(BOOT_INFO_ADDR))?;
     fill_frame(phys, 0, &page);
@@ -165,9 +166,10 @@ fn populate(
         .add(BOOT_INFO_ADDR, BOOT_INFO_ADDR.wrapping_add(PAGE_SIZE), Access::READ) // ABI constants
         .map_err(|_| SpaceError::BadMapping(BOOT_INFO_ADDR))?;
 
-    // Stack below STACK_TOP (the page under it stays unmapped as a guard), then the heap.
-    // ABI constants (the layout asserts STACK_SIZE < STACK_TOP).
-    space.map_zeroed(frames, STACK_TOP.wrapping_sub(STACK_SIZE), STACK_SIZE.div_ceil(PAGE_SIZE), Access::READ_WRITE)?;
-    space.map_zeroed(frames, HEAP_BASE, heap_bytes.div_ceil(PAGE_SIZE), Access::READ_WRITE)?;
+    // Stack below STACK_TOP (the page under it stays unmapped as a guard), then the heap: both
+    // backed when first touched. ABI constants (the layout asserts STACK_SIZE < STACK_TOP).
+    let stack_pages = STACK_SIZE.div_ceil(PAGE_SIZE);
+    space.reserve_lazy(STACK_TOP.wrapping_sub(STACK_SIZE), stack_pages, Access::READ_WRITE, PageUse::Stack)?;
+    space.reserve_lazy(HEAP_BASE, heap_bytes.div_ceil(PAGE_SIZE), Access::READ_WRITE, PageUse::Heap)?;
     Ok(())
 }

@@ -35,7 +35,7 @@ use alloc::vec::Vec;
 use console::*;
 use hypercall_abi::host::KernelExit;
 use hypercall_abi::initrd::{
-    cpu_budget_ticks, parse_config, Expect, GuestSpec, Record, APP_DIR, CONFIG_FILE, MAX_CPU_BUDGET_MS,
+    cpu_budget_ticks, parse_config, Expect, GuestSpec, Record, RefusalKind, APP_DIR, CONFIG_FILE, MAX_CPU_BUDGET_MS,
 };
 use hypercall_abi::layout::STACK_TOP;
 use hypercall_abi::vi::{self, MAX_CONSOLE_WRITE};
@@ -48,7 +48,7 @@ use kernel_core::trap::vcall::ViCall;
 use kernel_core::trap::vinstr::{decode_gp, Direction, GpInstruction, PortOperand, MAX_INSTRUCTION_LEN};
 use loader::App;
 use run::*;
-use space::AddressSpace;
+use space::{AddressSpace, LazyFault, PageCounts, PageUse};
 use table::*;
 
 pub use create::boot;
@@ -62,17 +62,82 @@ use virtual_instructions::*;
 enum End {
     Exited(i32),
     Stopped { cause: GuestFault, rip: u64 },
-    Refused(String),
+    Refused(Refusal),
 }
 
 impl End {
-    fn meets(&self, expect: Expect<'_>) -> bool {
+    /// Matched by kind, never by text.
+    fn meets(&self, expect: Expect) -> bool {
         match (self, expect) {
             (_, Expect::Any) => true,
             (End::Exited(code), Expect::Exit(want)) => *code == want,
-            (End::Stopped { cause, .. }, Expect::Stopped(text)) => cause.to_string().contains(text),
-            (End::Refused(error), Expect::Refused(text)) => error.contains(text),
+            (End::Stopped { cause, .. }, Expect::Stopped(kind)) => cause.kind() == kind,
+            (End::Refused(refusal), Expect::Refused(kind)) => refusal.kind() == kind,
             _ => false,
+        }
+    }
+}
+
+impl core::fmt::Display for End {
+    /// As the end line and the `summary:` line print it: kinds first, for tools.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            End::Exited(code) => write!(f, "exited {code}"),
+            End::Stopped { cause, rip } => write!(f, "stopped {}: {cause} at rip {rip:#x}", cause.kind()),
+            End::Refused(refusal) => write!(f, "refused {}: {refusal}", refusal.kind()),
+        }
+    }
+}
+
+/// Why a guest was refused at load time: typed, formatted only when reported.
+#[derive(Clone, Copy, Debug)]
+enum Refusal {
+    AppMissing,
+    InitrdMalformed(kernel_core::guest::cpio::CpioError),
+    App(loader::AppError),
+    /// No kernel memory for its floating-point state.
+    NoFpuState,
+    CpuBudgetOutOfRange {
+        ms: u64,
+    },
+    AddressSpace(space::SpaceError),
+    Vnic(space::SpaceError),
+    Vswitch(&'static str),
+}
+
+impl Refusal {
+    fn kind(&self) -> RefusalKind {
+        use space::SpaceError;
+        match self {
+            Refusal::AppMissing => RefusalKind::AppMissing,
+            Refusal::InitrdMalformed(_) => RefusalKind::InitrdMalformed,
+            Refusal::App(loader::AppError::Elf(e)) => e.kind(),
+            Refusal::App(loader::AppError::OutOfMemory)
+            | Refusal::NoFpuState
+            | Refusal::AddressSpace(SpaceError::OutOfMemory)
+            | Refusal::Vnic(SpaceError::OutOfMemory) => RefusalKind::OutOfMemory,
+            Refusal::CpuBudgetOutOfRange { .. } => RefusalKind::CpuBudgetOutOfRange,
+            Refusal::AddressSpace(SpaceError::BadMapping(_)) => RefusalKind::BadMapping,
+            Refusal::AddressSpace(SpaceError::HeapTooLarge(_)) => RefusalKind::HeapTooLarge,
+            Refusal::Vnic(_) => RefusalKind::VnicUnbuildable,
+            Refusal::Vswitch(_) => RefusalKind::VswitchRefused,
+        }
+    }
+}
+
+impl core::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Refusal::AppMissing => f.write_str("its app is not in the initrd"),
+            Refusal::InitrdMalformed(e) => write!(f, "initrd is malformed: {e}"),
+            Refusal::App(e) => e.fmt(f),
+            Refusal::NoFpuState => f.write_str("no kernel memory for its floating-point state"),
+            Refusal::CpuBudgetOutOfRange { ms } => {
+                write!(f, "cpu_budget_ms = {ms} is out of range: at most {MAX_CPU_BUDGET_MS}")
+            }
+            Refusal::AddressSpace(e) => write!(f, "cannot build its address space: {e}"),
+            Refusal::Vnic(e) => write!(f, "cannot build its virtual NIC: {e}"),
+            Refusal::Vswitch(e) => write!(f, "cannot join the vswitch: {e}"),
         }
     }
 }
@@ -93,8 +158,10 @@ pub struct Guest {
     cpu_budget_ms: u64,
     cpu_budget_ticks: Option<u64>,
     /// From the image config, which lives in the initrd for the whole run.
-    expect: Expect<'static>,
+    expect: Expect,
     end: Option<End>,
+    /// Its private pages when it ended (its address space is freed then).
+    pages_at_end: Option<PageCounts>,
     console: Vec<u8>,
 }
 
@@ -115,6 +182,8 @@ struct Counters {
     guests_stopped: u64,
     virtual_instructions: u64,
     guest_switches: u64,
+    /// Stack and heap pages backed on their first touch.
+    lazy_pages_backed: u64,
 }
 
 struct Guests {

@@ -58,19 +58,7 @@ pub(super) fn handle_trap(g: &mut Guests, frame: &mut TrapFrame, vector: Vector,
             let named = fpu_stop_cause(v, readable, user_state::policy());
             Action::Stop(named.map_or(GuestFault::Exception { vector: v }, GuestFault::FloatingPoint))
         }
-        Vector::Exception(14) => {
-            let fault = PageFault { error_code: frame.error_code, address: cpu::cr2() };
-            // A write (bit 1) by the user (bit 2) to a present (bit 0) page may be a COW fault.
-            let cow_candidate = frame.error_code & 0x7 == 0x7 && g.nics.get(id).is_some_and(Option::is_some);
-            let verdict = cow_candidate.then(|| g.net_ctx().write_fault(id, fault.address));
-            match verdict {
-                Some(crate::vnet::WriteFaultVerdict::Resolved) => Action::Resume,
-                Some(crate::vnet::WriteFaultVerdict::Stop(cause)) => Action::Stop(cause),
-                Some(crate::vnet::WriteFaultVerdict::NotCopyOnWrite) | None => {
-                    Action::Stop(GuestFault::PageFault(fault))
-                }
-            }
-        }
+        Vector::Exception(14) => page_fault(g, id, frame.error_code),
         Vector::Exception(v) => Action::Stop(GuestFault::Exception { vector: v }),
         Vector::Unexpected(v) => {
             log::warn!("unexpected interrupt vector {v} while guest {id} ran");
@@ -112,15 +100,48 @@ pub(super) fn handle_trap(g: &mut Guests, frame: &mut TrapFrame, vector: Vector,
             g.sched.idle_current(deadline);
         }
         Action::Exit(code) => {
-            console_write_fmt(format_args!("guest {id} {} exited {code}\n", guest.name));
-            end_guest(g, id, End::Exited(code));
+            let end = End::Exited(code);
+            console_write_fmt(format_args!("guest {id} {} {end}\n", guest.name));
+            end_guest(g, id, end);
         }
         Action::Stop(cause) => {
-            console_write_fmt(format_args!("guest {id} {} stopped: {cause} at rip {:#x}\n", guest.name, frame.rip));
-            end_guest(g, id, End::Stopped { cause, rip: frame.rip });
+            let end = End::Stopped { cause, rip: frame.rip };
+            console_write_fmt(format_args!("guest {id} {} {end}\n", guest.name));
+            end_guest(g, id, end);
         }
     }
     Next::Switch(id)
+}
+
+/// A page fault from ring 3: the first touch of a lazy page (backed, resumed), a write to a
+/// protected tx slot (copied, resumed), or the guest's fault.
+fn page_fault(g: &mut Guests, id: GuestId, error_code: u64) -> Action {
+    let fault = PageFault { error_code, address: cpu::cr2() };
+    // A user access (bit 2) to a page not present (bit 0 clear) may be the first touch of a
+    // lazy stack or heap page.
+    if error_code & 0x5 == 0x4 {
+        let (write, execute) = (error_code & 0x2 != 0, error_code & 0x10 != 0);
+        let space = at_mut(&mut g.list, id).space.as_mut();
+        let lazy = space.map(|space| with_frames(|frames| space.back_lazy_page(frames, fault.address, write, execute)));
+        match lazy {
+            Some(LazyFault::Backed) => {
+                g.counters.lazy_pages_backed = g.counters.lazy_pages_backed.saturating_add(1);
+                return Action::Resume;
+            }
+            Some(LazyFault::OutOfMemory) => {
+                return Action::Stop(GuestFault::NoMemoryForPage { address: fault.address })
+            }
+            Some(LazyFault::NotLazy) | None => {}
+        }
+    }
+    // A write (bit 1) by the user (bit 2) to a present (bit 0) page may be a COW fault.
+    let cow_candidate = error_code & 0x7 == 0x7 && g.nics.get(id).is_some_and(Option::is_some);
+    let verdict = cow_candidate.then(|| g.net_ctx().write_fault(id, fault.address));
+    match verdict {
+        Some(crate::vnet::WriteFaultVerdict::Resolved) => Action::Resume,
+        Some(crate::vnet::WriteFaultVerdict::Stop(cause)) => Action::Stop(cause),
+        Some(crate::vnet::WriteFaultVerdict::NotCopyOnWrite) | None => Action::Stop(GuestFault::PageFault(fault)),
+    }
 }
 
 /// The physical NIC's interrupt, taken while the kernel idles.
@@ -151,6 +172,7 @@ pub(super) fn end_guest(g: &mut Guests, id: GuestId, end: End) {
     g.sched.finish(id);
     g.on_cpu = None;
     if let Some(space) = guest.space.take() {
+        guest.pages_at_end = Some(space.page_counts());
         // Its tables may be the active ones: leave them before they are freed.
         space::activate_kernel();
         with_frames(|frames| space.release(frames));

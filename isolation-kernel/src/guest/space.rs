@@ -1,13 +1,18 @@
 //! A guest's address space: its own PML4 whose upper half points at the kernel's tables, and a
 //! lower half holding only what the loader maps (recorded in a [`GuestMemoryMap`], against
 //! which every pointer the guest hands the kernel is validated before use).
+//!
+//! Stack and heap are *lazy* regions: recorded in the map (so pointers into them are valid)
+//! but backed only when touched. The guest's first access to a page faults, and
+//! [`AddressSpace::back_lazy_page`] maps a zeroed frame there; the kernel reading a page not
+//! backed yet reads zeros. A guest pays for the pages it uses, not for the ones it may use.
 
 use crate::arch::cpu;
 use crate::mm::paging::{kernel_pml4_phys, no_execute};
 use crate::mm::phys::{phys_to_virt, DIRECT_MAP_OFFSET};
 use alloc::vec::Vec;
 use hypercall_abi::layout::PAGE_SIZE as PAGE;
-use kernel_core::guest::mem::{Access, GuestMemoryMap, ValidSlice};
+use kernel_core::guest::mem::{Access, GuestMemoryMap, Region, ValidSlice};
 use kernel_core::mm::frame_alloc::FrameAllocator;
 use x86_64::structures::paging::mapper::TranslateResult;
 use x86_64::structures::paging::{
@@ -16,10 +21,58 @@ use x86_64::structures::paging::{
 };
 use x86_64::{PhysAddr, VirtAddr};
 
+/// What a guest's private page holds: the breakdown of its memory in reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageUse {
+    PageTables,
+    Stack,
+    Heap,
+    /// The shared page, tx slots and rx buffers.
+    Vnic,
+    /// Writable ELF segments and the boot-info page.
+    Other,
+}
+
+impl PageUse {
+    pub const ALL: [PageUse; 5] = [PageUse::PageTables, PageUse::Stack, PageUse::Heap, PageUse::Vnic, PageUse::Other];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PageUse::PageTables => "page_tables",
+            PageUse::Stack => "stack",
+            PageUse::Heap => "heap",
+            PageUse::Vnic => "vnic",
+            PageUse::Other => "other",
+        }
+    }
+}
+
+/// A guest's private pages by use (frames it owns, as allocated; a COW copy replaces the frame
+/// it copies, so it does not change the count).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageCounts([u32; 5]);
+
+impl PageCounts {
+    pub fn get(&self, page_use: PageUse) -> u32 {
+        self.0.get(page_use as usize).copied().unwrap_or(0)
+    }
+
+    fn add(&mut self, page_use: PageUse) {
+        if let Some(count) = self.0.get_mut(page_use as usize) {
+            *count = count.saturating_add(1);
+        }
+    }
+
+    pub fn total(&self) -> u32 {
+        self.0.iter().fold(0u32, |sum, &n| sum.saturating_add(n))
+    }
+}
+
 /// Frames for a guest's page tables, each recorded so the guest's end can free them.
 struct RecordingFrames<'a, 'b> {
     frames: &'a mut FrameAllocator<'b>,
     owned: &'a mut Vec<u64>,
+    counts: &'a mut PageCounts,
 }
 
 // SAFETY: frames come from the frame allocator (unused RAM, handed out once) and are reachable
@@ -28,6 +81,7 @@ unsafe impl PageTableFrameSource<Size4KiB> for RecordingFrames<'_, '_> {
     fn allocate_frame(&mut self) -> Option<PhysFrame<Size4KiB>> {
         let phys = self.frames.allocate()?;
         self.owned.push(phys);
+        self.counts.add(PageUse::PageTables);
         Some(PhysFrame::containing_address(PhysAddr::new(phys)))
     }
 }
@@ -59,7 +113,7 @@ pub fn copy_into_run(phys: u64, run: u64, offset: u64, data: &[u8]) {
     };
 }
 
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 pub enum SpaceError {
     OutOfMemory,
     /// The loader asked to map a page twice or outside the user half: a loader bug or a bad
@@ -87,6 +141,21 @@ pub struct AddressSpace {
     pub map: GuestMemoryMap,
     /// Frames this guest alone owns (page tables, writable data, stack, heap, boot info).
     owned: Vec<u64>,
+    counts: PageCounts,
+    /// Regions backed on first touch (stack, heap), with their use.
+    lazy: Vec<(Region, PageUse)>,
+}
+
+/// What [`AddressSpace::back_lazy_page`] did with a fault address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LazyFault {
+    /// A zeroed frame now backs the page: resume the guest.
+    Backed,
+    /// Not in a lazy region, already backed, or an access the region does not allow: the
+    /// fault is the guest's.
+    NotLazy,
+    /// No frame left for the page.
+    OutOfMemory,
 }
 
 impl AddressSpace {
@@ -108,7 +177,16 @@ impl AddressSpace {
         };
         // SAFETY: all RAM is mapped at DIRECT_MAP_OFFSET.
         let table = unsafe { OffsetPageTable::new(pml4, VirtAddr::new(DIRECT_MAP_OFFSET)) };
-        Ok(AddressSpace { pml4_phys, table, map: GuestMemoryMap::new(), owned: alloc::vec![pml4_phys] })
+        let mut counts = PageCounts::default();
+        counts.add(PageUse::PageTables);
+        Ok(AddressSpace {
+            pml4_phys,
+            table,
+            map: GuestMemoryMap::new(),
+            owned: alloc::vec![pml4_phys],
+            counts,
+            lazy: Vec::new(),
+        })
     }
 
     pub fn pml4_phys(&self) -> u64 {
@@ -120,20 +198,39 @@ impl AddressSpace {
         self.owned.len()
     }
 
+    /// This guest's private pages by use.
+    pub fn page_counts(&self) -> PageCounts {
+        self.counts
+    }
+
+    /// Kernel heap bytes this address space holds (its frame list and lazy regions).
+    pub fn kernel_bytes(&self) -> usize {
+        let entry = core::mem::size_of::<u64>();
+        let lazy = core::mem::size_of::<(Region, PageUse)>();
+        self.owned.capacity().saturating_mul(entry).saturating_add(self.lazy.capacity().saturating_mul(lazy))
+    }
+
     /// A zeroed frame owned by this guest.
-    pub fn new_frame(&mut self, frames: &mut FrameAllocator<'static>) -> Result<u64, SpaceError> {
+    pub fn new_frame(&mut self, frames: &mut FrameAllocator<'static>, page_use: PageUse) -> Result<u64, SpaceError> {
         let phys = frames.allocate().ok_or(SpaceError::OutOfMemory)?;
         self.owned.push(phys);
+        self.counts.add(page_use);
         zero_frame(phys);
         Ok(phys)
     }
 
     /// A zeroed, physically contiguous run of `pages` frames owned by this guest; its base.
-    pub fn new_run(&mut self, frames: &mut FrameAllocator<'static>, pages: u64) -> Result<u64, SpaceError> {
+    pub fn new_run(
+        &mut self,
+        frames: &mut FrameAllocator<'static>,
+        pages: u64,
+        page_use: PageUse,
+    ) -> Result<u64, SpaceError> {
         let base = frames.allocate_contiguous(pages, 1).ok_or(SpaceError::OutOfMemory)?;
         // A run the allocator handed out: its pages do not wrap.
         for frame in (0..pages).map(|page| base.wrapping_add(page.wrapping_mul(PAGE))) {
             self.owned.push(frame);
+            self.counts.add(page_use);
             zero_frame(frame);
         }
         Ok(base)
@@ -159,7 +256,7 @@ impl AddressSpace {
             Page::<Size4KiB>::from_start_address(VirtAddr::try_new(virt).map_err(|_| SpaceError::BadMapping(virt))?)
                 .map_err(|_| SpaceError::BadMapping(virt))?;
         let frame = PhysFrame::containing_address(PhysAddr::new(phys));
-        let mut source = RecordingFrames { frames, owned: &mut self.owned };
+        let mut source = RecordingFrames { frames, owned: &mut self.owned, counts: &mut self.counts };
         // SAFETY: a user page of this (not yet running, or current and being extended) guest;
         // it aliases no kernel memory, and the frame is either owned by this guest or a
         // read-only shared frame.
@@ -174,25 +271,52 @@ impl AddressSpace {
         }
     }
 
-    /// Maps `pages` fresh zeroed pages at `start` and records the region.
-    pub fn map_zeroed(
+    /// Records `pages` pages at `start` as the guest's, to be backed by zeroed frames when first
+    /// touched ([`Self::back_lazy_page`]).
+    pub fn reserve_lazy(
         &mut self,
-        frames: &mut FrameAllocator<'static>,
         start: u64,
         pages: u64,
         access: Access,
+        page_use: PageUse,
     ) -> Result<(), SpaceError> {
-        for i in 0..pages {
-            let phys = self.new_frame(frames)?;
-            // Kernel layout constants only (stack, heap): inside the user half, no wrap.
-            self.map_page(frames, start.wrapping_add(i.wrapping_mul(PAGE)), phys, access)?;
-        }
         if pages > 0 {
-            self.map
-                .add(start, start.wrapping_add(pages.wrapping_mul(PAGE)), access)
-                .map_err(|_| SpaceError::BadMapping(start))?;
+            // Kernel layout constants only (stack, heap): inside the user half, no wrap.
+            let end = start.wrapping_add(pages.wrapping_mul(PAGE));
+            self.map.add(start, end, access).map_err(|_| SpaceError::BadMapping(start))?;
+            self.lazy.push((Region { start, end, access }, page_use));
         }
         Ok(())
+    }
+
+    /// Backs the page holding `addr` if it lies in a lazy region, is not backed yet, and the
+    /// access (`write`, `execute`) is one the region allows. The address space must be the
+    /// active one or not running: a page that was not present has no TLB entry to flush.
+    pub fn back_lazy_page(
+        &mut self,
+        frames: &mut FrameAllocator<'static>,
+        addr: u64,
+        write: bool,
+        execute: bool,
+    ) -> LazyFault {
+        let Some(&(region, page_use)) = self.lazy.iter().find(|(region, _)| region.contains(addr)) else {
+            return LazyFault::NotLazy;
+        };
+        if (write && !region.access.write) || (execute && !region.access.execute) || self.is_backed(addr) {
+            return LazyFault::NotLazy;
+        }
+        let page = addr & !(PAGE - 1);
+        let Ok(phys) = self.new_frame(frames, page_use) else { return LazyFault::OutOfMemory };
+        match self.map_page(frames, page, phys, region.access) {
+            Ok(()) => LazyFault::Backed,
+            // The frame stays owned (freed with the space); the guest is stopped.
+            Err(_) => LazyFault::OutOfMemory,
+        }
+    }
+
+    /// Whether a frame backs the page holding `addr`.
+    fn is_backed(&self, addr: u64) -> bool {
+        matches!(self.table.translate(VirtAddr::new_truncate(addr)), TranslateResult::Mapped { .. })
     }
 
     /// Physical address of the last-level page-table entry that maps `virt` (4 KiB pages only).
@@ -250,7 +374,8 @@ impl AddressSpace {
     }
 
     /// Copies guest memory into `buf`. The slice was validated against this guest's map, so
-    /// every page is mapped; each is translated through the guest's own page table.
+    /// every page is the guest's; each is translated through the guest's own page table, and a
+    /// lazy page not backed yet reads as the zeros it would be backed with.
     pub fn read(&self, slice: ValidSlice, buf: &mut [u8]) {
         let len = (slice.len() as usize).min(buf.len());
         let mut done = 0usize;
@@ -261,13 +386,20 @@ impl AddressSpace {
             }
             let addr = slice.addr().wrapping_add(done as u64);
             let in_page = (PAGE.wrapping_sub(addr & (PAGE - 1)) as usize).min(rest.len());
-            let phys = match self.table.translate(VirtAddr::new(addr)) {
-                TranslateResult::Mapped { frame, offset, .. } => frame.start_address().as_u64().wrapping_add(offset),
+            match self.table.translate(VirtAddr::new(addr)) {
+                TranslateResult::Mapped { frame, offset, .. } => {
+                    let phys = frame.start_address().as_u64().wrapping_add(offset);
+                    // SAFETY: `phys..phys + in_page` lies in one mapped guest frame (same page),
+                    // which the direct map covers; `rest` has room for `in_page` bytes.
+                    unsafe {
+                        core::ptr::copy_nonoverlapping(phys_to_virt(phys).as_ptr::<u8>(), rest.as_mut_ptr(), in_page)
+                    };
+                }
+                _ if self.lazy.iter().any(|(region, _)| region.contains(addr)) => {
+                    rest.iter_mut().take(in_page).for_each(|byte| *byte = 0);
+                }
                 _ => panic!("validated guest address {addr:#x} is not mapped: guest map and page table disagree"),
-            };
-            // SAFETY: `phys..phys + in_page` lies in one mapped guest frame (same page), which
-            // the direct map covers; `rest` has room for `in_page` bytes.
-            unsafe { core::ptr::copy_nonoverlapping(phys_to_virt(phys).as_ptr::<u8>(), rest.as_mut_ptr(), in_page) };
+            }
             done = done.saturating_add(in_page);
         }
     }

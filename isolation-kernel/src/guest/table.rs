@@ -34,7 +34,7 @@ pub(super) fn ticks_to(ticks: u64, per_second: u64, tsc_hz: u64) -> u64 {
 }
 
 /// Whether a guest with this expectation is expected to end by itself.
-pub(super) fn expected_to_end(expect: Expect<'_>) -> bool {
+pub(super) fn expected_to_end(expect: Expect) -> bool {
     matches!(expect, Expect::Exit(_) | Expect::Stopped(_) | Expect::Refused(_))
 }
 
@@ -75,6 +75,12 @@ pub(super) fn stats_pairs_of(g: &Guests) -> Vec<(&'static str, u64)> {
         ("guests_running", g.sched.live() as u64),
         ("virtual_instructions", c.virtual_instructions),
         ("guest_switches", c.guest_switches),
+        ("lazy_pages_backed", c.lazy_pages_backed),
+        // Summed when reported (every few seconds), never per tick.
+        (
+            "guest_private_pages",
+            g.list.iter().filter_map(|guest| guest.space.as_ref()).map(|s| s.owned_frames() as u64).sum()
+        ),
     ];
     pairs.extend(g.net.counters.pairs());
     pairs.extend(reports::totals(&g.nics));

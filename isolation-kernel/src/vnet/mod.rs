@@ -19,7 +19,7 @@ pub use stamps::Stamps;
 
 use crate::drivers::virtio_net::TxCookie;
 use crate::drivers::virtio_net::VirtioNet;
-use crate::guest::space::AddressSpace;
+use crate::guest::space::{AddressSpace, PageUse};
 use crate::guest::Guest;
 use crate::mm::phys::phys_to_virt;
 use alloc::collections::VecDeque;
@@ -72,6 +72,16 @@ pub struct GuestNic {
 }
 
 impl GuestNic {
+    /// Kernel bytes this vNIC holds: the struct and its vectors.
+    pub fn kernel_bytes(&self) -> usize {
+        let u64s = self
+            .tx_pte
+            .capacity()
+            .saturating_add(self.rx_frames.capacity())
+            .saturating_add(self.pending_flush.capacity());
+        core::mem::size_of::<GuestNic>().saturating_add(u64s.saturating_mul(8)).saturating_add(self.cow.heap_bytes())
+    }
+
     /// The shared page. Not tied to `&self` so the kernel's own indices can be updated while
     /// it is in use; callers never keep it beyond the handling of one trap or interrupt.
     fn shared(&self) -> &'static VnicShared {
@@ -112,7 +122,7 @@ pub fn build_nic(
     config: NetConfig,
     stamps: bool,
 ) -> Result<GuestNic, crate::guest::space::SpaceError> {
-    let shared_phys = space.new_frame(frames)?;
+    let shared_phys = space.new_frame(frames, PageUse::Vnic)?;
     space.map_page(frames, VNIC_SHARED_ADDR, shared_phys, Access::READ_WRITE)?;
     space
         .map
@@ -126,7 +136,7 @@ pub fn build_nic(
     let mut area = |base: u64, slots: u64, space: &mut AddressSpace| {
         let mut runs = Vec::with_capacity(slots as usize);
         for index in 0..slots {
-            let run = space.new_run(frames, pages)?;
+            let run = space.new_run(frames, pages, PageUse::Vnic)?;
             let slot_base = base.wrapping_add(index.wrapping_mul(slot));
             for (virt, phys) in page_addrs_of(slot_base, pages).zip(page_addrs_of(run, pages)) {
                 space.map_page(frames, virt, phys, Access::READ_WRITE)?;
@@ -252,6 +262,13 @@ impl Network {
     }
 
     /// Registers guest `id` (every guest, with or without a NIC, so ids line up).
+    /// Kernel bytes the network keeps for each guest, NIC or not (its transmit FIFO).
+    pub fn kernel_bytes_per_guest(&self) -> usize {
+        FIFO_CAPACITY
+            .saturating_mul(core::mem::size_of::<kernel_core::vnet::Packet>())
+            .saturating_add(core::mem::size_of::<TxFifo>())
+    }
+
     pub fn add_guest(&mut self, id: GuestId, nic: Option<&GuestNic>) -> Result<(), &'static str> {
         while self.fifos.len() <= id {
             self.fifos.push(TxFifo::new(FIFO_CAPACITY));
@@ -299,6 +316,7 @@ fn free_run(base: u64, pages: u64) {
 }
 
 impl GuestNic {
+
     /// Guest address of tx slot `slot` (a validated slot number: inside the tx area).
     fn slot_addr(&self, slot: u64) -> u64 {
         VNIC_TX_AREA_ADDR.wrapping_add(slot.wrapping_mul(self.slot_size))

@@ -7,7 +7,7 @@ use core::sync::atomic::Ordering;
 use hypercall_abi::vi::VirtualInterrupts;
 use hypercall_abi::vnic::{DescStatus, RX_RING_SIZE};
 use kernel_core::guest::sched::{GuestId, Scheduler};
-use kernel_core::vnet::{ring, validate_rx_sized, DropReason, NetCounters, Route, Source};
+use kernel_core::vnet::{ring, validate_rx, DropReason, NetCounters, Route, Source};
 
 impl NetCtx<'_> {
     /// The physical NIC's receive path: every frame to the guest the vswitch names.
@@ -91,7 +91,7 @@ pub(super) fn deliver(
     // Read each field once: the guest may change them behind our back.
     let (addr, capacity) = (desc.addr.load(Ordering::Relaxed), desc.len.load(Ordering::Relaxed));
     let mut delivered = None;
-    let buffer = validate_rx_sized(addr, capacity, nic.slot_size)
+    let buffer = validate_rx(addr, capacity, nic.slot_size)
         .ok()
         .and_then(|buffer| Some((buffer, *nic.rx_frames.get(usize::try_from(buffer.slot).ok()?)?)));
     let status = match buffer {

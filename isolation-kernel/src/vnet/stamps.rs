@@ -12,7 +12,9 @@ const STAMP_SAMPLES: usize = 10_240;
 
 /// Whether stage stamping is on (`stamps=on`, fixed before guests start). Every TSC read the
 /// packet path makes for the stamps goes through here: when off, [`Stamps::now`] reads nothing
-/// and is 0, so the path pays one test of a flag kept in a register.
+/// and is 0. In a kernel built without the `stamps` feature [`Stamps::on`] is constant false,
+/// so every stamp and every record compiles to nothing; with it, the path pays one test of a
+/// flag kept in a register.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stamps {
     on: bool,
@@ -25,7 +27,7 @@ impl Stamps {
     /// Whether stamps are taken.
     #[inline(always)]
     pub fn on(self) -> bool {
-        self.on
+        cfg!(feature = "stamps") && self.on
     }
 
     /// The serialized TSC when stamping, 0 (and no read) when off.
@@ -56,7 +58,7 @@ impl PendingNotify {
     /// Notes a stamped packet handed to the NIC at `handed` and queued at `queued`, to be
     /// completed by the next notify (unstamped packets are not recorded).
     pub(super) fn record(pending: &mut alloc::vec::Vec<PendingNotify>, packet: &Packet, handed: u64, queued: u64) {
-        if packet.stamp != kernel_core::vnet::NO_STAMP {
+        if cfg!(feature = "stamps") && packet.stamp != kernel_core::vnet::NO_STAMP {
             pending.push(PendingNotify { stamp: packet.stamp, handed, queued, len: packet.len });
         }
     }

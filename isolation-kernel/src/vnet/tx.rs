@@ -13,7 +13,7 @@ use hypercall_abi::vnic::{DescStatus, VnicShared, TX_RING_SIZE};
 use kernel_core::boot::cmdline::TxMode;
 use kernel_core::guest::sched::GuestId;
 use kernel_core::vnet::cow::{Protect, Release};
-use kernel_core::vnet::{ring, validate_tx_sized, GuestFrameRef, Packet, PacketData, Route, Source, TxFifo};
+use kernel_core::vnet::{ring, validate_tx, GuestFrameRef, Packet, PacketData, Route, Source, TxFifo};
 
 impl NetCtx<'_> {
     /// The doorbell of guest `id`: takes what its tx ring holds, then runs the network
@@ -223,7 +223,7 @@ fn take_tx(net: &mut Network, nic: &mut GuestNic, id: GuestId, name: &str, share
     let Some(desc) = shared.tx.get(ring::position(nic.ring.taken(), TX_RING_SIZE)) else { return Taken::Backlogged };
     // Read each field once: the guest may change them behind our back.
     let (addr, len) = (desc.addr.load(Ordering::Relaxed), desc.len.load(Ordering::Relaxed));
-    let validated = validate_tx_sized(addr, len, nic.max_frame, nic.slot_size);
+    let validated = validate_tx(addr, len, nic.max_frame, nic.slot_size);
     // The slot's current frame (a validated slot always has one).
     let located = validated.ok().and_then(|frame| {
         let slot = usize::try_from(frame.slot).ok()?;

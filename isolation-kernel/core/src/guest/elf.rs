@@ -6,6 +6,7 @@
 //! ([`IMAGE_BASE`]..[`IMAGE_LIMIT`]), inside the file, and on pages no other segment touches,
 //! plus an entry point that lies in executable memory.
 
+use hypercall_abi::initrd::RefusalKind;
 use hypercall_abi::layout::{IMAGE_BASE, IMAGE_LIMIT, PAGE_SIZE};
 
 /// Most loadable segments a guest image may have (linkers emit three or four).
@@ -98,6 +99,29 @@ pub enum ElfError {
     },
     /// The entry point is not inside an executable segment.
     EntryNotExecutable(u64),
+}
+
+impl ElfError {
+    /// The stable kind: what `expect = "refused:KIND"` names.
+    pub fn kind(&self) -> RefusalKind {
+        match self {
+            ElfError::TooShort => RefusalKind::ElfTooShort,
+            ElfError::BadMagic => RefusalKind::ElfBadMagic,
+            ElfError::Not64Bit => RefusalKind::ElfNot64Bit,
+            ElfError::NotLittleEndian => RefusalKind::ElfNotLittleEndian,
+            ElfError::NotExecutable => RefusalKind::ElfNotExecutable,
+            ElfError::WrongMachine(_) => RefusalKind::ElfWrongMachine,
+            ElfError::BadProgramHeaders => RefusalKind::ElfBadProgramHeaders,
+            ElfError::TooManySegments => RefusalKind::ElfTooManySegments,
+            ElfError::NoSegments => RefusalKind::ElfNoSegments,
+            ElfError::SegmentOutOfFile { .. } => RefusalKind::ElfSegmentOutOfFile,
+            ElfError::FileSizeExceedsMemSize { .. } => RefusalKind::ElfFileSizeExceedsMemSize,
+            ElfError::SegmentOutsideImageArea { .. } => RefusalKind::ElfSegmentOutsideImageArea,
+            ElfError::OverlappingSegments { .. } => RefusalKind::ElfOverlappingSegments,
+            ElfError::MisalignedSegment { .. } => RefusalKind::ElfMisalignedSegment,
+            ElfError::EntryNotExecutable(_) => RefusalKind::ElfEntryNotExecutable,
+        }
+    }
 }
 
 impl core::fmt::Display for ElfError {

@@ -1,11 +1,12 @@
 //! Why a guest was stopped: one typed cause, formatted only when it is reported (Hubris's
-//! `FaultInfo` in spirit). The texts are the ones the kernel has always logged, so images'
-//! `expect = "stopped:..."` lines keep matching; [`GuestFault::kind`] is the stable short name.
+//! `FaultInfo` in spirit). [`GuestFault::kind`] is its stable [`StopKind`], the name images'
+//! `expect = "stopped:KIND"` lines and the tests match; the text is for people.
 
 use super::exceptions::{exception_name, PageFault};
 use super::vinstr::{DecodeError, Privileged};
 use crate::guest::mem::BadPointer;
 use core::fmt;
+use hypercall_abi::initrd::StopKind;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GuestFault {
@@ -49,25 +50,30 @@ pub enum GuestFault {
     CowCopyNoMemory {
         slot: usize,
     },
+    /// The first touch of a lazily backed page (stack, heap) found no frame for it.
+    NoMemoryForPage {
+        address: u64,
+    },
 }
 
 impl GuestFault {
-    /// A short, stable name for counters and tools.
-    pub fn kind(&self) -> &'static str {
+    /// The stable kind: what `expect = "stopped:KIND"` names and the kernel's end line prints.
+    pub fn kind(&self) -> StopKind {
         match self {
-            Self::ViNotDxForm { .. } => "vi_not_dx_form",
-            Self::PortOutsideRange { .. } => "port_outside_range",
-            Self::PortRead { .. } => "port_read",
-            Self::StringIo => "string_io",
-            Self::Privileged(_) => "privileged_instruction",
-            Self::GeneralProtection { .. } => "general_protection",
-            Self::InstructionUnreadable(_) => "instruction_unreadable",
-            Self::FloatingPoint(_) => "floating_point",
-            Self::Exception { .. } => "exception",
-            Self::PageFault(_) => "page_fault",
-            Self::CpuBudget { .. } => "cpu_budget",
-            Self::BadPointer { .. } => "bad_pointer",
-            Self::CowCopyNoMemory { .. } => "cow_copy_no_memory",
+            Self::ViNotDxForm { .. } => StopKind::ViNotDxForm,
+            Self::PortOutsideRange { .. } => StopKind::PortOutsideRange,
+            Self::PortRead { .. } => StopKind::PortRead,
+            Self::StringIo => StopKind::StringIo,
+            Self::Privileged(_) => StopKind::PrivilegedInstruction,
+            Self::GeneralProtection { .. } => StopKind::GeneralProtection,
+            Self::InstructionUnreadable(_) => StopKind::InstructionUnreadable,
+            Self::FloatingPoint(_) => StopKind::FloatingPoint,
+            Self::Exception { .. } => StopKind::Exception,
+            Self::PageFault(_) => StopKind::PageFault,
+            Self::CpuBudget { .. } => StopKind::CpuBudget,
+            Self::BadPointer { .. } => StopKind::BadPointer,
+            Self::CowCopyNoMemory { .. } => StopKind::CowCopyNoMemory,
+            Self::NoMemoryForPage { .. } => StopKind::NoMemoryForPage,
         }
     }
 }
@@ -91,6 +97,7 @@ impl fmt::Display for GuestFault {
             Self::CpuBudget { ms } => write!(f, "cpu budget of {ms} ms exceeded"),
             Self::BadPointer { call, bad } => write!(f, "bad pointer in {call}: {bad}"),
             Self::CowCopyNoMemory { slot } => write!(f, "no memory for a copy-on-write copy of tx slot {slot}"),
+            Self::NoMemoryForPage { address } => write!(f, "no memory to back the page at {address:#x}"),
         }
     }
 }
@@ -102,13 +109,14 @@ mod tests {
     use std::string::ToString;
 
     #[test]
-    fn texts_are_the_ones_images_expect() {
+    fn texts_and_kinds() {
         assert_eq!(GuestFault::Exception { vector: 0 }.to_string(), "divide error (#DE)");
         assert_eq!(GuestFault::CpuBudget { ms: 50 }.to_string(), "cpu budget of 50 ms exceeded");
         assert_eq!(
             GuestFault::PortOutsideRange { port: 0x80 }.to_string(),
             "out to port 0x80 outside the virtual-instruction range"
         );
-        assert_eq!(GuestFault::StringIo.kind(), "string_io");
+        assert_eq!(GuestFault::StringIo.kind(), StopKind::StringIo);
+        assert_eq!(GuestFault::CpuBudget { ms: 50 }.kind().as_str(), "cpu_budget");
     }
 }

@@ -59,6 +59,12 @@ pub struct CowSlots {
 }
 
 impl CowSlots {
+    /// Kernel heap bytes these records hold.
+    pub fn heap_bytes(&self) -> usize {
+        let slots = self.slots.capacity().saturating_mul(core::mem::size_of::<Slot>());
+        slots.saturating_add(self.orphans.capacity().saturating_mul(core::mem::size_of::<(u64, u32)>()))
+    }
+
     /// Slots backed by `frames`, all writable, nothing in flight.
     pub fn new(frames: &[u64]) -> Self {
         CowSlots {

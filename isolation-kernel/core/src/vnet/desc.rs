@@ -119,7 +119,7 @@ fn locate(addr: u64, base: u64, slots: u64, slot_size: u64) -> Option<(u64, u64)
 /// Checks a tx descriptor: the frame must lie in one tx slot of `slot_size` bytes
 /// (`hypercall_abi::vnic::slot_size` of the guest's MTU), after its headroom, and be between
 /// [`MIN_FRAME`] and `max_frame` bytes long.
-pub fn validate_tx_sized(addr: u64, len: u32, max_frame: u64, slot_size: u64) -> Result<TxFrame, BadDescriptor> {
+pub fn validate_tx(addr: u64, len: u32, max_frame: u64, slot_size: u64) -> Result<TxFrame, BadDescriptor> {
     let len = u64::from(len);
     let (slot, offset) =
         locate(addr, VNIC_TX_AREA_ADDR, TX_SLOTS, slot_size).ok_or(BadDescriptor::OutsideArea { addr })?;
@@ -141,7 +141,7 @@ pub fn validate_tx_sized(addr: u64, len: u32, max_frame: u64, slot_size: u64) ->
 /// Checks an rx descriptor: the buffer must lie in one rx slot of `slot_size` bytes and hold at
 /// least an Ethernet header ([`MIN_FRAME`]). A buffer smaller than an arriving frame is the
 /// guest's loss, decided when a frame arrives, not here.
-pub fn validate_rx_sized(addr: u64, capacity: u32, slot_size: u64) -> Result<RxBuffer, BadDescriptor> {
+pub fn validate_rx(addr: u64, capacity: u32, slot_size: u64) -> Result<RxBuffer, BadDescriptor> {
     let capacity = u64::from(capacity);
     let (slot, offset) =
         locate(addr, VNIC_RX_AREA_ADDR, RX_SLOTS, slot_size).ok_or(BadDescriptor::OutsideArea { addr })?;
@@ -165,18 +165,15 @@ mod tests {
         use hypercall_abi::vnic::MAX_MTU;
         let (size, max) = (slot_size(MAX_MTU), max_frame(MAX_MTU));
         let slot5 = tx_slot_addr_for(5, size) + TX_HEADROOM;
-        assert_eq!(
-            validate_tx_sized(slot5, max as u32, max, size),
-            Ok(TxFrame { slot: 5, offset: TX_HEADROOM, len: max })
-        );
-        assert_eq!(validate_tx_sized(slot5, max as u32 + 1, max, size), Err(BadDescriptor::TooLong { len: max + 1 }));
+        assert_eq!(validate_tx(slot5, max as u32, max, size), Ok(TxFrame { slot: 5, offset: TX_HEADROOM, len: max }));
+        assert_eq!(validate_tx(slot5, max as u32 + 1, max, size), Err(BadDescriptor::TooLong { len: max + 1 }));
         // Standard-MTU slots refuse the same frame: it crosses a one-page slot.
-        assert!(validate_tx_sized(slot5, 5000, max, slot_size(MTU)).is_err());
+        assert!(validate_tx(slot5, 5000, max, slot_size(MTU)).is_err());
         let last = tx_slot_addr_for(TX_SLOTS, size);
-        assert_eq!(validate_tx_sized(last, 100, max, size), Err(BadDescriptor::OutsideArea { addr: last }));
+        assert_eq!(validate_tx(last, 100, max, size), Err(BadDescriptor::OutsideArea { addr: last }));
         let rx = rx_buffer_addr_for(31, size);
-        assert_eq!(validate_rx_sized(rx, size as u32, size), Ok(RxBuffer { slot: 31, offset: 0, capacity: size }));
-        assert!(validate_rx_sized(rx + 8, size as u32, size).is_err());
+        assert_eq!(validate_rx(rx, size as u32, size), Ok(RxBuffer { slot: 31, offset: 0, capacity: size }));
+        assert!(validate_rx(rx + 8, size as u32, size).is_err());
     }
     use hypercall_abi::vnic::{
         max_frame, rx_buffer_addr_for, slot_size, tx_slot_addr_for, MTU, RX_RING_SIZE, TX_RING_SIZE,
@@ -187,11 +184,11 @@ mod tests {
     const STANDARD_MAX_FRAME: u64 = max_frame(MTU);
 
     fn standard_tx(addr: u64, len: u32, max_frame: u64) -> Result<TxFrame, BadDescriptor> {
-        validate_tx_sized(addr, len, max_frame, STANDARD_SLOT)
+        validate_tx(addr, len, max_frame, STANDARD_SLOT)
     }
 
     fn standard_rx(addr: u64, capacity: u32) -> Result<RxBuffer, BadDescriptor> {
-        validate_rx_sized(addr, capacity, STANDARD_SLOT)
+        validate_rx(addr, capacity, STANDARD_SLOT)
     }
 
     fn standard_tx_slot(slot: u64) -> u64 {
@@ -214,12 +211,9 @@ mod tests {
     #[test]
     fn a_zero_slot_size_refuses_everything_without_dividing_by_zero() {
         // Found by `cargo xtask fuzz desc`: the division once ran before the bounds check.
-        assert_eq!(
-            validate_tx_sized(GOOD_TX, 60, STANDARD_MAX_FRAME, 0),
-            Err(BadDescriptor::OutsideArea { addr: GOOD_TX })
-        );
+        assert_eq!(validate_tx(GOOD_TX, 60, STANDARD_MAX_FRAME, 0), Err(BadDescriptor::OutsideArea { addr: GOOD_TX }));
         let rx = VNIC_RX_AREA_ADDR;
-        assert_eq!(validate_rx_sized(rx, 60, 0), Err(BadDescriptor::OutsideArea { addr: rx }));
+        assert_eq!(validate_rx(rx, 60, 0), Err(BadDescriptor::OutsideArea { addr: rx }));
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub mod ring;
 pub mod vswitch;
 
 pub use counters::NetCounters;
-pub use desc::{pending, validate_rx_sized, validate_tx_sized, BadDescriptor, BadIndex, RxBuffer, TxFrame};
+pub use desc::{pending, validate_rx, validate_tx, BadDescriptor, BadIndex, RxBuffer, TxFrame};
 pub use fifo::{GuestFrameRef, Packet, PacketData, TxFifo, NO_STAMP};
 pub use netsched::NetScheduler;
 pub use pool::{BufId, PacketPool, PoolError};
