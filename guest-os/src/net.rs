@@ -52,6 +52,10 @@ impl netstack::Platform for GuestPlatform {
             }
         }
     }
+
+    fn yield_now(&mut self) {
+        crate::vi::yield_now();
+    }
 }
 
 static OPENED: AtomicBool = AtomicBool::new(false);

@@ -315,6 +315,55 @@ mod tests {
         assert_eq!(classify(&arp, &me), Inbound::Other);
     }
 
+    /// An Ethernet/IPv4/TCP frame from PEER:5000 to `port`, with correct checksums.
+    fn tcp_frame(port: u16, control: TcpControl, ack: bool, payload: &[u8]) -> std::vec::Vec<u8> {
+        use smoltcp::wire::{TcpSeqNumber, TcpTimestampRepr};
+        let repr = TcpRepr {
+            src_port: 5000,
+            dst_port: port,
+            control,
+            seq_number: TcpSeqNumber(1000),
+            ack_number: ack.then_some(TcpSeqNumber(2000)),
+            window_len: 1024,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None::<TcpTimestampRepr>,
+            payload,
+        };
+        let mut frame = udp_frame(MAC, PEER, IP, port, &vec![0; repr.buffer_len() - 8]);
+        let ip = Ipv4Repr {
+            src_addr: PEER,
+            dst_addr: IP,
+            next_header: IpProtocol::Tcp,
+            payload_len: repr.buffer_len(),
+            hop_limit: 64,
+        };
+        ip.emit(&mut Ipv4Packet::new_unchecked(&mut frame[14..]), &ChecksumCapabilities::default());
+        let mut tcp = TcpPacket::new_unchecked(&mut frame[34..]);
+        repr.emit(&mut tcp, &PEER.into(), &IP.into(), &ChecksumCapabilities::default());
+        frame
+    }
+
+    #[test]
+    fn tcp_segments_are_told_with_their_flags() {
+        let me = me();
+        let segment = |syn, rst| Inbound::Segment(Segment { src: PEER, src_port: 5000, dst_port: 80, syn, rst });
+        assert_eq!(classify(&tcp_frame(80, TcpControl::Syn, false, b""), &me), segment(true, false));
+        assert_eq!(classify(&tcp_frame(80, TcpControl::Syn, true, b""), &me), segment(false, false), "a SYN-ACK");
+        assert_eq!(classify(&tcp_frame(80, TcpControl::None, true, b"data"), &me), segment(false, false));
+        assert_eq!(classify(&tcp_frame(80, TcpControl::Rst, true, b""), &me), segment(false, true));
+        // The stack drops a bad checksum: so does the count, as malformed.
+        let mut bad = tcp_frame(80, TcpControl::None, true, b"data");
+        let last = bad.len() - 1;
+        bad[last] ^= 0x40;
+        assert_eq!(classify(&bad, &me), Inbound::Malformed);
+        assert_eq!(classify(&tcp_frame(80, TcpControl::None, true, b"data")[..40], &me), Inbound::Malformed);
+        // Port 0 is refused by the stack's parser.
+        assert_eq!(classify(&tcp_frame(0, TcpControl::Syn, false, b""), &me), Inbound::Malformed);
+    }
+
     #[test]
     fn malformed_frames_are_named() {
         let me = me();

@@ -85,12 +85,19 @@ pub const UDP_BUFFER_BYTES: usize = UDP_BUFFER_PACKETS * MTU as usize;
 /// Most rounds in one [`NetStack::poll`]: a round takes at most a ring of frames and sends at
 /// most one packet per socket, and this bounds the work when frames keep arriving.
 const POLL_ROUNDS: usize = 32;
+/// A poll that sent this many frames yields the CPU afterwards: the receivers (another guest
+/// through the vswitch, most often) get to take them before this guest sends the next batch,
+/// which a ring of [`RX_RING_SIZE`] buffers could not hold (the kernel drops a frame that finds
+/// no buffer, and a TCP sender waits a retransmission timeout to send it again).
+const YIELD_AFTER_FRAMES: u64 = RX_RING_SIZE as u64 / 2;
 
 /// What the stack needs from the guest runtime: time, and a way to sleep.
 pub trait Platform {
     fn now(&self) -> Instant;
     /// Sleeps until `deadline` (`None`: until a virtual interrupt) or until woken earlier.
     fn idle_until(&mut self, deadline: Option<Instant>);
+    /// Lets other guests run now (the yield virtual instruction), then goes on.
+    fn yield_now(&mut self) {}
 }
 
 /// Sends a gratuitous ARP (a request for our own address): neighbours, QEMU's user network
@@ -468,6 +475,7 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
         self.device.take_virtual_interrupts();
         let now = self.platform.now();
         let mut changed = false;
+        let sent_before = self.device.counters().tx_frames;
         // smoltcp sends at most one packet per socket per egress pass; repeat until it has
         // nothing more (or the ring is full), so the whole batch goes out on one kick. Frames
         // come in one at a time, each only if it can be held now.
@@ -498,6 +506,9 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
         }
         self.device.flush();
         self.device.publish_counters(&self.guest_counters());
+        if self.device.counters().tx_frames.saturating_sub(sent_before) >= YIELD_AFTER_FRAMES {
+            self.platform.yield_now();
+        }
         changed
     }
 

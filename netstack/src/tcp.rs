@@ -214,6 +214,12 @@ impl TcpBook {
         }
     }
 
+    /// Connection records held (given back or not), and the places for them.
+    #[cfg(test)]
+    pub fn records(&self) -> (usize, usize) {
+        (self.conns.iter().flatten().count(), self.conns.len())
+    }
+
     fn serial(&mut self) -> u32 {
         let serial = self.next_serial;
         self.next_serial = self.next_serial.wrapping_add(1).max(1);
@@ -272,6 +278,10 @@ fn new_socket(options: &TcpOptions) -> Option<tcp::Socket<'static>> {
     socket.set_timeout(options.idle_timeout);
     socket.set_keep_alive(options.keep_alive);
     socket.set_nagle_enabled(!options.nodelay);
+    // ACK at the next poll rather than after a delay: a poll takes in a whole ring of segments
+    // and answers them with one ACK anyway, and a socket that reached TIME-WAIT has sent its
+    // last ACK by the end of that poll and can be freed.
+    socket.set_ack_delay(None);
     Some(socket)
 }
 
@@ -627,7 +637,8 @@ impl<D: Doorbell, P: Platform> NetStack<'_, D, P> {
         if let (Some(end), false) = (end, ended) {
             self.record_end(h.index as usize, end, now);
         }
-        self.tcp_tidy(h.index as usize, now);
+        // Between polls: the last poll's sending pass has run.
+        self.tcp_tidy(h.index as usize, now, Pass::Egress);
     }
 
     /// Records the state an app's call (shutdown, close, abort) put connection `index` in, so
@@ -700,7 +711,7 @@ impl<D: Doorbell, P: Platform> NetStack<'_, D, P> {
                     conn.seen = state;
                 }
             }
-            self.tcp_tidy(index, now);
+            self.tcp_tidy(index, now, pass);
             if matches!(self.tcp.conns.get(index), Some(Some(conn)) if conn.end.is_none()) {
                 open += 1;
             }
@@ -710,8 +721,11 @@ impl<D: Doorbell, P: Platform> NetStack<'_, D, P> {
     }
 
     /// Frees connection `index`'s socket if the connection is done with, and its record too if
-    /// the app gave it back; discards bytes arriving for a connection given back.
-    fn tcp_tidy(&mut self, index: usize, now: Instant) {
+    /// the app gave it back; discards bytes arriving for a connection given back. A socket in
+    /// TIME-WAIT goes only after a sending pass that had a slot for every frame due: the ACK of
+    /// the peer's FIN has gone then (ACKs are not delayed, see `new_socket`).
+    fn tcp_tidy(&mut self, index: usize, now: Instant, pass: Pass) {
+        let acked = pass == Pass::Egress && self.device.tx_has_room();
         let Some(Some(conn)) = self.tcp.conns.get(index) else { return };
         let (socket, released, ended_at) = (conn.socket, conn.released, conn.end.map(|(_, at)| at));
         if let Some(handle) = socket {
@@ -722,7 +736,7 @@ impl<D: Doorbell, P: Platform> NetStack<'_, D, P> {
             let done = match s.state() {
                 // Its reset (if it owes one) has gone, or could not go for too long.
                 State::Closed => s.remote_endpoint().is_none() || ended_at.is_some_and(|at| now >= at + RESET_GRACE),
-                State::TimeWait => released || s.recv_queue() == 0,
+                State::TimeWait => acked && (released || s.recv_queue() == 0),
                 _ => false,
             };
             if done {

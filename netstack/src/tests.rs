@@ -11,11 +11,12 @@ use vnic_driver::testing::{switch, CountingDoorbell, GuestMemory};
 struct FakePlatform {
     now: Rc<Cell<Instant>>,
     idles: Rc<RefCell<Vec<Option<Instant>>>>,
+    yields: Rc<Cell<usize>>,
 }
 
 impl FakePlatform {
     fn new() -> Self {
-        FakePlatform { now: Rc::new(Cell::new(Instant::ZERO)), idles: Rc::default() }
+        FakePlatform { now: Rc::new(Cell::new(Instant::ZERO)), idles: Rc::default(), yields: Rc::default() }
     }
 
     fn advance(&self, by: Duration) {
@@ -33,6 +34,10 @@ impl Platform for FakePlatform {
         if let Some(deadline) = deadline {
             self.now.set(self.now.get().max(deadline));
         }
+    }
+
+    fn yield_now(&mut self) {
+        self.yields.set(self.yields.get() + 1);
     }
 }
 
@@ -134,6 +139,32 @@ fn one_doorbell_per_poll_for_a_batch() {
     assert_eq!(a.device.kernel_side().take_tx().len(), 10);
     assert!(!a.poll(), "nothing left to do");
     assert_eq!(bell.tx_kicks.get(), kicks + 1);
+}
+
+/// A poll that sent a batch as large as half a receive ring yields the CPU, so the receiver
+/// takes it before the next batch; a small one does not.
+#[test]
+fn a_poll_that_sent_a_big_batch_yields() {
+    let (mut mem_a, mut mem_b) = (GuestMemory::default(), GuestMemory::default());
+    let (mut a, _, platform) = stack(&mut mem_a, config(MAC_A, IP_A, GATEWAY));
+    let (mut b, _, _) = stack(&mut mem_b, config(MAC_B, IP_B, GATEWAY));
+    let ha = a.udp_bind(1).unwrap();
+    a.udp_send(ha, b"hi", (IP_B, 2)).unwrap();
+    for _ in 0..4 {
+        step(&mut a, &mut b);
+    }
+    assert_eq!(platform.yields.get(), 0);
+    for i in 0..crate::YIELD_AFTER_FRAMES as u8 - 1 {
+        a.udp_send(ha, &[i], (IP_B, 2)).unwrap();
+    }
+    a.poll();
+    assert_eq!(platform.yields.get(), 0, "one frame short of a batch");
+    a.device.kernel_side().take_tx();
+    for i in 0..crate::YIELD_AFTER_FRAMES as u8 {
+        a.udp_send(ha, &[i], (IP_B, 2)).unwrap();
+    }
+    a.poll();
+    assert_eq!(platform.yields.get(), 1);
 }
 
 #[test]
@@ -259,6 +290,8 @@ fn wait_until_caps_the_sleep_at_the_app_deadline() {
     net.wait_until(Instant::ZERO);
     assert_eq!(platform.idles.borrow().len(), idles);
 }
+
+mod tcp;
 
 mod no_silent_loss {
     use super::*;

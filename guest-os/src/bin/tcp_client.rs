@@ -1,7 +1,7 @@
 //! `tcp-client`: opens TCP connections to an echo server, sends each a pattern of `bytes` bytes
 //! while reading the echo, checks every echoed byte, closes its sending half when all is sent
 //! and expects the server to close after the last byte. Prints one result line and exits 0 only
-//! if every connection came back whole and intact.
+//! if every connection came back whole and intact and every socket was freed.
 //!
 //! Arguments: `peer=IP:PORT` (required), `bytes=N` per connection (default 65536), `conns=N`
 //! connections at once (default 1), `rounds=N` times that many in turn (default 1),
@@ -17,6 +17,12 @@ use core::time::Duration;
 use guest_os::net::{self, Ipv4Address, Net, TcpError, TcpHandle};
 use guest_os::time::Instant;
 use guest_os::{println, Env};
+use hypercall_abi::vnic::GuestCounter;
+
+/// How long the connections may take to finish closing after the last one's outcome.
+const SETTLE: Duration = Duration::from_secs(2);
+/// How long the client stays after its sockets are freed.
+const LINGER: Duration = Duration::from_millis(100);
 
 /// Byte `at` of connection `conn`'s pattern: a position hash, so a byte lost, repeated or
 /// moved is caught (a short period would let a shift of one period pass).
@@ -141,6 +147,9 @@ fn main(env: &Env) -> i32 {
             for flow in flows.iter_mut().filter(|f| f.outcome.is_none()) {
                 step(&mut net, flow, total, &mut scratch);
             }
+            if flows.iter().all(|f| f.outcome.is_some()) {
+                break;
+            }
             if !net.poll() {
                 net.wait_until(net::instant_of(deadline.ticks()));
             }
@@ -163,17 +172,28 @@ fn main(env: &Env) -> i32 {
             }
         }
     }
-    // Let the last closes and resets go out before the counters are read.
-    for _ in 0..10 {
-        net.poll();
-    }
     let elapsed = start.elapsed();
+    // Let the last closes and resets finish (every socket freed), then linger a little so the
+    // servers take our last ACKs before this guest ends and its counters are final.
+    let settle = Instant::now().checked_add(SETTLE).expect("deadline fits");
+    while net.guest_counters()[GuestCounter::TcpSockets as usize] > 0 && Instant::now() < settle {
+        if !net.poll() {
+            net.wait_until(net::instant_of(settle.ticks()));
+        }
+    }
+    let linger = Instant::now().checked_add(LINGER).expect("deadline fits");
+    while Instant::now() < linger {
+        if !net.poll() {
+            net.wait_until(net::instant_of(linger.ticks()));
+        }
+    }
+    let freed = net.guest_counters()[GuestCounter::TcpSockets as usize] == 0;
     let moved = intact * total;
     let kib_per_s = moved as u128 * 1000 / elapsed.as_millis().max(1) / 1024;
     let connections = rounds * conns;
     println!(
         "tcp-client: {intact}/{connections} connections echoed intact by {}:{}, {total} bytes each, {corrupted} corrupted, \
-         {failed} failed, {} ms, {kib_per_s} KiB/s",
+         {failed} failed, {} ms, {kib_per_s} KiB/s, sockets freed: {freed}",
         peer.0,
         peer.1,
         elapsed.as_millis()
@@ -181,7 +201,7 @@ fn main(env: &Env) -> i32 {
     if let Some((id, outcome, sent, received)) = first_problem {
         println!("tcp-client: connection {id}: {outcome:?} after {sent} bytes sent, {received} received");
     }
-    if intact == connections {
+    if intact == connections && freed {
         0
     } else {
         1
