@@ -116,11 +116,12 @@ pub fn format_ip(ip: [u8; 4]) -> String {
 /// Broken ELF files `cargo xtask build` can make from `hello`, for loader tests.
 pub const CORRUPT_KINDS: [&str; 4] = ["truncated", "wrong-machine", "overlapping", "kernel-half"];
 /// Apps that are binaries of guest-os.
-pub const GUEST_APPS: [&str; 12] = [
+pub const GUEST_APPS: [&str; 13] = [
     "cow-rewriter",
     "fpu-probe",
     "hello",
     "hostile",
+    "http",
     "noop",
     "ring-hostile",
     "tcp-client",

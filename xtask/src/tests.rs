@@ -16,6 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod hostile;
+mod http;
 mod loss;
 mod rx;
 
@@ -95,6 +96,18 @@ const QEMU_TESTS: &[QemuTest] = &[
         run: |ctx| loss::overload_burst_counted(ctx, TxMode::Copy),
     },
     QemuTest { name: "udp_burst_overload_counted_cow_tcg", run: |ctx| loss::overload_burst_counted(ctx, TxMode::Cow) },
+    QemuTest { name: "http_user_network_copy_tcg", run: http::http_user_network },
+    QemuTest {
+        name: "http_slow_client_pipelining_reset_cow_tcg",
+        run: |ctx| http::http_slow_client_pipelining_reset(ctx, TxMode::Cow),
+    },
+    QemuTest { name: "http_connection_limit_tcg", run: http::http_connection_limit },
+    QemuTest { name: "http_tap_network_copy_tcg", run: |ctx| http::http_tap_network(ctx, TxMode::Copy, "http") },
+    QemuTest { name: "http_tap_network_cow_tcg", run: |ctx| http::http_tap_network(ctx, TxMode::Cow, "http") },
+    QemuTest {
+        name: "http_jumbo_tap_network_cow_tcg",
+        run: |ctx| http::http_tap_network(ctx, TxMode::Cow, "http-jumbo"),
+    },
     QemuTest {
         name: "udp_jumbo_guest_to_guest_copy_tcg",
         run: |ctx| udp_guest_to_guest(ctx, TxMode::Copy, "udp-g2g-jumbo"),
