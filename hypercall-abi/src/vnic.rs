@@ -549,5 +549,10 @@ mod tests {
         const { assert!(rx_buffer_addr_for(RX_SLOTS, slot_size(MAX_MTU)) <= STACK_TOP - STACK_SIZE - PAGE_SIZE) };
         assert_eq!(slot_size(MTU), PAGE_SIZE);
         assert_eq!(slot_size(MAX_MTU), 3 * PAGE_SIZE);
+        // The shared page, both areas and the stack share one 2 MiB range, so one last-level
+        // page table: the kernel knows where each slot's entries are before it is backed.
+        const TWO_MIB: u64 = 2 << 20;
+        const { assert!(VNIC_SHARED_ADDR / TWO_MIB == (STACK_TOP - 1) / TWO_MIB) };
+        const { assert!(VNIC_SHARED_ADDR / TWO_MIB == BOOT_INFO_ADDR / TWO_MIB) };
     }
 }

@@ -118,11 +118,22 @@ pub(super) fn handle_trap(g: &mut Guests, frame: &mut TrapFrame, vector: Vector,
 fn page_fault(g: &mut Guests, id: GuestId, error_code: u64) -> Action {
     let fault = PageFault { error_code, address: cpu::cr2() };
     // A user access (bit 2) to a page not present (bit 0 clear) may be the first touch of a
-    // lazy stack or heap page.
+    // lazy page: a vNIC slot, the stack or the heap.
     if error_code & 0x5 == 0x4 {
         let (write, execute) = (error_code & 0x2 != 0, error_code & 0x10 != 0);
         let space = at_mut(&mut g.list, id).space.as_mut();
-        let lazy = space.map(|space| with_frames(|frames| space.back_lazy_page(frames, fault.address, write, execute)));
+        let nic = g.nics.get_mut(id).and_then(Option::as_mut);
+        let lazy = space.map(|space| {
+            // A vNIC slot first (backed whole), else the stack or heap.
+            let slot = match nic {
+                Some(nic) if !execute => crate::vnet::back_slot(nic, space, fault.address),
+                _ => LazyFault::NotLazy,
+            };
+            match slot {
+                LazyFault::NotLazy => with_frames(|frames| space.back_lazy_page(frames, fault.address, write, execute)),
+                verdict => verdict,
+            }
+        });
         match lazy {
             Some(LazyFault::Backed) => {
                 g.counters.lazy_pages_backed = g.counters.lazy_pages_backed.saturating_add(1);

@@ -299,7 +299,9 @@ impl AddressSpace {
         write: bool,
         execute: bool,
     ) -> LazyFault {
-        let Some(&(region, page_use)) = self.lazy.iter().find(|(region, _)| region.contains(addr)) else {
+        // vNIC areas are backed a whole slot at a time, by the vNIC (`vnet::back_slot`).
+        let found = self.lazy.iter().find(|(region, page_use)| region.contains(addr) && *page_use != PageUse::Vnic);
+        let Some(&(region, page_use)) = found else {
             return LazyFault::NotLazy;
         };
         if (write && !region.access.write) || (execute && !region.access.execute) || self.is_backed(addr) {

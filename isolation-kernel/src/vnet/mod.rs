@@ -60,7 +60,8 @@ pub struct GuestNic {
     /// Physical address of the page-table entry of each tx slot page (`slot * slot_pages + i`;
     /// fixed for the guest's life): protecting or restoring a slot is a write per page, no walk.
     tx_pte: Vec<u64>,
-    rx_frames: Vec<u64>,
+    /// The frames behind the rx buffers, once backed.
+    rx_frames: Vec<Option<u64>>,
     /// Descriptors taken and completed; the guest sees the completed prefix as `tx_consumer`.
     ring: TxRing,
     /// Rx buffers filled; the guest sees it as `rx_consumer`.
@@ -77,7 +78,7 @@ impl GuestNic {
         let u64s = self
             .tx_pte
             .capacity()
-            .saturating_add(self.rx_frames.capacity())
+            .saturating_add(self.rx_frames.capacity().saturating_mul(2))
             .saturating_add(self.pending_flush.capacity());
         core::mem::size_of::<GuestNic>().saturating_add(u64s.saturating_mul(8)).saturating_add(self.cow.heap_bytes())
     }
@@ -115,55 +116,45 @@ impl GuestNic {
     }
 }
 
-/// Maps the shared page and the tx and rx areas into a new guest and returns its NIC.
+/// Maps the shared page into a new guest and reserves its tx and rx areas, and returns its NIC.
+/// The areas are backed lazily, a whole slot (a physically contiguous run, so a frame is one
+/// piece for the NIC) at a time: by the guest's first touch ([`back_slot`] from its page
+/// fault) or, for an rx buffer, by the kernel's first delivery into it. A tx slot posted
+/// without ever having been written is refused as a bad descriptor.
 pub fn build_nic(
     space: &mut AddressSpace,
     frames: &mut FrameAllocator<'static>,
     config: NetConfig,
     stamps: bool,
 ) -> Result<GuestNic, crate::guest::space::SpaceError> {
+    use crate::guest::space::SpaceError;
     let shared_phys = space.new_frame(frames, PageUse::Vnic)?;
     space.map_page(frames, VNIC_SHARED_ADDR, shared_phys, Access::READ_WRITE)?;
     space
         .map
         .add(VNIC_SHARED_ADDR, VNIC_SHARED_ADDR + PAGE, Access::READ_WRITE)
-        .map_err(|_| crate::guest::space::SpaceError::BadMapping(VNIC_SHARED_ADDR))?;
+        .map_err(|_| SpaceError::BadMapping(VNIC_SHARED_ADDR))?;
     let slot = slot_size(u64::from(config.mtu));
     let pages = slot / PAGE;
-    // Each slot is a physically contiguous run of pages, so a frame is one piece for the NIC.
     // Kernel constants only (areas, slot counts, slot sizes of MTUs the image checker bounds):
-    // the layout asserts in hypercall-abi prove these sums stay inside the guest's lower half.
-    let mut area = |base: u64, slots: u64, space: &mut AddressSpace| {
-        let mut runs = Vec::with_capacity(slots as usize);
-        for index in 0..slots {
-            let run = space.new_run(frames, pages, PageUse::Vnic)?;
-            let slot_base = base.wrapping_add(index.wrapping_mul(slot));
-            for (virt, phys) in page_addrs_of(slot_base, pages).zip(page_addrs_of(run, pages)) {
-                space.map_page(frames, virt, phys, Access::READ_WRITE)?;
-            }
-            runs.push(run);
-        }
-        space
-            .map
-            .add(base, base.wrapping_add(slots.wrapping_mul(slot)), Access::READ_WRITE)
-            .map_err(|_| crate::guest::space::SpaceError::BadMapping(base))?;
-        Ok(runs)
-    };
-    let tx_frames = area(VNIC_TX_AREA_ADDR, TX_SLOTS, space)?;
-    let rx_frames = area(VNIC_RX_AREA_ADDR, RX_SLOTS, space)?;
+    // the layout asserts in hypercall-abi prove these stay inside the guest's lower half.
+    space.reserve_lazy(VNIC_TX_AREA_ADDR, TX_SLOTS.wrapping_mul(pages), Access::READ_WRITE, PageUse::Vnic)?;
+    space.reserve_lazy(VNIC_RX_AREA_ADDR, RX_SLOTS.wrapping_mul(pages), Access::READ_WRITE, PageUse::Vnic)?;
+    // The areas share the shared page's last-level table (the layout asserts it), so their
+    // entries' places are known now, backed or not.
     let tx_pte = page_addrs_of(VNIC_TX_AREA_ADDR, TX_SLOTS.wrapping_mul(pages))
         .map(|page| space.leaf_pte_phys(page))
         .collect::<Option<Vec<u64>>>()
-        .ok_or(crate::guest::space::SpaceError::BadMapping(VNIC_TX_AREA_ADDR))?;
+        .ok_or(SpaceError::BadMapping(VNIC_TX_AREA_ADDR))?;
     let nic = GuestNic {
         config,
         shared_phys,
         slot_size: slot,
         slot_pages: pages,
         max_frame: max_frame(u64::from(config.mtu)),
-        cow: CowSlots::new(&tx_frames),
+        cow: CowSlots::unbacked(TX_SLOTS as usize),
         tx_pte,
-        rx_frames,
+        rx_frames: alloc::vec![None; RX_SLOTS as usize],
         ring: TxRing::new(),
         rx: RxRing::new(),
         bad_descriptor_logged: false,
@@ -172,6 +163,71 @@ pub fn build_nic(
     nic.shared().needs_kick.0.store(1, Ordering::Release);
     nic.shared().stamps_enabled.0.store(u32::from(stamps), Ordering::Release);
     Ok(nic)
+}
+
+/// Which of a vNIC's areas holds a guest address, and the slot there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AreaSlot {
+    Tx(usize),
+    Rx(usize),
+}
+
+impl GuestNic {
+    /// The tx slot or rx buffer holding guest address `addr`, if any.
+    fn area_slot(&self, addr: u64) -> Option<AreaSlot> {
+        let slot_of = |base: u64, slots: u64| {
+            let slot = addr.checked_sub(base)?.checked_div(self.slot_size)?;
+            (slot < slots).then_some(usize::try_from(slot).ok()?)
+        };
+        slot_of(VNIC_TX_AREA_ADDR, TX_SLOTS)
+            .map(AreaSlot::Tx)
+            .or_else(|| slot_of(VNIC_RX_AREA_ADDR, RX_SLOTS).map(AreaSlot::Rx))
+    }
+
+    fn slot_backing(&self, area_slot: AreaSlot) -> Option<u64> {
+        match area_slot {
+            AreaSlot::Tx(slot) => self.cow.frame(slot),
+            AreaSlot::Rx(slot) => self.rx_frames.get(slot).copied().flatten(),
+        }
+    }
+}
+
+/// Backs the tx slot or rx buffer holding guest address `addr` with a zeroed run of frames
+/// owned by `space`, mapped read-write: the first touch of a vNIC slot, by the guest (its page
+/// fault) or by the kernel (a delivery). `NotLazy` if `addr` is in no slot or the slot is
+/// backed already (the fault is then the guest's).
+pub fn back_slot(nic: &mut GuestNic, space: &mut AddressSpace, addr: u64) -> crate::guest::space::LazyFault {
+    use crate::guest::space::LazyFault;
+    let Some(area_slot) = nic.area_slot(addr) else { return LazyFault::NotLazy };
+    if nic.slot_backing(area_slot).is_some() {
+        return LazyFault::NotLazy;
+    }
+    let (base, slot) = match area_slot {
+        AreaSlot::Tx(slot) => (VNIC_TX_AREA_ADDR, slot),
+        AreaSlot::Rx(slot) => (VNIC_RX_AREA_ADDR, slot),
+    };
+    // A slot number below its area's count: inside the area, no wrap.
+    let slot_base = base.wrapping_add((slot as u64).wrapping_mul(nic.slot_size));
+    let backed = crate::mm::phys::with_frames(|frames| {
+        let run = space.new_run(frames, nic.slot_pages, PageUse::Vnic).ok()?;
+        for (virt, phys) in page_addrs_of(slot_base, nic.slot_pages).zip(page_addrs_of(run, nic.slot_pages)) {
+            space.map_page(frames, virt, phys, Access::READ_WRITE).ok()?;
+        }
+        Some(run)
+    });
+    // A run that could not be mapped stays owned by the space and is freed with it.
+    let Some(run) = backed else { return LazyFault::OutOfMemory };
+    match area_slot {
+        AreaSlot::Tx(slot) => {
+            nic.cow.back(slot, run);
+        }
+        AreaSlot::Rx(slot) => {
+            if let Some(entry) = nic.rx_frames.get_mut(slot) {
+                *entry = Some(run);
+            }
+        }
+    }
+    LazyFault::Backed
 }
 
 /// The network: physical NIC, vswitch, per-guest FIFOs, the network scheduler, the buffer pool.
@@ -316,7 +372,6 @@ fn free_run(base: u64, pages: u64) {
 }
 
 impl GuestNic {
-
     /// Guest address of tx slot `slot` (a validated slot number: inside the tx area).
     fn slot_addr(&self, slot: u64) -> u64 {
         VNIC_TX_AREA_ADDR.wrapping_add(slot.wrapping_mul(self.slot_size))

@@ -3,6 +3,8 @@
 
 use super::{count_drop, GuestNic, NetCtx, Network};
 use crate::guest::space::copy_into_run;
+use crate::guest::space::LazyFault;
+use crate::guest::Guest;
 use core::sync::atomic::Ordering;
 use hypercall_abi::vi::VirtualInterrupts;
 use hypercall_abi::vnic::{DescStatus, RX_RING_SIZE};
@@ -15,7 +17,7 @@ impl NetCtx<'_> {
         let stamps = self.net.stamps;
         let (entry, handler) = (crate::arch::trap::entry_tsc(), stamps.now());
         self.reclaim_nic();
-        let NetCtx { net, nics, sched, .. } = self;
+        let NetCtx { net, nics, sched, guests } = self;
         let Network { nic, vswitch, counters, .. } = &mut **net;
         let Some(nic) = nic.as_mut() else { return 0 };
         nic.receive_with(
@@ -24,9 +26,8 @@ impl NetCtx<'_> {
                 let route = vswitch.route(frame, Source::Uplink);
                 let routed = stamps.now();
                 match route {
-                    Route::Guest(dst) => {
-                        deliver(nics, sched, counters, dst, frame).map(|area| (area, popped, routed, stamps.now()))
-                    }
+                    Route::Guest(dst) => deliver(nics, guests, sched, counters, dst, frame)
+                        .map(|area| (area, popped, routed, stamps.now())),
                     Route::Uplink => {
                         count_drop(counters, DropReason::UnknownMac);
                         None
@@ -60,6 +61,7 @@ impl NetCtx<'_> {
 /// Returns the rx buffer (run base and size) the frame went into, for the receive stamps.
 pub(super) fn deliver(
     nics: &mut [Option<GuestNic>],
+    guests: &mut [Guest],
     sched: &mut Scheduler,
     counters: &mut NetCounters,
     dst: GuestId,
@@ -91,9 +93,17 @@ pub(super) fn deliver(
     // Read each field once: the guest may change them behind our back.
     let (addr, capacity) = (desc.addr.load(Ordering::Relaxed), desc.len.load(Ordering::Relaxed));
     let mut delivered = None;
-    let buffer = validate_rx(addr, capacity, nic.slot_size)
-        .ok()
-        .and_then(|buffer| Some((buffer, *nic.rx_frames.get(usize::try_from(buffer.slot).ok()?)?)));
+    let validated = validate_rx(addr, capacity, nic.slot_size).ok();
+    // A buffer the guest never touched is backed now, as its first touch would have.
+    let mut no_memory = false;
+    let buffer = validated.and_then(|buffer| {
+        let slot = usize::try_from(buffer.slot).ok()?;
+        if nic.rx_frames.get(slot)?.is_none() {
+            let space = guests.get_mut(dst).and_then(|guest| guest.space.as_mut())?;
+            no_memory = super::back_slot(nic, space, addr) == LazyFault::OutOfMemory;
+        }
+        Some((buffer, (*nic.rx_frames.get(slot)?)?))
+    });
     let status = match buffer {
         Some((buffer, run))
             if buffer.offset.checked_add(frame_len).is_some_and(|end| end <= nic.slot_size)
@@ -113,6 +123,11 @@ pub(super) fn deliver(
         Some(_) => {
             // A valid buffer, but smaller than this frame (the guest posted less than its MTU).
             counters.drops_rx_buffer_small = counters.drops_rx_buffer_small.saturating_add(1);
+            DescStatus::RejectedBadDescriptor
+        }
+        None if no_memory => {
+            // The guest's buffer is fine; the kernel had no frame for it. Returned unused.
+            counters.drops_no_memory = counters.drops_no_memory.saturating_add(1);
             DescStatus::RejectedBadDescriptor
         }
         None => {

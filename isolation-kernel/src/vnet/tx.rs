@@ -75,7 +75,7 @@ impl NetCtx<'_> {
         let mut finished = core::mem::take(&mut self.net.finished);
         for _ in 0..2 {
             {
-                let NetCtx { net, nics, sched, .. } = self;
+                let NetCtx { net, nics, sched, guests } = self;
                 let Network {
                     nic,
                     vswitch,
@@ -109,7 +109,7 @@ impl NetCtx<'_> {
                     };
                     match vswitch.route(frame, Source::Guest(src)) {
                         Route::Guest(dst) => {
-                            deliver(nics, sched, counters, dst, frame);
+                            deliver(nics, guests, sched, counters, dst, frame);
                         }
                         Route::Uplink => match (nic.as_mut(), guest_frame) {
                             (Some(nic), None) => {

@@ -32,6 +32,8 @@ pub struct NetCounters {
     pub drops_rx_buffer_small: u64,
     /// Frames for a guest whose rx producer index was out of its window (see `bad_ring_indices`).
     pub drops_bad_rx_ring: u64,
+    /// Frames for an rx buffer not backed yet, when no frame was left to back it.
+    pub drops_no_memory: u64,
     /// Producer indices refused (moved backwards, or more than a ring ahead), tx and rx. Not a
     /// drop counter: a refused tx producer leaves the descriptors in the ring.
     pub bad_ring_indices: u64,
@@ -47,7 +49,7 @@ pub struct NetCounters {
 
 impl NetCounters {
     /// The counters as `(name, value)` pairs, in the order they are printed.
-    pub fn pairs(&self) -> [(&'static str, u64); 22] {
+    pub fn pairs(&self) -> [(&'static str, u64); 23] {
         [
             ("tx_packets", self.tx_packets),
             ("tx_bytes", self.tx_bytes),
@@ -65,6 +67,7 @@ impl NetCounters {
             ("drops_oversize", self.drops_oversize),
             ("drops_rx_buffer_small", self.drops_rx_buffer_small),
             ("drops_bad_rx_ring", self.drops_bad_rx_ring),
+            ("drops_no_memory", self.drops_no_memory),
             ("bad_ring_indices", self.bad_ring_indices),
             ("zombies_freed", self.zombies_freed),
             ("cow_protects", self.cow_protects),
@@ -102,12 +105,13 @@ mod tests {
             drops_oversize: 14,
             drops_rx_buffer_small: 15,
             drops_bad_rx_ring: 16,
-            bad_ring_indices: 17,
-            zombies_freed: 18,
-            cow_protects: 19,
-            cow_faults: 20,
-            cow_spurious: 21,
-            tlb_flushes: 22,
+            drops_no_memory: 17,
+            bad_ring_indices: 18,
+            zombies_freed: 19,
+            cow_protects: 20,
+            cow_faults: 21,
+            cow_spurious: 22,
+            tlb_flushes: 23,
         };
         let pairs = counters.pairs();
         assert_eq!(pairs.len(), FIELDS, "every counter is printed");

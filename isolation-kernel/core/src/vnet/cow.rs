@@ -7,11 +7,12 @@
 
 use alloc::vec::Vec;
 
-/// One tx slot: the frame the guest's page maps now, packets in flight on it, and whether the
-/// guest's mapping of it is read-only.
+/// One tx slot: the frame the guest's page maps now (`None` until the slot is first touched:
+/// the kernel backs slots lazily), packets in flight on it, and whether the guest's mapping of
+/// it is read-only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Slot {
-    frame: u64,
+    frame: Option<u64>,
     in_flight: u32,
     read_only: bool,
 }
@@ -68,14 +69,34 @@ impl CowSlots {
     /// Slots backed by `frames`, all writable, nothing in flight.
     pub fn new(frames: &[u64]) -> Self {
         CowSlots {
-            slots: frames.iter().map(|&frame| Slot { frame, in_flight: 0, read_only: false }).collect(),
+            slots: frames.iter().map(|&frame| Slot { frame: Some(frame), in_flight: 0, read_only: false }).collect(),
             orphans: Vec::new(),
         }
     }
 
-    /// The frame slot `slot` maps now.
+    /// `count` slots, none backed yet ([`CowSlots::back`] when first touched).
+    pub fn unbacked(count: usize) -> Self {
+        CowSlots {
+            slots: alloc::vec![Slot { frame: None, in_flight: 0, read_only: false }; count],
+            orphans: Vec::new(),
+        }
+    }
+
+    /// Slot `slot` is now backed by `frame` (writable, nothing in flight). False, and nothing
+    /// changes, if there is no such slot or it is backed already.
+    pub fn back(&mut self, slot: usize, frame: u64) -> bool {
+        match self.slots.get_mut(slot) {
+            Some(s) if s.frame.is_none() => {
+                s.frame = Some(frame);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The frame slot `slot` maps now (`None` if there is no such slot or it is not backed).
     pub fn frame(&self, slot: usize) -> Option<u64> {
-        self.slots.get(slot).map(|s| s.frame)
+        self.slots.get(slot).and_then(|s| s.frame)
     }
 
     pub fn is_read_only(&self, slot: usize) -> bool {
@@ -85,7 +106,7 @@ impl CowSlots {
     /// A packet in `slot` is about to be handed on without a copy: count it and protect the page.
     /// `None` for a slot that does not exist (or, impossibly, a count that would overflow).
     pub fn protect(&mut self, slot: usize) -> Option<Protect> {
-        let s = self.slots.get_mut(slot)?;
+        let s = self.slots.get_mut(slot).filter(|s| s.frame.is_some())?;
         s.in_flight = s.in_flight.checked_add(1)?;
         Some(if s.read_only {
             Protect::AlreadyProtected
@@ -97,7 +118,7 @@ impl CowSlots {
 
     /// A packet on `frame` (taken from `slot`) is done with.
     pub fn release(&mut self, slot: usize, frame: u64) -> Release {
-        if let Some(s) = self.slots.get_mut(slot).filter(|s| s.frame == frame && s.in_flight > 0) {
+        if let Some(s) = self.slots.get_mut(slot).filter(|s| s.frame == Some(frame) && s.in_flight > 0) {
             s.in_flight = s.in_flight.saturating_sub(1);
             if s.in_flight > 0 {
                 return Release::StillInFlight;
@@ -119,21 +140,22 @@ impl CowSlots {
     /// [`CowSlots::replace`] says the copy was made (it may fail for lack of memory).
     pub fn write_fault(&mut self, slot: usize) -> Option<WriteFault> {
         let s = self.slots.get_mut(slot)?;
+        let old = s.frame?;
         if s.in_flight == 0 {
             s.read_only = false;
             return Some(WriteFault::Spurious);
         }
-        Some(WriteFault::Copy { old: s.frame })
+        Some(WriteFault::Copy { old })
     }
 
     /// After a [`WriteFault::Copy`]: the slot now maps `new_frame`, writable, nothing in flight;
     /// its old frame becomes an orphan, freed after its last packet.
     pub fn replace(&mut self, slot: usize, new_frame: u64) {
         if let Some(s) = self.slots.get_mut(slot) {
-            if s.in_flight > 0 {
-                self.orphans.push((s.frame, s.in_flight));
+            if let (Some(frame), true) = (s.frame, s.in_flight > 0) {
+                self.orphans.push((frame, s.in_flight));
             }
-            *s = Slot { frame: new_frame, in_flight: 0, read_only: false };
+            *s = Slot { frame: Some(new_frame), in_flight: 0, read_only: false };
         }
     }
 
@@ -141,7 +163,7 @@ impl CowSlots {
     /// what must outlive the guest if it ends now. Each frame appears once.
     pub fn frames_in_flight(&self) -> Vec<(u64, u32)> {
         let mut frames: Vec<(u64, u32)> =
-            self.slots.iter().filter(|s| s.in_flight > 0).map(|s| (s.frame, s.in_flight)).collect();
+            self.slots.iter().filter(|s| s.in_flight > 0).filter_map(|s| Some((s.frame?, s.in_flight))).collect();
         frames.extend_from_slice(&self.orphans);
         frames
     }
@@ -154,6 +176,22 @@ mod tests {
 
     fn slots() -> CowSlots {
         CowSlots::new(&[0x1000, 0x2000, 0x3000])
+    }
+
+    #[test]
+    fn unbacked_slots_are_backed_once_and_refused_until_then() {
+        let mut c = CowSlots::unbacked(2);
+        assert_eq!(c.frame(0), None);
+        assert_eq!(c.protect(0), None, "a slot never touched cannot carry a packet");
+        assert_eq!(c.write_fault(0), None);
+        assert!(c.back(0, 0x5000));
+        assert!(!c.back(0, 0x6000), "backed twice");
+        assert!(!c.back(2, 0x6000), "no such slot");
+        assert_eq!(c.frame(0), Some(0x5000));
+        assert_eq!(c.protect(0), Some(Protect::WriteProtect));
+        assert_eq!(c.frames_in_flight(), vec![(0x5000, 1)]);
+        assert_eq!(c.release(0, 0x5000), Release::RestoreWrite { slot: 0 });
+        assert_eq!(c.frames_in_flight(), vec![]);
     }
 
     #[test]
