@@ -20,7 +20,7 @@ use crate::manifest::NetPlan;
 use crate::pack::{self, Artifacts};
 use crate::qemu::{Accel, NetBackend, QemuConfig, Session};
 use crate::tapnet::TapNamespace;
-use crate::tcpload::{self, Transfer, Workload};
+use crate::tcpload::{self, Transfer, Workload, WrkErrors};
 use crate::{TxMode, HTTP_PORT};
 use anyhow::{bail, Context, Result};
 use hypercall_abi::host::KernelExit;
@@ -70,8 +70,8 @@ pub struct RateRow {
     pub latency_p50_us: f64,
     pub latency_p99_us: f64,
     pub requests: u64,
-    /// Connect, read, write, timeout and non-2xx/3xx responses, summed.
-    pub errors: u64,
+    /// What the `wrk` processes counted, summed.
+    pub errors: WrkErrors,
 }
 
 /// One download or echo stream.
@@ -247,7 +247,7 @@ fn measure_rates(booted: &Booted, load: HttpLoad) -> Result<Vec<RateRow>> {
                 latency_p50_us: highest(|s| s.p50_us),
                 latency_p99_us: highest(|s| s.p99_us),
                 requests: summaries.iter().map(|s| s.requests).sum(),
-                errors: summaries.iter().map(|s| s.errors()).sum(),
+                errors: summaries.iter().fold(WrkErrors::default(), |sum, s| sum.plus(s.errors)),
             });
         }
     }
@@ -450,9 +450,14 @@ fn print_report(report: &HttpReport) {
     for f in &report.figures {
         println!("{:<44} {:>10} {:>12.1} {:>12.1} {:>7.2}", f.figure, f.unit, f.ours, f.linux, f.ratio);
     }
-    let errors: u64 = report.requests.iter().map(|r| r.errors).sum();
-    if errors > 0 {
-        println!("wrk counted {errors} errors (see requests[].errors in http.json)");
+    for r in report.requests.iter().filter(|r| r.errors.total() > 0) {
+        println!(
+            "wrk counted errors against {:?}, {}: {:?} (of {} requests)",
+            r.system,
+            rate_label(r.servers, r.connections_per_server),
+            r.errors,
+            r.requests
+        );
     }
     for note in &report.notes {
         println!("note: {note}");
@@ -562,7 +567,7 @@ mod tests {
             latency_p50_us: 300.0 * connections as f64 / scale,
             latency_p99_us: 900.0 * connections as f64 / scale,
             requests: 1000,
-            errors: 0,
+            errors: WrkErrors { read_errors: connections as u64, ..WrkErrors::default() },
         }
     }
 
@@ -639,6 +644,7 @@ mod tests {
         assert!(json.contains(r#""system":"ours","mtu":1500,"tx":"cow","#));
         let back: HttpReport = serde_json::from_str(&json).unwrap();
         assert_eq!(back.requests, report.requests);
+        assert!(json.contains(r#""errors":{"connect_errors":0,"read_errors":32,"write_errors":0,"#), "{json}");
         assert_eq!(back.downloads, report.downloads);
         assert_eq!(back.figures, report.figures);
     }

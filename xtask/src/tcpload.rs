@@ -253,12 +253,36 @@ pub struct WrkSummary {
     pub duration_us: f64,
     pub p50_us: f64,
     pub p99_us: f64,
+    #[serde(flatten)]
+    pub errors: WrkErrors,
+}
+
+/// The errors `wrk` counts, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct WrkErrors {
     pub connect_errors: u64,
     pub read_errors: u64,
     pub write_errors: u64,
     /// Responses with a status other than 2xx or 3xx.
     pub status_errors: u64,
     pub timeouts: u64,
+}
+
+impl WrkErrors {
+    pub fn total(&self) -> u64 {
+        self.connect_errors + self.read_errors + self.write_errors + self.status_errors + self.timeouts
+    }
+
+    /// Both counts added, kind by kind.
+    pub fn plus(self, other: WrkErrors) -> WrkErrors {
+        WrkErrors {
+            connect_errors: self.connect_errors + other.connect_errors,
+            read_errors: self.read_errors + other.read_errors,
+            write_errors: self.write_errors + other.write_errors,
+            status_errors: self.status_errors + other.status_errors,
+            timeouts: self.timeouts + other.timeouts,
+        }
+    }
 }
 
 impl WrkSummary {
@@ -268,10 +292,6 @@ impl WrkSummary {
         } else {
             0.0
         }
-    }
-
-    pub fn errors(&self) -> u64 {
-        self.connect_errors + self.read_errors + self.write_errors + self.status_errors + self.timeouts
     }
 }
 
@@ -420,7 +440,8 @@ mod tests {
         assert_eq!(summary.requests, 2500);
         assert_eq!(summary.requests_per_second(), 2500.0);
         assert_eq!((summary.p50_us, summary.p99_us), (291.0, 1160.0));
-        assert_eq!(summary.errors(), 6);
+        assert_eq!(summary.errors.total(), 6);
+        assert_eq!(summary.errors.plus(summary.errors).status_errors, 4);
         assert!(parse_wrk("Requests/sec: 1.0\n").is_err());
     }
 
