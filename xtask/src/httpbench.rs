@@ -492,7 +492,7 @@ fn http_svg(report: &HttpReport) -> Result<String> {
                 if connections == 1 { "" } else { "s" }
             ),
             x_desc: "servers loaded at once".into(),
-            y_desc: "latency (µs, wall clock)".into(),
+            y_desc: "latency (µs, wall clock, log scale)".into(),
             legend_title: "system, percentile".into(),
             categories: servers.iter().map(|&s| format!("{s} server{}", if s == 1 { "" } else { "s" })).collect(),
             series: vec![
@@ -501,7 +501,7 @@ fn http_svg(report: &HttpReport) -> Result<String> {
                 series("Linux p50", PALETTE[1], System::Linux, |r| r.latency_p50_us),
                 series("Linux p99", PALETTE[7], System::Linux, |r| r.latency_p99_us),
             ],
-            bars: Bars::Grouped,
+            bars: Bars::GroupedLogScale,
         }
     };
     let stream_categories: Vec<(&str, &Vec<StreamRow>, u16)> = vec![
@@ -666,7 +666,7 @@ mod tests {
             "download, MTU 9000",
             "TCP echo, MTU 1500",
             "requests per second (wall clock)",
-            "latency (µs, wall clock)",
+            "latency (µs, wall clock, log scale)",
             "payload MB/s (10^6 B/s, wall clock)",
         ] {
             assert!(texts.iter().any(|t| t == text), "{text} missing: {texts:?}");
