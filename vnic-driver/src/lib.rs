@@ -106,6 +106,11 @@ struct TxHalf<'a> {
     producer: u32,
     /// `tx_consumer` as of the last look at completed descriptors.
     completed: u32,
+    /// The slot each ring position's descriptor points at, and the slots free now, most
+    /// recently freed last: a sender reuses the slot it just got back, so a guest that sends
+    /// one frame at a time touches one slot, not all of them (the kernel backs slots lazily).
+    slot_of: [u8; TX_RING_SIZE as usize],
+    free_slots: Vec<u8>,
     /// Descriptors were produced since the last flush.
     kick_pending: bool,
     /// Where frames that cannot go into the ring are built and dropped: smoltcp's
@@ -206,6 +211,15 @@ impl<'a, D: Doorbell> Vnic<'a, D> {
             unkicked_from: tx_producer,
             producer: tx_producer,
             completed: tx_consumer,
+            // Positions still in flight keep the slot of their index; the others are free.
+            slot_of: core::array::from_fn(|position| (position as u64 % TX_SLOTS) as u8),
+            free_slots: (0..TX_SLOTS as u8)
+                .rev()
+                .filter(|&slot| {
+                    let in_flight = ring_used(tx_producer, tx_consumer);
+                    (0..in_flight).all(|i| u64::from(tx_consumer.wrapping_add(i)) % TX_SLOTS != u64::from(slot))
+                })
+                .collect(),
             kick_pending: false,
             scratch: vec![0; max_frame],
             frames: 0,
@@ -343,10 +357,12 @@ impl TxHalf<'_> {
             return consumer;
         }
         for i in 0..done {
-            let desc = &self.shared.tx[(self.completed.wrapping_add(i) % TX_RING_SIZE) as usize];
+            let position = (self.completed.wrapping_add(i) % TX_RING_SIZE) as usize;
+            let desc = &self.shared.tx[position];
             if desc.status.load(Ordering::Relaxed) != DescStatus::Done as u32 {
                 self.rejected += 1;
             }
+            self.free_slots.push(self.slot_of[position]);
         }
         self.completed = consumer;
         consumer
@@ -358,7 +374,8 @@ impl TxHalf<'_> {
             let now = (self.clock)();
             let mut index = self.unkicked_from;
             while index != self.producer {
-                let at = (u64::from(index) % TX_SLOTS) as usize * self.slot_size + 16;
+                let slot = self.slot_of[(index % TX_RING_SIZE) as usize];
+                let at = usize::from(slot) * self.slot_size + 16;
                 self.area[at..at + 8].copy_from_slice(&now.to_le_bytes());
                 index = index.wrapping_add(1);
             }
@@ -366,25 +383,27 @@ impl TxHalf<'_> {
         self.unkicked_from = self.producer;
     }
 
+    /// A free ring position always has a free slot (as many slots as positions).
     fn has_free_slot(&mut self) -> bool {
         let consumer = self.reap();
-        ring_used(self.producer, consumer) < TX_RING_SIZE
+        ring_used(self.producer, consumer) < TX_RING_SIZE && !self.free_slots.is_empty()
     }
 
     fn send<R, F: FnOnce(&mut [u8]) -> R>(&mut self, len: usize, f: F) -> R {
-        let ring_full = !self.has_free_slot();
-        if len > self.max_frame || ring_full {
+        let slot = if len <= self.max_frame && self.has_free_slot() { self.free_slots.pop() } else { None };
+        let Some(slot) = slot else {
             self.dropped += 1;
-            if ring_full {
+            if len <= self.max_frame {
                 self.dropped_ring_full += 1;
             }
             if self.scratch.len() < len {
                 self.scratch.resize(len, 0);
             }
             return f(&mut self.scratch[..len]);
-        }
+        };
         let index = self.producer;
-        let slot = u64::from(index) % TX_SLOTS;
+        self.slot_of[(index % TX_RING_SIZE) as usize] = slot;
+        let slot = u64::from(slot);
         let start = slot as usize * self.slot_size + TX_HEADROOM as usize;
         if self.shared.stamps_enabled.0.load(Ordering::Relaxed) != 0 {
             // Socket send and driver start, in the slot's headroom (the NIC never sees it).

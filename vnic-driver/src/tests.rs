@@ -469,3 +469,35 @@ mod end_to_end {
         assert_eq!(bell_b.tx_kicks.get(), 1);
     }
 }
+
+#[test]
+fn one_frame_at_a_time_reuses_one_slot_and_a_burst_spreads() {
+    let mut mem = GuestMemory::default();
+    let mut vnic = mem.vnic(CountingDoorbell::default());
+    let slot_of = |side: &crate::testing::KernelSide<'_>, position: u32| {
+        let addr = side.shared().tx[(position % TX_RING_SIZE) as usize].addr.load(Ordering::Relaxed);
+        (addr - TX_HEADROOM - tx_slot_addr_for(0, slot_size(MTU))) / slot_size(MTU)
+    };
+    // Sequential sends, each completed before the next: every one goes into slot 0.
+    for seq in 0..(2 * TX_RING_SIZE) {
+        let data = frame(seq, 64);
+        send(&mut vnic, &data);
+        vnic.flush();
+        let mut side = vnic.kernel_side();
+        assert_eq!(slot_of(&side, seq), 0, "send {seq}");
+        assert_eq!(side.take_tx(), vec![data]);
+    }
+    // A burst of 3 before any completion takes 3 distinct slots, all 3 frames intact.
+    let burst: Vec<_> = (0..3).map(|seq| frame(100 + seq, 64)).collect();
+    for data in &burst {
+        send(&mut vnic, data);
+    }
+    vnic.flush();
+    let mut side = vnic.kernel_side();
+    let base = 2 * TX_RING_SIZE;
+    let mut slots: Vec<_> = (base..base + 3).map(|p| slot_of(&side, p)).collect();
+    slots.sort_unstable();
+    slots.dedup();
+    assert_eq!(slots.len(), 3, "{slots:?}");
+    assert_eq!(side.take_tx(), burst);
+}

@@ -5,6 +5,7 @@ mod bench;
 mod burst;
 mod chart;
 mod checks;
+mod density;
 mod dispatch;
 mod fuzz;
 mod httpbench;
@@ -14,6 +15,7 @@ mod manifest;
 mod native;
 mod pack;
 mod qemu;
+mod sweep;
 mod tapnet;
 mod tcpload;
 mod tests;
@@ -108,6 +110,32 @@ enum Cmd {
         #[arg(long, default_value = tapnet::TAP_IFNAME)]
         tap: String,
     },
+    /// One datagram to each of COUNT echo servers at consecutive addresses, every answer matched
+    /// (the density test and `bench density` run it inside the tap namespace).
+    #[command(hide = true)]
+    UdpSweep {
+        /// The first server's address; server i is at FIRST + i.
+        #[arg(long)]
+        first: std::net::Ipv4Addr,
+        /// Servers to sweep.
+        #[arg(long)]
+        count: usize,
+        /// Their UDP port.
+        #[arg(long, default_value_t = ECHO_PORT)]
+        port: u16,
+        /// Datagrams in flight at most.
+        #[arg(long, default_value_t = 64)]
+        window: usize,
+        /// Milliseconds before an unanswered datagram is sent again.
+        #[arg(long, default_value_t = 2000)]
+        retry_after_ms: u64,
+        /// Times a datagram is sent again before its server counts as silent.
+        #[arg(long, default_value_t = 2)]
+        max_retries: u32,
+        /// Makes this sweep's payloads differ from other sweeps'.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Mutation fuzzing of the kernel's portable parsers and models (stable Rust; see fuzz/).
     Fuzz(fuzz::FuzzArgs),
     /// Host unit tests, then the QEMU integration tests. Exit status 0 only if all pass.
@@ -182,6 +210,17 @@ enum BenchCmd {
         /// Fewer packets per cell.
         #[arg(long)]
         quick: bool,
+    },
+    /// Many echo guests on one kernel over tap (needs root): time from QEMU's start to every
+    /// guest answering one datagram, private pages per guest, kernel heap per guest, QEMU's
+    /// RSS: density.json.
+    Density {
+        /// The image (its guests must be udp-echo with a NIC).
+        #[arg(long, default_value = "echo-10k")]
+        image: String,
+        /// Transmit path.
+        #[arg(long, value_parser = tx_mode_parser(), default_value = "copy")]
+        tx: TxMode,
     },
     /// UDP echo latency and throughput from the host, copy vs COW, 1 and 4 guests: echo.json and
     /// echo.svg.
@@ -278,9 +317,23 @@ fn real_main() -> Result<()> {
             println!("{}", serde_json::to_string(&transfer)?);
             Ok(())
         }
+        Cmd::UdpSweep { first, count, port, window, retry_after_ms, max_retries, seed } => {
+            let plan = sweep::SweepPlan {
+                first,
+                count,
+                port,
+                window,
+                retry_after: Duration::from_millis(retry_after_ms),
+                max_retries,
+                seed,
+            };
+            println!("{}", sweep::sweep(&plan)?.line());
+            Ok(())
+        }
         Cmd::UdpProbe { peer, sizes } => udp::probe(peer, &sizes),
         Cmd::UdpBurst { peers, sizes, seed, settle_ms, tap } => burst::command(&peers, &sizes, seed, settle_ms, &tap),
         Cmd::Bench { which: BenchCmd::Native } => native::run().map(|_| ()),
+        Cmd::Bench { which: BenchCmd::Density { image, tx } } => density::bench(&image, tx).map(|_| ()),
         Cmd::Bench { which: BenchCmd::Dispatch { quick, accel } } => {
             let (packets, sizes) = if quick { (30, &dispatch::SIZES[..]) } else { (10_100, &dispatch::FULL_SIZES[..]) };
             dispatch::run(packets, sizes, qemu::resolve_accel(accel)?).map(|_| ())
@@ -306,6 +359,25 @@ fn real_main() -> Result<()> {
 pub const ECHO_PORT: u16 = 7;
 /// TCP port every guest's HTTP forward points at.
 pub const HTTP_PORT: u16 = 80;
+
+/// Guests that get a host port forward on the user network (one `hostfwd` each, all in one
+/// QEMU argument, which Linux caps at 128 KiB): the first ones.
+const MAX_USER_FORWARDS: usize = 64;
+/// Guests `cargo xtask run` lists one line each; the plan's pattern describes the rest.
+const LISTED_GUESTS: usize = 8;
+
+/// The user network's forwards `(host port, guest address, guest port)`: host port `base + i`
+/// to guest `i`'s echo port, for the first [`MAX_USER_FORWARDS`] guests.
+fn user_forwards(base: u16, guests: impl Iterator<Item = [u8; 4]>) -> Result<Vec<(u16, [u8; 4], u16)>> {
+    guests
+        .take(MAX_USER_FORWARDS)
+        .enumerate()
+        .map(|(i, ip)| match u16::try_from(usize::from(base) + i) {
+            Ok(port) => Ok((port, ip, ECHO_PORT)),
+            Err(_) => bail!("--host-port-base {base}: guest {i}'s forward would be beyond port 65535"),
+        })
+        .collect()
+}
 
 fn run(args: RunArgs) -> Result<()> {
     let plan = if args.net == NetChoice::Tap { NetPlan::TAP } else { NetPlan::USER };
@@ -338,14 +410,14 @@ fn run(args: RunArgs) -> Result<()> {
         NetChoice::Tap => Some(tapnet::TapNamespace::create(&plan, image.manifest.kernel.mtu)?),
         _ => None,
     };
+    let forwards = user_forwards(args.host_port_base, net_guests.iter().map(|(_, n)| n.ipv4))?;
     let backend = match args.net {
         NetChoice::User => {
-            let forwards = |base: u16, port: u16| {
-                net_guests.iter().enumerate().map(|(i, (_, n))| (base + i as u16, n.ipv4, port)).collect::<Vec<_>>()
-            };
-            let mut tcp_forwards = forwards(args.host_port_base, ECHO_PORT);
-            tcp_forwards.extend(forwards(args.http_port_base, HTTP_PORT));
-            Some(NetBackend::User { forwards: forwards(args.host_port_base, ECHO_PORT), tcp_forwards })
+            // TCP to the same guests as UDP: port 7 beside UDP's, port 80 from its own base.
+            let mut tcp_forwards = forwards.clone();
+            let http = user_forwards(args.http_port_base, net_guests.iter().map(|(_, n)| n.ipv4))?;
+            tcp_forwards.extend(http.into_iter().map(|(host_port, ip, _)| (host_port, ip, HTTP_PORT)));
+            Some(NetBackend::User { forwards: forwards.clone(), tcp_forwards })
         }
         NetChoice::Tap => Some(NetBackend::Tap { ifname: tapnet::TAP_IFNAME.into() }),
         NetChoice::None => None,
@@ -374,21 +446,35 @@ fn run(args: RunArgs) -> Result<()> {
     if args.gdb {
         println!("waiting for gdb: gdb {} -ex 'target remote :1234'", image.kernel.display());
     }
-    for (i, (name, net)) in net_guests.iter().enumerate() {
-        match (&args.net, &namespace) {
-            (NetChoice::User, _) => println!(
-                "guest {name}: {} (udp and tcp 127.0.0.1:{} -> port {ECHO_PORT}; tcp 127.0.0.1:{} -> port {HTTP_PORT})",
+    if args.net != NetChoice::None {
+        println!("{}", plan.describe(net_guests.len()));
+    }
+    for (i, (name, net)) in net_guests.iter().enumerate().take(LISTED_GUESTS) {
+        match (&args.net, &namespace, forwards.get(i)) {
+            (NetChoice::User, _, Some((host_port, _, _))) => println!(
+                "guest {name}: {} (udp and tcp 127.0.0.1:{host_port} -> port {ECHO_PORT}; tcp 127.0.0.1:{} -> port \
+                 {HTTP_PORT})",
                 format_ip(net.ipv4),
-                args.host_port_base + i as u16,
-                args.http_port_base + i as u16
+                usize::from(args.http_port_base) + i
             ),
-            (NetChoice::Tap, Some(ns)) => println!(
+            (NetChoice::Tap, Some(ns), _) => println!(
                 "guest {name}: {} (try: ip netns exec {} ping {0}; ip netns exec {1} nc [-u] {0} {ECHO_PORT})",
                 format_ip(net.ipv4),
                 ns.name
             ),
             _ => println!("guest {name}: {} (vswitch only)", format_ip(net.ipv4)),
         }
+    }
+    if net_guests.len() > LISTED_GUESTS {
+        println!("... and {} more guests with a NIC, by the pattern above", net_guests.len() - LISTED_GUESTS);
+    }
+    if args.net == NetChoice::User && net_guests.len() > forwards.len() {
+        println!(
+            "host port forwards: the first {} guests only (127.0.0.1:{}..={}); the others are reachable from guests",
+            forwards.len(),
+            args.host_port_base,
+            forwards.last().map_or(args.host_port_base, |f| f.0)
+        );
     }
     let margin = if accel == qemu::Accel::Kvm { 120 } else { 30 };
     let timeout = args.timeout.or(args.for_secs.map(|s| s + margin)).map(Duration::from_secs);
@@ -449,6 +535,18 @@ mod cli_tests {
         let mut missing = Vec::new();
         check(&Cli::command(), "xtask", &mut missing);
         assert!(missing.is_empty(), "no description: {missing:?}");
+    }
+
+    #[test]
+    fn user_forwards_cover_the_first_guests_and_stay_in_port_range() {
+        let plan = NetPlan::USER;
+        let forwards = user_forwards(7000, (0..10_000).map(|i| plan.guest_ip(i))).unwrap();
+        assert_eq!(forwards.len(), MAX_USER_FORWARDS);
+        assert_eq!(forwards[0], (7000, [10, 0, 2, 16], ECHO_PORT));
+        assert_eq!(forwards[MAX_USER_FORWARDS - 1].0, 7000 + MAX_USER_FORWARDS as u16 - 1);
+        assert_eq!(user_forwards(65_535, (0..1).map(|i| plan.guest_ip(i))).unwrap().len(), 1);
+        let error = user_forwards(65_535, (0..2).map(|i| plan.guest_ip(i))).unwrap_err().to_string();
+        assert!(error.contains("beyond port 65535"), "{error}");
     }
 
     #[test]

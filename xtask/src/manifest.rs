@@ -59,51 +59,111 @@ pub struct GuestGroup {
 /// Smallest TCP buffer a manifest may ask for: room for a full segment.
 const MIN_TCP_BUFFER_KIB: u64 = 2;
 
-/// How guests' addresses are assigned on a network (`--net user` or `--net tap`).
+/// How guests' addresses are assigned on a network (`--net user` or `--net tap`): one IPv4
+/// network, its gateway (QEMU's slirp, or the host end of the tap), and guests at consecutive
+/// addresses from the first guest's on, up to the last address before the broadcast one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NetPlan {
-    /// The /24 network, its gateway (QEMU's slirp, or the host end of the tap), and the host
-    /// part of the first guest's address.
-    pub network: [u8; 3],
-    pub gateway_host: u8,
-    pub first_guest_host: u8,
+    /// The network's address (host bits zero) and prefix length.
+    pub network: [u8; 4],
+    pub prefix_len: u8,
+    /// Offsets of the gateway and of the first guest from the network's address.
+    pub gateway_offset: u32,
+    pub first_guest_offset: u32,
 }
 
 impl NetPlan {
-    /// QEMU's user network: slirp is 10.0.2.2; its DHCP range starts at .15, ours at .16.
-    pub const USER: NetPlan = NetPlan { network: [10, 0, 2], gateway_host: 2, first_guest_host: 16 };
-    /// The tap network inside the namespace `cargo xtask` creates; the host end is .1.
-    pub const TAP: NetPlan = NetPlan { network: [10, 77, 0], gateway_host: 1, first_guest_host: 16 };
+    /// QEMU's user network as a /16 (`-netdev user,net=10.0.0.0/16,host=10.0.2.2`): slirp
+    /// stays at 10.0.2.2 and guests start at 10.0.2.16 as on slirp's default /24, and its DHCP
+    /// range (10.0.0.15, 16 addresses) lies below ours.
+    pub const USER: NetPlan = NetPlan {
+        network: [10, 0, 0, 0],
+        prefix_len: 16,
+        gateway_offset: 2 * 256 + 2,
+        first_guest_offset: 2 * 256 + 16,
+    };
+    /// The tap network inside the namespace `cargo xtask` creates: 10.77.0.0/16, the host end
+    /// at 10.77.0.1, guests from 10.77.0.16.
+    pub const TAP: NetPlan =
+        NetPlan { network: [10, 77, 0, 0], prefix_len: 16, gateway_offset: 1, first_guest_offset: 16 };
 
-    /// Address of the `index`-th guest with a NIC.
+    /// Guests with a NIC the plan has addresses (and MACs) for: from the first guest's address
+    /// to the one before the broadcast address.
+    pub const fn capacity(&self) -> usize {
+        let prefix = if self.prefix_len > 32 { 32 } else { self.prefix_len as u32 };
+        let addresses = 1u64 << (32 - prefix);
+        let guests = addresses.saturating_sub(1).saturating_sub(self.first_guest_offset as u64);
+        // MACs number guests in 24 bits.
+        (if guests < MAC_GUESTS { guests } else { MAC_GUESTS }) as usize
+    }
+
+    fn address(&self, offset: u64) -> [u8; 4] {
+        let base = u32::from_be_bytes(self.network) as u64;
+        ((base + offset) as u32).to_be_bytes()
+    }
+
+    /// Address of the `index`-th guest with a NIC (`index` below [`NetPlan::capacity`]).
     pub fn guest_ip(&self, index: usize) -> [u8; 4] {
-        let [a, b, c] = self.network;
-        [a, b, c, self.first_guest_host + index as u8]
+        debug_assert!(index < self.capacity(), "guest {index} is beyond the plan");
+        self.address(u64::from(self.first_guest_offset) + index as u64)
     }
 
     pub fn gateway(&self) -> [u8; 4] {
-        let [a, b, c] = self.network;
-        [a, b, c, self.gateway_host]
+        self.address(u64::from(self.gateway_offset))
     }
 
-    /// MAC of the `index`-th guest with a NIC: locally administered, unicast.
+    /// `10.77.0.0/16`.
+    pub fn cidr(&self) -> String {
+        format!("{}/{}", format_ip(self.network), self.prefix_len)
+    }
+
+    /// MAC of the `index`-th guest with a NIC: locally administered, unicast, the index in the
+    /// last three bytes.
     pub fn guest_mac(index: usize) -> [u8; 6] {
-        [0x02, 0x49, 0x4b, 0x00, (index >> 8) as u8, index as u8]
+        [0x02, 0x49, 0x4b, (index >> 16) as u8, (index >> 8) as u8, index as u8]
     }
 
     pub fn config(&self, index: usize, mtu: u16) -> NetConfig {
         NetConfig {
             mac: Self::guest_mac(index),
             ipv4: self.guest_ip(index),
-            prefix_len: 24,
+            prefix_len: self.prefix_len,
             gateway: self.gateway(),
             mtu,
         }
     }
+
+    /// The plan in a few lines for `cargo xtask run`: the network, the gateway, the first
+    /// guests and the pattern, not a line per guest.
+    pub fn describe(&self, net_guests: usize) -> String {
+        let mut text = format!(
+            "network {} (gateway {}): {net_guests} guest(s) with a NIC, of at most {}",
+            self.cidr(),
+            format_ip(self.gateway()),
+            self.capacity()
+        );
+        if net_guests > 0 {
+            let last = net_guests - 1;
+            text += &format!(
+                "\n  guest NIC i: IPv4 {} + i, MAC {} + i (i = 0..={last}: {} .. {}, {} .. {})",
+                format_ip(self.guest_ip(0)),
+                format_mac(Self::guest_mac(0)),
+                format_ip(self.guest_ip(0)),
+                format_ip(self.guest_ip(last)),
+                format_mac(Self::guest_mac(0)),
+                format_mac(Self::guest_mac(last)),
+            );
+        }
+        text
+    }
 }
 
-/// Guests with a NIC an image may hold (the rest of the /24).
-pub const MAX_NET_GUESTS: usize = 200;
+/// Guests with a NIC an image may hold: what every network's plan has addresses for, and the
+/// kernel's guest limit.
+pub const MAX_NET_GUESTS: usize = MAX_GUESTS;
+const _: () = assert!(MAX_NET_GUESTS <= NetPlan::USER.capacity() && MAX_NET_GUESTS <= NetPlan::TAP.capacity());
+/// Guests a MAC of [`NetPlan::guest_mac`] can number (three bytes).
+const MAC_GUESTS: u64 = 1 << 24;
 
 pub fn format_mac(mac: [u8; 6]) -> String {
     mac.map(|b| format!("{b:02x}")).join(":")
@@ -116,12 +176,13 @@ pub fn format_ip(ip: [u8; 4]) -> String {
 /// Broken ELF files `cargo xtask build` can make from `hello`, for loader tests.
 pub const CORRUPT_KINDS: [&str; 4] = ["truncated", "wrong-machine", "overlapping", "kernel-half"];
 /// Apps that are binaries of guest-os.
-pub const GUEST_APPS: [&str; 13] = [
+pub const GUEST_APPS: [&str; 14] = [
     "cow-rewriter",
     "fpu-probe",
     "hello",
     "hostile",
     "http",
+    "mem-probe",
     "noop",
     "ring-hostile",
     "tcp-client",
@@ -232,8 +293,8 @@ impl Manifest {
         if !LOG_LEVELS.contains(&manifest.kernel.log.as_str()) {
             bail!("kernel.log = {:?}: expected one of {}", manifest.kernel.log, LOG_LEVELS.join(", "));
         }
-        if !(32..=65536).contains(&manifest.kernel.memory_mib) {
-            bail!("kernel.memory_mib = {}: expected 32 to 65536", manifest.kernel.memory_mib);
+        if !(16..=65536).contains(&manifest.kernel.memory_mib) {
+            bail!("kernel.memory_mib = {}: expected 16 to 65536", manifest.kernel.memory_mib);
         }
         if !(MIN_MTU..=MAX_MTU).contains(&u64::from(manifest.kernel.mtu)) {
             bail!("kernel.mtu = {}: expected {MIN_MTU} to {MAX_MTU}", manifest.kernel.mtu);
@@ -319,8 +380,9 @@ impl Manifest {
         for group in &self.guests {
             let base = group.name.clone().unwrap_or_else(|| group.app.clone());
             for i in 0..group.count {
-                if group.net && net_index == MAX_NET_GUESTS {
-                    bail!("more than {MAX_NET_GUESTS} guests with a NIC: at most {MAX_NET_GUESTS}");
+                let limit = plan.capacity().min(MAX_NET_GUESTS);
+                if group.net && net_index == limit {
+                    bail!("more than {limit} guests with a NIC on {}: at most {limit}", plan.cidr());
                 }
                 let net = group.net.then(|| {
                     net_index += 1;
@@ -464,7 +526,7 @@ mod tests {
         assert_eq!(guests[3].args, "peer=10.77.0.17:7 n=1 mac=02:49:4b:00:00:01");
         assert_eq!(guests[4].net, None);
         let config = m.image_config("t", &guests);
-        assert!(config.contains("net=02:49:4b:00:00:00,10.77.0.16/24,10.77.0.1"), "{config}");
+        assert!(config.contains("net=02:49:4b:00:00:00,10.77.0.16/16,10.77.0.1"), "{config}");
         let bad = "description = \"x\"\n[[guest]]\napp = \"hello\"\nargs = \"{ip:nobody}\"";
         assert!(Manifest::parse(bad).is_err());
         let bad = "description = \"x\"\n[[guest]]\napp = \"hello\"\nargs = \"{mac:hello}\"";
@@ -568,12 +630,54 @@ mod tests {
         assert!(with_guest_line(&format!("name = \"{longest}\"")).is_ok());
         assert!(refusal(&format!("name = \"{longest}n\"")).contains("is not 1 to 64 letters"));
         assert!(refusal("name = \"a b\"").contains("is not 1 to 64 letters"));
-        // Guests with a NIC: at most MAX_NET_GUESTS, refused before an address would wrap.
-        assert!(with_guest_line(&format!("count = {MAX_NET_GUESTS}\nnet = true")).is_ok());
+        // Guests with a NIC: as many as the kernel holds, each with its own address and MAC.
+        let m = with_guest_line(&format!("count = {MAX_NET_GUESTS}\nnet = true\nheap_kib = 4")).unwrap();
+        for plan in [NetPlan::USER, NetPlan::TAP] {
+            let guests = m.expand(&plan).unwrap();
+            let nets: Vec<NetConfig> = guests.iter().map(|g| g.net.unwrap()).collect();
+            assert_eq!(nets.iter().map(|n| n.ipv4).collect::<BTreeSet<_>>().len(), MAX_NET_GUESTS);
+            assert_eq!(nets.iter().map(|n| n.mac).collect::<BTreeSet<_>>().len(), MAX_NET_GUESTS);
+            assert!(nets.iter().all(|n| n.prefix_len == 16 && n.gateway == plan.gateway()));
+        }
         let error = refusal(&format!("count = {}\nnet = true", MAX_NET_GUESTS + 1));
-        assert!(error.ends_with("at most 200"), "{error}");
-        let error = refusal("count = 300\nnet = true");
-        assert!(error.ends_with("at most 200"), "{error}");
+        assert!(error.ends_with("16385 guests: at most 16384"), "{error}");
+    }
+
+    #[test]
+    fn address_plans_hold_sixty_five_thousand_guests_in_a_slash_16() {
+        assert_eq!(NetPlan::TAP.capacity(), 65_519);
+        assert_eq!(NetPlan::USER.capacity(), 65_007);
+        let tap = NetPlan::TAP;
+        assert_eq!(tap.cidr(), "10.77.0.0/16");
+        assert_eq!(tap.gateway(), [10, 77, 0, 1]);
+        assert_eq!(tap.guest_ip(0), [10, 77, 0, 16]);
+        assert_eq!(tap.guest_ip(239), [10, 77, 0, 255]);
+        assert_eq!(tap.guest_ip(240), [10, 77, 1, 0]);
+        assert_eq!(tap.guest_ip(9_999), [10, 77, 39, 31]);
+        assert_eq!(tap.guest_ip(tap.capacity() - 1), [10, 77, 255, 254], "the last before the broadcast");
+        let user = NetPlan::USER;
+        assert_eq!((user.gateway(), user.guest_ip(0)), ([10, 0, 2, 2], [10, 0, 2, 16]), "as on slirp's /24");
+        assert_eq!(user.guest_ip(user.capacity() - 1), [10, 0, 255, 254]);
+        assert_eq!(NetPlan::guest_mac(0x01_02_03), [0x02, 0x49, 0x4b, 1, 2, 3]);
+        assert_eq!(NetPlan::guest_mac(9_999), [0x02, 0x49, 0x4b, 0, 0x27, 0x0f]);
+        let text = tap.describe(10_000);
+        assert!(text.contains("10.77.0.16 .. 10.77.39.31"), "{text}");
+        assert!(text.contains("02:49:4b:00:00:00 .. 02:49:4b:00:27:0f"), "{text}");
+        assert_eq!(text.lines().count(), 2, "a pattern, not a line per guest: {text}");
+    }
+
+    #[test]
+    fn a_plan_refuses_guests_beyond_its_addresses_with_the_limit_in_the_message() {
+        // A /24 with guests from .16: .16 to .254 (the broadcast .255 is no guest's).
+        let small = NetPlan { network: [10, 9, 9, 0], prefix_len: 24, gateway_offset: 1, first_guest_offset: 16 };
+        assert_eq!(small.capacity(), 239);
+        let at_limit = with_guest_line("count = 239\nnet = true").unwrap();
+        assert_eq!(at_limit.expand(&small).unwrap().last().unwrap().net.unwrap().ipv4, [10, 9, 9, 254]);
+        let beyond = with_guest_line("count = 240\nnet = true").unwrap();
+        let error = format!("{:#}", beyond.expand(&small).unwrap_err());
+        assert_eq!(error, "more than 239 guests with a NIC on 10.9.9.0/24: at most 239");
+        // Guests without a NIC take no address.
+        assert!(with_guest_line("count = 300").unwrap().expand(&small).is_ok());
     }
 
     #[test]

@@ -145,7 +145,10 @@ impl<'a> QemuConfig<'a> {
         if let Some(net) = &self.net {
             let netdev = match net {
                 NetBackend::User { forwards, tcp_forwards } => {
-                    let mut netdev = String::from("user,id=net0,net=10.0.2.0/24");
+                    // slirp on the user plan's network, itself at the plan's gateway.
+                    let plan = crate::manifest::NetPlan::USER;
+                    let mut netdev =
+                        format!("user,id=net0,net={},host={}", plan.cidr(), crate::manifest::format_ip(plan.gateway()));
                     for (protocol, list) in [("udp", forwards), ("tcp", tcp_forwards)] {
                         for (host_port, [a, b, c, d], guest_port) in list {
                             netdev +=
@@ -273,6 +276,11 @@ impl Session {
         })
     }
 
+    /// QEMU's process id (`ip netns exec` execs QEMU in its own process).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The console so far.
     pub fn log(&self) -> String {
         self.log.lock().expect("log lock").clone()
@@ -384,7 +392,10 @@ mod tests {
         assert!(line.contains("-accel tcg -cpu max"));
         assert!(line.contains("-kernel /tmp/k.elf -append 'log=info shutdown_after=3'"), "{line}");
         assert!(!line.contains(" -S"));
-        assert!(line.contains("hostfwd=udp:127.0.0.1:7000-10.0.2.16:7"), "{line}");
+        assert!(
+            line.contains("user,id=net0,net=10.0.0.0/16,host=10.0.2.2,hostfwd=udp:127.0.0.1:7000-10.0.2.16:7"),
+            "{line}"
+        );
         assert!(
             line.contains("hostfwd=tcp:127.0.0.1:7000-10.0.2.16:7,hostfwd=tcp:127.0.0.1:8080-10.0.2.16:80"),
             "{line}"

@@ -3,7 +3,7 @@
 //! host's real interfaces. QEMU and the host programs run inside the namespace
 //! (`ip netns exec`). Needs root (CAP_NET_ADMIN).
 
-use crate::manifest::{format_ip, NetPlan};
+use crate::manifest::{format_ip, format_mac, NetPlan};
 use anyhow::{bail, Context, Result};
 use std::process::Command;
 
@@ -59,12 +59,13 @@ fn reason_unavailable(uid: Option<u32>, installed: impl Fn(&str) -> bool, progra
 }
 
 impl TapNamespace {
-    /// Creates namespace `ik-<pid>` with `iktap0` at the plan's gateway address, up, with `mtu`.
+    /// Creates namespace `ik-<pid>` with `iktap0` at the plan's gateway address (on the plan's
+    /// whole network, so every guest is on-link), up, with `mtu`.
     pub fn create(plan: &NetPlan, mtu: u16) -> Result<TapNamespace> {
         let name = format!("ik-{}", std::process::id());
         ip(&["netns", "add", &name])?;
         let ns = TapNamespace { name };
-        let host = format!("{}/24", format_ip(plan.gateway()));
+        let host = format!("{}/{}", format_ip(plan.gateway()), plan.prefix_len);
         ns.exec_ip(&["link", "set", "lo", "up"])?;
         ns.exec_ip(&["tuntap", "add", "dev", TAP_IFNAME, "mode", "tap"])?;
         ns.exec_ip(&["addr", "add", &host, "dev", TAP_IFNAME])?;
@@ -77,6 +78,31 @@ impl TapNamespace {
         let mut all = vec!["netns", "exec", &self.name, "ip"];
         all.extend_from_slice(args);
         ip(&all)
+    }
+
+    /// Enters each guest's address and MAC in the tap side's neighbour table for good, so the
+    /// host sends to thousands of guests without asking each by ARP first. Linux's neighbour
+    /// table is one for every namespace and holds at most `gc_thresh3` (1,024 by default)
+    /// learnt entries; permanent ones do not count against it.
+    pub fn add_neighbours(&self, guests: impl IntoIterator<Item = ([u8; 4], [u8; 6])>) -> Result<()> {
+        use std::io::Write;
+        let mut batch = String::new();
+        for (ip, mac) in guests {
+            batch +=
+                &format!("neigh replace {} lladdr {} dev {TAP_IFNAME} nud permanent\n", format_ip(ip), format_mac(mac));
+        }
+        let mut child = Command::new("ip")
+            .args(["-n", &self.name, "-batch", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("running `ip -batch`")?;
+        child.stdin.take().context("ip's stdin")?.write_all(batch.as_bytes())?;
+        let output = child.wait_with_output()?;
+        if !output.status.success() {
+            bail!("`ip -batch` (neighbours) failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+        }
+        Ok(())
     }
 
     /// A command that runs `program` inside the namespace.

@@ -15,8 +15,10 @@ use hypercall_abi::host::KernelExit;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod density;
 mod hostile;
 mod http;
+mod lazy;
 mod loss;
 mod rx;
 
@@ -71,6 +73,7 @@ const QEMU_TESTS: &[QemuTest] = &[
     QemuTest { name: "cow_rewrite_in_flight_tcg", run: |ctx| cow_rewrite_in_flight(ctx, "cow-rewrite") },
     QemuTest { name: "cow_rewrite_jumbo_in_flight_tcg", run: |ctx| cow_rewrite_in_flight(ctx, "cow-rewrite-jumbo") },
     QemuTest { name: "rx_oversize_dropped_and_counted_tcg", run: rx::rx_oversize_dropped_and_counted },
+    QemuTest { name: "lazy_memory_backed_on_touch_tcg", run: lazy::lazy_memory_backed_on_touch },
     QemuTest { name: "bench_echo_smoke", run: bench_echo_smoke },
     QemuTest { name: "bench_dispatch_smoke", run: bench_dispatch_smoke },
     QemuTest {
@@ -116,6 +119,7 @@ const QEMU_TESTS: &[QemuTest] = &[
         name: "udp_jumbo_guest_to_guest_cow_tcg",
         run: |ctx| udp_guest_to_guest(ctx, TxMode::Cow, "udp-g2g-jumbo"),
     },
+    QemuTest { name: "density_echo_1k_tap_tcg", run: density::echo_1k_every_guest_answers },
 ];
 
 pub fn run_all(filter: Option<&str>, qemu_only: bool) -> Result<()> {
@@ -526,9 +530,16 @@ fn final_stats(outcome: &Outcome) -> std::result::Result<std::collections::BTree
     checks::stats(&outcome.log).ok_or_else(|| failure("no stats line", outcome.log.clone()))
 }
 
+/// The smallest memory the default image must boot and echo in.
+const DEFAULT_IMAGE_MIB: u32 = 16;
+
+/// The default image, in [`DEFAULT_IMAGE_MIB`] of memory, echoes every test size on every
+/// guest; each guest holds few private pages (its 4 MiB heap and 64 KiB stack backed only
+/// where touched, 6 page tables), and stamping stays off.
 fn udp_echo_user_network(ctx: &Ctx, tx: TxMode) -> TestResult {
-    let image = pack::pack_image("udp-echo", &ctx.artifacts, NetPlan::USER)
+    let mut image = pack::pack_image("udp-echo", &ctx.artifacts, NetPlan::USER)
         .map_err(|e| failure(format!("{e:#}"), String::new()))?;
+    image.manifest.kernel.memory_mib = DEFAULT_IMAGE_MIB;
     let base = host_port_base();
     let guests: Vec<_> = image.guests.iter().filter_map(|g| g.net).collect();
     let forwards = guests.iter().enumerate().map(|(i, n)| (base + i as u16, n.ipv4, 7)).collect();
@@ -561,6 +572,13 @@ fn udp_echo_user_network(ctx: &Ctx, tx: TxMode) -> TestResult {
     check(&outcome, stats.contains_key("stamp_records") && get("stamp_records") == 0, || {
         format!("stamp records without stamps=on: {stats:?}")
     })?;
+    for guest in image.guests.iter().filter(|g| g.net.is_some()) {
+        let pages = lazy::summary_numbers(&outcome.log, &guest.name);
+        let page = |key: &str| pages.get(key).copied().unwrap_or(u64::MAX);
+        check(&outcome, page("pages_page_tables") == 6 && page("pages_heap") <= 8 && page("pages_stack") <= 4, || {
+            format!("{}: expected 6 page tables, at most 8 heap and 4 stack pages: {pages:?}", guest.name)
+        })?;
+    }
     Ok(Verdict::Pass)
 }
 

@@ -165,15 +165,17 @@ impl AddressSpace {
         let kernel_ptr = phys_to_virt(kernel_pml4_phys()).as_ptr::<PageTable>();
         // The kernel PML4 is only read: its upper-half entries are shared so every address space
         // sees the same kernel. The new table is never used after `release` frees it.
-        // SAFETY: the new PML4 is a fresh frame nobody else references: a unique reference.
+        // The lower half empty, the upper half a copy of the kernel's entries: two block writes
+        // (one `rep stos`, one `rep movs`), not 512 entry writes.
+        const HALF: usize = 256;
+        // SAFETY: the new PML4 is a fresh frame nobody else references: a unique reference. A
+        // page table is 512 u64 entries, so both halves lie inside each table; the kernel's is
+        // another frame, so the copy does not overlap.
         let pml4: &'static mut PageTable = unsafe {
-            pml4_ptr.write(PageTable::new());
-            let pml4 = &mut *pml4_ptr;
-            let kernel = &*kernel_ptr;
-            for index in 256..512 {
-                pml4[index] = kernel[index].clone();
-            }
-            pml4
+            let entries = pml4_ptr.cast::<u64>();
+            core::ptr::write_bytes(entries, 0, HALF);
+            core::ptr::copy_nonoverlapping(kernel_ptr.cast::<u64>().add(HALF), entries.add(HALF), HALF);
+            &mut *pml4_ptr
         };
         // SAFETY: all RAM is mapped at DIRECT_MAP_OFFSET.
         let table = unsafe { OffsetPageTable::new(pml4, VirtAddr::new(DIRECT_MAP_OFFSET)) };

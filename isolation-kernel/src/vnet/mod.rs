@@ -22,7 +22,6 @@ use crate::drivers::virtio_net::VirtioNet;
 use crate::guest::space::{AddressSpace, PageUse};
 use crate::guest::Guest;
 use crate::mm::phys::phys_to_virt;
-use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 use hypercall_abi::layout::PAGE_SIZE as PAGE;
@@ -34,7 +33,9 @@ use kernel_core::guest::sched::{GuestId, Scheduler};
 use kernel_core::mm::frame_alloc::FrameAllocator;
 use kernel_core::trap::fault::GuestFault;
 use kernel_core::vnet::cow::CowSlots;
-use kernel_core::vnet::{DropReason, NetCounters, NetScheduler, Packet, PacketPool, RxRing, TxFifo, TxRing, Vswitch};
+use kernel_core::vnet::{
+    DropReason, NetCounters, NetScheduler, Packet, PacketPool, RxRing, TxBacklog, TxFifo, TxRing, Vswitch,
+};
 
 /// Packets a guest may have queued in the kernel.
 const FIFO_CAPACITY: usize = 64;
@@ -141,11 +142,10 @@ pub fn build_nic(
     space.reserve_lazy(VNIC_TX_AREA_ADDR, TX_SLOTS.wrapping_mul(pages), Access::READ_WRITE, PageUse::Vnic)?;
     space.reserve_lazy(VNIC_RX_AREA_ADDR, RX_SLOTS.wrapping_mul(pages), Access::READ_WRITE, PageUse::Vnic)?;
     // The areas share the shared page's last-level table (the layout asserts it), so their
-    // entries' places are known now, backed or not.
-    let tx_pte = page_addrs_of(VNIC_TX_AREA_ADDR, TX_SLOTS.wrapping_mul(pages))
-        .map(|page| space.leaf_pte_phys(page))
-        .collect::<Option<Vec<u64>>>()
-        .ok_or(SpaceError::BadMapping(VNIC_TX_AREA_ADDR))?;
+    // entries' places are known now, backed or not: consecutive pages, consecutive entries.
+    let first_pte = space.leaf_pte_phys(VNIC_TX_AREA_ADDR).ok_or(SpaceError::BadMapping(VNIC_TX_AREA_ADDR))?;
+    let tx_pte: Vec<u64> =
+        (0..TX_SLOTS.wrapping_mul(pages)).map(|page| first_pte.wrapping_add(page.wrapping_mul(8))).collect();
     let nic = GuestNic {
         config,
         shared_phys,
@@ -240,8 +240,9 @@ pub struct Network {
     /// Base of each pool buffer: a contiguous run of `pool_buffer_bytes`.
     pool_frames: Vec<u64>,
     pool_buffer_bytes: u64,
-    /// Guests whose tx ring still holds packets the kernel could not take yet.
-    backlog: VecDeque<GuestId>,
+    /// Guests whose tx ring still holds packets the kernel could not take yet, by what they
+    /// wait for (so a doorbell looks only at guests that can go on).
+    backlog: TxBacklog,
     pub counters: NetCounters,
     pub mode: TxMode,
     /// Zero-copy packets done with, waiting to be completed (scratch space kept between calls,
@@ -295,12 +296,13 @@ impl Network {
             pool: PacketPool::new(pool_frames.len() as u32),
             pool_frames,
             pool_buffer_bytes,
-            backlog: VecDeque::new(),
+            backlog: TxBacklog::new(),
             counters: NetCounters::default(),
             mode,
             finished: Vec::with_capacity(256),
             zombies: Vec::new(),
-            completion_samples: Vec::with_capacity(65_536),
+            // Benchmark records: room made only when stamps are on (`enable_stamps`).
+            completion_samples: Vec::new(),
             stamps: Stamps::OFF,
             stamp_records: Vec::new(),
             next_stamp: 0,
@@ -329,6 +331,7 @@ impl Network {
         while self.fifos.len() <= id {
             self.fifos.push(TxFifo::new(FIFO_CAPACITY));
             self.sched.add_guest();
+            self.backlog.register();
         }
         if let Some(nic) = nic {
             self.vswitch

@@ -7,6 +7,8 @@ use kernel_core::vnet::{ring, Packet};
 
 /// Stamp records the kernel keeps for packets in flight (more than can be queued at once).
 const STAMP_SLOTS: u32 = 4096;
+/// Completion timings kept (one per NIC completion batch).
+const COMPLETION_SAMPLES: usize = 65_536;
 /// Transmit records kept per frame length.
 const STAMP_SAMPLES: usize = 10_240;
 
@@ -69,6 +71,7 @@ impl Network {
     pub fn enable_stamps(&mut self) {
         self.stamps = Stamps::ON;
         self.stamp_records = alloc::vec![[0; 5]; STAMP_SLOTS as usize];
+        self.completion_samples.reserve(COMPLETION_SAMPLES);
         self.pending_notify.reserve(256);
     }
 

@@ -13,7 +13,7 @@ use hypercall_abi::vnic::{DescStatus, VnicShared, TX_RING_SIZE};
 use kernel_core::boot::cmdline::TxMode;
 use kernel_core::guest::sched::GuestId;
 use kernel_core::vnet::cow::{Protect, Release};
-use kernel_core::vnet::{ring, validate_tx, GuestFrameRef, Packet, PacketData, Route, Source, TxFifo};
+use kernel_core::vnet::{ring, validate_tx, GuestFrameRef, Packet, PacketData, Route, Source, TxFifo, Wait};
 
 impl NetCtx<'_> {
     /// The doorbell of guest `id`: takes what its tx ring holds, then runs the network
@@ -44,31 +44,33 @@ impl NetCtx<'_> {
             }
         };
         let mut taken: u64 = 0;
-        let mut backlogged = false;
+        let mut waits_for = None;
         for _ in 0..count {
             match take_tx(net, nic, id, name, shared) {
                 Taken::Yes => taken = taken.saturating_add(1),
-                Taken::Backlogged => {
-                    backlogged = true;
+                Taken::Backlogged(what) => {
+                    waits_for = Some(what);
                     break;
                 }
             }
         }
         shared.tx_consumer.0.store(nic.ring.consumer(), Ordering::Release);
-        shared.needs_kick.0.store(u32::from(!backlogged), Ordering::Release);
+        shared.needs_kick.0.store(u32::from(waits_for.is_none()), Ordering::Release);
         if taken > 0 {
             shared.virq.0.fetch_or(VirtualInterrupts::TX_DONE, Ordering::AcqRel);
             // Room in its ring: a guest waiting for a free slot may go on.
             self.sched.wake(id);
         }
-        if backlogged && !net.backlog.contains(&id) {
-            net.backlog.push_back(id);
+        match waits_for {
+            Some(what) => net.backlog.wait(id, what),
+            None => net.backlog.forget(id),
         }
         taken
     }
 
     /// Runs the network scheduler: FIFOs to the vswitch, and from there to other guests or the
-    /// physical NIC; then takes more from backlogged guests if room was made.
+    /// physical NIC; then takes more from backlogged guests for whom room was made (only those:
+    /// see `kernel_core::vnet::backlog`).
     pub fn serve(&mut self) {
         // Completions gathered while the scheduler holds the network borrowed; the vector is the
         // network's own, reused, so the packet path does not allocate.
@@ -87,10 +89,14 @@ impl NetCtx<'_> {
                     counters,
                     stamps,
                     pending_notify,
+                    backlog,
                     ..
                 } = &mut **net;
                 let stamps = *stamps;
                 net_sched.serve(fifos, |src, packet| {
+                    // Room in its FIFO: a guest waiting for it is taken again below (if the NIC
+                    // refuses this packet after all, that take finds the FIFO full and it waits on).
+                    backlog.sent_from(src);
                     let len = u64::from(packet.len);
                     let (frame, guest_frame) = match packet.data {
                         PacketData::Pool(buf) => {
@@ -166,14 +172,17 @@ impl NetCtx<'_> {
             for (TxCookie { guest, frame: r }, status) in finished.drain(..) {
                 self.complete_cow(guest, r, status);
             }
-            if self.net.backlog.is_empty() {
-                break;
-            }
-            // A guest still backlogged goes to the back again: each is pulled once per round.
+            // Guests that can go on: those whose FIFO sent since they began to wait, then, while
+            // packet buffers are free, those waiting for one; each at most once per round.
+            let mut pulled = false;
             for _ in 0..self.net.backlog.len() {
-                if let Some(id) = self.net.backlog.pop_front() {
-                    self.pull_tx(id);
-                }
+                let buffers_free = self.net.pool.available() > 0;
+                let Some(id) = self.net.backlog.next_to_pull(buffers_free) else { break };
+                self.pull_tx(id);
+                pulled = true;
+            }
+            if !pulled {
+                break;
             }
         }
         self.net.finished = finished;
@@ -209,8 +218,9 @@ impl NetCtx<'_> {
 enum Taken {
     /// Taken: queued, or rejected with a status the guest sees.
     Yes,
-    /// Not taken: the guest's FIFO or the kernel's buffers are full; it stays in the ring.
-    Backlogged,
+    /// Not taken: the guest's FIFO or the kernel's buffers are full; it stays in the ring until
+    /// what the guest waits for is there.
+    Backlogged(Wait),
 }
 
 /// Takes the next descriptor of guest `id`'s tx ring (which [`TxRing::offered`] said is there):
@@ -220,7 +230,10 @@ enum Taken {
 // instructions more per packet (`bench dispatch`).
 #[inline(always)]
 fn take_tx(net: &mut Network, nic: &mut GuestNic, id: GuestId, name: &str, shared: &VnicShared) -> Taken {
-    let Some(desc) = shared.tx.get(ring::position(nic.ring.taken(), TX_RING_SIZE)) else { return Taken::Backlogged };
+    // (Cases that cannot happen wait for a buffer: they are retried whenever buffers are free.)
+    let Some(desc) = shared.tx.get(ring::position(nic.ring.taken(), TX_RING_SIZE)) else {
+        return Taken::Backlogged(Wait::Buffer);
+    };
     // Read each field once: the guest may change them behind our back.
     let (addr, len) = (desc.addr.load(Ordering::Relaxed), desc.len.load(Ordering::Relaxed));
     let validated = validate_tx(addr, len, nic.max_frame, nic.slot_size);
@@ -233,27 +246,27 @@ fn take_tx(net: &mut Network, nic: &mut GuestNic, id: GuestId, name: &str, share
         if let Err(bad) = validated {
             nic.log_once(id, name, format_args!("rejected tx descriptor: {bad}"));
         }
-        let Some(index) = nic.ring.take() else { return Taken::Backlogged };
+        let Some(index) = nic.ring.take() else { return Taken::Backlogged(Wait::Buffer) };
         net.counters.drops_bad_desc = net.counters.drops_bad_desc.saturating_add(1);
         desc.status.store(DescStatus::RejectedBadDescriptor as u32, Ordering::Relaxed);
         nic.ring.complete(index);
         return Taken::Yes;
     };
     if net.fifos.get(id).is_none_or(TxFifo::is_full) {
-        return Taken::Backlogged;
+        return Taken::Backlogged(Wait::FifoRoom);
     }
     // `frame.len <= max_frame <= 9014` and `frame.offset < slot_size`, so both fit a u32.
     let (frame_len, frame_offset) = (frame.len as u32, frame.offset as u32);
     match net.mode {
         TxMode::Copy => {
-            let Some(buf) = net.pool.alloc() else { return Taken::Backlogged };
+            let Some(buf) = net.pool.alloc() else { return Taken::Backlogged(Wait::Buffer) };
             let Some(&kernel_copy) = net.pool_frames.get(buf.0 as usize) else {
                 let _ = net.pool.release(buf);
-                return Taken::Backlogged;
+                return Taken::Backlogged(Wait::Buffer);
             };
             let Some(index) = nic.ring.take() else {
                 let _ = net.pool.release(buf);
-                return Taken::Backlogged;
+                return Taken::Backlogged(Wait::Buffer);
             };
             let bytes = run_bytes(page, nic.slot_size, frame.offset, frame.len);
             copy_into_run(kernel_copy, net.pool_buffer_bytes, 0, bytes); // copy 1
@@ -276,7 +289,7 @@ fn take_tx(net: &mut Network, nic: &mut GuestNic, id: GuestId, name: &str, share
             nic.ring.complete(index);
         }
         TxMode::Cow => {
-            let Some(index) = nic.ring.take() else { return Taken::Backlogged };
+            let Some(index) = nic.ring.take() else { return Taken::Backlogged(Wait::Buffer) };
             // Protect first, check after: the guest cannot change what was checked.
             if nic.cow.protect(slot) == Some(Protect::WriteProtect) {
                 nic.set_slot_writable(slot, false);

@@ -7,12 +7,13 @@
 //! the copy-on-write path ([`cow`]) write-protects the guest's slot and hands its pages on
 //! without a copy. Either way the packet is queued in the guest's bounded [`fifo`] and handed to
 //! the NIC by the [`netsched`] network scheduler, round-robin with a per-turn budget so one flooding guest cannot starve
-//! the others. The [`vswitch`] decides where a frame goes (another guest, the uplink, or
+//! the others; a guest whose frames do not fit waits in the [`backlog`]. The [`vswitch`] decides where a frame goes (another guest, the uplink, or
 //! nowhere), and [`counters`] count what happened for the `stats:` line.
 //!
 //! Everything allocates at construction time only; the per-packet operations never allocate and
 //! never panic on guest-controlled values; the lints below hold every module here to that.
 
+pub mod backlog;
 pub mod counters;
 pub mod cow;
 pub mod desc;
@@ -22,6 +23,7 @@ pub mod pool;
 pub mod ring;
 pub mod vswitch;
 
+pub use backlog::{TxBacklog, Wait};
 pub use counters::NetCounters;
 pub use desc::{pending, validate_rx, validate_tx, BadDescriptor, BadIndex, RxBuffer, TxFrame};
 pub use fifo::{GuestFrameRef, Packet, PacketData, TxFifo, NO_STAMP};

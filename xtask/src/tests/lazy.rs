@@ -1,0 +1,82 @@
+//! Lazily backed guest memory: pages cost a frame only once touched, and every frame returns.
+
+use super::*;
+use std::collections::BTreeMap;
+
+/// Pages beyond what `mem-probe grow` writes that the runtime may touch itself (its first heap
+/// page for the allocator's bookkeeping; its first stack page for `_start` and `main`).
+const RUNTIME_HEAP_PAGES: u64 = 2;
+const RUNTIME_STACK_PAGES: u64 = 2;
+
+/// `summary:` fields of one guest, as numbers (`pages_heap=...` and the like).
+pub(super) fn summary_numbers(log: &str, name: &str) -> BTreeMap<String, u64> {
+    fn of_guest<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+        let (_id, rest) = line.strip_prefix("summary: guest ")?.split_once(' ')?;
+        rest.strip_prefix(name)?.strip_prefix(": ")
+    }
+    log.lines()
+        .filter_map(|line| of_guest(line, name))
+        .flat_map(|l| l.split_whitespace())
+        .filter_map(|word| {
+            let (key, value) = word.split_once('=')?;
+            Some((key.to_string(), value.trim_end_matches(';').parse().ok()?))
+        })
+        .collect()
+}
+
+/// The number after `label` on the kernel's log line that has it.
+fn logged_number(log: &str, label: &str) -> Option<u64> {
+    let rest = &log[log.find(label)? + label.len()..];
+    rest.split(|c: char| !c.is_ascii_digit()).find(|w| !w.is_empty())?.parse().ok()
+}
+
+/// The `lazy-memory` image: a guest that writes 256 KiB of heap (frees it and writes half again)
+/// and 32 KiB of stack holds those pages and no others of its 4 MiB heap and 64 KiB stack; the
+/// kernel reads an untouched page as zeros without backing it; reaching past the stack, past
+/// the heap, or executing an untouched heap page stops the guest; and when every guest has
+/// ended, every frame they took is free again.
+pub(super) fn lazy_memory_backed_on_touch(ctx: &Ctx) -> TestResult {
+    let image = pack::pack_image("lazy-memory", &ctx.artifacts, NetPlan::USER)
+        .map_err(|e| failure(format!("{e:#}"), String::new()))?;
+    let outcome = boot(&image, Accel::Tcg, "log=info shutdown_after=60", TCG_TIMEOUT)?;
+    expect_exit(&outcome, KernelExit::Success)?;
+    check_guest_expectations(&image, &outcome)?;
+    let grow = summary_numbers(&outcome.log, "grow");
+    let get = |numbers: &BTreeMap<String, u64>, key: &str| numbers.get(key).copied().unwrap_or(u64::MAX);
+    let (heap_written, stack_written) = (256 * 1024 / 4096, 32 * 1024 / 4096);
+    let heap = get(&grow, "pages_heap");
+    check(&outcome, (heap_written..=heap_written + RUNTIME_HEAP_PAGES).contains(&heap), || {
+        format!("grow wrote {heap_written} heap pages (of 1,024) and holds {heap}: {grow:?}")
+    })?;
+    let stack = get(&grow, "pages_stack");
+    check(&outcome, (stack_written..=stack_written + RUNTIME_STACK_PAGES).contains(&stack), || {
+        format!("grow used {stack_written} stack pages (of 16) and holds {stack}: {grow:?}")
+    })?;
+    // The kernel read 16 bytes of a page the guest never wrote: zeros, and no page for it.
+    let untouched = summary_numbers(&outcome.log, "read-untouched");
+    check(&outcome, get(&untouched, "pages_heap") <= RUNTIME_HEAP_PAGES, || {
+        format!("reading an untouched page backed it: {untouched:?}")
+    })?;
+    expect_line(&outcome, "mem-probe: console_write of an untouched heap page returned 16")?;
+    // The overflow backed every stack page before it reached the guard page below them.
+    let overflow = summary_numbers(&outcome.log, "stack-overflow");
+    check(&outcome, get(&overflow, "pages_stack") == 16, || format!("stack-overflow: {overflow:?}"))?;
+    for (name, needle) in [
+        ("stack-overflow", "stopped page_fault: page fault: write at 0x3df"),
+        ("exec-untouched-heap", "stopped page_fault: page fault: instruction fetch at 0x1000f000 (not mapped)"),
+        ("beyond-heap", "stopped page_fault: page fault: write at 0x10010000 (not mapped)"),
+    ] {
+        expect_line(&outcome, &format!("{name} {needle}"))?;
+    }
+    // Every frame back: free at the end = free before the guests - the apps' shared pages.
+    let before = logged_number(&outcome.log, "frames free before the guests: ");
+    let shared = outcome
+        .log
+        .find("pages per guest (median), ")
+        .and_then(|at| logged_number(&outcome.log[at..], "pages per guest (median), "));
+    let after = final_stats(&outcome)?.get("frames_free").copied();
+    check(&outcome, matches!((before, shared, after), (Some(b), Some(s), Some(a)) if a + s == b), || {
+        format!("frames free before {before:?}, shared {shared:?}, free after {after:?}: some did not come back")
+    })?;
+    Ok(Verdict::Pass)
+}
