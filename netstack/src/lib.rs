@@ -440,12 +440,20 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
                 }
             }
             Admission::Stack(inbound) => {
-                if let Inbound::Segment(segment) = inbound {
-                    if segment.syn {
-                        self.tcp_note_syn((segment.src, segment.src_port), segment.dst_port);
+                let repeated_syn = match inbound {
+                    Inbound::Segment(s) if s.syn => {
+                        self.tcp_syn_verdict((s.src, s.src_port), s.dst_port) == tcp::SynVerdict::Repeated
                     }
+                    _ => false,
+                };
+                if repeated_syn {
+                    use smoltcp::phy::{Device, RxToken};
+                    if let Some((frame, _)) = self.device.receive(now) {
+                        frame.consume(|_| ());
+                    }
+                } else {
+                    self.iface.poll_ingress_single(now, &mut self.device, &mut self.sockets);
                 }
-                self.iface.poll_ingress_single(now, &mut self.device, &mut self.sockets);
                 let counter = match inbound {
                     Inbound::Datagram { .. } if datagram_ok(&self.device) => {
                         self.count(GuestCounter::RxDatagrams);

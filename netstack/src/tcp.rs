@@ -157,6 +157,19 @@ impl End {
     }
 }
 
+/// What to do with a connection request (SYN) before the stack sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SynVerdict {
+    /// To the stack: a listening socket takes it, or it is refused with a reset (counted
+    /// when the listener's backlog is full).
+    Stack,
+    /// The peer repeats the SYN of a connection a socket already holds (its SYN-ACK was slow or
+    /// lost): left out, because the stack would give it to whichever socket comes first, and a
+    /// listening one would start a second handshake for the same peer and port, which the peer
+    /// then resets. The holder's SYN-ACK goes again at its retransmission timeout.
+    Repeated,
+}
+
 /// Which pass of the stack just ran: what can close a socket differs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Pass {
@@ -282,6 +295,10 @@ fn new_socket(options: &TcpOptions) -> Option<tcp::Socket<'static>> {
     // and answers them with one ACK anyway, and a socket that reached TIME-WAIT has sent its
     // last ACK by the end of that poll and can be freed.
     socket.set_ack_delay(None);
+    // Reno (RFC 5681): what is in flight adapts to what the path takes. A guest's receive ring
+    // holds 32 frames and the kernel drops what finds it full; without congestion control a
+    // sender keeps a whole window in flight and loses part of it again and again.
+    socket.set_congestion_control(tcp::CongestionControl::Reno);
     Some(socket)
 }
 
@@ -659,30 +676,34 @@ impl<D: Doorbell, P: Platform> NetStack<'_, D, P> {
         }
     }
 
-    /// Counts a connection request the stack is about to refuse because the port's listener
-    /// has no socket free (smoltcp answers it with a reset): a SYN to a listened port when no
-    /// socket of its pool listens and none already holds this peer's connection (a repeated
-    /// SYN).
-    pub(crate) fn tcp_note_syn(&mut self, from: (Ipv4Address, u16), port: u16) {
-        let Some(listener) = self.tcp.listeners.iter().flatten().find(|l| l.port == port) else { return };
+    /// What becomes of a connection request (a SYN without ACK) from `from` to `port`, judged
+    /// before the stack sees it. Counts the refused ones.
+    pub(crate) fn tcp_syn_verdict(&mut self, from: (Ipv4Address, u16), port: u16) -> SynVerdict {
+        let Some(listener) = self.tcp.listeners.iter().flatten().find(|l| l.port == port) else {
+            return SynVerdict::Stack;
+        };
         let peer = endpoint(from);
-        let mut taken = true;
+        let holds_peer = |socket: &tcp::Socket| {
+            socket.state() != State::Listen
+                && socket.remote_endpoint() == Some(peer)
+                && socket.local_endpoint().is_some_and(|e| e.port == port)
+        };
+        let mut listening = false;
         for &h in &listener.pool {
             let socket = self.sockets.get::<tcp::Socket>(h);
-            if socket.state() == State::Listen || socket.remote_endpoint() == Some(peer) {
-                taken = false;
-                break;
+            if holds_peer(socket) {
+                return SynVerdict::Repeated;
             }
+            listening |= socket.state() == State::Listen;
         }
-        if taken {
-            let known = self.tcp.conns.iter().flatten().filter_map(|c| c.socket).any(|h| {
-                let socket = self.sockets.get::<tcp::Socket>(h);
-                socket.remote_endpoint() == Some(peer) && socket.local_endpoint().is_some_and(|e| e.port == port)
-            });
-            if !known {
-                self.count(GuestCounter::TcpRefused);
-            }
+        let known = self.tcp.conns.iter().flatten().filter_map(|c| c.socket).any(|h| holds_peer(self.sockets.get(h)));
+        if known {
+            return SynVerdict::Repeated;
         }
+        if !listening {
+            self.count(GuestCounter::TcpRefused);
+        }
+        SynVerdict::Stack
     }
 
     /// Looks at every connection after a `pass` of the stack: counts those that ended by how,
