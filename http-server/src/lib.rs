@@ -24,8 +24,8 @@ extern crate std;
 pub mod request;
 pub mod response;
 
-use alloc::borrow::Cow;
 use alloc::format;
+use alloc::rc::Rc;
 use alloc::string::String;
 use core::fmt;
 pub use request::{Method, Reason, Rejection, Request, RequestReader, Resource, DEFAULT_MAX_HEAD_BYTES};
@@ -116,28 +116,18 @@ impl fmt::Display for Counters {
 /// What all connections of one server share.
 #[derive(Clone, Debug)]
 pub struct Server {
-    pub site: Site,
     pub limits: Limits,
     pub counters: Counters,
+    /// The index page, built once: responses share it.
+    index: Rc<[u8]>,
 }
 
 const ALLOW: &str = "Allow: GET, HEAD\r\n";
 const TEXT: &str = "text/plain; charset=utf-8";
 
 impl Server {
-    pub fn new(site: Site, limits: Limits) -> Self {
-        Server { site, limits, counters: Counters::default() }
-    }
-
-    /// The index page: the guest's name, id and address.
-    fn index_page(&self) -> String {
-        let Site { name, id, ipv4: [a, b, c, d] } = &self.site;
-        let name = escape_html(name);
-        format!(
-            "<!doctype html>\n<html><head><title>{name}</title></head><body>\n<h1>{name}</h1>\n\
-             <p>Guest {id} at {a}.{b}.{c}.{d}, served by an isolation-kernel guest.</p>\n\
-             <p><code>GET /bytes/N</code>: N bytes, byte i being i % 251.</p>\n</body></html>\n"
-        )
+    pub fn new(site: &Site, limits: Limits) -> Self {
+        Server { limits, counters: Counters::default(), index: index_page(site).into_bytes().into() }
     }
 
     /// The answer to a well-formed request (counted).
@@ -146,22 +136,27 @@ impl Server {
         let head_only = request.method == Method::Head;
         let close = !request.keep_alive;
         let response = match (request.method, request.resource) {
-            (Method::Other, _) => {
-                Response::new(Status::MethodNotAllowed, TEXT, text(Status::MethodNotAllowed), head_only, close, ALLOW)
-            }
+            (Method::Other, _) => Response::new(
+                Status::MethodNotAllowed,
+                TEXT,
+                Body::text(Status::MethodNotAllowed.text()),
+                head_only,
+                close,
+                ALLOW,
+            ),
             (_, Resource::Index) => {
-                let page = self.index_page().into_bytes();
-                Response::new(Status::Ok, "text/html; charset=utf-8", Body::Text(page.into()), head_only, close, "")
+                let page = Body::Shared(Rc::clone(&self.index));
+                Response::new(Status::Ok, "text/html; charset=utf-8", page, head_only, close, "")
             }
             (_, Resource::Bytes(n)) => {
                 Response::new(Status::Ok, "application/octet-stream", Body::Pattern(n), head_only, close, "")
             }
             (_, Resource::BadCount) => {
-                let why = b"400 Bad Request: N in /bytes/N must be a decimal number below 2^64\n";
-                Response::new(Status::BadRequest, TEXT, Body::Text(Cow::Borrowed(why)), head_only, close, "")
+                let why = Body::text("400 Bad Request: N in /bytes/N must be a decimal number below 2^64\n");
+                Response::new(Status::BadRequest, TEXT, why, head_only, close, "")
             }
             (_, Resource::NotFound) => {
-                Response::new(Status::NotFound, TEXT, text(Status::NotFound), head_only, close, "")
+                Response::new(Status::NotFound, TEXT, Body::text(Status::NotFound.text()), head_only, close, "")
             }
         };
         self.count(&response);
@@ -176,8 +171,8 @@ impl Server {
             Reason::VersionNotSupported => Status::VersionNotSupported,
         };
         let body = match rejection.reason {
-            Reason::Malformed(why) => Body::Text(format!("400 Bad Request: {why}\n").into_bytes().into()),
-            _ => text(status),
+            Reason::Malformed(why) => Body::Text(["400 Bad Request: ", why, "\n"]),
+            _ => Body::text(status.text()),
         };
         let response = Response::new(status, TEXT, body, rejection.head_only, true, "");
         self.count(&response);
@@ -185,8 +180,8 @@ impl Server {
     }
 
     /// An answer that closes the connection with `status` (408, 503; counted).
-    fn closing(&mut self, status: Status, extra: &str) -> Response {
-        let response = Response::new(status, TEXT, text(status), false, true, extra);
+    fn closing(&mut self, status: Status, extra: &'static str) -> Response {
+        let response = Response::new(status, TEXT, Body::text(status.text()), false, true, extra);
         self.count(&response);
         response
     }
@@ -196,9 +191,15 @@ impl Server {
     }
 }
 
-/// `<code> <reason>` and a newline, as a body.
-fn text(status: Status) -> Body {
-    Body::Text(format!("{} {}\n", status.code(), status.reason()).into_bytes().into())
+/// The index page: the guest's name, id and address.
+fn index_page(site: &Site) -> String {
+    let Site { name, id, ipv4: [a, b, c, d] } = site;
+    let name = escape_html(name);
+    format!(
+        "<!doctype html>\n<html><head><title>{name}</title></head><body>\n<h1>{name}</h1>\n\
+         <p>Guest {id} at {a}.{b}.{c}.{d}, served by an isolation-kernel guest.</p>\n\
+         <p><code>GET /bytes/N</code>: N bytes, byte i being i % 251.</p>\n</body></html>\n"
+    )
 }
 
 fn escape_html(s: &str) -> String {
@@ -247,19 +248,28 @@ pub struct Connection {
     last_progress_ms: u64,
     /// When the head now awaited started to count against the head timeout.
     head_since_ms: Option<u64>,
+    /// Refused: it only answers 503 ([`Self::refused`]).
+    refusal: bool,
 }
 
 impl Connection {
-    /// A new connection (counted), accepted at `now_ms`.
+    /// A new connection (counted), accepted at `now_ms`. Its request buffer (the head limit) is
+    /// taken from the heap now, the only allocation a connection makes; if the heap cannot hold
+    /// it, the connection is refused instead ([`Self::refused`]).
     pub fn new(server: &mut Server, now_ms: u64) -> Self {
+        let reader = RequestReader::new(server.limits.max_head_bytes);
+        if !reader.has_buffer() {
+            return Self::refused(server, now_ms);
+        }
         server.counters.connections += 1;
         Connection {
-            reader: RequestReader::new(server.limits.max_head_bytes),
+            reader,
             response: None,
             last: false,
             peer_closed: false,
             last_progress_ms: now_ms,
             head_since_ms: None,
+            refusal: false,
         }
     }
 
@@ -275,7 +285,13 @@ impl Connection {
             peer_closed: false,
             last_progress_ms: now_ms,
             head_since_ms: None,
+            refusal: true,
         }
+    }
+
+    /// Whether this connection was refused (it answers 503 and ends).
+    pub fn is_refusal(&self) -> bool {
+        self.refusal
     }
 
     /// Whether [`Self::receive`] would take bytes now. While it would not (the head limit's

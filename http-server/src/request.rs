@@ -262,16 +262,23 @@ pub struct RequestReader {
 }
 
 impl RequestReader {
-    /// A reader for heads of at most `limit` bytes (at least 1).
+    /// A reader for heads of at most `limit` bytes, its buffer taken from the heap now (if the
+    /// heap can hold it: [`Self::has_buffer`]). The buffer never grows later.
     pub fn new(limit: usize) -> Self {
-        let limit = limit.max(1);
-        RequestReader { buf: Vec::new(), limit, scanned: 0, line_start: 0, in_head: false, head_end: None, skip: 0 }
+        let mut buf = Vec::new();
+        let _ = buf.try_reserve_exact(limit);
+        RequestReader { buf, limit, scanned: 0, line_start: 0, in_head: false, head_end: None, skip: 0 }
+    }
+
+    /// Whether the buffer for a whole head was allocated (else the reader takes nothing).
+    pub fn has_buffer(&self) -> bool {
+        self.buf.capacity() >= self.limit
     }
 
     /// How many more bytes [`Self::push`] takes now (body bytes to skip aside): 0 while the
     /// buffer holds a whole limit's worth, until requests are taken from it.
     pub fn room(&self) -> usize {
-        self.limit.saturating_sub(self.buf.len())
+        self.limit.min(self.buf.capacity()).saturating_sub(self.buf.len())
     }
 
     /// How many bytes [`Self::push`] would take now, body bytes to skip included.

@@ -4,7 +4,7 @@ use std::vec;
 use std::vec::Vec;
 
 fn server() -> Server {
-    Server::new(Site { name: "http-2".into(), id: 2, ipv4: [10, 0, 2, 17] }, Limits::default())
+    Server::new(&Site { name: "http-2".into(), id: 2, ipv4: [10, 0, 2, 17] }, Limits::default())
 }
 
 /// A response as a client reads it.
@@ -121,8 +121,7 @@ fn get_index_names_the_guest() {
 
 #[test]
 fn index_page_escapes_the_name() {
-    let mut s = server();
-    s.site.name = "<b>&".into();
+    let mut s = Server::new(&Site { name: "<b>&".into(), id: 1, ipv4: [1, 2, 3, 4] }, Limits::default());
     let (out, _) = drive(&mut s, &[b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"], 4096, true);
     let body = String::from_utf8(parse_responses(&out, &[]).remove(0).body).unwrap();
     assert!(body.contains("<h1>&lt;b&gt;&amp;</h1>"), "{body}");
@@ -648,6 +647,56 @@ fn counters_print_every_status() {
             + &s.counters.body_bytes.to_string()
     );
     assert!(s.counters.body_bytes > 100);
+}
+
+#[test]
+fn the_longest_heads_fit_and_text_bodies_come_out_whole_at_any_piece_size() {
+    let mut s = server();
+    let cases: [(&[u8], u16); 4] = [
+        (b"GET /bytes/18446744073709551615 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 200),
+        (b"BREW / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 405),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nBad Name: y\r\n\r\n", 400),
+        (b"GET / HTTP/7.0\r\nHost: x\r\n\r\n", 505),
+    ];
+    for (request, code) in cases {
+        let mut conn = Connection::new(&mut s, 0);
+        conn.receive(request, 0);
+        let mut out = Vec::new();
+        let mut byte = [0u8; 1];
+        while out.len() < 400 && conn.output(&mut s, &mut byte, 0) == 1 {
+            out.push(byte[0]);
+        }
+        let head_end = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert!(head_end < 200, "a head of {head_end} bytes");
+        if code != 200 {
+            let r = parse_responses(&out, &[]);
+            assert_eq!(r[0].code, code);
+            let body = String::from_utf8(r[0].body.clone()).unwrap();
+            assert!(body.starts_with(&format!("{code} ")) && body.ends_with('\n'), "{body:?}");
+        }
+    }
+    let mut conn = Connection::new(&mut s, 0);
+    conn.receive(b"GET / HTTP/1.1\r\nHost : x\r\n\r\n", 0);
+    let mut out = vec![0u8; 400];
+    let n = conn.output(&mut s, &mut out, 0);
+    let r = parse_responses(&out[..n], &[]);
+    assert_eq!(
+        String::from_utf8(r[0].body.clone()).unwrap(),
+        "400 Bad Request: a header name is not a token (or has space before the colon)\n"
+    );
+}
+
+#[test]
+fn a_connection_whose_buffer_the_heap_cannot_hold_is_refused() {
+    let mut s = server();
+    s.limits.max_head_bytes = usize::MAX;
+    let mut conn = Connection::new(&mut s, 0);
+    let mut buf = [0u8; 512];
+    let n = conn.output(&mut s, &mut buf, 0);
+    assert_eq!(parse_responses(&buf[..n], &[])[0].code, 503);
+    assert!(conn.is_finished() && conn.is_refusal());
+    assert!(!Connection::new(&mut server(), 0).is_refusal());
+    assert_eq!((s.counters.connections, s.counters.refused), (0, 1));
 }
 
 #[test]

@@ -480,10 +480,32 @@ impl<D: Doorbell, P: Platform> NetStack<'_, D, P> {
     /// full or the connection is not yet established), or why nothing more can be sent. The
     /// next polls send it as the peer's window allows.
     pub fn tcp_send(&mut self, h: TcpHandle, data: &[u8]) -> Result<usize, TcpError> {
+        self.tcp_queue(h, |socket| socket.send_slice(data))
+    }
+
+    /// Queues what `fill` writes straight into the send buffer (no copy through a buffer of the
+    /// app's): it is given free room (one contiguous part of it, so call again while it fills
+    /// all it was given) and returns how many bytes it wrote. Otherwise as [`Self::tcp_send`];
+    /// `fill` is not called when nothing can be queued.
+    pub fn tcp_send_with(&mut self, h: TcpHandle, fill: impl FnOnce(&mut [u8]) -> usize) -> Result<usize, TcpError> {
+        self.tcp_queue(h, |socket| {
+            socket.send(|room| {
+                let n = fill(room).min(room.len());
+                (n, n)
+            })
+        })
+    }
+
+    /// Queues bytes on the connection's socket with `queue`, saying why nothing can be queued.
+    fn tcp_queue(
+        &mut self,
+        h: TcpHandle,
+        queue: impl FnOnce(&mut tcp::Socket<'static>) -> Result<usize, tcp::SendError>,
+    ) -> Result<usize, TcpError> {
         let end = self.tcp.conn(h)?.end.map(|(end, _)| end);
         match self.tcp_socket(h)? {
             Err(end) => Err(end.send_error()),
-            Ok(socket) => match socket.send_slice(data) {
+            Ok(socket) => match queue(socket) {
                 Ok(n) => Ok(n),
                 Err(tcp::SendError::InvalidState) => match (end, socket.state()) {
                     (Some(end), _) => Err(end.send_error()),

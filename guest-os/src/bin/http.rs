@@ -36,7 +36,7 @@ const DEFAULT_MAX_CONNECTIONS: usize = 64;
 const MAX_REFUSING: usize = 8;
 /// Connections the listener holds ready before the app accepts them.
 const BACKLOG: usize = 16;
-/// Bytes moved between a socket and a connection in one step.
+/// Bytes read from a socket in one step.
 const CHUNK: usize = 16 * 1024;
 /// The counters are printed at most this often.
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
@@ -98,20 +98,12 @@ fn serve(net: &mut Net, server: &mut Server, client: &mut Client, chunk: &mut [u
         }
         Some(Timeout::Head) | None => {}
     }
+    // Responses are written straight into the send buffer (bodies generated in place), as far
+    // as it has room; the rest waits for the peer's acknowledgements.
     loop {
-        let room = net.tcp_send_room(socket).min(chunk.len());
-        let n = http.peek_output(server, &mut chunk[..room]);
-        if n == 0 {
-            break;
-        }
-        match net.tcp_send(socket, &chunk[..n]) {
-            Ok(sent) => {
-                http.consume_output(server, sent, now);
-                progressed = true;
-                if sent < n {
-                    break;
-                }
-            }
+        match net.tcp_send_with(socket, |room| http.output(server, room, now)) {
+            Ok(0) => break,
+            Ok(_) => progressed = true,
             Err(_) => {
                 net.tcp_abort(socket);
                 return Pass::Ended(Ending::Reset);
@@ -152,7 +144,7 @@ fn main(env: &Env) -> i32 {
         }
     };
     let ipv4 = env.net.map(|n| n.ipv4).unwrap_or_default();
-    let mut server = Server::new(Site { name: env.name.to_string(), id: env.id, ipv4 }, limits);
+    let mut server = Server::new(&Site { name: env.name.to_string(), id: env.id, ipv4 }, limits);
     println!(
         "http listening on {}:{port} (at most {max_connections} connections, idle timeout {} ms, head timeout {} ms)",
         format_ipv4(ipv4),
@@ -176,9 +168,10 @@ fn main(env: &Env) -> i32 {
             }
             let Some(socket) = net.tcp_accept(listener) else { break };
             let now_ms = millis(now);
+            // A connection whose request buffer the heap cannot hold is refused too.
             let http =
                 if refuse { Connection::refused(&mut server, now_ms) } else { Connection::new(&mut server, now_ms) };
-            clients.push(Client { socket, http, refused: refuse });
+            clients.push(Client { socket, refused: http.is_refusal(), http });
         }
         let mut progressed = false;
         let mut i = 0;

@@ -645,3 +645,62 @@ fn a_repeated_syn_does_not_start_a_second_handshake() {
     let vb = assert_tcp_ledger(&mut w.b);
     assert_eq!((get(&vb, C::TcpAccepted), get(&vb, C::TcpRefused), get(&vb, C::TcpReset)), (3, 0, 0));
 }
+
+#[test]
+fn send_with_fills_the_send_buffer_in_place() {
+    let (mut mem_a, mut mem_b) = (GuestMemory::default(), GuestMemory::default());
+    let mut w = World::new(&mut mem_a, &mut mem_b);
+    let listener = w.b.tcp_listen_with(80, 1, small_buffers(4096)).unwrap();
+    let client = w.a.tcp_connect_with((IP_B, 80), small_buffers(4096)).unwrap();
+    let mut called = false;
+    assert_eq!(
+        w.a.tcp_send_with(client, |_| {
+            called = true;
+            0
+        }),
+        Ok(0),
+        "not yet established"
+    );
+    assert!(!called, "nothing to fill before the handshake");
+    let mut conns = Vec::new();
+    assert!(w.run_until(100, |w| {
+        accept_all(&mut w.b, listener, &mut conns);
+        !conns.is_empty()
+    }));
+    let server = conns[0];
+    // The server streams 100 KB through its 4 KiB send buffer, generating each byte in place.
+    const TOTAL: usize = 100_000;
+    let (mut generated, mut received) = (0usize, Vec::new());
+    assert!(w.run_until(20_000, |w| {
+        while generated < TOTAL {
+            let wrote = w.b.tcp_send_with(server, |room| {
+                let n = room.len().min(TOTAL - generated);
+                for (i, b) in room[..n].iter_mut().enumerate() {
+                    *b = pattern(7, generated + i);
+                }
+                n
+            });
+            match wrote {
+                Ok(0) => break,
+                Ok(n) => generated += n,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        let mut buf = [0u8; 1024];
+        while let Ok(n @ 1..) = w.a.tcp_recv(client, &mut buf) {
+            received.extend_from_slice(&buf[..n]);
+        }
+        received.len() == TOTAL
+    }));
+    assert!(received.iter().enumerate().all(|(i, &b)| b == pattern(7, i)), "every byte as generated, in order");
+    // A fill that claims more than its room queues only the room.
+    w.run_until(100, |_| false);
+    let mut given = 0;
+    let queued = w.b.tcp_send_with(server, |room| {
+        given = room.len();
+        room.len() + 10
+    });
+    assert!(given > 0 && queued == Ok(given), "{queued:?} for {given} bytes of room");
+    w.b.tcp_shutdown(server).unwrap();
+    assert_eq!(w.b.tcp_send_with(server, |room| room.len()), Err(TcpError::SendClosed));
+}

@@ -260,6 +260,44 @@ fn http_forwards(guests: &[hypercall_abi::vnic::NetConfig], base: u16) -> NetBac
     NetBackend::User { forwards: Vec::new(), tcp_forwards }
 }
 
+/// Ends a run of an `http` image once every guest's last connection has ended (the clients are
+/// done), and checks it: guests as expected, the transmit path, the kernel's and guests' packet
+/// ledgers, no connection request refused by the stack, and every connection the stack accepted
+/// handed to the app (served or refused by it).
+fn finish_http(
+    mut session: Session,
+    image: &Image,
+    tx: TxMode,
+) -> std::result::Result<(Outcome, BTreeMap<String, u64>), Failure> {
+    for guest in image.guests.iter().filter(|g| g.net.is_some()) {
+        let idle = |c: &BTreeMap<String, u64>| c.get("active") == Some(&0);
+        let quiet = |log: &str| http_counters(log).get(&guest.name).is_none_or(idle);
+        if !session.wait_for(Duration::from_secs(15), quiet) {
+            let counters = http_counters(&session.log()).remove(&guest.name);
+            return Err(failure(format!("{}: connections still open: {counters:?}", guest.name), session.log()));
+        }
+    }
+    session.request_quit();
+    let outcome = session.finish().map_err(|e| failure(format!("{e:#}"), String::new()))?;
+    check_guest_expectations(image, &outcome)?;
+    let stats = final_stats(&outcome)?;
+    check_tx_path(&outcome, tx, &stats, Traffic::NicOnly)?;
+    crate::ledger::check_log(&outcome.log).map_err(|e| failure(e, outcome.log.clone()))?;
+    let get = |name: &str| stats.get(name).copied().unwrap_or(0);
+    let app_took: u64 = http_counters(&outcome.log)
+        .values()
+        .map(|c| c.get("connections").unwrap_or(&0) + c.get("refused").unwrap_or(&0))
+        .sum();
+    check(&outcome, get("guest_tcp_accepted") == app_took && get("guest_tcp_refused") == 0, || {
+        format!(
+            "the stack accepted {} connections, the apps took {app_took}; it refused {}",
+            get("guest_tcp_accepted"),
+            get("guest_tcp_refused")
+        )
+    })?;
+    Ok((outcome, stats))
+}
+
 fn user_network_session(image: &Image, tx: TxMode) -> std::result::Result<(Session, Vec<SocketAddr>), Failure> {
     let base = host_port_base();
     let guests: Vec<_> = image.guests.iter().filter_map(|g| g.net).collect();
@@ -310,11 +348,7 @@ pub(super) fn http_user_network(ctx: &Ctx) -> TestResult {
             ));
         }
     }
-    session.request_quit();
-    let outcome = session.finish().map_err(|e| failure(format!("{e:#}"), String::new()))?;
-    check_guest_expectations(&image, &outcome)?;
-    let stats = final_stats(&outcome)?;
-    check_tx_path(&outcome, TxMode::Copy, &stats, Traffic::NicOnly)?;
+    finish_http(session, &image, TxMode::Copy)?;
     Ok(Verdict::Pass)
 }
 
@@ -488,11 +522,7 @@ pub(super) fn http_slow_client_pipelining_reset(ctx: &Ctx, tx: TxMode) -> TestRe
             session.log(),
         ));
     }
-    session.request_quit();
-    let outcome = session.finish().map_err(|e| failure(format!("{e:#}"), String::new()))?;
-    check_guest_expectations(&image, &outcome)?;
-    let stats = final_stats(&outcome)?;
-    check_tx_path(&outcome, tx, &stats, Traffic::NicOnly)?;
+    finish_http(session, &image, tx)?;
     Ok(Verdict::Pass)
 }
 
@@ -572,9 +602,7 @@ pub(super) fn http_connection_limit(ctx: &Ctx) -> TestResult {
             session.log(),
         ));
     }
-    session.request_quit();
-    let outcome = session.finish().map_err(|e| failure(format!("{e:#}"), String::new()))?;
-    check_guest_expectations(&image, &outcome)?;
+    finish_http(session, &image, TxMode::Copy)?;
     Ok(Verdict::Pass)
 }
 
@@ -608,11 +636,7 @@ pub(super) fn http_tap_network(ctx: &Ctx, tx: TxMode, image_name: &str) -> TestR
         )
         .map_err(|e| failure(format!("curl against {} at {ip}: {e:#}", guest.name), session.log()))?;
     }
-    session.request_quit();
-    let outcome = session.finish().map_err(|e| failure(format!("{e:#}"), String::new()))?;
-    check_guest_expectations(&image, &outcome)?;
-    let stats = final_stats(&outcome)?;
-    check_tx_path(&outcome, tx, &stats, Traffic::NicOnly)?;
+    let (outcome, stats) = finish_http(session, &image, tx)?;
     // With jumbo frames, the bodies went out in segments no standard frame could hold: on
     // average the guests' frames are longer than the longest standard one.
     let get = |name: &str| stats.get(name).copied().unwrap_or(0);
