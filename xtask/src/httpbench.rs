@@ -2,13 +2,19 @@
 //! guests and against the Linux VM of `bench baseline` (whose `/init` serves the same endpoints
 //! and TCP echo), in the same QEMU (TCG, `pc`, legacy virtio-net), one system after the other:
 //!
-//! - keep-alive `GET /` with `wrk` over QEMU's user network: requests per second and latency
-//!   p50/p99 with 1 and with 32 connections per server, to 1 server and to 4 at once (one `wrk`
-//!   per server, run together, requests per second summed, latency the highest of the four);
-//!   Linux's "4 servers" are 4 host ports forwarded to its one VM;
+//! - keep-alive `GET /` with `wrk`: requests per second and latency p50/p99 with 1 and with 32
+//!   connections per server, to 1 server and to 4 at once (one `wrk` per server, run together,
+//!   requests per second summed, latency the highest of the four), over QEMU's user network
+//!   (the `http` image's transmit path) and over the tap network at MTU 1500 (copy and COW);
+//!   Linux's "4 servers" are 4 host ports forwarded to its one VM, or its one address 4 times;
 //! - over the tap network: the download of `/bytes/N` at MTU 1500 (`http`) and 9000
 //!   (`http-jumbo`), and N bytes through TCP echo and back (MTU 1500), every byte checked, copy
 //!   and COW.
+//!
+//! QEMU 7.2's user network listens on each forwarded port with a backlog of one, so a burst of
+//! connections is accepted over seconds of SYN retries; `wrk` corrects its latencies for
+//! coordinated omission, so such a wait shows in the percentiles of the user-network cells (for
+//! both systems alike). The tap cells have no such front door.
 //!
 //! Prints ours, Linux's and the ratio (ours / Linux) and writes `http.json` and `http.svg`.
 //! Wall-clock figures under TCG: compare the columns of one run.
@@ -24,6 +30,7 @@ use crate::tcpload::{self, Transfer, Workload, WrkErrors};
 use crate::{TxMode, HTTP_PORT};
 use anyhow::{bail, Context, Result};
 use hypercall_abi::host::KernelExit;
+use plotters::style::RGBColor;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -62,6 +69,11 @@ pub enum System {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RateRow {
     pub system: System,
+    /// `user` or `tap`.
+    pub network: String,
+    /// Our transmit path (`copy` or `cow`); none for Linux.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx: Option<String>,
     pub servers: usize,
     pub connections_per_server: u32,
     /// Summed over the servers' `wrk` processes.
@@ -106,11 +118,11 @@ pub struct HttpReport {
     pub unit: String,
     pub host_cpu: String,
     pub quick: bool,
-    /// The network of the request-rate cells (`user`) and of the streams (`tap`).
-    pub rate_network: String,
-    pub stream_network: String,
-    /// Our transmit path in the request-rate cells (the `http` image's).
-    pub rate_tx: String,
+    /// The network of the streams and the tap request-rate cells: `tap`, or `none` where no
+    /// tap device could be made.
+    pub tap_network: String,
+    /// Our transmit path in the user-network request-rate cells (the `http` image's).
+    pub user_tx: String,
     pub requests: Vec<RateRow>,
     pub downloads: Vec<StreamRow>,
     pub echoes: Vec<StreamRow>,
@@ -135,7 +147,7 @@ enum Net<'a> {
 struct Booted {
     system: System,
     session: Session,
-    /// The HTTP servers (ours: one per guest; Linux over the user network: 4 ports to its one).
+    /// The HTTP servers (ours: one per guest; Linux: 4 host ports to its one, or its one 4 times).
     http: Vec<SocketAddr>,
     echo: Vec<SocketAddr>,
 }
@@ -212,7 +224,8 @@ fn boot_linux(kernel: &Path, initramfs: &Path, net: &Net) -> Result<Booted> {
         Net::Tap { namespace, mtu } => {
             let ip = NetPlan::TAP.guest_ip(0);
             let linux_net = LinuxNet::Tap { namespace, ip, mtu: *mtu };
-            (linux_net, vec![SocketAddr::from((ip, HTTP_PORT))], vec![SocketAddr::from((ip, crate::ECHO_PORT))])
+            // Its one server four times: the "4 servers" cells load it from 4 clients.
+            (linux_net, vec![SocketAddr::from((ip, HTTP_PORT)); 4], vec![SocketAddr::from((ip, crate::ECHO_PORT))])
         }
     };
     let session =
@@ -220,10 +233,21 @@ fn boot_linux(kernel: &Path, initramfs: &Path, net: &Net) -> Result<Booted> {
     Ok(Booted { system: System::Linux, session, http, echo })
 }
 
-/// Every request-rate cell against `booted`'s HTTP servers (reached from this process).
-fn measure_rates(booted: &Booted, load: HttpLoad) -> Result<Vec<RateRow>> {
+/// Every request-rate cell against `booted`'s HTTP servers, from this process (user network)
+/// or from inside `namespace` (tap), once every server has answered.
+fn measure_rates(
+    booted: &Booted,
+    namespace: Option<&TapNamespace>,
+    tx: Option<TxMode>,
+    load: HttpLoad,
+) -> Result<Vec<RateRow>> {
     for &server in &booted.http {
-        tcpload::wait_until_serving(server, BOOT_LIMIT, tcpload::http_answers).with_context(|| {
+        let ready = match namespace {
+            None => tcpload::wait_until_serving(server, BOOT_LIMIT, tcpload::http_answers),
+            // An empty download: the client waits for the server to answer first.
+            Some(ns) => measure_in_namespace(ns, Workload::Download, server, 0).map(|_| ()),
+        };
+        ready.with_context(|| {
             format!("{:?}'s HTTP server at {server} never answered; console:\n{}", booted.system, booted.session.log())
         })?;
     }
@@ -235,12 +259,14 @@ fn measure_rates(booted: &Booted, load: HttpLoad) -> Result<Vec<RateRow>> {
         for connections in CONNECTIONS {
             let children = targets
                 .iter()
-                .map(|a| tcpload::spawn_wrk(&format!("http://{a}/"), connections, load.wrk_seconds))
+                .map(|a| tcpload::spawn_wrk(namespace, &format!("http://{a}/"), connections, load.wrk_seconds))
                 .collect::<Result<Vec<_>>>()?;
             let summaries = children.into_iter().map(tcpload::finish_wrk).collect::<Result<Vec<_>>>()?;
             let highest = |pick: fn(&tcpload::WrkSummary) -> f64| summaries.iter().map(pick).fold(0.0, f64::max);
             rows.push(RateRow {
                 system: booted.system,
+                network: if namespace.is_some() { "tap" } else { "user" }.into(),
+                tx: tx.map(|t| t.name().to_string()),
                 servers,
                 connections_per_server: connections,
                 requests_per_second: rounded(summaries.iter().map(|s| s.requests_per_second()).sum(), 1),
@@ -283,32 +309,42 @@ fn stream_row(system: System, mtu: u16, tx: Option<TxMode>, transfer: Transfer) 
     }
 }
 
-/// A download (and at MTU 1500 an echo stream) from `booted`, stopped afterwards, even when
-/// the measurement failed.
-fn measure_streams(
+/// What one boot is measured for over tap.
+#[derive(Clone, Copy)]
+struct TapCells {
+    download: bool,
+    rates: bool,
+    echo: bool,
+}
+
+/// `cells` measured on `booted` over tap; `booted` is stopped afterwards, even when a
+/// measurement failed.
+fn measure_tap(
     booted: Booted,
     namespace: &TapNamespace,
     mtu: u16,
     tx: Option<TxMode>,
     load: HttpLoad,
-    what: &[Workload],
+    cells: TapCells,
     report: &mut HttpReport,
 ) -> Result<()> {
     let system = booted.system;
     let measured = (|| -> Result<()> {
-        for &workload in what {
-            let (server, bytes) = match workload {
-                Workload::Download => (booted.http.first(), load.download_bytes),
-                Workload::Echo => (booted.echo.first(), load.echo_bytes),
-            };
-            let server = *server.context("no server")?;
-            let transfer = measure_in_namespace(namespace, workload, server, bytes)
-                .with_context(|| format!("{system:?}, MTU {mtu}; console:\n{}", booted.session.log()))?;
-            let row = stream_row(system, mtu, tx, transfer);
-            match workload {
-                Workload::Download => report.downloads.push(row),
-                Workload::Echo => report.echoes.push(row),
-            }
+        let console = || format!("{system:?}, MTU {mtu}; console:\n{}", booted.session.log());
+        if cells.download {
+            let server = *booted.http.first().context("no HTTP server")?;
+            let transfer = measure_in_namespace(namespace, Workload::Download, server, load.download_bytes)
+                .with_context(console)?;
+            report.downloads.push(stream_row(system, mtu, tx, transfer));
+        }
+        if cells.rates {
+            report.requests.extend(measure_rates(&booted, Some(namespace), tx, load).with_context(console)?);
+        }
+        if cells.echo {
+            let server = *booted.echo.first().context("no echo server")?;
+            let transfer =
+                measure_in_namespace(namespace, Workload::Echo, server, load.echo_bytes).with_context(console)?;
+            report.echoes.push(stream_row(system, mtu, tx, transfer));
         }
         // Checked once it has answered, so booted: the MTU it asked for is the one it got.
         if system == System::Linux && !booted.session.log().contains(&format!("http on port 80, mtu {mtu}\n")) {
@@ -328,15 +364,14 @@ pub fn run(load: HttpLoad) -> Result<PathBuf> {
     }
     let (kernel, initramfs) = baseline::prepare()?;
     let artifacts = Artifacts::build()?;
-    let rate_tx = pack::pack_image(MTU_IMAGES[0].1, &artifacts, NetPlan::USER)?.manifest.kernel.tx;
+    let user_tx = pack::pack_image(MTU_IMAGES[0].1, &artifacts, NetPlan::USER)?.manifest.kernel.tx;
     let mut report = HttpReport {
         accel: "tcg".into(),
         unit: "wall-clock".into(),
         host_cpu: bench::host_cpu(),
         quick: load.wrk_seconds == QUICK.wrk_seconds,
-        rate_network: "user".into(),
-        stream_network: "tap".into(),
-        rate_tx: rate_tx.name().into(),
+        tap_network: "tap".into(),
+        user_tx: user_tx.name().into(),
         requests: Vec::new(),
         downloads: Vec::new(),
         echoes: Vec::new(),
@@ -345,40 +380,41 @@ pub fn run(load: HttpLoad) -> Result<PathBuf> {
     };
     let base = 30_000 + (std::process::id() % 1_000) as u16 * 8;
     let user = Net::User { base };
-    println!("request rates over the user network: ours ({} guests, tx {})", MTU_IMAGES[0].1, rate_tx.name());
-    let ours = boot_ours(&artifacts, MTU_IMAGES[0].1, rate_tx, &user)?;
-    let rows = measure_rates(&ours, load);
+    println!("user network: request rates of ours ({} guests, tx {})", MTU_IMAGES[0].1, user_tx.name());
+    let ours = boot_ours(&artifacts, MTU_IMAGES[0].1, user_tx, &user)?;
+    let rows = measure_rates(&ours, None, Some(user_tx), load);
     ours.stop()?;
     report.requests.extend(rows?);
-    println!("request rates over the user network: Linux");
+    println!("user network: request rates of Linux");
     let linux = boot_linux(&kernel, &initramfs, &user)?;
-    report.requests.extend(measure_rates(&linux, load)?);
+    let rows = measure_rates(&linux, None, None, load);
     linux.stop()?;
-    match crate::tapnet::unavailable_reason(&[]) {
-        Some(why) => {
-            report.stream_network = "none".into();
-            report.notes.push(format!("downloads and echo streams not measured: no tap network ({why})"));
-        }
-        None => {
-            for (mtu, image) in MTU_IMAGES {
-                let namespace = TapNamespace::create(&NetPlan::TAP, mtu)?;
-                let net = Net::Tap { namespace: &namespace, mtu };
+    report.requests.extend(rows?);
+    if let Some(why) = crate::tapnet::unavailable_reason(&[]) {
+        report.tap_network = "none".into();
+        report.notes.push(format!("tap cells (downloads, echo, rates over tap) not measured: {why}"));
+    } else {
+        for (mtu, image) in MTU_IMAGES {
+            let namespace = TapNamespace::create(&NetPlan::TAP, mtu)?;
+            let net = Net::Tap { namespace: &namespace, mtu };
+            // Request rates and echo at the standard MTU only: small requests fit any.
+            let standard = mtu == MTU_IMAGES[0].0;
+            for tx in TxMode::ALL {
+                println!("tap, MTU {mtu}: ours ({image}, tx {})", tx.name());
+                let ours = boot_ours(&artifacts, image, tx, &net)?;
+                let cells = TapCells { download: true, rates: standard, echo: false };
+                measure_tap(ours, &namespace, mtu, Some(tx), load, cells, &mut report)?;
+            }
+            println!("tap, MTU {mtu}: Linux");
+            let linux = boot_linux(&kernel, &initramfs, &net)?;
+            let cells = TapCells { download: true, rates: standard, echo: standard };
+            measure_tap(linux, &namespace, mtu, None, load, cells, &mut report)?;
+            if standard {
                 for tx in TxMode::ALL {
-                    println!("tap, MTU {mtu}: download from ours ({image}, tx {})", tx.name());
-                    let ours = boot_ours(&artifacts, image, tx, &net)?;
-                    measure_streams(ours, &namespace, mtu, Some(tx), load, &[Workload::Download], &mut report)?;
-                }
-                let with_echo: &[Workload] =
-                    if mtu == MTU_IMAGES[0].0 { &[Workload::Download, Workload::Echo] } else { &[Workload::Download] };
-                println!("tap, MTU {mtu}: Linux");
-                let linux = boot_linux(&kernel, &initramfs, &net)?;
-                measure_streams(linux, &namespace, mtu, None, load, with_echo, &mut report)?;
-                if mtu == MTU_IMAGES[0].0 {
-                    for tx in TxMode::ALL {
-                        println!("tap, MTU {mtu}: TCP echo through ours ({ECHO_IMAGE}, tx {})", tx.name());
-                        let ours = boot_ours(&artifacts, ECHO_IMAGE, tx, &net)?;
-                        measure_streams(ours, &namespace, mtu, Some(tx), load, &[Workload::Echo], &mut report)?;
-                    }
+                    println!("tap, MTU {mtu}: TCP echo through ours ({ECHO_IMAGE}, tx {})", tx.name());
+                    let ours = boot_ours(&artifacts, ECHO_IMAGE, tx, &net)?;
+                    let cells = TapCells { download: false, rates: false, echo: true };
+                    measure_tap(ours, &namespace, mtu, Some(tx), load, cells, &mut report)?;
                 }
             }
         }
@@ -399,6 +435,28 @@ fn rate_label(servers: usize, connections: u32) -> String {
     }
 }
 
+/// The request-rate cells of one system on one network (ours: with one transmit path).
+fn rate_cell<'a>(
+    report: &'a HttpReport,
+    system: System,
+    network: &str,
+    tx: Option<&str>,
+    (servers, connections): (usize, u32),
+) -> Option<&'a RateRow> {
+    report.requests.iter().find(|r| {
+        r.system == system
+            && r.network == network
+            && r.tx.as_deref() == tx
+            && r.servers == servers
+            && r.connections_per_server == connections
+    })
+}
+
+/// Every (servers, connections per server) cell, in order.
+fn rate_cells() -> Vec<(usize, u32)> {
+    SERVER_COUNTS.iter().flat_map(|&s| CONNECTIONS.iter().map(move |&c| (s, c))).collect()
+}
+
 /// Ours beside Linux's for every cell measured on both.
 pub fn figures(report: &HttpReport) -> Vec<Figure> {
     let mut out = Vec::new();
@@ -406,23 +464,25 @@ pub fn figures(report: &HttpReport) -> Vec<Figure> {
         let ratio = if linux > 0.0 { rounded(ours / linux, 3) } else { 0.0 };
         out.push(Figure { figure, unit: unit.into(), ours, linux, ratio });
     };
-    let rate = |system, servers, connections| {
-        report
-            .requests
-            .iter()
-            .find(|r| r.system == system && r.servers == servers && r.connections_per_server == connections)
-    };
-    for servers in SERVER_COUNTS {
-        for connections in CONNECTIONS {
-            let (Some(o), Some(l)) =
-                (rate(System::Ours, servers, connections), rate(System::Linux, servers, connections))
-            else {
+    // Ours' (network, transmit path) groups, in the order measured.
+    let mut groups: Vec<(&str, Option<&str>)> = Vec::new();
+    for r in report.requests.iter().filter(|r| r.system == System::Ours) {
+        if !groups.contains(&(r.network.as_str(), r.tx.as_deref())) {
+            groups.push((r.network.as_str(), r.tx.as_deref()));
+        }
+    }
+    for (network, tx) in groups {
+        for cell in rate_cells() {
+            let (Some(o), Some(l)) = (
+                rate_cell(report, System::Ours, network, tx, cell),
+                rate_cell(report, System::Linux, network, None, cell),
+            ) else {
                 continue;
             };
-            let cell = rate_label(servers, connections);
-            add(format!("GET / rate, {cell}"), "requests/s", o.requests_per_second, l.requests_per_second);
-            add(format!("GET / latency p50, {cell}"), "µs", o.latency_p50_us, l.latency_p50_us);
-            add(format!("GET / latency p99, {cell}"), "µs", o.latency_p99_us, l.latency_p99_us);
+            let name = format!("{network}, tx {}, {}", tx.unwrap_or("?"), rate_label(cell.0, cell.1));
+            add(format!("GET / rate, {name}"), "requests/s", o.requests_per_second, l.requests_per_second);
+            add(format!("GET / latency p50, {name}"), "µs", o.latency_p50_us, l.latency_p50_us);
+            add(format!("GET / latency p99, {name}"), "µs", o.latency_p99_us, l.latency_p99_us);
         }
     }
     for (name, rows) in [("download", &report.downloads), ("TCP echo", &report.echoes)] {
@@ -430,7 +490,7 @@ pub fn figures(report: &HttpReport) -> Vec<Figure> {
             let Some(linux) = rows.iter().find(|r| r.system == System::Linux && r.mtu == ours.mtu) else { continue };
             let tx = ours.tx.as_deref().unwrap_or("?");
             add(
-                format!("{name}, MTU {}, tx {tx}", ours.mtu),
+                format!("{name}, tap, MTU {}, tx {tx}", ours.mtu),
                 "MB/s",
                 ours.megabytes_per_second,
                 linux.megabytes_per_second,
@@ -442,18 +502,18 @@ pub fn figures(report: &HttpReport) -> Vec<Figure> {
 
 fn print_report(report: &HttpReport) {
     println!(
-        "ours vs the Linux VM, same QEMU (TCG, pc, legacy virtio-net), wall clock, one run; requests over the {} \
-         network (our tx {}), streams over {}:",
-        report.rate_network, report.rate_tx, report.stream_network
+        "ours vs the Linux VM, same QEMU (TCG, pc, legacy virtio-net), wall clock, one run; ratio = ours / Linux:"
     );
-    println!("{:<44} {:>10} {:>12} {:>12} {:>7}", "figure", "unit", "ours", "linux", "ratio");
+    println!("{:<58} {:>10} {:>11} {:>11} {:>7}", "figure", "unit", "ours", "linux", "ratio");
     for f in &report.figures {
-        println!("{:<44} {:>10} {:>12.1} {:>12.1} {:>7.2}", f.figure, f.unit, f.ours, f.linux, f.ratio);
+        println!("{:<58} {:>10} {:>11.1} {:>11.1} {:>7.2}", f.figure, f.unit, f.ours, f.linux, f.ratio);
     }
     for r in report.requests.iter().filter(|r| r.errors.total() > 0) {
         println!(
-            "wrk counted errors against {:?}, {}: {:?} (of {} requests)",
+            "wrk counted errors against {:?} ({}, tx {}), {}: {:?} (of {} requests)",
             r.system,
+            r.network,
+            r.tx.as_deref().unwrap_or("-"),
             rate_label(r.servers, r.connections_per_server),
             r.errors,
             r.requests
@@ -464,91 +524,123 @@ fn print_report(report: &HttpReport) {
     }
 }
 
-/// Four panels: request rate; latency at 1 and at 32 connections; throughput over tap.
+/// One bar colour of the request-rate panels: a system on a network (ours with a transmit path).
+struct RateSeries {
+    name: &'static str,
+    colour: RGBColor,
+    /// The p99 bars' colour beside the p50 bars' `colour` in the latency panels.
+    p99_colour: RGBColor,
+    system: System,
+    tx: Option<&'static str>,
+}
+
+/// Five panels: request rate and latency over the user network and over tap; throughput.
 fn http_svg(report: &HttpReport) -> Result<String> {
-    let cells: Vec<(usize, u32)> =
-        SERVER_COUNTS.iter().flat_map(|&s| CONNECTIONS.iter().map(move |&c| (s, c))).collect();
-    let rate = |system, (servers, connections): (usize, u32)| {
-        report
-            .requests
+    let cells = rate_cells();
+    let categories: Vec<String> = cells.iter().map(|&(s, c)| format!("{s} x {c}")).collect();
+    let user_tx: &'static str = if report.user_tx == "cow" { "cow" } else { "copy" };
+    let user = [
+        RateSeries {
+            name: "ours",
+            colour: PALETTE[0],
+            p99_colour: PALETTE[8],
+            system: System::Ours,
+            tx: Some(user_tx),
+        },
+        RateSeries { name: "Linux VM", colour: PALETTE[1], p99_colour: PALETTE[10], system: System::Linux, tx: None },
+    ];
+    let tap = [
+        RateSeries {
+            name: "ours, copy",
+            colour: PALETTE[0],
+            p99_colour: PALETTE[8],
+            system: System::Ours,
+            tx: Some("copy"),
+        },
+        RateSeries {
+            name: "ours, COW",
+            colour: PALETTE[4],
+            p99_colour: PALETTE[9],
+            system: System::Ours,
+            tx: Some("cow"),
+        },
+        RateSeries { name: "Linux VM", colour: PALETTE[1], p99_colour: PALETTE[10], system: System::Linux, tx: None },
+    ];
+    let values = |network: &str, s: &RateSeries, pick: fn(&RateRow) -> f64| -> Vec<f64> {
+        cells.iter().map(|&c| rate_cell(report, s.system, network, s.tx, c).map_or(0.0, pick)).collect()
+    };
+    let rate_panel = |network: &str, title: String, series: &[RateSeries]| Panel {
+        title,
+        x_desc: "servers loaded at once x connections per server".into(),
+        y_desc: "requests per second (wall clock)".into(),
+        legend_title: "system, transmit path".into(),
+        categories: categories.clone(),
+        series: series
             .iter()
-            .find(|r| r.system == system && r.servers == servers && r.connections_per_server == connections)
+            .map(|s| Series {
+                name: s.name.into(),
+                colour: s.colour,
+                values: values(network, s, |r| r.requests_per_second),
+            })
+            .collect(),
+        bars: Bars::Grouped,
     };
-    let rate_series = |name: &str, colour, system| Series {
-        name: name.into(),
-        colour,
-        values: cells.iter().map(|&c| rate(system, c).map_or(0.0, |r| r.requests_per_second)).collect(),
-    };
-    let latency_panel = |connections: u32| {
-        let servers = SERVER_COUNTS;
-        let series = |name: &str, colour, system, pick: fn(&RateRow) -> f64| Series {
-            name: name.into(),
-            colour,
-            values: servers.iter().map(|&s| rate(system, (s, connections)).map_or(0.0, pick)).collect(),
-        };
-        Panel {
-            title: format!(
-                "GET / latency, {connections} connection{} per server",
-                if connections == 1 { "" } else { "s" }
-            ),
-            x_desc: "servers loaded at once".into(),
-            y_desc: "latency (µs, wall clock, log scale)".into(),
-            legend_title: "system, percentile".into(),
-            categories: servers.iter().map(|&s| format!("{s} server{}", if s == 1 { "" } else { "s" })).collect(),
-            series: vec![
-                series("ours p50", PALETTE[0], System::Ours, |r| r.latency_p50_us),
-                series("ours p99", PALETTE[4], System::Ours, |r| r.latency_p99_us),
-                series("Linux p50", PALETTE[1], System::Linux, |r| r.latency_p50_us),
-                series("Linux p99", PALETTE[7], System::Linux, |r| r.latency_p99_us),
-            ],
-            bars: Bars::GroupedLogScale,
-        }
+    let latency_panel = |network: &str, title: String, series: &[RateSeries]| Panel {
+        title,
+        x_desc: "servers loaded at once x connections per server".into(),
+        y_desc: "latency (µs, wall clock, log scale)".into(),
+        legend_title: "system, percentile".into(),
+        categories: categories.clone(),
+        series: series
+            .iter()
+            .flat_map(|s| {
+                [
+                    Series {
+                        name: format!("{} p50", s.name),
+                        colour: s.colour,
+                        values: values(network, s, |r| r.latency_p50_us),
+                    },
+                    Series {
+                        name: format!("{} p99", s.name),
+                        colour: s.p99_colour,
+                        values: values(network, s, |r| r.latency_p99_us),
+                    },
+                ]
+            })
+            .collect(),
+        bars: Bars::GroupedLogScale,
     };
     let stream_categories: Vec<(&str, &Vec<StreamRow>, u16)> = vec![
         ("download, MTU 1500", &report.downloads, MTU_IMAGES[0].0),
         ("download, MTU 9000", &report.downloads, MTU_IMAGES[1].0),
         ("TCP echo, MTU 1500", &report.echoes, MTU_IMAGES[0].0),
     ];
-    let stream_series = |name: &str, colour, system, tx: Option<&str>| Series {
-        name: name.into(),
-        colour,
+    let stream_series = |s: &RateSeries| Series {
+        name: s.name.into(),
+        colour: s.colour,
         values: stream_categories
             .iter()
             .map(|(_, rows, mtu)| {
                 rows.iter()
-                    .find(|r| r.system == system && r.mtu == *mtu && r.tx.as_deref() == tx)
+                    .find(|r| r.system == s.system && r.mtu == *mtu && r.tx.as_deref() == s.tx)
                     .map_or(0.0, |r| r.megabytes_per_second)
             })
             .collect(),
     };
     let panels = [
+        rate_panel("user", format!("Keep-alive GET / (wrk), user network, ours tx {user_tx}"), &user),
+        rate_panel("tap", "Keep-alive GET / (wrk), tap network, MTU 1500".into(), &tap),
+        latency_panel("user", "GET / latency (wrk), user network".into(), &user),
+        latency_panel("tap", "GET / latency (wrk), tap network".into(), &tap),
         Panel {
-            title: format!("Keep-alive GET / with wrk, {} network, TCG", report.rate_network),
-            x_desc: "servers loaded at once, connections per server".into(),
-            y_desc: "requests per second (wall clock)".into(),
-            legend_title: "system".into(),
-            categories: cells.iter().map(|&(s, c)| format!("{s} x {c}")).collect(),
-            series: vec![
-                rate_series(&format!("ours (tx {})", report.rate_tx), PALETTE[0], System::Ours),
-                rate_series("Linux VM", PALETTE[1], System::Linux),
-            ],
-            bars: Bars::Grouped,
-        },
-        Panel {
-            title: format!("TCP throughput over {}, every byte checked", report.stream_network),
+            title: "TCP throughput over tap, every byte checked".into(),
             x_desc: "transfer (download: /bytes/N; echo: N bytes out and back)".into(),
             y_desc: "payload MB/s (10^6 B/s, wall clock)".into(),
             legend_title: "system, transmit path".into(),
             categories: stream_categories.iter().map(|(name, _, _)| name.to_string()).collect(),
-            series: vec![
-                stream_series("ours, copy", PALETTE[0], System::Ours, Some("copy")),
-                stream_series("ours, COW", PALETTE[4], System::Ours, Some("cow")),
-                stream_series("Linux VM", PALETTE[1], System::Linux, None),
-            ],
+            series: tap.iter().map(stream_series).collect(),
             bars: Bars::Grouped,
         },
-        latency_panel(CONNECTIONS[0]),
-        latency_panel(CONNECTIONS[1]),
     ];
     chart::svg(&panels, 2, (720, 460))
 }
@@ -557,15 +649,22 @@ fn http_svg(report: &HttpReport) -> Result<String> {
 mod tests {
     use super::*;
 
-    fn rate_row(system: System, servers: usize, connections: u32) -> RateRow {
-        let scale = if system == System::Ours { 3.0 } else { 1.0 };
+    /// Ours `scale` times as fast as Linux (latency `scale` times lower).
+    fn rate_row(system: System, network: &str, tx: Option<TxMode>, (servers, connections): (usize, u32)) -> RateRow {
+        let scale = match tx {
+            None => 1.0,
+            Some(TxMode::Copy) => 3.0,
+            Some(TxMode::Cow) => 4.0,
+        };
         RateRow {
             system,
+            network: network.into(),
+            tx: tx.map(|t| t.name().into()),
             servers,
             connections_per_server: connections,
             requests_per_second: scale * 1000.0 * servers as f64 + connections as f64,
             latency_p50_us: 300.0 * connections as f64 / scale,
-            latency_p99_us: 900.0 * connections as f64 / scale,
+            latency_p99_us: 1200.0 * connections as f64 / scale,
             requests: 1000,
             errors: WrkErrors { read_errors: connections as u64, ..WrkErrors::default() },
         }
@@ -577,12 +676,12 @@ mod tests {
 
     fn report() -> HttpReport {
         let mut requests = Vec::new();
-        for system in [System::Ours, System::Linux] {
-            for servers in SERVER_COUNTS {
-                for connections in CONNECTIONS {
-                    requests.push(rate_row(system, servers, connections));
-                }
-            }
+        for cell in rate_cells() {
+            requests.push(rate_row(System::Ours, "user", Some(TxMode::Copy), cell));
+            requests.push(rate_row(System::Linux, "user", None, cell));
+            requests.push(rate_row(System::Ours, "tap", Some(TxMode::Copy), cell));
+            requests.push(rate_row(System::Ours, "tap", Some(TxMode::Cow), cell));
+            requests.push(rate_row(System::Linux, "tap", None, cell));
         }
         let mut downloads = Vec::new();
         for mtu in [1500, 9000] {
@@ -600,9 +699,8 @@ mod tests {
             unit: "wall-clock".into(),
             host_cpu: "cpu".into(),
             quick: true,
-            rate_network: "user".into(),
-            stream_network: "tap".into(),
-            rate_tx: "copy".into(),
+            tap_network: "tap".into(),
+            user_tx: "copy".into(),
             requests,
             downloads,
             echoes,
@@ -615,19 +713,22 @@ mod tests {
     fn every_cell_measured_on_both_becomes_a_figure_with_its_ratio() {
         let mut report = report();
         let figures = figures(&report);
-        // 4 rate cells x (rate, p50, p99) + 4 downloads + 2 echoes.
-        assert_eq!(figures.len(), 4 * 3 + 4 + 2, "{figures:#?}");
+        // 3 groups (user copy, tap copy, tap COW) x 4 rate cells x (rate, p50, p99), 4 downloads, 2 echoes.
+        assert_eq!(figures.len(), 3 * 4 * 3 + 4 + 2, "{figures:#?}");
         let find =
             |name: &str| figures.iter().find(|f| f.figure == name).unwrap_or_else(|| panic!("{name}: {figures:#?}"));
-        let f = find("GET / rate, 4 servers, 32 conns each");
-        assert_eq!((f.ours, f.linux, f.ratio), (12032.0, 4032.0, 2.984));
-        assert_eq!(find("GET / latency p99, 1 server, 1 conn").ratio, 0.333);
-        let f = find("download, MTU 9000, tx cow");
+        let f = find("GET / rate, user, tx copy, 4 servers, 32 conns each");
+        assert_eq!((f.ours, f.linux, f.ratio, f.unit.as_str()), (12032.0, 4032.0, 2.984, "requests/s"));
+        assert_eq!(find("GET / rate, tap, tx cow, 1 server, 1 conn").ratio, 3.997);
+        assert_eq!(find("GET / latency p99, tap, tx cow, 1 server, 32 conns").ratio, 0.25);
+        assert_eq!(find("GET / latency p50, user, tx copy, 4 servers, 1 conn each").ratio, 0.333);
+        let f = find("download, tap, MTU 9000, tx cow");
         assert_eq!((f.ours, f.linux, f.ratio, f.unit.as_str()), (50.0, 80.0, 0.625, "MB/s"));
-        assert_eq!(find("TCP echo, MTU 1500, tx copy").ratio, 0.5);
+        assert_eq!(find("TCP echo, tap, MTU 1500, tx copy").ratio, 0.5);
         // A cell Linux lacks gives no figure.
         report.downloads.retain(|r| !(r.system == System::Linux && r.mtu == 9000));
-        assert_eq!(super::figures(&report).len(), 4 * 3 + 2 + 2);
+        report.requests.retain(|r| !(r.system == System::Linux && r.network == "tap" && r.servers == 4));
+        assert_eq!(super::figures(&report).len(), 4 * 3 + 2 * 2 * 3 + 2 + 2);
     }
 
     #[test]
@@ -642,9 +743,13 @@ mod tests {
             "{json}"
         );
         assert!(json.contains(r#""system":"ours","mtu":1500,"tx":"cow","#));
+        assert!(
+            json.contains(r#"{"system":"linux","network":"tap","servers":1,"connections_per_server":1,"#),
+            "{json}"
+        );
+        assert!(json.contains(r#""errors":{"connect_errors":0,"read_errors":32,"write_errors":0,"#), "{json}");
         let back: HttpReport = serde_json::from_str(&json).unwrap();
         assert_eq!(back.requests, report.requests);
-        assert!(json.contains(r#""errors":{"connect_errors":0,"read_errors":32,"write_errors":0,"#), "{json}");
         assert_eq!(back.downloads, report.downloads);
         assert_eq!(back.figures, report.figures);
     }
@@ -652,16 +757,17 @@ mod tests {
     #[test]
     fn the_chart_has_a_bar_per_figure_and_names_every_colour() {
         let svg = http_svg(&report()).unwrap();
-        // Bars: rate 4 cells x 2 systems, throughput 3 x 3, latency 2 x (2 servers x 4 series);
-        // legend swatches 2 + 3 + 4 + 4; one background.
-        assert_eq!(svg.matches("<rect").count(), 1 + (8 + 9 + 16) + (2 + 3 + 4 + 4), "{svg}");
+        // Bars: rates 4 cells x (2 user + 3 tap series), latency 4 cells x (4 user + 6 tap),
+        // throughput 3 x 3; legend swatches (2 + 3) + (4 + 6) + 3; one background.
+        assert_eq!(svg.matches("<rect").count(), 1 + (4 * 5 + 4 * 10 + 9) + (5 + 10 + 3), "{svg}");
         let texts = chart::texts(&svg);
         for text in [
-            "ours (tx copy)",
+            "ours",
             "Linux VM",
             "ours, COW",
-            "ours p99",
-            "Linux p50",
+            "ours, copy p99",
+            "ours, COW p50",
+            "Linux VM p99",
             "4 x 32",
             "download, MTU 9000",
             "TCP echo, MTU 1500",
@@ -671,5 +777,9 @@ mod tests {
         ] {
             assert!(texts.iter().any(|t| t == text), "{text} missing: {texts:?}");
         }
+        // Every colour named once per panel it is in: ours' blue in 2 rate, 2 latency, 1 throughput
+        // legends, plus its bars (4 + 4 rate, 4 + 4 latency p50, 3 throughput).
+        let fill = |c: RGBColor| format!("fill=\"#{:02X}{:02X}{:02X}\"", c.0, c.1, c.2);
+        assert_eq!(svg.matches(&fill(PALETTE[0])).count(), 5 + 8 + 8 + 3);
     }
 }

@@ -2,6 +2,7 @@
 //! through a TCP echo server with every byte compared, readiness probes for both, and `wrk`
 //! (started with a Lua script that prints its summary as JSON, and parsed).
 
+use crate::tapnet::TapNamespace;
 use crate::udp::random_bytes;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -314,11 +315,14 @@ pub fn wrk_missing() -> Option<String> {
 }
 
 /// `wrk` with one thread and `connections` keep-alive connections doing `GET {url}` for
-/// `seconds`, latency recorded; started, not waited for.
-pub fn spawn_wrk(url: &str, connections: u32, seconds: u32) -> Result<Child> {
+/// `seconds`, latency recorded, run here or inside `namespace`; started, not waited for.
+pub fn spawn_wrk(namespace: Option<&TapNamespace>, url: &str, connections: u32, seconds: u32) -> Result<Child> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("wrk/summary.lua");
-    Command::new("wrk")
-        .args(["--threads", "1", "--connections", &connections.to_string()])
+    let mut cmd = match namespace {
+        Some(ns) => ns.command("wrk"),
+        None => Command::new("wrk"),
+    };
+    cmd.args(["--threads", "1", "--connections", &connections.to_string()])
         .args(["--duration", &format!("{seconds}s"), "--timeout", "10s", "--latency", "--script"])
         .arg(&script)
         .arg(url)
