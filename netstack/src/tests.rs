@@ -141,6 +141,51 @@ fn one_doorbell_per_poll_for_a_batch() {
     assert_eq!(bell.tx_kicks.get(), kicks + 1);
 }
 
+/// A ping gets its echo reply (smoltcp answers it itself; a frame counted as "other").
+#[test]
+fn a_ping_is_answered() {
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{
+        EthernetAddress, EthernetFrame, EthernetProtocol, Icmpv4Packet, Icmpv4Repr, IpProtocol, Ipv4Packet, Ipv4Repr,
+    };
+    let mut mem = GuestMemory::default();
+    let (mut net, _, _) = stack(&mut mem, config(MAC_B, IP_B, GATEWAY));
+    let icmp = Icmpv4Repr::EchoRequest { ident: 7, seq_no: 1, data: b"ping" };
+    let ip = Ipv4Repr {
+        src_addr: IP_A,
+        dst_addr: IP_B,
+        next_header: IpProtocol::Icmp,
+        payload_len: icmp.buffer_len(),
+        hop_limit: 64,
+    };
+    let mut frame = vec![0u8; 14 + 20 + icmp.buffer_len()];
+    let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
+    eth.set_dst_addr(EthernetAddress(MAC_B));
+    eth.set_src_addr(EthernetAddress(MAC_A));
+    eth.set_ethertype(EthernetProtocol::Ipv4);
+    let caps = ChecksumCapabilities::default();
+    ip.emit(&mut Ipv4Packet::new_unchecked(&mut frame[14..]), &caps);
+    icmp.emit(&mut Icmpv4Packet::new_unchecked(&mut frame[34..]), &caps);
+    // An ARP request from the pinger first, as a host sends: the stack learns its MAC.
+    let mut arp = vec![0u8; 42];
+    arp[0..6].fill(0xff);
+    arp[6..12].copy_from_slice(&MAC_A);
+    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    arp[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    arp[22..28].copy_from_slice(&MAC_A);
+    arp[28..32].copy_from_slice(&IP_A.octets());
+    arp[38..42].copy_from_slice(&IP_B.octets());
+    assert!(net.device.kernel_side().deliver(&arp));
+    assert!(net.device.kernel_side().deliver(&frame));
+    net.poll();
+    let sent = net.device.kernel_side().take_tx();
+    assert_eq!(sent.len(), 2, "the ARP reply and the echo reply");
+    let sent = &sent[1..];
+    let reply = Icmpv4Packet::new_checked(&sent[0][34..]).unwrap();
+    let repr = Icmpv4Repr::parse(&reply, &caps).unwrap();
+    assert_eq!(repr, Icmpv4Repr::EchoReply { ident: 7, seq_no: 1, data: b"ping" });
+}
+
 /// A poll that sent a batch as large as half a receive ring yields the CPU, so the receiver
 /// takes it before the next batch; a small one does not.
 #[test]

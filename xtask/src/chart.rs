@@ -65,9 +65,9 @@ const LABEL_SIZE: u32 = 13;
 const CHAR_WIDTH: u32 = 8;
 const SWATCH: i32 = 12;
 const LINE: i32 = 20;
-/// Under a stacked panel's legend: what the number above a bar is (the table's `total` is the
-/// median of per-packet totals, which need not equal the sum of the stage medians).
-const STACK_NOTE: [&str; 2] = ["number above a bar:", "sum of its stage medians"];
+/// Under a stacked panel's legend: what the number above a bar is (a total of medians need not
+/// be the median of the totals, e.g. `bench dispatch`'s per-packet total).
+const STACK_NOTE: [&str; 2] = ["number above a bar:", "sum of the parts shown"];
 
 /// `panels` laid out in `columns` columns, each panel `panel_size` pixels, as an SVG document.
 pub fn svg(panels: &[Panel], columns: usize, panel_size: (u32, u32)) -> Result<String> {

@@ -215,9 +215,15 @@ enum BenchCmd {
     /// guest answering one datagram, private pages per guest, kernel heap per guest, QEMU's
     /// RSS: density.json.
     Density {
-        /// The image (its guests must be udp-echo with a NIC).
-        #[arg(long, default_value = "echo-10k")]
-        image: String,
+        /// The image (its guests must be udp-echo with a NIC); echo-1k with --quick.
+        #[arg(long)]
+        image: Option<String>,
+        /// echo-1k, and the memory bisected from 32 MiB at 16 MiB resolution.
+        #[arg(long)]
+        quick: bool,
+        /// Skip the memory bisection (each probe a full boot and sweep).
+        #[arg(long)]
+        no_bisect: bool,
         /// Transmit path.
         #[arg(long, value_parser = tx_mode_parser(), default_value = "copy")]
         tx: TxMode,
@@ -333,7 +339,16 @@ fn real_main() -> Result<()> {
         Cmd::UdpProbe { peer, sizes } => udp::probe(peer, &sizes),
         Cmd::UdpBurst { peers, sizes, seed, settle_ms, tap } => burst::command(&peers, &sizes, seed, settle_ms, &tap),
         Cmd::Bench { which: BenchCmd::Native } => native::run().map(|_| ()),
-        Cmd::Bench { which: BenchCmd::Density { image, tx } } => density::bench(&image, tx).map(|_| ()),
+        Cmd::Bench { which: BenchCmd::Density { image, quick, no_bisect, tx } } => {
+            let default = if quick { "echo-1k" } else { "echo-10k" };
+            let bisect = if quick { density::QUICK_BISECT } else { density::FULL_BISECT };
+            let plan = density::DensityPlan {
+                image: image.as_deref().unwrap_or(default),
+                tx,
+                bisect: (!no_bisect).then_some(bisect),
+            };
+            density::bench(&plan).map(|_| ())
+        }
         Cmd::Bench { which: BenchCmd::Dispatch { quick, accel } } => {
             let (packets, sizes) = if quick { (30, &dispatch::SIZES[..]) } else { (10_100, &dispatch::FULL_SIZES[..]) };
             dispatch::run(packets, sizes, qemu::resolve_accel(accel)?).map(|_| ())
@@ -359,22 +374,22 @@ fn real_main() -> Result<()> {
 pub const ECHO_PORT: u16 = 7;
 /// TCP port every guest's HTTP forward points at.
 pub const HTTP_PORT: u16 = 80;
-
-/// Guests that get a host port forward on the user network (one `hostfwd` each, all in one
-/// QEMU argument, which Linux caps at 128 KiB): the first ones.
+/// Guests that get host port forwards on the user network (three `hostfwd` each: UDP and TCP to
+/// the echo port, TCP to the HTTP port; all in one QEMU argument, which Linux caps at 128 KiB):
+/// the first ones.
 const MAX_USER_FORWARDS: usize = 64;
 /// Guests `cargo xtask run` lists one line each; the plan's pattern describes the rest.
 const LISTED_GUESTS: usize = 8;
 
-/// The user network's forwards `(host port, guest address, guest port)`: host port `base + i`
-/// to guest `i`'s echo port, for the first [`MAX_USER_FORWARDS`] guests.
-fn user_forwards(base: u16, guests: impl Iterator<Item = [u8; 4]>) -> Result<Vec<(u16, [u8; 4], u16)>> {
+/// User-network forwards `(host port, guest address, guest port)`: host port `base + i` to
+/// guest `i`'s `port`, for the first [`MAX_USER_FORWARDS`] guests.
+fn user_forwards(base: u16, port: u16, guests: impl Iterator<Item = [u8; 4]>) -> Result<Vec<(u16, [u8; 4], u16)>> {
     guests
         .take(MAX_USER_FORWARDS)
         .enumerate()
         .map(|(i, ip)| match u16::try_from(usize::from(base) + i) {
-            Ok(port) => Ok((port, ip, ECHO_PORT)),
-            Err(_) => bail!("--host-port-base {base}: guest {i}'s forward would be beyond port 65535"),
+            Ok(host_port) => Ok((host_port, ip, port)),
+            Err(_) => bail!("port base {base}: guest {i}'s forward would be beyond port 65535"),
         })
         .collect()
 }
@@ -410,13 +425,12 @@ fn run(args: RunArgs) -> Result<()> {
         NetChoice::Tap => Some(tapnet::TapNamespace::create(&plan, image.manifest.kernel.mtu)?),
         _ => None,
     };
-    let forwards = user_forwards(args.host_port_base, net_guests.iter().map(|(_, n)| n.ipv4))?;
+    let guest_ips = || net_guests.iter().map(|(_, n)| n.ipv4);
+    let forwards = user_forwards(args.host_port_base, ECHO_PORT, guest_ips())?;
+    let http_forwards = user_forwards(args.http_port_base, HTTP_PORT, guest_ips())?;
     let backend = match args.net {
         NetChoice::User => {
-            // TCP to the same guests as UDP: port 7 beside UDP's, port 80 from its own base.
-            let mut tcp_forwards = forwards.clone();
-            let http = user_forwards(args.http_port_base, net_guests.iter().map(|(_, n)| n.ipv4))?;
-            tcp_forwards.extend(http.into_iter().map(|(host_port, ip, _)| (host_port, ip, HTTP_PORT)));
+            let tcp_forwards = forwards.iter().chain(&http_forwards).copied().collect();
             Some(NetBackend::User { forwards: forwards.clone(), tcp_forwards })
         }
         NetChoice::Tap => Some(NetBackend::Tap { ifname: tapnet::TAP_IFNAME.into() }),
@@ -450,12 +464,10 @@ fn run(args: RunArgs) -> Result<()> {
         println!("{}", plan.describe(net_guests.len()));
     }
     for (i, (name, net)) in net_guests.iter().enumerate().take(LISTED_GUESTS) {
-        match (&args.net, &namespace, forwards.get(i)) {
-            (NetChoice::User, _, Some((host_port, _, _))) => println!(
-                "guest {name}: {} (udp and tcp 127.0.0.1:{host_port} -> port {ECHO_PORT}; tcp 127.0.0.1:{} -> port \
-                 {HTTP_PORT})",
-                format_ip(net.ipv4),
-                usize::from(args.http_port_base) + i
+        match (&args.net, &namespace, forwards.get(i).zip(http_forwards.get(i))) {
+            (NetChoice::User, _, Some(((host_port, _, _), (http_port, _, _)))) => println!(
+                "guest {name}: {} (udp and tcp 127.0.0.1:{host_port} -> port {ECHO_PORT}; tcp 127.0.0.1:{http_port} -> port {HTTP_PORT})",
+                format_ip(net.ipv4)
             ),
             (NetChoice::Tap, Some(ns), _) => println!(
                 "guest {name}: {} (try: ip netns exec {} ping {0}; ip netns exec {1} nc [-u] {0} {ECHO_PORT})",
@@ -540,12 +552,14 @@ mod cli_tests {
     #[test]
     fn user_forwards_cover_the_first_guests_and_stay_in_port_range() {
         let plan = NetPlan::USER;
-        let forwards = user_forwards(7000, (0..10_000).map(|i| plan.guest_ip(i))).unwrap();
+        let forwards = user_forwards(7000, ECHO_PORT, (0..10_000).map(|i| plan.guest_ip(i))).unwrap();
         assert_eq!(forwards.len(), MAX_USER_FORWARDS);
         assert_eq!(forwards[0], (7000, [10, 0, 2, 16], ECHO_PORT));
         assert_eq!(forwards[MAX_USER_FORWARDS - 1].0, 7000 + MAX_USER_FORWARDS as u16 - 1);
-        assert_eq!(user_forwards(65_535, (0..1).map(|i| plan.guest_ip(i))).unwrap().len(), 1);
-        let error = user_forwards(65_535, (0..2).map(|i| plan.guest_ip(i))).unwrap_err().to_string();
+        let http = user_forwards(8080, HTTP_PORT, (0..3).map(|i| plan.guest_ip(i))).unwrap();
+        assert_eq!(http[2], (8082, [10, 0, 2, 18], HTTP_PORT));
+        assert_eq!(user_forwards(65_535, ECHO_PORT, (0..1).map(|i| plan.guest_ip(i))).unwrap().len(), 1);
+        let error = user_forwards(65_535, ECHO_PORT, (0..2).map(|i| plan.guest_ip(i))).unwrap_err().to_string();
         assert!(error.contains("beyond port 65535"), "{error}");
     }
 

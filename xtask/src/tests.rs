@@ -75,6 +75,7 @@ const QEMU_TESTS: &[QemuTest] = &[
     QemuTest { name: "cow_rewrite_jumbo_in_flight_tcg", run: |ctx| cow_rewrite_in_flight(ctx, "cow-rewrite-jumbo") },
     QemuTest { name: "rx_oversize_dropped_and_counted_tcg", run: rx::rx_oversize_dropped_and_counted },
     QemuTest { name: "lazy_memory_backed_on_touch_tcg", run: lazy::lazy_memory_backed_on_touch },
+    QemuTest { name: "kernel_heap_short_refuses_not_panics_tcg", run: lazy::kernel_heap_short_refuses_not_panics },
     QemuTest { name: "tcp_echo_user_network_copy_tcg", run: |ctx| tcp::tcp_echo_user_network(ctx, TxMode::Copy) },
     QemuTest { name: "tcp_guest_to_guest_copy_tcg", run: |ctx| tcp::tcp_guest_to_guest(ctx, TxMode::Copy) },
     QemuTest { name: "tcp_guest_to_guest_cow_tcg", run: |ctx| tcp::tcp_guest_to_guest(ctx, TxMode::Cow) },

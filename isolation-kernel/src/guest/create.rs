@@ -2,6 +2,11 @@
 
 use super::*;
 
+/// Kernel heap bytes a new guest may not take: what the guests there are need as they run
+/// (console buffers, packet-path records), so that creating guests is refused, counted and
+/// named, before an allocation failure could stop the kernel.
+pub(super) const KERNEL_HEAP_RESERVE: u64 = 256 * 1024;
+
 /// `rflags` of a guest: interrupts enabled (bit 9), reserved bit 1 set, IOPL 0.
 pub(super) const GUEST_RFLAGS: u64 = 0x202;
 
@@ -12,6 +17,11 @@ pub enum InitrdError {
     ConfigNotUtf8,
     Config(hypercall_abi::initrd::ConfigError<'static>),
     NoGuests,
+    /// The kernel heap cannot hold the table of this many guests.
+    KernelHeapTooSmall {
+        guests: usize,
+        heap_free: u64,
+    },
 }
 
 impl core::fmt::Display for InitrdError {
@@ -22,6 +32,10 @@ impl core::fmt::Display for InitrdError {
             InitrdError::ConfigNotUtf8 => write!(f, "{CONFIG_FILE} is not UTF-8"),
             InitrdError::Config(e) => write!(f, "{CONFIG_FILE}: {e}"),
             InitrdError::NoGuests => write!(f, "{CONFIG_FILE} names no guests"),
+            InitrdError::KernelHeapTooSmall { guests, heap_free } => write!(
+                f,
+                "the kernel heap ({heap_free} bytes free, 1/32 of RAM) cannot hold the table of {guests} guests: give the machine more memory"
+            ),
         }
     }
 }
@@ -49,7 +63,15 @@ pub fn boot(
     for record in parse_config(config) {
         match record {
             Ok(Record::Image { name }) => log::info!("image `{name}`"),
-            Ok(Record::Guest(spec)) => specs.push(spec),
+            Ok(Record::Guest(spec)) => {
+                if specs.try_reserve(1).is_err() {
+                    return InitrdError::KernelHeapTooSmall {
+                        guests: specs.len(),
+                        heap_free: crate::mm::heap::usage().1,
+                    };
+                }
+                specs.push(spec);
+            }
             Err(e) => return InitrdError::Config(e),
         }
     }
@@ -68,9 +90,22 @@ pub fn boot(
         crate::arch::trap::enable_stamping();
         log::info!("per-packet stage stamps on");
     }
+    // The per-guest tables, reserved up front and fallibly: an image too big for the heap
+    // fails the boot with the reason, not with an allocation failure.
+    let count = specs.len();
+    let (mut list, mut nics) = (Vec::new(), Vec::new());
+    let (mut create_ticks, mut pages, mut kernel_bytes) = (Vec::new(), Vec::new(), Vec::new());
+    let reserved = list.try_reserve_exact(count).is_ok()
+        && nics.try_reserve_exact(count).is_ok()
+        && create_ticks.try_reserve_exact(count).is_ok()
+        && pages.try_reserve_exact(count).is_ok()
+        && kernel_bytes.try_reserve_exact(count).is_ok();
+    if !reserved {
+        return InitrdError::KernelHeapTooSmall { guests: count, heap_free: crate::mm::heap::usage().1 };
+    }
     let mut g = Guests {
-        list: Vec::with_capacity(specs.len()),
-        nics: Vec::with_capacity(specs.len()),
+        list,
+        nics,
         net: network,
         sched: Scheduler::new(),
         running_since: 0,
@@ -90,9 +125,6 @@ pub fn boot(
     // the run), this and the final `frames_free` account for all of them.
     log::info!("frames free before the guests: {}", with_frames(|frames| frames.free_frames()));
     let mut apps: BTreeMap<&str, Result<App, Refusal>> = BTreeMap::new();
-    let mut create_ticks = Vec::with_capacity(specs.len());
-    let mut pages = Vec::with_capacity(specs.len());
-    let mut kernel_bytes = Vec::with_capacity(specs.len());
     for spec in &specs {
         let id = g.sched.add();
         let app = apps.entry(spec.app).or_insert_with(|| load_app(&archive, spec.app));
@@ -103,7 +135,9 @@ pub fn boot(
             0 => Ok(None),
             ms => cpu_budget_ticks(ms, tsc_hz).map(Some).ok_or(Refusal::CpuBudgetOutOfRange { ms }),
         };
+        let heap_free = crate::mm::heap::usage().1;
         let built = match (app, &budget_ticks) {
+            (Ok(_), _) if heap_free < KERNEL_HEAP_RESERVE => Err(Refusal::KernelHeapLow { free: heap_free }),
             (Ok(_), _) if user_state.is_none() => Err(Refusal::NoFpuState),
             (Ok(_), Err(e)) => Err(*e),
             (Ok(app), Ok(_)) => with_frames(|frames| {

@@ -97,6 +97,11 @@ enum Refusal {
     App(loader::AppError),
     /// No kernel memory for its floating-point state.
     NoFpuState,
+    /// The kernel heap is nearly used up: creating more guests would leave none for running
+    /// the ones there are (an allocation failure would stop the kernel).
+    KernelHeapLow {
+        free: u64,
+    },
     CpuBudgetOutOfRange {
         ms: u64,
     },
@@ -114,6 +119,7 @@ impl Refusal {
             Refusal::App(loader::AppError::Elf(e)) => e.kind(),
             Refusal::App(loader::AppError::OutOfMemory)
             | Refusal::NoFpuState
+            | Refusal::KernelHeapLow { .. }
             | Refusal::AddressSpace(SpaceError::OutOfMemory)
             | Refusal::Vnic(SpaceError::OutOfMemory) => RefusalKind::OutOfMemory,
             Refusal::CpuBudgetOutOfRange { .. } => RefusalKind::CpuBudgetOutOfRange,
@@ -132,6 +138,13 @@ impl core::fmt::Display for Refusal {
             Refusal::InitrdMalformed(e) => write!(f, "initrd is malformed: {e}"),
             Refusal::App(e) => e.fmt(f),
             Refusal::NoFpuState => f.write_str("no kernel memory for its floating-point state"),
+            Refusal::KernelHeapLow { free } => {
+                write!(
+                    f,
+                    "the kernel heap has {free} bytes free, less than the {} kept for running guests",
+                    create::KERNEL_HEAP_RESERVE
+                )
+            }
             Refusal::CpuBudgetOutOfRange { ms } => {
                 write!(f, "cpu_budget_ms = {ms} is out of range: at most {MAX_CPU_BUDGET_MS}")
             }

@@ -319,14 +319,13 @@ impl Network {
         }
     }
 
-    /// Registers guest `id` (every guest, with or without a NIC, so ids line up).
-    /// Kernel bytes the network keeps for each guest, NIC or not (its transmit FIFO).
+    /// Kernel bytes the network keeps for each guest, NIC or not (its transmit FIFO, empty
+    /// while the guest sends nothing).
     pub fn kernel_bytes_per_guest(&self) -> usize {
-        FIFO_CAPACITY
-            .saturating_mul(core::mem::size_of::<kernel_core::vnet::Packet>())
-            .saturating_add(core::mem::size_of::<TxFifo>())
+        core::mem::size_of::<TxFifo>()
     }
 
+    /// Registers guest `id` (every guest, with or without a NIC, so ids line up).
     pub fn add_guest(&mut self, id: GuestId, nic: Option<&GuestNic>) -> Result<(), &'static str> {
         while self.fifos.len() <= id {
             self.fifos.push(TxFifo::new(FIFO_CAPACITY));

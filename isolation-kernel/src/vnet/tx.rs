@@ -252,7 +252,7 @@ fn take_tx(net: &mut Network, nic: &mut GuestNic, id: GuestId, name: &str, share
         nic.ring.complete(index);
         return Taken::Yes;
     };
-    if net.fifos.get(id).is_none_or(TxFifo::is_full) {
+    if !net.fifos.get_mut(id).is_some_and(TxFifo::make_room) {
         return Taken::Backlogged(Wait::FifoRoom);
     }
     // `frame.len <= max_frame <= 9014` and `frame.offset < slot_size`, so both fit a u32.

@@ -80,3 +80,44 @@ pub(super) fn lazy_memory_backed_on_touch(ctx: &Ctx) -> TestResult {
     })?;
     Ok(Verdict::Pass)
 }
+
+/// Memory for the `many` image (10,000 guests) where the kernel heap (1/32 of RAM) holds the
+/// guest table but not every guest: some are refused. Lower it if guests get smaller.
+const MANY_SHORT_MIB: u32 = 640;
+/// Memory where the heap cannot even hold the table of 10,000 guests.
+const MANY_TINY_MIB: u32 = 32;
+
+/// A kernel heap too small for the image never panics the kernel: too small for the guest
+/// table, the boot fails naming the reason; too small for every guest, the guests beyond it are
+/// refused as `out_of_memory` (counted, named) and the rest run.
+pub(super) fn kernel_heap_short_refuses_not_panics(ctx: &Ctx) -> TestResult {
+    let mut image = pack::pack_image("many", &ctx.artifacts, NetPlan::USER)
+        .map_err(|e| failure(format!("{e:#}"), String::new()))?;
+    let total = image.guests.len() as u64;
+    image.manifest.kernel.memory_mib = MANY_TINY_MIB;
+    let outcome = boot(&image, Accel::Tcg, "log=warn shutdown_after=60", TCG_TIMEOUT)?;
+    expect_exit(&outcome, KernelExit::Failure)?;
+    expect_line(&outcome, &format!("cannot hold the table of {total} guests: give the machine more memory"))?;
+
+    image.manifest.kernel.memory_mib = MANY_SHORT_MIB;
+    let outcome = boot(&image, Accel::Tcg, "log=warn shutdown_after=120", TCG_TIMEOUT)?;
+    check(&outcome, !outcome.log.contains("KERNEL PANIC"), || "the kernel panicked".into())?;
+    let stats = final_stats(&outcome)?;
+    let (created, refused) = (stats.get("guests_created").copied(), stats.get("guests_refused").copied());
+    check(&outcome, matches!((created, refused), (Some(c), Some(r)) if r > 0 && c + r == total), || {
+        format!(
+            "expected some of {total} guests refused and the rest created: {created:?} created, {refused:?} refused"
+        )
+    })?;
+    let ends = checks::guest_ends(&outcome.log);
+    let out_of_memory = ends
+        .values()
+        .filter(|(_, end)| {
+            matches!(end, checks::GuestEnd::Refused { kind, .. } if *kind == hypercall_abi::initrd::RefusalKind::OutOfMemory)
+        })
+        .count() as u64;
+    check(&outcome, Some(out_of_memory) == refused, || {
+        format!("{out_of_memory} refusals named out_of_memory, {refused:?} counted")
+    })?;
+    Ok(Verdict::Pass)
+}

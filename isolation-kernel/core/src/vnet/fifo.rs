@@ -51,8 +51,10 @@ impl Packet {
     }
 }
 
-/// A FIFO of at most `capacity` packets, with its storage reserved up front so that pushing
-/// never allocates.
+/// A FIFO of at most `capacity` packets. Its storage grows as packets arrive (an idle guest's
+/// FIFO holds none: with thousands of guests, reserving 64 packets each would cost more kernel
+/// heap than everything else a guest needs); [`TxFifo::make_room`] grows it fallibly before a
+/// packet is taken, so pushing after it never allocates and never fails.
 #[derive(Debug)]
 pub struct TxFifo {
     queue: VecDeque<Packet>,
@@ -61,7 +63,14 @@ pub struct TxFifo {
 
 impl TxFifo {
     pub fn new(capacity: usize) -> Self {
-        Self { queue: VecDeque::with_capacity(capacity), capacity }
+        Self { queue: VecDeque::new(), capacity }
+    }
+
+    /// Whether one more packet fits: under the limit, and storage for it reserved (false if
+    /// the kernel heap could not grow it: the packet then waits where it is, as for a full
+    /// FIFO).
+    pub fn make_room(&mut self) -> bool {
+        !self.is_full() && self.queue.try_reserve(1).is_ok()
     }
 
     /// Appends a packet, or gives it back when the FIFO is full.
@@ -115,6 +124,18 @@ mod tests {
     }
 
     #[test]
+    fn storage_grows_with_use_and_room_is_made_before_a_push() {
+        let mut fifo = TxFifo::new(3);
+        assert_eq!(fifo.queue.capacity(), 0, "an idle guest's FIFO holds no storage");
+        for i in 0..3 {
+            assert!(fifo.make_room());
+            fifo.push(Packet::pooled(BufId(i), 60)).unwrap();
+        }
+        assert!(!fifo.make_room(), "at the limit");
+        assert!(fifo.push(Packet::pooled(BufId(9), 60)).is_err());
+    }
+
+    #[test]
     fn first_in_first_out_until_full() {
         let mut fifo = TxFifo::new(3);
         assert!(fifo.is_empty() && !fifo.is_full());
@@ -148,15 +169,21 @@ mod tests {
     }
 
     #[test]
-    fn storage_is_reserved_up_front() {
+    fn storage_grows_once_then_is_reused() {
         let mut fifo = TxFifo::new(64);
-        let reserved = fifo.queue.capacity();
-        assert!(reserved >= 64);
+        let mut grown = 0;
         for round in 0..10 {
-            while fifo.push(packet(round)).is_ok() {}
+            while fifo.make_room() {
+                fifo.push(packet(round)).unwrap();
+            }
+            assert_eq!(fifo.len(), 64);
+            if round == 0 {
+                grown = fifo.queue.capacity();
+            }
             while fifo.pop().is_some() {}
         }
-        assert_eq!(fifo.queue.capacity(), reserved);
+        // Filling it again allocates nothing more.
+        assert_eq!(fifo.queue.capacity(), grown);
     }
 
     #[test]
