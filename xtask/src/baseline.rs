@@ -2,14 +2,15 @@
 //! (accelerator, `pc` machine, legacy virtio-net, user network): Debian's kernel
 //! (`linux-image-amd64`, fetched with `apt-get download`) and an initramfs whose `/init` is a
 //! static C program (`linux-baseline/echo-init.c`) that loads the virtio-net modules, configures
-//! eth0 and serves UDP echo on port 7. Reports the time from QEMU start to the first echo
-//! answered and the echo figures for both, with the ratio.
+//! eth0 and serves UDP echo on port 7 (and TCP echo and HTTP, for `bench http`). Reports the time
+//! from QEMU start to the first echo answered and the echo figures for both, with the ratio.
 
 use crate::bench::{self, EchoCell, Load};
 use crate::initrd::CpioWriter;
 use crate::manifest::NetPlan;
 use crate::pack::{self, Artifacts};
 use crate::qemu::{Accel, NetBackend, QemuConfig, Session, QEMU};
+use crate::tapnet::TapNamespace;
 use anyhow::{bail, Context, Result};
 use std::fmt::Write as _;
 use std::net::{SocketAddr, UdpSocket};
@@ -28,7 +29,8 @@ const MODULES: [&str; 8] = [
     "drivers/net/net_failover",
     "drivers/net/virtio_net",
 ];
-const LINUX_IP: [u8; 4] = [10, 0, 2, 15];
+/// The Linux VM's address on QEMU's user network.
+pub const LINUX_IP: [u8; 4] = [10, 0, 2, 15];
 
 fn run(cmd: &mut Command, what: &str) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {what}"))?;
@@ -39,7 +41,7 @@ fn run(cmd: &mut Command, what: &str) -> Result<String> {
 }
 
 /// The Linux kernel and initramfs, fetched and built once under `target/linux-baseline/`.
-fn prepare() -> Result<(PathBuf, PathBuf)> {
+pub fn prepare() -> Result<(PathBuf, PathBuf)> {
     let dir = pack::workspace_root().join("target/linux-baseline");
     std::fs::create_dir_all(&dir)?;
     let initramfs = dir.join("initramfs.cpio");
@@ -161,23 +163,47 @@ fn measure_ours(artifacts: &Artifacts, load: Load, base: u16) -> Result<Measured
     Ok(Measured { boot_to_first_echo, rows })
 }
 
-fn measure_linux(kernel: &Path, initramfs: &Path, load: Load, base: u16) -> Result<Measured> {
-    let [a, b, c, d] = LINUX_IP;
-    let mut netdev = String::from("user,id=net0,net=10.0.2.0/24");
-    for i in 0..4u16 {
-        // Four host ports to the one Linux server: the "4 guests" cells load it from 4 streams.
-        let _ = write!(netdev, ",hostfwd=udp:127.0.0.1:{}-{a}.{b}.{c}.{d}:7", base + i);
-    }
-    let mut cmd = Command::new(QEMU);
+/// How the Linux VM is networked.
+pub enum LinuxNet<'a> {
+    /// QEMU's user network, the VM at [`LINUX_IP`]; forwards `(protocol, host port, guest port)`
+    /// from 127.0.0.1, protocol `udp` or `tcp`.
+    User { forwards: Vec<(&'static str, u16, u16)> },
+    /// The tap device of `namespace` (QEMU runs inside it), the VM at `ip` with `mtu`.
+    Tap { namespace: &'a TapNamespace, ip: [u8; 4], mtu: u16 },
+}
+
+/// The QEMU command that boots the Linux VM: the same machine, accelerator and NIC model as ours.
+pub fn linux_command(kernel: &Path, initramfs: &Path, net: &LinuxNet) -> Command {
+    let (mut cmd, netdev, [a, b, c, d], mtu) = match net {
+        LinuxNet::User { forwards } => {
+            let [a, b, c, d] = LINUX_IP;
+            let mut netdev = String::from("user,id=net0,net=10.0.2.0/24");
+            for (protocol, host_port, guest_port) in forwards {
+                let _ = write!(netdev, ",hostfwd={protocol}:127.0.0.1:{host_port}-{a}.{b}.{c}.{d}:{guest_port}");
+            }
+            (Command::new(QEMU), netdev, LINUX_IP, hypercall_abi::vnic::MTU as u16)
+        }
+        LinuxNet::Tap { namespace, ip, mtu } => {
+            let netdev = format!("tap,id=net0,ifname={},script=no,downscript=no", crate::tapnet::TAP_IFNAME);
+            (namespace.command(QEMU), netdev, *ip, *mtu)
+        }
+    };
     cmd.args(["-M", "pc", "-nodefaults", "-no-reboot", "-display", "none", "-monitor", "none"]);
     if Path::new("/usr/share/qemu/qboot.rom").exists() {
         cmd.args(["-bios", "/usr/share/qemu/qboot.rom"]);
     }
     cmd.args(["-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "256M", "-serial", "stdio"]);
     cmd.arg("-kernel").arg(kernel).arg("-initrd").arg(initramfs);
-    cmd.args(["-append", &format!("console=ttyS0 quiet ik.ip={a}.{b}.{c}.{d}")]);
+    cmd.args(["-append", &format!("console=ttyS0 quiet ik.ip={a}.{b}.{c}.{d} ik.mtu={mtu}")]);
     cmd.arg("-netdev").arg(netdev);
     cmd.args(["-device", "virtio-net-pci,netdev=net0,disable-modern=on,romfile=,mac=52:54:00:12:34:57"]);
+    cmd
+}
+
+fn measure_linux(kernel: &Path, initramfs: &Path, load: Load, base: u16) -> Result<Measured> {
+    // Four host ports to the one Linux server: the "4 guests" cells load it from 4 streams.
+    let forwards = (0..4u16).map(|i| ("udp", base + i, 7)).collect();
+    let cmd = linux_command(kernel, initramfs, &LinuxNet::User { forwards });
     let start = Instant::now();
     let session = Session::start(cmd, Duration::from_secs(600), false)?;
     let boot_to_first_echo = first_echo(SocketAddr::from(([127, 0, 0, 1], base)), start, Duration::from_secs(120))

@@ -3,7 +3,8 @@
 //! Text is written as SVG `<text>` (no font files are read: plotters' `ttf` feature is off).
 
 use anyhow::{anyhow, Result};
-use plotters::coord::ranged1d::SegmentValue;
+use plotters::coord::ranged1d::{SegmentValue, SegmentedCoord, ValueFormatter};
+use plotters::coord::types::RangedCoordusize;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
@@ -36,6 +37,14 @@ pub enum Bars {
     Stacked,
     /// The series side by side within each category.
     Grouped,
+    /// Side by side on a logarithmic value axis, for values that span decades (latencies).
+    GroupedLogScale,
+}
+
+impl Bars {
+    fn side_by_side(self) -> bool {
+        matches!(self, Bars::Grouped | Bars::GroupedLogScale)
+    }
 }
 
 /// One chart: categories along x, series as colours.
@@ -98,17 +107,41 @@ fn draw_panel<DB: DrawingBackend>(
     let categories = panel.categories.len().max(1);
     let top = match panel.bars {
         Bars::Stacked => (0..categories).map(|c| panel.series.iter().map(|s| value(s, c)).sum()).fold(0.0, f64::max),
-        Bars::Grouped => panel.series.iter().flat_map(|s| s.values.iter().copied()).fold(0.0, f64::max),
+        Bars::Grouped | Bars::GroupedLogScale => {
+            panel.series.iter().flat_map(|s| s.values.iter().copied()).fold(0.0, f64::max)
+        }
     };
-    // Headroom for the totals written above stacked bars.
-    let top = if top > 0.0 { top * 1.12 } else { 1.0 };
-    let mut chart = ChartBuilder::on(&plot_area)
-        .caption(&panel.title, (FONT, TITLE_SIZE))
-        .margin(12)
-        .x_label_area_size(48)
-        .y_label_area_size(78)
-        .build_cartesian_2d((0..categories - 1).into_segmented(), 0.0..top)
-        .map_err(plot_error)?;
+    let mut builder = ChartBuilder::on(&plot_area);
+    builder.caption(&panel.title, (FONT, TITLE_SIZE)).margin(12).x_label_area_size(48).y_label_area_size(78);
+    let x = (0..categories - 1).into_segmented();
+    if panel.bars == Bars::GroupedLogScale {
+        // Whole decades around the values, the lowest below the smallest value: bars rise from it.
+        let smallest =
+            panel.series.iter().flat_map(|s| s.values.iter().copied()).filter(|v| *v > 0.0).fold(top, f64::min);
+        let bottom = if smallest > 0.0 { 10f64.powf(smallest.log10().ceil() - 1.0) } else { 1.0 };
+        let top = if top > bottom { 10f64.powf((top * 1.12).log10().ceil()) } else { bottom * 10.0 };
+        let chart = builder.build_cartesian_2d(x, (bottom..top).log_scale()).map_err(plot_error)?;
+        draw_bars(panel, chart, bottom)?;
+    } else {
+        // Headroom for the totals written above stacked bars.
+        let top = if top > 0.0 { top * 1.12 } else { 1.0 };
+        let chart = builder.build_cartesian_2d(x, 0.0..top).map_err(plot_error)?;
+        draw_bars(panel, chart, 0.0)?;
+    }
+    draw_legend(panel, &legend_area)
+}
+
+/// The axes and bars of `panel` on `chart`, bars rising from `floor`.
+fn draw_bars<DB, Y>(
+    panel: &Panel,
+    mut chart: ChartContext<'_, DB, Cartesian2d<SegmentedCoord<RangedCoordusize>, Y>>,
+    floor: f64,
+) -> Result<()>
+where
+    DB: DrawingBackend,
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    let categories = panel.categories.len().max(1);
     let label = |index: usize| panel.categories.get(index).cloned().unwrap_or_default();
     chart
         .configure_mesh()
@@ -130,16 +163,16 @@ fn draw_panel<DB: DrawingBackend>(
     let slot = chart.plotting_area().dim_in_pixel().0 / categories as u32;
     let gap = slot / 6;
     let series_count = panel.series.len().max(1) as u32;
-    let bar = (slot - 2 * gap) / if panel.bars == Bars::Grouped { series_count } else { 1 };
+    let bar = (slot - 2 * gap) / if panel.bars.side_by_side() { series_count } else { 1 };
     let edge = |index: usize| SegmentValue::Exact(index);
     let mut rectangles = Vec::new();
     for category in 0..categories {
-        let mut base = 0.0;
+        let mut base = floor;
         for (k, series) in panel.series.iter().enumerate() {
             let v = value(series, category);
             let (low, high, left) = match panel.bars {
                 Bars::Stacked => (base, base + v, gap),
-                Bars::Grouped => (0.0, v, gap + k as u32 * bar),
+                Bars::Grouped | Bars::GroupedLogScale => (floor, v.max(floor), gap + k as u32 * bar),
             };
             base = high;
             let mut rectangle =
@@ -158,7 +191,7 @@ fn draw_panel<DB: DrawingBackend>(
             }))
             .map_err(plot_error)?;
     }
-    draw_legend(panel, &legend_area)
+    Ok(())
 }
 
 /// The legend, top to bottom in the order the eye meets the bars: a stack's top first.
@@ -238,7 +271,7 @@ mod tests {
 
     #[test]
     fn every_bar_every_label_and_every_legend_entry_is_drawn() {
-        for bars in [Bars::Stacked, Bars::Grouped] {
+        for bars in [Bars::Stacked, Bars::Grouped, Bars::GroupedLogScale] {
             let svg = svg(&[panel(bars), panel(bars)], 1, (800, 400)).unwrap();
             let fill = |c: RGBColor| format!("fill=\"#{:02X}{:02X}{:02X}\"", c.0, c.1, c.2);
             // Three bars and one legend swatch per series, per panel.
@@ -251,6 +284,29 @@ mod tests {
             // Totals on stacked bars only.
             assert_eq!(texts.iter().any(|t| t == "953"), bars == Bars::Stacked);
         }
+    }
+
+    #[test]
+    fn a_log_scale_gives_each_decade_the_same_height() {
+        let mut log = panel(Bars::GroupedLogScale);
+        log.series.truncate(1);
+        log.series[0].values = vec![10.0, 100.0, 1000.0];
+        let svg = svg(&[log], 1, (800, 400)).unwrap();
+        let heights: Vec<f64> = svg
+            .split("<rect")
+            .filter(|r| r.contains("fill=\"#4477AA\""))
+            .filter_map(|r| r.split("height=\"").nth(1)?.split('"').next()?.parse().ok())
+            .collect();
+        // Three bars, then the legend's swatch.
+        assert_eq!(heights.len(), 4, "{svg}");
+        let (first, step) = (heights[0], heights[1] - heights[0]);
+        assert!(first > 0.0 && step > 10.0, "{heights:?}");
+        assert!((heights[2] - heights[1] - step).abs() <= 2.0, "a decade is not one step: {heights:?}");
+        assert!(chart_texts_include(&svg, "1,000"), "decades are labelled");
+    }
+
+    fn chart_texts_include(svg: &str, text: &str) -> bool {
+        texts(svg).iter().any(|t| t == text)
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod checks;
 mod density;
 mod dispatch;
 mod fuzz;
+mod httpbench;
 mod initrd;
 mod ledger;
 mod manifest;
@@ -16,6 +17,7 @@ mod pack;
 mod qemu;
 mod sweep;
 mod tapnet;
+mod tcpload;
 mod tests;
 mod udp;
 
@@ -61,6 +63,23 @@ enum Cmd {
         /// The smoke run's load (as `bench echo --quick`).
         #[arg(long)]
         quick: bool,
+    },
+    /// `bench http`'s client inside the tap namespace: waits for the server to answer, measures
+    /// one download or echo stream (every byte checked) and prints it as JSON on stdout.
+    #[command(hide = true)]
+    TcpBenchClient {
+        /// What to measure.
+        #[arg(long, value_enum)]
+        what: tcpload::Workload,
+        /// The HTTP or TCP echo server, ADDRESS:PORT.
+        #[arg(long)]
+        server: std::net::SocketAddr,
+        /// Bytes to download or to echo.
+        #[arg(long)]
+        bytes: u64,
+        /// How long the server may take to answer first (it may still be booting).
+        #[arg(long, default_value_t = 120)]
+        wait_secs: u64,
     },
     /// Check a UDP echo server: one random datagram of each test size, every byte compared.
     #[command(hide = true)]
@@ -216,6 +235,15 @@ enum BenchCmd {
         #[arg(long)]
         quick: bool,
     },
+    /// TCP and HTTP, ours against the Linux VM of `bench baseline` in the same QEMU: wrk's
+    /// keep-alive GET / rate and latency (1 and 32 connections, 1 and 4 servers, user network),
+    /// /bytes/N download over tap at MTU 1500 and 9000 and TCP echo throughput, copy vs COW:
+    /// http.json and http.svg. Needs wrk (apt-get install wrk).
+    Http {
+        /// One second per wrk cell, 16 MiB downloads, 4 MiB echoed.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -290,6 +318,11 @@ fn real_main() -> Result<()> {
         Cmd::Run(args) => run(args),
         Cmd::Test { filter, qemu_only } => tests::run_all(filter.as_deref(), qemu_only),
         Cmd::Fuzz(args) => fuzz::run(&args),
+        Cmd::TcpBenchClient { what, server, bytes, wait_secs } => {
+            let transfer = tcpload::measure(what, server, bytes, Duration::from_secs(wait_secs))?;
+            println!("{}", serde_json::to_string(&transfer)?);
+            Ok(())
+        }
         Cmd::UdpSweep { first, count, port, window, retry_after_ms, max_retries, seed } => {
             let plan = sweep::SweepPlan {
                 first,
@@ -325,6 +358,9 @@ fn real_main() -> Result<()> {
         }
         Cmd::Bench { which: BenchCmd::Echo { quick } } => {
             bench::echo(if quick { bench::QUICK } else { bench::FULL }).map(|_| ())
+        }
+        Cmd::Bench { which: BenchCmd::Http { quick } } => {
+            httpbench::run(if quick { httpbench::QUICK } else { httpbench::FULL }).map(|_| ())
         }
         Cmd::BenchClient { peers, quick } => {
             let cells = bench::measure(&peers, if quick { bench::QUICK } else { bench::FULL })?;
