@@ -11,8 +11,8 @@
 //! Arguments: `port=N`; `max_connections=N` (default 64) connections are served at once;
 //! beyond them, up to [`MAX_REFUSING`] more are accepted at a time and answered 503 (with
 //! `Retry-After`) so that an HTTP client learns why, and any further ones are left in the
-//! listener's backlog until a slot frees (where the stack resets connection requests once the
-//! backlog is full); `idle_timeout_ms=N`, `head_timeout_ms=N`, `max_head_bytes=N` (see
+//! listener's backlog (`backlog=N`, default 16) until a slot frees (where the stack resets
+//! connection requests once the backlog is full); `idle_timeout_ms=N`, `head_timeout_ms=N`, `max_head_bytes=N` (see
 //! [`Limits`]). Counters go to the console as an `http:` line, at most once a second while they
 //! change.
 
@@ -34,8 +34,8 @@ const DEFAULT_MAX_CONNECTIONS: usize = 64;
 /// Connections beyond the limit that are answered 503 at a time: each holds a socket until its
 /// answer is out, so their number is bounded too.
 const MAX_REFUSING: usize = 8;
-/// Connections the listener holds ready before the app accepts them.
-const BACKLOG: usize = 16;
+/// Connections the listener holds ready before the app accepts them, unless `backlog=N`.
+const DEFAULT_BACKLOG: usize = 16;
 /// Bytes read from a socket in one step.
 const CHUNK: usize = 16 * 1024;
 /// The counters are printed at most this often.
@@ -126,6 +126,7 @@ fn main(env: &Env) -> i32 {
         return 2;
     };
     let max_connections = number("max_connections", DEFAULT_MAX_CONNECTIONS as u64) as usize;
+    let backlog = number("backlog", DEFAULT_BACKLOG as u64).clamp(1, 1024) as usize;
     let defaults = Limits::default();
     let limits = Limits {
         max_head_bytes: number("max_head_bytes", defaults.max_head_bytes as u64) as usize,
@@ -136,7 +137,7 @@ fn main(env: &Env) -> i32 {
         println!("http: this guest has no network interface");
         return 2;
     };
-    let listener = match net.tcp_listen(port, BACKLOG) {
+    let listener = match net.tcp_listen(port, backlog) {
         Ok(listener) => listener,
         Err(e) => {
             println!("http: cannot listen on port {port}: {e:?}");
