@@ -79,7 +79,10 @@ struct RecordingFrames<'a, 'b> {
 // through the direct map, which covers all RAM once the kernel's page tables are active.
 unsafe impl PageTableFrameSource<Size4KiB> for RecordingFrames<'_, '_> {
     fn allocate_frame(&mut self) -> Option<PhysFrame<Size4KiB>> {
-        // Room in the list first: a full kernel heap is "no frame", not a panic.
+        // Room in the list first: a short kernel heap is "no frame", not a panic.
+        if self.owned.len() == self.owned.capacity() && !crate::mm::heap::room_for_guest_growth() {
+            return None;
+        }
         self.owned.try_reserve(1).ok()?;
         let phys = self.frames.allocate()?;
         self.owned.push(phys);
@@ -214,10 +217,20 @@ impl AddressSpace {
         self.owned.capacity().saturating_mul(entry).saturating_add(self.lazy.capacity().saturating_mul(lazy))
     }
 
+    /// Room for `count` more owned frames in the list, growing it only while the kernel heap
+    /// has room for a guest's growth.
+    fn reserve_owned(&mut self, count: usize) -> Result<(), SpaceError> {
+        let spare = self.owned.capacity().saturating_sub(self.owned.len());
+        if spare < count && !crate::mm::heap::room_for_guest_growth() {
+            return Err(SpaceError::OutOfMemory);
+        }
+        self.owned.try_reserve(count).map_err(|_| SpaceError::OutOfMemory)
+    }
+
     /// A zeroed frame owned by this guest.
     pub fn new_frame(&mut self, frames: &mut FrameAllocator<'static>, page_use: PageUse) -> Result<u64, SpaceError> {
         // Room in the frame list first (kernel heap), then the frame: either may be short.
-        self.owned.try_reserve(1).map_err(|_| SpaceError::OutOfMemory)?;
+        self.reserve_owned(1)?;
         let phys = frames.allocate().ok_or(SpaceError::OutOfMemory)?;
         self.owned.push(phys);
         self.counts.add(page_use);
@@ -232,8 +245,7 @@ impl AddressSpace {
         pages: u64,
         page_use: PageUse,
     ) -> Result<u64, SpaceError> {
-        let count = usize::try_from(pages).map_err(|_| SpaceError::OutOfMemory)?;
-        self.owned.try_reserve(count).map_err(|_| SpaceError::OutOfMemory)?;
+        self.reserve_owned(usize::try_from(pages).map_err(|_| SpaceError::OutOfMemory)?)?;
         let base = frames.allocate_contiguous(pages, 1).ok_or(SpaceError::OutOfMemory)?;
         // A run the allocator handed out: its pages do not wrap.
         for frame in (0..pages).map(|page| base.wrapping_add(page.wrapping_mul(PAGE))) {

@@ -114,7 +114,10 @@ pub(super) fn console_write(g: &mut Guests, id: GuestId, addr: u64, len: u64) ->
     space.read(slice, text);
     // The line buffer's storage, once (cleared lines keep it): a short kernel heap refuses
     // the write instead of failing an allocation.
-    if guest.console.try_reserve_exact(CONSOLE_LINE_MAX.saturating_sub(guest.console.len())).is_err() {
+    let room = guest.console.capacity() >= CONSOLE_LINE_MAX
+        || (crate::mm::heap::room_for_guest_growth()
+            && guest.console.try_reserve_exact(CONSOLE_LINE_MAX.saturating_sub(guest.console.len())).is_ok());
+    if !room {
         return Err(ViFailure::Error(vi::Error::NoMemory));
     }
     for &byte in &*text {

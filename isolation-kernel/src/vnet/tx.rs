@@ -13,7 +13,7 @@ use hypercall_abi::vnic::{DescStatus, VnicShared, TX_RING_SIZE};
 use kernel_core::boot::cmdline::TxMode;
 use kernel_core::guest::sched::GuestId;
 use kernel_core::vnet::cow::{Protect, Release};
-use kernel_core::vnet::{ring, validate_tx, GuestFrameRef, Packet, PacketData, Route, Source, TxFifo, Wait};
+use kernel_core::vnet::{ring, validate_tx, GuestFrameRef, Packet, PacketData, Route, Source, Wait};
 
 impl NetCtx<'_> {
     /// The doorbell of guest `id`: takes what its tx ring holds, then runs the network
@@ -252,7 +252,7 @@ fn take_tx(net: &mut Network, nic: &mut GuestNic, id: GuestId, name: &str, share
         nic.ring.complete(index);
         return Taken::Yes;
     };
-    if !net.fifos.get_mut(id).is_some_and(TxFifo::make_room) {
+    if !net.fifos.get_mut(id).is_some_and(|fifo| fifo.make_room(crate::mm::heap::room_for_guest_growth)) {
         return Taken::Backlogged(Wait::FifoRoom);
     }
     // `frame.len <= max_frame <= 9014` and `frame.offset < slot_size`, so both fit a u32.

@@ -67,10 +67,14 @@ impl TxFifo {
     }
 
     /// Whether one more packet fits: under the limit, and storage for it reserved (false if
-    /// the kernel heap could not grow it: the packet then waits where it is, as for a full
-    /// FIFO).
-    pub fn make_room(&mut self) -> bool {
-        !self.is_full() && self.queue.try_reserve(1).is_ok()
+    /// the storage must grow and `may_grow` says no, or the kernel heap could not grow it: the
+    /// packet then waits where it is, as for a full FIFO). `may_grow` is asked only when the
+    /// storage is full.
+    pub fn make_room(&mut self, may_grow: impl FnOnce() -> bool) -> bool {
+        if self.is_full() {
+            return false;
+        }
+        self.queue.len() < self.queue.capacity() || (may_grow() && self.queue.try_reserve(1).is_ok())
     }
 
     /// Appends a packet, or gives it back when the FIFO is full.
@@ -128,11 +132,20 @@ mod tests {
         let mut fifo = TxFifo::new(3);
         assert_eq!(fifo.queue.capacity(), 0, "an idle guest's FIFO holds no storage");
         for i in 0..3 {
-            assert!(fifo.make_room());
+            assert!(fifo.make_room(|| true));
             fifo.push(Packet::pooled(BufId(i), 60)).unwrap();
         }
-        assert!(!fifo.make_room(), "at the limit");
+        assert!(!fifo.make_room(|| true), "at the limit");
         assert!(fifo.push(Packet::pooled(BufId(9), 60)).is_err());
+        // Storage full and growth refused: no room, although under the limit.
+        let mut fifo = TxFifo::new(3);
+        assert!(!fifo.make_room(|| false));
+        assert!(fifo.make_room(|| true));
+        fifo.push(Packet::pooled(BufId(0), 60)).unwrap();
+        // Room already reserved: growth is not asked for.
+        if fifo.queue.len() < fifo.queue.capacity() {
+            assert!(fifo.make_room(|| panic!("asked to grow with room reserved")));
+        }
     }
 
     #[test]
@@ -173,7 +186,7 @@ mod tests {
         let mut fifo = TxFifo::new(64);
         let mut grown = 0;
         for round in 0..10 {
-            while fifo.make_room() {
+            while fifo.make_room(|| true) {
                 fifo.push(packet(round)).unwrap();
             }
             assert_eq!(fifo.len(), 64);
