@@ -15,6 +15,7 @@ mod manifest;
 mod native;
 mod pack;
 mod qemu;
+mod setup;
 mod sweep;
 mod tapnet;
 mod tcpload;

@@ -25,6 +25,7 @@ fn cargo() -> Command {
 /// Runs `cargo build --release` for the bare-metal target with its own rustflags and target
 /// directory (so kernel and guest flags never mix), and returns the release output directory.
 fn build_bare_metal(what: &str, rustflags: &[&str], target_subdir: &str, selection: &[&str]) -> Result<PathBuf> {
+    crate::setup::ensure_target()?;
     let root = workspace_root();
     let target_dir = root.join("target").join(target_subdir);
     let status = cargo()
@@ -48,6 +49,7 @@ fn build_bare_metal(what: &str, rustflags: &[&str], target_subdir: &str, selecti
 /// guests (each in the target directory of its build, so the two do not rebuild each other).
 /// The guest-facing kernel modules deny `unwrap`, `expect`, indexing and unchecked arithmetic.
 pub fn clippy() -> Result<()> {
+    crate::setup::ensure_target()?;
     let root = workspace_root();
     let run = |what: &str, args: &[&str]| -> Result<()> {
         let status = cargo()

@@ -234,6 +234,7 @@ pub struct Session {
 impl Session {
     /// Starts QEMU; it is killed if it runs past `timeout`.
     pub fn start(mut cmd: Command, timeout: Duration, echo: bool) -> Result<Session> {
+        crate::setup::ensure_qemu()?;
         let start = Instant::now();
         let mut child = cmd
             .stdin(Stdio::piped())
