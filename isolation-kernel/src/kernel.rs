@@ -91,6 +91,14 @@ pub extern "C" fn kernel_entry(start_info_phys: u64) -> ! {
         .unwrap_or_else(|e| fail(format_args!("kernel command line `{cmdline_text}`: {e}")));
     log::set_max_level(args.log_level);
     log::info!("command line: `{cmdline_text}`");
+    let mut ignored = cmdline::unknown_words(cmdline_text).peekable();
+    if ignored.peek().is_some() {
+        // Once, at boot: VMMs add words of their own (console=, reboot=, pci=off, ...).
+        log::info!("command line: ignoring words the kernel does not know:");
+        for word in ignored {
+            log::info!("  {word}");
+        }
+    }
     if args.stamps && !cfg!(feature = "stamps") {
         // Refused rather than ignored: a benchmark must not read stamps that were never taken.
         fail(format_args!(

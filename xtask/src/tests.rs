@@ -306,9 +306,22 @@ fn boot_append(secs: u64) -> String {
     format!("{}=info {}={secs}", keys::LOG, keys::SHUTDOWN_AFTER)
 }
 
+/// Words Firecracker and cloud-hypervisor put on a guest kernel's command line.
+const VMM_WORDS: [&str; 5] = ["console=ttyS0", "reboot=k", "panic=1", "pci=off", "quiet"];
+
 fn boot_tcg(ctx: &Ctx) -> TestResult {
-    let outcome = boot(&ctx.empty, Accel::Tcg, &boot_append(2), TCG_TIMEOUT)?;
+    // With a VMM's words beside the kernel's own: they are logged once and ignored.
+    let append = format!("{} {}", VMM_WORDS.join(" "), boot_append(2));
+    let outcome = boot(&ctx.empty, Accel::Tcg, &append, TCG_TIMEOUT)?;
     check_clean_boot(&outcome)?;
+    expect_line(&outcome, "command line: ignoring words the kernel does not know:")?;
+    for word in VMM_WORDS {
+        check(
+            &outcome,
+            outcome.log.lines().filter(|l| l.trim_end().ends_with(&format!("  {word}"))).count() == 1,
+            || format!("`{word}` should be logged once as ignored"),
+        )?;
+    }
     Ok(Verdict::Pass)
 }
 

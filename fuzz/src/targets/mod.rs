@@ -87,7 +87,18 @@ mod tests {
         ("cpio", &[("error", 0), ("error", 1), ("error", 2), ("error", 3), ("error", 4), ("error", 5), ("entries", 3)]),
         ("elf", &[("segments", 2), ("error", 7), ("error", 10), ("error", 12), ("error", 13), ("error", 15)]),
         ("image_cfg", &[("record", 0), ("record", 1), ("error", 1), ("error", 2), ("error", 3), ("net", 1)]),
-        ("pvh", &[("cmdline ok", 1), ("cmdline error", 2), ("error", 2), ("error", 5), ("error", 6), ("error", 14)]),
+        (
+            "pvh",
+            &[
+                ("cmdline ok", 1),
+                ("cmdline error", 1),
+                ("cmdline ignored words", 1),
+                ("error", 2),
+                ("error", 5),
+                ("error", 6),
+                ("error", 14),
+            ],
+        ),
         ("memmap", &[("too fragmented", 0), ("too fragmented", 1)]),
         ("vswitch", &[("add", 0), ("add", 4), ("deliver", 1), ("deliver", 6), ("deliver", 9), ("route", 812)]),
     ];

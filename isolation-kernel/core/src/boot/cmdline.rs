@@ -1,6 +1,8 @@
 //! The kernel command line: `key=value` words separated by spaces (keys in
-//! [`hypercall_abi::cmdline`]). Anything the kernel does not understand is an error that names
-//! the word, so a typo in a test's options fails loudly instead of being ignored.
+//! [`hypercall_abi::cmdline`]). VMMs add words of their own (Firecracker `console=ttyS0
+//! reboot=k panic=1 pci=off`, cloud-hypervisor `console=hvc0`), so a word that is not one of
+//! the kernel's keys is ignored, and [`unknown_words`] lists them for the kernel to log once.
+//! A malformed value of one of the kernel's own keys still fails the boot, naming the key.
 
 use hypercall_abi::cmdline as keys;
 use log::LevelFilter;
@@ -71,21 +73,12 @@ impl Default for KernelArgs {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CmdlineError<'a> {
-    /// A word without `=`.
-    NotKeyValue(&'a str),
-    UnknownKey(&'a str),
-    BadValue {
-        key: &'a str,
-        value: &'a str,
-        expected: &'static str,
-    },
+    BadValue { key: &'a str, value: &'a str, expected: &'static str },
 }
 
 impl core::fmt::Display for CmdlineError<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            Self::NotKeyValue(word) => write!(f, "`{word}` is not key=value"),
-            Self::UnknownKey(key) => write!(f, "unknown option `{key}`"),
             Self::BadValue { key, value, expected } => {
                 write!(f, "bad value `{value}` for `{key}`: expected {expected}")
             }
@@ -93,10 +86,22 @@ impl core::fmt::Display for CmdlineError<'_> {
     }
 }
 
+/// Whether `key` is one of the kernel's own keys.
+fn is_kernel_key(key: &str) -> bool {
+    [keys::LOG, keys::SHUTDOWN_AFTER, keys::TEST_FAULT, keys::TX, keys::STAMPS, keys::STATS, keys::FPU].contains(&key)
+}
+
+/// The words of `cmdline` the kernel ignores: not `key=value`, or a key it does not have.
+pub fn unknown_words(cmdline: &str) -> impl Iterator<Item = &str> {
+    cmdline.split_ascii_whitespace().filter(|word| word.split_once('=').is_none_or(|(key, _)| !is_kernel_key(key)))
+}
+
+/// The kernel's settings from `cmdline`; words that are not its keys are skipped (see
+/// [`unknown_words`]); the last value of a key counts.
 pub fn parse(cmdline: &str) -> Result<KernelArgs, CmdlineError<'_>> {
     let mut args = KernelArgs::default();
     for word in cmdline.split_ascii_whitespace() {
-        let (key, value) = word.split_once('=').ok_or(CmdlineError::NotKeyValue(word))?;
+        let Some((key, value)) = word.split_once('=').filter(|(key, _)| is_kernel_key(key)) else { continue };
         match key {
             keys::LOG => {
                 args.log_level = value.parse().map_err(|_| CmdlineError::BadValue {
@@ -155,7 +160,8 @@ pub fn parse(cmdline: &str) -> Result<KernelArgs, CmdlineError<'_>> {
                     _ => return Err(CmdlineError::BadValue { key, value, expected: "fault or save" }),
                 };
             }
-            _ => return Err(CmdlineError::UnknownKey(key)),
+            // `is_kernel_key` let only the keys above through.
+            _ => {}
         }
     }
     Ok(args)
@@ -199,8 +205,14 @@ mod tests {
 
     #[test]
     fn mistakes_are_named() {
-        assert_eq!(parse("log=debug quiet"), Err(CmdlineError::NotKeyValue("quiet")));
-        assert_eq!(parse("shutdown=3"), Err(CmdlineError::UnknownKey("shutdown")));
+        // Words of VMMs (and typos) are ignored and listed; the kernel's keys still count.
+        let firecracker = "console=ttyS0 reboot=k panic=1 pci=off quiet log=debug shutdown=3";
+        assert_eq!(parse(firecracker).unwrap().log_level, LevelFilter::Debug);
+        assert_eq!(
+            unknown_words(firecracker).collect::<std::vec::Vec<_>>(),
+            ["console=ttyS0", "reboot=k", "panic=1", "pci=off", "quiet", "shutdown=3"]
+        );
+        assert_eq!(unknown_words("log=info tx=cow").count(), 0);
         assert!(matches!(parse("log=loud"), Err(CmdlineError::BadValue { key: "log", value: "loud", .. })));
         assert!(matches!(parse("shutdown_after=0"), Err(CmdlineError::BadValue { .. })));
         assert!(matches!(parse("shutdown_after=-1"), Err(CmdlineError::BadValue { .. })));
