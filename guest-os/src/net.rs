@@ -100,6 +100,12 @@ pub fn instant_of(ticks: u64) -> Instant {
     Instant::from_micros(ticks_to_duration(ticks).as_micros() as i64)
 }
 
+/// An `a.b.c.d:port` argument (a peer's address), or `None` if it is not one.
+pub fn parse_endpoint(text: &str) -> Option<(Ipv4Address, u16)> {
+    let endpoint: core::net::SocketAddrV4 = text.parse().ok()?;
+    Some((*endpoint.ip(), endpoint.port()))
+}
+
 /// `a.b.c.d` for printing.
 pub fn format_ipv4(ip: [u8; 4]) -> impl core::fmt::Display {
     Ipv4Address::new(ip[0], ip[1], ip[2], ip[3])

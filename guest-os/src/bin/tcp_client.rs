@@ -14,7 +14,7 @@ extern crate alloc;
 
 use alloc::vec::Vec;
 use core::time::Duration;
-use guest_os::net::{self, Ipv4Address, Net, TcpError, TcpHandle};
+use guest_os::net::{self, Net, TcpError, TcpHandle};
 use guest_os::time::Instant;
 use guest_os::{println, Env};
 use hypercall_abi::vnic::GuestCounter;
@@ -29,16 +29,6 @@ const LINGER: Duration = Duration::from_millis(100);
 fn pattern(conn: u64, at: u64) -> u8 {
     let x = (at ^ conn << 40).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     (x >> 56) as u8
-}
-
-fn parse_peer(text: &str) -> Option<(Ipv4Address, u16)> {
-    let (ip, port) = text.split_once(':')?;
-    let mut octets = [0u8; 4];
-    let mut parts = ip.split('.');
-    for octet in &mut octets {
-        *octet = parts.next()?.parse().ok()?;
-    }
-    Some((Ipv4Address::new(octets[0], octets[1], octets[2], octets[3]), port.parse().ok()?))
 }
 
 /// One connection's progress.
@@ -112,7 +102,7 @@ fn step(net: &mut Net, flow: &mut Flow, total: u64, scratch: &mut [u8]) {
 }
 
 fn main(env: &Env) -> i32 {
-    let Some(peer) = env.arg("peer").and_then(parse_peer) else {
+    let Some(peer) = env.arg("peer").and_then(net::parse_endpoint) else {
         println!("tcp-client: need peer=IP:PORT");
         return 2;
     };

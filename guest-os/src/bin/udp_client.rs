@@ -13,7 +13,7 @@ extern crate alloc;
 
 use alloc::vec::Vec;
 use core::time::Duration;
-use guest_os::net::{self, Ipv4Address};
+use guest_os::net;
 use guest_os::time::Instant;
 use guest_os::{println, Env};
 
@@ -30,18 +30,8 @@ fn payload(guest: u32, seq: u32, len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn parse_peer(text: &str) -> Option<(Ipv4Address, u16)> {
-    let (ip, port) = text.split_once(':')?;
-    let mut octets = [0u8; 4];
-    let mut parts = ip.split('.');
-    for octet in &mut octets {
-        *octet = parts.next()?.parse().ok()?;
-    }
-    Some((Ipv4Address::new(octets[0], octets[1], octets[2], octets[3]), port.parse().ok()?))
-}
-
 fn main(env: &Env) -> i32 {
-    let Some(peer) = env.arg("peer").and_then(parse_peer) else {
+    let Some(peer) = env.arg("peer").and_then(net::parse_endpoint) else {
         println!("udp-client: need peer=IP:PORT");
         return 2;
     };

@@ -40,14 +40,10 @@ pub(super) fn handle_trap(g: &mut Guests, frame: &mut TrapFrame, vector: Vector,
             Action::PreemptByTimer
         }
         Vector::Nic => {
-            let woke = g.poll_network();
+            g.poll_network();
             crate::arch::clock::end_of_interrupt();
-            // A receiver that idles runs now rather than after this guest's quantum.
-            if woke > 0 {
-                Action::YieldToWoken
-            } else {
-                Action::Resume
-            }
+            // A receiver woken with a boost runs now (see below), not after this quantum.
+            Action::Resume
         }
         Vector::Spurious => Action::Resume,
         Vector::Exception(13) => general_protection(g, id, frame, now),
@@ -75,9 +71,7 @@ pub(super) fn handle_trap(g: &mut Guests, frame: &mut TrapFrame, vector: Vector,
     g.running_since = now;
     let over_budget = guest.cpu_budget_ticks.is_some_and(|budget| guest.cpu_ticks > budget);
     let action = match action {
-        Action::Resume | Action::Preempt | Action::PreemptByTimer | Action::YieldToWoken | Action::Idle(_)
-            if over_budget =>
-        {
+        Action::Resume | Action::Preempt | Action::PreemptByTimer | Action::Idle(_) if over_budget => {
             Action::Stop(GuestFault::CpuBudget { ms: guest.cpu_budget_ms })
         }
         other => other,
@@ -91,11 +85,7 @@ pub(super) fn handle_trap(g: &mut Guests, frame: &mut TrapFrame, vector: Vector,
     // transmit completion), it runs now: this guest keeps its turn. Nobody boosted to yield
     // to: this guest goes on.
     let action = match action {
-        Action::Resume if g.sched.boosted_waiting() => Action::YieldToWoken,
-        other => other,
-    };
-    let action = match action {
-        Action::YieldToWoken if !g.sched.preempt_current_for_woken() => Action::Resume,
+        Action::Resume if g.sched.preempt_current_for_woken() => Action::YieldToWoken,
         other => other,
     };
     let guest = at_mut(&mut g.list, id);

@@ -76,12 +76,12 @@ pub struct GuestNic {
 impl GuestNic {
     /// Kernel bytes this vNIC holds: the struct and its vectors.
     pub fn kernel_bytes(&self) -> usize {
-        let u64s = self
-            .tx_pte
-            .capacity()
-            .saturating_add(self.rx_frames.capacity().saturating_mul(2))
-            .saturating_add(self.pending_flush.capacity());
-        core::mem::size_of::<GuestNic>().saturating_add(u64s.saturating_mul(8)).saturating_add(self.cow.heap_bytes())
+        let u64s = self.tx_pte.capacity().saturating_add(self.pending_flush.capacity());
+        let rx_frames = self.rx_frames.capacity().saturating_mul(core::mem::size_of::<Option<u64>>());
+        core::mem::size_of::<GuestNic>()
+            .saturating_add(u64s.saturating_mul(core::mem::size_of::<u64>()))
+            .saturating_add(rx_frames)
+            .saturating_add(self.cow.heap_bytes())
     }
 
     /// The shared page. Not tied to `&self` so the kernel's own indices can be updated while

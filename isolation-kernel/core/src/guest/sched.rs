@@ -73,11 +73,6 @@ impl Scheduler {
         self.boost_limit = ticks;
     }
 
-    /// Whether a woken guest waits in the boost queue.
-    pub fn boosted_waiting(&self) -> bool {
-        !self.boosted.is_empty()
-    }
-
     /// Wake-ups that went to the boost queue.
     pub fn boosts(&self) -> u64 {
         self.boosts
