@@ -271,6 +271,17 @@ impl GuestCounter {
             Self::TcpSockets => "guest_tcp_sockets",
         }
     }
+
+    /// Whether the counter is a level that goes up and down (a gauge: datagrams queued now,
+    /// connections open now) rather than a running total that only grows.
+    pub const fn is_gauge(self) -> bool {
+        matches!(self, Self::UdpQueued | Self::AppHeld | Self::TcpOpen | Self::TcpSockets)
+    }
+
+    /// The counter of this `stats:` name.
+    pub fn from_name(name: &str) -> Option<GuestCounter> {
+        Self::ALL.into_iter().find(|counter| counter.name() == name)
+    }
 }
 
 /// One value per [`GuestCounter`], in its order.
@@ -525,6 +536,20 @@ mod tests {
         let mut names: [&str; GuestCounter::COUNT] = GuestCounter::ALL.map(GuestCounter::name);
         names.sort_unstable();
         assert!(names.windows(2).all(|w| w[0] != w[1]));
+        for counter in GuestCounter::ALL {
+            assert_eq!(GuestCounter::from_name(counter.name()), Some(counter));
+        }
+        assert_eq!(GuestCounter::from_name("rx_taken"), None);
+    }
+
+    #[test]
+    fn gauges_are_the_levels_the_docs_name() {
+        let mut gauges = GuestCounter::ALL.into_iter().filter(|c| c.is_gauge());
+        use GuestCounter::*;
+        for want in [UdpQueued, AppHeld, TcpOpen, TcpSockets] {
+            assert_eq!(gauges.next(), Some(want));
+        }
+        assert_eq!(gauges.next(), None);
     }
 
     #[test]

@@ -282,6 +282,11 @@ impl Session {
         self.child.id()
     }
 
+    /// The console as it grows, for a reader on another thread (`run --metrics`).
+    pub fn shared_log(&self) -> Arc<Mutex<String>> {
+        Arc::clone(&self.log)
+    }
+
     /// The console so far.
     pub fn log(&self) -> String {
         self.log.lock().expect("log lock").clone()

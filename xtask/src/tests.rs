@@ -20,6 +20,7 @@ mod hostile;
 mod http;
 mod lazy;
 mod loss;
+mod metrics;
 mod rx;
 mod tcp;
 
@@ -79,6 +80,7 @@ const QEMU_TESTS: &[QemuTest] = &[
     QemuTest { name: "tcp_echo_user_network_copy_tcg", run: |ctx| tcp::tcp_echo_user_network(ctx, TxMode::Copy) },
     QemuTest { name: "tcp_guest_to_guest_copy_tcg", run: |ctx| tcp::tcp_guest_to_guest(ctx, TxMode::Copy) },
     QemuTest { name: "tcp_guest_to_guest_cow_tcg", run: |ctx| tcp::tcp_guest_to_guest(ctx, TxMode::Cow) },
+    QemuTest { name: "metrics_scraped_during_echo_tcg", run: metrics::metrics_scraped_during_echo },
     QemuTest { name: "bench_echo_smoke", run: bench_echo_smoke },
     QemuTest { name: "bench_dispatch_smoke", run: bench_dispatch_smoke },
     QemuTest {
