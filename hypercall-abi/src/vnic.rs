@@ -205,10 +205,17 @@ pub enum GuestCounter {
     TcpOpen,
     /// Gauge: TCP sockets the stack holds: its listeners' pools and connections not yet freed.
     TcpSockets,
+    /// HTTP requests (well-formed heads) the guest's HTTP server answered.
+    HttpRequests,
+    /// HTTP responses with a 4xx or 5xx status: malformed or refused heads, unknown paths and
+    /// methods, head timeouts, connections beyond the server's limit.
+    HttpErrors,
+    /// HTTP response body bytes handed to the sockets.
+    HttpBodyBytes,
 }
 
 impl GuestCounter {
-    pub const COUNT: usize = 27;
+    pub const COUNT: usize = 30;
     pub const ALL: [GuestCounter; Self::COUNT] = [
         Self::RxTaken,
         Self::RxDatagrams,
@@ -237,6 +244,9 @@ impl GuestCounter {
         Self::TcpRefused,
         Self::TcpOpen,
         Self::TcpSockets,
+        Self::HttpRequests,
+        Self::HttpErrors,
+        Self::HttpBodyBytes,
     ];
 
     /// The name in the kernel's `stats:` line.
@@ -269,6 +279,9 @@ impl GuestCounter {
             Self::TcpRefused => "guest_tcp_refused",
             Self::TcpOpen => "guest_tcp_open",
             Self::TcpSockets => "guest_tcp_sockets",
+            Self::HttpRequests => "guest_http_requests",
+            Self::HttpErrors => "guest_http_errors",
+            Self::HttpBodyBytes => "guest_http_body_bytes",
         }
     }
 
