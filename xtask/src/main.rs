@@ -304,6 +304,10 @@ struct RunArgs {
     /// in the Prometheus text format (port 0: any free port; implies --per-guest-stats).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
+    /// The device the kernel ends the machine with, as on the VMMs it is deployed on (the kernel
+    /// picks what the machine has; without isa-debug-exit the verdict is read from the console).
+    #[arg(long, value_enum, default_value_t = qemu::PowerOff::DebugExit)]
+    power_off: qemu::PowerOff,
 }
 
 fn main() {
@@ -455,6 +459,7 @@ fn run(args: RunArgs) -> Result<()> {
         pcap: args.pcap.as_deref(),
         netns: namespace.as_ref().map(|ns| ns.name.as_str()),
         nic_tx_delay: args.nic_tx_delay_us.map(Duration::from_micros),
+        power_off: args.power_off,
     };
     if args.icount && accel != qemu::Accel::Tcg {
         bail!("--icount needs TCG (--accel tcg)");
