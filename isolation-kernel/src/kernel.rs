@@ -80,6 +80,8 @@ pub extern "C" fn kernel_entry(start_info_phys: u64) -> ! {
 
     let info = pvh::parse_start_info(&phys::BootPhysReader, start_info_phys)
         .unwrap_or_else(|e| fail(format_args!("PVH start info at {start_info_phys:#x}: {e}")));
+    // The ACPI tables are read while the boot tables still map the first GiB.
+    power_off::discover(&phys::BootPhysReader, info.rsdp_phys);
     // The command line is copied out before the boot page tables (and their view of it) go.
     let mut cmdline_buf = [0u8; pvh::MAX_CMDLINE_LEN + 1];
     let cmdline_text = match info.cmdline_phys {
@@ -106,8 +108,7 @@ pub extern "C" fn kernel_entry(start_info_phys: u64) -> ! {
         ));
     }
     crate::guest::set_per_guest_stats(args.stats_per_guest);
-    // The ACPI tables are read while the boot tables still map the first GiB.
-    power_off::discover(&phys::BootPhysReader, info.rsdp_phys);
+    power_off::log_discovery();
 
     setup_memory(&info);
     phys::with_frames(power_off::map_registers);

@@ -24,6 +24,8 @@ const SLEEP_REGISTER_MMIO_SLOT: u64 = 1 << 20;
 
 /// The ACPI way, found at boot; `None` until then, or if the tables offer none.
 static ACPI_WAY: spin::Mutex<Option<AcpiWay>> = spin::Mutex::new(None);
+/// Why the tables offer no ACPI way, for the boot log.
+static NO_ACPI_WAY: spin::Mutex<Option<acpi::NoPowerOff>> = spin::Mutex::new(None);
 
 #[derive(Clone, Copy)]
 struct AcpiWay {
@@ -32,25 +34,33 @@ struct AcpiWay {
     mapped: Option<u64>,
 }
 
-/// Reads the ACPI tables (through the boot mappings: call before they go) and keeps how to
-/// power off through ACPI, if the machine has a way.
+/// Reads the ACPI tables (through the boot mappings: call before they go, and as early as
+/// possible, so that even a boot that fails ends the machine rather than resetting it, which
+/// cloud-hypervisor answers with a reboot) and keeps how to power off through ACPI, if the
+/// machine has a way.
 pub fn discover(mem: &impl PhysRead, rsdp_hint: u64) {
     match acpi::find_power_off(mem, rsdp_hint) {
-        Ok(plan) => {
-            for (register, value) in plan.writes.iter().flatten() {
-                log::info!(
-                    "power-off: ACPI S5 ({}): {} {:#x} <- {value:#x}",
-                    if plan.hardware_reduced { "sleep control register" } else { "PM1 control" },
-                    match register.space {
-                        Space::Io => "io port",
-                        Space::Memory => "memory",
-                    },
-                    register.address
-                );
-            }
-            *ACPI_WAY.lock() = Some(AcpiWay { plan, mapped: None });
-        }
-        Err(why) => log::info!("power-off: no ACPI way ({why})"),
+        Ok(plan) => *ACPI_WAY.lock() = Some(AcpiWay { plan, mapped: None }),
+        Err(why) => *NO_ACPI_WAY.lock() = Some(why),
+    }
+}
+
+/// Logs what [`discover`] found (once the log level is known).
+pub fn log_discovery() {
+    if let Some(why) = *NO_ACPI_WAY.lock() {
+        log::info!("power-off: no ACPI way ({why})");
+    }
+    let Some(way) = *ACPI_WAY.lock() else { return };
+    for (register, value) in way.plan.writes.iter().flatten() {
+        log::info!(
+            "power-off: ACPI S5 ({}): {} {:#x} <- {value:#x}",
+            if way.plan.hardware_reduced { "sleep control register" } else { "PM1 control" },
+            match register.space {
+                Space::Io => "io port",
+                Space::Memory => "memory",
+            },
+            register.address
+        );
     }
 }
 
