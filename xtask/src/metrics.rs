@@ -26,10 +26,18 @@ pub const PER_GUEST: &str = "per_guest_";
 pub const PATH: &str = "/metrics";
 /// Content type of the text exposition format.
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-/// The kernel's `stats:` values that are levels, not running totals: memory and guests now.
-/// (The guests' own gauges are [`GuestCounter::is_gauge`]; every other value only grows.)
-const KERNEL_GAUGES: [&str; 6] =
-    ["frames_managed", "frames_free", "heap_bytes_used", "heap_bytes_free", "guests_running", "guest_private_pages"];
+/// The kernel's `stats:` values that are levels, not running totals: memory, guests and frames
+/// held now. (The guests' own gauges are [`GuestCounter::is_gauge`]; every other value only
+/// grows.)
+const KERNEL_GAUGES: [&str; 7] = [
+    "frames_managed",
+    "frames_free",
+    "heap_bytes_used",
+    "heap_bytes_free",
+    "guests_running",
+    "guest_private_pages",
+    "rx_held_now",
+];
 /// A request head longer than this is refused.
 const MAX_REQUEST_HEAD: u64 = 8 * 1024;
 /// A client that sends nothing for this long is dropped.
