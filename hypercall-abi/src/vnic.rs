@@ -441,6 +441,10 @@ pub mod stamps {
         "guest_driver",
         "guest_stack",
     ];
+    /// The app's stage: from the end of a datagram's receive stages (the app took it from its
+    /// socket) to the app's next send (the start of the transmit stages). With it, the stages
+    /// of an echo run unbroken from the receive interrupt to the transmit notify.
+    pub const APP_STAGES: [&str; 1] = ["guest_app"];
     /// The datagram that makes a stamping `udp-echo` print its receive stages.
     pub const REPORT_REQUEST: &[u8] = b"ik-dispatch-report";
 
@@ -452,8 +456,8 @@ pub mod stamps {
     }
 
     /// The stage part of a `dispatch:` report line (the format `cargo xtask bench dispatch`
-    /// reads): ` name=median/p10/p90` per stage, then ` total=median` of the per-packet sums.
-    /// `scratch` needs room for one value per sample.
+    /// reads): ` name=median/p10/p90/mean` per stage (the mean rounded down), then
+    /// ` total=median` of the per-packet sums. `scratch` needs room for one value per sample.
     pub fn write_stages<const N: usize>(
         out: &mut impl core::fmt::Write,
         names: &[&str; N],
@@ -465,8 +469,9 @@ pub mod stamps {
             for (value, sample) in scratch.iter_mut().zip(samples) {
                 *value = sample[stage];
             }
+            let mean = scratch.iter().map(|&v| u64::from(v)).sum::<u64>() / (scratch.len().max(1) as u64);
             let (median, p10, p90) = quantiles(scratch);
-            write!(out, " {name}={median}/{p10}/{p90}")?;
+            write!(out, " {name}={median}/{p10}/{p90}/{mean}")?;
         }
         for (value, sample) in scratch.iter_mut().zip(samples) {
             *value = sample.iter().sum();
@@ -485,7 +490,10 @@ pub mod stamps {
             let samples = [[1, 10], [2, 20], [3, 30]];
             let mut line = String::new();
             write_stages(&mut line, &["a", "b"], &samples, &mut [0; 3]).unwrap();
-            assert_eq!(line, " a=2/1/2 b=20/10/20 total=22");
+            assert_eq!(line, " a=2/1/2/2 b=20/10/20/20 total=22");
+            let mut line = String::new();
+            write_stages(&mut line, &["a"], &[[1], [1], [5]], &mut [0; 3]).unwrap();
+            assert_eq!(line, " a=1/1/1/2 total=1", "the mean, rounded down, beside the median");
             assert_eq!(quantiles(&mut []), (0, 0, 0));
         }
     }

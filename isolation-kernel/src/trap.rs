@@ -41,6 +41,9 @@ pub extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     if frame.came_from_user() {
         return crate::guest::handle_user_trap(frame, vector);
     }
+    if crate::arch::trap::stamping() {
+        crate::guest::timeline_kernel_interrupt(vector);
+    }
     match vector {
         Vector::Timer => timer_tick(),
         Vector::Spurious => {}

@@ -169,6 +169,11 @@ pub struct NetStack<'a, D: Doorbell, P: Platform> {
     mtu: usize,
     /// Receive-path stage records (stamping on), by frame length.
     rx_stage_samples: alloc::collections::BTreeMap<usize, Vec<[u32; 8]>>,
+    /// The app's stage (stamping on): from the end of a datagram's receive stages (the app
+    /// took it) to the app's next send, by the sent frame's length; and when the last receive
+    /// record ended (0: none since the last send).
+    app_stage_samples: alloc::collections::BTreeMap<usize, Vec<[u32; 1]>>,
+    rx_done_at: u64,
     /// The interface's addresses, to classify frames before the stack takes them.
     identity: ingress::Identity,
     /// Each UDP socket's receive buffer as tracked for admission.
@@ -221,6 +226,8 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
             platform,
             mtu,
             rx_stage_samples: alloc::collections::BTreeMap::new(),
+            app_stage_samples: alloc::collections::BTreeMap::new(),
+            rx_done_at: 0,
             identity,
             udp_books: Vec::new(),
             counters: [0; GuestCounter::COUNT],
@@ -228,14 +235,20 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
         }
     }
 
-    /// The receive-path stage records as `dispatch:` lines (one per frame length): per stage
-    /// `median/p10/p90` in stamp ticks, then the median total. Empty unless stamping is on.
+    /// The receive-path and app stage records as `dispatch:` lines (one per frame length and
+    /// direction): per stage `median/p10/p90/mean` in stamp ticks, then the median total.
+    /// Empty unless stamping is on.
     pub fn dispatch_report(&self) -> Vec<alloc::string::String> {
         let mut lines = Vec::new();
-        use hypercall_abi::vnic::stamps::{write_stages, RX_STAGES};
+        use hypercall_abi::vnic::stamps::{write_stages, APP_STAGES, RX_STAGES};
         for (len, samples) in &self.rx_stage_samples {
             let mut line = alloc::format!("dispatch: dir=rx frame={len} samples={}", samples.len());
             let _ = write_stages(&mut line, &RX_STAGES, samples, &mut vec![0; samples.len()]);
+            lines.push(line);
+        }
+        for (len, samples) in &self.app_stage_samples {
+            let mut line = alloc::format!("dispatch: dir=app frame={len} samples={}", samples.len());
+            let _ = write_stages(&mut line, &APP_STAGES, samples, &mut vec![0; samples.len()]);
             lines.push(line);
         }
         lines
@@ -282,7 +295,14 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
         if data.len() > self.max_udp_payload() {
             return Err(NetError::TooLarge);
         }
-        self.device.note_send();
+        let send = self.device.note_send();
+        let done = core::mem::take(&mut self.rx_done_at);
+        if done != 0 && send >= done {
+            let samples = self.app_stage_samples.entry(data.len() + FRAME_HEADERS).or_default();
+            if samples.len() < STAMP_SAMPLES {
+                samples.push([(send - done).min(u64::from(u32::MAX)) as u32]);
+            }
+        }
         if to.0.is_unspecified() || to.1 == 0 {
             return Err(NetError::Unaddressable);
         }
@@ -333,10 +353,12 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
         let socket = self.sockets.get_mut::<udp::Socket>(h.0);
         let before = socket.recv_queue();
         // Even a failed recv may drop a padding entry: the book follows the bytes.
-        let (device, samples) = (&mut self.device, &mut self.rx_stage_samples);
+        let (device, samples, rx_done_at) = (&mut self.device, &mut self.rx_stage_samples, &mut self.rx_done_at);
         let received = socket.recv().ok().map(|(data, meta)| {
             // The receive stages end here, before the app's copy (as the stack hands it over).
-            record_rx_stages(device, samples, data.len());
+            if let Some(done) = record_rx_stages(device, samples, data.len()) {
+                *rx_done_at = done;
+            }
             let len = data.len().min(buf.len());
             buf[..len].copy_from_slice(&data[..len]);
             (data.len(), len, meta.endpoint)
@@ -582,13 +604,13 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
 }
 
 /// With stamping on, the stages of the datagram of `len` payload bytes just taken, from the
-/// kernel's trap entry to now.
+/// kernel's trap entry to now; the stamp that ends them (None: stamping off).
 fn record_rx_stages<D: Doorbell>(
     device: &mut Vnic<'_, D>,
     samples: &mut alloc::collections::BTreeMap<usize, Vec<[u32; 8]>>,
     len: usize,
-) {
-    let Some(stamps) = device.take_rx_stamps() else { return };
+) -> Option<u64> {
+    let stamps = device.take_rx_stamps()?;
     let done = device.clock();
     let [entry, handler, popped, routed, copied, released, resumed, driver] = stamps;
     let marks = [entry, handler, popped, routed, copied, released, resumed, driver, done];
@@ -598,7 +620,9 @@ fn record_rx_stages<D: Doorbell>(
         if samples.len() < STAMP_SAMPLES {
             samples.push(stages);
         }
+        return Some(done);
     }
+    None
 }
 
 /// The MAC as a number, to seed smoltcp's random generator.

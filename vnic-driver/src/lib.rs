@@ -285,11 +285,13 @@ impl<'a, D: Doorbell> Vnic<'a, D> {
         self.shared.stamps_enabled.0.load(Ordering::Relaxed) != 0
     }
 
-    /// The app is sending a datagram now (the start of the "guest stack" transmit stage).
-    pub fn note_send(&mut self) {
+    /// The app is sending a datagram now (the start of the "guest stack" transmit stage): the
+    /// stamp taken, 0 when stamping is off.
+    pub fn note_send(&mut self) -> u64 {
         if self.stamps_enabled() {
             self.tx.send_stamp = (self.tx.clock)();
         }
+        self.tx.send_stamp
     }
 
     /// The guest runs again after idling (the end of the "virtual interrupt" receive stage).

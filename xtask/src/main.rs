@@ -9,6 +9,7 @@ mod density;
 mod dispatch;
 mod fuzz;
 mod httpbench;
+mod icount;
 mod initrd;
 mod ledger;
 mod manifest;

@@ -50,10 +50,32 @@ static STAMPING: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::ne
 #[cfg(feature = "stamps")]
 static ENTRY_TSC: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
-/// Turns the trap-entry stamp on.
+/// The TSC at the latest return from a trap (written by the restore path while stamping): at
+/// an entry from ring 3, when the kernel last left for the guest.
+#[cfg(feature = "stamps")]
+static EXIT_TSC: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Turns the trap entry and exit stamps on.
 pub fn enable_stamping() {
     #[cfg(feature = "stamps")]
     STAMPING.store(1, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether the trap stamps are on (constant false without the `stamps` feature).
+#[inline(always)]
+pub fn stamping() -> bool {
+    #[cfg(feature = "stamps")]
+    return STAMPING.load(core::sync::atomic::Ordering::Relaxed) != 0;
+    #[cfg(not(feature = "stamps"))]
+    false
+}
+
+/// The TSC when the kernel last returned from a trap (0 when stamping is off).
+pub fn exit_tsc() -> u64 {
+    #[cfg(feature = "stamps")]
+    return EXIT_TSC.load(core::sync::atomic::Ordering::Relaxed);
+    #[cfg(not(feature = "stamps"))]
+    0
 }
 
 /// The TSC when the trap being handled entered the kernel (0 when stamping is off).
@@ -67,7 +89,7 @@ pub fn entry_tsc() -> u64 {
 /// Size in bytes of one entry stub.
 const STUB_BYTES: u64 = 16;
 
-/// The entry stubs and the common save/restore path, up to where the stage stamp goes.
+/// The entry stubs and the common save path, up to where the entry stamp goes.
 macro_rules! trap_asm_head {
     () => {
         r#"
@@ -107,14 +129,21 @@ trap_common:
     };
 }
 
-/// The rest of the common path: the call into Rust, the restore, and `trap_enter_frame`.
-macro_rules! trap_asm_tail {
+/// The call into Rust, up to the restore (where the exit stamp goes).
+macro_rules! trap_asm_call {
     () => {
         r#"    movq %rsp, %rdi             # &mut TrapFrame; the CPU aligned the stack, 22 words keep it so
     cld
     call {dispatch}
 trap_restore:
-    popq %r15
+"#
+    };
+}
+
+/// The rest of the common path: the restore, and `trap_enter_frame`.
+macro_rules! trap_asm_tail {
+    () => {
+        r#"    popq %r15
     popq %r14
     popq %r13
     popq %r12
@@ -158,17 +187,29 @@ core::arch::global_asm!(
     movq %rax, {entry_tsc}(%rip)
 1:
 "#,
+        trap_asm_call!(),
+        r#"    # And the TSC on the way out (rax and rdx are restored from the frame below).
+    cmpb $0, {stamping}(%rip)
+    je 2f
+    lfence
+    rdtsc
+    shlq $32, %rdx
+    orq %rdx, %rax
+    movq %rax, {exit_tsc}(%rip)
+2:
+"#,
         trap_asm_tail!()
     ),
     dispatch = sym crate::trap::trap_dispatch,
     stamping = sym STAMPING,
     entry_tsc = sym ENTRY_TSC,
+    exit_tsc = sym EXIT_TSC,
     options(att_syntax)
 );
 
 #[cfg(not(feature = "stamps"))]
 core::arch::global_asm!(
-    concat!(trap_asm_head!(), trap_asm_tail!()),
+    concat!(trap_asm_head!(), trap_asm_call!(), trap_asm_tail!()),
     dispatch = sym crate::trap::trap_dispatch,
     options(att_syntax)
 );

@@ -44,6 +44,9 @@ pub fn finish_run(why: &str) -> ! {
             let _ = write_stages(&mut line, &TX_STAGES, samples, &mut alloc::vec![0; samples.len()]);
             console_write_fmt(format_args!("{line}\n"));
         }
+        for line in g.net.timeline_report() {
+            console_write_fmt(format_args!("{line}\n"));
+        }
         if !g.kick_samples.is_empty() {
             let n = g.kick_samples.len();
             let (median, p10, p90) = quantiles(&mut g.kick_samples);

@@ -53,7 +53,7 @@ use table::*;
 
 pub use create::boot;
 pub use end_of_run::finish_run;
-pub use run::{handle_user_trap, nic_interrupt};
+pub use run::{handle_user_trap, nic_interrupt, timeline_kernel_interrupt};
 pub use table::{set_per_guest_stats, stats_pairs};
 use virtual_instructions::*;
 

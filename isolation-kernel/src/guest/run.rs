@@ -1,6 +1,7 @@
 //! Running guests: the trap from ring 3, the one check of whether the run is over, switching (registers, address space, register state), idling, and a guest's end.
 
 use super::*;
+use kernel_core::vnet::timeline::Activity;
 
 /// A trap from ring 3: handles it, then resumes the current guest or switches to another.
 pub fn handle_user_trap(frame: &mut TrapFrame, vector: Vector) {
@@ -33,6 +34,11 @@ pub(super) fn run_over(g: &Guests, now: u64, poll_console: bool) -> Option<&'sta
 
 pub(super) fn handle_trap(g: &mut Guests, frame: &mut TrapFrame, vector: Vector, now: u64) -> Next {
     let Some(id) = g.on_cpu else { return Next::Finish("a trap from ring 3 with no guest on the CPU") };
+    if g.net.stamps.on() {
+        // The guest ran from the kernel's last return until this trap's entry.
+        g.net.timeline.exit(crate::arch::trap::exit_tsc());
+        g.net.timeline.entry(crate::arch::trap::entry_tsc(), timeline_activity(vector));
+    }
     let action = match vector {
         Vector::Timer => {
             crate::arch::clock::timer_tick();
@@ -163,6 +169,22 @@ fn page_fault(g: &mut Guests, id: GuestId, error_code: u64) -> Action {
     }
 }
 
+/// What a trap is on the whole-echo timeline, as far as its vector tells (a `#GP` is a virtual
+/// instruction until decoded otherwise).
+fn timeline_activity(vector: Vector) -> Activity {
+    match vector {
+        Vector::Timer => Activity::Timer,
+        Vector::Nic | Vector::Spurious | Vector::Unexpected(_) => Activity::NicInterrupt,
+        Vector::Exception(13) => Activity::OtherVi,
+        Vector::Exception(_) => Activity::Fault,
+    }
+}
+
+/// An interrupt taken while the kernel idles (stage stamps on): the timeline's entry.
+pub fn timeline_kernel_interrupt(vector: Vector) {
+    with_guests(|g| g.net.timeline.entry(crate::arch::trap::entry_tsc(), timeline_activity(vector)));
+}
+
 /// The physical NIC's interrupt, taken while the kernel idles.
 pub fn nic_interrupt() {
     with_guests(|g| g.poll_network());
@@ -220,6 +242,9 @@ pub(super) fn switch_to_next(frame: &mut TrapFrame, previous: GuestId) {
             g.maybe_report_stats(now);
             let Some(next) = g.sched.schedule(now) else {
                 g.on_cpu = None;
+                if g.net.stamps.on() {
+                    g.net.timeline.halt(cpu::rdtsc_serialized());
+                }
                 return Step::Halt;
             };
             switch_user_state(g, next);

@@ -69,6 +69,14 @@ fn vnic_of(g: &Guests, id: GuestId) -> Option<&crate::vnet::GuestNic> {
 /// The handlers: the value for `rax` and what happens to the guest next.
 pub(super) fn run_vi(g: &mut Guests, id: GuestId, call: ViCall, now: u64) -> Result<(u64, Action), ViFailure> {
     let no_nic = ViFailure::Error(vi::Error::Unsupported);
+    if g.net.stamps.on() {
+        use kernel_core::vnet::timeline::Activity;
+        g.net.timeline.refine(match call {
+            ViCall::VnicTxKick => Activity::Kick,
+            ViCall::IdleUntil { .. } => Activity::Idle,
+            _ => Activity::OtherVi,
+        });
+    }
     Ok(match call {
         ViCall::ConsoleWrite { addr, len } => (console_write(g, id, addr, len)?, Action::Resume),
         ViCall::Exit { code } => (0, Action::Exit(code)),

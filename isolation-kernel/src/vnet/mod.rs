@@ -295,6 +295,8 @@ pub struct Network {
     pending_notify: Vec<stamps::PendingNotify>,
     pub tx_stage_samples: alloc::collections::BTreeMap<u32, Vec<[u32; 7]>>,
     pub stamp_records_made: u64,
+    /// Where every tick goes outside the stamped stages (`stamps=on`): see [`stamps`].
+    pub timeline: kernel_core::vnet::timeline::Timeline,
 }
 
 /// The bytes `[offset, offset + len)` of the contiguous run of `run` bytes at `phys`. Callers
@@ -341,6 +343,7 @@ impl Network {
             pending_notify: Vec::new(),
             tx_stage_samples: alloc::collections::BTreeMap::new(),
             stamp_records_made: 0,
+            timeline: kernel_core::vnet::timeline::Timeline::default(),
         }
     }
 

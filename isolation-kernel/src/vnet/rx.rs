@@ -19,7 +19,7 @@ impl NetCtx<'_> {
         let (entry, handler) = (crate::arch::trap::entry_tsc(), stamps.now());
         self.reclaim_nic();
         let NetCtx { net, nics, sched, guests } = self;
-        let Network { nic, vswitch, counters, pool, pool_frames, pool_buffer_bytes, .. } = &mut **net;
+        let Network { nic, vswitch, counters, pool, pool_frames, pool_buffer_bytes, timeline, .. } = &mut **net;
         let mut pool = PoolMemory { pool, frames: pool_frames, buffer_bytes: *pool_buffer_bytes };
         let Some(nic) = nic.as_mut() else { return 0 };
         nic.receive_with(
@@ -29,7 +29,7 @@ impl NetCtx<'_> {
                 let routed = stamps.now();
                 match route {
                     Route::Guest(dst) => deliver(nics, guests, sched, counters, &mut pool, dst, frame)
-                        .map(|area| (area, popped, routed, stamps.now())),
+                        .map(|area| (area, popped, routed, stamps.now(), frame.len())),
                     Route::Uplink => {
                         count_drop(counters, DropReason::UnknownMac);
                         None
@@ -43,8 +43,9 @@ impl NetCtx<'_> {
             |delivered| {
                 // The receive stamps go at the end of the guest's rx buffer, once the NIC's
                 // buffer is released; the guest adds its own when it takes the frame.
-                if let (true, Some(((run, size), popped, routed, copied))) = (stamps.on(), delivered) {
+                if let (true, Some(((run, size), popped, routed, copied, len))) = (stamps.on(), delivered) {
                     let values = [entry, handler, popped, routed, copied, stamps.now()];
+                    timeline.staged_receive(len as u32);
                     let mut bytes = [0u8; 48];
                     for (chunk, value) in bytes.chunks_mut(8).zip(values) {
                         chunk.copy_from_slice(&value.to_le_bytes());

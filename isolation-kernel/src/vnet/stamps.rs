@@ -103,6 +103,7 @@ impl Network {
             return;
         }
         let notified = self.stamps.now();
+        let mut recorded = false;
         for PendingNotify { stamp: index, handed, queued, len } in self.pending_notify.drain(..) {
             let Some(&[send, driver, kick, trap, vnic]) = self.stamp_records.get(ring::position(index, STAMP_SLOTS))
             else {
@@ -126,6 +127,29 @@ impl Network {
                 samples.push(stages.map(|t| t.min(u64::from(u32::MAX)) as u32));
                 self.stamp_records_made = self.stamp_records_made.saturating_add(1);
             }
+            recorded = true;
         }
+        if recorded {
+            self.timeline.staged_transmit(notified);
+        }
+    }
+
+    /// The whole-echo timeline as `dispatch: dir=timeline` lines, one per frame length: the
+    /// echoes, the ticks of each activity, and the kernel's and the guest's total ticks.
+    pub fn timeline_report(&self) -> alloc::vec::Vec<alloc::string::String> {
+        use core::fmt::Write;
+        use kernel_core::vnet::timeline::Activity;
+        self.timeline
+            .rows()
+            .iter()
+            .map(|row| {
+                let mut line = alloc::format!("dispatch: dir=timeline frame={} echoes={}", row.key, row.echoes);
+                for (activity, ticks) in Activity::COUNTED.iter().zip(row.ticks) {
+                    let _ = write!(line, " {}={ticks}", activity.name());
+                }
+                let _ = write!(line, " kernel={} guest={}", row.kernel, row.guest);
+                line
+            })
+            .collect()
     }
 }

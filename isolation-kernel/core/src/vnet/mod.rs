@@ -21,6 +21,7 @@ pub mod fifo;
 pub mod netsched;
 pub mod pool;
 pub mod ring;
+pub mod timeline;
 pub mod vswitch;
 
 pub use backlog::{TxBacklog, Wait};
