@@ -221,8 +221,9 @@ pub fn parse_lines(log: &str, mode: TxMode) -> Vec<Cell> {
         .collect()
 }
 
-/// Idle window whose instruction rate is taken off every window of echoes.
-const IDLE_WINDOW: Duration = Duration::from_secs(1);
+/// Idle windows, the lowest instruction rate of which is taken off every window of echoes.
+const IDLE_WINDOW: Duration = Duration::from_millis(250);
+const IDLE_WINDOWS: usize = 4;
 /// Quiet before each read of the counters, so that the echo under way has ended.
 const SETTLE: Duration = Duration::from_millis(50);
 
@@ -281,9 +282,17 @@ fn run_mode(
         }
     }
     let idle = match &counter {
-        Some(counter) => counter.idle_rate(IDLE_WINDOW)?,
+        Some(counter) => counter.idle_rate(IDLE_WINDOW, IDLE_WINDOWS)?,
         None => IdleRate::default(),
     };
+    if counter.is_some() {
+        println!(
+            "tx={} stamps={on_off}: idle, instructions per second of wall time: kernel {:.0}, guest {:.0}",
+            tx.name(),
+            idle.kernel,
+            idle.guest
+        );
+    }
     let mut whole = Vec::new();
     for &size in sizes {
         let data = crate::udp::random_bytes(size as u64, size);
@@ -303,7 +312,17 @@ fn run_mode(
         }
         if let (Some(counter), Some((before, t0))) = (&counter, start) {
             let (after, t1): (icount::Counts, Instant) = counter.read_settled(SETTLE)?;
-            let per_echo = PerItem::of(after.since(before), t1 - t0, idle, echoed as u64);
+            let counts = after.since(before);
+            let per_echo = PerItem::of(counts, t1 - t0, idle, echoed as u64);
+            println!(
+                "tx={} stamps={on_off} {size} B: {echoed} echoes in {:.2} s: kernel {} guest {} instructions, \
+                 idle share {:.0}",
+                tx.name(),
+                (t1 - t0).as_secs_f64(),
+                counts.kernel,
+                counts.guest,
+                (idle.kernel + idle.guest) * (t1 - t0).as_secs_f64()
+            );
             whole.push(Whole { size, echoes: echoed as u64, per_echo });
         }
     }

@@ -122,13 +122,21 @@ impl Counter {
         Ok((self.read()?, Instant::now()))
     }
 
-    /// The idle rate over `window` of doing nothing.
-    pub fn idle_rate(&self, window: Duration) -> Result<IdleRate> {
-        let (start, at) = (self.read()?, Instant::now());
-        std::thread::sleep(window);
-        let counts = self.read()?.since(start);
-        let secs = at.elapsed().as_secs_f64();
-        Ok(IdleRate { kernel: counts.kernel as f64 / secs, guest: counts.guest as f64 / secs })
+    /// The idle rate: the lowest of `windows` windows of `window` each with nothing sent (so
+    /// that the tail of earlier work, or one periodic stats line, does not count as idle).
+    pub fn idle_rate(&self, window: Duration, windows: usize) -> Result<IdleRate> {
+        let mut lowest: Option<IdleRate> = None;
+        for _ in 0..windows.max(1) {
+            let (start, at) = (self.read()?, Instant::now());
+            std::thread::sleep(window);
+            let counts = self.read()?.since(start);
+            let secs = at.elapsed().as_secs_f64();
+            let rate = IdleRate { kernel: counts.kernel as f64 / secs, guest: counts.guest as f64 / secs };
+            if lowest.is_none_or(|l| rate.kernel + rate.guest < l.kernel + l.guest) {
+                lowest = Some(rate);
+            }
+        }
+        Ok(lowest.unwrap_or_default())
     }
 }
 

@@ -203,6 +203,9 @@ enum BenchCmd {
         /// auto: KVM (cycles) only with hardware virtualization, else TCG with -icount (instructions).
         #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
         accel: AccelChoice,
+        /// Datagrams per size and transmit path (default: 10,100; 30 with --quick).
+        #[arg(long)]
+        packets: Option<usize>,
     },
     /// The host-native stages in real TSC ticks: guest stack and driver, kernel portable logic:
     /// native.json.
@@ -360,9 +363,9 @@ fn real_main() -> Result<()> {
             };
             density::bench(&plan).map(|_| ())
         }
-        Cmd::Bench { which: BenchCmd::Dispatch { quick, accel } } => {
-            let (packets, sizes) = if quick { (30, &dispatch::SIZES[..]) } else { (10_100, &dispatch::FULL_SIZES[..]) };
-            dispatch::run(packets, sizes, qemu::resolve_accel(accel)?).map(|_| ())
+        Cmd::Bench { which: BenchCmd::Dispatch { quick, accel, packets } } => {
+            let (default, sizes) = if quick { (30, &dispatch::SIZES[..]) } else { (10_100, &dispatch::FULL_SIZES[..]) };
+            dispatch::run(packets.unwrap_or(default), sizes, qemu::resolve_accel(accel)?).map(|_| ())
         }
         Cmd::Bench { which: BenchCmd::Baseline { quick } } => {
             baseline::run_baseline(if quick { bench::QUICK } else { bench::FULL }).map(|_| ())

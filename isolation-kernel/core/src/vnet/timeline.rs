@@ -126,7 +126,7 @@ pub struct Row {
 }
 
 /// Frame lengths kept apart (a benchmark sends a few sizes).
-pub const ROWS: usize = 8;
+pub const ROWS: usize = 16;
 /// The key of the row that takes every length past the others.
 pub const OVERFLOW_KEY: u32 = u32::MAX;
 
