@@ -377,6 +377,59 @@ static void start_listener(struct listener *l) {
         perror("echo-init: listener thread");
 }
 
+/* The datagram that asks for the counters (`bench baseline`'s open-loop search reads them
+ * around a trial), and the answer: "linux-stats:" then " udp_NAME=VALUE" for each of UDP's
+ * counters in /proc/net/snmp and " eth0_FIELD=VALUE" for eth0's in /proc/net/dev. */
+#define STATS_REQUEST "ik-linux-stats"
+
+static size_t read_file(const char *path, char *buf, size_t cap) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    size_t len = 0;
+    ssize_t n;
+    while (len + 1 < cap && (n = read(fd, buf + len, cap - 1 - len)) > 0)
+        len += (size_t)n;
+    close(fd);
+    buf[len] = 0;
+    return len;
+}
+
+static size_t linux_stats(char *out, size_t cap) {
+    static char text[16384];
+    size_t len = (size_t)snprintf(out, cap, "linux-stats:");
+    read_file("/proc/net/snmp", text, sizeof text);
+    char *names = strstr(text, "\nUdp: ");
+    char *values = names ? strstr(names + 1, "\nUdp: ") : NULL;
+    if (names && values) {
+        names += 6;
+        values += 6;
+        char *name_end = strchr(names, '\n'), *value_end = strchr(values, '\n');
+        if (name_end)
+            *name_end = 0;
+        if (value_end)
+            *value_end = 0;
+        char *name_save, *value_save;
+        char *name = strtok_r(names, " ", &name_save), *value = strtok_r(values, " ", &value_save);
+        while (name && value && len < cap) {
+            len += (size_t)snprintf(out + len, cap - len, " udp_%s=%s", name, value);
+            name = strtok_r(NULL, " ", &name_save);
+            value = strtok_r(NULL, " ", &value_save);
+        }
+    }
+    read_file("/proc/net/dev", text, sizeof text);
+    char *eth0 = strstr(text, "eth0:");
+    unsigned long long f[16] = {0};
+    if (eth0 && len < cap &&
+        sscanf(eth0 + 5, "%llu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu", &f[0], &f[1], &f[2], &f[3],
+               &f[4], &f[5], &f[6], &f[7], &f[8], &f[9], &f[10], &f[11]) == 12)
+        len += (size_t)snprintf(out + len, cap - len,
+                                " eth0_rx_packets=%llu eth0_rx_errs=%llu eth0_rx_drop=%llu eth0_rx_fifo=%llu"
+                                " eth0_tx_packets=%llu eth0_tx_errs=%llu eth0_tx_drop=%llu",
+                                f[1], f[2], f[3], f[4], f[9], f[10], f[11]);
+    return len < cap ? len : cap - 1;
+}
+
 int main(void) {
     mkdir("/dev", 0755);
     mkdir("/proc", 0755);
@@ -429,6 +482,8 @@ int main(void) {
         struct sockaddr_in from;
         socklen_t from_len = sizeof from;
         ssize_t n = recvfrom(sock, buf, sizeof buf, 0, (struct sockaddr *)&from, &from_len);
+        if (n == (ssize_t)strlen(STATS_REQUEST) && memcmp(buf, STATS_REQUEST, (size_t)n) == 0)
+            n = (ssize_t)linux_stats(buf, sizeof buf);
         if (n >= 0)
             sendto(sock, buf, (size_t)n, 0, (struct sockaddr *)&from, from_len);
     }

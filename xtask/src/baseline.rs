@@ -9,6 +9,7 @@ use crate::bench::{self, EchoCell, Load};
 use crate::initrd::CpioWriter;
 use crate::manifest::NetPlan;
 use crate::pack::{self, Artifacts};
+use crate::openloop;
 use crate::qemu::{Accel, NetBackend, QemuConfig, Session, QEMU};
 use crate::tapnet::TapNamespace;
 use anyhow::{bail, Context, Result};
@@ -132,6 +133,8 @@ struct BaselineReport {
     network: &'static str,
     unit: &'static str,
     results: Vec<Figure>,
+    /// The open-loop search on both systems, one server each, user and tap networks.
+    open_loop: Vec<openloop::Cell>,
 }
 
 /// One figure measured on both: ratio = ours / linux.
@@ -214,6 +217,43 @@ fn measure_linux(kernel: &Path, initramfs: &Path, load: Load, base: u16) -> Resu
     Ok(Measured { boot_to_first_echo, rows })
 }
 
+/// Boots the Linux VM on `client`'s network and runs the open-loop search against its UDP echo
+/// server, each of `sizes`; its `/init`'s counters say where the lowest failing rate's
+/// datagrams went.
+fn open_loop_linux(
+    kernel: &Path,
+    initramfs: &Path,
+    client: openloop::Client,
+    plan: &openloop::Plan,
+    sizes: &[usize],
+) -> Result<Vec<openloop::Cell>> {
+    let port = 24_002 + (std::process::id() % 1_000) as u16 * 4;
+    let (net, peer) = match client {
+        openloop::Client::Namespace(namespace) => {
+            let ip = NetPlan::TAP.guest_ip(0);
+            let mtu = hypercall_abi::vnic::MTU as u16;
+            (LinuxNet::Tap { namespace, ip, mtu }, SocketAddr::from((ip, crate::ECHO_PORT)))
+        }
+        openloop::Client::Here => (
+            LinuxNet::User { forwards: vec![("udp", port, crate::ECHO_PORT)] },
+            SocketAddr::from(([127, 0, 0, 1], port)),
+        ),
+    };
+    let session = Session::start(linux_command(kernel, initramfs, &net), Duration::from_secs(3000), false)?;
+    // Up once it answers the counters request.
+    let start = Instant::now();
+    while client.linux_stats(peer).is_err() {
+        if start.elapsed() > Duration::from_secs(120) {
+            bail!("the Linux VM never answered; its console:\n{}", session.log());
+        }
+    }
+    openloop::measure(openloop::System::Linux, client, peer, sizes, plan, || {
+        std::thread::sleep(Duration::from_secs(1));
+        client.linux_stats(peer)
+    })
+    // The session ends (QEMU killed) when dropped: the Linux VM has no clean way out here.
+}
+
 pub fn run_baseline(load: Load) -> Result<PathBuf> {
     let (kernel, initramfs) = prepare()?;
     let artifacts = Artifacts::build()?;
@@ -246,7 +286,37 @@ pub fn run_baseline(load: Load) -> Result<PathBuf> {
         }
         line(format!("echoes/s, {} B, {} stream(s)", o.size, o.guests), o.echoes_per_second, l.echoes_per_second);
     }
-    let report = BaselineReport { accel: "tcg", network: "user", unit: "wall-clock", results: figures };
+    // The open loop: both systems one after the other on each network, one server each.
+    let plan = if load.latency_samples == bench::QUICK.latency_samples { openloop::QUICK } else { openloop::FULL };
+    let namespace = match crate::tapnet::unavailable_reason(&[]) {
+        Some(why) => {
+            println!("note: no tap network ({why}); the open loop runs over QEMU's user network only");
+            None
+        }
+        None => Some(TapNamespace::create(&NetPlan::TAP, hypercall_abi::vnic::MTU as u16)?),
+    };
+    let mut clients = vec![openloop::Client::Here];
+    clients.extend(namespace.as_ref().map(openloop::Client::Namespace));
+    let mut open_loop = Vec::new();
+    for client in clients {
+        open_loop.extend(bench::open_loop_ours(&artifacts, client, &plan, &bench::OPEN_LOOP_SIZES)?);
+        open_loop.extend(open_loop_linux(&kernel, &initramfs, client, &plan, &bench::OPEN_LOOP_SIZES)?);
+    }
+    openloop::print(&open_loop, &plan);
+    println!("ours vs the Linux VM, open loop (one server each):");
+    for ours in open_loop.iter().filter(|c| c.system == openloop::System::Ours) {
+        let linux = open_loop
+            .iter()
+            .find(|c| c.system == openloop::System::Linux && c.network == ours.network && c.size == ours.size);
+        if let Some(linux) = linux {
+            line(
+                format!("open-loop echoes/s < 1% loss, {} B, {}", ours.size, ours.network),
+                ours.rate as f64,
+                linux.rate as f64,
+            );
+        }
+    }
+    let report = BaselineReport { accel: "tcg", network: "user", unit: "wall-clock", results: figures, open_loop };
     let path = bench::write_json("baseline.json", &report)?;
     println!("wrote {} (our figures: 4 guests, one per stream; Linux: one VM serving every stream)", path.display());
     Ok(path)

@@ -12,7 +12,7 @@ use crate::pack::{self, Artifacts};
 use crate::qemu::{Accel, NetBackend, QemuConfig, Session};
 use crate::tapnet::TapNamespace;
 use crate::udp;
-use crate::TxMode;
+use crate::{openloop, TxMode};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -88,6 +88,58 @@ pub struct EchoReport {
     /// `tap` or `user`.
     pub network: String,
     pub results: Vec<EchoRow>,
+    /// The open-loop search, one guest, each network.
+    #[serde(default)]
+    pub open_loop: Vec<openloop::Cell>,
+}
+
+/// The open loop's datagram sizes.
+pub const OPEN_LOOP_SIZES: [usize; 2] = [100, 1400];
+
+/// Boots `udp-echo` (copy path) on `client`'s network and runs the open-loop search against its
+/// first guest, each of `sizes`; the kernel's stats lines say where the lowest failing rate's
+/// datagrams went.
+pub fn open_loop_ours(
+    artifacts: &Artifacts,
+    client: openloop::Client,
+    plan: &openloop::Plan,
+    sizes: &[usize],
+) -> Result<Vec<openloop::Cell>> {
+    let tap = matches!(client, openloop::Client::Namespace(_));
+    let image = pack::pack_image("udp-echo", artifacts, if tap { NetPlan::TAP } else { NetPlan::USER })?;
+    let guest = image.guests.iter().find_map(|g| g.net).context("udp-echo has a networked guest")?;
+    let port = 24_000 + (std::process::id() % 1_000) as u16 * 4;
+    let (net, peer) = match client {
+        openloop::Client::Namespace(_) => (
+            NetBackend::Tap { ifname: crate::tapnet::TAP_IFNAME.into() },
+            SocketAddr::from((guest.ipv4, crate::ECHO_PORT)),
+        ),
+        openloop::Client::Here => (
+            NetBackend::User { forwards: vec![(port, guest.ipv4, crate::ECHO_PORT)], tcp_forwards: Vec::new() },
+            SocketAddr::from(([127, 0, 0, 1], port)),
+        ),
+    };
+    let config = QemuConfig {
+        net: Some(net),
+        netns: match client {
+            openloop::Client::Namespace(ns) => Some(ns.name.as_str()),
+            openloop::Client::Here => None,
+        },
+        ..QemuConfig::for_image(&image, Accel::Tcg, "log=warn shutdown_after=3000 tx=copy".into())
+    };
+    let mut session = Session::start(config.command(), Duration::from_secs(3000), false)?;
+    if !session.wait_for(Duration::from_secs(60), |log| log.contains("udp-echo listening on")) {
+        bail!("udp-echo did not start:\n{}", session.log());
+    }
+    let cells = openloop::measure(openloop::System::Ours, client, peer, sizes, plan, || {
+        openloop::settled_stats(&session)
+    })?;
+    session.request_quit();
+    let outcome = session.finish()?;
+    if outcome.exit() != Some(hypercall_abi::host::KernelExit::Success) {
+        bail!("the kernel did not end cleanly: {}\n{}", outcome.describe(), outcome.log);
+    }
+    Ok(cells)
 }
 
 /// How much traffic a run makes.
@@ -195,6 +247,11 @@ pub fn echo(load: Load) -> Result<std::path::PathBuf> {
     for tx in TxMode::ALL {
         rows.extend(run_mode(&artifacts, tx, load, namespace.as_ref())?);
     }
+    let plan = if load.latency_samples == QUICK.latency_samples { openloop::QUICK } else { openloop::FULL };
+    let mut open_loop = open_loop_ours(&artifacts, openloop::Client::Here, &plan, &OPEN_LOOP_SIZES)?;
+    if let Some(ns) = &namespace {
+        open_loop.extend(open_loop_ours(&artifacts, openloop::Client::Namespace(ns), &plan, &OPEN_LOOP_SIZES)?);
+    }
     println!("UDP echo over the {network} network, TCG, wall clock (one run):");
     println!(
         "{:<5} {:>5} {:>6} {:>12} {:>12} {:>12} {:>10} {:>8}",
@@ -214,7 +271,9 @@ pub fn echo(load: Load) -> Result<std::path::PathBuf> {
             r.lost
         );
     }
-    let report = EchoReport { accel: "tcg".into(), unit: "wall-clock".into(), network: network.into(), results: rows };
+    openloop::print(&open_loop, &plan);
+    let report =
+        EchoReport { accel: "tcg".into(), unit: "wall-clock".into(), network: network.into(), results: rows, open_loop };
     let json = write_json("echo.json", &report)?;
     std::fs::write(json.with_file_name("echo.svg"), echo_svg(&report.results, network)?)?;
     println!("wrote {} and echo.svg", json.display());
@@ -315,6 +374,7 @@ mod tests {
             unit: "wall-clock".into(),
             network: "t\"ap".into(),
             results: vec![row(TxMode::Copy, 100, 1), row(TxMode::Cow, 100, 1)],
+            open_loop: Vec::new(),
         };
         let json = serde_json::to_string(&report).unwrap();
         assert!(json.contains(r#"{"mode":"cow","size":100,"guests":1,"rtt_p50_us":250.5,"rtt_p99_us":500.25,"#));

@@ -20,7 +20,7 @@ pub struct PeerResult {
 }
 
 /// Drops on the host's side of the path, from its counters (differences over the burst).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HostDrops {
     /// UDP datagrams the host's sockets had no buffer room for (`RcvbufErrors`).
     pub udp_rcvbuf_errors: u64,
@@ -34,7 +34,7 @@ impl HostDrops {
         self.udp_rcvbuf_errors + self.tap_tx_dropped + self.tap_rx_dropped
     }
 
-    fn read(tap: &str) -> HostDrops {
+    pub fn read(tap: &str) -> HostDrops {
         let stat = |name: &str| {
             std::fs::read_to_string(format!("/sys/class/net/{tap}/statistics/{name}"))
                 .ok()
@@ -48,7 +48,7 @@ impl HostDrops {
         }
     }
 
-    fn since(self, before: HostDrops) -> HostDrops {
+    pub fn since(self, before: HostDrops) -> HostDrops {
         HostDrops {
             udp_rcvbuf_errors: self.udp_rcvbuf_errors.saturating_sub(before.udp_rcvbuf_errors),
             tap_tx_dropped: self.tap_tx_dropped.saturating_sub(before.tap_tx_dropped),

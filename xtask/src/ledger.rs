@@ -13,7 +13,7 @@ pub type Counters = BTreeMap<String, u64>;
 
 /// `name=value` pairs of a line (words without `=`, or with a value that is not a number, are
 /// skipped: `name=udp-echo-0`).
-fn pairs(text: &str) -> Counters {
+pub fn pairs(text: &str) -> Counters {
     text.split_whitespace()
         .filter_map(|pair| {
             let (name, value) = pair.split_once('=')?;

@@ -14,6 +14,7 @@ mod initrd;
 mod ledger;
 mod manifest;
 mod metrics;
+mod openloop;
 mod native;
 mod pack;
 mod qemu;
@@ -66,6 +67,27 @@ enum Cmd {
         /// The smoke run's load (as `bench echo --quick`).
         #[arg(long)]
         quick: bool,
+    },
+    /// One open-loop trial inside the tap namespace (for `bench echo` and `bench baseline`):
+    /// datagrams at a fixed rate, echoes counted, printed as JSON; or the Linux baseline's
+    /// counters (`--linux-stats`).
+    #[command(hide = true)]
+    OpenLoopClient {
+        /// The echo server, ADDRESS:PORT.
+        #[arg(long)]
+        peer: std::net::SocketAddr,
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        /// Datagrams per second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        #[arg(long, default_value_t = 4000)]
+        trial_ms: u64,
+        #[arg(long, default_value_t = 2000)]
+        drain_ms: u64,
+        /// Ask the Linux baseline for its counters instead.
+        #[arg(long)]
+        linux_stats: bool,
     },
     /// `bench http`'s client inside the tap namespace: waits for the server to answer, measures
     /// one download or echo stream (every byte checked) and prints it as JSON on stdout.
@@ -375,6 +397,22 @@ fn real_main() -> Result<()> {
         }
         Cmd::Bench { which: BenchCmd::Http { quick } } => {
             httpbench::run(if quick { httpbench::QUICK } else { httpbench::FULL }).map(|_| ())
+        }
+        Cmd::OpenLoopClient { peer, size, rate, trial_ms, drain_ms, linux_stats } => {
+            if linux_stats {
+                let counters = openloop::linux_stats(peer)?;
+                let pairs: Vec<String> = counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                println!("linux-stats: {}", pairs.join(" "));
+                return Ok(());
+            }
+            let plan = openloop::Plan {
+                trial: Duration::from_millis(trial_ms),
+                drain: Duration::from_millis(drain_ms),
+                ..openloop::FULL
+            };
+            let trial = openloop::client_trial(peer, size, rate, &plan, tapnet::TAP_IFNAME)?;
+            println!("{}", serde_json::to_string(&trial)?);
+            Ok(())
         }
         Cmd::BenchClient { peers, quick } => {
             let cells = bench::measure(&peers, if quick { bench::QUICK } else { bench::FULL })?;
