@@ -8,8 +8,8 @@
 use crate::bench::{self, EchoCell, Load};
 use crate::initrd::CpioWriter;
 use crate::manifest::NetPlan;
-use crate::pack::{self, Artifacts};
 use crate::openloop;
+use crate::pack::{self, Artifacts};
 use crate::qemu::{Accel, NetBackend, QemuConfig, Session, QEMU};
 use crate::tapnet::TapNamespace;
 use anyhow::{bail, Context, Result};

@@ -125,15 +125,14 @@ pub fn open_loop_ours(
             openloop::Client::Namespace(ns) => Some(ns.name.as_str()),
             openloop::Client::Here => None,
         },
-        ..QemuConfig::for_image(&image, Accel::Tcg, "log=warn shutdown_after=3000 tx=copy".into())
+        ..QemuConfig::for_image(&image, Accel::Tcg, "log=info shutdown_after=3000 tx=copy".into())
     };
     let mut session = Session::start(config.command(), Duration::from_secs(3000), false)?;
     if !session.wait_for(Duration::from_secs(60), |log| log.contains("udp-echo listening on")) {
         bail!("udp-echo did not start:\n{}", session.log());
     }
-    let cells = openloop::measure(openloop::System::Ours, client, peer, sizes, plan, || {
-        openloop::settled_stats(&session)
-    })?;
+    let cells =
+        openloop::measure(openloop::System::Ours, client, peer, sizes, plan, || openloop::settled_stats(&session))?;
     session.request_quit();
     let outcome = session.finish()?;
     if outcome.exit() != Some(hypercall_abi::host::KernelExit::Success) {
@@ -231,7 +230,18 @@ fn run_mode(artifacts: &Artifacts, tx: TxMode, load: Load, namespace: Option<&Ta
 }
 
 /// `cargo xtask bench echo`: every cell, printed, and written to `target/bench/echo.{json,svg}`.
-pub fn echo(load: Load) -> Result<std::path::PathBuf> {
+/// Which parts of `bench echo` run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EchoParts {
+    /// The closed-loop cells, then the open-loop search.
+    All,
+    /// The closed-loop cells only (the smoke test: the search is a benchmark, minutes long).
+    ClosedLoop,
+    /// The open-loop search only.
+    OpenLoop,
+}
+
+pub fn echo(load: Load, parts: EchoParts) -> Result<std::path::PathBuf> {
     let artifacts = Artifacts::build()?;
     // QEMU's user network only where the machine cannot make a tap network; anywhere else a
     // failure to set it up is an error, not a quiet change of what is measured.
@@ -244,13 +254,16 @@ pub fn echo(load: Load) -> Result<std::path::PathBuf> {
     };
     let network = if namespace.is_some() { "tap" } else { "user" };
     let mut rows = Vec::new();
-    for tx in TxMode::ALL {
+    for tx in TxMode::ALL.into_iter().filter(|_| parts != EchoParts::OpenLoop) {
         rows.extend(run_mode(&artifacts, tx, load, namespace.as_ref())?);
     }
     let plan = if load.latency_samples == QUICK.latency_samples { openloop::QUICK } else { openloop::FULL };
-    let mut open_loop = open_loop_ours(&artifacts, openloop::Client::Here, &plan, &OPEN_LOOP_SIZES)?;
-    if let Some(ns) = &namespace {
-        open_loop.extend(open_loop_ours(&artifacts, openloop::Client::Namespace(ns), &plan, &OPEN_LOOP_SIZES)?);
+    let mut open_loop = Vec::new();
+    if parts != EchoParts::ClosedLoop {
+        open_loop.extend(open_loop_ours(&artifacts, openloop::Client::Here, &plan, &OPEN_LOOP_SIZES)?);
+        if let Some(ns) = &namespace {
+            open_loop.extend(open_loop_ours(&artifacts, openloop::Client::Namespace(ns), &plan, &OPEN_LOOP_SIZES)?);
+        }
     }
     println!("UDP echo over the {network} network, TCG, wall clock (one run):");
     println!(
@@ -272,8 +285,13 @@ pub fn echo(load: Load) -> Result<std::path::PathBuf> {
         );
     }
     openloop::print(&open_loop, &plan);
-    let report =
-        EchoReport { accel: "tcg".into(), unit: "wall-clock".into(), network: network.into(), results: rows, open_loop };
+    let report = EchoReport {
+        accel: "tcg".into(),
+        unit: "wall-clock".into(),
+        network: network.into(),
+        results: rows,
+        open_loop,
+    };
     let json = write_json("echo.json", &report)?;
     std::fs::write(json.with_file_name("echo.svg"), echo_svg(&report.results, network)?)?;
     println!("wrote {} and echo.svg", json.display());

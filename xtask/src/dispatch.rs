@@ -384,7 +384,10 @@ fn account(
         timeline: PerItem { kernel: timeline.kernel as f64 / echoes, guest: timeline.guest as f64 / echoes },
         whole: whole.per_echo,
         whole_unstamped: unstamped.map_or_else(PerItem::default, |w| w.per_echo),
-        coverage_percent: crate::bench::rounded(if whole_total > 0.0 { stage_sum * 100.0 / whole_total } else { 0.0 }, 1),
+        coverage_percent: crate::bench::rounded(
+            if whole_total > 0.0 { stage_sum * 100.0 / whole_total } else { 0.0 },
+            1,
+        ),
         rows: rows.into_iter().map(|r| AccountRow { per_echo: crate::bench::rounded(r.per_echo, 1), ..r }).collect(),
     }
 }
@@ -421,14 +424,17 @@ fn print_accounts(accounts: &[EchoAccount]) {
     line("whole, stamps on: kernel / guest", &|a| format!("{:.0}/{:.0}", a.whole.kernel, a.whole.guest));
     line("whole, stamps on: total", &|a| format!("{:.0}", a.whole.total()));
     line("coverage: stage sum / whole", &|a| format!("{:.1}%", a.coverage_percent));
-    line("whole, stamps off: kernel / guest", &|a| format!("{:.0}/{:.0}", a.whole_unstamped.kernel, a.whole_unstamped.guest));
+    line("whole, stamps off: kernel / guest", &|a| {
+        format!("{:.0}/{:.0}", a.whole_unstamped.kernel, a.whole_unstamped.guest)
+    });
     line("whole, stamps off: total", &|a| format!("{:.0}", a.whole_unstamped.total()));
 }
 
 /// `cargo xtask bench dispatch`: tables per direction, the whole-echo account (TCG),
 /// `dispatch.json` and `dispatch.svg`. Under TCG the stamps count instructions (`-icount
-/// shift=0`); under KVM, cycles, and there is no whole-echo count.
-pub fn run(packets: usize, sizes: &[usize], accel: Accel) -> Result<std::path::PathBuf> {
+/// shift=0`); under KVM, cycles, and there is no whole-echo count. With `unstamped`, each
+/// transmit path boots once more with the stamps off, for what an echo costs without them.
+pub fn run(packets: usize, sizes: &[usize], accel: Accel, unstamped: bool) -> Result<std::path::PathBuf> {
     let artifacts = Artifacts::build_with(pack::Stamping::Built)?;
     let unit = if accel == Accel::Tcg { "instructions" } else { "cycles" };
     let mut cells = Vec::new();
@@ -436,7 +442,7 @@ pub fn run(packets: usize, sizes: &[usize], accel: Accel) -> Result<std::path::P
     let mut tsc_hz = 0;
     for tx in TxMode::ALL {
         let stamped = run_mode(&artifacts, tx, packets, sizes, accel, true)?;
-        let unstamped = if accel == Accel::Tcg {
+        let unstamped = if accel == Accel::Tcg && unstamped {
             run_mode(&artifacts, tx, packets, sizes, accel, false)?.whole
         } else {
             Vec::new()

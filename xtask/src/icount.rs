@@ -103,7 +103,8 @@ impl Counter {
     /// QEMU command (append them: they must come after `-icount`, if any, only by convention).
     pub fn new(tag: &str) -> Result<(Counter, [String; 2])> {
         let plugin = plugin()?;
-        let path = crate::pack::workspace_root().join(format!("target/qemu-plugin/counts-{tag}-{}", std::process::id()));
+        let path =
+            crate::pack::workspace_root().join(format!("target/qemu-plugin/counts-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let args = ["-plugin".to_string(), format!("{},arg=file={}", plugin.display(), path.display())];
         Ok((Counter { path }, args))

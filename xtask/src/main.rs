@@ -14,8 +14,8 @@ mod initrd;
 mod ledger;
 mod manifest;
 mod metrics;
-mod openloop;
 mod native;
+mod openloop;
 mod pack;
 mod qemu;
 mod setup;
@@ -262,6 +262,9 @@ enum BenchCmd {
         /// A few packets per cell (a smoke run).
         #[arg(long)]
         quick: bool,
+        /// Only the open-loop search (user and tap networks), not the closed-loop cells.
+        #[arg(long)]
+        open_loop_only: bool,
     },
     /// TCP and HTTP, ours against the Linux VM of `bench baseline` in the same QEMU: wrk's
     /// keep-alive GET / rate and latency (1 and 32 connections, 1 and 4 servers, user network),
@@ -387,13 +390,14 @@ fn real_main() -> Result<()> {
         }
         Cmd::Bench { which: BenchCmd::Dispatch { quick, accel, packets } } => {
             let (default, sizes) = if quick { (30, &dispatch::SIZES[..]) } else { (10_100, &dispatch::FULL_SIZES[..]) };
-            dispatch::run(packets.unwrap_or(default), sizes, qemu::resolve_accel(accel)?).map(|_| ())
+            dispatch::run(packets.unwrap_or(default), sizes, qemu::resolve_accel(accel)?, true).map(|_| ())
         }
         Cmd::Bench { which: BenchCmd::Baseline { quick } } => {
             baseline::run_baseline(if quick { bench::QUICK } else { bench::FULL }).map(|_| ())
         }
-        Cmd::Bench { which: BenchCmd::Echo { quick } } => {
-            bench::echo(if quick { bench::QUICK } else { bench::FULL }).map(|_| ())
+        Cmd::Bench { which: BenchCmd::Echo { quick, open_loop_only } } => {
+            let parts = if open_loop_only { bench::EchoParts::OpenLoop } else { bench::EchoParts::All };
+            bench::echo(if quick { bench::QUICK } else { bench::FULL }, parts).map(|_| ())
         }
         Cmd::Bench { which: BenchCmd::Http { quick } } => {
             httpbench::run(if quick { httpbench::QUICK } else { httpbench::FULL }).map(|_| ())

@@ -15,6 +15,7 @@ use crate::tapnet::TapNamespace;
 use crate::udp::random_bytes;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -283,7 +284,7 @@ impl Client<'_> {
 }
 
 /// Where the datagrams of one trial went, from the system's counters over it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Where {
     pub sent: u64,
     pub received: u64,
@@ -300,6 +301,20 @@ pub struct Where {
     pub echoed: u64,
     /// What the host dropped itself.
     pub host: HostDrops,
+    /// Every drop (or hold) counter of the system that moved, by name: which drop it was.
+    pub counters: BTreeMap<String, u64>,
+}
+
+/// The counters named like drops or holds that grew from `before` to `after`, and by how much.
+fn moved_drop_counters(before: &Counters, after: &Counters) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .filter(|(name, _)| ["drop", "held", "Errors", "fifo", "full"].iter().any(|w| name.contains(w)))
+        .filter_map(|(name, &value)| {
+            let grew = value.saturating_sub(get(before, name));
+            (grew > 0 && !name.ends_with("_now")).then(|| (name.clone(), grew))
+        })
+        .collect()
 }
 
 impl Where {
@@ -348,6 +363,7 @@ impl Where {
             server_drops: ledger::guest_drops(after).saturating_sub(ledger::guest_drops(before)),
             echoed: delta(GuestCounter::AppEchoes.name()),
             host: trial.host,
+            counters: moved_drop_counters(before, after),
         }
     }
 
@@ -363,6 +379,7 @@ impl Where {
             server_drops: delta("udp_InErrors"),
             echoed: delta("udp_OutDatagrams"),
             host: trial.host,
+            counters: moved_drop_counters(before, after),
         }
     }
 }
@@ -372,9 +389,10 @@ fn get(c: &Counters, name: &str) -> u64 {
 }
 
 /// The kernel's counters once it has been quiet for a while: its `stats:` line comes every
-/// 5 s while counters change, so the last one after 7 s of quiet is the state now.
+/// 5 s of its clock while counters change (about 7 s of wall time under TCG here), so the last
+/// one after 12 s of quiet is the state now.
 pub fn settled_stats(session: &Session) -> Result<Counters> {
-    std::thread::sleep(Duration::from_secs(7));
+    std::thread::sleep(Duration::from_secs(12));
     ledger::last_stats(&session.log()).context("the kernel printed no stats line")
 }
 
@@ -422,6 +440,7 @@ pub fn measure(
 ) -> Result<Vec<Cell>> {
     let mut cells = Vec::new();
     for &size in sizes {
+        warm_up(client, peer, size)?;
         let search = search(plan, |rate| Ok(client.trial(peer, size, rate, plan)?.trial))?;
         let lost_at = match search.lowest_failing {
             Some(failing) => {
@@ -441,11 +460,26 @@ pub fn measure(
             system.name(),
             client.network(),
             search.trials.len(),
-            lost_at.map_or(String::new(), |w| format!("; at {} /s lost mostly {}", w.sent, w.main_place()))
+            lost_at
+                .as_ref()
+                .map_or(String::new(), |w| format!("; run again at that rate, lost mostly {}", w.main_place()))
         );
         cells.push(Cell { system, network: client.network().into(), size, rate, search, lost_at });
     }
     Ok(cells)
+}
+
+/// Short slow trials until one gets every echo back: the server has answered ARP and taken a
+/// datagram of this size once, so the search's first trial measures the rate, not the start.
+fn warm_up(client: Client, peer: SocketAddr, size: usize) -> Result<()> {
+    let plan = Plan { trial: Duration::from_millis(200), drain: Duration::from_millis(500), ..FULL };
+    for _ in 0..100 {
+        let trial = client.trial(peer, size, 50, &plan)?.trial;
+        if trial.sent > 0 && trial.received == trial.sent {
+            return Ok(());
+        }
+    }
+    bail!("{peer} never echoed all of 10 {size}-byte datagrams in 100 tries")
 }
 
 /// Prints the cells: the rates, then where the lowest failing rate lost its datagrams.
@@ -486,18 +520,26 @@ pub fn print(cells: &[Cell], plan: &Plan) {
             failing.map_or("-".into(), |f| f.rate.to_string()),
             failing.map_or("-".into(), |f| format!("{:.1}", f.loss() * 100.0))
         );
-        match c.lost_at {
-            Some(w) => println!(
-                " | {:>35} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
-                w.sent,
-                w.received,
-                w.never_reached_kernel(),
-                w.kernel_drops,
-                w.kernel_uncounted(),
-                w.server_drops,
-                w.server_uncounted(),
-                w.lost_after_echo()
-            ),
+        match &c.lost_at {
+            Some(w) => {
+                let moved: Vec<String> = w.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let h = w.host;
+                println!(
+                    " | {:>35} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}  {} host: rcvbuf={} tap_tx={} tap_rx={}",
+                    w.sent,
+                    w.received,
+                    w.never_reached_kernel(),
+                    w.kernel_drops,
+                    w.kernel_uncounted(),
+                    w.server_drops,
+                    w.server_uncounted(),
+                    w.lost_after_echo(),
+                    moved.join(" "),
+                    h.udp_rcvbuf_errors,
+                    h.tap_tx_dropped,
+                    h.tap_rx_dropped
+                )
+            }
             None => println!(" |"),
         }
     }
@@ -588,12 +630,17 @@ mod tests {
         );
         let trial = ClientTrial { trial: Trial { rate: 250, sent: 1_100, received: 790 }, host: HostDrops::default() };
         let w = Where::ours(&trial, &before, &after);
-        assert_eq!((w.reached_kernel, w.kernel_drops, w.reached_server, w.server_drops, w.echoed), (1000, 60, 890, 40, 800));
+        assert_eq!(
+            (w.reached_kernel, w.kernel_drops, w.reached_server, w.server_drops, w.echoed),
+            (1000, 60, 890, 40, 800)
+        );
         assert_eq!(
             (w.never_reached_kernel(), w.kernel_uncounted(), w.server_uncounted(), w.lost_after_echo()),
             (100, 50, 50, 10)
         );
         assert_eq!(w.main_place(), "in the kernel");
+        let moved: Vec<(&str, u64)> = w.counters.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert_eq!(moved, [("drops_fifo_full", 10), ("drops_no_buffer", 50), ("guest_drops_socket_full", 40)]);
         let linux = Where::linux(
             &trial,
             &ledger::pairs("eth0_rx_packets=5 udp_InDatagrams=5 udp_OutDatagrams=5"),

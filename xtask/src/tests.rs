@@ -896,8 +896,8 @@ fn cow_rewrite_in_flight(ctx: &Ctx, image_name: &str) -> TestResult {
 /// `cargo xtask bench echo --quick`: every cell present, with numbers that mean something.
 fn bench_echo_smoke(_ctx: &Ctx) -> TestResult {
     use crate::bench::{read_json, EchoReport};
-    let json =
-        crate::bench::echo(crate::bench::QUICK).map_err(|e| failure(format!("bench echo: {e:#}"), String::new()))?;
+    let json = crate::bench::echo(crate::bench::QUICK, crate::bench::EchoParts::ClosedLoop)
+        .map_err(|e| failure(format!("bench echo: {e:#}"), String::new()))?;
     let report: EchoReport = read_json(&json).map_err(|e| failure(format!("{e:#}"), String::new()))?;
     for mode in TxMode::ALL {
         for size in crate::bench::SIZES {
@@ -921,7 +921,7 @@ fn bench_echo_smoke(_ctx: &Ctx) -> TestResult {
 /// the stage medians adding up to the median total (within the stamps' own cost).
 fn bench_dispatch_smoke(_ctx: &Ctx) -> TestResult {
     use crate::dispatch::{Direction, DispatchReport};
-    let json = crate::dispatch::run(30, &crate::dispatch::SIZES, Accel::Tcg)
+    let json = crate::dispatch::run(30, &crate::dispatch::SIZES, Accel::Tcg, false)
         .map_err(|e| failure(format!("bench dispatch: {e:#}"), String::new()))?;
     let report: DispatchReport =
         crate::bench::read_json(&json).map_err(|e| failure(format!("{e:#}"), String::new()))?;
@@ -950,6 +950,30 @@ fn bench_dispatch_smoke(_ctx: &Ctx) -> TestResult {
                         format!("{found:?}"),
                     ));
                 }
+            }
+        }
+    }
+    // The whole echo: the stages (per-packet means and the kernel's timeline) against every
+    // instruction the plugin counted. 30 echoes make the idle subtraction coarse, hence the
+    // wide band here; the benchmark's 10,100 bring it within a percent or two.
+    for mode in TxMode::ALL {
+        for size in crate::dispatch::SIZES {
+            let found = report.echo.iter().find(|a| a.mode == mode && a.size == size);
+            let Some(a) = found else {
+                return Err(failure(format!("no whole-echo account for {} {size} B", mode.name()), String::new()));
+            };
+            let staged: f64 = a.rows.iter().filter(|r| r.part != "unstaged").map(|r| r.per_echo).sum();
+            let (span, whole) = (a.staged_span, a.whole.total());
+            if !(85.0..=115.0).contains(&a.coverage_percent) || (staged - span).abs() > span / 20.0 || whole < 5_000.0 {
+                return Err(failure(
+                    format!(
+                        "{} {size} B: coverage {}% of {whole} instructions; stage rows {staged} against the \
+                         timeline's staged span {span}",
+                        mode.name(),
+                        a.coverage_percent
+                    ),
+                    format!("{a:?}"),
+                ));
             }
         }
     }
