@@ -110,6 +110,9 @@ pub struct AccountRow {
     /// `rx`, `app`, `tx` (the per-packet stages) or `unstaged` (the kernel's timeline).
     pub part: String,
     pub per_echo: f64,
+    /// Unstaged rows: how many times per echo it happened (each stage happens once).
+    #[serde(default)]
+    pub times_per_echo: f64,
 }
 
 /// Every instruction of an echo, counted by the plugin from outside the machine, against the
@@ -140,23 +143,26 @@ pub struct EchoAccount {
     pub coverage_percent: f64,
 }
 
-/// A `dispatch: dir=timeline` line: the kernel's ticks by activity for one frame length.
+/// A `dispatch: dir=timeline` line: the kernel's ticks by activity for one frame length, and
+/// how many stretches of each.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TimelineRow {
     pub size: usize,
     pub echoes: u64,
-    pub activities: Vec<(String, u64)>,
+    /// (name, ticks, stretches).
+    pub activities: Vec<(String, u64, u64)>,
     pub kernel: u64,
     pub guest: u64,
 }
 
 impl TimelineRow {
     fn ticks(&self, name: &str) -> u64 {
-        self.activities.iter().find(|(n, _)| n == name).map_or(0, |(_, t)| *t)
+        self.activities.iter().find(|(n, _, _)| n == name).map_or(0, |(_, t, _)| *t)
     }
 }
 
-/// Parses the kernel's `dispatch: dir=timeline frame=.. echoes=.. name=ticks .. kernel=.. guest=..`.
+/// Parses the kernel's `dispatch: dir=timeline frame=.. echoes=.. name=ticks:stretches ..
+/// kernel=.. guest=..`.
 pub fn parse_timeline(log: &str) -> Vec<TimelineRow> {
     log.lines()
         .filter_map(|line| {
@@ -164,13 +170,17 @@ pub fn parse_timeline(log: &str) -> Vec<TimelineRow> {
             let mut row = TimelineRow { size: 0, echoes: 0, activities: Vec::new(), kernel: 0, guest: 0 };
             for field in rest.split_whitespace() {
                 let (key, value) = field.split_once('=')?;
+                if let Some((ticks, stretches)) = value.split_once(':') {
+                    row.activities.push((key.to_string(), ticks.parse().ok()?, stretches.parse().ok()?));
+                    continue;
+                }
                 let value: u64 = value.parse().ok()?;
                 match key {
                     "frame" => row.size = usize::try_from(value).ok()?.checked_sub(HEADERS)?,
                     "echoes" => row.echoes = value,
                     "kernel" => row.kernel = value,
                     "guest" => row.guest = value,
-                    name => row.activities.push((name.to_string(), value)),
+                    _ => return None,
                 }
             }
             Some(row)
@@ -363,13 +373,19 @@ fn account(
         let cell = cells.iter().find(|c| c.direction == direction && c.mode == mode && c.size == size);
         for name in direction.stages() {
             let per_echo = cell.and_then(|c| c.stages.iter().find(|s| s.name == *name)).map_or(0, |s| s.mean);
-            rows.push(AccountRow { name: name.to_string(), part: direction.name().into(), per_echo: per_echo as f64 });
+            let part = direction.name().into();
+            rows.push(AccountRow { name: name.to_string(), part, per_echo: per_echo as f64, times_per_echo: 1.0 });
         }
     }
     let echoes = timeline.echoes.max(1) as f64;
-    for (name, ticks) in &timeline.activities {
+    for (name, ticks, stretches) in &timeline.activities {
         if name != TIMELINE_STAGED && name != TIMELINE_TIMER {
-            rows.push(AccountRow { name: name.clone(), part: "unstaged".into(), per_echo: *ticks as f64 / echoes });
+            rows.push(AccountRow {
+                name: name.clone(),
+                part: "unstaged".into(),
+                per_echo: *ticks as f64 / echoes,
+                times_per_echo: crate::bench::rounded(*stretches as f64 / echoes, 2),
+            });
         }
     }
     let stage_sum: f64 = rows.iter().map(|r| r.per_echo).sum();
@@ -398,8 +414,9 @@ fn print_accounts(accounts: &[EchoAccount]) {
         return;
     }
     println!(
-        "whole echo: instructions per echo (TCG -icount; stage rows are means per echo; whole = every instruction \
-         QEMU executed in the window, counted by a plugin, an idle window of the same length subtracted)"
+        "whole echo: instructions per echo (TCG -icount; stage rows are means per echo, unstaged rows with how many \
+         times per echo they happened; whole = every instruction QEMU executed in the window, counted by a plugin, \
+         an idle window of the same length subtracted)"
     );
     print!("{:<40}", "row");
     for a in accounts {
@@ -415,7 +432,12 @@ fn print_accounts(accounts: &[EchoAccount]) {
     };
     for (i, row) in accounts[0].rows.iter().enumerate() {
         let label = format!("{} {}", row.part, row.name);
-        line(&label, &|a| a.rows.get(i).map_or(String::new(), |r| format!("{:.0}", r.per_echo)));
+        line(&label, &|a| {
+            a.rows.get(i).map_or(String::new(), |r| match r.part.as_str() {
+                "unstaged" => format!("{:.0} ({:.2}x)", r.per_echo, r.times_per_echo),
+                _ => format!("{:.0}", r.per_echo),
+            })
+        });
     }
     line("= stage sum", &|a| format!("{:.0}", a.stage_sum));
     line("  (timeline: staged span)", &|a| format!("{:.0}", a.staged_span));
@@ -564,14 +586,15 @@ mod tests {
 
     #[test]
     fn timeline_lines_parse_into_rows() {
-        let log = "dispatch: dir=timeline frame=142 echoes=3000 staged=18000000 kick_return=300000 kernel=12000000 guest=9000000\n\
-                   dispatch: dir=timeline frame=1442 echoes=x staged=1\n\
+        let log = "dispatch: dir=timeline frame=142 echoes=3000 staged=18000000:9000 kick_return=300000:3000 kernel=12000000 guest=9000000\n\
+                   dispatch: dir=timeline frame=1442 echoes=x staged=1:1\n\
                    dispatch: dir=rx frame=142 samples=1 a=1/1/1 total=1\n";
         let rows = parse_timeline(log);
         assert_eq!(rows.len(), 1, "a line with a bad number is skipped: {rows:?}");
         let row = &rows[0];
         assert_eq!((row.size, row.echoes, row.kernel, row.guest), (100, 3000, 12_000_000, 9_000_000));
         assert_eq!((row.ticks("staged"), row.ticks("kick_return"), row.ticks("absent")), (18_000_000, 300_000, 0));
+        assert_eq!(row.activities[1], ("kick_return".to_string(), 300_000, 3_000));
     }
 
     #[test]
@@ -582,10 +605,10 @@ mod tests {
             size: 100,
             echoes: 10,
             activities: vec![
-                ("staged".into(), 20_000),
-                ("kick_return".into(), 1_000),
-                ("idle_call".into(), 500),
-                ("timer_interrupt".into(), 9_999),
+                ("staged".into(), 20_000, 30),
+                ("kick_return".into(), 1_000, 10),
+                ("idle_call".into(), 500, 15),
+                ("timer_interrupt".into(), 9_999, 3),
             ],
             kernel: 20_000,
             guest: 11_500,
@@ -599,7 +622,10 @@ mod tests {
         assert_eq!((a.staged_span, a.timer), (2_000.0, 999.9));
         assert_eq!(a.coverage_percent, 60.0);
         assert_eq!(a.rows[RX_STAGES.len()].part, "app");
-        assert_eq!(a.rows.last().map(|r| (r.name.as_str(), r.per_echo)), Some(("idle_call", 50.0)));
+        assert_eq!(
+            a.rows.last().map(|r| (r.name.as_str(), r.per_echo, r.times_per_echo)),
+            Some(("idle_call", 50.0, 1.5))
+        );
         assert_eq!(a.timeline, PerItem { kernel: 2_000.0, guest: 1_150.0 });
     }
 

@@ -135,7 +135,7 @@ impl Network {
     }
 
     /// The whole-echo timeline as `dispatch: dir=timeline` lines, one per frame length: the
-    /// echoes, the ticks of each activity, and the kernel's and the guest's total ticks.
+    /// echoes, `ticks:stretches` of each activity, and the kernel's and the guest's total ticks.
     pub fn timeline_report(&self) -> alloc::vec::Vec<alloc::string::String> {
         use core::fmt::Write;
         use kernel_core::vnet::timeline::Activity;
@@ -144,8 +144,8 @@ impl Network {
             .iter()
             .map(|row| {
                 let mut line = alloc::format!("dispatch: dir=timeline frame={} echoes={}", row.key, row.echoes);
-                for (activity, ticks) in Activity::COUNTED.iter().zip(row.ticks) {
-                    let _ = write!(line, " {}={ticks}", activity.name());
+                for ((activity, ticks), stretches) in Activity::COUNTED.iter().zip(row.ticks).zip(row.stretches) {
+                    let _ = write!(line, " {}={ticks}:{stretches}", activity.name());
                 }
                 let _ = write!(line, " kernel={} guest={}", row.kernel, row.guest);
                 line

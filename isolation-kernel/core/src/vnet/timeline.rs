@@ -118,8 +118,10 @@ pub struct Row {
     pub key: u32,
     /// Staged frames of this length: the echoes.
     pub echoes: u64,
-    /// Ticks per activity, in [`Activity::COUNTED`] order.
+    /// Ticks per activity, in [`Activity::COUNTED`] order, and how many stretches of it there
+    /// were (a staged span counts one per side it crosses).
     pub ticks: [u64; Activity::COUNTED.len()],
+    pub stretches: [u64; Activity::COUNTED.len()],
     /// Every tick in the kernel and in the guest (staged or not), halts left out.
     pub kernel: u64,
     pub guest: u64,
@@ -164,8 +166,9 @@ impl Timeline {
     fn close(&mut self, at: u64) {
         let ticks = at.saturating_sub(self.since);
         if let (Some(i), Some(row)) = (self.activity.index(), self.rows.get_mut(self.row)) {
-            if let Some(t) = row.ticks.get_mut(i) {
+            if let (Some(t), Some(n)) = (row.ticks.get_mut(i), row.stretches.get_mut(i)) {
                 *t = t.saturating_add(ticks);
+                *n = n.saturating_add(1);
             }
         }
         self.since = self.since.max(at);
@@ -316,6 +319,11 @@ mod tests {
         assert_eq!(ticks(small, Activity::Idle), 2 * 70);
         assert_eq!(ticks(small, Activity::Timer), 30, "the tick between the sizes goes to the echo before");
         assert_eq!(ticks(small, Activity::Kick), 0);
+        let stretches = |activity: Activity| small.stretches[activity.index().unwrap()];
+        assert_eq!(
+            (stretches(Activity::Idle), stretches(Activity::GuestAfterKick), stretches(Activity::Timer)),
+            (2, 2, 1)
+        );
         // Kernel: 300 + 300 (receive, doorbell to notify) + 50 + 70 per echo, and the tick.
         assert_eq!(small.kernel, 2 * (300 + 350 + 70) + 30);
         // Guest: 500 before the doorbell, 300 after it.
