@@ -236,6 +236,11 @@ const IDLE_WINDOW: Duration = Duration::from_millis(250);
 const IDLE_WINDOWS: usize = 4;
 /// Quiet before each read of the counters, so that the echo under way has ended.
 const SETTLE: Duration = Duration::from_millis(50);
+/// Pause after each echo before the next datagram: the guest goes back to idle in between, so
+/// every echo takes the same path (sent at once, the next datagram may reach the guest before
+/// it idles, which then skips the idle call and its return: the figures moved by 10% between
+/// runs).
+const ECHO_GAP: Duration = Duration::from_micros(500);
 
 /// What one boot measured.
 struct ModeRun {
@@ -316,6 +321,7 @@ fn run_mode(
                     break;
                 }
             }
+            std::thread::sleep(ECHO_GAP);
         }
         if echoed < packets {
             bail!("only {echoed} of {packets} {size}-byte datagrams came back");
