@@ -72,9 +72,20 @@ pub(super) fn run_vi(g: &mut Guests, id: GuestId, call: ViCall, now: u64) -> Res
     Ok(match call {
         ViCall::ConsoleWrite { addr, len } => (console_write(g, id, addr, len)?, Action::Resume),
         ViCall::Exit { code } => (0, Action::Exit(code)),
-        ViCall::Yield => (0, Action::Preempt),
+        ViCall::Yield => {
+            // Like an idle, a yield hands over the tx descriptors produced so far.
+            if vnic_of(g, id).is_some_and(crate::vnet::GuestNic::tx_produced) {
+                g.net_ctx().tx_kick(id);
+            }
+            (0, Action::Preempt)
+        }
         ViCall::IdleUntil { deadline } => {
-            // Frames held for want of a buffer go into the ones it reposted before idling.
+            // Idling hands over what the guest produced: its tx descriptors are taken as a
+            // kick would (so an echo costs one virtual instruction, not a kick and an idle),
+            // and frames held for want of a buffer go into the ones it reposted.
+            if vnic_of(g, id).is_some_and(crate::vnet::GuestNic::tx_produced) {
+                g.net_ctx().tx_kick(id);
+            }
             if vnic_of(g, id).is_some_and(crate::vnet::GuestNic::holds_frames) {
                 g.net_ctx().deliver_held(id);
             }

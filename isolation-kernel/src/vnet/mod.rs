@@ -135,6 +135,12 @@ impl GuestNic {
         self.rx.offered(self.shared().rx_producer.0.load(Ordering::Acquire)).unwrap_or(0)
     }
 
+    /// Whether the guest produced tx descriptors the kernel has not taken (a nonsense producer
+    /// counts too: taking it refuses and counts it).
+    pub fn tx_produced(&self) -> bool {
+        self.ring.offered(self.shared().tx_producer.0.load(Ordering::Acquire)) != Ok(0)
+    }
+
     /// Whether frames wait in the kernel for this guest to post rx buffers.
     pub fn holds_frames(&self) -> bool {
         !self.held.is_empty()
