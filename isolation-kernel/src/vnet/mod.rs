@@ -141,6 +141,13 @@ impl GuestNic {
         self.ring.offered(self.shared().tx_producer.0.load(Ordering::Acquire)) != Ok(0)
     }
 
+    /// Whether every tx slot is the kernel's (produced and not completed): the guest can only
+    /// wait for a completion.
+    pub fn tx_ring_full(&self) -> bool {
+        hypercall_abi::vnic::ring_used(self.shared().tx_producer.0.load(Ordering::Acquire), self.ring.consumer())
+            >= hypercall_abi::vnic::TX_RING_SIZE
+    }
+
     /// Whether frames wait in the kernel for this guest to post rx buffers.
     pub fn holds_frames(&self) -> bool {
         !self.held.is_empty()
