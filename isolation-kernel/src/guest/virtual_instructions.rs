@@ -147,6 +147,7 @@ pub(super) fn console_write(g: &mut Guests, id: GuestId, addr: u64, len: u64) ->
         || (crate::mm::heap::room_for_guest_growth()
             && guest.console.try_reserve_exact(CONSOLE_LINE_MAX.saturating_sub(guest.console.len())).is_ok());
     if !room {
+        g.counters.console_writes_refused = g.counters.console_writes_refused.saturating_add(1);
         return Err(ViFailure::Error(vi::Error::NoMemory));
     }
     for &byte in &*text {
