@@ -105,7 +105,7 @@ pub fn run_echo_over_tap_with(
         return Err(RunError { error: anyhow!("{why}"), log: session.log() });
     }
     let listening_after = start.elapsed();
-    let exe = with_log(std::env::current_exe().context("the xtask binary"), no_log)?;
+    let exe = with_log(crate::setup::client_exe(), no_log)?;
     let sweep_started = start.elapsed();
     let output = namespace
         .command(&exe.to_string_lossy())

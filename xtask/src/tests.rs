@@ -687,7 +687,7 @@ fn udp_echo_tap_network(ctx: &Ctx, tx: TxMode, image_name: &str, sizes: &[usize]
     if replies != Some((2, 2)) {
         return Err(failure(format!("ping {target}: {replies:?} (transmitted, received), want 2 of 2"), session.log()));
     }
-    let exe = std::env::current_exe().map_err(|e| failure(format!("{e}"), String::new()))?;
+    let exe = crate::setup::client_exe().map_err(|e| failure(format!("{e:#}"), String::new()))?;
     for net in &guests {
         let peer = format!("{}:7", crate::manifest::format_ip(net.ipv4));
         let out = namespace

@@ -98,7 +98,7 @@ fn burst_run(
     wait_listening(&mut session, guests.len())?;
     let peers =
         guests.iter().map(|n| format!("{}:7", crate::manifest::format_ip(n.ipv4))).collect::<Vec<_>>().join(",");
-    let exe = std::env::current_exe().map_err(|e| failure(e.to_string(), String::new()))?;
+    let exe = crate::setup::client_exe().map_err(|e| failure(format!("{e:#}"), String::new()))?;
     let mut results = Vec::new();
     let warm_up = vec![1];
     for (seed, sizes) in std::iter::once(&warm_up).chain(bursts).enumerate() {
