@@ -27,7 +27,7 @@ use clap::{Parser, Subcommand};
 use hypercall_abi::cmdline as keys;
 use hypercall_abi::host::KernelExit;
 use manifest::{format_ip, NetPlan};
-use qemu::{AccelChoice, NetBackend, QemuConfig};
+use qemu::{AccelChoice, NetBackend, NicTransport, QemuConfig};
 use std::time::Duration;
 
 /// The image `cargo xtask run` boots when none is named.
@@ -299,6 +299,9 @@ struct RunArgs {
     /// Make the NIC hold each transmitted frame this long (keeps zero-copy frames in flight).
     #[arg(long, value_name = "MICROSECONDS")]
     nic_tx_delay_us: Option<u64>,
+    /// How the physical NIC (virtio-net) is attached.
+    #[arg(long, value_enum, default_value_t = NicTransport::Legacy)]
+    nic: NicTransport,
 }
 
 fn main() {
@@ -446,6 +449,7 @@ fn run(args: RunArgs) -> Result<()> {
         gdb: args.gdb,
         icount: args.icount,
         net: backend,
+        nic: args.nic,
         pcap: args.pcap.as_deref(),
         netns: namespace.as_ref().map(|ns| ns.name.as_str()),
         nic_tx_delay: args.nic_tx_delay_us.map(Duration::from_micros),

@@ -70,6 +70,37 @@ pub enum NetBackend {
     Tap { ifname: String },
 }
 
+/// How the physical NIC (virtio-net) sits on the machine's bus.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum NicTransport {
+    /// Legacy (transitional) virtio-pci: registers in an I/O BAR (QEMU `disable-modern=on`).
+    #[default]
+    Legacy,
+    /// Modern virtio 1.x PCI: structures in memory BARs, MSI-X (QEMU `disable-legacy=on`; what
+    /// cloud-hypervisor and Firecracker with --enable-pci offer).
+    Modern,
+}
+
+impl NicTransport {
+    /// How the kernel names the transport in its `nic:` line.
+    pub fn kernel_name(self) -> &'static str {
+        match self {
+            NicTransport::Legacy => "legacy virtio-pci",
+            NicTransport::Modern => "modern virtio-pci",
+        }
+    }
+
+    /// QEMU's `-device` for the NIC on `netdev` (without an option ROM: it is not installed
+    /// without recommends, and nothing boots from it).
+    fn qemu_device(self, netdev: &str, mac: &str) -> String {
+        let (model, only) = match self {
+            NicTransport::Legacy => ("virtio-net-pci", "disable-modern=on"),
+            NicTransport::Modern => ("virtio-net-pci", "disable-legacy=on"),
+        };
+        format!("{model},netdev={netdev},{only},romfile=,mac={mac}")
+    }
+}
+
 /// Everything that varies between QEMU runs.
 pub struct QemuConfig<'a> {
     pub kernel: &'a Path,
@@ -80,8 +111,10 @@ pub struct QemuConfig<'a> {
     pub gdb: bool,
     /// TCG only: `-icount shift=0`, so the TSC counts executed instructions (deterministic).
     pub icount: bool,
-    /// The physical NIC (a legacy virtio-net PCI device), if any.
+    /// The physical NIC's network, if there is a NIC.
     pub net: Option<NetBackend>,
+    /// How the NIC is attached.
+    pub nic: NicTransport,
     /// Record what crosses the physical NIC to this pcap file.
     pub pcap: Option<&'a Path>,
     /// Run QEMU inside this network namespace (`ip netns exec`), for the tap backend.
@@ -104,6 +137,7 @@ impl<'a> QemuConfig<'a> {
             gdb: false,
             icount: false,
             net: None,
+            nic: NicTransport::Legacy,
             pcap: None,
             netns: None,
             nic_tx_delay: None,
@@ -160,10 +194,7 @@ impl<'a> QemuConfig<'a> {
                 NetBackend::Tap { ifname } => format!("tap,id=net0,ifname={ifname},script=no,downscript=no"),
             };
             cmd.arg("-netdev").arg(netdev);
-            // Legacy (transitional) virtio-net, which the kernel drives through its I/O BAR;
-            // no option ROM (it is not installed without recommends, and nothing boots from it).
-            let mut device =
-                String::from("virtio-net-pci,netdev=net0,disable-modern=on,romfile=,mac=52:54:00:12:34:56");
+            let mut device = self.nic.qemu_device("net0", "52:54:00:12:34:56");
             if let Some(delay) = self.nic_tx_delay {
                 device += &format!(",tx=timer,x-txtimer={}", delay.as_nanos().min(u128::from(u32::MAX)));
             }
@@ -383,6 +414,7 @@ mod tests {
                 forwards: vec![(7000, [10, 0, 2, 16], 7)],
                 tcp_forwards: vec![(7000, [10, 0, 2, 16], 7), (8080, [10, 0, 2, 16], 80)],
             }),
+            nic: NicTransport::Legacy,
             pcap: None,
             netns: None,
             nic_tx_delay: None,
@@ -402,6 +434,8 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("virtio-net-pci,netdev=net0,disable-modern=on"), "{line}");
+        let modern = shell_line(&QemuConfig { nic: NicTransport::Modern, ..cfg }.command());
+        assert!(modern.contains("-device virtio-net-pci,netdev=net0,disable-legacy=on,romfile=,mac="), "{modern}");
     }
 
     #[test]

@@ -3,4 +3,5 @@
 pub mod debug_exit;
 pub mod pci;
 pub mod serial;
+pub mod virtio;
 pub mod virtio_net;
