@@ -113,7 +113,7 @@ impl VirtioCap {
             return Err(LayoutError::ShortCapability(need.what));
         }
         let (offset, len) = (u64::from(self.offset), u64::from(self.length));
-        if len < need.min_len || offset % need.align != 0 {
+        if len < need.min_len || !offset.is_multiple_of(need.align) {
             return Err(LayoutError::BadRegion(need.what));
         }
         let outside = LayoutError::OutsideBar { what: need.what, bar: self.bar };

@@ -128,7 +128,7 @@ impl Transport for LegacyPci {
         _frames: &mut FrameAllocator<'static>,
     ) -> Result<bool, &'static str> {
         let (available, used) = legacy_layout(size);
-        if addresses.descriptors % PAGE != 0
+        if !addresses.descriptors.is_multiple_of(PAGE)
             || addresses.available != addresses.descriptors + available
             || addresses.used != addresses.descriptors + used
         {
