@@ -106,6 +106,7 @@ pub extern "C" fn kernel_entry(start_info_phys: u64) -> ! {
         ));
     }
     crate::guest::set_per_guest_stats(args.stats_per_guest);
+    crate::drivers::virtio_net::announce_mmio_devices(args.virtio_mmio);
 
     setup_memory(&info);
     if let Err(problem) = clock::start() {

@@ -45,6 +45,7 @@ pub extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
         Vector::Timer => timer_tick(),
         Vector::Spurious => {}
         Vector::Nic => {
+            crate::drivers::virtio_net::count_interrupt();
             crate::guest::nic_interrupt();
             end_of_interrupt();
         }

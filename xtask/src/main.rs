@@ -27,7 +27,7 @@ use clap::{Parser, Subcommand};
 use hypercall_abi::cmdline as keys;
 use hypercall_abi::host::KernelExit;
 use manifest::{format_ip, NetPlan};
-use qemu::{AccelChoice, NetBackend, NicTransport, QemuConfig};
+use qemu::{AccelChoice, Machine, NetBackend, NicTransport, QemuConfig};
 use std::time::Duration;
 
 /// The image `cargo xtask run` boots when none is named.
@@ -299,9 +299,13 @@ struct RunArgs {
     /// Make the NIC hold each transmitted frame this long (keeps zero-copy frames in flight).
     #[arg(long, value_name = "MICROSECONDS")]
     nic_tx_delay_us: Option<u64>,
-    /// How the physical NIC (virtio-net) is attached.
-    #[arg(long, value_enum, default_value_t = NicTransport::Legacy)]
-    nic: NicTransport,
+    /// The machine: pc (PCI) or microvm (virtio-mmio, Firecracker's model).
+    #[arg(long, value_enum, default_value_t = Machine::Pc)]
+    machine: Machine,
+    /// How the physical NIC (virtio-net) is attached on pc (default legacy; microvm has
+    /// virtio-mmio only).
+    #[arg(long, value_enum)]
+    nic: Option<NicTransport>,
 }
 
 fn main() {
@@ -399,6 +403,11 @@ fn user_forwards(base: u16, port: u16, guests: impl Iterator<Item = [u8; 4]>) ->
 }
 
 fn run(args: RunArgs) -> Result<()> {
+    let nic = match (args.machine, args.nic) {
+        (Machine::Pc, nic) => nic.unwrap_or_default(),
+        (Machine::Microvm, None) => NicTransport::Mmio,
+        (Machine::Microvm, Some(_)) => bail!("--nic picks a PCI transport; microvm has virtio-mmio only"),
+    };
     let plan = if args.net == NetChoice::Tap { NetPlan::TAP } else { NetPlan::USER };
     let stamping = if args.stamps { pack::Stamping::Built } else { pack::Stamping::Absent };
     let image = pack::build_with(Some(&args.image), plan, stamping)?.remove(0);
@@ -449,7 +458,7 @@ fn run(args: RunArgs) -> Result<()> {
         gdb: args.gdb,
         icount: args.icount,
         net: backend,
-        nic: args.nic,
+        nic,
         pcap: args.pcap.as_deref(),
         netns: namespace.as_ref().map(|ns| ns.name.as_str()),
         nic_tx_delay: args.nic_tx_delay_us.map(Duration::from_micros),
@@ -461,6 +470,7 @@ fn run(args: RunArgs) -> Result<()> {
     qemu::save_command(&image.dir, &cmd)?;
     println!("image {}: {}", image.name, image.manifest.description);
     println!("accelerator: {} ({})", accel.name(), accel_reason(args.accel));
+    println!("machine: {}, NIC: {}", nic.machine().name(), nic.kernel_name());
     println!("qemu command: {}", qemu::shell_line(&cmd));
     if args.gdb {
         println!("waiting for gdb: gdb {} -ex 'target remote :1234'", image.kernel.display());

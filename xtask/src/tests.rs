@@ -75,6 +75,8 @@ const QEMU_TESTS: &[QemuTest] = &[
         name: "udp_echo_user_network_cow_modern_tcg",
         run: |ctx| udp_echo_user_network(ctx, TxMode::Cow, MODERN),
     },
+    QemuTest { name: "udp_echo_user_network_copy_mmio_tcg", run: |ctx| udp_echo_user_network(ctx, TxMode::Copy, MMIO) },
+    QemuTest { name: "udp_echo_user_network_cow_mmio_tcg", run: |ctx| udp_echo_user_network(ctx, TxMode::Cow, MMIO) },
     QemuTest { name: "udp_guest_to_guest_copy_tcg", run: |ctx| udp_guest_to_guest(ctx, TxMode::Copy, "udp-g2g") },
     QemuTest { name: "udp_guest_to_guest_cow_tcg", run: |ctx| udp_guest_to_guest(ctx, TxMode::Cow, "udp-g2g") },
     QemuTest {
@@ -90,12 +92,21 @@ const QEMU_TESTS: &[QemuTest] = &[
         name: "vnic_hostile_guests_cow_modern_tcg",
         run: |ctx| hostile::vnic_hostile_guests(ctx, TxMode::Cow, MODERN),
     },
+    QemuTest {
+        name: "vnic_hostile_guests_copy_mmio_tcg",
+        run: |ctx| hostile::vnic_hostile_guests(ctx, TxMode::Copy, MMIO),
+    },
+    QemuTest {
+        name: "vnic_hostile_guests_cow_mmio_tcg",
+        run: |ctx| hostile::vnic_hostile_guests(ctx, TxMode::Cow, MMIO),
+    },
     QemuTest { name: "cow_rewrite_in_flight_tcg", run: |ctx| cow_rewrite_in_flight(ctx, "cow-rewrite", LEGACY) },
     QemuTest {
         name: "cow_rewrite_jumbo_in_flight_tcg",
         run: |ctx| cow_rewrite_in_flight(ctx, "cow-rewrite-jumbo", LEGACY),
     },
     QemuTest { name: "cow_rewrite_in_flight_modern_tcg", run: |ctx| cow_rewrite_in_flight(ctx, "cow-rewrite", MODERN) },
+    QemuTest { name: "cow_rewrite_in_flight_mmio_tcg", run: |ctx| cow_rewrite_in_flight(ctx, "cow-rewrite", MMIO) },
     QemuTest { name: "rx_oversize_dropped_and_counted_tcg", run: rx::rx_oversize_dropped_and_counted },
     QemuTest { name: "lazy_memory_backed_on_touch_tcg", run: lazy::lazy_memory_backed_on_touch },
     QemuTest { name: "kernel_heap_short_refuses_not_panics_tcg", run: lazy::kernel_heap_short_refuses_not_panics },
@@ -128,6 +139,14 @@ const QEMU_TESTS: &[QemuTest] = &[
         name: "udp_jumbo_tap_network_cow_modern_tcg",
         run: |ctx| udp_echo_tap_network(ctx, TxMode::Cow, "udp-echo-jumbo", &udp::JUMBO_TEST_SIZES, MODERN),
     },
+    QemuTest {
+        name: "udp_jumbo_tap_network_copy_mmio_tcg",
+        run: |ctx| udp_echo_tap_network(ctx, TxMode::Copy, "udp-echo-jumbo", &udp::JUMBO_TEST_SIZES, MMIO),
+    },
+    QemuTest {
+        name: "udp_jumbo_tap_network_cow_mmio_tcg",
+        run: |ctx| udp_echo_tap_network(ctx, TxMode::Cow, "udp-echo-jumbo", &udp::JUMBO_TEST_SIZES, MMIO),
+    },
     QemuTest { name: "udp_burst_ring_no_loss_copy_tcg", run: |ctx| loss::ring_burst_no_loss(ctx, TxMode::Copy) },
     QemuTest { name: "udp_burst_ring_no_loss_cow_tcg", run: |ctx| loss::ring_burst_no_loss(ctx, TxMode::Cow) },
     QemuTest {
@@ -158,9 +177,11 @@ const QEMU_TESTS: &[QemuTest] = &[
     QemuTest { name: "density_echo_1k_tap_tcg", run: density::echo_1k_every_guest_answers },
 ];
 
-/// The NIC transports the packet tests run on (test names carry `_modern` for the second).
+/// The NIC transports the packet tests run on (test names carry `_modern` and `_mmio` for the
+/// others; `_mmio` runs on microvm).
 const LEGACY: NicTransport = NicTransport::Legacy;
 const MODERN: NicTransport = NicTransport::Modern;
+const MMIO: NicTransport = NicTransport::Mmio;
 
 pub fn run_all(filter: Option<&str>, qemu_only: bool) -> Result<()> {
     if !qemu_only {
@@ -282,18 +303,41 @@ fn wait_listening(session: &mut Session, count: usize) -> std::result::Result<()
     }
 }
 
-/// The kernel drove the NIC over `nic`, taking its receive interrupts by MSI-X, with the
-/// header length of that transport's virtio generation.
+/// The kernel drove the NIC over `nic`, with the header length of that transport's virtio
+/// generation, taking its receive interrupts by MSI-X (PCI) or by the I/O APIC line that QEMU
+/// announced on the command line with the device's address (virtio-mmio).
 fn check_nic(outcome: &Outcome, nic: NicTransport) -> std::result::Result<(), Failure> {
     let line = outcome.log.lines().find(|l| l.contains("nic: virtio-net (")).unwrap_or_default();
-    let header = match nic {
-        NicTransport::Legacy => "10-byte header",
-        NicTransport::Modern => "12-byte header",
+    let (at, interrupts, header) = match nic {
+        NicTransport::Legacy => (" at 00:".to_string(), "MSI-X".to_string(), "10-byte header"),
+        NicTransport::Modern => (" at 00:".to_string(), "MSI-X".to_string(), "12-byte header"),
+        NicTransport::Mmio => {
+            // `virtio_mmio.device=512@0xfeb00e00:12`, as QEMU appended it.
+            let announced = outcome.log.lines().filter(|l| l.contains("command line: `")).find_map(|l| {
+                let word = l.split_whitespace().find_map(|w| w.strip_prefix("virtio_mmio.device="))?;
+                let (base, irq) = word.trim_end_matches('`').split_once('@')?.1.split_once(':')?;
+                Some((base.to_string(), irq.split(':').next()?.to_string()))
+            });
+            let Some((base, irq)) = announced else {
+                return check(outcome, false, || "no virtio_mmio.device word on the kernel's command line".into());
+            };
+            (format!(" at {base})"), format!("IOAPIC GSI {irq}"), "12-byte header")
+        }
     };
-    let ok = line.contains(&format!("({} at ", nic.kernel_name()))
-        && line.contains("MSI-X receive interrupts")
+    let ok = line.contains(&format!("({}{at}", nic.kernel_name()))
+        && line.contains(&format!(", {interrupts} receive interrupts,"))
         && line.ends_with(header);
-    check(outcome, ok, || format!("NIC line `{line}`: {} with MSI-X and a {header} wanted", nic.kernel_name()))
+    check(outcome, ok, || {
+        format!(
+            "NIC line `{line}`: {}{at} with {interrupts} receive interrupts and a {header} wanted",
+            nic.kernel_name()
+        )
+    })?;
+    // The interrupts came (receive, or transmit completions): the NIC's vector was taken, which
+    // nothing else raises.
+    let stats = final_stats(outcome)?;
+    let taken = stats.get("nic_interrupts").copied().unwrap_or(0);
+    check(outcome, taken > 0, || format!("nic_interrupts {taken}: the NIC never interrupted"))
 }
 
 /// A host port base unlikely to collide with another run on this machine.

@@ -107,7 +107,7 @@ fn from_pit_channel0() -> u64 {
     let start = rdtsc();
     for _ in 0..CHANNEL0_MAX_READS {
         let elapsed = first.wrapping_sub(channel0_count());
-        if elapsed >= PIT_CALIBRATION_TICKS && elapsed < u16::MAX / 2 {
+        if (PIT_CALIBRATION_TICKS..u16::MAX / 2).contains(&elapsed) {
             return (rdtsc() - start) * PIT_HZ / u64::from(elapsed);
         }
     }

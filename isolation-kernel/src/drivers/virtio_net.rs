@@ -1,6 +1,6 @@
 //! The physical NIC: a virtio-net device over whichever transport the machine offers
-//! (`drivers/virtio`: legacy or modern virtio-pci), with receive interrupts by MSI-X through the
-//! local APIC where the device has it and polling on the timer where not. The queues and the
+//! (`drivers/virtio`: legacy or modern virtio-pci, virtio-mmio), with receive interrupts by
+//! MSI-X or an I/O APIC line where the device has them and polling on the timer where not. The queues and the
 //! packet code here are the same for every transport.
 //!
 //! Written here rather than taken from the `virtio-drivers` crate: that crate has no port-I/O
@@ -16,12 +16,13 @@
 //! a closure and re-posts the buffer.
 
 use super::pci::PciAddress;
-use super::virtio::{legacy_pci, modern_pci, InterruptTarget, QueueAddresses, Transport};
+use super::virtio::{legacy_pci, mmio, modern_pci, InterruptTarget, QueueAddresses, Transport};
 use crate::mm::phys::phys_to_virt;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::sync::atomic::{fence, Ordering};
 use hypercall_abi::layout::PAGE_SIZE as PAGE;
+use kernel_core::boot::cmdline::{MmioDevice, MAX_MMIO_DEVICES};
 use kernel_core::drivers::virtio::{negotiate_net, Generation, MAX_NET_HEADER_LEN};
 use kernel_core::drivers::virtio_pci::{modern_layout, LayoutError};
 use kernel_core::mm::frame_alloc::FrameAllocator;
@@ -53,7 +54,8 @@ const TX_QUEUE: u16 = 1;
 const MAX_BUFFERS: u16 = 128;
 /// Queue entries where the transport lets the driver choose (two per transmitted packet).
 const QUEUE_SIZE: u16 = 2 * MAX_BUFFERS;
-/// MSI-X entries: 0 for the receive queue, 1 for transmit completions.
+/// Interrupt entries: 0 for the receive queue, 1 for transmit completions (MSI-X; a line
+/// interrupt is entry 0 for both).
 const RX_MSIX_ENTRY: u16 = 0;
 const TX_MSIX_ENTRY: u16 = 1;
 /// Times the MAC is read again while the device changes its configuration under the reader.
@@ -166,8 +168,8 @@ pub struct VirtioNet {
     net_header_len: usize,
     tx_unnotified: bool,
     pub counters: NicCounters,
-    /// Receive interrupts arrive by MSI-X (else the kernel polls on its timer).
-    pub msix: bool,
+    /// Receive interrupts arrive (by MSI-X or a line; else the kernel polls on its timer).
+    pub interrupts: bool,
     /// Bytes of each rx and tx buffer: enough for the largest frame any guest may send or
     /// receive (several pages, contiguous, with jumbo frames).
     buffer_bytes: u64,
@@ -226,7 +228,7 @@ impl VirtioNet {
         frames: &mut FrameAllocator<'static>,
         buffer_pages: u64,
     ) -> Result<VirtioNet, &'static str> {
-        let msix_entries = transport.msix_entries();
+        let interrupt_entries = transport.interrupt_entries();
         let mut nic = VirtioNet {
             transport,
             mac: [0; 6],
@@ -240,7 +242,7 @@ impl VirtioNet {
             net_header_len: MAX_NET_HEADER_LEN,
             tx_unnotified: false,
             counters: NicCounters::default(),
-            msix: false,
+            interrupts: false,
             buffer_bytes: buffer_pages * PAGE,
         };
         let t = &mut nic.transport;
@@ -269,14 +271,14 @@ impl VirtioNet {
         }
         nic.mac = nic.read_mac();
 
-        let rx_entry = (msix_entries > RX_MSIX_ENTRY).then_some(RX_MSIX_ENTRY);
-        let tx_entry = (msix_entries > TX_MSIX_ENTRY).then_some(TX_MSIX_ENTRY);
+        let rx_entry = (interrupt_entries > RX_MSIX_ENTRY).then_some(RX_MSIX_ENTRY);
+        let tx_entry = (interrupt_entries > TX_MSIX_ENTRY).then_some(TX_MSIX_ENTRY);
         let (rx, rx_vector_taken) = nic.setup_queue(RX_QUEUE, frames, rx_entry)?;
         let (tx, _) = nic.setup_queue(TX_QUEUE, frames, tx_entry)?;
         (nic.rx, nic.tx) = (rx, tx);
-        nic.msix = rx_vector_taken;
+        nic.interrupts = rx_vector_taken;
         if rx_entry.is_some() && !rx_vector_taken {
-            log::warn!("virtio-net refused the MSI-X vector for its rx queue; polling only");
+            log::warn!("virtio-net refused the interrupt vector for its rx queue; polling only");
         }
         let rx_count = MAX_BUFFERS.min(nic.rx.size);
         for id in 0..rx_count {
@@ -390,6 +392,8 @@ impl VirtioNet {
     /// with `deliver`'s result once the frame's buffer is back with the device (for stage
     /// stamps). Returns the count.
     pub fn receive_with<R>(&mut self, mut deliver: impl FnMut(&[u8]) -> R, mut released: impl FnMut(R)) -> usize {
+        // Before the used ring is read: a frame that arrives after it interrupts again.
+        self.transport.acknowledge_interrupt();
         let mut count = 0;
         while let Some((id, len)) = self.rx.pop_used() {
             let Some(&buffer) = self.rx_buffers.get(usize::from(id)) else { continue };
@@ -444,23 +448,64 @@ fn pci_transport(
     }
 }
 
-/// Finds and starts the physical NIC (a virtio-net PCI device, modern or legacy), if the
-/// machine has one. `max_frame` sizes its buffers: the largest frame any guest may send or
-/// receive.
+/// Interrupts taken on the NIC's vector (MSI-X message or I/O APIC line), for `stats:`.
+static INTERRUPTS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Counts one interrupt on the NIC's vector (the trap path calls it).
+pub fn count_interrupt() {
+    INTERRUPTS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Interrupts taken on the NIC's vector so far.
+pub fn interrupts() -> u64 {
+    INTERRUPTS.load(Ordering::Relaxed)
+}
+
+/// The virtio-mmio devices the command line announced (`virtio_mmio.device`), set at boot.
+static MMIO_DEVICES: spin::Mutex<[Option<MmioDevice>; MAX_MMIO_DEVICES]> = spin::Mutex::new([None; MAX_MMIO_DEVICES]);
+
+/// Records the virtio-mmio devices the command line announced, for [`probe`].
+pub fn announce_mmio_devices(devices: [Option<MmioDevice>; MAX_MMIO_DEVICES]) {
+    *MMIO_DEVICES.lock() = devices;
+}
+
+/// The first announced virtio-mmio device that is a network card, as a transport.
+fn mmio_transport(interrupt: InterruptTarget, frames: &mut FrameAllocator<'static>) -> Option<Box<dyn Transport>> {
+    let devices = *MMIO_DEVICES.lock();
+    devices.into_iter().flatten().find_map(|device| match mmio::Mmio::new(device, interrupt, frames) {
+        Ok(transport) => Some(Box::new(transport) as Box<dyn Transport>),
+        Err(e) => {
+            log::info!("virtio-mmio at {:#x}: {e}", device.base);
+            None
+        }
+    })
+}
+
+/// Finds and starts the physical NIC, if the machine has one: the first virtio-mmio network
+/// card the command line announced, else a virtio-net PCI device (modern or legacy).
+/// `max_frame` sizes its buffers: the largest frame any guest may send or receive.
 pub fn probe(max_frame: u64) -> Option<VirtioNet> {
     use crate::drivers::pci;
     use crate::mm::phys;
-    let address = pci::find_devices(VENDOR_VIRTIO, DEVICE_NET_MODERN)
-        .chain(pci::find_devices(VENDOR_VIRTIO, DEVICE_NET_TRANSITIONAL))
-        .next()?;
     let interrupt = InterruptTarget {
         vector: crate::arch::vectors::NIC_VECTOR,
         apic_id: crate::arch::clock::apic_id(),
         entries: 2,
     };
+    let buffer_pages = (max_frame + MAX_NET_HEADER_LEN as u64).div_ceil(PAGE);
     let result = phys::with_frames(|frames| {
-        let buffer_pages = (max_frame + MAX_NET_HEADER_LEN as u64).div_ceil(PAGE);
-        VirtioNet::init(pci_transport(address, interrupt, frames)?, frames, buffer_pages)
+        let transport = match mmio_transport(interrupt, frames) {
+            Some(transport) => transport,
+            None => {
+                let address = pci::find_devices(VENDOR_VIRTIO, DEVICE_NET_MODERN)
+                    .chain(pci::find_devices(VENDOR_VIRTIO, DEVICE_NET_TRANSITIONAL))
+                    .next()
+                    .ok_or(None)?;
+                pci_transport(address, interrupt, frames).map_err(|e| Some((alloc::format!("at {address}"), e)))?
+            }
+        };
+        let name = transport.describe();
+        VirtioNet::init(transport, frames, buffer_pages).map_err(|e| Some((name, e)))
     });
     match result {
         Ok(nic) => {
@@ -474,13 +519,18 @@ pub fn probe(max_frame: u64) -> Option<VirtioNet> {
                 m[3],
                 m[4],
                 m[5],
-                if nic.msix { "MSI-X receive interrupts" } else { "polled on the timer" },
+                if nic.interrupts {
+                    alloc::format!("{} receive interrupts", nic.transport.interrupt_name())
+                } else {
+                    "polled on the timer".into()
+                },
                 nic.net_header_len,
             );
             Some(nic)
         }
-        Err(e) => {
-            log::error!("nic: virtio-net at {address} unusable: {e}");
+        Err(None) => None,
+        Err(Some((name, e))) => {
+            log::error!("nic: virtio-net {name} unusable: {e}");
             None
         }
     }

@@ -157,7 +157,10 @@ impl Transport for LegacyPci {
     fn config_generation(&self) -> u8 {
         0
     }
-    fn msix_entries(&self) -> u16 {
+    fn interrupt_entries(&self) -> u16 {
         self.msix_entries
+    }
+    fn interrupt_name(&self) -> alloc::string::String {
+        "MSI-X".into()
     }
 }

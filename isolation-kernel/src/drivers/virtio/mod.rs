@@ -3,6 +3,7 @@
 //! queues and packets are the driver's; a transport only moves these few values.
 
 pub mod legacy_pci;
+pub mod mmio;
 pub mod modern_pci;
 
 use crate::drivers::pci::PciAddress;
@@ -65,7 +66,7 @@ pub trait Transport: Send {
     /// (legacy PCI may not).
     fn queue_size_is_fixed(&self) -> bool;
     /// Hands the device queue `queue` of `size` entries at `addresses`, interrupting through
-    /// MSI-X table entry `msix_entry` if given (`frames` for mapping its notification
+    /// interrupt entry `msix_entry` if given (`frames` for mapping its notification
     /// register). Returns whether the device took the entry.
     fn enable_queue(
         &mut self,
@@ -82,6 +83,12 @@ pub trait Transport: Send {
     /// Changes whenever the device configuration changes (a multi-byte read is consistent when
     /// it is the same before and after); constant on transports without it.
     fn config_generation(&self) -> u8;
-    /// MSI-X table entries programmed to interrupt the kernel (0: none, the driver polls).
-    fn msix_entries(&self) -> u16;
+    /// Interrupt sources programmed to reach the kernel: MSI-X table entries (entry `i` given
+    /// to one queue), or 1 for a line every queue shares; 0: none, the driver polls.
+    fn interrupt_entries(&self) -> u16;
+    /// How its interrupts arrive, for the log (`MSI-X`, `IOAPIC GSI 12`).
+    fn interrupt_name(&self) -> alloc::string::String;
+    /// Acknowledges the device's interrupt, if it holds a line asserted until it is (MSI-X
+    /// messages need nothing).
+    fn acknowledge_interrupt(&mut self) {}
 }

@@ -165,7 +165,10 @@ impl Transport for ModernPci {
     fn config_generation(&self) -> u8 {
         self.common().config_generation().read()
     }
-    fn msix_entries(&self) -> u16 {
+    fn interrupt_entries(&self) -> u16 {
         self.msix_entries
+    }
+    fn interrupt_name(&self) -> alloc::string::String {
+        "MSI-X".into()
     }
 }
