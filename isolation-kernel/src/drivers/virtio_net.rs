@@ -461,6 +461,15 @@ pub fn interrupts() -> u64 {
     INTERRUPTS.load(Ordering::Relaxed)
 }
 
+/// The NIC has no interrupt that reaches the kernel: the timer polls it, also while every guest
+/// idles.
+static POLLED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Whether the NIC must be polled on the timer (it has no working interrupt).
+pub fn polled() -> bool {
+    POLLED.load(Ordering::Relaxed)
+}
+
 /// The virtio-mmio devices the command line announced (`virtio_mmio.device`), set at boot.
 static MMIO_DEVICES: spin::Mutex<[Option<MmioDevice>; MAX_MMIO_DEVICES]> = spin::Mutex::new([None; MAX_MMIO_DEVICES]);
 
@@ -509,6 +518,7 @@ pub fn probe(max_frame: u64) -> Option<VirtioNet> {
     });
     match result {
         Ok(nic) => {
+            POLLED.store(!nic.interrupts, Ordering::Relaxed);
             let m = nic.mac();
             log::info!(
                 "nic: virtio-net ({}), MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, {}, {}-byte header",
