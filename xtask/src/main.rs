@@ -2,6 +2,7 @@
 
 mod baseline;
 mod bench;
+mod bootbench;
 mod burst;
 mod chart;
 mod checks;
@@ -202,6 +203,13 @@ enum BenchCmd {
         #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
         accel: AccelChoice,
     },
+    /// Time from QEMU's start to the first UDP echo of the default image, on pc (legacy and
+    /// modern virtio-pci) and microvm (virtio-mmio): boot.json.
+    Boot {
+        /// Boots per machine and transport (the median is reported).
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+    },
     /// The host-native stages in real TSC ticks: guest stack and driver, kernel portable logic:
     /// native.json.
     Native,
@@ -347,6 +355,7 @@ fn real_main() -> Result<()> {
         Cmd::UdpProbe { peer, sizes } => udp::probe(peer, &sizes),
         Cmd::UdpBurst { peers, sizes, seed, settle_ms, tap } => burst::command(&peers, &sizes, seed, settle_ms, &tap),
         Cmd::Bench { which: BenchCmd::Native } => native::run().map(|_| ()),
+        Cmd::Bench { which: BenchCmd::Boot { runs } } => bootbench::run(runs.max(1)).map(|_| ()),
         Cmd::Bench { which: BenchCmd::Density { image, quick, no_bisect, tx } } => {
             let default = if quick { "echo-1k" } else { "echo-10k" };
             let bisect = if quick { density::QUICK_BISECT } else { density::FULL_BISECT };

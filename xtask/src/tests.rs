@@ -115,6 +115,7 @@ const QEMU_TESTS: &[QemuTest] = &[
     QemuTest { name: "tcp_guest_to_guest_cow_tcg", run: |ctx| tcp::tcp_guest_to_guest(ctx, TxMode::Cow) },
     QemuTest { name: "bench_echo_smoke", run: bench_echo_smoke },
     QemuTest { name: "bench_dispatch_smoke", run: bench_dispatch_smoke },
+    QemuTest { name: "bench_boot_smoke", run: bench_boot_smoke },
     QemuTest {
         name: "udp_echo_tap_network_copy_tcg",
         run: |ctx| udp_echo_tap_network(ctx, TxMode::Copy, "udp-echo", &udp::TEST_SIZES, LEGACY),
@@ -1033,6 +1034,24 @@ fn bench_dispatch_smoke(_ctx: &Ctx) -> TestResult {
                     ));
                 }
             }
+        }
+    }
+    Ok(Verdict::Pass)
+}
+
+/// `cargo xtask bench boot --runs 1`: a row for each machine and transport, each with a first
+/// echo after the kernel's own boot (QEMU's start comes first).
+fn bench_boot_smoke(_ctx: &Ctx) -> TestResult {
+    use crate::bootbench::{BootReport, TRANSPORTS};
+    let json = crate::bootbench::run(1).map_err(|e| failure(format!("bench boot: {e:#}"), String::new()))?;
+    let report: BootReport = crate::bench::read_json(&json).map_err(|e| failure(format!("{e:#}"), String::new()))?;
+    for nic in TRANSPORTS {
+        let row = report.results.iter().find(|r| r.nic == nic.kernel_name() && r.machine == nic.machine().name());
+        let Some(row) = row else {
+            return Err(failure(format!("no row for {} in {}", nic.kernel_name(), json.display()), String::new()));
+        };
+        if !(row.kernel_boot_ms_median > 0.0 && row.first_echo_ms_median > row.kernel_boot_ms_median) {
+            return Err(failure(format!("{}: implausible {row:?}", nic.kernel_name()), String::new()));
         }
     }
     Ok(Verdict::Pass)
