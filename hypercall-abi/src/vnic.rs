@@ -127,6 +127,9 @@ pub struct VnicShared {
     pub tx: [Desc; TX_RING_SIZE as usize],
     _reserved_tx: [Desc; 64 - TX_RING_SIZE as usize],
     pub rx: [Desc; RX_RING_SIZE as usize],
+    /// Written by the kernel: frames for this guest that found no posted rx buffer (held for
+    /// it, or dropped). A guest that posts only a few buffers posts more when this moves.
+    pub rx_wanted: CacheLine<AtomicU32>,
 }
 
 /// A counter a guest keeps about its own receive path and apps, published in its shared page
@@ -342,6 +345,7 @@ pub const STAMPS_ENABLED_OFFSET: usize = 384;
 pub const GUEST_COUNTERS_OFFSET: usize = 448;
 pub const TX_RING_OFFSET: usize = 1024;
 pub const RX_RING_OFFSET: usize = 2048;
+pub const RX_WANTED_OFFSET: usize = 2560;
 
 const _: () = {
     assert!(core::mem::offset_of!(VnicShared, tx_producer) == TX_PRODUCER_OFFSET);
@@ -358,6 +362,7 @@ const _: () = {
     assert!(GuestCounter::COUNT <= GUEST_COUNTER_SLOTS);
     assert!(core::mem::offset_of!(VnicShared, tx) == TX_RING_OFFSET);
     assert!(core::mem::offset_of!(VnicShared, rx) == RX_RING_OFFSET);
+    assert!(core::mem::offset_of!(VnicShared, rx_wanted) == RX_WANTED_OFFSET);
     assert!(core::mem::size_of::<Desc>() == 16);
     assert!(core::mem::size_of::<VnicShared>() as u64 <= PAGE_SIZE);
     assert!(TX_RING_SIZE.is_power_of_two() && RX_RING_SIZE.is_power_of_two());

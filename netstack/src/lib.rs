@@ -102,8 +102,20 @@ pub trait Platform {
 
 /// Sends a gratuitous ARP (a request for our own address): neighbours, QEMU's user network
 /// among them, learn our MAC at once instead of asking for it, and an ARP request that reached
-/// us before our receive buffers were posted costs no retry timeout.
-fn announce<D: Doorbell>(device: &mut Vnic<'_, D>, mac: [u8; 6], ipv4: [u8; 4], now: Instant) {
+/// us before our receive buffers were posted costs no retry timeout. And asks for the gateway's
+/// MAC (`gateway`, unless unspecified) before anything needs it: a first reply to a host beyond
+/// it then goes out at once, and a flood that arrives while the stack starts cannot bury the
+/// ARP reply it would otherwise wait for (smoltcp asks again only after a second).
+fn announce<D: Doorbell>(device: &mut Vnic<'_, D>, mac: [u8; 6], ipv4: [u8; 4], gateway: [u8; 4], now: Instant) {
+    arp_request(device, mac, ipv4, ipv4, now);
+    if gateway != [0; 4] && gateway != ipv4 {
+        arp_request(device, mac, ipv4, gateway, now);
+    }
+    device.flush();
+}
+
+/// Queues an ARP request from `mac`/`ipv4` for `target`.
+fn arp_request<D: Doorbell>(device: &mut Vnic<'_, D>, mac: [u8; 6], ipv4: [u8; 4], target: [u8; 4], now: Instant) {
     use smoltcp::phy::{Device, TxToken};
     const ARP_FRAME: usize = 42;
     let Some(token) = device.transmit(now) else { return };
@@ -116,9 +128,8 @@ fn announce<D: Doorbell>(device: &mut Vnic<'_, D>, mac: [u8; 6], ipv4: [u8; 4], 
         frame[22..28].copy_from_slice(&mac);
         frame[28..32].copy_from_slice(&ipv4);
         frame[32..38].fill(0);
-        frame[38..42].copy_from_slice(&ipv4);
+        frame[38..42].copy_from_slice(&target);
     });
-    device.flush();
 }
 
 /// A UDP socket of one [`NetStack`] (using it with another stack panics).
@@ -207,7 +218,7 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
         // Owned storage: the set grows on the heap as apps open sockets.
         let sockets = SocketSet::new(ManagedSlice::Owned(Vec::new()));
         if !ip.is_unspecified() {
-            announce(&mut device, config.mac, config.ipv4, now);
+            announce(&mut device, config.mac, config.ipv4, config.gateway, now);
         }
         let mtu = (config.mtu as usize).clamp(576, 9000);
         let identity = ingress::Identity {

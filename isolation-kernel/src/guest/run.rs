@@ -171,10 +171,11 @@ pub fn nic_interrupt() {
 
 /// Records the end of guest `id` (the current one) and frees its memory.
 pub(super) fn end_guest(g: &mut Guests, id: GuestId, end: End) {
-    let nic = g.nics.get_mut(id).and_then(Option::take);
+    let mut nic = g.nics.get_mut(id).and_then(Option::take);
     let guest = at_mut(&mut g.list, id);
-    if let Some(nic) = &nic {
+    if let Some(nic) = &mut nic {
         reports::guest_ended(id, &guest.name, nic);
+        g.net.drop_held(nic);
     }
     // Nothing may reach its pages once they are freed; pages the NIC still reads outlive it.
     if let (Some(nic), Some(space)) = (nic, guest.space.as_mut()) {
