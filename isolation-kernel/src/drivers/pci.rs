@@ -8,6 +8,10 @@ use kernel_core::mm::frame_alloc::FrameAllocator;
 
 const CONFIG_ADDRESS: u16 = 0xcf8;
 const CONFIG_DATA: u16 = 0xcfc;
+const COMMAND: u8 = 0x04;
+const COMMAND_IO: u16 = 1 << 0;
+const COMMAND_MEMORY: u16 = 1 << 1;
+const COMMAND_BUS_MASTER: u16 = 1 << 2;
 
 /// A PCI function on bus 0..255.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,8 +90,18 @@ impl PciAddress {
 
     /// Enables I/O space, memory space and bus mastering (DMA).
     pub fn enable(&self) {
-        let command = self.read16(0x04);
-        self.write16(0x04, command | 0x7);
+        let command = self.read16(COMMAND);
+        self.write16(COMMAND, command | COMMAND_IO | COMMAND_MEMORY | COMMAND_BUS_MASTER);
+    }
+
+    /// Runs `f` with the function's I/O and memory decoding off, so that sizing a BAR (all
+    /// ones written to it for a moment) never places the device over something else.
+    fn with_decoding_off<R>(&self, f: impl FnOnce() -> R) -> R {
+        let command = self.read16(COMMAND);
+        self.write16(COMMAND, command & !(COMMAND_IO | COMMAND_MEMORY));
+        let result = f();
+        self.write16(COMMAND, command);
+        result
     }
 
     /// A snapshot of the whole (conventional) configuration space.
@@ -100,7 +114,7 @@ impl PciAddress {
     }
 
     /// What a BAR register reads back after all ones are written (its size mask); the value is
-    /// restored. Done while the device does not decode the BAR (before [`PciAddress::enable`]).
+    /// restored; the caller turns decoding off first.
     fn probe_bar(&self, index: u8) -> u32 {
         let old = self.bar(index);
         self.set_bar(index, u32::MAX);
@@ -111,6 +125,10 @@ impl PciAddress {
 
     /// The function's BARs, decoded (a 64-bit BAR fills its two slots: the second is `None`).
     pub fn bars(&self) -> [Bar; BAR_COUNT] {
+        self.with_decoding_off(|| self.probe_bars())
+    }
+
+    fn probe_bars(&self) -> [Bar; BAR_COUNT] {
         let mut bars = [Bar::None; BAR_COUNT];
         let mut index = 0u8;
         while usize::from(index) < BAR_COUNT {
@@ -166,6 +184,10 @@ static NEXT_IO: spin::Mutex<(u32, u32)> = spin::Mutex::new((0xc000, 0xe000_0000)
 impl PciAddress {
     /// Gives every unassigned BAR of this function an address of its own.
     pub fn assign_bars(&self) {
+        self.with_decoding_off(|| self.assign_unassigned_bars());
+    }
+
+    fn assign_unassigned_bars(&self) {
         let mut index = 0;
         while index < 6 {
             let raw = self.bar(index);
