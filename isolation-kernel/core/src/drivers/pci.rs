@@ -137,10 +137,13 @@ impl Bar {
         Bar::Memory { base, size: (!mask).wrapping_add(1), wide }
     }
 
-    /// The physical range `[offset, offset + len)` of this memory BAR, if it lies inside it.
+    /// The physical address of `[offset, offset + len)` of this memory BAR, if the range lies
+    /// inside it and the BAR inside the address space.
     pub fn memory_range(&self, offset: u64, len: u64) -> Option<u64> {
         match *self {
-            Bar::Memory { base, size, .. } if offset.checked_add(len)? <= size => base.checked_add(offset),
+            Bar::Memory { base, size, .. } if offset.checked_add(len)? <= size && base.checked_add(size).is_some() => {
+                base.checked_add(offset)
+            }
             _ => None,
         }
     }
@@ -263,6 +266,9 @@ pub(crate) mod tests {
         assert_eq!(bar.memory_range(0x3000, 0x1001), None);
         assert_eq!(bar.memory_range(u64::MAX, 2), None);
         assert_eq!(Bar::Io { base: 0xc000, size: 0x20 }.memory_range(0, 1), None);
+        // A BAR that runs past the end of the address space holds nothing (found by fuzzing).
+        let wraps = Bar::Memory { base: 0xffff_ffff_ffff_f001, size: u64::MAX, wide: true };
+        assert_eq!(wraps.memory_range(0xff8, 16), None);
     }
 
     #[test]
