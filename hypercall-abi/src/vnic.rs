@@ -208,10 +208,17 @@ pub enum GuestCounter {
     TcpOpen,
     /// Gauge: TCP sockets the stack holds: its listeners' pools and connections not yet freed.
     TcpSockets,
+    /// HTTP requests (well-formed heads) the guest's HTTP server answered.
+    HttpRequests,
+    /// HTTP responses with a 4xx or 5xx status: malformed or refused heads, unknown paths and
+    /// methods, head timeouts, connections beyond the server's limit.
+    HttpErrors,
+    /// HTTP response body bytes handed to the sockets.
+    HttpBodyBytes,
 }
 
 impl GuestCounter {
-    pub const COUNT: usize = 27;
+    pub const COUNT: usize = 30;
     pub const ALL: [GuestCounter; Self::COUNT] = [
         Self::RxTaken,
         Self::RxDatagrams,
@@ -240,6 +247,9 @@ impl GuestCounter {
         Self::TcpRefused,
         Self::TcpOpen,
         Self::TcpSockets,
+        Self::HttpRequests,
+        Self::HttpErrors,
+        Self::HttpBodyBytes,
     ];
 
     /// The name in the kernel's `stats:` line.
@@ -272,7 +282,21 @@ impl GuestCounter {
             Self::TcpRefused => "guest_tcp_refused",
             Self::TcpOpen => "guest_tcp_open",
             Self::TcpSockets => "guest_tcp_sockets",
+            Self::HttpRequests => "guest_http_requests",
+            Self::HttpErrors => "guest_http_errors",
+            Self::HttpBodyBytes => "guest_http_body_bytes",
         }
+    }
+
+    /// Whether the counter is a level that goes up and down (a gauge: datagrams queued now,
+    /// connections open now) rather than a running total that only grows.
+    pub const fn is_gauge(self) -> bool {
+        matches!(self, Self::UdpQueued | Self::AppHeld | Self::TcpOpen | Self::TcpSockets)
+    }
+
+    /// The counter of this `stats:` name.
+    pub fn from_name(name: &str) -> Option<GuestCounter> {
+        Self::ALL.into_iter().find(|counter| counter.name() == name)
     }
 }
 
@@ -530,6 +554,20 @@ mod tests {
         let mut names: [&str; GuestCounter::COUNT] = GuestCounter::ALL.map(GuestCounter::name);
         names.sort_unstable();
         assert!(names.windows(2).all(|w| w[0] != w[1]));
+        for counter in GuestCounter::ALL {
+            assert_eq!(GuestCounter::from_name(counter.name()), Some(counter));
+        }
+        assert_eq!(GuestCounter::from_name("rx_taken"), None);
+    }
+
+    #[test]
+    fn gauges_are_the_levels_the_docs_name() {
+        let mut gauges = GuestCounter::ALL.into_iter().filter(|c| c.is_gauge());
+        use GuestCounter::*;
+        for want in [UdpQueued, AppHeld, TcpOpen, TcpSockets] {
+            assert_eq!(gauges.next(), Some(want));
+        }
+        assert_eq!(gauges.next(), None);
     }
 
     #[test]

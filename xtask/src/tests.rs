@@ -20,6 +20,8 @@ mod hostile;
 mod http;
 mod lazy;
 mod loss;
+mod metrics;
+mod power;
 mod rx;
 mod tcp;
 
@@ -60,6 +62,14 @@ const QEMU_TESTS: &[QemuTest] = &[
     QemuTest { name: "kernel_panic_reported", run: kernel_panic_reported },
     QemuTest { name: "bad_command_line_refused", run: bad_command_line_refused },
     QemuTest { name: "hung_kernel_is_killed_by_timeout", run: hung_kernel_is_killed_by_timeout },
+    QemuTest {
+        name: "power_off_acpi_without_debug_exit_tcg",
+        run: |ctx| power::power_off_without_debug_exit(ctx, qemu::PowerOff::Acpi),
+    },
+    QemuTest {
+        name: "power_off_i8042_without_debug_exit_tcg",
+        run: |ctx| power::power_off_without_debug_exit(ctx, qemu::PowerOff::I8042),
+    },
     QemuTest { name: "hello_16_guests_tcg", run: hello_tcg },
     QemuTest { name: "hello_16_guests_kvm", run: hello_kvm },
     QemuTest { name: "chaos_hostile_guests_isolated_tcg", run: chaos_tcg },
@@ -113,6 +123,7 @@ const QEMU_TESTS: &[QemuTest] = &[
     QemuTest { name: "tcp_echo_user_network_copy_tcg", run: |ctx| tcp::tcp_echo_user_network(ctx, TxMode::Copy) },
     QemuTest { name: "tcp_guest_to_guest_copy_tcg", run: |ctx| tcp::tcp_guest_to_guest(ctx, TxMode::Copy) },
     QemuTest { name: "tcp_guest_to_guest_cow_tcg", run: |ctx| tcp::tcp_guest_to_guest(ctx, TxMode::Cow) },
+    QemuTest { name: "metrics_scraped_during_echo_tcg", run: metrics::metrics_scraped_during_echo },
     QemuTest { name: "bench_echo_smoke", run: bench_echo_smoke },
     QemuTest { name: "bench_dispatch_smoke", run: bench_dispatch_smoke },
     QemuTest { name: "bench_boot_smoke", run: bench_boot_smoke },

@@ -4,6 +4,7 @@ pub mod cpio;
 pub mod desc;
 pub mod elf;
 pub mod guest_mem;
+pub mod http;
 pub mod image_cfg;
 pub mod memmap;
 pub mod pvh;
@@ -27,6 +28,7 @@ pub const ALL: &[Target] = &[
     memmap::TARGET,
     vswitch::TARGET,
     virtio_pci::TARGET,
+    http::TARGET,
 ];
 
 pub fn find(name: &str) -> Option<&'static Target> {
@@ -107,6 +109,23 @@ mod tests {
         (
             "virtio_pci",
             &[("layout", 0), ("layout", 1), ("layout", 2), ("layout", 4), ("layout", 5), ("msix", 1), ("msix", 3)],
+        ),
+        // Every refusal, every resource, both framed bodies, answers cut by the output budget.
+        (
+            "http",
+            &[
+                ("rejection", 0),
+                ("rejection", 1),
+                ("rejection", 2),
+                ("resource", 0),
+                ("resource", 1),
+                ("resource", 2),
+                ("resource", 3),
+                ("body", 1),
+                ("body", 2),
+                ("status", 405),
+                ("cut", 1),
+            ],
         ),
     ];
 
