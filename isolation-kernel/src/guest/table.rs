@@ -97,6 +97,7 @@ pub(super) fn stats_pairs_of(g: &Guests) -> Vec<(&'static str, u64)> {
             ("nic_rx_malformed", nic.counters.rx_malformed),
             ("nic_tx_queue_full", nic.counters.tx_queue_full),
             ("nic_notifies", nic.counters.notifies),
+            ("nic_interrupts", crate::drivers::virtio_net::interrupts()),
         ]);
     }
     pairs
