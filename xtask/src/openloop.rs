@@ -295,7 +295,7 @@ impl Client<'_> {
 
     fn run(&self, args: &[String]) -> Result<String> {
         let Client::Namespace(ns) = self else { bail!("only the namespace runs the client as a command") };
-        let exe = std::env::current_exe()?;
+        let exe = crate::setup::client_exe()?;
         let out = ns.command(&exe.to_string_lossy()).arg("open-loop-client").args(args).output()?;
         if !out.status.success() {
             bail!("open-loop-client failed: {}", String::from_utf8_lossy(&out.stderr).trim());
