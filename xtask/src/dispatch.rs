@@ -452,10 +452,12 @@ fn print_accounts(accounts: &[EchoAccount]) {
     line("whole, stamps on: kernel / guest", &|a| format!("{:.0}/{:.0}", a.whole.kernel, a.whole.guest));
     line("whole, stamps on: total", &|a| format!("{:.0}", a.whole.total()));
     line("coverage: stage sum / whole", &|a| format!("{:.1}%", a.coverage_percent));
-    line("whole, stamps off: kernel / guest", &|a| {
-        format!("{:.0}/{:.0}", a.whole_unstamped.kernel, a.whole_unstamped.guest)
-    });
-    line("whole, stamps off: total", &|a| format!("{:.0}", a.whole_unstamped.total()));
+    if accounts.iter().any(|a| a.whole_unstamped.total() > 0.0) {
+        line("whole, stamps off: kernel / guest", &|a| {
+            format!("{:.0}/{:.0}", a.whole_unstamped.kernel, a.whole_unstamped.guest)
+        });
+        line("whole, stamps off: total", &|a| format!("{:.0}", a.whole_unstamped.total()));
+    }
 }
 
 /// `cargo xtask bench dispatch`: tables per direction, the whole-echo account (TCG),
