@@ -594,15 +594,15 @@ mod tests {
 
     #[test]
     fn timeline_lines_parse_into_rows() {
-        let log = "dispatch: dir=timeline frame=142 echoes=3000 staged=18000000:9000 kick_return=300000:3000 kernel=12000000 guest=9000000\n\
+        let log = "dispatch: dir=timeline frame=142 echoes=3000 staged=18000000:9000 after_notify=300000:3000 kernel=12000000 guest=9000000\n\
                    dispatch: dir=timeline frame=1442 echoes=x staged=1:1\n\
                    dispatch: dir=rx frame=142 samples=1 a=1/1/1 total=1\n";
         let rows = parse_timeline(log);
         assert_eq!(rows.len(), 1, "a line with a bad number is skipped: {rows:?}");
         let row = &rows[0];
         assert_eq!((row.size, row.echoes, row.kernel, row.guest), (100, 3000, 12_000_000, 9_000_000));
-        assert_eq!((row.ticks("staged"), row.ticks("kick_return"), row.ticks("absent")), (18_000_000, 300_000, 0));
-        assert_eq!(row.activities[1], ("kick_return".to_string(), 300_000, 3_000));
+        assert_eq!((row.ticks("staged"), row.ticks("after_notify"), row.ticks("absent")), (18_000_000, 300_000, 0));
+        assert_eq!(row.activities[1], ("after_notify".to_string(), 300_000, 3_000));
     }
 
     #[test]
@@ -614,7 +614,7 @@ mod tests {
             echoes: 10,
             activities: vec![
                 ("staged".into(), 20_000, 30),
-                ("kick_return".into(), 1_000, 10),
+                ("after_notify".into(), 1_000, 10),
                 ("idle_call".into(), 500, 15),
                 ("timer_interrupt".into(), 9_999, 3),
             ],

@@ -17,8 +17,9 @@ pub enum Activity {
     Staged,
     /// A doorbell whose packets carried no stamps (kernel).
     Kick,
-    /// From a doorbell's notify until the guest runs again (kernel).
-    KickReturn,
+    /// From a doorbell's notify until the guest runs again, or the CPU halts when the doorbell
+    /// was also the idle (kernel).
+    AfterNotify,
     /// The idle virtual instruction, until the CPU halts or the guest resumes (kernel).
     Idle,
     /// Any other virtual instruction: console, rx posted, yield, exit (kernel).
@@ -44,7 +45,7 @@ impl Activity {
     pub const COUNTED: [Activity; 11] = [
         Activity::Staged,
         Activity::Kick,
-        Activity::KickReturn,
+        Activity::AfterNotify,
         Activity::Idle,
         Activity::OtherVi,
         Activity::NicInterrupt,
@@ -60,7 +61,7 @@ impl Activity {
         match self {
             Activity::Staged => "staged",
             Activity::Kick => "kick_unstamped",
-            Activity::KickReturn => "kick_return",
+            Activity::AfterNotify => "after_notify",
             Activity::Idle => "idle_call",
             Activity::OtherVi => "other_virtual_instructions",
             Activity::NicInterrupt => "nic_interrupt_no_rx",
@@ -81,7 +82,7 @@ impl Activity {
     fn guest_after(self) -> Activity {
         match self {
             Activity::Staged => Activity::Staged,
-            Activity::Kick | Activity::KickReturn => Activity::GuestAfterKick,
+            Activity::Kick | Activity::AfterNotify => Activity::GuestAfterKick,
             Activity::Idle => Activity::GuestAfterIdle,
             _ => Activity::GuestOther,
         }
@@ -92,7 +93,7 @@ impl Activity {
         matches!(
             self,
             Activity::Kick
-                | Activity::KickReturn
+                | Activity::AfterNotify
                 | Activity::Idle
                 | Activity::OtherVi
                 | Activity::NicInterrupt
@@ -241,7 +242,7 @@ impl Timeline {
         }
         self.close(at);
         self.staged = false;
-        self.activity = Activity::KickReturn;
+        self.activity = Activity::AfterNotify;
     }
 
     /// The row of frame length `len`, made on first use; the overflow row when all are taken.
@@ -293,7 +294,7 @@ mod tests {
         line.entry(t + 900, Activity::OtherVi); // the doorbell, as a #GP
         line.refine(Activity::Kick);
         line.staged_transmit(t + 1_200);
-        line.exit(t + 1_250); // kick_return 50
+        line.exit(t + 1_250); // after_notify 50
         line.entry(t + 1_550, Activity::OtherVi); // guest_after_kick 300
         line.refine(Activity::Idle);
         line.halt(t + 1_620); // idle 70
@@ -314,7 +315,7 @@ mod tests {
         let small = &rows[0];
         assert_eq!((small.key, small.echoes), (142, 2));
         assert_eq!(ticks(small, Activity::Staged), 2 * 1_100);
-        assert_eq!(ticks(small, Activity::KickReturn), 2 * 50);
+        assert_eq!(ticks(small, Activity::AfterNotify), 2 * 50);
         assert_eq!(ticks(small, Activity::GuestAfterKick), 2 * 300);
         assert_eq!(ticks(small, Activity::Idle), 2 * 70);
         assert_eq!(ticks(small, Activity::Timer), 30, "the tick between the sizes goes to the echo before");
@@ -373,6 +374,29 @@ mod tests {
         assert_eq!(ticks(row, Activity::Staged), 80);
         assert_eq!(ticks(row, Activity::Idle), 10);
         assert_eq!(ticks(row, Activity::Timer), 20);
+    }
+
+    #[test]
+    fn the_notify_ends_the_staged_span() {
+        let mut line = Timeline::default();
+        line.entry(0, Activity::NicInterrupt);
+        line.staged_receive(100);
+        line.exit(10);
+        line.entry(20, Activity::OtherVi);
+        line.refine(Activity::Kick);
+        line.staged_transmit(30);
+        line.exit(40);
+        line.entry(50, Activity::Timer); // the timer interrupts the guest after its doorbell
+        line.exit(55);
+        line.entry(60, Activity::Fault);
+        line.halt(62);
+        let row = &line.rows()[0];
+        assert_eq!(ticks(row, Activity::Staged), 30);
+        assert_eq!(ticks(row, Activity::AfterNotify), 10);
+        assert_eq!(ticks(row, Activity::GuestAfterKick), 10);
+        assert_eq!(ticks(row, Activity::Timer), 5);
+        assert_eq!(ticks(row, Activity::GuestOther), 5);
+        assert_eq!(ticks(row, Activity::Fault), 2);
     }
 
     #[test]
