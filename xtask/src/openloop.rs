@@ -681,7 +681,7 @@ mod tests {
             let mut count = 0u64;
             while let Ok((len, from)) = server.recv_from(&mut buf) {
                 count += 1;
-                if count % 10 != 0 {
+                if !count.is_multiple_of(10) {
                     server.send_to(&buf[..len], from).unwrap(); // one in ten lost
                 }
             }
