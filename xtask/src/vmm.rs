@@ -17,7 +17,9 @@ pub const NIC_MAC: &str = "52:54:00:12:34:56";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Vmm {
+    /// Firecracker (virtio-mmio NIC, i8042 power-off).
     Firecracker,
+    /// cloud-hypervisor (modern virtio-pci NIC with MSI-X, ACPI power-off).
     CloudHypervisor,
 }
 
