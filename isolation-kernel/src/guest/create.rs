@@ -101,6 +101,8 @@ pub fn boot(
     let (mut create_ticks, mut pages, mut kernel_bytes) = (Vec::new(), Vec::new(), Vec::new());
     let mut sched = Scheduler::new();
     sched.set_boost_limit(tsc_hz / BOOST_RUNS_UNDER_PER_SECOND);
+    // A turn of weight 1 is one timer period; a weight of w gets w of them.
+    sched.set_quantum(tsc_hz / crate::arch::clock::TIMER_HZ);
     let reserved = list.try_reserve_exact(count).is_ok()
         && nics.try_reserve_exact(count).is_ok()
         && create_ticks.try_reserve_exact(count).is_ok()
@@ -135,6 +137,7 @@ pub fn boot(
     let mut apps: BTreeMap<&str, Result<App, Refusal>> = BTreeMap::new();
     for spec in &specs {
         let id = g.sched.add();
+        g.sched.set_weight(id, spec.cpu_weight);
         let app = apps.entry(spec.app).or_insert_with(|| load_app(&archive, spec.app));
         let start = cpu::rdtsc();
         let user_state = UserState::new();
@@ -154,7 +157,10 @@ pub fn boot(
                 let nic = match spec.net {
                     None => None,
                     Some(config) => match crate::vnet::build_nic(&mut loaded.space, frames, config, stamps) {
-                        Ok(nic) => Some(nic),
+                        Ok(mut nic) => {
+                            nic.tx = GuestTx::new(RateLimiter::new(&spec.tx_limits, tsc_hz, cpu::rdtsc()));
+                            Some(nic)
+                        }
                         Err(e) => {
                             loaded.space.release(frames);
                             return Err(Refusal::Vnic(e));

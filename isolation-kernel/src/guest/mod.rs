@@ -46,6 +46,7 @@ use kernel_core::trap::exceptions::{fpu_stop_cause, PageFault};
 use kernel_core::trap::fault::GuestFault;
 use kernel_core::trap::vcall::ViCall;
 use kernel_core::trap::vinstr::{decode_gp, Direction, GpInstruction, PortOperand, MAX_INSTRUCTION_LEN};
+use kernel_core::vnet::{GuestTx, RateLimiter};
 use loader::App;
 use run::*;
 use space::{AddressSpace, LazyFault, PageCounts, PageUse};

@@ -33,6 +33,8 @@ pub(super) fn run_over(g: &Guests, now: u64, poll_console: bool) -> Option<&'sta
 
 pub(super) fn handle_trap(g: &mut Guests, frame: &mut TrapFrame, vector: Vector, now: u64) -> Next {
     let Some(id) = g.on_cpu else { return Next::Finish("a trap from ring 3 with no guest on the CPU") };
+    // Guests woken while this trap is handled waited from now.
+    g.sched.set_clock(now);
     let action = match vector {
         Vector::Timer => {
             crate::arch::clock::timer_tick();
@@ -85,7 +87,7 @@ pub(super) fn handle_trap(g: &mut Guests, frame: &mut TrapFrame, vector: Vector,
     // transmit completion), it runs now: this guest keeps its turn. Nobody boosted to yield
     // to: this guest goes on.
     let action = match action {
-        Action::Resume if g.sched.preempt_current_for_woken() => Action::YieldToWoken,
+        Action::Resume if g.sched.preempt_current_for_woken(now) => Action::YieldToWoken,
         other => other,
     };
     let guest = at_mut(&mut g.list, id);
@@ -97,7 +99,7 @@ pub(super) fn handle_trap(g: &mut Guests, frame: &mut TrapFrame, vector: Vector,
         Action::YieldToWoken => guest.frame = *frame,
         Action::Preempt => {
             guest.frame = *frame;
-            g.sched.preempt_current();
+            g.sched.preempt_current(now);
         }
         Action::PreemptByTimer => {
             guest.frame = *frame;
@@ -165,16 +167,18 @@ fn page_fault(g: &mut Guests, id: GuestId, error_code: u64) -> Action {
 
 /// The physical NIC's interrupt, taken while the kernel idles.
 pub fn nic_interrupt() {
-    with_guests(|g| g.poll_network());
+    with_guests(|g| {
+        g.sched.set_clock(cpu::rdtsc());
+        g.poll_network();
+    });
 }
 
 /// Records the end of guest `id` (the current one) and frees its memory.
 pub(super) fn end_guest(g: &mut Guests, id: GuestId, end: End) {
     let nic = g.nics.get_mut(id).and_then(Option::take);
+    let kernel_counters = reports::kernel_pairs(g, id, nic.as_ref());
     let guest = at_mut(&mut g.list, id);
-    if let Some(nic) = &nic {
-        reports::guest_ended(id, &guest.name, nic);
-    }
+    reports::guest_ended(id, &guest.name, &kernel_counters, nic.as_ref());
     // Nothing may reach its pages once they are freed; pages the NIC still reads outlive it.
     if let (Some(nic), Some(space)) = (nic, guest.space.as_mut()) {
         g.net.orphan_in_flight(&nic, space);
@@ -217,6 +221,12 @@ pub(super) fn switch_to_next(frame: &mut TrapFrame, previous: GuestId) {
                 return Step::Finish(why);
             }
             g.maybe_report_stats(now);
+            // Frames a rate limit held back go on when their tokens are there, even while every
+            // guest idles (the timer tick brings the kernel here).
+            if g.net.rate_limited_due(now) {
+                g.sched.set_clock(now);
+                g.net_ctx().serve();
+            }
             let Some(next) = g.sched.schedule(now) else {
                 g.on_cpu = None;
                 return Step::Halt;

@@ -121,7 +121,7 @@ impl Guests {
         if snapshot != self.last_reported {
             self.last_reported = snapshot;
             crate::stats::print_stats_with(stats_pairs_of(self));
-            reports::print_per_guest(&self.list, &self.nics);
+            reports::print_per_guest(self);
         }
     }
 
