@@ -7,10 +7,6 @@ use super::*;
 /// named, before an allocation failure could stop the kernel.
 pub(super) const KERNEL_HEAP_RESERVE: u64 = 256 * 1024;
 
-/// A guest whose runs before idling are shorter than a second divided by this (1 ms, a tenth
-/// of a quantum) is woken with a boost: it runs ahead of guests that use whole quanta.
-const BOOST_RUNS_UNDER_PER_SECOND: u64 = 1_000;
-
 /// `rflags` of a guest: interrupts enabled (bit 9), reserved bit 1 set, IOPL 0.
 pub(super) const GUEST_RFLAGS: u64 = 0x202;
 
@@ -100,8 +96,7 @@ pub fn boot(
     let (mut list, mut nics) = (Vec::new(), Vec::new());
     let (mut create_ticks, mut pages, mut kernel_bytes) = (Vec::new(), Vec::new(), Vec::new());
     let mut sched = Scheduler::new();
-    sched.set_boost_limit(tsc_hz / BOOST_RUNS_UNDER_PER_SECOND);
-    // A turn of weight 1 is one timer period; a weight of w gets w of them.
+    // A turn is one timer period (guests of weight w get w turns for a weight-1 guest's one).
     sched.set_quantum(tsc_hz / crate::arch::clock::TIMER_HZ);
     let reserved = list.try_reserve_exact(count).is_ok()
         && nics.try_reserve_exact(count).is_ok()

@@ -184,9 +184,9 @@ enum Action {
     Resume,
     /// The guest yielded: to the back of the run queue.
     Preempt,
-    /// The timer tick: to the back if it used its share, else to the front.
+    /// The timer tick: the guest leaves the CPU if it had its turn.
     PreemptByTimer,
-    /// A guest was just woken with a boost: it runs now, this one keeps its turn.
+    /// A guest was just woken ahead of this one in virtual time: it runs now.
     YieldToWoken,
     Idle(Option<u64>),
     Exit(i32),

@@ -44,7 +44,7 @@ pub(super) fn handle_trap(g: &mut Guests, frame: &mut TrapFrame, vector: Vector,
         Vector::Nic => {
             g.poll_network();
             crate::arch::clock::end_of_interrupt();
-            // A receiver woken with a boost runs now (see below), not after this quantum.
+            // A receiver woken ahead of this guest runs now (see below), not after this quantum.
             Action::Resume
         }
         Vector::Spurious => Action::Resume,
@@ -83,11 +83,12 @@ pub(super) fn handle_trap(g: &mut Guests, frame: &mut TrapFrame, vector: Vector,
         return Next::Finish(why);
     }
 
-    // Whatever woke a guest with a boost (a packet from the NIC, another guest's frame, a
-    // transmit completion), it runs now: this guest keeps its turn. Nobody boosted to yield
-    // to: this guest goes on.
+    // Whatever woke a guest ahead of this one in virtual time (a packet from the NIC, another
+    // guest's frame, a transmit completion), it runs now. Nobody woken ahead: this guest goes on.
+    // The tick takes the CPU only from a guest that had its turn (see the scheduler).
     let action = match action {
-        Action::Resume if g.sched.preempt_current_for_woken(now) => Action::YieldToWoken,
+        Action::Resume | Action::PreemptByTimer if g.sched.preempt_current_for_woken(now) => Action::YieldToWoken,
+        Action::PreemptByTimer if !g.sched.preempt_current_by_timer(now) => Action::Resume,
         other => other,
     };
     let guest = at_mut(&mut g.list, id);
@@ -96,14 +97,10 @@ pub(super) fn handle_trap(g: &mut Guests, frame: &mut TrapFrame, vector: Vector,
             g.flush_protected(id, false);
             return Next::Resume;
         }
-        Action::YieldToWoken => guest.frame = *frame,
+        Action::YieldToWoken | Action::PreemptByTimer => guest.frame = *frame,
         Action::Preempt => {
             guest.frame = *frame;
             g.sched.preempt_current(now);
-        }
-        Action::PreemptByTimer => {
-            guest.frame = *frame;
-            g.sched.preempt_current_by_timer(now);
         }
         Action::Idle(deadline) => {
             guest.frame = *frame;

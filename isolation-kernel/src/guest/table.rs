@@ -75,7 +75,7 @@ pub(super) fn stats_pairs_of(g: &Guests) -> Vec<(&'static str, u64)> {
         ("guests_running", g.sched.live() as u64),
         ("virtual_instructions", c.virtual_instructions),
         ("guest_switches", c.guest_switches),
-        // Wake-ups that ran ahead of guests using whole quanta.
+        // Wake-ups that took the CPU from the running guest at once (ahead in virtual time).
         ("wake_boosts", g.sched.boosts()),
         ("lazy_pages_backed", c.lazy_pages_backed),
         // Summed when reported (every few seconds), never per tick.
