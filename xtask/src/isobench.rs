@@ -37,6 +37,10 @@ pub const HOG_SETS: [(&str, &[&str]); 5] = [
 pub const ECHO_GROUP: &str = "echo";
 /// Bytes per echoed datagram.
 pub const ECHO_BYTES: usize = 100;
+/// Where the flooding guests of the images send (`port=` in their args): the harness binds it
+/// on the host, so that QEMU's user network delivers the frames instead of answering each with
+/// an ICMP port-unreachable (which would double the work of QEMU's main loop, measuring slirp).
+pub const FLOOD_SINK_PORT: u16 = 29_009;
 /// An echo not back in this long counts as lost.
 const ECHO_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -143,6 +147,12 @@ pub fn start(image: &Image, base: u16, shutdown_after: u64) -> Result<Session> {
         )
     };
     Session::start(config.command(), Duration::from_secs(shutdown_after + 120), false)
+}
+
+/// Binds the flood sink (never read: the host drops what does not fit, silently). `None` if
+/// another run holds it, which serves as well.
+pub fn bind_flood_sink() -> Option<std::net::UdpSocket> {
+    std::net::UdpSocket::bind(("127.0.0.1", FLOOD_SINK_PORT)).ok()
 }
 
 /// Waits until `count` echo guests listen.
@@ -308,6 +318,7 @@ fn flood_cell(artifacts: &Artifacts, base: &Manifest, limited: bool, load: Load)
 /// `target/bench/isolation.{json,svg}`.
 pub fn run(load: Load) -> Result<std::path::PathBuf> {
     let artifacts = Artifacts::build()?;
+    let _sink = bind_flood_sink();
     let isolation = Manifest::load(&pack::images_dir().join("isolation.toml"))?;
     let mut rtt = Vec::new();
     for (beside, hogs) in HOG_SETS {
@@ -467,6 +478,11 @@ mod tests {
         }
         let limit = Manifest::load(&pack::images_dir().join("tx-limit.toml")).unwrap();
         assert_eq!(byte_limit(&limit, "flood"), Some(300_000.0));
+        // The flooders send to the sink the harness binds.
+        for (m, group) in [(&base, "tx-storm"), (&limit, "flood")] {
+            let flood = m.guests.iter().find(|g| g.name.as_deref() == Some(group)).unwrap();
+            assert!(flood.args.contains(&format!("port={FLOOD_SINK_PORT}")), "{}", flood.args);
+        }
     }
 
     #[test]

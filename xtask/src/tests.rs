@@ -20,6 +20,7 @@ mod hostile;
 mod http;
 mod lazy;
 mod loss;
+mod perf;
 mod rx;
 mod tcp;
 
@@ -125,6 +126,9 @@ const QEMU_TESTS: &[QemuTest] = &[
         run: |ctx| udp_guest_to_guest(ctx, TxMode::Cow, "udp-g2g-jumbo"),
     },
     QemuTest { name: "density_echo_1k_tap_tcg", run: density::echo_1k_every_guest_answers },
+    QemuTest { name: "perf_echo_beside_hogs_tcg", run: perf::echo_beside_hogs },
+    QemuTest { name: "perf_cpu_weights_1_to_3_tcg", run: perf::cpu_weights_one_to_three },
+    QemuTest { name: "perf_tx_limit_holds_flood_tcg", run: perf::tx_limit_holds_a_flood },
 ];
 
 pub fn run_all(filter: Option<&str>, qemu_only: bool) -> Result<()> {
