@@ -30,6 +30,8 @@ pub struct Env {
     pub name: &'static str,
     /// The arguments from the image manifest, as one string of space-separated words.
     pub args: &'static str,
+    /// Where the heap starts (the page after the image) and its size.
+    pub heap_base: u64,
     pub heap_size: u64,
     /// The virtual NIC's configuration, if the image gave the guest one (see [`net::open`]).
     pub net: Option<hypercall_abi::vnic::NetConfig>,
@@ -96,7 +98,14 @@ extern "C" fn rust_start() -> ! {
     // backed with zeros on first touch, and nothing else in the guest uses that range.
     unsafe { HEAP.init(info.heap_base as *mut u8, info.heap_size as usize) };
     console::init_logger();
-    let env = Env { id: info.guest_id, name: info.name, args: info.args, heap_size: info.heap_size, net: info.net };
+    let env = Env {
+        id: info.guest_id,
+        name: info.name,
+        args: info.args,
+        heap_base: info.heap_base,
+        heap_size: info.heap_size,
+        net: info.net,
+    };
     // SAFETY: `__guest_main` is defined by the app binary through `entry!`, with this signature.
     let code = unsafe { __guest_main(&env) };
     vi::exit(code)

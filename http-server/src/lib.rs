@@ -91,6 +91,11 @@ impl Counters {
     pub fn responses_with(&self, status: Status) -> u64 {
         self.responses[status.index()]
     }
+
+    /// Responses started with a 4xx or 5xx status.
+    pub fn error_responses(&self) -> u64 {
+        Status::ALL.iter().filter(|s| s.code() >= 400).map(|&s| self.responses_with(s)).sum()
+    }
 }
 
 impl fmt::Display for Counters {

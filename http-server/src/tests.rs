@@ -351,6 +351,8 @@ fn pipelined_requests_answered_in_order() {
     check_pipeline(&out, finished);
     assert_eq!(s.counters.requests, 6);
     assert_eq!(s.counters.responses_with(Status::Ok), 4);
+    // The other two: 404 and 405.
+    assert_eq!(s.counters.error_responses(), 2);
     let bodies: usize = parse_responses(&out, &[false, true]).iter().map(|p| p.body.len()).sum();
     assert_eq!(s.counters.body_bytes, bodies as u64);
 }
@@ -547,6 +549,7 @@ fn refused_connections_get_503_and_end() {
     assert!(conn.is_finished());
     assert_eq!((s.counters.refused, s.counters.connections, s.counters.requests), (1, 0, 0));
     assert_eq!(s.counters.responses_with(Status::ServiceUnavailable), 1);
+    assert_eq!(s.counters.error_responses(), 1);
 }
 
 #[test]

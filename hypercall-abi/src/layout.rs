@@ -2,10 +2,10 @@
 //! half and guests cannot touch it). Guest programs are linked at [`IMAGE_BASE`] with the small
 //! code model, so everything sits below 2 GiB.
 //!
-//! Laid out for few page tables: the boot info, the vNIC and the stack share one 2 MiB range
-//! (one last-level table), the image starts the next, the heap is in the same first GiB, so a
-//! small guest needs a PML4, a PDPT, one directory and three last-level tables. Stack, heap and
-//! the vNIC areas are backed lazily: a page costs a frame only once it is touched.
+//! Laid out for few page tables: the boot info, the vNIC, the stack, the image and the start of
+//! the heap (which follows the image at once, [`heap_base`]) share one 2 MiB range, so a small
+//! guest needs a PML4, a PDPT, one directory and one last-level table: 4 pages. Stack, heap and the vNIC areas are backed lazily: a page costs a frame only once it
+//! is touched.
 
 /// The x86_64 base page size: the one page size of the kernel, its guests and the vNIC ABI.
 pub const PAGE_SIZE: u64 = 4096;
@@ -13,22 +13,27 @@ pub const PAGE_SIZE: u64 = 4096;
 /// The read-only boot-info page (see [`crate::boot_info`]).
 pub const BOOT_INFO_ADDR: u64 = 0x0020_0000;
 /// The vNIC shared page (rings and indices; see [`crate::vnic`]), read-write for the guest.
-pub const VNIC_SHARED_ADDR: u64 = 0x0021_0000;
-/// The vNIC transmit slots.
-pub const VNIC_TX_AREA_ADDR: u64 = 0x0022_0000;
-/// The vNIC receive buffers.
-pub const VNIC_RX_AREA_ADDR: u64 = 0x0030_0000;
-/// Lowest address a guest ELF segment may occupy; guest programs are linked here.
-pub const IMAGE_BASE: u64 = 0x0040_0000;
+pub const VNIC_SHARED_ADDR: u64 = 0x0020_1000;
+/// The vNIC transmit slots (room for `TX_SLOTS` jumbo slots).
+pub const VNIC_TX_AREA_ADDR: u64 = 0x0020_2000;
+/// The vNIC receive buffers (room for `RX_SLOTS` jumbo buffers).
+pub const VNIC_RX_AREA_ADDR: u64 = 0x0026_2000;
+/// Lowest address a guest ELF segment may occupy; guest programs are linked here (guest.ld).
+pub const IMAGE_BASE: u64 = 0x0030_0000;
 /// End of the region for ELF segments.
 pub const IMAGE_LIMIT: u64 = 0x1000_0000;
-/// Start of the guest heap; its size comes from the image manifest (boot info says it).
-pub const HEAP_BASE: u64 = 0x1000_0000;
+/// Start of the guest heap: the first page after the image's last segment (which ends at
+/// `image_end`), so a small image and the start of its heap share a last-level page table. Its
+/// size comes from the image manifest; the boot info says both.
+pub const fn heap_base(image_end: u64) -> u64 {
+    let end = if image_end < IMAGE_BASE { IMAGE_BASE } else { image_end };
+    end.next_multiple_of(PAGE_SIZE)
+}
 /// Largest heap a guest may ask for.
 pub const MAX_HEAP_SIZE: u64 = 0x4000_0000;
 /// Top of the guest stack (exclusive); the stack grows down from here. Above it and below it
 /// (down to the receive area) nothing is mapped: an overflow faults.
-pub const STACK_TOP: u64 = 0x003f_0000;
+pub const STACK_TOP: u64 = 0x002f_0000;
 /// Size of the guest stack. The page below it is left unmapped as a guard.
 pub const STACK_SIZE: u64 = 64 * 1024;
 /// First address that is not guest memory: the end of the lower canonical half.
@@ -67,10 +72,16 @@ mod tests {
             STACK_TOP - STACK_SIZE - PAGE_SIZE,
             STACK_TOP,
             IMAGE_BASE,
-            IMAGE_LIMIT,
-            HEAP_BASE,
-            HEAP_BASE + MAX_HEAP_SIZE,
+            heap_base(IMAGE_BASE),
+            heap_base(IMAGE_LIMIT),
+            heap_base(IMAGE_LIMIT) + MAX_HEAP_SIZE,
         ];
+        assert!(heap_base(IMAGE_LIMIT) + MAX_HEAP_SIZE < 1 << 31, "the largest heap after the largest image");
+        // One last-level page table (2 MiB) covers everything below the image and its first MiB.
+        const TABLE_SPAN: u64 = 2 << 20;
+        assert_eq!(BOOT_INFO_ADDR / TABLE_SPAN, IMAGE_BASE / TABLE_SPAN);
+        assert_eq!(heap_base(IMAGE_BASE + 1), IMAGE_BASE + PAGE_SIZE);
+        assert_eq!(heap_base(0), IMAGE_BASE);
         assert!(bounds.windows(2).all(|w| w[0] <= w[1]), "{bounds:x?}");
         assert!(bounds.iter().all(|b| b % PAGE_SIZE == 0));
     }

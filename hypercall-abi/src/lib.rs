@@ -35,6 +35,15 @@ pub mod host {
     //! QEMU exit with status `(v << 1) | 1`. These are the values the kernel writes and what
     //! `cargo xtask` concludes from the status it sees. A status that is none of these (QEMU's
     //! own 0 after a triple fault with `-no-reboot`, 1 on a QEMU error, a signal) is a failure.
+    //!
+    //! Machines without the device (Firecracker, cloud-hypervisor) are powered off through ACPI
+    //! or the i8042 reset, which carry no status: there the harness reads the verdict from the
+    //! console, the [`VERDICT_PREFIX`] line the kernel prints before it ends the machine and
+    //! the guests' `summary:` lines.
+
+    /// Prefix of the line the kernel prints just before it ends the machine: `verdict: NAME`
+    /// with [`KernelExit::name`].
+    pub const VERDICT_PREFIX: &str = "verdict:";
 
     /// I/O port of QEMU's `isa-debug-exit` device (`-device isa-debug-exit,iobase=0xf4,iosize=4`).
     pub const DEBUG_EXIT_PORT: u16 = 0xf4;
@@ -59,6 +68,21 @@ pub mod host {
         /// Every exit reason, for lookups by value.
         pub const ALL: [KernelExit; 4] =
             [KernelExit::Success, KernelExit::Failure, KernelExit::Panic, KernelExit::KernelFault];
+
+        /// The word on the [`VERDICT_PREFIX`] line.
+        pub const fn name(self) -> &'static str {
+            match self {
+                KernelExit::Success => "success",
+                KernelExit::Failure => "failure",
+                KernelExit::Panic => "panic",
+                KernelExit::KernelFault => "kernel_fault",
+            }
+        }
+
+        /// The reason a [`VERDICT_PREFIX`] line names.
+        pub fn from_name(name: &str) -> Option<KernelExit> {
+            Self::ALL.into_iter().find(|reason| reason.name() == name)
+        }
 
         /// The value the kernel writes to [`DEBUG_EXIT_PORT`].
         pub const fn code(self) -> u8 {
@@ -152,6 +176,10 @@ mod tests {
         assert_eq!(KernelExit::Success.qemu_status(), 33);
         assert_eq!(KernelExit::from_qemu_status(0), None);
         assert_eq!(KernelExit::from_qemu_status(1), None);
+        for reason in KernelExit::ALL {
+            assert_eq!(KernelExit::from_name(reason.name()), Some(reason));
+        }
+        assert_eq!(KernelExit::from_name("Success"), None);
     }
 
     #[test]

@@ -127,6 +127,9 @@ pub struct VnicShared {
     pub tx: [Desc; TX_RING_SIZE as usize],
     _reserved_tx: [Desc; 64 - TX_RING_SIZE as usize],
     pub rx: [Desc; RX_RING_SIZE as usize],
+    /// Written by the kernel: frames for this guest that found no posted rx buffer (held for
+    /// it, or dropped). A guest that posts only a few buffers posts more when this moves.
+    pub rx_wanted: CacheLine<AtomicU32>,
 }
 
 /// A counter a guest keeps about its own receive path and apps, published in its shared page
@@ -205,10 +208,17 @@ pub enum GuestCounter {
     TcpOpen,
     /// Gauge: TCP sockets the stack holds: its listeners' pools and connections not yet freed.
     TcpSockets,
+    /// HTTP requests (well-formed heads) the guest's HTTP server answered.
+    HttpRequests,
+    /// HTTP responses with a 4xx or 5xx status: malformed or refused heads, unknown paths and
+    /// methods, head timeouts, connections beyond the server's limit.
+    HttpErrors,
+    /// HTTP response body bytes handed to the sockets.
+    HttpBodyBytes,
 }
 
 impl GuestCounter {
-    pub const COUNT: usize = 27;
+    pub const COUNT: usize = 30;
     pub const ALL: [GuestCounter; Self::COUNT] = [
         Self::RxTaken,
         Self::RxDatagrams,
@@ -237,6 +247,9 @@ impl GuestCounter {
         Self::TcpRefused,
         Self::TcpOpen,
         Self::TcpSockets,
+        Self::HttpRequests,
+        Self::HttpErrors,
+        Self::HttpBodyBytes,
     ];
 
     /// The name in the kernel's `stats:` line.
@@ -269,7 +282,21 @@ impl GuestCounter {
             Self::TcpRefused => "guest_tcp_refused",
             Self::TcpOpen => "guest_tcp_open",
             Self::TcpSockets => "guest_tcp_sockets",
+            Self::HttpRequests => "guest_http_requests",
+            Self::HttpErrors => "guest_http_errors",
+            Self::HttpBodyBytes => "guest_http_body_bytes",
         }
+    }
+
+    /// Whether the counter is a level that goes up and down (a gauge: datagrams queued now,
+    /// connections open now) rather than a running total that only grows.
+    pub const fn is_gauge(self) -> bool {
+        matches!(self, Self::UdpQueued | Self::AppHeld | Self::TcpOpen | Self::TcpSockets)
+    }
+
+    /// The counter of this `stats:` name.
+    pub fn from_name(name: &str) -> Option<GuestCounter> {
+        Self::ALL.into_iter().find(|counter| counter.name() == name)
     }
 }
 
@@ -342,6 +369,7 @@ pub const STAMPS_ENABLED_OFFSET: usize = 384;
 pub const GUEST_COUNTERS_OFFSET: usize = 448;
 pub const TX_RING_OFFSET: usize = 1024;
 pub const RX_RING_OFFSET: usize = 2048;
+pub const RX_WANTED_OFFSET: usize = 2560;
 
 const _: () = {
     assert!(core::mem::offset_of!(VnicShared, tx_producer) == TX_PRODUCER_OFFSET);
@@ -358,6 +386,7 @@ const _: () = {
     assert!(GuestCounter::COUNT <= GUEST_COUNTER_SLOTS);
     assert!(core::mem::offset_of!(VnicShared, tx) == TX_RING_OFFSET);
     assert!(core::mem::offset_of!(VnicShared, rx) == RX_RING_OFFSET);
+    assert!(core::mem::offset_of!(VnicShared, rx_wanted) == RX_WANTED_OFFSET);
     assert!(core::mem::size_of::<Desc>() == 16);
     assert!(core::mem::size_of::<VnicShared>() as u64 <= PAGE_SIZE);
     assert!(TX_RING_SIZE.is_power_of_two() && RX_RING_SIZE.is_power_of_two());
@@ -525,6 +554,20 @@ mod tests {
         let mut names: [&str; GuestCounter::COUNT] = GuestCounter::ALL.map(GuestCounter::name);
         names.sort_unstable();
         assert!(names.windows(2).all(|w| w[0] != w[1]));
+        for counter in GuestCounter::ALL {
+            assert_eq!(GuestCounter::from_name(counter.name()), Some(counter));
+        }
+        assert_eq!(GuestCounter::from_name("rx_taken"), None);
+    }
+
+    #[test]
+    fn gauges_are_the_levels_the_docs_name() {
+        let mut gauges = GuestCounter::ALL.into_iter().filter(|c| c.is_gauge());
+        use GuestCounter::*;
+        for want in [UdpQueued, AppHeld, TcpOpen, TcpSockets] {
+            assert_eq!(gauges.next(), Some(want));
+        }
+        assert_eq!(gauges.next(), None);
     }
 
     #[test]

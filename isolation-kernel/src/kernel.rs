@@ -1,7 +1,7 @@
 //! Boot sequence, the idle loop and shutdown (trap dispatch is `trap.rs`).
 
 use crate::arch::{self, clock, cpu};
-use crate::drivers::debug_exit::exit_qemu;
+use crate::drivers::power_off::{self, power_off};
 use crate::mm::{self, paging, phys};
 use core::sync::atomic::{AtomicBool, Ordering};
 use hypercall_abi::host::KernelExit;
@@ -68,7 +68,7 @@ fn trap_stack_top() -> VirtAddr {
 
 fn fail(args: core::fmt::Arguments<'_>) -> ! {
     log::error!("{args}");
-    exit_qemu(KernelExit::Failure)
+    power_off(KernelExit::Failure)
 }
 
 /// Entered from the PVH trampoline on the boot stack, with the boot page tables.
@@ -80,6 +80,8 @@ pub extern "C" fn kernel_entry(start_info_phys: u64) -> ! {
 
     let info = pvh::parse_start_info(&phys::BootPhysReader, start_info_phys)
         .unwrap_or_else(|e| fail(format_args!("PVH start info at {start_info_phys:#x}: {e}")));
+    // The ACPI tables are read while the boot tables still map the first GiB.
+    power_off::discover(&phys::BootPhysReader, info.rsdp_phys);
     // The command line is copied out before the boot page tables (and their view of it) go.
     let mut cmdline_buf = [0u8; pvh::MAX_CMDLINE_LEN + 1];
     let cmdline_text = match info.cmdline_phys {
@@ -106,8 +108,10 @@ pub extern "C" fn kernel_entry(start_info_phys: u64) -> ! {
         ));
     }
     crate::guest::set_per_guest_stats(args.stats_per_guest);
+    power_off::log_discovery();
 
     setup_memory(&info);
+    phys::with_frames(power_off::map_registers);
     if let Err(problem) = clock::start() {
         fail(format_args!("{problem}"));
     }
@@ -275,7 +279,7 @@ fn run(args: &KernelArgs) -> ! {
         if quit || deadline.is_some_and(|d| now >= d) {
             crate::stats::print_stats_with(alloc::vec::Vec::new()); // no guests
             log::info!("{}: exiting", if quit { "quit requested on the console" } else { "shutdown_after reached" });
-            exit_qemu(KernelExit::Success);
+            power_off(KernelExit::Success);
         }
     }
 }
@@ -285,8 +289,8 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     x86_64::instructions::interrupts::disable();
     if PANICKING.swap(true, Ordering::Relaxed) {
         // A panic while reporting a panic: do not risk a loop.
-        exit_qemu(KernelExit::Panic);
+        power_off(KernelExit::Panic);
     }
     crate::logger::console_write_fmt(format_args!("KERNEL PANIC: {info}\n"));
-    exit_qemu(KernelExit::Panic)
+    power_off(KernelExit::Panic)
 }

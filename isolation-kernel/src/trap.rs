@@ -6,7 +6,7 @@ use crate::arch::clock::{end_of_interrupt, timer_tick};
 use crate::arch::cpu;
 use crate::arch::trap::TrapFrame;
 use crate::arch::vectors::{NIC_VECTOR, SPURIOUS_VECTOR, TIMER_VECTOR};
-use crate::drivers::debug_exit::exit_qemu;
+use crate::drivers::power_off::power_off;
 use crate::logger::console_write_fmt;
 use hypercall_abi::host::KernelExit;
 use kernel_core::trap::exceptions::exception_name;
@@ -61,5 +61,5 @@ fn kernel_fault(frame: &TrapFrame) -> ! {
         "KERNEL FAULT: vector {} ({mnemonic} {name}) error {:#x} rip {:#x} cr2 {:#x} rsp {:#x} cs {:#x} rflags {:#x}\n",
         frame.vector, frame.error_code, frame.rip, cr2, frame.rsp, frame.cs, frame.rflags
     ));
-    exit_qemu(KernelExit::KernelFault)
+    power_off(KernelExit::KernelFault)
 }

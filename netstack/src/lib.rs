@@ -359,6 +359,17 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
         Some((len, from))
     }
 
+    /// Sets an app's own running total (the HTTP server's, which it keeps itself), published
+    /// with the stack's counters at the next poll. Counters the stack keeps are left alone.
+    pub fn set_app_total(&mut self, counter: GuestCounter, value: u64) {
+        use GuestCounter::{HttpBodyBytes, HttpErrors, HttpRequests};
+        if let (true, Some(slot)) =
+            (matches!(counter, HttpRequests | HttpErrors | HttpBodyBytes), self.counters.get_mut(counter as usize))
+        {
+            *slot = value;
+        }
+    }
+
     fn count(&mut self, counter: GuestCounter) {
         if let Some(value) = self.counters.get_mut(counter as usize) {
             *value = value.saturating_add(1);

@@ -19,7 +19,6 @@ extern crate std;
 #[doc(hidden)]
 pub mod testing;
 
-use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{fence, Ordering};
 use hypercall_abi::vnic::{
@@ -78,6 +77,12 @@ pub struct VnicCounters {
     pub rx_errors: u64,
 }
 
+/// Rx buffers a fresh driver keeps posted: one. A frame that finds none is held by the kernel
+/// and delivered when the guest next looks (an extra copy, no loss), and that doubles the
+/// window, so a guest that only ever gets a frame at a time touches (and so costs) one rx
+/// page, and a busy one soon posts its whole ring.
+pub const RX_WINDOW_START: u32 = 1;
+
 /// The virtual NIC, as a smoltcp device.
 ///
 /// Split into an rx half and a tx half because smoltcp's `Device::receive` hands out an rx
@@ -90,6 +95,10 @@ pub struct Vnic<'a, D: Doorbell> {
     rx: RxHalf<'a>,
     doorbell: D,
     tx_kicks: u64,
+    /// The fake kernel's frames held for want of a posted buffer (the real kernel keeps them in
+    /// its own memory; the fake has none of its own that outlives a [`Vnic::kernel_side`]).
+    #[cfg(any(test, feature = "testing"))]
+    fake_held: alloc::collections::VecDeque<Vec<u8>>,
 }
 
 struct TxHalf<'a> {
@@ -132,6 +141,16 @@ struct RxHalf<'a> {
     last_stamps: Option<[u64; 8]>,
     /// Next rx index to hand to smoltcp (or, while `unreleased`, the one last handed out).
     seen: u32,
+    /// The buffer each ring position's descriptor points at, and the buffers not posted, most
+    /// recently used last: a reposted buffer is the one just given back, so a guest receiving
+    /// a frame at a time touches as many buffers as it posts, not all of them (the kernel backs
+    /// buffers lazily, on the first delivery into each).
+    buffer_of: [u8; RX_RING_SIZE as usize],
+    free_buffers: Vec<u8>,
+    /// How many buffers to keep posted: few while frames come one at a time, doubled (up to the
+    /// ring) each time the kernel says frames found none (`rx_wanted` moved; it held them).
+    window: u32,
+    wanted_seen: u32,
     /// The frame at `seen` was handed to smoltcp and its buffer is not reposted yet: its bytes
     /// stay readable ([`Vnic::last_rx`]) until the next frame is looked for or the flush.
     unreleased: bool,
@@ -189,17 +208,18 @@ impl<'a, D: Doorbell> Vnic<'a, D> {
             resume_stamp: 0,
             last_stamps: None,
             seen: rx_consumer,
+            buffer_of: [0; RX_RING_SIZE as usize],
+            free_buffers: (0..RX_SLOTS as u8).rev().collect(),
+            window: RX_WINDOW_START,
+            wanted_seen: shared.rx_wanted.0.load(Ordering::Relaxed),
             unreleased: false,
             producer: rx_consumer,
             frames: 0,
             len_clamped: 0,
             errors: 0,
         };
-        // (Re)post every buffer from the consumer on, so buffer `i % RX_SLOTS` sits at index `i`.
-        for _ in 0..RX_RING_SIZE {
-            rx.post_next();
-        }
-        rx.publish();
+        // (Re)post the first window of buffers from the consumer on.
+        rx.refill();
         doorbell.rx_posted();
         let tx = TxHalf {
             shared,
@@ -221,13 +241,22 @@ impl<'a, D: Doorbell> Vnic<'a, D> {
                 })
                 .collect(),
             kick_pending: false,
-            scratch: vec![0; max_frame],
+            scratch: Vec::new(), // grown only if a frame ever misses the ring
             frames: 0,
             rejected: 0,
             dropped: 0,
             dropped_ring_full: 0,
         };
-        Ok(Vnic { shared, max_frame, tx, rx, doorbell, tx_kicks: 0 })
+        Ok(Vnic {
+            shared,
+            max_frame,
+            tx,
+            rx,
+            doorbell,
+            tx_kicks: 0,
+            #[cfg(any(test, feature = "testing"))]
+            fake_held: alloc::collections::VecDeque::new(),
+        })
     }
 
     /// Rings the tx doorbell once if frames were produced since the last flush and the kernel
@@ -342,7 +371,9 @@ impl<'a, D: Doorbell> Vnic<'a, D> {
     #[cfg(any(test, feature = "testing"))]
     #[doc(hidden)]
     pub fn kernel_side(&mut self) -> testing::KernelSide<'_> {
-        testing::KernelSide::new(self.shared, self.tx.area, self.rx.area)
+        let mut side = testing::KernelSide::new(self.shared, self.tx.area, self.rx.area, &mut self.fake_held);
+        side.deliver_held();
+        side
     }
 }
 
@@ -428,27 +459,37 @@ impl TxHalf<'_> {
 }
 
 impl RxHalf<'_> {
-    /// Writes the descriptor for the next posted buffer (visible once [`Self::publish`]ed).
-    fn post_next(&mut self) {
-        let index = self.producer;
-        let slot = u64::from(index) % RX_SLOTS;
-        let desc = &self.shared.rx[(index % RX_RING_SIZE) as usize];
-        desc.addr.store(rx_buffer_addr_for(slot, self.slot_size as u64), Ordering::Relaxed);
-        desc.len.store(self.slot_size as u32, Ordering::Relaxed);
-        desc.status.store(DescStatus::Pending as u32, Ordering::Relaxed);
-        self.producer = index.wrapping_add(1);
+    /// Posts free buffers until `window` are posted and publishes them; the window first grows
+    /// if the kernel found no buffer for some frame since the last look.
+    fn refill(&mut self) {
+        let wanted = self.shared.rx_wanted.0.load(Ordering::Relaxed);
+        if wanted != self.wanted_seen {
+            self.wanted_seen = wanted;
+            self.window = self.window.saturating_mul(2).min(RX_RING_SIZE);
+        }
+        let mut posted = false;
+        while ring_used(self.producer, self.seen) < self.window {
+            let Some(buffer) = self.free_buffers.pop() else { break };
+            let index = self.producer;
+            let position = (index % RX_RING_SIZE) as usize;
+            let desc = &self.shared.rx[position];
+            desc.addr.store(rx_buffer_addr_for(u64::from(buffer), self.slot_size as u64), Ordering::Relaxed);
+            desc.len.store(self.slot_size as u32, Ordering::Relaxed);
+            desc.status.store(DescStatus::Pending as u32, Ordering::Relaxed);
+            self.buffer_of[position] = buffer;
+            self.producer = index.wrapping_add(1);
+            posted = true;
+        }
+        if posted {
+            self.shared.rx_producer.0.store(self.producer, Ordering::Release);
+        }
     }
 
-    fn publish(&self) {
-        self.shared.rx_producer.0.store(self.producer, Ordering::Release);
-    }
-
-    /// Gives the buffer at `seen` back to the kernel and moves on. The buffer reposted at
-    /// `producer` is the same one, as `producer - seen` is always `RX_RING_SIZE`.
+    /// Gives the buffer at `seen` back and moves on, reposting it (or another) at once.
     fn recycle(&mut self) {
+        self.free_buffers.push(self.buffer_of[(self.seen % RX_RING_SIZE) as usize]);
         self.seen = self.seen.wrapping_add(1);
-        self.post_next();
-        self.publish();
+        self.refill();
     }
 
     /// Reposts the buffer of the frame last handed out, if not done yet.
@@ -461,6 +502,7 @@ impl RxHalf<'_> {
     /// Whether a filled buffer waits at `seen`; skips (and reposts) failed ones.
     fn ready(&mut self) -> bool {
         self.release();
+        self.refill();
         loop {
             let consumer = self.shared.rx_consumer.0.load(Ordering::Acquire);
             let filled = ring_used(consumer, self.seen);
@@ -482,7 +524,7 @@ impl RxHalf<'_> {
     fn filled(&self) -> (usize, usize, bool) {
         let desc = &self.shared.rx[(self.seen % RX_RING_SIZE) as usize];
         let len = desc.len.load(Ordering::Relaxed) as usize;
-        let start = (u64::from(self.seen) % RX_SLOTS) as usize * self.slot_size;
+        let start = usize::from(self.buffer_of[(self.seen % RX_RING_SIZE) as usize]) * self.slot_size;
         (start, len.min(self.slot_size), len > self.slot_size)
     }
 

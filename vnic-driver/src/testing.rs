@@ -3,6 +3,7 @@
 
 use crate::{Doorbell, Vnic};
 use alloc::boxed::Box;
+use alloc::collections::VecDeque;
 use alloc::rc::Rc;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -70,16 +71,47 @@ impl GuestMemory {
     }
 }
 
+/// Makes `vnic` post its whole rx ring, as a guest does after the kernel has held frames for it
+/// a few times (`rx_wanted` moved): for tests of what comes after the ring, not of the window.
+pub fn post_whole_ring<D: Doorbell>(vnic: &mut Vnic<'_, D>) {
+    while vnic.kernel_side().rx_posted() < RX_RING_SIZE {
+        vnic.kernel_side().shared().rx_wanted.0.fetch_add(1, Ordering::Relaxed);
+        assert!(vnic.peek_rx().is_none(), "no frame may wait while the window opens");
+    }
+}
+
 /// The kernel's side of one vNIC, for the length of one borrow (see [`Vnic::kernel_side`]).
 pub struct KernelSide<'v> {
     shared: &'v VnicShared,
     tx_area: &'v [u8],
     rx_area: &'v mut [u8],
+    /// Frames that found no posted buffer, oldest first, as the kernel holds them.
+    held: &'v mut VecDeque<Vec<u8>>,
 }
 
 impl<'v> KernelSide<'v> {
-    pub(crate) fn new(shared: &'v VnicShared, tx_area: &'v [u8], rx_area: &'v mut [u8]) -> Self {
-        KernelSide { shared, tx_area, rx_area }
+    /// The kernel's side; it looks at the ring (delivers held frames) whenever the guest lets
+    /// it, as the kernel does when the guest traps.
+    pub(crate) fn new(
+        shared: &'v VnicShared,
+        tx_area: &'v [u8],
+        rx_area: &'v mut [u8],
+        held: &'v mut VecDeque<Vec<u8>>,
+    ) -> Self {
+        KernelSide { shared, tx_area, rx_area, held }
+    }
+
+    /// Frames held for want of a posted buffer.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Delivers held frames, oldest first, into the buffers posted since.
+    pub fn deliver_held(&mut self) {
+        while self.rx_posted() > 0 {
+            let Some(frame) = self.held.pop_front() else { break };
+            self.fill(&frame);
+        }
     }
 
     pub fn shared(&self) -> &VnicShared {
@@ -147,16 +179,25 @@ impl<'v> KernelSide<'v> {
         Some(&self.tx_area[offset as usize..(offset + len) as usize])
     }
 
-    /// Copies `frame` into the next posted rx buffer and raises the rx virtual interrupt.
-    /// Returns false (the frame is dropped) when no buffer is posted.
+    /// Copies `frame` into the next posted rx buffer and raises the rx virtual interrupt; with
+    /// none posted (or frames held before it), holds it and moves `rx_wanted`, as the kernel
+    /// does. Returns whether the frame went into a buffer intact (false: rejected descriptor).
     pub fn deliver(&mut self, frame: &[u8]) -> bool {
+        self.deliver_held();
+        if !self.held.is_empty() || self.rx_posted() == 0 {
+            self.held.push_back(frame.to_vec());
+            self.shared.rx_wanted.0.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        self.fill(frame)
+    }
+
+    /// Copies `frame` into the next posted rx buffer (there is one) and raises the interrupt.
+    fn fill(&mut self, frame: &[u8]) -> bool {
         let producer = self.shared.rx_producer.0.load(Ordering::Acquire);
         let consumer = self.shared.rx_consumer.0.load(Ordering::Relaxed);
         let posted = ring_used(producer, consumer);
         assert!(posted <= RX_RING_SIZE, "rx ring overfilled: {producer} - {consumer}");
-        if posted == 0 {
-            return false;
-        }
         let desc = &self.shared.rx[(consumer % RX_RING_SIZE) as usize];
         let addr = desc.addr.load(Ordering::Relaxed);
         let capacity = u64::from(desc.len.load(Ordering::Relaxed));

@@ -1,5 +1,5 @@
 use crate::testing::{switch, CountingDoorbell, GuestMemory};
-use crate::{Vnic, VnicError};
+use crate::{Vnic, VnicError, RX_WINDOW_START};
 use core::sync::atomic::Ordering;
 use hypercall_abi::vi::VirtualInterrupts;
 use hypercall_abi::vnic::{
@@ -29,6 +29,16 @@ fn recv<D: crate::Doorbell>(vnic: &mut Vnic<'_, D>) -> Option<Vec<u8>> {
     Some(rx.consume(|buf| buf.to_vec()))
 }
 
+/// Makes the driver post more rx buffers, as a kernel holding frames does (moves `rx_wanted`
+/// and lets the guest look), until at least 4 are posted; returns how many are.
+fn widen<D: crate::Doorbell>(vnic: &mut Vnic<'_, D>) -> u32 {
+    while vnic.kernel_side().rx_posted() < 4 {
+        vnic.kernel_side().shared().rx_wanted.0.fetch_add(1, Ordering::Relaxed);
+        assert!(vnic.peek_rx().is_none());
+    }
+    vnic.kernel_side().rx_posted()
+}
+
 fn producer(shared: &VnicShared) -> u32 {
     shared.tx_producer.0.load(Ordering::Relaxed)
 }
@@ -50,15 +60,15 @@ fn new_checks_area_sizes_and_ring_indices() {
 }
 
 #[test]
-fn new_posts_every_rx_buffer_and_rings_once() {
+fn new_posts_a_window_of_rx_buffers_and_rings_once() {
     let mut mem = GuestMemory::default();
     let bell = CountingDoorbell::default();
     let mut vnic = mem.vnic(bell.clone());
     assert_eq!(bell.rx_posted.get(), 1);
     assert_eq!(bell.tx_kicks.get(), 0);
     let side = vnic.kernel_side();
-    assert_eq!(side.rx_posted(), RX_RING_SIZE);
-    for (i, desc) in side.shared().rx.iter().enumerate() {
+    assert_eq!(side.rx_posted(), RX_WINDOW_START);
+    for (i, desc) in side.shared().rx.iter().enumerate().take(RX_WINDOW_START as usize) {
         assert_eq!(desc.addr.load(Ordering::Relaxed), rx_buffer_addr_for(i as u64, slot_size(MTU)));
         assert_eq!(u64::from(desc.len.load(Ordering::Relaxed)), slot_size(MTU));
         assert_eq!(desc.status.load(Ordering::Relaxed), DescStatus::Pending as u32);
@@ -206,6 +216,7 @@ fn rejected_tx_descriptors_are_counted() {
 
 #[test]
 fn received_frames_come_out_whole_and_buffers_are_reposted() {
+    assert_eq!(RX_WINDOW_START, 1, "the figures below assume a window of one");
     let mut mem = GuestMemory::default();
     let mut vnic = mem.vnic(CountingDoorbell::default());
     assert!(recv(&mut vnic).is_none());
@@ -213,21 +224,31 @@ fn received_frames_come_out_whole_and_buffers_are_reposted() {
     for f in &frames {
         assert!(vnic.kernel_side().deliver(f));
     }
-    assert_eq!(vnic.kernel_side().rx_posted(), RX_RING_SIZE - 3);
+    // One buffer was posted: the other two frames are held, and the guest told.
+    assert_eq!(vnic.kernel_side().rx_posted(), 0);
+    assert_eq!(vnic.kernel_side().held(), 2);
+    assert_eq!(vnic.kernel_side().shared().rx_wanted.0.load(Ordering::Relaxed), 2);
     assert!(vnic.rx_pending());
     assert_eq!(vnic.take_virtual_interrupts() & VirtualInterrupts::RX, VirtualInterrupts::RX);
     assert_eq!(vnic.take_virtual_interrupts(), 0);
-    for f in &frames {
+    assert_eq!(recv(&mut vnic).as_ref(), Some(&frames[0]));
+    assert!(recv(&mut vnic).is_none(), "the held frames wait for the kernel's next look");
+    // The guest saw `rx_wanted` move: its window doubled to two buffers, both posted.
+    assert_eq!(vnic.kernel_side().held(), 0, "the kernel looked (the guest trapped) and delivered");
+    for f in &frames[1..] {
         assert_eq!(recv(&mut vnic).as_ref(), Some(f));
     }
     assert!(recv(&mut vnic).is_none());
     assert!(!vnic.rx_pending());
     let side = vnic.kernel_side();
-    assert_eq!(side.rx_posted(), RX_RING_SIZE);
-    assert_eq!(side.shared().rx_producer.0.load(Ordering::Relaxed), RX_RING_SIZE + 3);
-    for i in 0..3 {
+    assert_eq!(side.rx_posted(), 2);
+    assert_eq!(side.shared().rx_producer.0.load(Ordering::Relaxed), 3 + 2);
+    // The buffers given back are reposted first: the window of two holds buffers 0 and 1.
+    let posted: std::collections::BTreeSet<u64> =
+        (3..5).map(|i| side.shared().rx[i].addr.load(Ordering::Relaxed)).collect();
+    assert_eq!(posted, (0..2).map(|b| rx_buffer_addr_for(b, slot_size(MTU))).collect());
+    for i in 3..5 {
         let desc = &side.shared().rx[i];
-        assert_eq!(desc.addr.load(Ordering::Relaxed), rx_buffer_addr_for(i as u64, slot_size(MTU)));
         assert_eq!(u64::from(desc.len.load(Ordering::Relaxed)), slot_size(MTU));
         assert_eq!(desc.status.load(Ordering::Relaxed), DescStatus::Pending as u32);
     }
@@ -240,6 +261,7 @@ fn a_taken_frame_stays_readable_until_its_buffer_is_reposted() {
     let mut vnic = mem.vnic(CountingDoorbell::default());
     assert_eq!(vnic.peek_rx(), None);
     assert_eq!(vnic.last_rx(), None);
+    let window = widen(&mut vnic);
     for seq in 0..2 {
         assert!(vnic.kernel_side().deliver(&frame(seq, 70)));
     }
@@ -250,16 +272,16 @@ fn a_taken_frame_stays_readable_until_its_buffer_is_reposted() {
     assert_eq!(recv(&mut vnic), Some(frame(0, 70)));
     // Taken, not yet reposted: readable, and no longer pending.
     assert_eq!(vnic.last_rx(), Some(&frame(0, 70)[..]));
-    assert_eq!(vnic.kernel_side().rx_posted(), RX_RING_SIZE - 2);
+    assert_eq!(vnic.kernel_side().rx_posted(), window - 2);
     assert!(vnic.rx_pending(), "the second frame waits");
     // Looking for the next frame reposts the buffer of the last.
     assert_eq!(vnic.peek_rx(), Some(&frame(1, 70)[..]));
     assert_eq!(vnic.last_rx(), None);
-    assert_eq!(vnic.kernel_side().rx_posted(), RX_RING_SIZE - 1);
+    assert_eq!(vnic.kernel_side().rx_posted(), window - 1);
     assert_eq!(recv(&mut vnic), Some(frame(1, 70)));
     assert!(!vnic.rx_pending());
     vnic.flush();
-    assert_eq!(vnic.kernel_side().rx_posted(), RX_RING_SIZE);
+    assert_eq!(vnic.kernel_side().rx_posted(), window);
     assert_eq!(vnic.counters().rx_frames, 2);
 }
 
@@ -292,6 +314,7 @@ fn dropped_rx_token_keeps_the_frame() {
 fn malicious_rx_length_is_clamped_to_the_buffer() {
     let mut mem = GuestMemory::default();
     let mut vnic = mem.vnic(CountingDoorbell::default());
+    let window = widen(&mut vnic);
     vnic.kernel_side().deliver(&frame(1, 80));
     vnic.kernel_side().shared().rx[0].len.store(u32::MAX, Ordering::Relaxed);
     let got = recv(&mut vnic).expect("a frame");
@@ -299,9 +322,9 @@ fn malicious_rx_length_is_clamped_to_the_buffer() {
     assert_eq!(&got[..80], &frame(1, 80)[..]);
     assert_eq!(vnic.counters().rx_len_clamped, 1);
     // The buffer goes back, with its full capacity, at the flush (or the next look for a frame).
-    assert_eq!(vnic.kernel_side().rx_posted(), RX_RING_SIZE - 1);
+    assert_eq!(vnic.kernel_side().rx_posted(), window - 1);
     vnic.flush();
-    assert_eq!(vnic.kernel_side().rx_posted(), RX_RING_SIZE);
+    assert_eq!(vnic.kernel_side().rx_posted(), window);
     assert!(vnic.kernel_side().deliver(&frame(2, 80)));
     assert_eq!(recv(&mut vnic), Some(frame(2, 80)));
 }
@@ -310,13 +333,14 @@ fn malicious_rx_length_is_clamped_to_the_buffer() {
 fn failed_rx_descriptors_are_skipped_and_reposted() {
     let mut mem = GuestMemory::default();
     let mut vnic = mem.vnic(CountingDoorbell::default());
+    let window = widen(&mut vnic);
     vnic.kernel_side().deliver(&frame(1, 80));
     vnic.kernel_side().deliver(&frame(2, 80));
     vnic.kernel_side().shared().rx[0].status.store(DescStatus::RejectedBadDescriptor as u32, Ordering::Relaxed);
     assert_eq!(recv(&mut vnic), Some(frame(2, 80)));
     assert!(recv(&mut vnic).is_none());
     assert_eq!(vnic.counters().rx_errors, 1);
-    assert_eq!(vnic.kernel_side().rx_posted(), RX_RING_SIZE);
+    assert_eq!(vnic.kernel_side().rx_posted(), window);
 }
 
 #[test]
@@ -385,7 +409,9 @@ fn indices_wrap_around_u32_max() {
     assert_eq!(producer(side.shared()), start.wrapping_add(total));
     assert!(producer(side.shared()) < start, "the tx index wrapped");
     assert_eq!(side.shared().rx_consumer.0.load(Ordering::Relaxed), start.wrapping_add(total));
-    assert_eq!(side.rx_posted(), RX_RING_SIZE);
+    // Bursts of 7 grew the window past 7 (doubling from the start), nothing is left held.
+    assert!((8..=RX_RING_SIZE).contains(&side.rx_posted()), "{}", side.rx_posted());
+    assert_eq!(side.held(), 0);
     let c = vnic.counters();
     assert_eq!((c.tx_frames, c.rx_frames, c.tx_rejected, c.tx_dropped), (200, 200, 0, 0));
     assert_eq!(bell.tx_kicks.get(), u64::from(total.div_ceil(7)));
@@ -500,4 +526,46 @@ fn one_frame_at_a_time_reuses_one_slot_and_a_burst_spreads() {
     slots.dedup();
     assert_eq!(slots.len(), 3, "{slots:?}");
     assert_eq!(side.take_tx(), burst);
+}
+
+#[test]
+fn frames_one_at_a_time_reuse_the_window_and_bursts_grow_it_to_the_ring() {
+    let mut mem = GuestMemory::default();
+    let mut vnic = mem.vnic(CountingDoorbell::default());
+    let mut buffers_used = std::collections::BTreeSet::new();
+    for seq in 0..100 {
+        let mut side = vnic.kernel_side();
+        let position = side.shared().rx_consumer.0.load(Ordering::Relaxed) % RX_RING_SIZE;
+        buffers_used.insert(side.shared().rx[position as usize].addr.load(Ordering::Relaxed));
+        assert!(side.deliver(&frame(seq, 90)));
+        assert_eq!(recv(&mut vnic), Some(frame(seq, 90)));
+        vnic.flush(); // the guest's poll ends: the buffer goes back before it idles
+    }
+    // One frame at a time: the buffer given back is the next posted; the lazily backed pages
+    // a guest touches stay at its first window.
+    assert_eq!(buffers_used.len(), RX_WINDOW_START as usize, "{buffers_used:x?}");
+    assert_eq!(vnic.kernel_side().shared().rx_wanted.0.load(Ordering::Relaxed), 0);
+    // Bursts the size of the ring: held, handed over as buffers come back, none lost, and the
+    // window doubles each time the guest sees the kernel wanted more, up to the ring.
+    let mut seq = 1000;
+    for _ in 0..6 {
+        let burst: Vec<Vec<u8>> = (0..RX_RING_SIZE).map(|i| frame(seq + i, 100)).collect();
+        seq += RX_RING_SIZE;
+        for f in &burst {
+            assert!(vnic.kernel_side().deliver(f));
+        }
+        let mut got = Vec::new();
+        for _ in 0..4 * RX_RING_SIZE {
+            match recv(&mut vnic) {
+                Some(f) => got.push(f),
+                None => drop(vnic.kernel_side()), // the guest traps: the kernel delivers what it held
+            }
+        }
+        assert_eq!(got, burst);
+    }
+    assert_eq!(vnic.kernel_side().rx_posted(), RX_RING_SIZE);
+    // A hostile kernel moving `rx_wanted` only makes the guest post its whole ring.
+    vnic.kernel_side().shared().rx_wanted.0.store(u32::MAX, Ordering::Relaxed);
+    assert!(recv(&mut vnic).is_none());
+    assert_eq!(vnic.kernel_side().rx_posted(), RX_RING_SIZE);
 }

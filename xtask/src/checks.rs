@@ -1,6 +1,7 @@
 //! Reading the kernel's console log: the facts the integration tests assert on.
 
 use hypercall_abi::cmdline::STATS_PREFIX;
+use hypercall_abi::host::{KernelExit, VERDICT_PREFIX};
 use hypercall_abi::initrd::{RefusalKind, StopKind};
 use std::collections::BTreeMap;
 
@@ -148,6 +149,87 @@ mod guest_end_tests {
         assert!(!end_meets(Some(&ends["elf"].1), "refused:elf_bad_magic"));
         assert!(end_meets(None, "running"));
         assert!(!end_meets(None, "exit:0"));
+    }
+}
+
+/// The verdict of a run whose machine ended without an exit status (ACPI power-off, the i8042
+/// reset): the kernel's last `verdict:` line, held against the guests' `summary:` lines. Success
+/// only if every summary line says its guest ended as expected; `None` without a verdict line
+/// (the kernel never got to end the run: a triple fault, a hang).
+pub fn console_verdict(log: &str) -> Option<KernelExit> {
+    let verdict = log.lines().rev().find_map(|l| l.strip_prefix(VERDICT_PREFIX)).map(str::trim)?;
+    let verdict = KernelExit::from_name(verdict)?;
+    let every_guest_met = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("summary: guest "))
+        .all(|summary| summary.contains("(as expected)") && !summary.contains("(EXPECTATION FAILED)"));
+    Some(if verdict == KernelExit::Success && !every_guest_met { KernelExit::Failure } else { verdict })
+}
+
+#[cfg(test)]
+mod console_verdict_tests {
+    use super::*;
+
+    #[test]
+    fn the_verdict_line_and_the_summaries_decide() {
+        let met = "summary: guest 0 a: exited 0; expected exit:0 (as expected); cpu 1 ms
+";
+        let failed = "summary: guest 1 b: exited 3; expected exit:0 (EXPECTATION FAILED); cpu 1 ms
+";
+        assert_eq!(
+            console_verdict(&format!(
+                "{met}verdict: success
+"
+            )),
+            Some(KernelExit::Success)
+        );
+        assert_eq!(
+            console_verdict(&format!(
+                "{met}{failed}verdict: failure
+"
+            )),
+            Some(KernelExit::Failure)
+        );
+        // A kernel that says success while a summary says otherwise is not believed.
+        assert_eq!(
+            console_verdict(&format!(
+                "{met}{failed}verdict: success
+"
+            )),
+            Some(KernelExit::Failure)
+        );
+        assert_eq!(
+            console_verdict(
+                "verdict: success
+"
+            ),
+            Some(KernelExit::Success),
+            "an image without guests"
+        );
+        assert_eq!(
+            console_verdict(
+                "KERNEL PANIC: x
+verdict: panic
+"
+            ),
+            Some(KernelExit::Panic)
+        );
+        assert_eq!(console_verdict(met), None, "no verdict line: the kernel did not end the run");
+        assert_eq!(
+            console_verdict(
+                "verdict: fine
+"
+            ),
+            None
+        );
+        assert_eq!(
+            console_verdict(
+                "[ 1.0] INFO  guest 0 a: verdict: success
+"
+            ),
+            None,
+            "a guest's words"
+        );
     }
 }
 

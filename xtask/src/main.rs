@@ -13,6 +13,7 @@ mod initrd;
 mod isobench;
 mod ledger;
 mod manifest;
+mod metrics;
 mod native;
 mod pack;
 mod qemu;
@@ -308,6 +309,14 @@ struct RunArgs {
     /// Make the NIC hold each transmitted frame this long (keeps zero-copy frames in flight).
     #[arg(long, value_name = "MICROSECONDS")]
     nic_tx_delay_us: Option<u64>,
+    /// Serve the kernel's latest `stats:` counters, totals and per guest, at http://ADDR/metrics
+    /// in the Prometheus text format (port 0: any free port; implies --per-guest-stats).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
+    /// The device the kernel ends the machine with, as on the VMMs it is deployed on (the kernel
+    /// picks what the machine has; without isa-debug-exit the verdict is read from the console).
+    #[arg(long, value_enum, default_value_t = qemu::PowerOff::DebugExit)]
+    power_off: qemu::PowerOff,
 }
 
 fn main() {
@@ -423,9 +432,10 @@ fn run(args: RunArgs) -> Result<()> {
     if args.stamps {
         append += &format!(" {}=on", keys::STAMPS);
     }
-    if args.per_guest_stats {
+    if args.per_guest_stats || args.metrics.is_some() {
         append += &format!(" {}=per-guest", keys::STATS);
     }
+    let metrics_listener = args.metrics.map(metrics::bind).transpose()?;
     let net_guests: Vec<_> = image.guests.iter().filter_map(|g| g.net.map(|n| (g.name.clone(), n))).collect();
     if args.net == NetChoice::User && u64::from(image.manifest.kernel.mtu) > hypercall_abi::vnic::MTU {
         bail!(
@@ -461,6 +471,7 @@ fn run(args: RunArgs) -> Result<()> {
         pcap: args.pcap.as_deref(),
         netns: namespace.as_ref().map(|ns| ns.name.as_str()),
         nic_tx_delay: args.nic_tx_delay_us.map(Duration::from_micros),
+        power_off: args.power_off,
     };
     if args.icount && accel != qemu::Accel::Tcg {
         bail!("--icount needs TCG (--accel tcg)");
@@ -505,6 +516,10 @@ fn run(args: RunArgs) -> Result<()> {
     let timeout = args.timeout.or(args.for_secs.map(|s| s + margin)).map(Duration::from_secs);
     println!("type q and Enter to end the run (the kernel prints its stats and exits)");
     let mut session = qemu::Session::start(cmd, timeout.unwrap_or(Duration::MAX), true)?;
+    if let Some(listener) = metrics_listener {
+        println!("metrics: http://{}{} (Prometheus text format)", listener.local_addr()?, metrics::PATH);
+        metrics::serve(listener, session.shared_log());
+    }
     if let Some(mut qemu_stdin) = session.take_stdin() {
         std::thread::spawn(move || std::io::copy(&mut std::io::stdin(), &mut qemu_stdin));
     }

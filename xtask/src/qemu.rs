@@ -70,6 +70,20 @@ pub enum NetBackend {
     Tap { ifname: String },
 }
 
+/// How the machine lets the kernel end it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum PowerOff {
+    /// QEMU's isa-debug-exit device: the exit status carries the kernel's verdict.
+    #[default]
+    DebugExit,
+    /// No isa-debug-exit (as cloud-hypervisor): the kernel powers off through ACPI S5; the
+    /// verdict is read from the console.
+    Acpi,
+    /// No isa-debug-exit and no ACPI tables (as Firecracker): the kernel resets through the
+    /// i8042, which -no-reboot turns into QEMU's exit; the verdict is read from the console.
+    I8042,
+}
+
 /// Everything that varies between QEMU runs.
 pub struct QemuConfig<'a> {
     pub kernel: &'a Path,
@@ -90,6 +104,8 @@ pub struct QemuConfig<'a> {
     /// `tx=timer`), so that zero-copy frames stay in flight long after their doorbell: the
     /// hostile tests need frames at the NIC when they attack. `None`: send at once.
     pub nic_tx_delay: Option<Duration>,
+    /// The devices the kernel can end the machine with.
+    pub power_off: PowerOff,
 }
 
 impl<'a> QemuConfig<'a> {
@@ -107,6 +123,7 @@ impl<'a> QemuConfig<'a> {
             pcap: None,
             netns: None,
             nic_tx_delay: None,
+            power_off: PowerOff::DebugExit,
         }
     }
 
@@ -119,7 +136,8 @@ impl<'a> QemuConfig<'a> {
             }
             None => Command::new(QEMU),
         };
-        cmd.args(["-M", "pc", "-nodefaults", "-no-reboot", "-display", "none", "-monitor", "none"]);
+        let machine = if self.power_off == PowerOff::I8042 { "pc,acpi=off" } else { "pc" };
+        cmd.args(["-M", machine, "-nodefaults", "-no-reboot", "-display", "none", "-monitor", "none"]);
         if Path::new(QBOOT).exists() {
             cmd.args(["-bios", QBOOT]);
         }
@@ -130,7 +148,10 @@ impl<'a> QemuConfig<'a> {
         };
         cmd.args(["-smp", "1", "-m"]).arg(format!("{}M", self.memory_mib));
         cmd.args(["-serial", "stdio"]);
-        cmd.args(["-device"]).arg(format!("isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize={DEBUG_EXIT_IOSIZE:#x}"));
+        if self.power_off == PowerOff::DebugExit {
+            cmd.args(["-device"])
+                .arg(format!("isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize={DEBUG_EXIT_IOSIZE:#x}"));
+        }
         cmd.arg("-kernel").arg(self.kernel);
         if let Some(initrd) = self.initrd {
             cmd.arg("-initrd").arg(initrd);
@@ -204,14 +225,24 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Why the kernel ended the machine: from QEMU's exit status (`isa-debug-exit`), or, where
+    /// the machine ended with status 0 (ACPI power-off, the i8042 reset with `-no-reboot`), from
+    /// the console ([`crate::checks::console_verdict`]).
     pub fn exit(&self) -> Option<KernelExit> {
-        self.status.and_then(KernelExit::from_qemu_status)
+        match self.status {
+            Some(0) => crate::checks::console_verdict(&self.log),
+            status => status.and_then(KernelExit::from_qemu_status),
+        }
     }
 
     /// One line saying how the run ended.
     pub fn describe(&self) -> String {
         match (self.timed_out, self.status, self.exit()) {
             (true, _, _) => format!("timed out after {:.1} s and was killed", self.elapsed.as_secs_f64()),
+            (false, Some(0), Some(reason)) => format!(
+                "kernel exit {reason:?} after {:.2} s (no exit device: read from its verdict and summary lines)",
+                self.elapsed.as_secs_f64()
+            ),
             (false, _, Some(reason)) => format!("kernel exit {reason:?} after {:.2} s", self.elapsed.as_secs_f64()),
             (false, Some(status), None) => format!("QEMU exited with status {status}, not a kernel exit code"),
             (false, None, None) => "QEMU was killed by a signal".to_string(),
@@ -280,6 +311,11 @@ impl Session {
     /// QEMU's process id (`ip netns exec` execs QEMU in its own process).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The console as it grows, for a reader on another thread (`run --metrics`).
+    pub fn shared_log(&self) -> Arc<Mutex<String>> {
+        Arc::clone(&self.log)
     }
 
     /// The console so far.
@@ -386,6 +422,7 @@ mod tests {
             pcap: None,
             netns: None,
             nic_tx_delay: None,
+            power_off: PowerOff::DebugExit,
         };
         let line = shell_line(&cfg.command());
         assert!(line.contains("-device isa-debug-exit,iobase=0xf4,iosize=0x4"), "{line}");
@@ -402,6 +439,14 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("virtio-net-pci,netdev=net0,disable-modern=on"), "{line}");
+        let mut cfg = cfg;
+        cfg.power_off = PowerOff::Acpi;
+        let acpi = shell_line(&cfg.command());
+        assert!(acpi.contains("-M pc ") && !acpi.contains("isa-debug-exit"), "{acpi}");
+        cfg.power_off = PowerOff::I8042;
+        let i8042 = shell_line(&cfg.command());
+        assert!(i8042.contains("-M pc,acpi=off ") && !i8042.contains("isa-debug-exit"), "{i8042}");
+        assert!(i8042.contains("-no-reboot"), "the i8042 reset must end QEMU: {i8042}");
     }
 
     #[test]
@@ -410,5 +455,14 @@ mod tests {
         assert_eq!(o.exit(), Some(KernelExit::Success));
         let o = Outcome { status: Some(0), timed_out: false, log: String::new(), elapsed: Duration::from_secs(1) };
         assert!(o.describe().contains("not a kernel exit code"));
+        // Status 0 with the kernel's verdict on the console: a power-off without isa-debug-exit.
+        let log = "summary: guest 0 a: exited 1; expected exit:0 (EXPECTATION FAILED); cpu 1 ms\nverdict: failure\n";
+        let o = Outcome { status: Some(0), timed_out: false, log: log.into(), elapsed: Duration::from_secs(1) };
+        assert_eq!(o.exit(), Some(KernelExit::Failure));
+        assert!(o.describe().contains("read from its verdict and summary lines"), "{}", o.describe());
+        // An exit status wins over the console.
+        let o =
+            Outcome { status: Some(35), timed_out: false, log: "verdict: success\n".into(), elapsed: Duration::ZERO };
+        assert_eq!(o.exit(), Some(KernelExit::Failure));
     }
 }

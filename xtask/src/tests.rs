@@ -20,7 +20,9 @@ mod hostile;
 mod http;
 mod lazy;
 mod loss;
+mod metrics;
 mod perf;
+mod power;
 mod rx;
 mod tcp;
 
@@ -61,6 +63,14 @@ const QEMU_TESTS: &[QemuTest] = &[
     QemuTest { name: "kernel_panic_reported", run: kernel_panic_reported },
     QemuTest { name: "bad_command_line_refused", run: bad_command_line_refused },
     QemuTest { name: "hung_kernel_is_killed_by_timeout", run: hung_kernel_is_killed_by_timeout },
+    QemuTest {
+        name: "power_off_acpi_without_debug_exit_tcg",
+        run: |ctx| power::power_off_without_debug_exit(ctx, qemu::PowerOff::Acpi),
+    },
+    QemuTest {
+        name: "power_off_i8042_without_debug_exit_tcg",
+        run: |ctx| power::power_off_without_debug_exit(ctx, qemu::PowerOff::I8042),
+    },
     QemuTest { name: "hello_16_guests_tcg", run: hello_tcg },
     QemuTest { name: "hello_16_guests_kvm", run: hello_kvm },
     QemuTest { name: "chaos_hostile_guests_isolated_tcg", run: chaos_tcg },
@@ -80,6 +90,7 @@ const QEMU_TESTS: &[QemuTest] = &[
     QemuTest { name: "tcp_echo_user_network_copy_tcg", run: |ctx| tcp::tcp_echo_user_network(ctx, TxMode::Copy) },
     QemuTest { name: "tcp_guest_to_guest_copy_tcg", run: |ctx| tcp::tcp_guest_to_guest(ctx, TxMode::Copy) },
     QemuTest { name: "tcp_guest_to_guest_cow_tcg", run: |ctx| tcp::tcp_guest_to_guest(ctx, TxMode::Cow) },
+    QemuTest { name: "metrics_scraped_during_echo_tcg", run: metrics::metrics_scraped_during_echo },
     QemuTest { name: "bench_echo_smoke", run: bench_echo_smoke },
     QemuTest { name: "bench_dispatch_smoke", run: bench_dispatch_smoke },
     QemuTest {
@@ -554,10 +565,13 @@ fn final_stats(outcome: &Outcome) -> std::result::Result<std::collections::BTree
 
 /// The smallest memory the default image must boot and echo in.
 const DEFAULT_IMAGE_MIB: u32 = 16;
+/// Private pages (page tables included) an idle `udp-echo` guest may hold once it has answered
+/// a few datagrams: 64 KiB (issue 12's target).
+pub(crate) const GUEST_PAGES_TARGET: u64 = 16;
 
 /// The default image, in [`DEFAULT_IMAGE_MIB`] of memory, echoes every test size on every
 /// guest; each guest holds few private pages (its 4 MiB heap and 64 KiB stack backed only
-/// where touched, 6 page tables), and stamping stays off.
+/// where touched, 4 page tables), and stamping stays off.
 fn udp_echo_user_network(ctx: &Ctx, tx: TxMode) -> TestResult {
     let mut image = pack::pack_image("udp-echo", &ctx.artifacts, NetPlan::USER)
         .map_err(|e| failure(format!("{e:#}"), String::new()))?;
@@ -597,8 +611,12 @@ fn udp_echo_user_network(ctx: &Ctx, tx: TxMode) -> TestResult {
     for guest in image.guests.iter().filter(|g| g.net.is_some()) {
         let pages = lazy::summary_numbers(&outcome.log, &guest.name);
         let page = |key: &str| pages.get(key).copied().unwrap_or(u64::MAX);
-        check(&outcome, page("pages_page_tables") == 6 && page("pages_heap") <= 8 && page("pages_stack") <= 4, || {
-            format!("{}: expected 6 page tables, at most 8 heap and 4 stack pages: {pages:?}", guest.name)
+        println!("{}: {pages:?}", guest.name);
+        check(&outcome, page("pages_page_tables") == 4 && page("pages_heap") <= 8 && page("pages_stack") <= 4, || {
+            format!("{}: expected 4 page tables, at most 8 heap and 4 stack pages: {pages:?}", guest.name)
+        })?;
+        check(&outcome, page("pages") <= GUEST_PAGES_TARGET, || {
+            format!("{}: more than {GUEST_PAGES_TARGET} private pages after its echoes: {pages:?}", guest.name)
         })?;
     }
     Ok(Verdict::Pass)

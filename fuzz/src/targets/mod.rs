@@ -4,6 +4,7 @@ pub mod cpio;
 pub mod desc;
 pub mod elf;
 pub mod guest_mem;
+pub mod http;
 pub mod image_cfg;
 pub mod memmap;
 pub mod pvh;
@@ -25,6 +26,7 @@ pub const ALL: &[Target] = &[
     pvh::TARGET,
     memmap::TARGET,
     vswitch::TARGET,
+    http::TARGET,
 ];
 
 pub fn find(name: &str) -> Option<&'static Target> {
@@ -101,6 +103,23 @@ mod tests {
         ),
         ("memmap", &[("too fragmented", 0), ("too fragmented", 1)]),
         ("vswitch", &[("add", 0), ("add", 4), ("deliver", 1), ("deliver", 6), ("deliver", 9), ("route", 812)]),
+        // Every refusal, every resource, both framed bodies, answers cut by the output budget.
+        (
+            "http",
+            &[
+                ("rejection", 0),
+                ("rejection", 1),
+                ("rejection", 2),
+                ("resource", 0),
+                ("resource", 1),
+                ("resource", 2),
+                ("resource", 3),
+                ("body", 1),
+                ("body", 2),
+                ("status", 405),
+                ("cut", 1),
+            ],
+        ),
     ];
 
     #[test]

@@ -14,7 +14,8 @@
 //! listener's backlog (`backlog=N`, default 16) until a slot frees (where the stack resets
 //! connection requests once the backlog is full); `idle_timeout_ms=N`, `head_timeout_ms=N`, `max_head_bytes=N` (see
 //! [`Limits`]). Counters go to the console as an `http:` line, at most once a second while they
-//! change.
+//! change, and requests, error responses and body bytes also into the guest's published counters
+//! (`guest_http_*` in the kernel's `stats:` line).
 
 #![no_std]
 #![no_main]
@@ -27,6 +28,7 @@ use alloc::vec::Vec;
 use guest_os::net::{self, format_ipv4, Duration, Net, TcpError, TcpHandle};
 use guest_os::{println, Env};
 use http_server::{Connection, Counters, Ending, Limits, Server, Site, Timeout};
+use hypercall_abi::vnic::GuestCounter;
 use netstack::Instant;
 
 const DEFAULT_PORT: u16 = 80;
@@ -188,6 +190,11 @@ fn main(env: &Env) -> i32 {
                 }
             }
         }
+        // The counters also go into the guest's published ones, which the kernel's stats carry.
+        let counters = &server.counters;
+        net.set_app_total(GuestCounter::HttpRequests, counters.requests);
+        net.set_app_total(GuestCounter::HttpErrors, counters.error_responses());
+        net.set_app_total(GuestCounter::HttpBodyBytes, counters.body_bytes);
         if server.counters != reported && now >= next_report {
             println!("http: {}", server.counters);
             reported = server.counters.clone();

@@ -18,7 +18,7 @@ extern crate alloc;
 use alloc::vec::Vec;
 use core::hint::black_box;
 use guest_os::{println, vi, Env};
-use hypercall_abi::layout::{HEAP_BASE, PAGE_SIZE};
+use hypercall_abi::layout::PAGE_SIZE;
 
 const KIB: usize = 1024;
 
@@ -81,14 +81,16 @@ fn main(env: &Env) -> i32 {
             99
         }
         Some("exec-untouched-heap") => {
-            let last_page = HEAP_BASE + env.heap_size - PAGE_SIZE;
+            let last_page = env.heap_base + env.heap_size - PAGE_SIZE;
+            println!("mem-probe: executing {last_page:#x}");
             // SAFETY: deliberately wrong: the heap is not executable; the kernel must stop us.
             let f: extern "C" fn() = unsafe { core::mem::transmute(last_page as usize) };
             f();
             99
         }
         Some("beyond-heap") => {
-            let past = (HEAP_BASE + env.heap_size) as *mut u8;
+            let past = (env.heap_base + env.heap_size) as *mut u8;
+            println!("mem-probe: writing {:#x}", past as u64);
             // SAFETY: deliberately wrong: the byte past the heap is not ours; the kernel must
             // stop us.
             unsafe { past.write_volatile(1) };

@@ -27,8 +27,9 @@ fn main(env: &Env) -> i32 {
     };
     let ip = env.net.map(|n| n.ipv4).unwrap_or_default();
     println!("udp-echo listening on {}:{port}", format_ipv4(ip));
-    // Room for a jumbo datagram, on the heap: its pages are backed only as datagrams reach them.
-    let mut buf = alloc::vec![0u8; 9216];
+    // Room for the largest datagram the MTU allows, on the heap (a page or two beside the
+    // stack's own allocations for the standard MTU; backed only as datagrams reach it).
+    let mut buf = alloc::vec![0u8; net.max_udp_payload()];
     let mut echoed: u64 = 0;
     loop {
         net.poll();

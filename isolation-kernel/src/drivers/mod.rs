@@ -1,6 +1,6 @@
 //! Device drivers: typed wrappers over port I/O and MMIO.
 
-pub mod debug_exit;
 pub mod pci;
+pub mod power_off;
 pub mod serial;
 pub mod virtio_net;

@@ -60,9 +60,9 @@ pub fn finish_run(why: &str) -> ! {
     with_guests(|g| reports::print_per_guest(g));
     if all_met {
         log::info!("every guest met its expectation");
-        exit_qemu(KernelExit::Success)
+        power_off(KernelExit::Success)
     } else {
         log::error!("some guests did not meet their expectations");
-        exit_qemu(KernelExit::Failure)
+        power_off(KernelExit::Failure)
     }
 }

@@ -10,7 +10,7 @@ use super::space::{fill_frame, zero_frame, AddressSpace, PageUse, SpaceError};
 use alloc::vec::Vec;
 use hypercall_abi::boot_info::BootInfo;
 use hypercall_abi::initrd::{heap_bytes, GuestSpec};
-use hypercall_abi::layout::{BOOT_INFO_ADDR, HEAP_BASE, PAGE_SIZE, STACK_SIZE, STACK_TOP};
+use hypercall_abi::layout::{heap_base, BOOT_INFO_ADDR, IMAGE_BASE, PAGE_SIZE, STACK_SIZE, STACK_TOP};
 use kernel_core::guest::elf::{self, ElfError, ElfImage, Segment};
 use kernel_core::guest::mem::Access;
 use kernel_core::mm::frame_alloc::FrameAllocator;
@@ -142,13 +142,15 @@ fn populate(
         space.map.add(start, end, access).map_err(|_| SpaceError::BadMapping(start))?;
     }
 
+    let image_end = app.image.segments().iter().map(|segment| segment.page_range().1).max().unwrap_or(IMAGE_BASE);
+    let heap_base = heap_base(image_end);
     // Boot info: read-only for the guest.
     let heap_bytes = heap_bytes(spec.heap_kib).ok_or(SpaceError::HeapTooLarge(spec.heap_kib))?;
     let info = BootInfo {
         abi_version: hypercall_abi::ABI_VERSION,
         guest_id: id,
         tsc_hz,
-        heap_base: HEAP_BASE,
+        heap_base,
         heap_size: heap_bytes,
         stack_top: STACK_TOP,
         stack_size: STACK_SIZE,
@@ -166,10 +168,11 @@ fn populate(
         .add(BOOT_INFO_ADDR, BOOT_INFO_ADDR.wrapping_add(PAGE_SIZE), Access::READ) // ABI constants
         .map_err(|_| SpaceError::BadMapping(BOOT_INFO_ADDR))?;
 
-    // Stack below STACK_TOP (the page under it stays unmapped as a guard), then the heap: both
-    // backed when first touched. ABI constants (the layout asserts STACK_SIZE < STACK_TOP).
+    // Stack below STACK_TOP (the page under it stays unmapped as a guard), then the heap right
+    // after the image: both backed when first touched. ABI constants (the layout asserts
+    // STACK_SIZE < STACK_TOP; the ELF checks keep the image below IMAGE_LIMIT).
     let stack_pages = STACK_SIZE.div_ceil(PAGE_SIZE);
     space.reserve_lazy(STACK_TOP.wrapping_sub(STACK_SIZE), stack_pages, Access::READ_WRITE, PageUse::Stack)?;
-    space.reserve_lazy(HEAP_BASE, heap_bytes.div_ceil(PAGE_SIZE), Access::READ_WRITE, PageUse::Heap)?;
+    space.reserve_lazy(heap_base, heap_bytes.div_ceil(PAGE_SIZE), Access::READ_WRITE, PageUse::Heap)?;
     Ok(())
 }

@@ -24,7 +24,7 @@ mod virtual_instructions;
 use crate::arch::cpu;
 use crate::arch::trap::{enter_frame, TrapFrame};
 use crate::arch::user_state::{self, UserState};
-use crate::drivers::debug_exit::exit_qemu;
+use crate::drivers::power_off::power_off;
 use crate::logger::console_write_fmt;
 use crate::mm::phys::with_frames;
 use crate::trap::Vector;

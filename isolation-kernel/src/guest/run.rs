@@ -172,10 +172,13 @@ pub fn nic_interrupt() {
 
 /// Records the end of guest `id` (the current one) and frees its memory.
 pub(super) fn end_guest(g: &mut Guests, id: GuestId, end: End) {
-    let nic = g.nics.get_mut(id).and_then(Option::take);
+    let mut nic = g.nics.get_mut(id).and_then(Option::take);
     let kernel_counters = reports::kernel_pairs(g, id, nic.as_ref());
     let guest = at_mut(&mut g.list, id);
     reports::guest_ended(id, &guest.name, &kernel_counters, nic.as_ref());
+    if let Some(nic) = &mut nic {
+        g.net.drop_held(nic);
+    }
     // Nothing may reach its pages once they are freed; pages the NIC still reads outlive it.
     if let (Some(nic), Some(space)) = (nic, guest.space.as_mut()) {
         g.net.orphan_in_flight(&nic, space);

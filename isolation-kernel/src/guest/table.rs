@@ -78,6 +78,8 @@ pub(super) fn stats_pairs_of(g: &Guests) -> Vec<(&'static str, u64)> {
         // Wake-ups that took the CPU from the running guest at once (ahead in virtual time).
         ("wake_boosts", g.sched.boosts()),
         ("lazy_pages_backed", c.lazy_pages_backed),
+        // 1 once the kernel heap ran out and its reserve was given back (no guest grows after).
+        ("heap_reserve_spent", u64::from(crate::mm::heap::reserve_spent())),
         // Summed when reported (every few seconds), never per tick.
         (
             "guest_private_pages",

@@ -74,6 +74,10 @@ pub(super) fn run_vi(g: &mut Guests, id: GuestId, call: ViCall, now: u64) -> Res
         ViCall::Exit { code } => (0, Action::Exit(code)),
         ViCall::Yield => (0, Action::Preempt),
         ViCall::IdleUntil { deadline } => {
+            // Frames held for want of a buffer go into the ones it reposted before idling.
+            if vnic_of(g, id).is_some_and(crate::vnet::GuestNic::holds_frames) {
+                g.net_ctx().deliver_held(id);
+            }
             // A virtual interrupt raised since the guest last looked ends the idle at once.
             let pending = vnic_of(g, id).map_or(0, crate::vnet::GuestNic::virq);
             let action = match deadline {
@@ -91,12 +95,19 @@ pub(super) fn run_vi(g: &mut Guests, id: GuestId, call: ViCall, now: u64) -> Res
             let stamps = g.net.stamps;
             let start = stamps.now();
             let taken = g.net_ctx().tx_kick(id);
+            if vnic_of(g, id).is_some_and(crate::vnet::GuestNic::holds_frames) {
+                g.net_ctx().deliver_held(id);
+            }
             if stamps.on() && taken == 1 && g.kick_samples.len() < g.kick_samples.capacity() {
                 g.kick_samples.push(stamps.now().saturating_sub(start) as u32);
             }
             (taken, Action::Resume)
         }
-        ViCall::VnicRxPosted => (u64::from(vnic_of(g, id).ok_or(no_nic)?.rx_posted()), Action::Resume),
+        ViCall::VnicRxPosted => {
+            vnic_of(g, id).ok_or(no_nic)?;
+            g.net_ctx().deliver_held(id);
+            (u64::from(vnic_of(g, id).map_or(0, crate::vnet::GuestNic::rx_posted)), Action::Resume)
+        }
     })
 }
 

@@ -1,17 +1,73 @@
 //! The kernel heap: a linked-list allocator over one contiguous run of frames, for the few
 //! structures whose size is known only at run time. Never used from interrupt handlers.
+//!
+//! Growth on a guest's behalf is fallible and stops at a floor ([`room_for_guest_growth`]); the
+//! kernel's own allocations (the `stats:` line, end-of-run reports) are not. A byte count alone
+//! does not protect them: thousands of guests' small blocks, grown and freed, can leave the free
+//! bytes in holes too small for anything. So the heap also keeps a contiguous reserve block,
+//! given back the first time an allocation fails and the allocation retried; from then on no
+//! guest grows the heap any more.
 
 use super::phys::phys_to_virt;
+use core::alloc::{GlobalAlloc, Layout};
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicBool, Ordering};
 use linked_list_allocator::LockedHeap;
 
 #[global_allocator]
-static HEAP: LockedHeap = LockedHeap::empty();
+static HEAP: KernelHeap = KernelHeap { heap: LockedHeap::empty(), reserve: spin::Mutex::new(None) };
 
-/// Gives the heap the physical range `[phys, phys + bytes)`.
+/// Bytes of the reserve block.
+const RESERVE_BYTES: usize = 64 * 1024;
+
+/// Set once the reserve was spent: the heap ran out for real.
+static RESERVE_SPENT: AtomicBool = AtomicBool::new(false);
+
+struct KernelHeap {
+    heap: LockedHeap,
+    /// The reserve block (taken from the heap at `init`), until spent.
+    reserve: spin::Mutex<Option<NonNull<u8>>>,
+}
+
+// SAFETY: the reserve pointer is only ever handed back to the heap it came from, under its lock.
+unsafe impl Sync for KernelHeap {}
+
+const RESERVE_LAYOUT: Layout = match Layout::from_size_align(RESERVE_BYTES, 16) {
+    Ok(layout) => layout,
+    Err(_) => panic!("a valid layout"),
+};
+
+// SAFETY: every call is forwarded to the locked linked-list heap; the reserve block is a live
+// allocation of that heap with `RESERVE_LAYOUT`, freed at most once (taken out of its Option).
+unsafe impl GlobalAlloc for KernelHeap {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded with the caller's guarantees.
+        let ptr = unsafe { self.heap.alloc(layout) };
+        if !ptr.is_null() {
+            return ptr;
+        }
+        let Some(reserve) = self.reserve.lock().take() else { return ptr };
+        RESERVE_SPENT.store(true, Ordering::Relaxed);
+        // SAFETY: the reserve came from this heap with RESERVE_LAYOUT and is freed once.
+        unsafe { self.heap.dealloc(reserve.as_ptr(), RESERVE_LAYOUT) };
+        // SAFETY: as above.
+        unsafe { self.heap.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { self.heap.dealloc(ptr, layout) }
+    }
+}
+
+/// Gives the heap the physical range `[phys, phys + bytes)` and sets the reserve aside.
 pub fn init(phys: u64, bytes: usize) {
     // SAFETY: the range was just taken from the frame allocator, is mapped writable in the
     // direct map, and is handed to the heap exactly once.
-    unsafe { HEAP.lock().init(phys_to_virt(phys).as_mut_ptr(), bytes) };
+    unsafe { HEAP.heap.lock().init(phys_to_virt(phys).as_mut_ptr(), bytes) };
+    // SAFETY: a valid, non-zero layout; the block is kept until spent (see `alloc`).
+    let reserve = unsafe { HEAP.heap.alloc(RESERVE_LAYOUT) };
+    *HEAP.reserve.lock() = NonNull::new(reserve);
 }
 
 /// Heap bytes that growth on a guest's behalf (its frame list, FIFO, console line) may not
@@ -19,15 +75,21 @@ pub fn init(phys: u64, bytes: usize) {
 /// which are not fallible. A guest's growth below this floor fails like a missing frame.
 const GUEST_GROWTH_FLOOR: u64 = 128 * 1024;
 
-/// Whether the heap has room for growth on a guest's behalf (see [`GUEST_GROWTH_FLOOR`]).
+/// Whether the heap has room for growth on a guest's behalf (see [`GUEST_GROWTH_FLOOR`]); never
+/// once the reserve was spent.
 pub fn room_for_guest_growth() -> bool {
-    usage().1 >= GUEST_GROWTH_FLOOR
+    !RESERVE_SPENT.load(Ordering::Relaxed) && usage().1 >= GUEST_GROWTH_FLOOR
 }
 
-/// `(used, free)` bytes.
+/// Whether the heap once ran out and its reserve was spent (for the `stats:` line).
+pub fn reserve_spent() -> bool {
+    RESERVE_SPENT.load(Ordering::Relaxed)
+}
+
+/// `(used, free)` bytes (the reserve counts as used until spent).
 pub fn usage() -> (u64, u64) {
     x86_64::instructions::interrupts::without_interrupts(|| {
-        let heap = HEAP.lock();
+        let heap = HEAP.heap.lock();
         (heap.used() as u64, heap.free() as u64)
     })
 }

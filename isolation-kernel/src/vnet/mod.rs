@@ -43,6 +43,27 @@ const FIFO_CAPACITY: usize = 64;
 const BUDGET_PER_TURN: usize = 8;
 /// Kernel packet buffers (one page each) shared by all guests' FIFOs.
 const POOL_BUFFERS: u32 = 512;
+/// Frames the kernel holds for a guest that has no rx buffer posted: a ring's worth, so a guest
+/// posting few buffers loses nothing to a burst its ring could have taken.
+const RX_HOLD_LIMIT: usize = hypercall_abi::vnic::RX_RING_SIZE as usize;
+/// Pool buffers holding received frames never take the last quarter of the pool, which stays
+/// for transmit: a guest that stops reading slows only itself.
+const POOL_KEPT_FOR_TX_DIVISOR: usize = 4;
+
+/// A frame held for a guest in a pool buffer: the buffer and the frame's length.
+#[derive(Clone, Copy, Debug)]
+struct HeldFrame {
+    buf: kernel_core::vnet::BufId,
+    len: u32,
+}
+
+/// The network's packet pool and the memory behind it, as the receive path borrows them to
+/// hold frames (the transmit path reaches the same fields of [`Network`] directly).
+pub(super) struct PoolMemory<'p> {
+    pool: &'p mut PacketPool,
+    frames: &'p [u64],
+    buffer_bytes: u64,
+}
 
 /// A guest's virtual NIC as the kernel sees it: the frames behind its shared page and areas
 /// (reached through the direct map, never through guest addresses), and the kernel's own copy
@@ -68,6 +89,9 @@ pub struct GuestNic {
     /// Rx buffers filled; the guest sees it as `rx_consumer`.
     rx: RxRing,
     bad_descriptor_logged: bool,
+    /// Frames that found no posted rx buffer, oldest first: delivered before any newer frame
+    /// once the guest posts buffers (see `rx::deliver`, `NetCtx::deliver_held`).
+    held: alloc::collections::VecDeque<HeldFrame>,
     /// Guest pages write-protected since the guest last ran: their TLB entries must go before
     /// it runs again, unless its address space is reloaded anyway.
     pub pending_flush: Vec<u64>,
@@ -80,9 +104,11 @@ impl GuestNic {
     pub fn kernel_bytes(&self) -> usize {
         let u64s = self.tx_pte.capacity().saturating_add(self.pending_flush.capacity());
         let rx_frames = self.rx_frames.capacity().saturating_mul(core::mem::size_of::<Option<u64>>());
+        let held = self.held.capacity().saturating_mul(core::mem::size_of::<HeldFrame>());
         core::mem::size_of::<GuestNic>()
             .saturating_add(u64s.saturating_mul(core::mem::size_of::<u64>()))
             .saturating_add(rx_frames)
+            .saturating_add(held)
             .saturating_add(self.cow.heap_bytes())
             .saturating_add(if self.tx.is_limited() {
                 core::mem::size_of::<kernel_core::vnet::RateLimiter>()
@@ -114,6 +140,11 @@ impl GuestNic {
     /// Rx buffers posted and not yet filled (0 if the guest wrote nonsense).
     pub fn rx_posted(&self) -> u32 {
         self.rx.offered(self.shared().rx_producer.0.load(Ordering::Acquire)).unwrap_or(0)
+    }
+
+    /// Whether frames wait in the kernel for this guest to post rx buffers.
+    pub fn holds_frames(&self) -> bool {
+        !self.held.is_empty()
     }
 
     /// Logs the first misbehaviour of this guest's vNIC; later ones are only counted.
@@ -165,6 +196,7 @@ pub fn build_nic(
         ring: TxRing::new(),
         rx: RxRing::new(),
         bad_descriptor_logged: false,
+        held: alloc::collections::VecDeque::new(),
         pending_flush: Vec::with_capacity(TX_SLOTS as usize),
         tx: GuestTx::default(),
     };
@@ -323,6 +355,15 @@ impl Network {
             pending_notify: Vec::new(),
             tx_stage_samples: alloc::collections::BTreeMap::new(),
             stamp_records_made: 0,
+        }
+    }
+
+    /// Frees the frames held for a guest that has ended, counting them as dropped.
+    pub fn drop_held(&mut self, nic: &mut GuestNic) {
+        for frame in nic.held.drain(..) {
+            let _ = self.pool.release(frame.buf);
+            self.counters.rx_held_now = self.counters.rx_held_now.saturating_sub(1);
+            self.counters.drops_held_guest_ended = self.counters.drops_held_guest_ended.saturating_add(1);
         }
     }
 

@@ -1,7 +1,8 @@
 //! Receive: the physical NIC's frames through the vswitch, and delivery (copy into the rx
 //! buffer the guest posted, virtual interrupt, wake) for frames from the NIC or another guest.
 
-use super::{count_drop, GuestNic, NetCtx, Network};
+use super::{count_drop, run_bytes, GuestNic, HeldFrame, NetCtx, Network, PoolMemory};
+use super::{POOL_KEPT_FOR_TX_DIVISOR, RX_HOLD_LIMIT};
 use crate::guest::space::copy_into_run;
 use crate::guest::space::LazyFault;
 use crate::guest::Guest;
@@ -18,7 +19,8 @@ impl NetCtx<'_> {
         let (entry, handler) = (crate::arch::trap::entry_tsc(), stamps.now());
         self.reclaim_nic();
         let NetCtx { net, nics, sched, guests } = self;
-        let Network { nic, vswitch, counters, .. } = &mut **net;
+        let Network { nic, vswitch, counters, pool, pool_frames, pool_buffer_bytes, .. } = &mut **net;
+        let mut pool = PoolMemory { pool, frames: pool_frames, buffer_bytes: *pool_buffer_bytes };
         let Some(nic) = nic.as_mut() else { return 0 };
         nic.receive_with(
             |frame| {
@@ -26,7 +28,7 @@ impl NetCtx<'_> {
                 let route = vswitch.route(frame, Source::Uplink);
                 let routed = stamps.now();
                 match route {
-                    Route::Guest(dst) => deliver(nics, guests, sched, counters, dst, frame)
+                    Route::Guest(dst) => deliver(nics, guests, sched, counters, &mut pool, dst, frame)
                         .map(|area| (area, popped, routed, stamps.now())),
                     Route::Uplink => {
                         count_drop(counters, DropReason::UnknownMac);
@@ -54,16 +56,53 @@ impl NetCtx<'_> {
     }
 }
 
+impl NetCtx<'_> {
+    /// Delivers the frames held for guest `id` into the rx buffers it has posted since, oldest
+    /// first. Called whenever the guest traps in a way that may follow a repost (it idles, kicks
+    /// or says it posted), so a guest that keeps few buffers posted gets its frames without a
+    /// trap of its own for each.
+    pub fn deliver_held(&mut self, id: GuestId) {
+        let NetCtx { net, nics, sched, guests } = self;
+        let Network { counters, pool, pool_frames, pool_buffer_bytes, .. } = &mut **net;
+        loop {
+            let Some(nic) = nics.get_mut(id).and_then(Option::as_mut) else { return };
+            let Some(&HeldFrame { buf, len }) = nic.held.front() else { return };
+            let Some(index) = take_posted(nic, counters) else { return };
+            nic.held.pop_front();
+            counters.rx_held_now = counters.rx_held_now.saturating_sub(1);
+            if let Some(&base) = pool_frames.get(buf.0 as usize) {
+                let frame = run_bytes(base, *pool_buffer_bytes, 0, u64::from(len).min(*pool_buffer_bytes));
+                fill(nics, guests, sched, counters, id, index, frame);
+            }
+            let _ = pool.release(buf);
+        }
+    }
+}
+
+/// The index of the next rx buffer `nic`'s guest posted, taken now; `None` when none is posted
+/// or its producer index is nonsense (counted as such).
+fn take_posted(nic: &mut GuestNic, counters: &mut NetCounters) -> Option<u32> {
+    match nic.rx.take(nic.shared().rx_producer.0.load(Ordering::Acquire)) {
+        Ok(index) => index,
+        Err(_) => {
+            counters.bad_ring_indices = counters.bad_ring_indices.saturating_add(1);
+            None
+        }
+    }
+}
+
 /// Copies `frame` into the next rx buffer guest `dst` posted, raises its rx virtual interrupt
-/// and wakes it. A frame longer than the guest's MTU allows, or with no buffer to go into, is
-/// dropped and counted; a buffer the guest described badly is consumed, marked rejected and
-/// counted.
+/// and wakes it. A frame that finds no buffer posted (or older frames still held) is held for
+/// the guest in a pool buffer and the guest told (`rx_wanted`) to post more; a frame longer
+/// than the guest's MTU allows, or that can be neither delivered nor held, is dropped and
+/// counted; a buffer the guest described badly is consumed, marked rejected and counted.
 /// Returns the rx buffer (run base and size) the frame went into, for the receive stamps.
 pub(super) fn deliver(
     nics: &mut [Option<GuestNic>],
     guests: &mut [Guest],
     sched: &mut Scheduler,
     counters: &mut NetCounters,
+    pool: &mut PoolMemory<'_>,
     dst: GuestId,
     frame: &[u8],
 ) -> Option<(u64, u64)> {
@@ -71,16 +110,19 @@ pub(super) fn deliver(
         counters.drops_unknown_mac = counters.drops_unknown_mac.saturating_add(1);
         return None;
     };
-    let frame_len = frame.len() as u64;
-    if frame_len > nic.max_frame {
+    if frame.len() as u64 > nic.max_frame {
         counters.drops_oversize = counters.drops_oversize.saturating_add(1);
         return None;
     }
-    let shared = nic.shared();
-    let index = match nic.rx.take(shared.rx_producer.0.load(Ordering::Acquire)) {
+    // Frames held before this one go first.
+    let taken =
+        if nic.held.is_empty() { nic.rx.take(nic.shared().rx_producer.0.load(Ordering::Acquire)) } else { Ok(None) };
+    let index = match taken {
         Ok(Some(index)) => index,
         Ok(None) => {
-            counters.drops_no_buffer = counters.drops_no_buffer.saturating_add(1);
+            hold(nic, counters, pool, frame);
+            // Woken, so that it looks again (and so reposts) if it was idle.
+            sched.wake(dst);
             return None;
         }
         Err(_) => {
@@ -89,6 +131,50 @@ pub(super) fn deliver(
             return None;
         }
     };
+    fill(nics, guests, sched, counters, dst, index, frame)
+}
+
+/// Holds `frame` for `nic`'s guest in a pool buffer (or drops it, counted, when it already
+/// holds a ring's worth, the pool is down to what transmit keeps, or the kernel heap is short),
+/// and moves `rx_wanted` so the guest posts more buffers.
+fn hold(nic: &mut GuestNic, counters: &mut NetCounters, pool: &mut PoolMemory<'_>, frame: &[u8]) {
+    let shared = nic.shared();
+    shared.rx_wanted.0.fetch_add(1, Ordering::Relaxed);
+    let pool_has_room = pool.pool.available() > pool.pool.capacity() / POOL_KEPT_FOR_TX_DIVISOR;
+    let queue_has_room = nic.held.len() < RX_HOLD_LIMIT
+        && (nic.held.len() < nic.held.capacity()
+            || (crate::mm::heap::room_for_guest_growth() && nic.held.try_reserve(1).is_ok()));
+    let buf = (pool_has_room && queue_has_room).then(|| pool.pool.alloc()).flatten();
+    let Some((buf, &base)) = buf.and_then(|buf| Some((buf, pool.frames.get(buf.0 as usize)?))) else {
+        counters.drops_no_buffer = counters.drops_no_buffer.saturating_add(1);
+        return;
+    };
+    if frame.len() as u64 > pool.buffer_bytes {
+        // Cannot happen: pool buffers fit the largest MTU any guest has.
+        let _ = pool.pool.release(buf);
+        counters.drops_oversize = counters.drops_oversize.saturating_add(1);
+        return;
+    }
+    copy_into_run(base, pool.buffer_bytes, 0, frame);
+    nic.held.push_back(HeldFrame { buf, len: frame.len() as u32 });
+    counters.rx_held = counters.rx_held.saturating_add(1);
+    counters.rx_held_now = counters.rx_held_now.saturating_add(1);
+}
+
+/// Copies `frame` into the rx buffer at ring index `index` (taken) of guest `dst`, sets the
+/// descriptor's status, publishes the consumer, raises the rx virtual interrupt and wakes it.
+fn fill(
+    nics: &mut [Option<GuestNic>],
+    guests: &mut [Guest],
+    sched: &mut Scheduler,
+    counters: &mut NetCounters,
+    dst: GuestId,
+    index: u32,
+    frame: &[u8],
+) -> Option<(u64, u64)> {
+    let nic = nics.get_mut(dst).and_then(Option::as_mut)?;
+    let frame_len = frame.len() as u64;
+    let shared = nic.shared();
     let desc = shared.rx.get(ring::position(index, RX_RING_SIZE))?;
     // Read each field once: the guest may change them behind our back.
     let (addr, capacity) = (desc.addr.load(Ordering::Relaxed), desc.len.load(Ordering::Relaxed));

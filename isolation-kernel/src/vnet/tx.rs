@@ -4,7 +4,7 @@
 
 use super::rx::deliver;
 use super::stamps::PendingNotify;
-use super::{count_drop, page_addrs_of, run_bytes, GuestNic, NetCtx, Network};
+use super::{count_drop, page_addrs_of, run_bytes, GuestNic, NetCtx, Network, PoolMemory};
 use crate::drivers::virtio_net::{TransmitError, TxCookie};
 use crate::guest::space::copy_into_run;
 use core::sync::atomic::Ordering;
@@ -116,7 +116,8 @@ impl NetCtx<'_> {
                     };
                     match vswitch.route(frame, Source::Guest(src)) {
                         Route::Guest(dst) => {
-                            deliver(nics, guests, sched, counters, dst, frame);
+                            let mut pool = PoolMemory { pool, frames: pool_frames, buffer_bytes: *pool_buffer_bytes };
+                            deliver(nics, guests, sched, counters, &mut pool, dst, frame);
                         }
                         Route::Uplink => match (nic.as_mut(), guest_frame) {
                             (Some(nic), None) => {

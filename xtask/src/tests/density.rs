@@ -1,7 +1,7 @@
 //! Density: a thousand `udp-echo` guests on one kernel over the tap network (`echo-1k`). A
 //! client in the namespace sends one datagram to every guest; every guest must answer its own,
 //! byte for byte, with nothing dropped anywhere and the loss ledgers balanced, and the kernel's
-//! report of private pages per guest is printed.
+//! report of private pages per guest is within the target (and printed).
 
 use super::*;
 use crate::density::{self, Creation, PageReport};
@@ -47,6 +47,10 @@ pub(super) fn echo_1k_every_guest_answers(ctx: &Ctx) -> TestResult {
     let pages = PageReport::from_log(&outcome.log);
     check(outcome, pages.guests == GUESTS && pages.get("pages").is_some_and(|(median, _)| median > 0), || {
         format!("a summary with pages per guest for each of the {GUESTS} guests: {pages:?}")
+    })?;
+    // Every guest, having answered, within the target: page tables, stack, heap, vNIC and all.
+    check(outcome, pages.get("pages").is_some_and(|(_, max)| max <= crate::tests::GUEST_PAGES_TARGET), || {
+        format!("a guest holds more than {} private pages: {}", crate::tests::GUEST_PAGES_TARGET, pages.describe())
     })?;
     let creation = creation.unwrap_or_default();
     println!(

@@ -288,6 +288,29 @@ fn finish_http(
         .values()
         .map(|c| c.get("connections").unwrap_or(&0) + c.get("refused").unwrap_or(&0))
         .sum();
+    // The apps' counters reach the kernel's stats too: requests, error responses (4xx and 5xx)
+    // and body bytes, summed over the guests, equal the sums of their last `http:` lines.
+    let apps = http_counters(&outcome.log);
+    let sum = |key: &dyn Fn(&BTreeMap<String, u64>) -> u64| apps.values().map(key).sum::<u64>();
+    let field = |c: &BTreeMap<String, u64>, k: &str| c.get(k).copied().unwrap_or(0);
+    let errors = |c: &BTreeMap<String, u64>| {
+        c.iter()
+            .filter(|(k, _)| {
+                k.strip_prefix("status_").and_then(|code| code.parse::<u16>().ok()).is_some_and(|code| code >= 400)
+            })
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let want = [
+        ("guest_http_requests", sum(&|c| field(c, "requests"))),
+        ("guest_http_errors", sum(&errors)),
+        ("guest_http_body_bytes", sum(&|c| field(c, "body_bytes"))),
+    ];
+    for (name, value) in want {
+        check(&outcome, stats.get(name) == Some(&value), || {
+            format!("stats: {name}={:?}, the apps' http: lines add up to {value}", stats.get(name))
+        })?;
+    }
     check(&outcome, get("guest_tcp_accepted") == app_took && get("guest_tcp_refused") == 0, || {
         format!(
             "the stack accepted {} connections, the apps took {app_took}; it refused {}",

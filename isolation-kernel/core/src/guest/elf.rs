@@ -682,6 +682,8 @@ mod tests {
             ElfError::EntryNotExecutable(0x1234).to_string(),
             "entry point 0x1234 is not in an executable segment"
         );
-        assert!(ElfError::SegmentOutsideImageArea { index: 4 }.to_string().contains("0x400000..0x10000000"));
+        assert!(ElfError::SegmentOutsideImageArea { index: 4 }
+            .to_string()
+            .contains(&format!("{IMAGE_BASE:#x}..{IMAGE_LIMIT:#x}")));
     }
 }

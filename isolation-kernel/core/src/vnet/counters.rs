@@ -18,7 +18,8 @@ pub struct NetCounters {
     pub drops_bad_desc: u64,
     /// Frames whose source MAC was not the sending guest's.
     pub drops_spoof: u64,
-    /// Frames with no buffer to go into (pool empty, or no rx buffer posted).
+    /// Frames with no buffer to go into (pool empty, or no rx buffer posted and none could be
+    /// held for the guest).
     pub drops_no_buffer: u64,
     /// Frames from the uplink to a MAC no local guest has.
     pub drops_unknown_mac: u64,
@@ -48,11 +49,18 @@ pub struct NetCounters {
     pub cow_faults: u64,
     pub cow_spurious: u64,
     pub tlb_flushes: u64,
+    /// Frames that found no posted rx buffer and were held in a pool buffer for their guest,
+    /// delivered once it posts one (backpressure, not loss); of those, how many are held now
+    /// (a gauge: the receive ledger counts them beside delivered and dropped), and how many
+    /// were dropped because their guest ended first.
+    pub rx_held: u64,
+    pub rx_held_now: u64,
+    pub drops_held_guest_ended: u64,
 }
 
 impl NetCounters {
     /// The counters as `(name, value)` pairs, in the order they are printed.
-    pub fn pairs(&self) -> [(&'static str, u64); 24] {
+    pub fn pairs(&self) -> [(&'static str, u64); 27] {
         [
             ("tx_packets", self.tx_packets),
             ("tx_bytes", self.tx_bytes),
@@ -78,6 +86,9 @@ impl NetCounters {
             ("cow_faults", self.cow_faults),
             ("cow_spurious", self.cow_spurious),
             ("tlb_flushes", self.tlb_flushes),
+            ("rx_held", self.rx_held),
+            ("rx_held_now", self.rx_held_now),
+            ("drops_held_guest_ended", self.drops_held_guest_ended),
         ]
     }
 }
@@ -117,6 +128,9 @@ mod tests {
             cow_faults: 22,
             cow_spurious: 23,
             tlb_flushes: 24,
+            rx_held: 25,
+            rx_held_now: 26,
+            drops_held_guest_ended: 27,
         };
         let pairs = counters.pairs();
         assert_eq!(pairs.len(), FIELDS, "every counter is printed");
