@@ -381,7 +381,7 @@ mod tests {
         }
         let held = tx.admit(100, 2, || 0).unwrap_err();
         assert_eq!(held, Held { until: 500_000, first: true });
-        assert_eq!(tx.admit(100, 2, || 10).unwrap_err().first, false, "the same frame again");
+        assert!(!tx.admit(100, 2, || 10).unwrap_err().first, "the same frame again");
         assert_eq!((tx.packets, tx.bytes, tx.held_back), (2, 200, 1));
         assert_eq!(tx.admit(100, 2, || 500_000), Ok(()));
         tx.sent(100);
