@@ -69,6 +69,7 @@ pub struct RttRow {
     /// (median: the upper end of its log2 bucket).
     pub wakes: u64,
     pub wake_delay_median_us: u64,
+    pub wake_delay_p99_us: u64,
     pub wake_delay_max_us: u64,
 }
 
@@ -223,6 +224,7 @@ fn rtt_cell(artifacts: &Artifacts, base: &Manifest, beside: &str, hogs: &[&str],
         rtt_max_us: max,
         wakes: counter(&echo, "wakes"),
         wake_delay_median_us: counter(&echo, "wake_delay_median_us"),
+        wake_delay_p99_us: counter(&echo, "wake_delay_p99_us"),
         wake_delay_max_us: counter(&echo, "wake_delay_max_us"),
     })
 }
@@ -352,8 +354,8 @@ pub fn run(load: Load) -> Result<std::path::PathBuf> {
 fn print_report(r: &IsolationReport) {
     println!("\nUDP echo round trips ({ECHO_BYTES} bytes, sequential, user network, TCG, wall clock), one echo guest beside:");
     println!(
-        "{:<10} {:>7} {:>5} {:>11} {:>11} {:>11} {:>7} {:>15} {:>14}",
-        "beside", "echoes", "lost", "p50 us", "p99 us", "max us", "wakes", "wake p50 us", "wake max us"
+        "{:<10} {:>7} {:>5} {:>9} {:>9} {:>9} {:>6} {:>12} {:>12} {:>12}",
+        "beside", "echoes", "lost", "p50 us", "p99 us", "max us", "wakes", "wake p50 us", "wake p99 us", "wake max us"
     );
     for row in &r.rtt {
         println!(
@@ -507,6 +509,7 @@ mod tests {
                 rtt_max_us: 2000.0,
                 wakes: 10,
                 wake_delay_median_us: 8,
+                wake_delay_p99_us: 40,
                 wake_delay_max_us: 90,
             })
             .collect();

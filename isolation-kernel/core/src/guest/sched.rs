@@ -313,12 +313,20 @@ impl Scheduler {
 
     /// A virtual interrupt for `id`: an idle guest becomes runnable, with at most the sleeper's
     /// bonus of virtual time back (see the module notes). Returns whether it woke. O(log n)
-    /// (its deadline entry, if any, stays behind: see the module notes).
+    /// (its deadline entry, if any, stays behind: see the module notes). For a guest already
+    /// runnable it changes nothing but asks [`Scheduler::preempt_current_for_woken`] to look:
+    /// if that guest is behind the running one in virtual time, it runs now.
     pub fn wake(&mut self, id: GuestId) -> bool {
         let bonus = self.quantum.saturating_mul(SLEEPER_BONUS_QUANTA).saturating_mul(u64::from(MAX_CPU_WEIGHT));
         let earliest = self.floor.saturating_sub(bonus);
         let (clock, current) = (self.clock, self.current);
         let Some(entry) = self.guests.get_mut(id) else { return false };
+        if entry.state == RunState::Runnable {
+            // Already waiting for the CPU (preempted with work to do): if it is behind the
+            // running guest in virtual time it may run now rather than at the next tick.
+            self.woken_while_running |= current.is_some();
+            return false;
+        }
         if !matches!(entry.state, RunState::Idle { .. }) {
             return false;
         }
@@ -631,6 +639,29 @@ mod tests {
             s.idle_current(None, now);
             assert_eq!(s.schedule(now), Some(hog));
         }
+    }
+
+    #[test]
+    fn an_interrupt_for_a_preempted_guest_behind_the_running_one_lets_it_run_now() {
+        let (mut s, ids) = with_guests(2);
+        let (hog, echo) = (ids[0], ids[1]);
+        assert_eq!(s.schedule(0), Some(hog));
+        assert!(s.preempt_current_by_timer(1_000), "the echo guest is not ahead of the hog");
+        assert_eq!(s.schedule(1_000), Some(echo));
+        assert!(s.preempt_current_by_timer(3_000), "the echo guest became busy for two quanta");
+        assert_eq!(s.schedule(3_000), Some(hog));
+        // A frame for the echo guest, runnable (not idle): no wake, but it is behind the hog in
+        // virtual time by the time the hog has run another 1.5 quanta, so it runs at once.
+        s.set_clock(4_500);
+        assert!(!s.wake(echo), "it was not idle");
+        assert!(s.preempt_current_for_woken(4_500));
+        assert_eq!(s.schedule(4_500), Some(echo));
+        assert_eq!(s.wake_delays(echo).unwrap().samples(), 0, "no wake-up to count");
+        // Behind it is not: the same frame changes nothing.
+        s.set_clock(4_600);
+        assert!(!s.wake(hog));
+        assert!(!s.preempt_current_for_woken(4_600));
+        assert_eq!(s.current(), Some(echo));
     }
 
     #[test]
