@@ -359,7 +359,7 @@ fn print_report(r: &IsolationReport) {
     );
     for row in &r.rtt {
         println!(
-            "{:<10} {:>7} {:>5} {:>11.0} {:>11.0} {:>11.0} {:>7} {:>15} {:>14}",
+            "{:<10} {:>7} {:>5} {:>9.0} {:>9.0} {:>9.0} {:>6} {:>12} {:>12} {:>12}",
             row.beside,
             row.echoes,
             row.lost,
@@ -368,6 +368,7 @@ fn print_report(r: &IsolationReport) {
             row.rtt_max_us,
             row.wakes,
             row.wake_delay_median_us,
+            row.wake_delay_p99_us,
             row.wake_delay_max_us
         );
     }
