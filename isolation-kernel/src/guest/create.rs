@@ -59,7 +59,13 @@ pub fn boot(
     let Ok(config) = core::str::from_utf8(config) else {
         return InitrdError::ConfigNotUtf8;
     };
+    // Room for every guest record at once (exactly: a vector that doubles would need up to
+    // twice the room), or the boot fails naming how many.
     let mut specs: Vec<GuestSpec<'static>> = Vec::new();
+    let guest_records = config.lines().filter(|line| line.starts_with("guest\t")).count();
+    if specs.try_reserve_exact(guest_records).is_err() {
+        return InitrdError::KernelHeapTooSmall { guests: guest_records, heap_free: crate::mm::heap::usage().1 };
+    }
     for record in parse_config(config) {
         match record {
             Ok(Record::Image { name }) => log::info!("image `{name}`"),

@@ -246,11 +246,19 @@ impl Scheduler {
         self.requeue_current(behind);
     }
 
-    /// A timer tick while the current guest runs: it keeps the CPU (false) unless it has run
-    /// half a quantum or more and another runnable guest is not ahead of it in virtual time; then it
-    /// goes to the runnable heap (true) and [`Scheduler::schedule`] picks the next. O(1) when
-    /// it keeps the CPU.
+    /// A timer tick while the current guest runs: idle guests whose deadline passed wake (and
+    /// take the CPU at once if ahead, as on any wake); then the current guest keeps the CPU
+    /// (false) unless it has run half a quantum or more and another runnable guest is not ahead
+    /// of it in virtual time; then it goes to the runnable heap (true) and
+    /// [`Scheduler::schedule`] picks the next. O(1) when it keeps the CPU and no deadline is
+    /// due.
     pub fn preempt_current_by_timer(&mut self, now: u64) -> bool {
+        // Idle guests whose deadline passed wake now (O(1) when none is due), and may take the
+        // CPU at once as any woken guest.
+        self.wake_expired(now);
+        if self.preempt_current_for_woken(now) {
+            return true;
+        }
         let Some((_, vtime, on_cpu)) = self.charge_current(now) else { return false };
         self.raise_floor(vtime);
         // (An equal one too: guests of equal weight take turns.)
@@ -409,6 +417,22 @@ mod tests {
         assert_eq!(s.schedule(0), Some(ids[0]));
         let order: Vec<_> = (1..=6).map(|t| tick(&mut s, t * 1_000)).collect();
         assert_eq!(order, [ids[1], ids[2], ids[0], ids[1], ids[2], ids[0]]);
+    }
+
+    #[test]
+    fn a_sleeper_whose_deadline_passed_wakes_on_the_tick_beside_a_busy_guest() {
+        // The busy guest would keep the CPU on every tick; the sleeper must not wait for it.
+        let (mut s, ids) = with_guests(2);
+        let (sleeper, spinner) = (ids[0], ids[1]);
+        assert_eq!(s.schedule(0), Some(sleeper));
+        s.idle_current(Some(50_000), 10);
+        assert_eq!(s.schedule(10), Some(spinner));
+        for t in 1..50 {
+            assert!(!s.preempt_current_by_timer(t * 1_000), "tick {t}: nobody else is runnable");
+        }
+        assert!(s.preempt_current_by_timer(50_000), "the deadline passed: the sleeper runs");
+        assert_eq!(s.schedule(50_000), Some(sleeper));
+        assert_eq!(s.wake_delays(sleeper).unwrap().samples(), 1);
     }
 
     #[test]
