@@ -122,6 +122,9 @@ pub mod cmdline {
     /// x87, MMX or SSE instruction stops the guest) or `save` (each guest has its own x87/MMX/SSE
     /// registers, saved and restored by the kernel on every switch between guests).
     pub const FPU_POLICIES: [&str; 2] = ["fault", "save"];
+    /// A virtio-mmio device, in Linux's form `SIZE@BASE:IRQ[:ID]` (`4K@0xc0001000:5`), one word
+    /// per device: how Firecracker and QEMU's `microvm` (with `acpi=off`) announce them.
+    pub const VIRTIO_MMIO_DEVICE: &str = "virtio_mmio.device";
     /// Prefix of the line the kernel prints with its counters, as `name=value` pairs.
     pub const STATS_PREFIX: &str = "stats:";
     /// What the `stats:` line covers: `totals` (the default: guests' own counters summed) or

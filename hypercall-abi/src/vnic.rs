@@ -76,11 +76,13 @@ pub enum DescStatus {
     RejectedBadDescriptor = 2,
     /// The frame's source MAC was not the guest's own.
     RejectedSpoofedSource = 3,
+    /// Tx: the kernel had no memory to queue the frame, and dropped it (`drops_no_memory`).
+    DroppedNoMemory = 4,
 }
 
 impl DescStatus {
     pub fn from_u32(value: u32) -> Option<DescStatus> {
-        [Self::Pending, Self::Done, Self::RejectedBadDescriptor, Self::RejectedSpoofedSource]
+        [Self::Pending, Self::Done, Self::RejectedBadDescriptor, Self::RejectedSpoofedSource, Self::DroppedNoMemory]
             .into_iter()
             .find(|s| *s as u32 == value)
     }

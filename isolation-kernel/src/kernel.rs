@@ -108,6 +108,7 @@ pub extern "C" fn kernel_entry(start_info_phys: u64) -> ! {
         ));
     }
     crate::guest::set_per_guest_stats(args.stats_per_guest);
+    crate::drivers::virtio_net::announce_mmio_devices(args.virtio_mmio);
     power_off::log_discovery();
 
     setup_memory(&info);

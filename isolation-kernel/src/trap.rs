@@ -42,9 +42,16 @@ pub extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
         return crate::guest::handle_user_trap(frame, vector);
     }
     match vector {
-        Vector::Timer => timer_tick(),
+        Vector::Timer => {
+            timer_tick();
+            // A NIC without interrupts is polled here too, not only while a guest runs.
+            if crate::drivers::virtio_net::polled() {
+                crate::guest::nic_interrupt();
+            }
+        }
         Vector::Spurious => {}
         Vector::Nic => {
+            crate::drivers::virtio_net::count_interrupt();
             crate::guest::nic_interrupt();
             end_of_interrupt();
         }

@@ -90,6 +90,10 @@ const POLL_ROUNDS: usize = 32;
 /// which a ring of [`RX_RING_SIZE`] buffers could not hold (the kernel drops a frame that finds
 /// no buffer, and a TCP sender waits a retransmission timeout to send it again).
 const YIELD_AFTER_FRAMES: u64 = RX_RING_SIZE as u64 / 2;
+/// How long frames a poll produced may wait for the guest to idle (the kernel takes the tx ring
+/// then, so an echo costs one virtual instruction) before the stack kicks after all: a guest
+/// that keeps polling instead of idling sends at most this late.
+const KICK_DEFERRAL: Duration = Duration::from_micros(100);
 
 /// What the stack needs from the guest runtime: time, and a way to sleep.
 pub trait Platform {
@@ -169,6 +173,8 @@ pub struct NetStack<'a, D: Doorbell, P: Platform> {
     mtu: usize,
     /// Receive-path stage records (stamping on), by frame length.
     rx_stage_samples: alloc::collections::BTreeMap<usize, Vec<[u32; 8]>>,
+    /// Since when produced frames wait for a kick (or the idle that makes one needless).
+    kick_deferred_since: Option<Instant>,
     /// The interface's addresses, to classify frames before the stack takes them.
     identity: ingress::Identity,
     /// Each UDP socket's receive buffer as tracked for admission.
@@ -221,6 +227,7 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
             platform,
             mtu,
             rx_stage_samples: alloc::collections::BTreeMap::new(),
+            kick_deferred_since: None,
             identity,
             udp_books: Vec::new(),
             counters: [0; GuestCounter::COUNT],
@@ -523,9 +530,12 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
             }
             changed = true;
         }
-        self.device.flush();
+        self.flush_device(now);
         self.device.publish_counters(&self.guest_counters());
         if self.device.counters().tx_frames.saturating_sub(sent_before) >= YIELD_AFTER_FRAMES {
+            // The yield hands the tx ring over too.
+            self.device.handed_over_by_idle();
+            self.kick_deferred_since = None;
             self.platform.yield_now();
         }
         changed
@@ -540,6 +550,28 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
     /// As [`Self::wait`], but no later than `deadline` (an app's own timeout).
     pub fn wait_until(&mut self, deadline: Instant) {
         self.sleep(Some(deadline));
+    }
+
+    /// Ends a poll: buffers go back, and produced frames are kicked only if they waited
+    /// [`KICK_DEFERRAL`] already or the ring is full; otherwise the idle that usually follows
+    /// hands them over ([`Self::idle_until`]).
+    fn flush_device(&mut self, now: Instant) {
+        if !self.device.flush_without_kick() {
+            self.kick_deferred_since = None;
+            return;
+        }
+        let since = *self.kick_deferred_since.get_or_insert(now);
+        if now - since >= KICK_DEFERRAL || !self.device.tx_has_room() {
+            self.device.flush();
+            self.kick_deferred_since = None;
+        }
+    }
+
+    /// Idles until `deadline` (or a virtual interrupt); the kernel takes the tx ring as it does.
+    fn idle_until(&mut self, deadline: Option<Instant>) {
+        self.device.handed_over_by_idle();
+        self.kick_deferred_since = None;
+        self.platform.idle_until(deadline);
     }
 
     fn sleep(&mut self, limit: Option<Instant>) {
@@ -559,14 +591,14 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
             }
             // What is due is a send, and every tx slot is in flight: the kernel raises a
             // virtual interrupt when it completes one.
-            self.platform.idle_until(limit);
+            self.idle_until(limit);
             return;
         }
         let deadline = match (stack, limit) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        self.platform.idle_until(deadline);
+        self.idle_until(deadline);
     }
 
     /// The vNIC under the stack, for host harnesses that play the kernel's side.

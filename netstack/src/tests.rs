@@ -122,7 +122,7 @@ fn udp_echo_between_two_stacks_is_byte_exact() {
 #[test]
 fn one_doorbell_per_poll_for_a_batch() {
     let (mut mem_a, mut mem_b) = (GuestMemory::default(), GuestMemory::default());
-    let (mut a, bell, _) = stack(&mut mem_a, config(MAC_A, IP_A, GATEWAY));
+    let (mut a, bell, clock_a) = stack(&mut mem_a, config(MAC_A, IP_A, GATEWAY));
     let (mut b, _, _) = stack(&mut mem_b, config(MAC_B, IP_B, GATEWAY));
     let ha = a.udp_bind(1).unwrap();
     let hb = b.udp_bind(2).unwrap();
@@ -137,11 +137,29 @@ fn one_doorbell_per_poll_for_a_batch() {
     for i in 0..10u8 {
         a.udp_send(ha, &[i], (IP_B, 2)).unwrap();
     }
+    // The batch goes into the ring at once; its kick waits for the idle that usually follows.
     assert!(a.poll());
+    assert_eq!(bell.tx_kicks.get(), kicks);
+    // A guest that goes on polling instead kicks once, when the deferral has passed.
+    assert!(!a.poll(), "nothing left to do");
+    assert_eq!(bell.tx_kicks.get(), kicks);
+    clock_a.advance(crate::KICK_DEFERRAL);
+    assert!(!a.poll());
     assert_eq!(bell.tx_kicks.get(), kicks + 1);
     assert_eq!(a.device.kernel_side().take_tx().len(), 10);
-    assert!(!a.poll(), "nothing left to do");
+    assert!(!a.poll());
     assert_eq!(bell.tx_kicks.get(), kicks + 1);
+    // A batch followed by an idle costs no kick at all: idling hands the ring over.
+    for i in 0..3u8 {
+        a.udp_send(ha, &[i], (IP_B, 2)).unwrap();
+    }
+    assert!(a.poll());
+    a.wait();
+    assert_eq!(clock_a.idles.borrow().len(), 1, "it idled");
+    clock_a.advance(crate::KICK_DEFERRAL);
+    assert!(!a.poll());
+    assert_eq!(bell.tx_kicks.get(), kicks + 1);
+    assert_eq!(a.device.kernel_side().take_tx().len(), 3);
 }
 
 /// A ping gets its echo reply (smoltcp answers it itself; a frame counted as "other").

@@ -262,9 +262,7 @@ impl<'a, D: Doorbell> Vnic<'a, D> {
     /// Rings the tx doorbell once if frames were produced since the last flush and the kernel
     /// wants a kick. Called once after each smoltcp poll: one kick per batch, not per frame.
     pub fn flush(&mut self) {
-        self.rx.release();
-        self.tx.reap();
-        if !self.tx.kick_pending {
+        if !self.flush_without_kick() {
             return;
         }
         self.tx.kick_pending = false;
@@ -278,6 +276,23 @@ impl<'a, D: Doorbell> Vnic<'a, D> {
             self.tx_kicks += 1;
         }
         // Otherwise the kernel is draining the ring by itself.
+    }
+
+    /// As [`Self::flush`], but leaves the kick for later: returns whether frames wait for one.
+    /// A guest about to idle need not kick at all: the kernel takes the tx ring when a guest
+    /// idles ([`Self::handed_over_by_idle`]).
+    pub fn flush_without_kick(&mut self) -> bool {
+        self.rx.release();
+        self.tx.reap();
+        self.tx.kick_pending
+    }
+
+    /// The guest idles now: the kernel takes what the tx ring holds as a kick would, so no
+    /// kick is owed for the frames produced so far.
+    pub fn handed_over_by_idle(&mut self) {
+        if core::mem::take(&mut self.tx.kick_pending) {
+            self.tx.stamp_doorbell();
+        }
     }
 
     /// Whether the kernel asked for per-packet stage stamps.

@@ -150,7 +150,7 @@ fn run_mode(artifacts: &Artifacts, tx: TxMode, load: Load, namespace: Option<&Ta
     let rows = match namespace {
         Some(ns) => {
             let peers: Vec<String> = guests.iter().map(|n| format!("{}:7", format_ip(n.ipv4))).collect();
-            let exe = std::env::current_exe()?;
+            let exe = crate::setup::client_exe()?;
             let mut cmd = ns.command(&exe.to_string_lossy());
             cmd.args(["bench-client", "--peers", &peers.join(",")]);
             if load.latency_samples == QUICK.latency_samples {

@@ -84,8 +84,20 @@ pub fn run_echo_over_tap_with(
     if !session.wait_for(boot_timeout, |log| log.matches(LISTENING).count() >= count || boot_failure(log).is_some()) {
         let log = session.log();
         let listening = log.matches(LISTENING).count();
+        // Where the others went, as the kernel counted it (stopped guests, refused console
+        // lines, frames dropped for want of memory).
+        let stats = crate::checks::stats(&log).unwrap_or_default();
+        let counted: Vec<String> =
+            ["guests_stopped", "console_writes_refused", "drops_no_memory", "heap_reserve_spent"]
+                .iter()
+                .filter_map(|name| stats.get(*name).filter(|&&value| value > 0).map(|value| format!("{name}={value}")))
+                .collect();
         return Err(RunError {
-            error: anyhow!("{listening} of {count} echo guests listened within {} s", boot_timeout.as_secs()),
+            error: anyhow!(
+                "{listening} of {count} echo guests listened within {} s; counted: {}",
+                boot_timeout.as_secs(),
+                if counted.is_empty() { "nothing".to_string() } else { counted.join(" ") }
+            ),
             log,
         });
     }
@@ -93,7 +105,7 @@ pub fn run_echo_over_tap_with(
         return Err(RunError { error: anyhow!("{why}"), log: session.log() });
     }
     let listening_after = start.elapsed();
-    let exe = with_log(std::env::current_exe().context("the xtask binary"), no_log)?;
+    let exe = with_log(crate::setup::client_exe(), no_log)?;
     let sweep_started = start.elapsed();
     let output = namespace
         .command(&exe.to_string_lossy())

@@ -282,7 +282,7 @@ fn measure_rates(
 
 /// One transfer measured by `cargo xtask tcp-bench-client` inside the namespace.
 fn measure_in_namespace(namespace: &TapNamespace, what: Workload, server: SocketAddr, bytes: u64) -> Result<Transfer> {
-    let exe = std::env::current_exe()?;
+    let exe = crate::setup::client_exe()?;
     let mut cmd = namespace.command(&exe.to_string_lossy());
     let what_name = match what {
         Workload::Download => "download",

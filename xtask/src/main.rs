@@ -2,6 +2,7 @@
 
 mod baseline;
 mod bench;
+mod bootbench;
 mod burst;
 mod chart;
 mod checks;
@@ -29,7 +30,7 @@ use clap::{Parser, Subcommand};
 use hypercall_abi::cmdline as keys;
 use hypercall_abi::host::KernelExit;
 use manifest::{format_ip, NetPlan};
-use qemu::{AccelChoice, NetBackend, QemuConfig};
+use qemu::{AccelChoice, Machine, NetBackend, NicTransport, QemuConfig};
 use std::time::Duration;
 
 /// The image `cargo xtask run` boots when none is named.
@@ -204,6 +205,13 @@ enum BenchCmd {
         #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
         accel: AccelChoice,
     },
+    /// Time from QEMU's start to the first UDP echo of the default image, on pc (legacy and
+    /// modern virtio-pci) and microvm (virtio-mmio): boot.json.
+    Boot {
+        /// Boots per machine and transport (the median is reported).
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+    },
     /// The host-native stages in real TSC ticks: guest stack and driver, kernel portable logic:
     /// native.json.
     Native,
@@ -309,6 +317,13 @@ struct RunArgs {
     /// Make the NIC hold each transmitted frame this long (keeps zero-copy frames in flight).
     #[arg(long, value_name = "MICROSECONDS")]
     nic_tx_delay_us: Option<u64>,
+    /// The machine: pc (PCI) or microvm (virtio-mmio, Firecracker's model).
+    #[arg(long, value_enum, default_value_t = Machine::Pc)]
+    machine: Machine,
+    /// How the physical NIC (virtio-net) is attached on pc (default legacy; microvm has
+    /// virtio-mmio only).
+    #[arg(long, value_enum)]
+    nic: Option<NicTransport>,
     /// Serve the kernel's latest `stats:` counters, totals and per guest, at http://ADDR/metrics
     /// in the Prometheus text format (port 0: any free port; implies --per-guest-stats).
     #[arg(long, value_name = "ADDR")]
@@ -358,6 +373,7 @@ fn real_main() -> Result<()> {
         Cmd::UdpProbe { peer, sizes } => udp::probe(peer, &sizes),
         Cmd::UdpBurst { peers, sizes, seed, settle_ms, tap } => burst::command(&peers, &sizes, seed, settle_ms, &tap),
         Cmd::Bench { which: BenchCmd::Native } => native::run().map(|_| ()),
+        Cmd::Bench { which: BenchCmd::Boot { runs } } => bootbench::run(runs.max(1)).map(|_| ()),
         Cmd::Bench { which: BenchCmd::Density { image, quick, no_bisect, tx } } => {
             let default = if quick { "echo-1k" } else { "echo-10k" };
             let bisect = if quick { density::QUICK_BISECT } else { density::FULL_BISECT };
@@ -417,6 +433,15 @@ fn user_forwards(base: u16, port: u16, guests: impl Iterator<Item = [u8; 4]>) ->
 }
 
 fn run(args: RunArgs) -> Result<()> {
+    let nic = match (args.machine, args.nic) {
+        (Machine::Pc, nic) => nic.unwrap_or_default(),
+        (Machine::Microvm, None) => NicTransport::Mmio,
+        (Machine::Microvm, Some(_)) => bail!("--nic picks a PCI transport; microvm has virtio-mmio only"),
+    };
+    if args.machine == Machine::Microvm && args.power_off != qemu::PowerOff::DebugExit {
+        // Run without ACPI (so that QEMU announces its devices) and with no i8042.
+        bail!("--power-off: microvm here has neither ACPI nor an i8042; only debug-exit");
+    }
     let plan = if args.net == NetChoice::Tap { NetPlan::TAP } else { NetPlan::USER };
     let stamping = if args.stamps { pack::Stamping::Built } else { pack::Stamping::Absent };
     let image = pack::build_with(Some(&args.image), plan, stamping)?.remove(0);
@@ -468,6 +493,7 @@ fn run(args: RunArgs) -> Result<()> {
         gdb: args.gdb,
         icount: args.icount,
         net: backend,
+        nic,
         pcap: args.pcap.as_deref(),
         netns: namespace.as_ref().map(|ns| ns.name.as_str()),
         nic_tx_delay: args.nic_tx_delay_us.map(Duration::from_micros),
@@ -480,6 +506,7 @@ fn run(args: RunArgs) -> Result<()> {
     qemu::save_command(&image.dir, &cmd)?;
     println!("image {}: {}", image.name, image.manifest.description);
     println!("accelerator: {} ({})", accel.name(), accel_reason(args.accel));
+    println!("machine: {}, NIC: {}", nic.machine().name(), nic.kernel_name());
     println!("qemu command: {}", qemu::shell_line(&cmd));
     if args.gdb {
         println!("waiting for gdb: gdb {} -ex 'target remote :1234'", image.kernel.display());

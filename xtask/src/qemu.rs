@@ -70,6 +70,70 @@ pub enum NetBackend {
     Tap { ifname: String },
 }
 
+/// The machine QEMU emulates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Machine {
+    /// The PC (i440FX) with PCI: the NIC is virtio-pci (legacy or modern, see --nic).
+    #[default]
+    Pc,
+    /// QEMU's microvm (Firecracker's model, acpi=off): no PCI; the NIC is virtio-mmio, announced
+    /// on the kernel command line, its interrupt through the I/O APIC.
+    Microvm,
+}
+
+impl Machine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Machine::Pc => "pc",
+            Machine::Microvm => "microvm",
+        }
+    }
+}
+
+/// How the physical NIC (virtio-net) sits on the machine's bus; virtio-mmio means the
+/// `microvm` machine, the PCI transports the `pc` one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum NicTransport {
+    /// Legacy (transitional) virtio-pci: registers in an I/O BAR (QEMU `disable-modern=on`).
+    #[default]
+    Legacy,
+    /// Modern virtio 1.x PCI: structures in memory BARs, MSI-X (QEMU `disable-legacy=on`; what
+    /// cloud-hypervisor and Firecracker with --enable-pci offer).
+    Modern,
+    /// virtio-mmio version 2 on microvm (chosen with --machine microvm).
+    #[value(skip)]
+    Mmio,
+}
+
+impl NicTransport {
+    /// How the kernel names the transport in its `nic:` line.
+    pub fn kernel_name(self) -> &'static str {
+        match self {
+            NicTransport::Legacy => "legacy virtio-pci",
+            NicTransport::Modern => "modern virtio-pci",
+            NicTransport::Mmio => "virtio-mmio",
+        }
+    }
+
+    /// The machine this transport exists on.
+    pub fn machine(self) -> Machine {
+        match self {
+            NicTransport::Legacy | NicTransport::Modern => Machine::Pc,
+            NicTransport::Mmio => Machine::Microvm,
+        }
+    }
+
+    /// QEMU's `-device` for the NIC on `netdev` (PCI ones without an option ROM: it is not
+    /// installed without recommends, and nothing boots from it).
+    fn qemu_device(self, netdev: &str, mac: &str) -> String {
+        match self {
+            NicTransport::Legacy => format!("virtio-net-pci,netdev={netdev},disable-modern=on,romfile=,mac={mac}"),
+            NicTransport::Modern => format!("virtio-net-pci,netdev={netdev},disable-legacy=on,romfile=,mac={mac}"),
+            NicTransport::Mmio => format!("virtio-net-device,netdev={netdev},mac={mac}"),
+        }
+    }
+}
+
 /// How the machine lets the kernel end it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum PowerOff {
@@ -94,8 +158,10 @@ pub struct QemuConfig<'a> {
     pub gdb: bool,
     /// TCG only: `-icount shift=0`, so the TSC counts executed instructions (deterministic).
     pub icount: bool,
-    /// The physical NIC (a legacy virtio-net PCI device), if any.
+    /// The physical NIC's network, if there is a NIC.
     pub net: Option<NetBackend>,
+    /// How the NIC is attached, which also picks the machine (virtio-mmio: microvm).
+    pub nic: NicTransport,
     /// Record what crosses the physical NIC to this pcap file.
     pub pcap: Option<&'a Path>,
     /// Run QEMU inside this network namespace (`ip netns exec`), for the tap backend.
@@ -120,6 +186,7 @@ impl<'a> QemuConfig<'a> {
             gdb: false,
             icount: false,
             net: None,
+            nic: NicTransport::Legacy,
             pcap: None,
             netns: None,
             nic_tx_delay: None,
@@ -136,11 +203,22 @@ impl<'a> QemuConfig<'a> {
             }
             None => Command::new(QEMU),
         };
-        let machine = if self.power_off == PowerOff::I8042 { "pc,acpi=off" } else { "pc" };
-        cmd.args(["-M", machine, "-nodefaults", "-no-reboot", "-display", "none", "-monitor", "none"]);
-        if Path::new(QBOOT).exists() {
-            cmd.args(["-bios", QBOOT]);
+        match self.nic.machine() {
+            Machine::Pc => {
+                let machine = if self.power_off == PowerOff::I8042 { "pc,acpi=off" } else { "pc" };
+                cmd.args(["-M", machine]);
+                if Path::new(QBOOT).exists() {
+                    cmd.args(["-bios", QBOOT]);
+                }
+            }
+            // Without ACPI, QEMU appends `virtio_mmio.device=` words for the devices to the
+            // command line (as Firecracker does) and has one I/O APIC; qboot is its firmware.
+            // Version 2 (virtio 1.x) transports, as Firecracker's; QEMU's default is legacy.
+            Machine::Microvm => {
+                cmd.args(["-M", "microvm,acpi=off", "-global", "virtio-mmio.force-legacy=false"]);
+            }
         }
+        cmd.args(["-nodefaults", "-no-reboot", "-display", "none", "-monitor", "none"]);
         match self.accel {
             Accel::Tcg => cmd.args(["-accel", "tcg", "-cpu", "max"]),
             // PVM (and some hosts) refuse to set IA32_ARCH_CAPABILITIES; the kernel needs none of it.
@@ -181,10 +259,7 @@ impl<'a> QemuConfig<'a> {
                 NetBackend::Tap { ifname } => format!("tap,id=net0,ifname={ifname},script=no,downscript=no"),
             };
             cmd.arg("-netdev").arg(netdev);
-            // Legacy (transitional) virtio-net, which the kernel drives through its I/O BAR;
-            // no option ROM (it is not installed without recommends, and nothing boots from it).
-            let mut device =
-                String::from("virtio-net-pci,netdev=net0,disable-modern=on,romfile=,mac=52:54:00:12:34:56");
+            let mut device = self.nic.qemu_device("net0", "52:54:00:12:34:56");
             if let Some(delay) = self.nic_tx_delay {
                 device += &format!(",tx=timer,x-txtimer={}", delay.as_nanos().min(u128::from(u32::MAX)));
             }
@@ -407,7 +482,7 @@ mod tests {
 
     #[test]
     fn command_has_exit_device_timeout_safe_options_and_kernel() {
-        let cfg = QemuConfig {
+        let config = |nic| QemuConfig {
             kernel: Path::new("/tmp/k.elf"),
             initrd: None,
             accel: Accel::Tcg,
@@ -419,12 +494,13 @@ mod tests {
                 forwards: vec![(7000, [10, 0, 2, 16], 7)],
                 tcp_forwards: vec![(7000, [10, 0, 2, 16], 7), (8080, [10, 0, 2, 16], 80)],
             }),
+            nic,
             pcap: None,
             netns: None,
             nic_tx_delay: None,
             power_off: PowerOff::DebugExit,
         };
-        let line = shell_line(&cfg.command());
+        let line = shell_line(&config(NicTransport::Legacy).command());
         assert!(line.contains("-device isa-debug-exit,iobase=0xf4,iosize=0x4"), "{line}");
         assert!(line.contains("-no-reboot"));
         assert!(line.contains("-accel tcg -cpu max"));
@@ -439,7 +515,14 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("virtio-net-pci,netdev=net0,disable-modern=on"), "{line}");
-        let mut cfg = cfg;
+        assert!(line.contains("qemu-system-x86_64 -M pc -"), "{line}");
+        let modern = shell_line(&config(NicTransport::Modern).command());
+        assert!(modern.contains("-device virtio-net-pci,netdev=net0,disable-legacy=on,romfile=,mac="), "{modern}");
+        let mmio = shell_line(&config(NicTransport::Mmio).command());
+        assert!(mmio.contains("-M microvm,acpi=off -global virtio-mmio.force-legacy=false -nodefaults"), "{mmio}");
+        assert!(mmio.contains("-device virtio-net-device,netdev=net0,mac="), "{mmio}");
+        assert!(!mmio.contains("-bios") && !mmio.contains("virtio-net-pci"), "{mmio}");
+        let mut cfg = config(NicTransport::Legacy);
         cfg.power_off = PowerOff::Acpi;
         let acpi = shell_line(&cfg.command());
         assert!(acpi.contains("-M pc ") && !acpi.contains("isa-debug-exit"), "{acpi}");

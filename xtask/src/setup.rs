@@ -62,3 +62,38 @@ mod tests {
         assert!(INSTALL_LINE.contains("qemu-system-x86"));
     }
 }
+
+/// This xtask binary, for running its client subcommands (`udp-sweep`, `udp-probe`, ...) as
+/// child processes: a copy of this build under `target/xtask-clients`, since a rebuild during a long
+/// run (a benchmark takes minutes) replaces `target/release/xtask` and leaves
+/// `current_exe()` naming a deleted file that can no longer be started.
+pub fn client_exe() -> Result<std::path::PathBuf> {
+    static COPY: OnceLock<std::path::PathBuf> = OnceLock::new();
+    if let Some(path) = COPY.get() {
+        return Ok(path.clone());
+    }
+    let exe = std::env::current_exe().context("the xtask binary")?;
+    // Named by the build's modification time: one copy per build, shared by the runs of it.
+    let built = std::fs::metadata(&exe)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let dir = workspace_root().join("target").join("xtask-clients");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let copy = dir.join(format!("xtask-{built}"));
+    if !copy.exists() {
+        // Copies of older builds go once nothing can still be running them (a day on).
+        let stale = std::time::SystemTime::now() - std::time::Duration::from_secs(24 * 3600);
+        for old in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if old.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < stale) {
+                let _ = std::fs::remove_file(old.path());
+            }
+        }
+        // Copied under a private name, then renamed: a concurrent run never starts a half copy.
+        let partial = dir.join(format!("partial-{}", std::process::id()));
+        std::fs::copy(&exe, &partial).with_context(|| format!("copying {} to {}", exe.display(), partial.display()))?;
+        std::fs::rename(&partial, &copy).with_context(|| format!("renaming to {}", copy.display()))?;
+    }
+    Ok(COPY.get_or_init(|| copy).clone())
+}

@@ -6,7 +6,7 @@ use crate::checks;
 mod isolation;
 use crate::manifest::NetPlan;
 use crate::pack::{self, Image};
-use crate::qemu::{self, Accel, NetBackend, Outcome, QemuConfig, Session};
+use crate::qemu::{self, Accel, NetBackend, NicTransport, Outcome, QemuConfig, Session};
 use crate::udp;
 use crate::TxMode;
 use anyhow::{bail, Context, Result};
@@ -76,14 +76,48 @@ const QEMU_TESTS: &[QemuTest] = &[
     QemuTest { name: "chaos_hostile_guests_isolated_tcg", run: chaos_tcg },
     QemuTest { name: "fpu_state_isolated_fault_tcg", run: |ctx| isolation::fpu_state_isolated(ctx, "fault") },
     QemuTest { name: "fpu_state_isolated_save_tcg", run: |ctx| isolation::fpu_state_isolated(ctx, "save") },
-    QemuTest { name: "udp_echo_user_network_copy_tcg", run: |ctx| udp_echo_user_network(ctx, TxMode::Copy) },
-    QemuTest { name: "udp_echo_user_network_cow_tcg", run: |ctx| udp_echo_user_network(ctx, TxMode::Cow) },
+    QemuTest { name: "udp_echo_user_network_copy_tcg", run: |ctx| udp_echo_user_network(ctx, TxMode::Copy, LEGACY) },
+    QemuTest { name: "udp_echo_user_network_cow_tcg", run: |ctx| udp_echo_user_network(ctx, TxMode::Cow, LEGACY) },
+    QemuTest {
+        name: "udp_echo_user_network_copy_modern_tcg",
+        run: |ctx| udp_echo_user_network(ctx, TxMode::Copy, MODERN),
+    },
+    QemuTest {
+        name: "udp_echo_user_network_cow_modern_tcg",
+        run: |ctx| udp_echo_user_network(ctx, TxMode::Cow, MODERN),
+    },
+    QemuTest { name: "udp_echo_user_network_copy_mmio_tcg", run: |ctx| udp_echo_user_network(ctx, TxMode::Copy, MMIO) },
+    QemuTest { name: "udp_echo_user_network_cow_mmio_tcg", run: |ctx| udp_echo_user_network(ctx, TxMode::Cow, MMIO) },
     QemuTest { name: "udp_guest_to_guest_copy_tcg", run: |ctx| udp_guest_to_guest(ctx, TxMode::Copy, "udp-g2g") },
     QemuTest { name: "udp_guest_to_guest_cow_tcg", run: |ctx| udp_guest_to_guest(ctx, TxMode::Cow, "udp-g2g") },
-    QemuTest { name: "vnic_hostile_guests_copy_tcg", run: |ctx| hostile::vnic_hostile_guests(ctx, TxMode::Copy) },
-    QemuTest { name: "vnic_hostile_guests_cow_tcg", run: |ctx| hostile::vnic_hostile_guests(ctx, TxMode::Cow) },
-    QemuTest { name: "cow_rewrite_in_flight_tcg", run: |ctx| cow_rewrite_in_flight(ctx, "cow-rewrite") },
-    QemuTest { name: "cow_rewrite_jumbo_in_flight_tcg", run: |ctx| cow_rewrite_in_flight(ctx, "cow-rewrite-jumbo") },
+    QemuTest {
+        name: "vnic_hostile_guests_copy_tcg",
+        run: |ctx| hostile::vnic_hostile_guests(ctx, TxMode::Copy, LEGACY),
+    },
+    QemuTest { name: "vnic_hostile_guests_cow_tcg", run: |ctx| hostile::vnic_hostile_guests(ctx, TxMode::Cow, LEGACY) },
+    QemuTest {
+        name: "vnic_hostile_guests_copy_modern_tcg",
+        run: |ctx| hostile::vnic_hostile_guests(ctx, TxMode::Copy, MODERN),
+    },
+    QemuTest {
+        name: "vnic_hostile_guests_cow_modern_tcg",
+        run: |ctx| hostile::vnic_hostile_guests(ctx, TxMode::Cow, MODERN),
+    },
+    QemuTest {
+        name: "vnic_hostile_guests_copy_mmio_tcg",
+        run: |ctx| hostile::vnic_hostile_guests(ctx, TxMode::Copy, MMIO),
+    },
+    QemuTest {
+        name: "vnic_hostile_guests_cow_mmio_tcg",
+        run: |ctx| hostile::vnic_hostile_guests(ctx, TxMode::Cow, MMIO),
+    },
+    QemuTest { name: "cow_rewrite_in_flight_tcg", run: |ctx| cow_rewrite_in_flight(ctx, "cow-rewrite", LEGACY) },
+    QemuTest {
+        name: "cow_rewrite_jumbo_in_flight_tcg",
+        run: |ctx| cow_rewrite_in_flight(ctx, "cow-rewrite-jumbo", LEGACY),
+    },
+    QemuTest { name: "cow_rewrite_in_flight_modern_tcg", run: |ctx| cow_rewrite_in_flight(ctx, "cow-rewrite", MODERN) },
+    QemuTest { name: "cow_rewrite_in_flight_mmio_tcg", run: |ctx| cow_rewrite_in_flight(ctx, "cow-rewrite", MMIO) },
     QemuTest { name: "rx_oversize_dropped_and_counted_tcg", run: rx::rx_oversize_dropped_and_counted },
     QemuTest { name: "lazy_memory_backed_on_touch_tcg", run: lazy::lazy_memory_backed_on_touch },
     QemuTest { name: "kernel_heap_short_refuses_not_panics_tcg", run: lazy::kernel_heap_short_refuses_not_panics },
@@ -93,21 +127,38 @@ const QEMU_TESTS: &[QemuTest] = &[
     QemuTest { name: "metrics_scraped_during_echo_tcg", run: metrics::metrics_scraped_during_echo },
     QemuTest { name: "bench_echo_smoke", run: bench_echo_smoke },
     QemuTest { name: "bench_dispatch_smoke", run: bench_dispatch_smoke },
+    QemuTest { name: "bench_boot_smoke", run: bench_boot_smoke },
     QemuTest {
         name: "udp_echo_tap_network_copy_tcg",
-        run: |ctx| udp_echo_tap_network(ctx, TxMode::Copy, "udp-echo", &udp::TEST_SIZES),
+        run: |ctx| udp_echo_tap_network(ctx, TxMode::Copy, "udp-echo", &udp::TEST_SIZES, LEGACY),
     },
     QemuTest {
         name: "udp_echo_tap_network_cow_tcg",
-        run: |ctx| udp_echo_tap_network(ctx, TxMode::Cow, "udp-echo", &udp::TEST_SIZES),
+        run: |ctx| udp_echo_tap_network(ctx, TxMode::Cow, "udp-echo", &udp::TEST_SIZES, LEGACY),
     },
     QemuTest {
         name: "udp_jumbo_tap_network_copy_tcg",
-        run: |ctx| udp_echo_tap_network(ctx, TxMode::Copy, "udp-echo-jumbo", &udp::JUMBO_TEST_SIZES),
+        run: |ctx| udp_echo_tap_network(ctx, TxMode::Copy, "udp-echo-jumbo", &udp::JUMBO_TEST_SIZES, LEGACY),
     },
     QemuTest {
         name: "udp_jumbo_tap_network_cow_tcg",
-        run: |ctx| udp_echo_tap_network(ctx, TxMode::Cow, "udp-echo-jumbo", &udp::JUMBO_TEST_SIZES),
+        run: |ctx| udp_echo_tap_network(ctx, TxMode::Cow, "udp-echo-jumbo", &udp::JUMBO_TEST_SIZES, LEGACY),
+    },
+    QemuTest {
+        name: "udp_jumbo_tap_network_copy_modern_tcg",
+        run: |ctx| udp_echo_tap_network(ctx, TxMode::Copy, "udp-echo-jumbo", &udp::JUMBO_TEST_SIZES, MODERN),
+    },
+    QemuTest {
+        name: "udp_jumbo_tap_network_cow_modern_tcg",
+        run: |ctx| udp_echo_tap_network(ctx, TxMode::Cow, "udp-echo-jumbo", &udp::JUMBO_TEST_SIZES, MODERN),
+    },
+    QemuTest {
+        name: "udp_jumbo_tap_network_copy_mmio_tcg",
+        run: |ctx| udp_echo_tap_network(ctx, TxMode::Copy, "udp-echo-jumbo", &udp::JUMBO_TEST_SIZES, MMIO),
+    },
+    QemuTest {
+        name: "udp_jumbo_tap_network_cow_mmio_tcg",
+        run: |ctx| udp_echo_tap_network(ctx, TxMode::Cow, "udp-echo-jumbo", &udp::JUMBO_TEST_SIZES, MMIO),
     },
     QemuTest { name: "udp_burst_ring_no_loss_copy_tcg", run: |ctx| loss::ring_burst_no_loss(ctx, TxMode::Copy) },
     QemuTest { name: "udp_burst_ring_no_loss_cow_tcg", run: |ctx| loss::ring_burst_no_loss(ctx, TxMode::Cow) },
@@ -141,6 +192,12 @@ const QEMU_TESTS: &[QemuTest] = &[
     QemuTest { name: "perf_cpu_weights_1_to_3_tcg", run: perf::cpu_weights_one_to_three },
     QemuTest { name: "perf_tx_limit_holds_flood_tcg", run: perf::tx_limit_holds_a_flood },
 ];
+
+/// The NIC transports the packet tests run on (test names carry `_modern` and `_mmio` for the
+/// others; `_mmio` runs on microvm).
+const LEGACY: NicTransport = NicTransport::Legacy;
+const MODERN: NicTransport = NicTransport::Modern;
+const MMIO: NicTransport = NicTransport::Mmio;
 
 pub fn run_all(filter: Option<&str>, qemu_only: bool) -> Result<()> {
     if !qemu_only {
@@ -223,7 +280,7 @@ fn start_networked(
     tx: TxMode,
     timeout: Duration,
 ) -> std::result::Result<Session, Failure> {
-    start_networked_pcap(image, net, netns, tx, None, None, timeout)
+    start_networked_pcap(image, net, netns, tx, LEGACY, None, None, timeout)
 }
 
 /// How long the NIC holds each transmitted frame in the tests that need zero-copy frames in
@@ -231,17 +288,20 @@ fn start_networked(
 /// the guest acts first even on a loaded host, short enough to keep echo tests quick.
 const NIC_TX_DELAY: Duration = Duration::from_millis(10);
 
+#[allow(clippy::too_many_arguments)]
 fn start_networked_pcap(
     image: &Image,
     net: NetBackend,
     netns: Option<&str>,
     tx: TxMode,
+    nic: NicTransport,
     pcap: Option<&std::path::Path>,
     nic_tx_delay: Option<Duration>,
     timeout: Duration,
 ) -> std::result::Result<Session, Failure> {
     let config = QemuConfig {
         net: Some(net),
+        nic,
         pcap,
         netns,
         nic_tx_delay,
@@ -257,6 +317,43 @@ fn wait_listening(session: &mut Session, count: usize) -> std::result::Result<()
     } else {
         Err(failure(format!("{count} echo guests did not all start listening"), session.log()))
     }
+}
+
+/// The kernel drove the NIC over `nic`, with the header length of that transport's virtio
+/// generation, taking its receive interrupts by MSI-X (PCI) or by the I/O APIC line that QEMU
+/// announced on the command line with the device's address (virtio-mmio).
+fn check_nic(outcome: &Outcome, nic: NicTransport) -> std::result::Result<(), Failure> {
+    let line = outcome.log.lines().find(|l| l.contains("nic: virtio-net (")).unwrap_or_default();
+    let (at, interrupts, header) = match nic {
+        NicTransport::Legacy => (" at 00:".to_string(), "MSI-X".to_string(), "10-byte header"),
+        NicTransport::Modern => (" at 00:".to_string(), "MSI-X".to_string(), "12-byte header"),
+        NicTransport::Mmio => {
+            // `virtio_mmio.device=512@0xfeb00e00:12`, as QEMU appended it.
+            let announced = outcome.log.lines().filter(|l| l.contains("command line: `")).find_map(|l| {
+                let word = l.split_whitespace().find_map(|w| w.strip_prefix("virtio_mmio.device="))?;
+                let (base, irq) = word.trim_end_matches('`').split_once('@')?.1.split_once(':')?;
+                Some((base.to_string(), irq.split(':').next()?.to_string()))
+            });
+            let Some((base, irq)) = announced else {
+                return check(outcome, false, || "no virtio_mmio.device word on the kernel's command line".into());
+            };
+            (format!(" at {base})"), format!("IOAPIC GSI {irq}"), "12-byte header")
+        }
+    };
+    let ok = line.contains(&format!("({}{at}", nic.kernel_name()))
+        && line.contains(&format!(", {interrupts} receive interrupts,"))
+        && line.ends_with(header);
+    check(outcome, ok, || {
+        format!(
+            "NIC line `{line}`: {}{at} with {interrupts} receive interrupts and a {header} wanted",
+            nic.kernel_name()
+        )
+    })?;
+    // The interrupts came (receive, or transmit completions): the NIC's vector was taken, which
+    // nothing else raises.
+    let stats = final_stats(outcome)?;
+    let taken = stats.get("nic_interrupts").copied().unwrap_or(0);
+    check(outcome, taken > 0, || format!("nic_interrupts {taken}: the NIC never interrupted"))
 }
 
 /// A host port base unlikely to collide with another run on this machine.
@@ -572,15 +669,15 @@ pub(crate) const GUEST_PAGES_TARGET: u64 = 16;
 /// The default image, in [`DEFAULT_IMAGE_MIB`] of memory, echoes every test size on every
 /// guest; each guest holds few private pages (its 4 MiB heap and 64 KiB stack backed only
 /// where touched, 4 page tables), and stamping stays off.
-fn udp_echo_user_network(ctx: &Ctx, tx: TxMode) -> TestResult {
+fn udp_echo_user_network(ctx: &Ctx, tx: TxMode, nic: NicTransport) -> TestResult {
     let mut image = pack::pack_image("udp-echo", &ctx.artifacts, NetPlan::USER)
         .map_err(|e| failure(format!("{e:#}"), String::new()))?;
     image.manifest.kernel.memory_mib = DEFAULT_IMAGE_MIB;
     let base = host_port_base();
     let guests: Vec<_> = image.guests.iter().filter_map(|g| g.net).collect();
     let forwards = guests.iter().enumerate().map(|(i, n)| (base + i as u16, n.ipv4, 7)).collect();
-    let mut session =
-        start_networked(&image, NetBackend::User { forwards, tcp_forwards: Vec::new() }, None, tx, TCG_TIMEOUT)?;
+    let net = NetBackend::User { forwards, tcp_forwards: Vec::new() };
+    let mut session = start_networked_pcap(&image, net, None, tx, nic, None, None, TCG_TIMEOUT)?;
     wait_listening(&mut session, guests.len())?;
     let mut sent = 0;
     for i in 0..guests.len() {
@@ -595,6 +692,7 @@ fn udp_echo_user_network(ctx: &Ctx, tx: TxMode) -> TestResult {
     session.request_quit();
     let outcome = session.finish().map_err(|e| failure(format!("{e:#}"), String::new()))?;
     check_guest_expectations(&image, &outcome)?;
+    check_nic(&outcome, nic)?;
     let stats = final_stats(&outcome)?;
     let get = |name: &str| stats.get(name).copied().unwrap_or(0);
     check(&outcome, get("rx_packets") >= sent as u64 && get("tx_packets") >= sent as u64, || {
@@ -665,7 +763,7 @@ fn check_client_results(image: &Image, outcome: &Outcome) -> std::result::Result
     Ok(())
 }
 
-fn udp_echo_tap_network(ctx: &Ctx, tx: TxMode, image_name: &str, sizes: &[usize]) -> TestResult {
+fn udp_echo_tap_network(ctx: &Ctx, tx: TxMode, image_name: &str, sizes: &[usize], nic: NicTransport) -> TestResult {
     let image = pack::pack_image(image_name, &ctx.artifacts, NetPlan::TAP)
         .map_err(|e| failure(format!("{e:#}"), String::new()))?;
     // Skipped only where the machine cannot run it; where it can, any error is a failure.
@@ -675,7 +773,7 @@ fn udp_echo_tap_network(ctx: &Ctx, tx: TxMode, image_name: &str, sizes: &[usize]
     let namespace = crate::tapnet::TapNamespace::create(&NetPlan::TAP, image.manifest.kernel.mtu)
         .map_err(|e| failure(format!("cannot create a tap device in a network namespace: {e:#}"), String::new()))?;
     let net = NetBackend::Tap { ifname: crate::tapnet::TAP_IFNAME.into() };
-    let mut session = start_networked(&image, net, Some(&namespace.name), tx, TCG_TIMEOUT)?;
+    let mut session = start_networked_pcap(&image, net, Some(&namespace.name), tx, nic, None, None, TCG_TIMEOUT)?;
     let guests: Vec<_> = image.guests.iter().filter_map(|g| g.net).collect();
     wait_listening(&mut session, guests.len())?;
     let target = crate::manifest::format_ip(guests[0].ipv4);
@@ -691,7 +789,7 @@ fn udp_echo_tap_network(ctx: &Ctx, tx: TxMode, image_name: &str, sizes: &[usize]
     if replies != Some((2, 2)) {
         return Err(failure(format!("ping {target}: {replies:?} (transmitted, received), want 2 of 2"), session.log()));
     }
-    let exe = std::env::current_exe().map_err(|e| failure(format!("{e}"), String::new()))?;
+    let exe = crate::setup::client_exe().map_err(|e| failure(format!("{e:#}"), String::new()))?;
     for net in &guests {
         let peer = format!("{}:7", crate::manifest::format_ip(net.ipv4));
         let out = namespace
@@ -715,6 +813,7 @@ fn udp_echo_tap_network(ctx: &Ctx, tx: TxMode, image_name: &str, sizes: &[usize]
     session.request_quit();
     let outcome = session.finish().map_err(|e| failure(format!("{e:#}"), String::new()))?;
     check_guest_expectations(&image, &outcome)?;
+    check_nic(&outcome, nic)?;
     let stats = final_stats(&outcome)?;
     check_tx_path(&outcome, tx, &stats, Traffic::NicOnly)?;
     let echoed = (guests.len() * sizes.len()) as u64;
@@ -781,7 +880,7 @@ fn udp_payload(frame: &[u8], port: u16) -> Option<&[u8]> {
 /// bytes of every frame as checked, each rewrite took exactly one COW fault, spoofed frames were
 /// refused and counted; with `probe=stale-tlb` (jumbo slots of several pages) no stale TLB
 /// entry of a slot's other pages survives a fault.
-fn cow_rewrite_in_flight(ctx: &Ctx, image_name: &str) -> TestResult {
+fn cow_rewrite_in_flight(ctx: &Ctx, image_name: &str, nic: NicTransport) -> TestResult {
     let image = pack::pack_image(image_name, &ctx.artifacts, NetPlan::USER)
         .map_err(|e| failure(format!("{e:#}"), String::new()))?;
     let guest = image.guests.first().ok_or_else(|| failure("the image has no guest", String::new()))?;
@@ -800,6 +899,7 @@ fn cow_rewrite_in_flight(ctx: &Ctx, image_name: &str) -> TestResult {
         NetBackend::User { forwards: Vec::new(), tcp_forwards: Vec::new() },
         None,
         TxMode::Cow,
+        nic,
         Some(&pcap),
         Some(NIC_TX_DELAY),
         TCG_TIMEOUT,
@@ -827,6 +927,7 @@ fn cow_rewrite_in_flight(ctx: &Ctx, image_name: &str) -> TestResult {
     let received = receiver.join().unwrap_or_default();
     let outcome = outcome?;
     check_guest_expectations(&image, &outcome)?;
+    check_nic(&outcome, nic)?;
     let reports = checks::hostile_reports(&outcome.log);
     let report = reports.get("cow-rewriter").cloned().unwrap_or_default();
     let get_report = |key: &str| report.get(key).copied();
@@ -955,6 +1056,24 @@ fn bench_dispatch_smoke(_ctx: &Ctx) -> TestResult {
                     ));
                 }
             }
+        }
+    }
+    Ok(Verdict::Pass)
+}
+
+/// `cargo xtask bench boot --runs 1`: a row for each machine and transport, each with a first
+/// echo after the kernel's own boot (QEMU's start comes first).
+fn bench_boot_smoke(_ctx: &Ctx) -> TestResult {
+    use crate::bootbench::{BootReport, TRANSPORTS};
+    let json = crate::bootbench::run(1).map_err(|e| failure(format!("bench boot: {e:#}"), String::new()))?;
+    let report: BootReport = crate::bench::read_json(&json).map_err(|e| failure(format!("{e:#}"), String::new()))?;
+    for nic in TRANSPORTS {
+        let row = report.results.iter().find(|r| r.nic == nic.kernel_name() && r.machine == nic.machine().name());
+        let Some(row) = row else {
+            return Err(failure(format!("no row for {} in {}", nic.kernel_name(), json.display()), String::new()));
+        };
+        if !(row.kernel_boot_ms_median > 0.0 && row.first_echo_ms_median > row.kernel_boot_ms_median) {
+            return Err(failure(format!("{}: implausible {row:?}", nic.kernel_name()), String::new()));
         }
     }
     Ok(Verdict::Pass)

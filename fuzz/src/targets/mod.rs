@@ -10,6 +10,7 @@ pub mod memmap;
 pub mod pvh;
 pub mod ring;
 pub mod vinstr;
+pub mod virtio_pci;
 pub mod vswitch;
 
 use crate::engine::Target;
@@ -26,6 +27,7 @@ pub const ALL: &[Target] = &[
     pvh::TARGET,
     memmap::TARGET,
     vswitch::TARGET,
+    virtio_pci::TARGET,
     http::TARGET,
 ];
 
@@ -103,6 +105,11 @@ mod tests {
         ),
         ("memmap", &[("too fragmented", 0), ("too fragmented", 1)]),
         ("vswitch", &[("add", 0), ("add", 4), ("deliver", 1), ("deliver", 6), ("deliver", 9), ("route", 812)]),
+        // Accepted, not modern, missing, outside a BAR, bad region; MSI-X found and refused.
+        (
+            "virtio_pci",
+            &[("layout", 0), ("layout", 1), ("layout", 2), ("layout", 4), ("layout", 5), ("msix", 1), ("msix", 3)],
+        ),
         // Every refusal, every resource, both framed bodies, answers cut by the output budget.
         (
             "http",

@@ -258,6 +258,9 @@ fn check_cmdline(line: &str, features: &mut Features) -> Verdict {
             check_eq!(args.stamps, last("stamps") == Some("on"), "stamps of {line:?}");
             let secs = last("shutdown_after").map(|v| v.parse::<u64>().ok());
             check_eq!(args.shutdown_after_secs.map(Some), secs, "shutdown_after of {line:?}");
+            // Each virtio-mmio word is one device (a malformed one, or a ninth, fails the parse).
+            let mmio_words = words.iter().filter(|w| w.starts_with("virtio_mmio.device=")).count();
+            check_eq!(args.mmio_devices().count(), mmio_words, "virtio-mmio devices of {line:?}");
         }
         Err(error) => {
             let _ = error.to_string();

@@ -4,7 +4,8 @@
 //! kernel and in host unit tests (`cargo test -p kernel-core`). The hardware half (boot, CPU
 //! tables, paging, interrupts, drivers, guest switching) is the binary in `isolation-kernel/src`,
 //! whose folders carry the same names: `boot` (PVH start info, memory map, command line), `mm`
-//! (frame allocator), `guest` (pointer validation, scheduler, ELF and cpio loading, register-state
+//! (frame allocator), `drivers` (PCI configuration space, virtio transports' structures and
+//! features), `guest` (pointer validation, scheduler, ELF and cpio loading, register-state
 //! checks), `trap` (instruction decoding, exceptions), `vnet` (the packet path).
 
 #![cfg_attr(not(test), no_std)]
@@ -19,6 +20,7 @@
 extern crate alloc;
 
 pub mod boot;
+pub mod drivers;
 pub mod guest;
 pub mod mm;
 pub mod stats;

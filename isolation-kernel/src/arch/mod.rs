@@ -12,6 +12,7 @@ pub mod clock;
 pub mod cpu;
 pub mod gdt;
 pub mod idt;
+pub mod ioapic;
 pub mod lapic;
 pub mod pic;
 pub mod trap;

@@ -12,7 +12,7 @@ pub enum TscSource {
     Cpuid16,
     /// Hypervisor leaf 0x40000010 (TSC kHz).
     Hypervisor,
-    /// Counted against 2 ms of PIT channel 2.
+    /// Counted against 2 ms of the PIT (channel 2; channel 0 where port 0x61 is absent).
     Pit,
 }
 
@@ -57,7 +57,16 @@ fn from_cpuid() -> Option<(u64, TscSource)> {
     None
 }
 
+/// What port 0x61 reads where no device answers it (QEMU's `microvm` has no speaker port).
+const NO_PORT: u8 = 0xff;
+/// Reads of PIT channel 0 before giving up on a PIT that does not count.
+const CHANNEL0_MAX_READS: u32 = 10_000_000;
+
 fn from_pit() -> u64 {
+    // SAFETY: reading the speaker/gate port has no side effect.
+    if unsafe { inb(0x61) } == NO_PORT {
+        return from_pit_channel0();
+    }
     // SAFETY: PIT channel 2 and its gate in port 0x61 are used by nothing else in this kernel;
     // the speaker output bit is kept off.
     unsafe {
@@ -73,6 +82,38 @@ fn from_pit() -> u64 {
         outb(0x61, gate);
         (end - start) * PIT_HZ / u64::from(PIT_CALIBRATION_TICKS)
     }
+}
+
+/// PIT channel 0's current count (latched, so the two bytes belong together).
+fn channel0_count() -> u16 {
+    // SAFETY: the PIT's command and channel 0 data ports; latching and reading only sample the
+    // counter. Channel 0's interrupt (IRQ 0) is masked: the kernel's timer is the local APIC's.
+    unsafe {
+        outb(0x43, 0x00); // latch channel 0
+        u16::from_le_bytes([inb(0x40), inb(0x40)])
+    }
+}
+
+/// Counts the TSC against 2 ms of PIT channel 0, whose gate is always open: for machines
+/// without the speaker port that gates channel 2 (QEMU's `microvm`). Channel 0 is free: its
+/// IRQ is masked and the kernel's timer is the local APIC's.
+fn from_pit_channel0() -> u64 {
+    // SAFETY: as in `channel0_count`; mode 0 from 0xffff counts down once (55 ms), longer than
+    // the calibration.
+    unsafe {
+        outb(0x43, 0x30); // channel 0, lobyte/hibyte, mode 0
+        outb(0x40, 0xff);
+        outb(0x40, 0xff);
+    }
+    let first = channel0_count();
+    let start = rdtsc();
+    for _ in 0..CHANNEL0_MAX_READS {
+        let elapsed = first.wrapping_sub(channel0_count());
+        if (PIT_CALIBRATION_TICKS..u16::MAX / 2).contains(&elapsed) {
+            return (rdtsc() - start) * PIT_HZ / u64::from(elapsed);
+        }
+    }
+    panic!("the PIT does not count: no way to measure the TSC frequency");
 }
 
 /// The TSC frequency in Hz and where it came from.

@@ -3,4 +3,5 @@
 pub mod pci;
 pub mod power_off;
 pub mod serial;
+pub mod virtio;
 pub mod virtio_net;

@@ -1,12 +1,17 @@
 //! PCI configuration space through the legacy port-I/O mechanism (0xcf8/0xcfc), which QEMU's
-//! `pc` machine provides, and MSI-X set-up.
+//! `pc` machine provides, and MSI-X set-up. What configuration space says (BARs, capabilities,
+//! the MSI-X table's place) is decoded by `kernel_core::drivers::pci` from a snapshot.
 
 use crate::arch::cpu::{inl, outl};
+use kernel_core::drivers::pci::{Bar, ConfigSpace, MsixTable, BAR_COUNT, CONFIG_SPACE_BYTES};
+use kernel_core::mm::frame_alloc::FrameAllocator;
 
 const CONFIG_ADDRESS: u16 = 0xcf8;
 const CONFIG_DATA: u16 = 0xcfc;
-const CAPABILITY_MSIX: u8 = 0x11;
-const STATUS_HAS_CAPABILITIES: u16 = 1 << 4;
+const COMMAND: u8 = 0x04;
+const COMMAND_IO: u16 = 1 << 0;
+const COMMAND_MEMORY: u16 = 1 << 1;
+const COMMAND_BUS_MASTER: u16 = 1 << 2;
 
 /// A PCI function on bus 0..255.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,43 +90,91 @@ impl PciAddress {
 
     /// Enables I/O space, memory space and bus mastering (DMA).
     pub fn enable(&self) {
-        let command = self.read16(0x04);
-        self.write16(0x04, command | 0x7);
+        let command = self.read16(COMMAND);
+        self.write16(COMMAND, command | COMMAND_IO | COMMAND_MEMORY | COMMAND_BUS_MASTER);
     }
 
-    /// Offset of the first capability with `id`, walking the capability list.
-    pub fn find_capability(&self, id: u8) -> Option<u8> {
-        if self.read16(0x06) & STATUS_HAS_CAPABILITIES == 0 {
-            return None;
+    /// Runs `f` with the function's I/O and memory decoding off, so that sizing a BAR (all
+    /// ones written to it for a moment) never places the device over something else.
+    fn with_decoding_off<R>(&self, f: impl FnOnce() -> R) -> R {
+        let command = self.read16(COMMAND);
+        self.write16(COMMAND, command & !(COMMAND_IO | COMMAND_MEMORY));
+        let result = f();
+        self.write16(COMMAND, command);
+        result
+    }
+
+    /// A snapshot of the whole (conventional) configuration space.
+    pub fn config_space(&self) -> ConfigSpace {
+        let mut dwords = [0u32; CONFIG_SPACE_BYTES / 4];
+        for (index, dword) in dwords.iter_mut().enumerate() {
+            *dword = self.read32((4 * index) as u8);
         }
-        let mut offset = (self.read32(0x34) & 0xfc) as u8;
-        for _ in 0..48 {
-            if offset == 0 {
-                return None;
-            }
-            let header = self.read16(offset);
-            if header as u8 == id {
-                return Some(offset);
-            }
-            offset = ((header >> 8) as u8) & 0xfc;
+        ConfigSpace::from_dwords(&dwords)
+    }
+
+    /// What a BAR register reads back after all ones are written (its size mask); the value is
+    /// restored; the caller turns decoding off first.
+    fn probe_bar(&self, index: u8) -> u32 {
+        let old = self.bar(index);
+        self.set_bar(index, u32::MAX);
+        let probe = self.bar(index);
+        self.set_bar(index, old);
+        probe
+    }
+
+    /// The function's BARs, decoded (a 64-bit BAR fills its two slots: the second is `None`).
+    pub fn bars(&self) -> [Bar; BAR_COUNT] {
+        self.with_decoding_off(|| self.probe_bars())
+    }
+
+    fn probe_bars(&self) -> [Bar; BAR_COUNT] {
+        let mut bars = [Bar::None; BAR_COUNT];
+        let mut index = 0u8;
+        while usize::from(index) < BAR_COUNT {
+            let raw = self.bar(index);
+            let wide = Bar::is_wide(raw) && usize::from(index) + 1 < BAR_COUNT;
+            let (raw_high, probe_high) = if wide { (self.bar(index + 1), self.probe_bar(index + 1)) } else { (0, 0) };
+            bars[usize::from(index)] = Bar::decode(raw, raw_high, self.probe_bar(index), probe_high);
+            index += if wide { 2 } else { 1 };
         }
-        None
+        bars
     }
 
-    /// The MSI-X capability: `(capability offset, table BAR index, table offset, entries)`.
-    pub fn msix(&self) -> Option<(u8, u8, u32, u16)> {
-        let cap = self.find_capability(CAPABILITY_MSIX)?;
-        let control = self.read16(cap + 2);
-        let table = self.read32(cap + 4);
-        Some((cap, (table & 0x7) as u8, table & !0x7, (control & 0x7ff) + 1))
-    }
-
-    /// Turns MSI-X on (and the function mask off) in the capability at `cap`.
-    pub fn enable_msix(&self, cap: u8) {
-        let control = self.read16(cap + 2);
-        self.write16(cap + 2, (control | 0x8000) & !0x4000);
+    /// Points the first `count` entries of the MSI-X `table` at `vector` on the local APIC
+    /// `apic_id` (fixed delivery, physical destination, edge), unmasked, and turns MSI-X on.
+    /// Returns how many entries were programmed.
+    pub fn enable_msix(
+        &self,
+        table: &MsixTable,
+        count: u16,
+        vector: u8,
+        apic_id: u32,
+        frames: &mut FrameAllocator<'static>,
+    ) -> u16 {
+        let count = count.min(table.entries);
+        let entries = crate::mm::paging::map_mmio(table.phys, u64::from(count) * 16, frames).as_mut_ptr::<u32>();
+        for index in 0..usize::from(count) {
+            // SAFETY: entry `index` (< `table.entries`) of this device's MSI-X table, which
+            // `kernel_core` found inside the device's memory BAR and `map_mmio` mapped uncached.
+            unsafe {
+                let entry = entries.add(4 * index);
+                entry.write_volatile(MSI_ADDRESS_BASE | (apic_id << 12));
+                entry.add(1).write_volatile(0);
+                entry.add(2).write_volatile(u32::from(vector));
+                entry.add(3).write_volatile(0);
+            }
+        }
+        let control = self.read16(table.capability + 2);
+        self.write16(table.capability + 2, (control | MSIX_ENABLE) & !MSIX_FUNCTION_MASK);
+        count
     }
 }
+
+/// MSI message address: the local APIC's window; the destination APIC id goes in bits 12..19.
+const MSI_ADDRESS_BASE: u32 = 0xfee0_0000;
+const MSIX_ENABLE: u16 = 0x8000;
+const MSIX_FUNCTION_MASK: u16 = 0x4000;
 
 /// Where BARs the firmware left unassigned are placed (qboot assigns none): I/O from 0xc000,
 /// memory in the PCI hole below the IOAPIC, from 0xe000_0000 (the machine has less than
@@ -131,6 +184,10 @@ static NEXT_IO: spin::Mutex<(u32, u32)> = spin::Mutex::new((0xc000, 0xe000_0000)
 impl PciAddress {
     /// Gives every unassigned BAR of this function an address of its own.
     pub fn assign_bars(&self) {
+        self.with_decoding_off(|| self.assign_unassigned_bars());
+    }
+
+    fn assign_unassigned_bars(&self) {
         let mut index = 0;
         while index < 6 {
             let raw = self.bar(index);

@@ -1,5 +1,7 @@
-//! The physical NIC: a legacy (virtio 0.9.5, "transitional") virtio-net PCI device, driven
-//! through its I/O-port registers, with receive interrupts by MSI-X through the local APIC.
+//! The physical NIC: a virtio-net device over whichever transport the machine offers
+//! (`drivers/virtio`: legacy or modern virtio-pci, virtio-mmio), with receive interrupts by
+//! MSI-X or an I/O APIC line where the device has them and polling on the timer where not. The queues and the
+//! packet code here are the same for every transport.
 //!
 //! Written here rather than taken from the `virtio-drivers` crate: that crate has no port-I/O
 //! PCI configuration access and no MSI-X, and the COW transmit path needs to hand the device
@@ -14,13 +16,18 @@
 //! a closure and re-posts the buffer.
 
 use super::pci::PciAddress;
-use crate::arch::cpu::{inb, inl, inw, outb, outl, outw};
+use super::virtio::{legacy_pci, mmio, modern_pci, InterruptTarget, QueueAddresses, Transport};
 use crate::mm::phys::phys_to_virt;
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::sync::atomic::{fence, Ordering};
 use hypercall_abi::layout::PAGE_SIZE as PAGE;
+use kernel_core::boot::cmdline::{MmioDevice, MAX_MMIO_DEVICES};
+use kernel_core::drivers::virtio::{negotiate_net, Generation, MAX_NET_HEADER_LEN};
+use kernel_core::drivers::virtio_pci::{modern_layout, LayoutError};
 use kernel_core::mm::frame_alloc::FrameAllocator;
 use kernel_core::vnet::GuestFrameRef;
+use virtio_spec::DeviceStatus;
 
 /// What a zero-copy transmit hands back when the device is done: the guest and its frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,36 +40,14 @@ pub struct TxCookie {
 
 pub const VENDOR_VIRTIO: u16 = 0x1af4;
 /// Transitional (legacy-capable) virtio-net PCI device id.
-pub const DEVICE_NET_LEGACY: u16 = 0x1000;
-
-// Legacy register offsets in the I/O BAR.
-const REG_DEVICE_FEATURES: u16 = 0x00;
-const REG_GUEST_FEATURES: u16 = 0x04;
-const REG_QUEUE_PFN: u16 = 0x08;
-const REG_QUEUE_SIZE: u16 = 0x0c;
-const REG_QUEUE_SELECT: u16 = 0x0e;
-const REG_QUEUE_NOTIFY: u16 = 0x10;
-const REG_STATUS: u16 = 0x12;
-const REG_MSIX_CONFIG_VECTOR: u16 = 0x14;
-const REG_MSIX_QUEUE_VECTOR: u16 = 0x16;
-/// Device-specific configuration: at 0x14 without MSI-X, 0x18 with it.
-const DEVICE_CONFIG_MSIX: u16 = 0x18;
-
-const STATUS_ACKNOWLEDGE: u8 = 1;
-const STATUS_DRIVER: u8 = 2;
-const STATUS_DRIVER_OK: u8 = 4;
-const STATUS_FAILED: u8 = 0x80;
-
-const FEATURE_MAC: u32 = 1 << 5;
-const FEATURE_ANY_LAYOUT: u32 = 1 << 27;
-const NO_VECTOR: u16 = 0xffff;
+pub const DEVICE_NET_TRANSITIONAL: u16 = 0x1000;
+/// Modern-only virtio-net PCI device id (0x1040 + device type 1).
+pub const DEVICE_NET_MODERN: u16 = 0x1041;
 
 const DESC_F_NEXT: u16 = 1;
 const DESC_F_WRITE: u16 = 2;
 const USED_F_NO_NOTIFY: u16 = 1;
 
-/// Legacy virtio-net header (no mergeable rx buffers): 10 bytes, all zero for plain frames.
-pub const NET_HEADER_LEN: usize = 10;
 const RX_QUEUE: u16 = 0;
 const TX_QUEUE: u16 = 1;
 /// Buffers per queue (at most the device's queue size).
@@ -72,6 +57,14 @@ const MAX_BUFFERS: u16 = 128;
 /// only if that queue is short (so a flooding guest cannot fill it ahead of a neighbour's
 /// frame). Measured with `cargo xtask bench isolation` and `bench echo`.
 const TX_IN_FLIGHT_MAX: usize = 16;
+/// Queue entries where the transport lets the driver choose (two per transmitted packet).
+const QUEUE_SIZE: u16 = 2 * MAX_BUFFERS;
+/// Interrupt entries: 0 for the receive queue, 1 for transmit completions (MSI-X; a line
+/// interrupt is entry 0 for both).
+const RX_MSIX_ENTRY: u16 = 0;
+const TX_MSIX_ENTRY: u16 = 1;
+/// Times the MAC is read again while the device changes its configuration under the reader.
+const CONFIG_READ_TRIES: usize = 16;
 
 /// A split virtqueue in legacy layout, in physically contiguous pages.
 struct Virtqueue {
@@ -85,12 +78,20 @@ struct Virtqueue {
 }
 
 impl Virtqueue {
+    /// Offsets of the available and used rings, and the bytes of the whole queue: the legacy
+    /// layout, which every transport accepts.
     fn layout(size: u16) -> (u64, u64, u64) {
-        let size = u64::from(size);
-        let avail = 16 * size;
-        let used = (avail + 6 + 2 * size).next_multiple_of(PAGE);
-        let total = (used + 6 + 8 * size).next_multiple_of(PAGE);
+        let (avail, used) = legacy_pci::legacy_layout(size);
+        let total = (used + 6 + 8 * u64::from(size)).next_multiple_of(PAGE);
         (avail, used, total)
+    }
+
+    fn addresses(&self) -> QueueAddresses {
+        QueueAddresses {
+            descriptors: self.phys,
+            available: self.phys + self.avail_offset,
+            used: self.phys + self.used_offset,
+        }
     }
 
     fn ptr<T>(&self, offset: u64) -> *mut T {
@@ -158,7 +159,7 @@ pub struct NicCounters {
 /// zeroed page) and `2k + 1` (the frame: a driver buffer for copied frames, the guest's own
 /// frame for zero-copy ones); `k` indexes the packet slot.
 pub struct VirtioNet {
-    io: u16,
+    transport: Box<dyn Transport>,
     mac: [u8; 6],
     rx: Virtqueue,
     tx: Virtqueue,
@@ -168,10 +169,12 @@ pub struct VirtioNet {
     /// Per packet slot: the guest frame a zero-copy packet is sent from.
     tx_cookies: Vec<Option<TxCookie>>,
     header_page: u64,
+    /// Bytes of `virtio_net_hdr` before each frame (10 legacy, 12 modern).
+    net_header_len: usize,
     tx_unnotified: bool,
     pub counters: NicCounters,
-    pub msix: bool,
-    tx_vector: u16,
+    /// Receive interrupts arrive (by MSI-X or a line; else the kernel polls on its timer).
+    pub interrupts: bool,
     /// Bytes of each rx and tx buffer: enough for the largest frame any guest may send or
     /// receive (several pages, contiguous, with jumbo frames).
     buffer_bytes: u64,
@@ -187,36 +190,14 @@ pub enum TransmitError {
 }
 
 impl VirtioNet {
-    fn set_reg8(&self, offset: u16, value: u8) {
-        // SAFETY: a register of this device's I/O BAR; the driver writes only registers whose
-        // effect it intends.
-        unsafe { outb(self.io + offset, value) }
-    }
-    fn reg16(&self, offset: u16) -> u16 {
-        // SAFETY: a register of this device's I/O BAR (offsets from the legacy layout).
-        unsafe { inw(self.io + offset) }
-    }
-    fn set_reg16(&self, offset: u16, value: u16) {
-        // SAFETY: as in `set_reg8`.
-        unsafe { outw(self.io + offset, value) }
-    }
-    fn reg32(&self, offset: u16) -> u32 {
-        // SAFETY: as in `reg16`.
-        unsafe { inl(self.io + offset) }
-    }
-    fn set_reg32(&self, offset: u16, value: u32) {
-        // SAFETY: as in `set_reg8`.
-        unsafe { outl(self.io + offset, value) }
-    }
-
     fn setup_queue(
         &mut self,
         index: u16,
         frames: &mut FrameAllocator<'static>,
-        vector: u16,
-    ) -> Result<Virtqueue, &'static str> {
-        self.set_reg16(REG_QUEUE_SELECT, index);
-        let size = self.reg16(REG_QUEUE_SIZE);
+        msix_entry: Option<u16>,
+    ) -> Result<(Virtqueue, bool), &'static str> {
+        let max = self.transport.max_queue_size(index);
+        let size = if self.transport.queue_size_is_fixed() { max } else { max.min(QUEUE_SIZE) };
         if size == 0 || !size.is_power_of_two() {
             return Err("virtqueue size is zero or not a power of two");
         }
@@ -224,33 +205,37 @@ impl VirtioNet {
         let phys = frames.allocate_contiguous(total / PAGE, 1).ok_or("no memory for a virtqueue")?;
         // SAFETY: fresh frames for the queue, in the direct map; zeroed before the device sees them.
         unsafe { core::ptr::write_bytes(phys_to_virt(phys).as_mut_ptr::<u8>(), 0, total as usize) };
-        if self.msix {
-            self.set_reg16(REG_MSIX_QUEUE_VECTOR, vector);
-        }
-        self.set_reg32(REG_QUEUE_PFN, (phys / PAGE) as u32);
-        Ok(Virtqueue { index, size, phys, avail_offset, used_offset, next_avail: 0, last_used: 0 })
+        let queue = Virtqueue { index, size, phys, avail_offset, used_offset, next_avail: 0, last_used: 0 };
+        let vector_taken = self.transport.enable_queue(index, size, queue.addresses(), msix_entry, frames)?;
+        Ok((queue, vector_taken))
     }
 
-    /// Resets and configures the device at `pci`: receive interrupts on `rx_vector` through
-    /// MSI-X table entry 0 (whose page `map_table` maps), every rx buffer posted.
+    /// The device's MAC address, read until the configuration is the same before and after.
+    fn read_mac(&self) -> [u8; 6] {
+        let mut mac = [0; 6];
+        for _ in 0..CONFIG_READ_TRIES {
+            let before = self.transport.config_generation();
+            for (offset, byte) in (0u16..).zip(mac.iter_mut()) {
+                *byte = self.transport.device_config_u8(offset);
+            }
+            if self.transport.config_generation() == before {
+                break;
+            }
+        }
+        mac
+    }
+
+    /// Initializes the device behind `transport` (virtio 1.2, 3.1.1): reset, features, receive
+    /// interrupts through MSI-X entry 0 (transmit completions through entry 1) where the
+    /// transport has them, every rx buffer posted.
     pub fn init(
-        pci: PciAddress,
+        transport: Box<dyn Transport>,
         frames: &mut FrameAllocator<'static>,
-        map_table: impl FnOnce(u64, &mut FrameAllocator<'static>) -> x86_64::VirtAddr,
-        rx_vector: u8,
-        apic_id: u32,
         buffer_pages: u64,
     ) -> Result<VirtioNet, &'static str> {
-        pci.assign_bars();
-        let bar0 = pci.bar(0);
-        if bar0 & 1 == 0 || bar0 & !0x3 == 0 {
-            return Err("BAR0 is not an assigned I/O BAR (legacy virtio needed: disable-modern=on)");
-        }
-        pci.enable();
-        let io = (bar0 & !0x3) as u16;
-        let msix = pci.msix();
+        let interrupt_entries = transport.interrupt_entries();
         let mut nic = VirtioNet {
-            io,
+            transport,
             mac: [0; 6],
             rx: Virtqueue { index: 0, size: 1, phys: 0, avail_offset: 0, used_offset: 0, next_avail: 0, last_used: 0 },
             tx: Virtqueue { index: 1, size: 1, phys: 0, avail_offset: 0, used_offset: 0, next_avail: 0, last_used: 0 },
@@ -259,61 +244,46 @@ impl VirtioNet {
             tx_free: Vec::new(),
             tx_cookies: Vec::new(),
             header_page: 0,
+            net_header_len: MAX_NET_HEADER_LEN,
             tx_unnotified: false,
             counters: NicCounters::default(),
-            msix: false,
-            tx_vector: NO_VECTOR,
+            interrupts: false,
             buffer_bytes: buffer_pages * PAGE,
         };
-        nic.set_reg8(REG_STATUS, 0); // reset
-        nic.set_reg8(REG_STATUS, STATUS_ACKNOWLEDGE);
-        nic.set_reg8(REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
-        let offered = nic.reg32(REG_DEVICE_FEATURES);
-        if offered & FEATURE_MAC == 0 {
-            nic.set_reg8(REG_STATUS, STATUS_FAILED);
-            return Err("device offers no MAC address");
-        }
-        nic.set_reg32(REG_GUEST_FEATURES, offered & (FEATURE_MAC | FEATURE_ANY_LAYOUT));
-
-        if let Some((cap, bir, table_offset, entries)) = msix {
-            let bar = pci.bar(bir);
-            if bar & 1 == 0 && bar & !0xf != 0 && entries >= 1 {
-                let table_phys = u64::from(bar & !0xf) + u64::from(table_offset);
-                let page = map_table(table_phys - table_phys % PAGE, frames);
-                let entry = (page + table_phys % PAGE).as_mut_ptr::<u32>();
-                // Entries 0 (rx) and 1 (tx completions): message address (the local APIC, physical
-                // destination), data (the vector, fixed delivery, edge), then unmask.
-                // SAFETY: MSI-X table entries of this device, mapped uncached by `map_table`.
-                unsafe {
-                    for index in 0..usize::from(entries.min(2)) {
-                        let entry = entry.add(4 * index);
-                        entry.write_volatile(0xfee0_0000 | (apic_id << 12));
-                        entry.add(1).write_volatile(0);
-                        entry.add(2).write_volatile(u32::from(rx_vector));
-                        entry.add(3).write_volatile(0);
-                    }
-                }
-                nic.tx_vector = if entries >= 2 { 1 } else { NO_VECTOR };
-                pci.enable_msix(cap);
-                nic.msix = true;
-                nic.set_reg16(REG_MSIX_CONFIG_VECTOR, NO_VECTOR);
+        let t = &mut nic.transport;
+        t.reset();
+        t.set_status(DeviceStatus::ACKNOWLEDGE);
+        t.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER);
+        let generation = t.generation();
+        let negotiated = match negotiate_net(t.device_features(), generation) {
+            Ok(n) => n,
+            Err(e) => {
+                t.set_status(DeviceStatus::FAILED);
+                log::error!("nic: {e}");
+                return Err("feature negotiation failed");
+            }
+        };
+        t.set_driver_features(negotiated.features);
+        nic.net_header_len = negotiated.net_header_len;
+        let mut status = DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER;
+        if generation == Generation::Modern {
+            status |= DeviceStatus::FEATURES_OK;
+            t.set_status(status);
+            if !t.status().contains(DeviceStatus::FEATURES_OK) {
+                t.set_status(DeviceStatus::FAILED);
+                return Err("the device refused the features (FEATURES_OK did not stick)");
             }
         }
-        let device_config = if nic.msix { DEVICE_CONFIG_MSIX } else { REG_MSIX_CONFIG_VECTOR };
-        for (i, byte) in nic.mac.iter_mut().enumerate() {
-            // SAFETY: the MAC bytes of the device-specific configuration.
-            *byte = unsafe { inb(io + device_config + i as u16) };
-        }
+        nic.mac = nic.read_mac();
 
-        nic.rx = nic.setup_queue(RX_QUEUE, frames, 0)?;
-        let tx_vector = nic.tx_vector;
-        nic.tx = nic.setup_queue(TX_QUEUE, frames, tx_vector)?;
-        if nic.msix {
-            nic.set_reg16(REG_QUEUE_SELECT, RX_QUEUE);
-            if nic.reg16(REG_MSIX_QUEUE_VECTOR) != 0 {
-                log::warn!("virtio-net refused the MSI-X vector for its rx queue; polling only");
-                nic.msix = false;
-            }
+        let rx_entry = (interrupt_entries > RX_MSIX_ENTRY).then_some(RX_MSIX_ENTRY);
+        let tx_entry = (interrupt_entries > TX_MSIX_ENTRY).then_some(TX_MSIX_ENTRY);
+        let (rx, rx_vector_taken) = nic.setup_queue(RX_QUEUE, frames, rx_entry)?;
+        let (tx, _) = nic.setup_queue(TX_QUEUE, frames, tx_entry)?;
+        (nic.rx, nic.tx) = (rx, tx);
+        nic.interrupts = rx_vector_taken;
+        if rx_entry.is_some() && !rx_vector_taken {
+            log::warn!("virtio-net refused the interrupt vector for its rx queue; polling only");
         }
         let rx_count = MAX_BUFFERS.min(nic.rx.size);
         for id in 0..rx_count {
@@ -323,7 +293,7 @@ impl VirtioNet {
             nic.rx.push_avail(id);
         }
         let header_page = frames.allocate().ok_or("no memory for the tx header page")?;
-        // SAFETY: a fresh frame; the device only ever reads its first NET_HEADER_LEN bytes.
+        // SAFETY: a fresh frame; the device only ever reads its first `net_header_len` bytes.
         unsafe { core::ptr::write_bytes(phys_to_virt(header_page).as_mut_ptr::<u8>(), 0, PAGE as usize) };
         nic.header_page = header_page;
         let tx_count = MAX_BUFFERS.min(nic.tx.size / 2);
@@ -332,9 +302,14 @@ impl VirtioNet {
             nic.tx_cookies.push(None);
             nic.tx_free.push(tx_count - 1 - k);
         }
-        nic.set_reg8(REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK);
-        nic.set_reg16(REG_QUEUE_NOTIFY, RX_QUEUE);
+        nic.transport.set_status(status | DeviceStatus::DRIVER_OK);
+        nic.transport.notify(RX_QUEUE);
         Ok(nic)
+    }
+
+    /// What the device is and how it is reached, for the log.
+    pub fn describe(&self) -> alloc::string::String {
+        self.transport.describe()
     }
 
     pub fn mac(&self) -> [u8; 6] {
@@ -375,7 +350,7 @@ impl VirtioNet {
     /// Queues the chain header + `len` bytes at physical `data` in packet slot `k`.
     fn queue_chain(&mut self, k: u16, data: u64, len: u32) {
         let header = 2 * k;
-        self.tx.write_desc(header, self.header_page, NET_HEADER_LEN as u32, DESC_F_NEXT, header + 1);
+        self.tx.write_desc(header, self.header_page, self.net_header_len as u32, DESC_F_NEXT, header + 1);
         self.tx.write_desc(header + 1, data, len, 0, 0);
         self.tx.push_avail(header);
         self.tx_unnotified = true;
@@ -418,7 +393,7 @@ impl VirtioNet {
             self.tx_unnotified = false;
             if self.tx.device_wants_notify() {
                 self.counters.notifies += 1;
-                self.set_reg16(REG_QUEUE_NOTIFY, self.tx.index);
+                self.transport.notify(self.tx.index);
             }
         }
     }
@@ -427,17 +402,19 @@ impl VirtioNet {
     /// with `deliver`'s result once the frame's buffer is back with the device (for stage
     /// stamps). Returns the count.
     pub fn receive_with<R>(&mut self, mut deliver: impl FnMut(&[u8]) -> R, mut released: impl FnMut(R)) -> usize {
+        // Before the used ring is read: a frame that arrives after it interrupts again.
+        self.transport.acknowledge_interrupt();
         let mut count = 0;
         while let Some((id, len)) = self.rx.pop_used() {
             let Some(&buffer) = self.rx_buffers.get(usize::from(id)) else { continue };
             let len = (len as usize).min(self.buffer_bytes as usize);
-            if len > NET_HEADER_LEN {
+            if len > self.net_header_len {
                 // SAFETY: the device finished writing this buffer (it is in the used ring) and
                 // will not touch it until it is re-posted below; `len` is clamped to the buffer.
                 let frame = unsafe {
                     core::slice::from_raw_parts(
-                        phys_to_virt(buffer).as_ptr::<u8>().add(NET_HEADER_LEN),
-                        len - NET_HEADER_LEN,
+                        phys_to_virt(buffer).as_ptr::<u8>().add(self.net_header_len),
+                        len - self.net_header_len,
                     )
                 };
                 let result = deliver(frame);
@@ -453,47 +430,127 @@ impl VirtioNet {
             }
         }
         if count > 0 && self.rx.device_wants_notify() {
-            self.set_reg16(REG_QUEUE_NOTIFY, self.rx.index);
+            self.transport.notify(self.rx.index);
         }
         count
     }
 }
 
-/// Finds and starts the physical NIC (a legacy virtio-net PCI device), if the machine has one.
+/// The transport for the virtio-net function at `pci`: modern where the device has the
+/// virtio 1.x capabilities, legacy (I/O BAR0) where it has none.
+fn pci_transport(
+    pci: PciAddress,
+    interrupt: InterruptTarget,
+    frames: &mut FrameAllocator<'static>,
+) -> Result<Box<dyn Transport>, &'static str> {
+    pci.assign_bars();
+    let config = pci.config_space();
+    let bars = pci.bars();
+    match modern_layout(&config, &bars) {
+        Ok(layout) => Ok(Box::new(modern_pci::ModernPci::new(pci, &config, &bars, layout, interrupt, frames))),
+        Err(LayoutError::NotModern) => {
+            Ok(Box::new(legacy_pci::LegacyPci::new(pci, &config, &bars, interrupt, frames)?))
+        }
+        Err(e) => {
+            log::error!("nic: virtio-net at {pci}: {e}");
+            Err("unusable virtio-pci capabilities")
+        }
+    }
+}
+
+/// Interrupts taken on the NIC's vector (MSI-X message or I/O APIC line), for `stats:`.
+static INTERRUPTS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Counts one interrupt on the NIC's vector (the trap path calls it).
+pub fn count_interrupt() {
+    INTERRUPTS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Interrupts taken on the NIC's vector so far.
+pub fn interrupts() -> u64 {
+    INTERRUPTS.load(Ordering::Relaxed)
+}
+
+/// The NIC has no interrupt that reaches the kernel: the timer polls it, also while every guest
+/// idles.
+static POLLED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Whether the NIC must be polled on the timer (it has no working interrupt).
+pub fn polled() -> bool {
+    POLLED.load(Ordering::Relaxed)
+}
+
+/// The virtio-mmio devices the command line announced (`virtio_mmio.device`), set at boot.
+static MMIO_DEVICES: spin::Mutex<[Option<MmioDevice>; MAX_MMIO_DEVICES]> = spin::Mutex::new([None; MAX_MMIO_DEVICES]);
+
+/// Records the virtio-mmio devices the command line announced, for [`probe`].
+pub fn announce_mmio_devices(devices: [Option<MmioDevice>; MAX_MMIO_DEVICES]) {
+    *MMIO_DEVICES.lock() = devices;
+}
+
+/// The first announced virtio-mmio device that is a network card, as a transport.
+fn mmio_transport(interrupt: InterruptTarget, frames: &mut FrameAllocator<'static>) -> Option<Box<dyn Transport>> {
+    let devices = *MMIO_DEVICES.lock();
+    devices.into_iter().flatten().find_map(|device| match mmio::Mmio::new(device, interrupt, frames) {
+        Ok(transport) => Some(Box::new(transport) as Box<dyn Transport>),
+        Err(e) => {
+            log::info!("virtio-mmio at {:#x}: {e}", device.base);
+            None
+        }
+    })
+}
+
+/// Finds and starts the physical NIC, if the machine has one: the first virtio-mmio network
+/// card the command line announced, else a virtio-net PCI device (modern or legacy).
 /// `max_frame` sizes its buffers: the largest frame any guest may send or receive.
 pub fn probe(max_frame: u64) -> Option<VirtioNet> {
-    use crate::drivers::{pci, virtio_net};
-    use crate::mm::{paging, phys};
-    let address = pci::find_devices(virtio_net::VENDOR_VIRTIO, virtio_net::DEVICE_NET_LEGACY).next()?;
-    let apic_id = crate::arch::clock::apic_id();
+    use crate::drivers::pci;
+    use crate::mm::phys;
+    let interrupt = InterruptTarget {
+        vector: crate::arch::vectors::NIC_VECTOR,
+        apic_id: crate::arch::clock::apic_id(),
+        entries: 2,
+    };
+    let buffer_pages = (max_frame + MAX_NET_HEADER_LEN as u64).div_ceil(PAGE);
     let result = phys::with_frames(|frames| {
-        let buffer_pages = (max_frame + virtio_net::NET_HEADER_LEN as u64).div_ceil(hypercall_abi::layout::PAGE_SIZE);
-        virtio_net::VirtioNet::init(
-            address,
-            frames,
-            |phys, frames| paging::map_mmio_page(1, phys, frames),
-            crate::arch::vectors::NIC_VECTOR,
-            apic_id,
-            buffer_pages,
-        )
+        let transport = match mmio_transport(interrupt, frames) {
+            Some(transport) => transport,
+            None => {
+                let address = pci::find_devices(VENDOR_VIRTIO, DEVICE_NET_MODERN)
+                    .chain(pci::find_devices(VENDOR_VIRTIO, DEVICE_NET_TRANSITIONAL))
+                    .next()
+                    .ok_or(None)?;
+                pci_transport(address, interrupt, frames).map_err(|e| Some((alloc::format!("at {address}"), e)))?
+            }
+        };
+        let name = transport.describe();
+        VirtioNet::init(transport, frames, buffer_pages).map_err(|e| Some((name, e)))
     });
     match result {
         Ok(nic) => {
+            POLLED.store(!nic.interrupts, Ordering::Relaxed);
             let m = nic.mac();
             log::info!(
-                "nic: virtio-net at {address}, MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, {}",
+                "nic: virtio-net ({}), MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, {}, {}-byte header",
+                nic.describe(),
                 m[0],
                 m[1],
                 m[2],
                 m[3],
                 m[4],
                 m[5],
-                if nic.msix { "MSI-X receive interrupts" } else { "polled on the timer" }
+                if nic.interrupts {
+                    alloc::format!("{} receive interrupts", nic.transport.interrupt_name())
+                } else {
+                    "polled on the timer".into()
+                },
+                nic.net_header_len,
             );
             Some(nic)
         }
-        Err(e) => {
-            log::error!("nic: virtio-net at {address} unusable: {e}");
+        Err(None) => None,
+        Err(Some((name, e))) => {
+            log::error!("nic: virtio-net {name} unusable: {e}");
             None
         }
     }

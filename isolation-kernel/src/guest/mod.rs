@@ -203,6 +203,9 @@ struct Counters {
     guest_switches: u64,
     /// Stack and heap pages backed on their first touch.
     lazy_pages_backed: u64,
+    /// Console writes refused because the kernel heap had no room for the guest's line (the
+    /// guest got `NoMemory`): its text is lost, and counted here.
+    console_writes_refused: u64,
 }
 
 struct Guests {

@@ -42,6 +42,7 @@ pub(super) fn handle_trap(g: &mut Guests, frame: &mut TrapFrame, vector: Vector,
             Action::PreemptByTimer
         }
         Vector::Nic => {
+            crate::drivers::virtio_net::count_interrupt();
             g.poll_network();
             crate::arch::clock::end_of_interrupt();
             // A receiver woken ahead of this guest runs now (see below), not after this quantum.

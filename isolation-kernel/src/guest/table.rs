@@ -78,6 +78,7 @@ pub(super) fn stats_pairs_of(g: &Guests) -> Vec<(&'static str, u64)> {
         // Wake-ups that took the CPU from the running guest at once (ahead in virtual time).
         ("wake_boosts", g.sched.boosts()),
         ("lazy_pages_backed", c.lazy_pages_backed),
+        ("console_writes_refused", c.console_writes_refused),
         // 1 once the kernel heap ran out and its reserve was given back (no guest grows after).
         ("heap_reserve_spent", u64::from(crate::mm::heap::reserve_spent())),
         // Summed when reported (every few seconds), never per tick.
@@ -96,6 +97,7 @@ pub(super) fn stats_pairs_of(g: &Guests) -> Vec<(&'static str, u64)> {
             ("nic_rx_malformed", nic.counters.rx_malformed),
             ("nic_tx_queue_full", nic.counters.tx_queue_full),
             ("nic_notifies", nic.counters.notifies),
+            ("nic_interrupts", crate::drivers::virtio_net::interrupts()),
         ]);
     }
     pairs

@@ -1,6 +1,7 @@
 //! Virtual instructions: the `#GP` decoded, the call decoded once (`ViCall`), the handlers, and the one place that writes `rax` or stops the guest.
 
 use super::*;
+use hypercall_abi::vi::VirtualInterrupts;
 
 /// Reads the bytes at `rip` in the guest's memory that are readable, up to one instruction's
 /// worth, into `bytes`; returns how many there are.
@@ -72,14 +73,31 @@ pub(super) fn run_vi(g: &mut Guests, id: GuestId, call: ViCall, now: u64) -> Res
     Ok(match call {
         ViCall::ConsoleWrite { addr, len } => (console_write(g, id, addr, len)?, Action::Resume),
         ViCall::Exit { code } => (0, Action::Exit(code)),
-        ViCall::Yield => (0, Action::Preempt),
+        ViCall::Yield => {
+            // Like an idle, a yield hands over the tx descriptors produced so far.
+            if vnic_of(g, id).is_some_and(crate::vnet::GuestNic::tx_produced) {
+                g.net_ctx().tx_kick(id);
+            }
+            (0, Action::Preempt)
+        }
         ViCall::IdleUntil { deadline } => {
-            // Frames held for want of a buffer go into the ones it reposted before idling.
+            // Idling hands over what the guest produced: its tx descriptors are taken as a
+            // kick would (so an echo costs one virtual instruction, not a kick and an idle),
+            // and frames held for want of a buffer go into the ones it reposted. The completion
+            // that take raises does not end the idle, unless the guest idled for want of a slot.
+            let before = vnic_of(g, id).map(|nic| (nic.virq(), nic.tx_ring_full()));
+            if vnic_of(g, id).is_some_and(crate::vnet::GuestNic::tx_produced) {
+                g.net_ctx().tx_kick(id);
+            }
             if vnic_of(g, id).is_some_and(crate::vnet::GuestNic::holds_frames) {
                 g.net_ctx().deliver_held(id);
             }
             // A virtual interrupt raised since the guest last looked ends the idle at once.
-            let pending = vnic_of(g, id).map_or(0, crate::vnet::GuestNic::virq);
+            let pending = match (vnic_of(g, id).map(crate::vnet::GuestNic::virq), before) {
+                (Some(now), Some((_, true))) => now,
+                (Some(now), Some((earlier, false))) => (now & !VirtualInterrupts::TX_DONE) | earlier,
+                _ => 0,
+            };
             let action = match deadline {
                 _ if pending != 0 => Action::Resume,
                 None => Action::Idle(None),
@@ -129,6 +147,7 @@ pub(super) fn console_write(g: &mut Guests, id: GuestId, addr: u64, len: u64) ->
         || (crate::mm::heap::room_for_guest_growth()
             && guest.console.try_reserve_exact(CONSOLE_LINE_MAX.saturating_sub(guest.console.len())).is_ok());
     if !room {
+        g.counters.console_writes_refused = g.counters.console_writes_refused.saturating_add(1);
         return Err(ViFailure::Error(vi::Error::NoMemory));
     }
     for &byte in &*text {

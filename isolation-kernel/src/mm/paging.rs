@@ -172,3 +172,18 @@ pub fn map_mmio_page(slot: u64, phys: u64, frames: &mut FrameAllocator<'static>)
     x86_64::instructions::tlb::flush(VirtAddr::new(virt));
     VirtAddr::new(virt)
 }
+
+/// The next free page of the MMIO window for [`map_mmio`] (page 0 is the local APIC's).
+static NEXT_MMIO_PAGE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(1);
+
+/// Maps the device registers at `[phys, phys + len)` (uncached, whole pages) at fresh pages of
+/// the MMIO window, and returns the virtual address of `phys`. Mappings are never taken back.
+pub fn map_mmio(phys: u64, len: u64, frames: &mut FrameAllocator<'static>) -> VirtAddr {
+    let first = phys - phys % PAGE;
+    let pages = (phys + len.max(1)).next_multiple_of(PAGE).saturating_sub(first) / PAGE;
+    let slot = NEXT_MMIO_PAGE.fetch_add(pages, core::sync::atomic::Ordering::Relaxed);
+    for page in 0..pages {
+        map_mmio_page(slot + page, first + page * PAGE, frames);
+    }
+    VirtAddr::new(MMIO_WINDOW + slot * PAGE + phys % PAGE)
+}

@@ -142,6 +142,19 @@ impl GuestNic {
         self.rx.offered(self.shared().rx_producer.0.load(Ordering::Acquire)).unwrap_or(0)
     }
 
+    /// Whether the guest produced tx descriptors the kernel has not taken (a nonsense producer
+    /// counts too: taking it refuses and counts it).
+    pub fn tx_produced(&self) -> bool {
+        self.ring.offered(self.shared().tx_producer.0.load(Ordering::Acquire)) != Ok(0)
+    }
+
+    /// Whether every tx slot is the kernel's (produced and not completed): the guest can only
+    /// wait for a completion.
+    pub fn tx_ring_full(&self) -> bool {
+        hypercall_abi::vnic::ring_used(self.shared().tx_producer.0.load(Ordering::Acquire), self.ring.consumer())
+            >= hypercall_abi::vnic::TX_RING_SIZE
+    }
+
     /// Whether frames wait in the kernel for this guest to post rx buffers.
     pub fn holds_frames(&self) -> bool {
         !self.held.is_empty()

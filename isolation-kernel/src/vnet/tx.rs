@@ -267,8 +267,18 @@ fn take_tx(net: &mut Network, nic: &mut GuestNic, id: GuestId, name: &str, share
         nic.ring.complete(index);
         return Taken::Yes;
     };
-    if !net.fifos.get_mut(id).is_some_and(|fifo| fifo.make_room(crate::mm::heap::room_for_guest_growth)) {
-        return Taken::Backlogged(Wait::FifoRoom);
+    let Some(fifo) = net.fifos.get_mut(id) else { return Taken::Backlogged(Wait::FifoRoom) };
+    if !fifo.make_room(crate::mm::heap::room_for_guest_growth) {
+        if !fifo.is_empty() {
+            return Taken::Backlogged(Wait::FifoRoom); // room comes as it sends
+        }
+        // An empty FIFO that cannot grow (the kernel heap is short): nothing would ever make
+        // room, and waiting would leave the guest stuck for good. The frame is dropped, counted.
+        let Some(index) = nic.ring.take() else { return Taken::Backlogged(Wait::Buffer) };
+        net.counters.drops_no_memory = net.counters.drops_no_memory.saturating_add(1);
+        desc.status.store(DescStatus::DroppedNoMemory as u32, Ordering::Relaxed);
+        nic.ring.complete(index);
+        return Taken::Yes;
     }
     // Its rate limit: without tokens the frame stays in the ring until they are there.
     if let Err(held) = nic.tx.admit(frame.len, nic.ring.taken(), crate::arch::cpu::rdtsc) {

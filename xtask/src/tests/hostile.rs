@@ -5,14 +5,14 @@
 //! exits with frames at the NIC, and keep the echo guests beside them answering the host.
 
 use super::{
-    check, check_client_results, check_guest_expectations, check_tx_path, failure, final_stats, host_port_base,
-    pcap_source_macs, start_networked_pcap, wait_listening, Ctx, Failure, TestResult, Traffic, Verdict, NIC_TX_DELAY,
-    TCG_TIMEOUT,
+    check, check_client_results, check_guest_expectations, check_nic, check_tx_path, failure, final_stats,
+    host_port_base, pcap_source_macs, start_networked_pcap, wait_listening, Ctx, Failure, TestResult, Traffic, Verdict,
+    NIC_TX_DELAY, TCG_TIMEOUT,
 };
 use crate::checks::{self, GuestEnd};
 use crate::manifest::NetPlan;
 use crate::pack;
-use crate::qemu::{NetBackend, Outcome};
+use crate::qemu::{NetBackend, NicTransport, Outcome};
 use crate::udp;
 use crate::TxMode;
 use std::collections::BTreeMap;
@@ -43,7 +43,7 @@ fn report(outcome: &Outcome, reports: &Reports, role: &str, key: &str) -> Result
     })
 }
 
-pub(super) fn vnic_hostile_guests(ctx: &Ctx, tx: TxMode) -> TestResult {
+pub(super) fn vnic_hostile_guests(ctx: &Ctx, tx: TxMode, nic: NicTransport) -> TestResult {
     let image = pack::pack_image("net-hostile", &ctx.artifacts, NetPlan::USER)
         .map_err(|e| failure(format!("{e:#}"), String::new()))?;
     let echo: Vec<_> = image.guests.iter().filter(|g| g.app == "udp-echo").filter_map(|g| g.net).collect();
@@ -51,13 +51,14 @@ pub(super) fn vnic_hostile_guests(ctx: &Ctx, tx: TxMode) -> TestResult {
     let forwards = echo.iter().enumerate().map(|(i, n)| (base + i as u16, n.ipv4, 7)).collect();
     let peers: Vec<std::net::SocketAddr> =
         (0..echo.len()).map(|i| std::net::SocketAddr::from(([127, 0, 0, 1], base + i as u16))).collect();
-    let pcap = image.dir.join(format!("net-hostile-{}.pcap", tx.name()));
+    let pcap = image.dir.join(format!("net-hostile-{}-{nic:?}.pcap", tx.name()));
     let _ = std::fs::remove_file(&pcap);
     let mut session = start_networked_pcap(
         &image,
         NetBackend::User { forwards, tcp_forwards: Vec::new() },
         None,
         tx,
+        nic,
         Some(&pcap),
         Some(NIC_TX_DELAY),
         TCG_TIMEOUT,
@@ -102,6 +103,7 @@ pub(super) fn vnic_hostile_guests(ctx: &Ctx, tx: TxMode) -> TestResult {
     session.request_quit();
     let outcome = session.finish().map_err(|e| failure(format!("{e:#}"), String::new()))?;
     check_guest_expectations(&image, &outcome)?;
+    check_nic(&outcome, nic)?;
     check(&outcome, rounds_during_attack >= 1, || "no echo round ran while the hostile guests attacked".into())?;
 
     // How each hostile guest ended, and what it reports.

@@ -24,7 +24,7 @@ struct RunChild {
 
 impl RunChild {
     fn start(args: &[String]) -> std::result::Result<RunChild, Failure> {
-        let exe = std::env::current_exe().map_err(|e| failure(format!("{e}"), String::new()))?;
+        let exe = crate::setup::client_exe().map_err(|e| failure(format!("{e:#}"), String::new()))?;
         let mut child = Command::new(exe)
             .args(args)
             .stdin(Stdio::piped())

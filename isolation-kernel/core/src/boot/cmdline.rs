@@ -44,6 +44,22 @@ impl FpuPolicy {
     }
 }
 
+/// A virtio-mmio device announced on the command line (`virtio_mmio.device=SIZE@BASE:IRQ`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MmioDevice {
+    /// Physical address of its registers.
+    pub base: u64,
+    /// Bytes of its register window (the registers, 0x100 bytes, then its configuration).
+    pub size: u64,
+    /// Its interrupt line: a global system interrupt (IOAPIC input).
+    pub irq: u32,
+}
+
+/// virtio-mmio devices the command line may announce (QEMU's `microvm` has 8 transports).
+pub const MAX_MMIO_DEVICES: usize = 8;
+/// Bytes of the virtio-mmio registers before the device configuration.
+pub const MMIO_REGISTER_BYTES: u64 = 0x100;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelArgs {
     pub log_level: LevelFilter,
@@ -55,6 +71,8 @@ pub struct KernelArgs {
     /// A line of each guest's own counters after every `stats:` line (`stats=per-guest`).
     pub stats_per_guest: bool,
     pub fpu: FpuPolicy,
+    /// virtio-mmio devices, in the order announced (each `virtio_mmio.device` word adds one).
+    pub virtio_mmio: [Option<MmioDevice>; MAX_MMIO_DEVICES],
 }
 
 impl Default for KernelArgs {
@@ -67,8 +85,50 @@ impl Default for KernelArgs {
             stamps: false,
             stats_per_guest: false,
             fpu: FpuPolicy::Fault,
+            virtio_mmio: [None; MAX_MMIO_DEVICES],
         }
     }
+}
+
+impl KernelArgs {
+    /// The virtio-mmio devices announced.
+    pub fn mmio_devices(&self) -> impl Iterator<Item = MmioDevice> + '_ {
+        self.virtio_mmio.iter().flatten().copied()
+    }
+}
+
+/// A number as Linux's `simple_strtoull(s, 0)` reads it where VMMs write one: `0x` hex or
+/// decimal.
+fn parse_number(text: &str) -> Option<u64> {
+    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    }
+}
+
+/// A size as Linux's `memparse` reads it: a number with an optional `K`, `M` or `G` suffix.
+fn parse_size(text: &str) -> Option<u64> {
+    let (digits, shift) = match text.as_bytes().last()? {
+        b'K' | b'k' => (text.get(..text.len().checked_sub(1)?)?, 10),
+        b'M' | b'm' => (text.get(..text.len().checked_sub(1)?)?, 20),
+        b'G' | b'g' => (text.get(..text.len().checked_sub(1)?)?, 30),
+        _ => (text, 0),
+    };
+    parse_number(digits)?.checked_mul(1 << shift)
+}
+
+/// One `virtio_mmio.device` value: `SIZE@BASE:IRQ[:ID]` (the platform-device id, which the
+/// kernel has no use for, may follow). The window must hold the registers and not wrap.
+pub fn parse_mmio_device(value: &str) -> Option<MmioDevice> {
+    let (size, rest) = value.split_once('@')?;
+    let mut fields = rest.split(':');
+    let (base, irq, id) = (fields.next()?, fields.next()?, fields.next());
+    if fields.next().is_some() || id.is_some_and(|id| id.parse::<u32>().is_err()) {
+        return None;
+    }
+    let device = MmioDevice { base: parse_number(base)?, size: parse_size(size)?, irq: irq.parse().ok()? };
+    let fits = device.size >= MMIO_REGISTER_BYTES && device.base.checked_add(device.size).is_some();
+    (fits && device.base.is_multiple_of(4)).then_some(device)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,7 +148,17 @@ impl core::fmt::Display for CmdlineError<'_> {
 
 /// Whether `key` is one of the kernel's own keys.
 fn is_kernel_key(key: &str) -> bool {
-    [keys::LOG, keys::SHUTDOWN_AFTER, keys::TEST_FAULT, keys::TX, keys::STAMPS, keys::STATS, keys::FPU].contains(&key)
+    [
+        keys::LOG,
+        keys::SHUTDOWN_AFTER,
+        keys::TEST_FAULT,
+        keys::TX,
+        keys::STAMPS,
+        keys::STATS,
+        keys::FPU,
+        keys::VIRTIO_MMIO_DEVICE,
+    ]
+    .contains(&key)
 }
 
 /// The words of `cmdline` the kernel ignores: not `key=value`, or a key it does not have.
@@ -97,7 +167,8 @@ pub fn unknown_words(cmdline: &str) -> impl Iterator<Item = &str> {
 }
 
 /// The kernel's settings from `cmdline`; words that are not its keys are skipped (see
-/// [`unknown_words`]); the last value of a key counts.
+/// [`unknown_words`]); the last value of a key counts, except `virtio_mmio.device`, of which
+/// each word adds a device.
 pub fn parse(cmdline: &str) -> Result<KernelArgs, CmdlineError<'_>> {
     let mut args = KernelArgs::default();
     for word in cmdline.split_ascii_whitespace() {
@@ -160,6 +231,19 @@ pub fn parse(cmdline: &str) -> Result<KernelArgs, CmdlineError<'_>> {
                     _ => return Err(CmdlineError::BadValue { key, value, expected: "fault or save" }),
                 };
             }
+            keys::VIRTIO_MMIO_DEVICE => {
+                let device = parse_mmio_device(value).ok_or(CmdlineError::BadValue {
+                    key,
+                    value,
+                    expected: "SIZE@BASE:IRQ[:ID] (as 4K@0xc0001000:5), a window of at least 256 bytes",
+                })?;
+                let free = args.virtio_mmio.iter_mut().find(|slot| slot.is_none()).ok_or(CmdlineError::BadValue {
+                    key,
+                    value,
+                    expected: "at most 8 virtio-mmio devices",
+                })?;
+                *free = Some(device);
+            }
             // `is_kernel_key` let only the keys above through.
             _ => {}
         }
@@ -220,5 +304,59 @@ mod tests {
         assert!(matches!(parse("test_fault=gp"), Err(CmdlineError::BadValue { .. })));
         assert!(matches!(parse("tx=zero"), Err(CmdlineError::BadValue { key: "tx", .. })));
         assert!(matches!(parse("fpu=lazy"), Err(CmdlineError::BadValue { key: "fpu", expected: "fault or save", .. })));
+    }
+
+    #[test]
+    fn virtio_mmio_devices_as_vmms_announce_them() {
+        // Firecracker's form, and QEMU microvm's (acpi=off), beside VMM words.
+        let args =
+            parse("console=ttyS0 virtio_mmio.device=4K@0xc0001000:5 virtio_mmio.device=512@0xfeb00e00:12").unwrap();
+        let devices: std::vec::Vec<_> = args.mmio_devices().collect();
+        assert_eq!(
+            devices,
+            [
+                MmioDevice { base: 0xc000_1000, size: 4096, irq: 5 },
+                MmioDevice { base: 0xfeb0_0e00, size: 512, irq: 12 },
+            ]
+        );
+        assert_eq!(unknown_words("virtio_mmio.device=4K@0xc0001000:5 quiet").collect::<std::vec::Vec<_>>(), ["quiet"]);
+        assert_eq!(parse("").unwrap().mmio_devices().count(), 0);
+        // An id may follow; sizes take K, M, G; the base may be decimal.
+        assert_eq!(parse_mmio_device("1k@4096:7:3"), Some(MmioDevice { base: 4096, size: 1024, irq: 7 }));
+        assert_eq!(
+            parse_mmio_device("0x200@0XFEB00000:16"),
+            Some(MmioDevice { base: 0xfeb0_0000, size: 512, irq: 16 })
+        );
+        assert_eq!(parse_mmio_device("1M@0x1000:1").map(|d| d.size), Some(1 << 20));
+    }
+
+    #[test]
+    fn malformed_virtio_mmio_devices_fail_naming_the_key() {
+        for bad in [
+            "4K@0xc0001000",           // no IRQ
+            "4K0xc0001000:5",          // no @
+            "@0xc0001000:5",           // no size
+            "4X@0xc0001000:5",         // unknown suffix
+            "4K@0xc000100g:5",         // not hex
+            "4K@0xc0001000:-1",        // negative IRQ
+            "4K@0xc0001000:5:x",       // bad id
+            "4K@0xc0001000:5:1:2",     // too many fields
+            "128@0xc0001000:5",        // smaller than the registers
+            "4K@0xfffffffffffff000:5", // wraps
+            "4K@0xc0001002:5",         // misaligned
+            "99999999999G@0x1000:5",   // size overflows
+        ] {
+            let word = std::format!("virtio_mmio.device={bad}");
+            assert!(
+                matches!(parse(&word), Err(CmdlineError::BadValue { key: "virtio_mmio.device", .. })),
+                "{bad} accepted"
+            );
+        }
+        let nine =
+            (0..9).map(|i| std::format!("virtio_mmio.device=512@{}:5", 4096 * (i + 1))).collect::<std::vec::Vec<_>>();
+        let nine_words = nine.join(" ");
+        let error = parse(&nine_words).unwrap_err();
+        assert!(std::format!("{error}").contains("at most 8 virtio-mmio devices"), "{error}");
+        assert_eq!(parse(&nine[..8].join(" ")).unwrap().mmio_devices().count(), 8);
     }
 }

@@ -36,7 +36,8 @@ pub struct NetCounters {
     pub drops_rx_buffer_small: u64,
     /// Frames for a guest whose rx producer index was out of its window (see `bad_ring_indices`).
     pub drops_bad_rx_ring: u64,
-    /// Frames for an rx buffer not backed yet, when no frame was left to back it.
+    /// Frames dropped for want of memory: an rx buffer not backed yet when no frame was left
+    /// to back it, or a tx frame whose guest's FIFO could not grow (kernel heap short).
     pub drops_no_memory: u64,
     /// Producer indices refused (moved backwards, or more than a ring ahead), tx and rx. Not a
     /// drop counter: a refused tx producer leaves the descriptors in the ring.
