@@ -58,7 +58,7 @@ impl HostDrops {
 }
 
 /// `RcvbufErrors` of the `Udp:` lines of `/proc/net/snmp` (this network namespace's).
-fn udp_rcvbuf_errors() -> u64 {
+pub(crate) fn udp_rcvbuf_errors() -> u64 {
     let text = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
     let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
     let (Some(names), Some(values)) = (udp.next(), udp.next()) else { return 0 };

@@ -443,11 +443,14 @@ pub fn bench(plan: &DensityPlan) -> Result<DensityReport> {
                 Ok(r) => {
                     let _ = std::fs::write(&probe_log, &r.outcome.log);
                     let stats = crate::checks::stats(&r.outcome.log).unwrap_or_default();
-                    let counted: Vec<String> = stats
+                    let mut counted: Vec<String> = stats
                         .iter()
                         .filter(|(name, &value)| value > 0 && (name.contains("drops") || name.contains("refused")))
                         .map(|(name, value)| format!("{name}={value}"))
                         .collect();
+                    if r.sweep.host_rcvbuf_errors > 0 {
+                        counted.push(format!("host_rcvbuf_errors={}", r.sweep.host_rcvbuf_errors));
+                    }
                     Some(format!(
                         "{} of {} guests answered; counted: {}",
                         r.sweep.answered,

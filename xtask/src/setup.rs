@@ -51,18 +51,6 @@ pub fn ensure_qemu() -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_install_line_works_with_and_without_sudo() {
-        // `$(command -v sudo)` is empty for root without sudo and `/usr/bin/sudo` otherwise.
-        assert!(INSTALL_LINE.starts_with("$(command -v sudo) apt-get update && "));
-        assert!(INSTALL_LINE.contains("qemu-system-x86"));
-    }
-}
-
 /// This xtask binary, for running its client subcommands (`udp-sweep`, `udp-probe`, ...) as
 /// child processes: a copy of this build under `target/xtask-clients`, since a rebuild during a long
 /// run (a benchmark takes minutes) replaces `target/release/xtask` and leaves
@@ -96,4 +84,16 @@ pub fn client_exe() -> Result<std::path::PathBuf> {
         std::fs::rename(&partial, &copy).with_context(|| format!("renaming to {}", copy.display()))?;
     }
     Ok(COPY.get_or_init(|| copy).clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_install_line_works_with_and_without_sudo() {
+        // `$(command -v sudo)` is empty for root without sudo and `/usr/bin/sudo` otherwise.
+        assert!(INSTALL_LINE.starts_with("$(command -v sudo) apt-get update && "));
+        assert!(INSTALL_LINE.contains("qemu-system-x86"));
+    }
 }

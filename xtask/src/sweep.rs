@@ -44,6 +44,9 @@ pub struct SweepResult {
     /// Milliseconds from the start of the sweep to the first answer and to the last.
     pub first_answer_ms: u64,
     pub last_answer_ms: u64,
+    /// Datagrams the host (this namespace) dropped for want of socket buffer room during the
+    /// sweep (`RcvbufErrors`): answers that came back and were lost before the sweep read them.
+    pub host_rcvbuf_errors: u64,
 }
 
 /// The payload for guest `index` in sweep `seed`.
@@ -67,6 +70,7 @@ pub fn sweep(plan: &SweepPlan) -> Result<SweepResult> {
     socket.set_read_timeout(Some(Duration::from_millis(5)))?;
     let start = Instant::now();
     let mut result = SweepResult { count: plan.count, ..SweepResult::default() };
+    let rcvbuf_errors_before = crate::burst::udp_rcvbuf_errors();
     let mut answered = vec![false; plan.count];
     let mut attempts = vec![0u32; plan.count];
     // Datagrams in flight, oldest first: (guest, when sent). Answered ones are skipped lazily.
@@ -151,6 +155,7 @@ pub fn sweep(plan: &SweepPlan) -> Result<SweepResult> {
             }
         }
     }
+    result.host_rcvbuf_errors = crate::burst::udp_rcvbuf_errors().saturating_sub(rcvbuf_errors_before);
     Ok(result)
 }
 
@@ -160,7 +165,7 @@ impl SweepResult {
         let silent = self.silent.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",");
         format!(
             "udp-sweep: count={} answered={} corrupted={} duplicates={} retries={} first_answer_ms={} \
-             last_answer_ms={} silent={}",
+             last_answer_ms={} host_rcvbuf_errors={} silent={}",
             self.count,
             self.answered,
             self.corrupted,
@@ -168,6 +173,7 @@ impl SweepResult {
             self.retries,
             self.first_answer_ms,
             self.last_answer_ms,
+            self.host_rcvbuf_errors,
             if silent.is_empty() { "-" } else { &silent }
         )
     }
@@ -189,6 +195,7 @@ impl SweepResult {
             silent,
             first_answer_ms: number("first_answer_ms")?,
             last_answer_ms: number("last_answer_ms")?,
+            host_rcvbuf_errors: number("host_rcvbuf_errors").unwrap_or(0),
         })
     }
 }

@@ -17,9 +17,6 @@ use virtio_spec::{le16, le32, le64, DeviceStatus};
 use volatile::VolatilePtr;
 use x86_64::VirtAddr;
 
-/// How long [`Transport::reset`] waits for the device to read back as reset.
-const RESET_POLLS: u32 = 1_000_000;
-
 pub struct Mmio {
     device: MmioDevice,
     registers: VirtAddr,
@@ -86,12 +83,7 @@ impl Transport for Mmio {
     fn reset(&mut self) {
         let regs = self.registers();
         regs.status().write(DeviceStatus::empty());
-        for _ in 0..RESET_POLLS {
-            if regs.status().read().is_empty() {
-                break;
-            }
-            core::hint::spin_loop();
-        }
+        super::wait_for_reset(|| regs.status().read());
     }
     fn status(&self) -> DeviceStatus {
         self.registers().status().read()
@@ -101,19 +93,18 @@ impl Transport for Mmio {
     }
     fn device_features(&mut self) -> u64 {
         let regs = self.registers();
-        let mut features = 0;
-        for half in 0..2u32 {
-            regs.device_features_sel().write(le32::from_ne(half));
-            features |= u64::from(regs.device_features().read().to_ne()) << (32 * half);
-        }
-        features
+        super::read_features(
+            |half| regs.device_features_sel().write(le32::from_ne(half)),
+            || regs.device_features().read().to_ne(),
+        )
     }
     fn set_driver_features(&mut self, features: u64) {
         let regs = self.registers();
-        for half in 0..2u32 {
-            regs.driver_features_sel().write(le32::from_ne(half));
-            regs.driver_features().write(le32::from_ne((features >> (32 * half)) as u32));
-        }
+        super::write_features(
+            features,
+            |half| regs.driver_features_sel().write(le32::from_ne(half)),
+            |bits| regs.driver_features().write(le32::from_ne(bits)),
+        );
     }
     fn max_queue_size(&mut self, queue: u16) -> u16 {
         let regs = self.registers();
@@ -133,10 +124,7 @@ impl Transport for Mmio {
     ) -> Result<bool, &'static str> {
         let regs = self.registers();
         regs.queue_sel().write(le16::from_ne(queue));
-        let max = regs.queue_size_max().read().to_ne();
-        if size == 0 || size > max || !size.is_power_of_two() {
-            return Err("virtqueue size is not a power of two up to the device's");
-        }
+        super::check_queue_size(size, regs.queue_size_max().read().to_ne())?;
         regs.queue_size().write(le16::from_ne(size));
         regs.queue_desc().write(le64::from_ne(addresses.descriptors));
         regs.queue_driver().write(le64::from_ne(addresses.available));

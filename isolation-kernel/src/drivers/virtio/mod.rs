@@ -12,6 +12,45 @@ use kernel_core::drivers::virtio::Generation;
 use kernel_core::mm::frame_alloc::FrameAllocator;
 use virtio_spec::DeviceStatus;
 
+/// Polls of the device status after a reset before giving up waiting for it to read 0.
+const RESET_POLLS: u32 = 1_000_000;
+
+/// Waits (bounded) for a device being reset to read status 0, as the spec asks of a modern
+/// device: `status` reads its device status register.
+fn wait_for_reset(status: impl Fn() -> DeviceStatus) {
+    for _ in 0..RESET_POLLS {
+        if status().is_empty() {
+            break;
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// The 64 feature bits of a modern device, read as two halves: `select` writes the half's
+/// number to the select register, `read` reads the feature register.
+fn read_features(select: impl Fn(u32), read: impl Fn() -> u32) -> u64 {
+    (0..2u32).fold(0, |features, half| {
+        select(half);
+        features | u64::from(read()) << (32 * half)
+    })
+}
+
+/// Writes the driver's 64 feature bits as two halves (see [`read_features`]).
+fn write_features(features: u64, select: impl Fn(u32), write: impl Fn(u32)) {
+    for half in 0..2u32 {
+        select(half);
+        write((features >> (32 * half)) as u32);
+    }
+}
+
+/// Refuses a queue size the device cannot take: zero, above its largest, or not a power of two.
+fn check_queue_size(size: u16, max: u16) -> Result<(), &'static str> {
+    if size == 0 || size > max || !size.is_power_of_two() {
+        return Err("virtqueue size is not a power of two up to the device's");
+    }
+    Ok(())
+}
+
 /// Where a device's interrupts go: `vector` at the local APIC `apic_id`, through at most
 /// `entries` MSI-X table entries (one per queue that interrupts).
 #[derive(Clone, Copy, Debug)]

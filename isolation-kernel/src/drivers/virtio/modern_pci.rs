@@ -23,8 +23,6 @@ use volatile::VolatilePtr;
 use x86_64::VirtAddr;
 
 const NO_VECTOR: u16 = 0xffff;
-/// How long [`Transport::reset`] waits for the device to read back as reset.
-const RESET_POLLS: u32 = 1_000_000;
 
 pub struct ModernPci {
     pci: PciAddress,
@@ -77,13 +75,7 @@ impl Transport for ModernPci {
     fn reset(&mut self) {
         let common = self.common();
         common.device_status().write(DeviceStatus::empty());
-        // The device may take a while to finish resetting; it reads 0 once it has.
-        for _ in 0..RESET_POLLS {
-            if common.device_status().read().is_empty() {
-                break;
-            }
-            core::hint::spin_loop();
-        }
+        super::wait_for_reset(|| common.device_status().read());
         common.config_msix_vector().write(le16::from_ne(NO_VECTOR));
     }
     fn status(&self) -> DeviceStatus {
@@ -94,19 +86,18 @@ impl Transport for ModernPci {
     }
     fn device_features(&mut self) -> u64 {
         let common = self.common();
-        let mut features = 0;
-        for half in 0..2u32 {
-            common.device_feature_select().write(le32::from_ne(half));
-            features |= u64::from(common.device_feature().read().to_ne()) << (32 * half);
-        }
-        features
+        super::read_features(
+            |half| common.device_feature_select().write(le32::from_ne(half)),
+            || common.device_feature().read().to_ne(),
+        )
     }
     fn set_driver_features(&mut self, features: u64) {
         let common = self.common();
-        for half in 0..2u32 {
-            common.driver_feature_select().write(le32::from_ne(half));
-            common.driver_feature().write(le32::from_ne((features >> (32 * half)) as u32));
-        }
+        super::write_features(
+            features,
+            |half| common.driver_feature_select().write(le32::from_ne(half)),
+            |bits| common.driver_feature().write(le32::from_ne(bits)),
+        );
     }
     fn max_queue_size(&mut self, queue: u16) -> u16 {
         let common = self.common();
@@ -126,10 +117,7 @@ impl Transport for ModernPci {
     ) -> Result<bool, &'static str> {
         let common = self.common();
         common.queue_select().write(le16::from_ne(queue));
-        let max = common.queue_size().read().to_ne();
-        if size == 0 || size > max || !size.is_power_of_two() {
-            return Err("virtqueue size is not a power of two up to the device's");
-        }
+        super::check_queue_size(size, common.queue_size().read().to_ne())?;
         let notify_off = common.queue_notify_off().read().to_ne();
         let notify_phys = self.layout.notify_address(notify_off).ok_or("queue notification beyond its structure")?;
         common.queue_size().write(le16::from_ne(size));
