@@ -11,6 +11,7 @@ mod dispatch;
 mod fuzz;
 mod httpbench;
 mod initrd;
+mod isobench;
 mod ledger;
 mod manifest;
 mod metrics;
@@ -246,6 +247,14 @@ enum BenchCmd {
         #[arg(long)]
         quick: bool,
     },
+    /// Performance isolation: an echo guest's round trips alone and beside hogs (a storm of
+    /// virtual instructions, a transmit storm, a CPU spinner, all three), CPU shares under weights,
+    /// a flooding guest with and without a transmit rate limit: isolation.json and isolation.svg.
+    Isolation {
+        /// 200 echoes per cell, 3-second runs.
+        #[arg(long)]
+        quick: bool,
+    },
     /// TCP and HTTP, ours against the Linux VM of `bench baseline` in the same QEMU: wrk's
     /// keep-alive GET / rate and latency (1 and 32 connections, 1 and 4 servers, user network),
     /// /bytes/N download over tap at MTU 1500 and 9000 and TCP echo throughput, copy vs COW:
@@ -390,6 +399,9 @@ fn real_main() -> Result<()> {
         }
         Cmd::Bench { which: BenchCmd::Echo { quick } } => {
             bench::echo(if quick { bench::QUICK } else { bench::FULL }).map(|_| ())
+        }
+        Cmd::Bench { which: BenchCmd::Isolation { quick } } => {
+            isobench::run(if quick { isobench::QUICK } else { isobench::FULL }).map(|_| ())
         }
         Cmd::Bench { which: BenchCmd::Http { quick } } => {
             httpbench::run(if quick { httpbench::QUICK } else { httpbench::FULL }).map(|_| ())
