@@ -18,6 +18,13 @@
 //! `net=02:00:00:00:00:10,10.0.2.16/24,10.0.2.2`; the MTU defaults to 1500), placed before
 //! `args`.
 //!
+//! Optional, before `args`: `cpu_weight=<1..=16>` (its share of the CPU when busy, against the
+//! other busy guests' weights; 1 when absent), and transmit rate limits, token buckets as
+//! Firecracker's rate limiters have them: `tx_packets=<size>,<refill_time_ms>[,<one_time_burst>]`
+//! (packets) and `tx_bytes=...` (bytes). A bucket holds `size` tokens, refills from empty to
+//! full in `refill_time_ms` (continuously), and starts with `one_time_burst` extra tokens that
+//! are used first and never refilled (see [`BucketSpec`]).
+//!
 //! Every number has a limit, checked by the parser (and by `cargo xtask` when it writes the
 //! config): `heap_kib` at most [`MAX_HEAP_KIB`], `cpu_budget_ms` at most [`MAX_CPU_BUDGET_MS`],
 //! `args` at most [`MAX_ARGS_LEN`] bytes, at most [`MAX_GUESTS`] guest records; a value beyond
@@ -48,6 +55,14 @@ pub const MAX_HEAP_KIB: u64 = crate::layout::MAX_HEAP_SIZE / BYTES_PER_KIB;
 /// Largest `cpu_budget_ms`: one day. With it, the budget in TSC ticks fits in 64 bits for any
 /// TSC frequency up to 213 GHz.
 pub const MAX_CPU_BUDGET_MS: u64 = 24 * 60 * 60 * 1000;
+/// Largest `cpu_weight`: a busy guest's turn is its weight times the kernel's quantum (10 ms),
+/// so at most 160 ms, and busy guests' shares hold over any second.
+pub const MAX_CPU_WEIGHT: u32 = 16;
+/// Largest token-bucket `size` and `one_time_burst` (2^40: a TB of bytes, far beyond any NIC's
+/// second); with it, the kernel's token arithmetic stays inside 64 bits.
+pub const MAX_BUCKET_TOKENS: u64 = 1 << 40;
+/// Largest `refill_time_ms`: one hour.
+pub const MAX_REFILL_TIME_MS: u64 = 60 * 60 * 1000;
 /// Most guest records one image config may hold.
 pub const MAX_GUESTS: usize = 16_384;
 const BYTES_PER_KIB: u64 = 1024;
@@ -224,6 +239,64 @@ impl Expect {
     }
 }
 
+/// A token bucket (Firecracker's `TokenBucket`): `size` tokens, refilled from empty to full in
+/// `refill_time_ms` (continuously), plus `one_time_burst` tokens at the start that are used
+/// first and never refilled. `size` is at least 1 and at most [`MAX_BUCKET_TOKENS`],
+/// `refill_time_ms` 1 to [`MAX_REFILL_TIME_MS`], `one_time_burst` at most [`MAX_BUCKET_TOKENS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BucketSpec {
+    pub size: u64,
+    pub refill_time_ms: u64,
+    pub one_time_burst: u64,
+}
+
+impl BucketSpec {
+    /// Parses `<size>,<refill_time_ms>[,<one_time_burst>]`, each within its limit.
+    pub fn parse(text: &str) -> Option<BucketSpec> {
+        let mut parts = text.split(',');
+        let number = |part: Option<&str>, range: core::ops::RangeInclusive<u64>| {
+            part?.parse::<u64>().ok().filter(|n| range.contains(n))
+        };
+        let size = number(parts.next(), 1..=MAX_BUCKET_TOKENS)?;
+        let refill_time_ms = number(parts.next(), 1..=MAX_REFILL_TIME_MS)?;
+        let one_time_burst = match parts.next() {
+            None => 0,
+            burst => number(burst, 0..=MAX_BUCKET_TOKENS)?,
+        };
+        parts.next().is_none().then_some(BucketSpec { size, refill_time_ms, one_time_burst })
+    }
+
+    /// Whether every number is within its limit (what [`BucketSpec::parse`] accepts).
+    pub fn is_valid(&self) -> bool {
+        (1..=MAX_BUCKET_TOKENS).contains(&self.size)
+            && (1..=MAX_REFILL_TIME_MS).contains(&self.refill_time_ms)
+            && self.one_time_burst <= MAX_BUCKET_TOKENS
+    }
+}
+
+impl core::fmt::Display for BucketSpec {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{},{}", self.size, self.refill_time_ms)?;
+        if self.one_time_burst > 0 {
+            write!(f, ",{}", self.one_time_burst)?;
+        }
+        Ok(())
+    }
+}
+
+/// A guest's transmit rate limits: packets and bytes, each an optional token bucket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TxLimits {
+    pub packets: Option<BucketSpec>,
+    pub bytes: Option<BucketSpec>,
+}
+
+impl TxLimits {
+    pub fn is_limited(&self) -> bool {
+        self.packets.is_some() || self.bytes.is_some()
+    }
+}
+
 /// One guest of the image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GuestSpec<'a> {
@@ -233,6 +306,9 @@ pub struct GuestSpec<'a> {
     pub cpu_budget_ms: u64,
     pub expect: Expect,
     pub net: Option<NetConfig>,
+    /// 1 to [`MAX_CPU_WEIGHT`].
+    pub cpu_weight: u32,
+    pub tx_limits: TxLimits,
     pub args: &'a str,
 }
 
@@ -256,6 +332,15 @@ impl core::fmt::Display for GuestSpec<'_> {
             if u64::from(net.mtu) != MTU {
                 write!(f, ",{}", net.mtu)?;
             }
+        }
+        if self.cpu_weight != 1 {
+            write!(f, "\tcpu_weight={}", self.cpu_weight)?;
+        }
+        if let Some(bucket) = &self.tx_limits.packets {
+            write!(f, "\ttx_packets={bucket}")?;
+        }
+        if let Some(bucket) = &self.tx_limits.bytes {
+            write!(f, "\ttx_bytes={bucket}")?;
         }
         write!(f, "\targs={}", self.args)
     }
@@ -365,7 +450,7 @@ pub fn valid_name(name: &str) -> bool {
 
 fn parse_guest(line: usize, fields: core::str::Split<'_, char>) -> Result<GuestSpec<'_>, ConfigError<'_>> {
     let (mut name, mut app, mut heap_kib, mut budget, mut expect, mut args) = (None, None, None, None, None, None);
-    let mut net = None;
+    let (mut net, mut cpu_weight, mut tx_limits) = (None, None, TxLimits::default());
     for field in fields {
         let bad = ConfigError::BadField { line, field };
         let (key, value) = field.split_once('=').ok_or(bad)?;
@@ -376,6 +461,12 @@ fn parse_guest(line: usize, fields: core::str::Split<'_, char>) -> Result<GuestS
             "cpu_budget_ms" => budget = Some(bounded(line, field, "cpu_budget_ms", value, MAX_CPU_BUDGET_MS)?),
             "expect" => expect = Some(Expect::parse(value).ok_or(bad)?),
             "net" => net = Some(parse_net(value).ok_or(bad)?),
+            "cpu_weight" => {
+                let weight = bounded(line, field, "cpu_weight", value, u64::from(MAX_CPU_WEIGHT))?;
+                cpu_weight = Some(u32::try_from(weight).ok().filter(|&w| w >= 1).ok_or(bad)?);
+            }
+            "tx_packets" => tx_limits.packets = Some(BucketSpec::parse(value).ok_or(bad)?),
+            "tx_bytes" => tx_limits.bytes = Some(BucketSpec::parse(value).ok_or(bad)?),
             "args" if value.len() > MAX_ARGS_LEN => {
                 return Err(ConfigError::ArgsTooLong { line, len: value.len(), max: MAX_ARGS_LEN })
             }
@@ -391,6 +482,8 @@ fn parse_guest(line: usize, fields: core::str::Split<'_, char>) -> Result<GuestS
         cpu_budget_ms: budget.unwrap_or(0),
         expect: expect.unwrap_or(Expect::Any),
         net,
+        cpu_weight: cpu_weight.unwrap_or(1),
+        tx_limits,
         args: args.unwrap_or(""),
     })
 }
@@ -462,11 +555,49 @@ mod tests {
                 gateway: [10, 0, 2, 2],
                 mtu: 1500,
             }),
+            cpu_weight: 3,
+            tx_limits: TxLimits {
+                packets: Some(BucketSpec { size: 100, refill_time_ms: 1000, one_time_burst: 0 }),
+                bytes: Some(BucketSpec { size: 150_000, refill_time_ms: 100, one_time_burst: 9000 }),
+            },
             args: "a b  c",
         };
         let text = "# comment\nimage\tname=hello\n\n".to_string() + &spec.to_string() + "\n";
+        assert!(text.contains("\tcpu_weight=3\ttx_packets=100,1000\ttx_bytes=150000,100,9000\targs="), "{text}");
         let records: Vec<_> = parse_config(&text).collect();
         assert_eq!(records, [Ok(Record::Image { name: "hello" }), Ok(Record::Guest(spec))]);
+        // The defaults are not written, and read back as defaults.
+        let plain = GuestSpec { cpu_weight: 1, tx_limits: TxLimits::default(), ..spec };
+        let line = plain.to_string();
+        assert!(!line.contains("cpu_weight") && !line.contains("tx_"));
+        assert_eq!(parse_one(&line), Ok(plain));
+    }
+
+    #[test]
+    fn weights_and_buckets_are_bounded() {
+        assert_eq!(parse_one(&guest_line("cpu_weight", "16")).unwrap().cpu_weight, MAX_CPU_WEIGHT);
+        assert!(matches!(parse_one(&guest_line("cpu_weight", "17")), Err(ConfigError::TooLarge { max: 16, .. })));
+        assert!(matches!(parse_one(&guest_line("cpu_weight", "0")), Err(ConfigError::BadField { .. })));
+        let bucket = |text: &str| BucketSpec::parse(text);
+        assert_eq!(bucket("1,1"), Some(BucketSpec { size: 1, refill_time_ms: 1, one_time_burst: 0 }));
+        assert_eq!(
+            bucket("1099511627776,3600000,1099511627776"),
+            Some(BucketSpec {
+                size: MAX_BUCKET_TOKENS,
+                refill_time_ms: MAX_REFILL_TIME_MS,
+                one_time_burst: MAX_BUCKET_TOKENS
+            })
+        );
+        for bad in ["", "0,10", "10,0", "10", "10,10,", "10,10,1,1", "1099511627777,1", "1,3600001", "-1,10", "1,1,x"] {
+            assert_eq!(bucket(bad), None, "{bad}");
+            assert!(matches!(parse_one(&guest_line("tx_bytes", bad)), Err(ConfigError::BadField { .. })), "{bad}");
+        }
+        let line = guest_line("tx_packets", "50,1000,10");
+        let limited = parse_one(&line).unwrap();
+        assert_eq!(limited.tx_limits.packets, Some(BucketSpec { size: 50, refill_time_ms: 1000, one_time_burst: 10 }));
+        assert!(limited.tx_limits.is_limited() && limited.tx_limits.bytes.is_none());
+        assert!(!BucketSpec { size: 0, refill_time_ms: 1, one_time_burst: 0 }.is_valid());
+        assert!(BucketSpec { size: 1, refill_time_ms: 1, one_time_burst: 0 }.is_valid());
     }
 
     #[test]

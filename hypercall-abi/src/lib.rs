@@ -128,7 +128,8 @@ pub mod cmdline {
     /// Prefix of the line the kernel prints with its counters, as `name=value` pairs.
     pub const STATS_PREFIX: &str = "stats:";
     /// What the `stats:` line covers: `totals` (the default: guests' own counters summed) or
-    /// `per-guest` (also one [`GUEST_STATS_PREFIX`] line per guest with a NIC after each).
+    /// `per-guest` (also one [`GUEST_STATS_PREFIX`] line per guest after each: the kernel's counters of it, and
+    /// for a guest with a NIC the counters it publishes).
     pub const STATS: &str = "stats";
     /// Values accepted by [`STATS`].
     pub const STATS_KINDS: [&str; 2] = ["totals", "per-guest"];

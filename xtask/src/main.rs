@@ -12,6 +12,7 @@ mod fuzz;
 mod httpbench;
 mod icount;
 mod initrd;
+mod isobench;
 mod ledger;
 mod manifest;
 mod metrics;
@@ -25,6 +26,7 @@ mod tapnet;
 mod tcpload;
 mod tests;
 mod udp;
+mod vmm;
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
@@ -277,6 +279,14 @@ enum BenchCmd {
         #[arg(long)]
         open_loop_only: bool,
     },
+    /// Performance isolation: an echo guest's round trips alone and beside hogs (a storm of
+    /// virtual instructions, a transmit storm, a CPU spinner, all three), CPU shares under weights,
+    /// a flooding guest with and without a transmit rate limit: isolation.json and isolation.svg.
+    Isolation {
+        /// 200 echoes per cell, 3-second runs.
+        #[arg(long)]
+        quick: bool,
+    },
     /// TCP and HTTP, ours against the Linux VM of `bench baseline` in the same QEMU: wrk's
     /// keep-alive GET / rate and latency (1 and 32 connections, 1 and 4 servers, user network),
     /// /bytes/N download over tap at MTU 1500 and 9000 and TCP echo throughput, copy vs COW:
@@ -355,6 +365,11 @@ struct RunArgs {
     /// picks what the machine has; without isa-debug-exit the verdict is read from the console).
     #[arg(long, value_enum, default_value_t = qemu::PowerOff::DebugExit)]
     power_off: qemu::PowerOff,
+    /// Run on this VMM instead of QEMU (Firecracker: virtio-mmio; cloud-hypervisor: modern
+    /// virtio-pci), on the tap network; writes its configuration next to the image, and says
+    /// why it cannot run where the VMM or hardware KVM is missing.
+    #[arg(long, value_enum)]
+    vmm: Option<vmm::Vmm>,
 }
 
 fn main() {
@@ -418,6 +433,9 @@ fn real_main() -> Result<()> {
             let parts = if open_loop_only { bench::EchoParts::OpenLoop } else { bench::EchoParts::All };
             bench::echo(if quick { bench::QUICK } else { bench::FULL }, parts).map(|_| ())
         }
+        Cmd::Bench { which: BenchCmd::Isolation { quick } } => {
+            isobench::run(if quick { isobench::QUICK } else { isobench::FULL }).map(|_| ())
+        }
         Cmd::Bench { which: BenchCmd::Http { quick } } => {
             httpbench::run(if quick { httpbench::QUICK } else { httpbench::FULL }).map(|_| ())
         }
@@ -479,24 +497,17 @@ fn run(args: RunArgs) -> Result<()> {
         // Run without ACPI (so that QEMU announces its devices) and with no i8042.
         bail!("--power-off: microvm here has neither ACPI nor an i8042; only debug-exit");
     }
-    let plan = if args.net == NetChoice::Tap { NetPlan::TAP } else { NetPlan::USER };
+    let plan = if args.net == NetChoice::Tap || args.vmm.is_some() { NetPlan::TAP } else { NetPlan::USER };
     let stamping = if args.stamps { pack::Stamping::Built } else { pack::Stamping::Absent };
     let image = pack::build_with(Some(&args.image), plan, stamping)?.remove(0);
+    let append = kernel_cmdline(&args, &image);
+    if let Some(vmm) = args.vmm {
+        let namespace = tapnet::TapNamespace::create(&plan, image.manifest.kernel.mtu)?;
+        println!("image {}: {}", image.name, image.manifest.description);
+        println!("{}", plan.describe(image.guests.iter().filter(|g| g.net.is_some()).count()));
+        return vmm::run(vmm, &image, append, &namespace);
+    }
     let accel = qemu::resolve_accel(args.accel)?;
-    let log = args.log.unwrap_or_else(|| image.manifest.kernel.log.clone());
-    let mut append = format!("{}={log}", keys::LOG);
-    if let Some(secs) = args.for_secs {
-        append += &format!(" {}={secs}", keys::SHUTDOWN_AFTER);
-    }
-    let tx = args.tx.unwrap_or(image.manifest.kernel.tx);
-    append += &format!(" {}={}", keys::TX, tx.name());
-    append += &format!(" {}={}", keys::FPU, args.fpu.as_deref().unwrap_or(&image.manifest.kernel.fpu));
-    if args.stamps {
-        append += &format!(" {}=on", keys::STAMPS);
-    }
-    if args.per_guest_stats || args.metrics.is_some() {
-        append += &format!(" {}=per-guest", keys::STATS);
-    }
     let metrics_listener = args.metrics.map(metrics::bind).transpose()?;
     let net_guests: Vec<_> = image.guests.iter().filter_map(|g| g.net.map(|n| (g.name.clone(), n))).collect();
     if args.net == NetChoice::User && u64::from(image.manifest.kernel.mtu) > hypercall_abi::vnic::MTU {
@@ -594,6 +605,26 @@ fn run(args: RunArgs) -> Result<()> {
         Some(KernelExit::Success) => Ok(()),
         _ => bail!("image {} did not end with success", image.name),
     }
+}
+
+/// The kernel command line for `image` as `args` ask: log level, run length, transmit path, FPU
+/// policy, stamps and per-guest stats.
+fn kernel_cmdline(args: &RunArgs, image: &pack::Image) -> String {
+    let log = args.log.clone().unwrap_or_else(|| image.manifest.kernel.log.clone());
+    let mut append = format!("{}={log}", keys::LOG);
+    if let Some(secs) = args.for_secs {
+        append += &format!(" {}={secs}", keys::SHUTDOWN_AFTER);
+    }
+    let tx = args.tx.unwrap_or(image.manifest.kernel.tx);
+    append += &format!(" {}={}", keys::TX, tx.name());
+    append += &format!(" {}={}", keys::FPU, args.fpu.as_deref().unwrap_or(&image.manifest.kernel.fpu));
+    if args.stamps {
+        append += &format!(" {}=on", keys::STAMPS);
+    }
+    if args.per_guest_stats || args.metrics.is_some() {
+        append += &format!(" {}=per-guest", keys::STATS);
+    }
+    append
 }
 
 fn accel_reason(choice: AccelChoice) -> &'static str {

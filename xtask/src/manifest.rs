@@ -3,15 +3,16 @@
 use anyhow::{bail, Context, Result};
 use hypercall_abi::cmdline::FPU_POLICIES;
 use hypercall_abi::initrd::{
-    valid_name, Expect, GuestSpec, RefusalKind, StopKind, MAX_ARGS_LEN, MAX_CPU_BUDGET_MS, MAX_GUESTS, MAX_HEAP_KIB,
-    MAX_NAME, MAX_TCP_BUFFER_KIB, TCP_RX_KIB_ARG, TCP_TX_KIB_ARG,
+    valid_name, BucketSpec, Expect, GuestSpec, RefusalKind, StopKind, TxLimits, MAX_ARGS_LEN, MAX_BUCKET_TOKENS,
+    MAX_CPU_BUDGET_MS, MAX_CPU_WEIGHT, MAX_GUESTS, MAX_HEAP_KIB, MAX_NAME, MAX_REFILL_TIME_MS, MAX_TCP_BUFFER_KIB,
+    TCP_RX_KIB_ARG, TCP_TX_KIB_ARG,
 };
 use hypercall_abi::vnic::{NetConfig, MAX_MTU, MIN_MTU, MTU};
 use serde::Deserialize;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Deserialize, PartialEq)]
+#[derive(Debug, Deserialize, PartialEq, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     /// One line saying what the image is for.
@@ -24,7 +25,7 @@ pub struct Manifest {
 }
 
 /// `count` guests running the same app.
-#[derive(Debug, Deserialize, PartialEq)]
+#[derive(Debug, Deserialize, PartialEq, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct GuestGroup {
     /// A guest-os binary (`hello`, `hostile`, `vi-bench`), or `corrupt-KIND` for a deliberately
@@ -54,6 +55,45 @@ pub struct GuestGroup {
     pub tcp_rx_kib: Option<u64>,
     /// Send buffer of each TCP socket, in KiB (argument `tcp_tx_kib=N`).
     pub tcp_tx_kib: Option<u64>,
+    /// Share of the CPU while busy, against the other busy guests' weights: 1 (the default) to
+    /// 16. A busy guest's turn is its weight times the kernel's 10 ms quantum.
+    #[serde(default = "one")]
+    pub cpu_weight: u32,
+    /// Transmit rate limits (`[guest.tx_limit]`, needs `net = true`): token buckets for packets
+    /// and bytes, as Firecracker's rate limiters have them. Frames beyond the limit stay in the
+    /// guest's ring until tokens are there (counted as `tx_held_back`), never dropped.
+    pub tx_limit: Option<TxLimitSection>,
+}
+
+/// `[guest.tx_limit]`: `packets` and `bytes`, each `{ size, refill_time_ms, one_time_burst }`.
+#[derive(Debug, Deserialize, PartialEq, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+pub struct TxLimitSection {
+    pub packets: Option<Bucket>,
+    pub bytes: Option<Bucket>,
+}
+
+/// A token bucket: `size` tokens, refilled from empty to full in `refill_time_ms`, and
+/// `one_time_burst` extra tokens at the start (used first, never refilled).
+#[derive(Debug, Deserialize, PartialEq, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+pub struct Bucket {
+    pub size: u64,
+    pub refill_time_ms: u64,
+    #[serde(default)]
+    pub one_time_burst: u64,
+}
+
+impl Bucket {
+    fn spec(self) -> BucketSpec {
+        BucketSpec { size: self.size, refill_time_ms: self.refill_time_ms, one_time_burst: self.one_time_burst }
+    }
+}
+
+impl TxLimitSection {
+    pub fn limits(&self) -> TxLimits {
+        TxLimits { packets: self.packets.map(Bucket::spec), bytes: self.bytes.map(Bucket::spec) }
+    }
 }
 
 /// Smallest TCP buffer a manifest may ask for: room for a full segment.
@@ -215,6 +255,8 @@ pub struct Guest {
     pub cpu_budget_ms: u64,
     pub expect: String,
     pub net: Option<NetConfig>,
+    pub cpu_weight: u32,
+    pub tx_limits: TxLimits,
 }
 
 impl Guest {
@@ -226,6 +268,8 @@ impl Guest {
             cpu_budget_ms: self.cpu_budget_ms,
             expect: Expect::parse(&self.expect).expect("validated when the manifest was parsed"),
             net: self.net,
+            cpu_weight: self.cpu_weight,
+            tx_limits: self.tx_limits,
             args: &self.args,
         }
     }
@@ -235,7 +279,7 @@ fn app_is_known(app: &str) -> bool {
     GUEST_APPS.contains(&app) || app.strip_prefix("corrupt-").is_some_and(|k| CORRUPT_KINDS.contains(&k))
 }
 
-#[derive(Debug, Deserialize, PartialEq)]
+#[derive(Debug, Deserialize, PartialEq, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct KernelSection {
     /// Default kernel log level (`--log` overrides it).
@@ -345,6 +389,31 @@ impl Manifest {
                     group.cpu_budget_ms
                 );
             }
+            if !(1..=MAX_CPU_WEIGHT).contains(&group.cpu_weight) {
+                bail!(
+                    "guest `{}`: cpu_weight = {} is out of range: 1 to {MAX_CPU_WEIGHT}",
+                    group.app,
+                    group.cpu_weight
+                );
+            }
+            if let Some(limit) = &group.tx_limit {
+                if !group.net {
+                    bail!("guest `{}`: tx_limit needs a virtual NIC (net = true)", group.app);
+                }
+                if limit.packets.is_none() && limit.bytes.is_none() {
+                    bail!("guest `{}`: tx_limit names neither `packets` nor `bytes`", group.app);
+                }
+                for (key, bucket) in [("packets", limit.packets), ("bytes", limit.bytes)] {
+                    if bucket.is_some_and(|b| !b.spec().is_valid()) {
+                        bail!(
+                            "guest `{}`: tx_limit.{key} = {:?} is out of range: size 1 to {MAX_BUCKET_TOKENS}, \
+                             refill_time_ms 1 to {MAX_REFILL_TIME_MS}, one_time_burst at most {MAX_BUCKET_TOKENS}",
+                            group.app,
+                            bucket.unwrap_or(Bucket { size: 0, refill_time_ms: 0, one_time_burst: 0 })
+                        );
+                    }
+                }
+            }
             // (expect is a closed vocabulary, checked above, so only args can hold a tab.)
             if group.args.contains(['\t', '\n']) {
                 bail!("guest `{}`: args may not contain tabs or newlines", group.app);
@@ -402,6 +471,8 @@ impl Manifest {
                     cpu_budget_ms: group.cpu_budget_ms,
                     expect: group.expect.clone(),
                     net,
+                    cpu_weight: group.cpu_weight,
+                    tx_limits: group.tx_limit.map(|l| l.limits()).unwrap_or_default(),
                 });
             }
         }
@@ -552,6 +623,37 @@ mod tests {
         assert_eq!(m.expand(&NetPlan::USER).unwrap()[0].args, "tcp_tx_kib=8");
         assert!(refusal("tcp_rx_kib = 1").ends_with("tcp_rx_kib = 1 is out of range: 2 to 16384"));
         assert!(refusal("tcp_tx_kib = 16385").ends_with("tcp_tx_kib = 16385 is out of range: 2 to 16384"));
+    }
+
+    #[test]
+    fn weights_and_rate_limits_reach_the_config_within_bounds() {
+        let m = with_guest_line(
+            "net = true\ncpu_weight = 3\n[guest.tx_limit]\npackets = { size = 100, refill_time_ms = 1000 }\n\
+             bytes = { size = 150000, refill_time_ms = 100, one_time_burst = 3000 }",
+        )
+        .unwrap();
+        let guests = m.expand(&NetPlan::USER).unwrap();
+        assert_eq!(guests[0].cpu_weight, 3);
+        let config = m.image_config("t", &guests);
+        assert!(config.contains("\tcpu_weight=3\ttx_packets=100,1000\ttx_bytes=150000,100,3000\targs="), "{config}");
+        let records: Vec<_> = hypercall_abi::initrd::parse_config(&config).collect::<Result<_, _>>().unwrap();
+        assert!(matches!(records[1], hypercall_abi::initrd::Record::Guest(spec)
+            if spec.cpu_weight == 3 && spec.tx_limits == guests[0].tx_limits));
+        // Defaults: weight 1, no limit, nothing written.
+        let plain = with_guest_line("net = true").unwrap();
+        let guests = plain.expand(&NetPlan::USER).unwrap();
+        assert_eq!((guests[0].cpu_weight, guests[0].tx_limits), (1, TxLimits::default()));
+        assert!(!plain.image_config("t", &guests).contains("cpu_weight"));
+        assert!(refusal("cpu_weight = 0").ends_with("cpu_weight = 0 is out of range: 1 to 16"));
+        assert!(refusal("cpu_weight = 17").ends_with("cpu_weight = 17 is out of range: 1 to 16"));
+        let no_nic = refusal("[guest.tx_limit]\npackets = { size = 1, refill_time_ms = 1 }");
+        assert!(no_nic.ends_with("tx_limit needs a virtual NIC (net = true)"), "{no_nic}");
+        assert!(refusal("net = true\n[guest.tx_limit]").ends_with("names neither `packets` nor `bytes`"));
+        let zero = refusal("net = true\n[guest.tx_limit]\nbytes = { size = 0, refill_time_ms = 1 }");
+        assert!(
+            zero.contains("tx_limit.bytes = Bucket { size: 0, refill_time_ms: 1, one_time_burst: 0 } is out of range")
+        );
+        assert!(with_guest_line("net = true\n[guest.tx_limit]\nbytes = { size = 1, refill = 1 }").is_err());
     }
 
     #[test]

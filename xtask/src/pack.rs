@@ -163,24 +163,31 @@ pub struct Image {
 
 /// Packs image `name` into `target/images/NAME/`, with guest addresses for `plan`.
 pub fn pack_image(name: &str, artifacts: &Artifacts, plan: NetPlan) -> Result<Image> {
-    let kernel_elf = &artifacts.kernel;
     let source = manifest_path(&images_dir(), name);
     if !source.exists() {
         let known = image_names(&images_dir())?.join(", ");
         bail!("no image named `{name}` (images/{name}.toml does not exist); images: {known}");
     }
+    let manifest = Manifest::load(&source)?;
+    let image = pack_manifest(name, manifest, artifacts, plan)?;
+    std::fs::copy(&source, image.dir.join("manifest.toml"))?;
+    Ok(image)
+}
+
+/// Packs `manifest` (parsed already: say, an image's manifest with some guests left out) as
+/// image `name` into `target/images/NAME/`, with guest addresses for `plan`.
+pub fn pack_manifest(name: &str, manifest: Manifest, artifacts: &Artifacts, plan: NetPlan) -> Result<Image> {
+    let kernel_elf = &artifacts.kernel;
     if !hypercall_abi::initrd::valid_name(name) {
         bail!(
             "image name `{name}` is not 1 to {} letters, digits, `-`, `_` or `.` (the kernel reads it from {CONFIG_FILE})",
             hypercall_abi::initrd::MAX_NAME
         );
     }
-    let manifest = Manifest::load(&source)?;
     let dir = workspace_root().join("target/images").join(name);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let kernel = dir.join("kernel.elf");
     std::fs::copy(kernel_elf, &kernel).with_context(|| format!("copying the kernel to {}", kernel.display()))?;
-    std::fs::copy(&source, dir.join("manifest.toml"))?;
     let guests = manifest.expand(&plan)?;
     let initrd = if manifest.guests.is_empty() {
         None

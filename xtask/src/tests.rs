@@ -21,6 +21,7 @@ mod http;
 mod lazy;
 mod loss;
 mod metrics;
+mod perf;
 mod power;
 mod rx;
 mod tcp;
@@ -187,6 +188,9 @@ const QEMU_TESTS: &[QemuTest] = &[
         run: |ctx| udp_guest_to_guest(ctx, TxMode::Cow, "udp-g2g-jumbo"),
     },
     QemuTest { name: "density_echo_1k_tap_tcg", run: density::echo_1k_every_guest_answers },
+    QemuTest { name: "perf_echo_beside_hogs_tcg", run: perf::echo_beside_hogs },
+    QemuTest { name: "perf_cpu_weights_1_to_3_tcg", run: perf::cpu_weights_one_to_three },
+    QemuTest { name: "perf_tx_limit_holds_flood_tcg", run: perf::tx_limit_holds_a_flood },
 ];
 
 /// The NIC transports the packet tests run on (test names carry `_modern` and `_mmio` for the

@@ -2,15 +2,15 @@
 //!
 //! One result per non-blank, non-comment line (counted independently here); every error names
 //! a line that exists and quotes text of that line; every accepted record satisfies the
-//! format's rules (valid names, unicast MAC, prefix 1..=32, MTU within limits, `args` without
-//! tabs) and round-trips: written back with its `Display` and parsed again, it is the same.
+//! format's rules (valid names, unicast MAC, prefix 1..=32, MTU within limits, CPU weight and
+//! token buckets within limits, `args` without tabs) and round-trips: written back with its `Display` and parsed again, it is the same.
 
 use crate::engine::{Target, Verdict};
 use crate::features::Features;
 use crate::real::RealInputs;
 use crate::{check, check_eq};
 use hypercall_abi::initrd::{
-    parse_config, ConfigError, Expect, Record, MAX_ARGS_LEN, MAX_CPU_BUDGET_MS, MAX_HEAP_KIB, MAX_NAME,
+    parse_config, ConfigError, Expect, Record, MAX_ARGS_LEN, MAX_CPU_BUDGET_MS, MAX_CPU_WEIGHT, MAX_HEAP_KIB, MAX_NAME,
 };
 use hypercall_abi::vnic::{MAX_MTU, MIN_MTU};
 
@@ -33,6 +33,15 @@ pub const TARGET: Target = Target {
         b"running",
         b"any",
         b"\tnet=",
+        b"\tcpu_weight=",
+        b"\ttx_packets=",
+        b"\ttx_bytes=",
+        b"100,1000",
+        b",0",
+        b"1099511627776",
+        b"1099511627777",
+        b"3600000",
+        b"3600001",
         b"\targs=",
         b"02:00:00:00:00:10,10.0.2.16/24,10.0.2.2",
         b",9000",
@@ -176,6 +185,14 @@ fn check_record(record: &Record, features: &mut Features) -> Verdict {
             };
             features.note("expect", expect_kind);
             features.note("net", u64::from(spec.net.is_some()));
+            check!((1..=MAX_CPU_WEIGHT).contains(&spec.cpu_weight), "cpu_weight {} accepted", spec.cpu_weight);
+            features.note("cpu weight", u64::from(spec.cpu_weight));
+            for (which, bucket) in [(0, spec.tx_limits.packets), (1, spec.tx_limits.bytes)] {
+                features.note("tx bucket", which * 2 + u64::from(bucket.is_some()));
+                if let Some(bucket) = bucket {
+                    check!(bucket.is_valid(), "bucket {bucket:?} accepted");
+                }
+            }
             if let Some(net) = spec.net {
                 features.note(
                     "net mtu",

@@ -3,7 +3,9 @@
 //! kernel's transmit path per packet: the kernel stamps each doorbell (see the `kick` line it
 //! prints at the end). Exits 0 when every frame was taken.
 //!
-//! Arguments: `size=BYTES` (frame length, 60 up to the MTU plus 14), `count=N`, `port=N`.
+//! Arguments: `size=BYTES` (frame length, 60 up to the MTU plus 14), `count=N` (0: for ever),
+//! `port=N`, `idle=no` (while the ring is full, poll it instead of idling: a guest that never
+//! idles, a hog for the performance-isolation tests).
 
 #![no_std]
 #![no_main]
@@ -26,6 +28,8 @@ fn main(env: &Env) -> i32 {
     let size: usize = env.arg("size").and_then(|s| s.parse().ok()).unwrap_or(100).clamp(60, max_frame(mtu) as usize);
     let count: u32 = env.arg("count").and_then(|s| s.parse().ok()).unwrap_or(10_000);
     let port: u16 = env.arg("port").and_then(|s| s.parse().ok()).unwrap_or(9);
+    let never_idle = env.arg("idle") == Some("no");
+    println!("tx-flood: frames of {size} bytes to port {port}, count {count} (0: for ever), idle {}", !never_idle);
     // SAFETY: the kernel maps the shared page at this address for guests with a NIC; this app is
     // its only user.
     let shared = unsafe { &*(VNIC_SHARED_ADDR as *const VnicShared) };
@@ -49,7 +53,9 @@ fn main(env: &Env) -> i32 {
     frame[36..38].copy_from_slice(&port.to_be_bytes());
     frame[38..40].copy_from_slice(&(ip_len - 20).to_be_bytes());
     let mut rejected = 0u32;
-    for _ in 0..count {
+    let mut sent = 0u32;
+    while count == 0 || sent < count {
+        sent = sent.wrapping_add(1);
         let index = shared.tx_producer.0.load(Acquire);
         // Wait for the slot's previous packet to complete: the kernel raises "tx done" and
         // wakes us (the deadline is only a safety net).
@@ -57,6 +63,10 @@ fn main(env: &Env) -> i32 {
             shared.virq.0.store(0, Release);
             if index.wrapping_sub(shared.tx_consumer.0.load(Acquire)) < TX_RING_SIZE {
                 break;
+            }
+            if never_idle {
+                core::hint::spin_loop();
+                continue;
             }
             vi::idle_until(guest_os::time::ticks() + guest_os::time::tsc_hz() / 20);
         }

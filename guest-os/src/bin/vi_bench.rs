@@ -2,7 +2,8 @@
 //! -> trap -> decode -> back) and of `yield` (a guest switch there and back when another guest
 //! is runnable). Prints the median of each and exits 0.
 //!
-//! Arguments: `rounds=N` (default 10000).
+//! Arguments: `rounds=N` (default 10000); `storm`: instead, issue null virtual instructions
+//! in a loop for ever and never idle (a hog for the performance-isolation tests).
 
 #![no_std]
 #![no_main]
@@ -29,6 +30,12 @@ fn measure(rounds: usize, op: impl Fn()) -> u64 {
 }
 
 fn main(env: &Env) -> i32 {
+    if env.args().any(|a| a == "storm") {
+        println!("vi-bench: storm of null virtual instructions");
+        loop {
+            vi::null();
+        }
+    }
     let rounds = env.args().find_map(|a| a.strip_prefix("rounds=")).and_then(|n| n.parse().ok()).unwrap_or(10_000usize);
     // Warm up, then measure.
     measure(100, || {

@@ -38,6 +38,20 @@ pub fn active_pml4() -> u64 {
     x86_64::registers::control::Cr3::read_raw().0.start_address().as_u64()
 }
 
+/// The first byte of the instruction at `rip` that trapped from ring 3 in the address space of
+/// `pml4_phys`, read through that address space's own mapping: `None` unless it is the active
+/// one and `rip` is a user address. The CPU fetched the instruction from there to raise the
+/// trap, so the page is present and user-readable; the kernel has not changed the mapping since
+/// (one CPU, interrupts off in the handler).
+pub fn trapping_opcode_byte(rip: u64, pml4_phys: u64) -> Option<u8> {
+    if rip >= hypercall_abi::layout::USER_LIMIT || active_pml4() != pml4_phys {
+        return None;
+    }
+    // SAFETY: see above: a present, readable user page of the active address space, which the
+    // CPU read this byte from to raise the trap being handled.
+    Some(unsafe { core::ptr::read_volatile(rip as *const u8) })
+}
+
 /// Makes the PML4 at `pml4_phys` the active address space (a CR3 write, keeping CR3's
 /// cache-control bits), which flushes every non-global TLB entry.
 ///

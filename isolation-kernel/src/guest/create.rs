@@ -7,10 +7,6 @@ use super::*;
 /// named, before an allocation failure could stop the kernel.
 pub(super) const KERNEL_HEAP_RESERVE: u64 = 256 * 1024;
 
-/// A guest whose runs before idling are shorter than a second divided by this (1 ms, a tenth
-/// of a quantum) is woken with a boost: it runs ahead of guests that use whole quanta.
-const BOOST_RUNS_UNDER_PER_SECOND: u64 = 1_000;
-
 /// `rflags` of a guest: interrupts enabled (bit 9), reserved bit 1 set, IOPL 0.
 pub(super) const GUEST_RFLAGS: u64 = 0x202;
 
@@ -63,7 +59,13 @@ pub fn boot(
     let Ok(config) = core::str::from_utf8(config) else {
         return InitrdError::ConfigNotUtf8;
     };
+    // Room for every guest record at once (exactly: a vector that doubles would need up to
+    // twice the room), or the boot fails naming how many.
     let mut specs: Vec<GuestSpec<'static>> = Vec::new();
+    let guest_records = config.lines().filter(|line| line.starts_with("guest\t")).count();
+    if specs.try_reserve_exact(guest_records).is_err() {
+        return InitrdError::KernelHeapTooSmall { guests: guest_records, heap_free: crate::mm::heap::usage().1 };
+    }
     for record in parse_config(config) {
         match record {
             Ok(Record::Image { name }) => log::info!("image `{name}`"),
@@ -100,7 +102,8 @@ pub fn boot(
     let (mut list, mut nics) = (Vec::new(), Vec::new());
     let (mut create_ticks, mut pages, mut kernel_bytes) = (Vec::new(), Vec::new(), Vec::new());
     let mut sched = Scheduler::new();
-    sched.set_boost_limit(tsc_hz / BOOST_RUNS_UNDER_PER_SECOND);
+    // A turn is one timer period (guests of weight w get w turns for a weight-1 guest's one).
+    sched.set_quantum(tsc_hz / crate::arch::clock::TIMER_HZ);
     let reserved = list.try_reserve_exact(count).is_ok()
         && nics.try_reserve_exact(count).is_ok()
         && create_ticks.try_reserve_exact(count).is_ok()
@@ -135,6 +138,7 @@ pub fn boot(
     let mut apps: BTreeMap<&str, Result<App, Refusal>> = BTreeMap::new();
     for spec in &specs {
         let id = g.sched.add();
+        g.sched.set_weight(id, spec.cpu_weight);
         let app = apps.entry(spec.app).or_insert_with(|| load_app(&archive, spec.app));
         let start = cpu::rdtsc();
         let user_state = UserState::new();
@@ -154,7 +158,10 @@ pub fn boot(
                 let nic = match spec.net {
                     None => None,
                     Some(config) => match crate::vnet::build_nic(&mut loaded.space, frames, config, stamps) {
-                        Ok(nic) => Some(nic),
+                        Ok(mut nic) => {
+                            nic.tx = GuestTx::new(RateLimiter::new(&spec.tx_limits, tsc_hz, cpu::rdtsc()));
+                            Some(nic)
+                        }
                         Err(e) => {
                             loaded.space.release(frames);
                             return Err(Refusal::Vnic(e));

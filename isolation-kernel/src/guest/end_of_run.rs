@@ -60,7 +60,7 @@ pub fn finish_run(why: &str) -> ! {
         }
     });
     crate::stats::print_stats_with(stats_pairs());
-    with_guests(|g| reports::print_per_guest(&g.list, &g.nics));
+    with_guests(|g| reports::print_per_guest(g));
     if all_met {
         log::info!("every guest met its expectation");
         power_off(KernelExit::Success)

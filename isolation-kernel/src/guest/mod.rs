@@ -46,6 +46,7 @@ use kernel_core::trap::exceptions::{fpu_stop_cause, PageFault};
 use kernel_core::trap::fault::GuestFault;
 use kernel_core::trap::vcall::ViCall;
 use kernel_core::trap::vinstr::{decode_gp, Direction, GpInstruction, PortOperand, MAX_INSTRUCTION_LEN};
+use kernel_core::vnet::{GuestTx, RateLimiter};
 use loader::App;
 use run::*;
 use space::{AddressSpace, LazyFault, PageCounts, PageUse};
@@ -183,9 +184,9 @@ enum Action {
     Resume,
     /// The guest yielded: to the back of the run queue.
     Preempt,
-    /// The timer tick: to the back if it used its share, else to the front.
+    /// The timer tick: the guest leaves the CPU if it had its turn.
     PreemptByTimer,
-    /// A guest was just woken with a boost: it runs now, this one keeps its turn.
+    /// A guest was just woken ahead of this one in virtual time: it runs now.
     YieldToWoken,
     Idle(Option<u64>),
     Exit(i32),

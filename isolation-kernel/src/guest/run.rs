@@ -39,6 +39,8 @@ pub(super) fn handle_trap(g: &mut Guests, frame: &mut TrapFrame, vector: Vector,
         g.net.timeline.exit(crate::arch::trap::exit_tsc());
         g.net.timeline.entry(crate::arch::trap::entry_tsc(), timeline_activity(vector));
     }
+    // Guests woken while this trap is handled waited from now.
+    g.sched.set_clock(now);
     let action = match vector {
         Vector::Timer => {
             crate::arch::clock::timer_tick();
@@ -49,7 +51,7 @@ pub(super) fn handle_trap(g: &mut Guests, frame: &mut TrapFrame, vector: Vector,
             crate::drivers::virtio_net::count_interrupt();
             g.poll_network();
             crate::arch::clock::end_of_interrupt();
-            // A receiver woken with a boost runs now (see below), not after this quantum.
+            // A receiver woken ahead of this guest runs now (see below), not after this quantum.
             Action::Resume
         }
         Vector::Spurious => Action::Resume,
@@ -88,11 +90,12 @@ pub(super) fn handle_trap(g: &mut Guests, frame: &mut TrapFrame, vector: Vector,
         return Next::Finish(why);
     }
 
-    // Whatever woke a guest with a boost (a packet from the NIC, another guest's frame, a
-    // transmit completion), it runs now: this guest keeps its turn. Nobody boosted to yield
-    // to: this guest goes on.
+    // Whatever woke a guest ahead of this one in virtual time (a packet from the NIC, another
+    // guest's frame, a transmit completion), it runs now. Nobody woken ahead: this guest goes on.
+    // The tick takes the CPU only from a guest that had its turn (see the scheduler).
     let action = match action {
-        Action::Resume if g.sched.preempt_current_for_woken() => Action::YieldToWoken,
+        Action::Resume | Action::PreemptByTimer if g.sched.preempt_current_for_woken(now) => Action::YieldToWoken,
+        Action::PreemptByTimer if !g.sched.preempt_current_by_timer(now) => Action::Resume,
         other => other,
     };
     let guest = at_mut(&mut g.list, id);
@@ -101,14 +104,10 @@ pub(super) fn handle_trap(g: &mut Guests, frame: &mut TrapFrame, vector: Vector,
             g.flush_protected(id, false);
             return Next::Resume;
         }
-        Action::YieldToWoken => guest.frame = *frame,
+        Action::YieldToWoken | Action::PreemptByTimer => guest.frame = *frame,
         Action::Preempt => {
             guest.frame = *frame;
-            g.sched.preempt_current();
-        }
-        Action::PreemptByTimer => {
-            guest.frame = *frame;
-            g.sched.preempt_current_by_timer(now);
+            g.sched.preempt_current(now);
         }
         Action::Idle(deadline) => {
             guest.frame = *frame;
@@ -188,15 +187,19 @@ pub fn timeline_kernel_interrupt(vector: Vector) {
 
 /// The physical NIC's interrupt, taken while the kernel idles.
 pub fn nic_interrupt() {
-    with_guests(|g| g.poll_network());
+    with_guests(|g| {
+        g.sched.set_clock(cpu::rdtsc());
+        g.poll_network();
+    });
 }
 
 /// Records the end of guest `id` (the current one) and frees its memory.
 pub(super) fn end_guest(g: &mut Guests, id: GuestId, end: End) {
     let mut nic = g.nics.get_mut(id).and_then(Option::take);
+    let kernel_counters = reports::kernel_pairs(g, id, nic.as_ref());
     let guest = at_mut(&mut g.list, id);
+    reports::guest_ended(id, &guest.name, &kernel_counters, nic.as_ref());
     if let Some(nic) = &mut nic {
-        reports::guest_ended(id, &guest.name, nic);
         g.net.drop_held(nic);
     }
     // Nothing may reach its pages once they are freed; pages the NIC still reads outlive it.
@@ -241,6 +244,12 @@ pub(super) fn switch_to_next(frame: &mut TrapFrame, previous: GuestId) {
                 return Step::Finish(why);
             }
             g.maybe_report_stats(now);
+            // Frames a rate limit held back go on when their tokens are there, even while every
+            // guest idles (the timer tick brings the kernel here).
+            if g.net.rate_limited_due(now) {
+                g.sched.set_clock(now);
+                g.net_ctx().serve();
+            }
             let Some(next) = g.sched.schedule(now) else {
                 g.on_cpu = None;
                 if g.net.stamps.on() {

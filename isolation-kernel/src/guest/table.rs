@@ -75,7 +75,7 @@ pub(super) fn stats_pairs_of(g: &Guests) -> Vec<(&'static str, u64)> {
         ("guests_running", g.sched.live() as u64),
         ("virtual_instructions", c.virtual_instructions),
         ("guest_switches", c.guest_switches),
-        // Wake-ups that ran ahead of guests using whole quanta.
+        // Wake-ups that took the CPU from the running guest at once (ahead in virtual time).
         ("wake_boosts", g.sched.boosts()),
         ("lazy_pages_backed", c.lazy_pages_backed),
         ("console_writes_refused", c.console_writes_refused),
@@ -125,7 +125,7 @@ impl Guests {
         if snapshot != self.last_reported {
             self.last_reported = snapshot;
             crate::stats::print_stats_with(stats_pairs_of(self));
-            reports::print_per_guest(&self.list, &self.nics);
+            reports::print_per_guest(self);
         }
     }
 

@@ -16,7 +16,19 @@ pub(super) fn instruction_at<'b>(guest: &Guest, rip: u64, bytes: &'b mut [u8; MA
     prefix
 }
 
+/// `out dx, al` and `out dx, eax`: one byte each, the form every virtual instruction takes.
+const OUT_DX: [u8; 2] = [0xEE, 0xEF];
+
 pub(super) fn general_protection(g: &mut Guests, id: GuestId, frame: &mut TrapFrame, now: u64) -> Action {
+    // The fast path: a one-byte `out dx` to a virtual-instruction port needs neither the memory
+    // map's checks nor a page walk nor the decoder (each of those is for any other instruction).
+    let pml4 = at(&g.list, id).space.as_ref().map(|space| space.pml4_phys());
+    let opcode = pml4.and_then(|pml4| crate::arch::cpu::trapping_opcode_byte(frame.rip, pml4));
+    let port = frame.rdx as u16;
+    if opcode.is_some_and(|byte| OUT_DX.contains(&byte)) && vi::is_vi_port(port) {
+        frame.rip = frame.rip.wrapping_add(1); // a user address plus one
+        return virtual_instruction(g, id, port, frame, now);
+    }
     let mut bytes = [0u8; MAX_INSTRUCTION_LEN];
     match decode_gp(instruction_at(at(&g.list, id), frame.rip, &mut bytes)) {
         Ok(GpInstruction::PortIo(io)) => {

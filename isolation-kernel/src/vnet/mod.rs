@@ -34,7 +34,7 @@ use kernel_core::mm::frame_alloc::FrameAllocator;
 use kernel_core::trap::fault::GuestFault;
 use kernel_core::vnet::cow::CowSlots;
 use kernel_core::vnet::{
-    DropReason, NetCounters, NetScheduler, Packet, PacketPool, RxRing, TxBacklog, TxFifo, TxRing, Vswitch,
+    DropReason, GuestTx, NetCounters, NetScheduler, Packet, PacketPool, RxRing, TxBacklog, TxFifo, TxRing, Vswitch,
 };
 
 /// Packets a guest may have queued in the kernel.
@@ -95,6 +95,8 @@ pub struct GuestNic {
     /// Guest pages write-protected since the guest last ran: their TLB entries must go before
     /// it runs again, unless its address space is reloaded anyway.
     pub pending_flush: Vec<u64>,
+    /// Its transmit rate limit and what it sent and had held back.
+    pub tx: GuestTx,
 }
 
 impl GuestNic {
@@ -108,6 +110,11 @@ impl GuestNic {
             .saturating_add(rx_frames)
             .saturating_add(held)
             .saturating_add(self.cow.heap_bytes())
+            .saturating_add(if self.tx.is_limited() {
+                core::mem::size_of::<kernel_core::vnet::RateLimiter>()
+            } else {
+                0
+            })
     }
 
     /// The shared page. Not tied to `&self` so the kernel's own indices can be updated while
@@ -204,6 +211,7 @@ pub fn build_nic(
         bad_descriptor_logged: false,
         held: alloc::collections::VecDeque::new(),
         pending_flush: Vec::with_capacity(TX_SLOTS as usize),
+        tx: GuestTx::default(),
     };
     nic.shared().needs_kick.0.store(1, Ordering::Release);
     nic.shared().stamps_enabled.0.store(u32::from(stamps), Ordering::Release);
@@ -323,6 +331,12 @@ fn run_bytes<'p>(phys: u64, run: u64, offset: u64, len: u64) -> &'p [u8] {
 }
 
 impl Network {
+    /// Whether a guest held back by its rate limit has its tokens by `now` (the kernel then
+    /// runs the network scheduler, which takes its frames, even while every guest idles).
+    pub fn rate_limited_due(&self, now: u64) -> bool {
+        self.backlog.next_deadline().is_some_and(|at| at <= now)
+    }
+
     /// The network for guests whose largest MTU is `max_mtu` (sizing the pool's buffers; 0 when
     /// no guest has a NIC, and then there are no buffers).
     pub fn new(nic: Option<VirtioNet>, mode: TxMode, max_mtu: u64, frames: &mut FrameAllocator<'static>) -> Network {

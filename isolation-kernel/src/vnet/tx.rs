@@ -74,6 +74,7 @@ impl NetCtx<'_> {
     pub fn serve(&mut self) {
         // Completions gathered while the scheduler holds the network borrowed; the vector is the
         // network's own, reused, so the packet path does not allocate.
+        self.take_from_rate_limited();
         let mut finished = core::mem::take(&mut self.net.finished);
         for _ in 0..2 {
             {
@@ -189,6 +190,19 @@ impl NetCtx<'_> {
         self.net.finished = finished;
     }
 
+    /// Takes frames again from guests whose rate limit held them back and whose tokens are
+    /// there now (only those: a deadline heap, nothing per guest that waits).
+    fn take_from_rate_limited(&mut self) {
+        let Some(first) = self.net.backlog.next_deadline() else { return };
+        let now = crate::arch::cpu::rdtsc();
+        if first > now {
+            return;
+        }
+        while let Some(id) = self.net.backlog.next_due(now) {
+            self.pull_tx(id);
+        }
+    }
+
     /// Takes back what the NIC has sent, completing zero-copy packets.
     pub(super) fn reclaim_nic(&mut self) {
         let mut finished = core::mem::take(&mut self.net.finished);
@@ -266,6 +280,13 @@ fn take_tx(net: &mut Network, nic: &mut GuestNic, id: GuestId, name: &str, share
         nic.ring.complete(index);
         return Taken::Yes;
     }
+    // Its rate limit: without tokens the frame stays in the ring until they are there.
+    if let Err(held) = nic.tx.admit(frame.len, nic.ring.taken(), crate::arch::cpu::rdtsc) {
+        if held.first {
+            net.counters.tx_held_back = net.counters.tx_held_back.saturating_add(1);
+        }
+        return Taken::Backlogged(Wait::Tokens(held.until));
+    }
     // `frame.len <= max_frame <= 9014` and `frame.offset < slot_size`, so both fit a u32.
     let (frame_len, frame_offset) = (frame.len as u32, frame.offset as u32);
     match net.mode {
@@ -288,6 +309,7 @@ fn take_tx(net: &mut Network, nic: &mut GuestNic, id: GuestId, name: &str, share
                 let stamp = net.start_tx_record(page, nic.slot_size);
                 net.queue(id, Packet { stamp, ..Packet::pooled(buf, frame_len) });
                 net.sched.mark_ready(id);
+                nic.tx.sent(frame.len);
                 net.counters.tx_packets = net.counters.tx_packets.saturating_add(1);
                 net.counters.tx_bytes = net.counters.tx_bytes.saturating_add(frame.len);
                 DescStatus::Done
@@ -315,6 +337,7 @@ fn take_tx(net: &mut Network, nic: &mut GuestNic, id: GuestId, name: &str, share
                 let stamp = net.start_tx_record(page, nic.slot_size);
                 net.queue(id, Packet { data: PacketData::GuestFrame(reference), len: frame_len, stamp });
                 net.sched.mark_ready(id);
+                nic.tx.sent(frame.len);
                 net.counters.tx_packets = net.counters.tx_packets.saturating_add(1);
                 net.counters.tx_bytes = net.counters.tx_bytes.saturating_add(frame.len);
             } else {

@@ -9,9 +9,14 @@
 //! - guests waiting for a packet buffer are taken again in the order they began to wait, and
 //!   only while buffers are free ([`TxBacklog::next_to_pull`]).
 //!
+//! - a guest whose rate limit holds its next frame back is taken again at the time its tokens
+//!   are there ([`TxBacklog::next_due`]), from a deadline heap.
+//!
 //! So each doorbell or poll visits only guests something happened to. All three queues are
-//! [`IdQueue`]s (O(1) per operation, each guest at most once).
+//! [`IdQueue`]s (O(1) per operation, each guest at most once); the deadlines are a
+//! [`DeadlineHeap`] (O(log n) to set, O(1) to find that none is due).
 
+use crate::guest::deadlines::DeadlineHeap;
 use crate::guest::queue::IdQueue;
 
 /// What a backlogged guest waits for.
@@ -21,6 +26,8 @@ pub enum Wait {
     FifoRoom,
     /// A free packet buffer (all are in use).
     Buffer,
+    /// Its rate limit's tokens, which will be there at this TSC time.
+    Tokens(u64),
 }
 
 #[derive(Debug, Default)]
@@ -29,6 +36,8 @@ pub struct TxBacklog {
     buffer: IdQueue,
     /// Guests whose FIFO made room since they began to wait: taken again first.
     room_made: IdQueue,
+    /// Guests held back by their rate limit, by when their tokens are there.
+    tokens: DeadlineHeap,
 }
 
 impl TxBacklog {
@@ -42,6 +51,7 @@ impl TxBacklog {
         self.fifo_room.try_reserve(additional)
             && self.buffer.try_reserve(additional)
             && self.room_made.try_reserve(additional)
+            && self.tokens.try_reserve(additional)
     }
 
     /// Registers the next guest id (the number registered so far) and returns it.
@@ -49,6 +59,7 @@ impl TxBacklog {
         let id = self.fifo_room.register();
         self.buffer.register();
         self.room_made.register();
+        self.tokens.register();
         id
     }
 
@@ -58,6 +69,7 @@ impl TxBacklog {
         match what {
             Wait::FifoRoom => self.fifo_room.push_back(id),
             Wait::Buffer => self.buffer.push_back(id),
+            Wait::Tokens(at) => self.tokens.set(id, at),
         };
     }
 
@@ -66,6 +78,7 @@ impl TxBacklog {
         self.fifo_room.remove(id);
         self.buffer.remove(id);
         self.room_made.remove(id);
+        self.tokens.remove(id);
     }
 
     /// The network scheduler sent a packet from guest `id`'s FIFO: if it waited for room there,
@@ -83,14 +96,31 @@ impl TxBacklog {
         self.room_made.pop_front().or_else(|| if buffers_free { self.buffer.pop_front() } else { None })
     }
 
+    /// A guest whose tokens are there at `now`, to take frames from again (it no longer waits).
+    pub fn next_due(&mut self, now: u64) -> Option<usize> {
+        self.tokens.pop_expired(now).map(|(_, id)| id)
+    }
+
+    /// The earliest time a guest's tokens are there, if any guest waits for them.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.tokens.peek().map(|(at, _)| at)
+    }
+
     /// Whether guest `id` waits for anything.
     pub fn is_waiting(&self, id: usize) -> bool {
-        self.fifo_room.contains(id) || self.buffer.contains(id) || self.room_made.contains(id)
+        self.fifo_room.contains(id)
+            || self.buffer.contains(id)
+            || self.room_made.contains(id)
+            || self.tokens.deadline_of(id).is_some()
     }
 
     /// Guests waiting.
     pub fn len(&self) -> usize {
-        self.fifo_room.len().saturating_add(self.buffer.len()).saturating_add(self.room_made.len())
+        self.fifo_room
+            .len()
+            .saturating_add(self.buffer.len())
+            .saturating_add(self.room_made.len())
+            .saturating_add(self.tokens.len())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -99,7 +129,11 @@ impl TxBacklog {
 
     /// Queue entries visited so far (the backlog's work, for tests).
     pub fn work(&self) -> u64 {
-        self.fifo_room.visits().saturating_add(self.buffer.visits()).saturating_add(self.room_made.visits())
+        self.fifo_room
+            .visits()
+            .saturating_add(self.buffer.visits())
+            .saturating_add(self.room_made.visits())
+            .saturating_add(self.tokens.visits())
     }
 }
 
@@ -156,6 +190,52 @@ mod tests {
         assert_eq!(b.next_to_pull(true), None);
         b.wait(9, Wait::Buffer); // unknown: ignored
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn rate_limited_guests_are_due_at_their_deadlines_in_order() {
+        let mut b = backlog(4);
+        b.wait(2, Wait::Tokens(300));
+        b.wait(0, Wait::Tokens(100));
+        b.wait(3, Wait::Tokens(200));
+        assert!(b.is_waiting(2));
+        assert_eq!(b.len(), 3);
+        assert_eq!(b.next_deadline(), Some(100));
+        assert_eq!(b.next_due(99), None);
+        assert_eq!(b.next_to_pull(true), None, "tokens are not buffers");
+        assert_eq!([b.next_due(250), b.next_due(250), b.next_due(250)], [Some(0), Some(3), None]);
+        // Waiting for something else, or ending, takes the deadline away.
+        b.wait(2, Wait::FifoRoom);
+        assert_eq!(b.next_due(u64::MAX), None);
+        b.wait(1, Wait::Tokens(5));
+        b.forget(1);
+        assert_eq!((b.next_due(u64::MAX), b.next_deadline()), (None, None));
+        // A later deadline replaces the earlier one.
+        b.wait(3, Wait::Tokens(10));
+        b.wait(3, Wait::Tokens(20));
+        assert_eq!((b.next_due(15), b.next_due(20)), (None, Some(3)));
+    }
+
+    #[test]
+    fn ten_thousand_rate_limited_guests_cost_a_logarithm_and_nothing_when_none_is_due() {
+        let work = |guests: usize| {
+            let mut b = backlog(guests);
+            (1..guests).for_each(|id| b.wait(id, Wait::Tokens(1_000_000 + id as u64)));
+            let idle = b.work();
+            for round in 0..100 {
+                assert_eq!(b.next_due(round), None);
+            }
+            assert_eq!(b.work(), idle, "finding that nobody is due visits nothing");
+            let before = b.work();
+            for round in 0..100 {
+                b.wait(0, Wait::Tokens(round));
+                assert_eq!(b.next_due(round), Some(0));
+            }
+            b.work() - before
+        };
+        let (few, many) = (work(3), work(10_000));
+        // Setting and taking a deadline: a few sifts through log2(10,000) = 14 levels each.
+        assert!(many <= few + 100 * 4 * 14, "{few} with 3 guests, {many} with 10,000");
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub struct NetCounters {
     pub drops_no_buffer: u64,
     /// Frames from the uplink to a MAC no local guest has.
     pub drops_unknown_mac: u64,
+    /// Frames a guest's transmit rate limit held back in its ring until its tokens were there
+    /// (each frame once; not a drop: they are sent later).
+    pub tx_held_back: u64,
     /// Frames too short for their headers.
     pub drops_malformed: u64,
     /// Frames refused because the guest's transmit FIFO was full.
@@ -58,7 +61,7 @@ pub struct NetCounters {
 
 impl NetCounters {
     /// The counters as `(name, value)` pairs, in the order they are printed.
-    pub fn pairs(&self) -> [(&'static str, u64); 26] {
+    pub fn pairs(&self) -> [(&'static str, u64); 27] {
         [
             ("tx_packets", self.tx_packets),
             ("tx_bytes", self.tx_bytes),
@@ -71,6 +74,7 @@ impl NetCounters {
             ("drops_spoof", self.drops_spoof),
             ("drops_no_buffer", self.drops_no_buffer),
             ("drops_unknown_mac", self.drops_unknown_mac),
+            ("tx_held_back", self.tx_held_back),
             ("drops_malformed", self.drops_malformed),
             ("drops_fifo_full", self.drops_fifo_full),
             ("drops_oversize", self.drops_oversize),
@@ -112,21 +116,22 @@ mod tests {
             drops_spoof: 9,
             drops_no_buffer: 10,
             drops_unknown_mac: 11,
-            drops_malformed: 12,
-            drops_fifo_full: 13,
-            drops_oversize: 14,
-            drops_rx_buffer_small: 15,
-            drops_bad_rx_ring: 16,
-            drops_no_memory: 17,
-            bad_ring_indices: 18,
-            zombies_freed: 19,
-            cow_protects: 20,
-            cow_faults: 21,
-            cow_spurious: 22,
-            tlb_flushes: 23,
-            rx_held: 24,
-            rx_held_now: 25,
-            drops_held_guest_ended: 26,
+            tx_held_back: 12,
+            drops_malformed: 13,
+            drops_fifo_full: 14,
+            drops_oversize: 15,
+            drops_rx_buffer_small: 16,
+            drops_bad_rx_ring: 17,
+            drops_no_memory: 18,
+            bad_ring_indices: 19,
+            zombies_freed: 20,
+            cow_protects: 21,
+            cow_faults: 22,
+            cow_spurious: 23,
+            tlb_flushes: 24,
+            rx_held: 25,
+            rx_held_now: 26,
+            drops_held_guest_ended: 27,
         };
         let pairs = counters.pairs();
         assert_eq!(pairs.len(), FIELDS, "every counter is printed");
@@ -135,7 +140,8 @@ mod tests {
         let names = pairs.map(|(n, _)| n);
         assert_eq!(names[0], "tx_packets");
         assert_eq!(names[7], "drops_bad_desc");
-        assert_eq!(names[13], "drops_oversize");
+        assert_eq!(names[11], "tx_held_back");
+        assert_eq!(names[14], "drops_oversize");
         let mut sorted = names.to_vec();
         sorted.sort_unstable();
         sorted.dedup();

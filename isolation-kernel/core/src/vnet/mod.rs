@@ -7,7 +7,8 @@
 //! the copy-on-write path ([`cow`]) write-protects the guest's slot and hands its pages on
 //! without a copy. Either way the packet is queued in the guest's bounded [`fifo`] and handed to
 //! the NIC by the [`netsched`] network scheduler, round-robin with a per-turn budget so one flooding guest cannot starve
-//! the others; a guest whose frames do not fit waits in the [`backlog`]. The [`vswitch`] decides where a frame goes (another guest, the uplink, or
+//! the others; a guest whose frames do not fit waits in the [`backlog`], and so does a guest
+//! whose transmit rate limit ([`ratelimit`]) holds its next frame back. The [`vswitch`] decides where a frame goes (another guest, the uplink, or
 //! nowhere), and [`counters`] count what happened for the `stats:` line.
 //!
 //! Everything allocates at construction time only; the per-packet operations never allocate and
@@ -20,6 +21,7 @@ pub mod desc;
 pub mod fifo;
 pub mod netsched;
 pub mod pool;
+pub mod ratelimit;
 pub mod ring;
 pub mod timeline;
 pub mod vswitch;
@@ -30,5 +32,6 @@ pub use desc::{pending, validate_rx, validate_tx, BadDescriptor, BadIndex, RxBuf
 pub use fifo::{GuestFrameRef, Packet, PacketData, TxFifo, NO_STAMP};
 pub use netsched::NetScheduler;
 pub use pool::{BufId, PacketPool, PoolError};
+pub use ratelimit::{GuestTx, Held, RateLimiter, TokenBucket};
 pub use ring::{RingIndexError, RxRing, TxRing};
 pub use vswitch::{DropReason, Ipv4, Mac, Route, Source, Vswitch, VswitchError, BROADCAST};
