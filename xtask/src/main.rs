@@ -223,7 +223,8 @@ pub mod tx_mode_name {
 #[derive(Subcommand)]
 enum BenchCmd {
     /// Per-stage cost of each packet (stamps on; instructions under TCG -icount, cycles under
-    /// KVM), rx and tx, copy and COW: dispatch.json and dispatch.svg.
+    /// KVM), rx and tx, copy and COW, and under TCG the whole echo (every instruction, counted by
+    /// a QEMU plugin) against the stages: dispatch.json and dispatch.svg.
     Dispatch {
         /// A few packets per cell (a smoke run).
         #[arg(long)]
@@ -246,7 +247,8 @@ enum BenchCmd {
     /// native.json.
     Native,
     /// Our udp-echo guests against a Linux VM (Debian's kernel) in the same QEMU: boot to
-    /// first echo, latency, throughput, and the ratios: baseline.json.
+    /// first echo, latency, throughput, the open-loop search on user and tap, and the ratios:
+    /// baseline.json.
     Baseline {
         /// Fewer packets per cell.
         #[arg(long)]
@@ -269,8 +271,8 @@ enum BenchCmd {
         #[arg(long, value_parser = tx_mode_parser(), default_value = "copy")]
         tx: TxMode,
     },
-    /// UDP echo latency and throughput from the host, copy vs COW, 1 and 4 guests: echo.json and
-    /// echo.svg.
+    /// UDP echo latency and throughput from the host, copy vs COW, 1 and 4 guests, then the
+    /// open-loop search (highest rate under 1% loss) on user and tap: echo.json and echo.svg.
     Echo {
         /// A few packets per cell (a smoke run).
         #[arg(long)]
