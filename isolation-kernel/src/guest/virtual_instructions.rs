@@ -95,9 +95,7 @@ pub(super) fn run_vi(g: &mut Guests, id: GuestId, call: ViCall, now: u64) -> Res
         ViCall::Exit { code } => (0, Action::Exit(code)),
         ViCall::Yield => {
             // Like an idle, a yield hands over the tx descriptors produced so far.
-            if vnic_of(g, id).is_some_and(crate::vnet::GuestNic::tx_produced) {
-                g.net_ctx().tx_kick(id);
-            }
+            take_produced_tx(g, id);
             (0, Action::Preempt)
         }
         ViCall::IdleUntil { deadline } => {
@@ -106,13 +104,9 @@ pub(super) fn run_vi(g: &mut Guests, id: GuestId, call: ViCall, now: u64) -> Res
             // and frames held for want of a buffer go into the ones it reposted. The completion
             // that take raises does not end the idle, unless the guest idled for want of a slot.
             let before = vnic_of(g, id).map(|nic| (nic.virq(), nic.tx_ring_full()));
-            if vnic_of(g, id).is_some_and(crate::vnet::GuestNic::tx_produced) {
-                g.net_ctx().tx_kick(id);
-            }
-            if vnic_of(g, id).is_some_and(crate::vnet::GuestNic::holds_frames) {
-                g.net_ctx().deliver_held(id);
-            }
-            // A virtual interrupt raised since the guest last looked ends the idle at once.
+            take_produced_tx(g, id);
+            g.net_ctx().deliver_held(id); // returns at once when none are held
+                                          // A virtual interrupt raised since the guest last looked ends the idle at once.
             let pending = match (vnic_of(g, id).map(crate::vnet::GuestNic::virq), before) {
                 (Some(now), Some((_, true))) => now,
                 (Some(now), Some((earlier, false))) => (now & !VirtualInterrupts::TX_DONE) | earlier,
@@ -133,9 +127,7 @@ pub(super) fn run_vi(g: &mut Guests, id: GuestId, call: ViCall, now: u64) -> Res
             let stamps = g.net.stamps;
             let start = stamps.now();
             let taken = g.net_ctx().tx_kick(id);
-            if vnic_of(g, id).is_some_and(crate::vnet::GuestNic::holds_frames) {
-                g.net_ctx().deliver_held(id);
-            }
+            g.net_ctx().deliver_held(id); // returns at once when none are held
             if stamps.on() && taken == 1 && g.kick_samples.len() < g.kick_samples.capacity() {
                 g.kick_samples.push(stamps.now().saturating_sub(start) as u32);
             }
@@ -147,6 +139,14 @@ pub(super) fn run_vi(g: &mut Guests, id: GuestId, call: ViCall, now: u64) -> Res
             (u64::from(vnic_of(g, id).map_or(0, crate::vnet::GuestNic::rx_posted)), Action::Resume)
         }
     })
+}
+
+/// Takes the tx descriptors guest `id` produced, as its kick would, if there are any: idling
+/// and yielding hand the ring over so that the guest need not kick as well.
+fn take_produced_tx(g: &mut Guests, id: GuestId) {
+    if vnic_of(g, id).is_some_and(crate::vnet::GuestNic::tx_produced) {
+        g.net_ctx().tx_kick(id);
+    }
 }
 
 /// Writes the guest's `len` bytes at `addr` (already bounded by the decoder) to its console

@@ -155,11 +155,6 @@ impl GuestNic {
             >= hypercall_abi::vnic::TX_RING_SIZE
     }
 
-    /// Whether frames wait in the kernel for this guest to post rx buffers.
-    pub fn holds_frames(&self) -> bool {
-        !self.held.is_empty()
-    }
-
     /// Logs the first misbehaviour of this guest's vNIC; later ones are only counted.
     fn log_once(&mut self, id: GuestId, name: &str, what: core::fmt::Arguments<'_>) {
         if !core::mem::replace(&mut self.bad_descriptor_logged, true) {
