@@ -267,7 +267,13 @@ fn run(args: &KernelArgs) -> ! {
             None => "idling (no shutdown_after given)",
         }
     );
+    // The tickless timer brings the loop back for the next report, the shutdown deadline or the
+    // console's poll for a typed `q`, whichever comes first.
+    let console_poll = hz / 10;
     loop {
+        let now = cpu::rdtsc();
+        let wake = [Some(next_report), deadline, Some(now + console_poll)].into_iter().flatten().min();
+        clock::program_timer(wake);
         cpu::enable_interrupts_and_halt();
         x86_64::instructions::interrupts::disable();
         let now = cpu::rdtsc();

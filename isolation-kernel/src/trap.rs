@@ -46,6 +46,7 @@ pub extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     }
     match vector {
         Vector::Timer => {
+            crate::guest::timer_interrupt();
             timer_tick();
             // A NIC without interrupts is polled here too, not only while a guest runs.
             if crate::drivers::virtio_net::polled() {

@@ -26,7 +26,9 @@ enum Register {
 }
 
 const LVT_MASKED: u32 = 1 << 16;
-const LVT_TIMER_PERIODIC: u32 = 1 << 17;
+/// LVT timer mode 2: the timer fires when the TSC reaches `IA32_TSC_DEADLINE`.
+const LVT_TIMER_TSC_DEADLINE: u32 = 2 << 17;
+const IA32_TSC_DEADLINE: u32 = 0x6e0;
 const SVR_ENABLE: u32 = 1 << 8;
 /// Divide configuration value for "divide by 16".
 const TIMER_DIVIDE_BY_16: u32 = 0x3;
@@ -47,6 +49,12 @@ pub struct LocalApic {
 pub fn features() -> (bool, bool) {
     let r = cpuid(1, 0);
     (r.edx & (1 << 9) != 0, r.ecx & (1 << 21) != 0)
+}
+
+/// Whether the local APIC has the TSC-deadline timer mode (CPUID.1:ECX bit 24). QEMU's TCG
+/// does not offer it; KVM's in-kernel APIC and real CPUs do.
+pub fn has_tsc_deadline() -> bool {
+    cpuid(1, 0).ecx & (1 << 24) != 0
 }
 
 /// Physical address of the xAPIC register page.
@@ -127,10 +135,34 @@ impl LocalApic {
         u64::from(u32::MAX - remaining)
     }
 
-    /// Starts the periodic timer: an interrupt on `vector` every `period` timer ticks.
-    pub fn start_periodic_timer(&self, vector: u8, period: u32) {
+    /// Puts the timer in one-shot mode on `vector`, stopped (armed by [`Self::arm_one_shot`]).
+    pub fn set_one_shot_timer(&self, vector: u8) {
         self.write(Register::TimerDivide, TIMER_DIVIDE_BY_16);
-        self.write(Register::LvtTimer, LVT_TIMER_PERIODIC | u32::from(vector));
-        self.write(Register::TimerInitialCount, period.max(1));
+        self.write(Register::TimerInitialCount, 0);
+        self.write(Register::LvtTimer, u32::from(vector));
+    }
+
+    /// One interrupt after `count` timer ticks (at divide-by-16); 0 stops the timer.
+    pub fn arm_one_shot(&self, count: u32) {
+        self.write(Register::TimerInitialCount, count);
+    }
+
+    /// Puts the timer in TSC-deadline mode on `vector`, disarmed (armed by
+    /// [`Self::arm_tsc_deadline`]). The caller checked [`has_tsc_deadline`].
+    pub fn set_tsc_deadline_timer(&self, vector: u8) {
+        self.write(Register::TimerInitialCount, 0);
+        self.write(Register::LvtTimer, LVT_TIMER_TSC_DEADLINE | u32::from(vector));
+        // The SDM asks for the LVT write to be ordered before the first IA32_TSC_DEADLINE write
+        // (an xAPIC MMIO write is not ordered with a WRMSR otherwise).
+        // SAFETY: `mfence` only orders memory accesses.
+        unsafe { core::arch::asm!("mfence", options(nostack, preserves_flags)) };
+        self.arm_tsc_deadline(0);
+    }
+
+    /// One interrupt when the TSC reaches `deadline` (at once if it has); 0 disarms.
+    pub fn arm_tsc_deadline(&self, deadline: u64) {
+        // SAFETY: IA32_TSC_DEADLINE exists where CPUID reports the TSC-deadline mode, which
+        // `set_tsc_deadline_timer`'s caller checked; writing it only arms the timer.
+        unsafe { wrmsr(IA32_TSC_DEADLINE, deadline) }
     }
 }

@@ -175,6 +175,9 @@ pub struct VirtioNet {
     pub counters: NicCounters,
     /// Receive interrupts arrive (by MSI-X or a line; else the kernel polls on its timer).
     pub interrupts: bool,
+    /// Transmit completions interrupt (their own MSI-X vector, or the line both queues share);
+    /// else the kernel polls for them on its timer while frames are in flight.
+    tx_interrupts: bool,
     /// Bytes of each rx and tx buffer: enough for the largest frame any guest may send or
     /// receive (several pages, contiguous, with jumbo frames).
     buffer_bytes: u64,
@@ -248,6 +251,7 @@ impl VirtioNet {
             tx_unnotified: false,
             counters: NicCounters::default(),
             interrupts: false,
+            tx_interrupts: false,
             buffer_bytes: buffer_pages * PAGE,
         };
         let t = &mut nic.transport;
@@ -279,9 +283,10 @@ impl VirtioNet {
         let rx_entry = (interrupt_entries > RX_MSIX_ENTRY).then_some(RX_MSIX_ENTRY);
         let tx_entry = (interrupt_entries > TX_MSIX_ENTRY).then_some(TX_MSIX_ENTRY);
         let (rx, rx_vector_taken) = nic.setup_queue(RX_QUEUE, frames, rx_entry)?;
-        let (tx, _) = nic.setup_queue(TX_QUEUE, frames, tx_entry)?;
+        let (tx, tx_vector_taken) = nic.setup_queue(TX_QUEUE, frames, tx_entry)?;
         (nic.rx, nic.tx) = (rx, tx);
         nic.interrupts = rx_vector_taken;
+        nic.tx_interrupts = tx_vector_taken;
         if rx_entry.is_some() && !rx_vector_taken {
             log::warn!("virtio-net refused the interrupt vector for its rx queue; polling only");
         }
@@ -333,6 +338,12 @@ impl VirtioNet {
     /// Frames handed to the device and not taken back yet.
     fn tx_in_flight(&self) -> usize {
         self.tx_buffers.len().saturating_sub(self.tx_free.len())
+    }
+
+    /// Frames are in flight and their completions raise no interrupt: the kernel must look
+    /// again on its timer.
+    pub fn completions_unsignalled(&self) -> bool {
+        !self.tx_interrupts && self.tx_in_flight() > 0
     }
 
     /// A free packet slot, if the device has room (completions are taken back first).

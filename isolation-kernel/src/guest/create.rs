@@ -102,8 +102,8 @@ pub fn boot(
     let (mut list, mut nics) = (Vec::new(), Vec::new());
     let (mut create_ticks, mut pages, mut kernel_bytes) = (Vec::new(), Vec::new(), Vec::new());
     let mut sched = Scheduler::new();
-    // A turn is one timer period (guests of weight w get w turns for a weight-1 guest's one).
-    sched.set_quantum(tsc_hz / crate::arch::clock::TIMER_HZ);
+    // Guests of weight w get turns w times as long as a weight-1 guest's.
+    sched.set_quantum(crate::arch::clock::quantum_ticks());
     let reserved = list.try_reserve_exact(count).is_ok()
         && nics.try_reserve_exact(count).is_ok()
         && create_ticks.try_reserve_exact(count).is_ok()
@@ -128,6 +128,9 @@ pub fn boot(
         awaiting_end: specs.iter().filter(|s| expected_to_end(s.expect)).count(),
         some_expected_to_end: specs.iter().any(|s| expected_to_end(s.expect)),
         next_stats_report: 0,
+        next_console_poll: 0,
+        timer: kernel_core::guest::tickless::TimerPlan::new(),
+        timer_limits: crate::arch::clock::timer_limits(),
         last_reported: Default::default(),
         // Benchmark records: room only when stamps are on.
         kick_samples: if stamps { Vec::with_capacity(KICK_SAMPLES) } else { Vec::new() },
@@ -261,6 +264,7 @@ pub fn boot(
     switch_user_state(&mut g, first);
     let frame = at(&g.list, first).frame;
     space::activate(space_of(at(&g.list, first)).pml4_phys());
+    g.arm_timer(now);
     install_guests(g);
     // SAFETY: the trap stack's top is the TSS RSP0 and is unused (we run on the boot stack);
     // the frame is the guest's initial ring-3 context in the address space just activated.

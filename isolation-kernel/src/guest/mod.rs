@@ -54,7 +54,7 @@ use table::*;
 
 pub use create::boot;
 pub use end_of_run::finish_run;
-pub use run::{handle_user_trap, nic_interrupt, timeline_kernel_interrupt};
+pub use run::{handle_user_trap, nic_interrupt, timeline_kernel_interrupt, timer_interrupt};
 pub use table::{set_per_guest_stats, stats_pairs};
 use virtual_instructions::*;
 
@@ -230,6 +230,11 @@ struct Guests {
     /// Whether any guest at all is expected to end (else only shutdown_after ends the run).
     some_expected_to_end: bool,
     next_stats_report: u64,
+    /// When the console is next read for a typed `q` if nothing brings the kernel in before.
+    next_console_poll: u64,
+    /// The tickless timer: what is armed, and its counters.
+    timer: kernel_core::guest::tickless::TimerPlan,
+    timer_limits: kernel_core::guest::tickless::Limits,
     last_reported: (kernel_core::vnet::NetCounters, u64),
     /// TSC ticks from a one-packet doorbell's trap to the NIC notify (instructions under
     /// `-icount`), for the transmit-path figures.

@@ -6,7 +6,14 @@ use kernel_core::vnet::timeline::Activity;
 /// A trap from ring 3: handles it, then resumes the current guest or switches to another.
 pub fn handle_user_trap(frame: &mut TrapFrame, vector: Vector) {
     let now = cpu::rdtsc();
-    match with_guests(|g| handle_trap(g, frame, vector, now)) {
+    let next = with_guests(|g| {
+        let next = handle_trap(g, frame, vector, now);
+        if let Next::Resume = next {
+            g.arm_timer(now);
+        }
+        next
+    });
+    match next {
         Some(Next::Resume) => {}
         Some(Next::Switch(previous)) => switch_to_next(frame, previous),
         Some(Next::Finish(why)) => finish_run(why),
@@ -43,6 +50,7 @@ pub(super) fn handle_trap(g: &mut Guests, frame: &mut TrapFrame, vector: Vector,
     g.sched.set_clock(now);
     let action = match vector {
         Vector::Timer => {
+            g.timer.fired(now);
             crate::arch::clock::timer_tick();
             g.poll_network();
             Action::PreemptByTimer
@@ -85,7 +93,8 @@ pub(super) fn handle_trap(g: &mut Guests, frame: &mut TrapFrame, vector: Vector,
         }
         other => other,
     };
-    if let Some(why) = run_over(g, now, timer) {
+    let poll_console = timer && g.console_poll_due(now);
+    if let Some(why) = run_over(g, now, poll_console) {
         at_mut(&mut g.list, id).frame = *frame;
         return Next::Finish(why);
     }
@@ -185,6 +194,11 @@ pub fn timeline_kernel_interrupt(vector: Vector) {
     with_guests(|g| g.net.timeline.entry(crate::arch::trap::entry_tsc(), timeline_activity(vector)));
 }
 
+/// The timer's interrupt, taken while the kernel idles (the halt loop then looks at what is due).
+pub fn timer_interrupt() {
+    with_guests(|g| g.timer.fired(cpu::rdtsc()));
+}
+
 /// The physical NIC's interrupt, taken while the kernel idles.
 pub fn nic_interrupt() {
     with_guests(|g| {
@@ -240,7 +254,8 @@ pub(super) fn switch_to_next(frame: &mut TrapFrame, previous: GuestId) {
     loop {
         let now = cpu::rdtsc();
         let step = with_guests(|g| {
-            if let Some(why) = run_over(g, now, true) {
+            let poll_console = g.console_poll_due(now);
+            if let Some(why) = run_over(g, now, poll_console) {
                 return Step::Finish(why);
             }
             g.maybe_report_stats(now);
@@ -252,6 +267,7 @@ pub(super) fn switch_to_next(frame: &mut TrapFrame, previous: GuestId) {
             }
             let Some(next) = g.sched.schedule(now) else {
                 g.on_cpu = None;
+                g.arm_timer(now);
                 if g.net.stamps.on() {
                     g.net.timeline.halt(cpu::rdtsc_serialized());
                 }
@@ -267,6 +283,7 @@ pub(super) fn switch_to_next(frame: &mut TrapFrame, previous: GuestId) {
             if next != previous {
                 g.counters.guest_switches = g.counters.guest_switches.saturating_add(1);
             }
+            g.arm_timer(now);
             Step::Run
         });
         match step {

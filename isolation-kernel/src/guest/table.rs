@@ -33,6 +33,12 @@ pub(super) fn ticks_to(ticks: u64, per_second: u64, tsc_hz: u64) -> u64 {
     value.map_or(0, |v| u64::try_from(v).unwrap_or(u64::MAX))
 }
 
+/// `amount` units of `1/per_second` s in TSC ticks (saturating).
+pub(super) fn ticks_from(amount: u64, per_second: u64, tsc_hz: u64) -> u64 {
+    let ticks = u128::from(amount).saturating_mul(u128::from(tsc_hz)).checked_div(u128::from(per_second));
+    ticks.map_or(0, |t| u64::try_from(t).unwrap_or(u64::MAX))
+}
+
 /// Whether a guest with this expectation is expected to end by itself.
 pub(super) fn expected_to_end(expect: Expect) -> bool {
     matches!(expect, Expect::Exit(_) | Expect::Stopped(_) | Expect::Refused(_))
@@ -90,6 +96,7 @@ pub(super) fn stats_pairs_of(g: &Guests) -> Vec<(&'static str, u64)> {
     pairs.extend(g.net.counters.pairs());
     pairs.extend(reports::totals(&g.nics));
     pairs.push(("stamp_records", g.net.stamp_records_made));
+    pairs.extend(g.timer.pairs());
     if let Some(nic) = &g.net.nic {
         pairs.extend([
             ("nic_tx_frames", nic.counters.tx_frames),
@@ -114,7 +121,53 @@ pub(super) const KICK_SAMPLES: usize = 65_536;
 /// Seconds between `stats:` lines while a run goes on (printed only when a counter changed).
 pub(super) const STATS_INTERVAL_SECS: u64 = 5;
 
+/// How often the console is read for a typed `q` when nothing else brings the kernel in (the
+/// harness ends runs of servers with it). The one periodic wake-up of an idle kernel.
+pub(super) const CONSOLE_POLL_MILLIS: u64 = 100;
+
+/// How soon a NIC whose interrupts do not cover it (polled receive, completions without an
+/// interrupt while frames are in flight) is looked at again.
+pub(super) const NIC_POLL_MICROS: u64 = 1_000;
+
 impl Guests {
+    /// The kernel's own next timed work: the `stats:` line, the console's poll, the shutdown
+    /// deadline, a rate limit's refill, a NIC that must be polled.
+    fn kernel_work_deadline(&self, now: u64) -> Option<u64> {
+        let nic_poll = self
+            .net
+            .nic
+            .as_ref()
+            .is_some_and(|nic| crate::drivers::virtio_net::polled() || nic.completions_unsignalled())
+            .then(|| now.saturating_add(ticks_from(NIC_POLL_MICROS, 1_000_000, self.tsc_hz)));
+        [Some(self.next_stats_report), Some(self.next_console_poll), self.shutdown_deadline, self.net.rate_limit_deadline(), nic_poll]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Arms the tickless timer for the earliest of what wants the CPU back (the running guest's
+    /// turn end while another is runnable, the earliest idle guest's deadline, the kernel's own
+    /// work), or turns it off; the hardware is written only when that time changes.
+    pub(super) fn arm_timer(&mut self, now: u64) {
+        let wants = kernel_core::guest::tickless::Wants {
+            turn_end: self.sched.preemption_deadline(),
+            guest_deadline: self.sched.next_deadline(),
+            kernel_work: self.kernel_work_deadline(now),
+        };
+        if let Some(at) = self.timer.plan(now, &wants, self.timer_limits) {
+            crate::arch::clock::program_timer(at);
+        }
+    }
+
+    /// Whether the console is due to be read for a `q` (and then when next).
+    pub(super) fn console_poll_due(&mut self, now: u64) -> bool {
+        if now < self.next_console_poll {
+            return false;
+        }
+        self.next_console_poll = now.saturating_add(ticks_from(CONSOLE_POLL_MILLIS, 1_000, self.tsc_hz));
+        true
+    }
+
     /// Prints the stats line every few seconds if the packet counters moved.
     pub(super) fn maybe_report_stats(&mut self, now: u64) {
         if now < self.next_stats_report {

@@ -332,6 +332,12 @@ impl Network {
         self.backlog.next_deadline().is_some_and(|at| at <= now)
     }
 
+    /// When the first guest held back by its rate limit has its tokens (the tickless timer
+    /// brings the kernel in then).
+    pub fn rate_limit_deadline(&self) -> Option<u64> {
+        self.backlog.next_deadline()
+    }
+
     /// The network for guests whose largest MTU is `max_mtu` (sizing the pool's buffers; 0 when
     /// no guest has a NIC, and then there are no buffers).
     pub fn new(nic: Option<VirtioNet>, mode: TxMode, max_mtu: u64, frames: &mut FrameAllocator<'static>) -> Network {

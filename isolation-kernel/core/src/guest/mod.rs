@@ -7,4 +7,5 @@ pub mod elf;
 pub mod mem;
 pub mod queue;
 pub mod sched;
+pub mod tickless;
 pub mod user_state;

@@ -383,6 +383,23 @@ impl Scheduler {
         Some(id)
     }
 
+    /// When the timer must next look at the running guest: `None` while nobody else is
+    /// runnable (it may run on undisturbed: no tick). Otherwise the end of its turn (a quantum
+    /// after it got the CPU), or later if its virtual time is still behind the least runnable
+    /// guest's then: when it catches up at its weight (a guest of weight 3 runs three quanta
+    /// for its weight-1 neighbour's one, in one go, without a tick in between).
+    pub fn preemption_deadline(&self) -> Option<u64> {
+        let id = self.current?;
+        let (least, _) = self.runnable.peek()?;
+        let entry = self.guests.get(id)?;
+        let turn_end = entry.since.saturating_add(self.quantum);
+        // Virtual ticks to catch up, in TSC ticks at its weight (rounded up).
+        let gap = u128::from(least.saturating_sub(entry.vtime));
+        let real = gap.saturating_mul(u128::from(entry.weight.max(1))).div_ceil(u128::from(MAX_CPU_WEIGHT));
+        let catch_up = entry.charged.saturating_add(u64::try_from(real).unwrap_or(u64::MAX));
+        Some(turn_end.max(catch_up))
+    }
+
     /// The earliest pending idle deadline (possibly stale: then waking finds nobody).
     pub fn next_deadline(&self) -> Option<u64> {
         self.sleepers.peek().map(|(deadline, _)| deadline)
@@ -767,6 +784,74 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Busy guests under a tickless timer: it fires only at `preemption_deadline` (late by
+    /// `late` TSC ticks, a switch costing `switch`), for `until` ticks: the CPU time each got,
+    /// and how many times the timer fired.
+    fn run_tickless(s: &mut Scheduler, guests: usize, until: u64, late: u64, switch: u64) -> (Vec<u64>, u64) {
+        let mut cpu = vec![0; guests];
+        let mut now = 0;
+        let mut current = s.schedule(now).unwrap();
+        let mut since = now;
+        let mut fired = 0;
+        while now < until {
+            let Some(deadline) = s.preemption_deadline() else { panic!("busy guests beside each other need a timer") };
+            assert!(deadline >= now, "a deadline in the past: {deadline} at {now}");
+            now = deadline + late;
+            fired += 1;
+            cpu[current] += now - since;
+            if s.preempt_current_by_timer(now) {
+                now += switch;
+                current = s.schedule(now).unwrap();
+            }
+            since = now;
+        }
+        (cpu, fired)
+    }
+
+    #[test]
+    fn tickless_busy_guests_share_by_weight_with_one_interrupt_per_turn() {
+        for weights in [&[1u32, 3][..], &[1, 1], &[1, 2, 5], &[16, 1]] {
+            let mut s = Scheduler::new();
+            s.set_quantum(1_000);
+            for &w in weights {
+                let id = s.add();
+                s.set_weight(id, w);
+            }
+            let (cpu, fired) = run_tickless(&mut s, weights.len(), 2_000_000, 3, 7);
+            let total: u64 = cpu.iter().sum();
+            let weight_sum: u32 = weights.iter().sum();
+            for (id, &w) in weights.iter().enumerate() {
+                let share = cpu[id] as f64 / total as f64;
+                let want = f64::from(w) / f64::from(weight_sum);
+                assert!((share / want - 1.0).abs() < 0.02, "weights {weights:?}: guest {id} got {share:.4}, want {want:.4}");
+            }
+            // Every interrupt switches: no tick is spent on a guest that keeps the CPU.
+            let switches = total / 1_000;
+            assert!(fired <= switches + 2, "weights {weights:?}: {fired} interrupts for about {switches} turns");
+        }
+    }
+
+    #[test]
+    fn a_guest_alone_or_beside_idle_ones_needs_no_timer() {
+        let (mut s, ids) = with_guests(3);
+        assert_eq!(s.schedule(0), Some(ids[0]));
+        assert!(s.preemption_deadline().is_some(), "two others are runnable");
+        s.idle_current(None, 10);
+        assert_eq!(s.schedule(10), Some(ids[1]));
+        s.idle_current(Some(u64::MAX), 20);
+        assert_eq!(s.schedule(20), Some(ids[2]));
+        assert_eq!(s.preemption_deadline(), None, "the others idle: no tick");
+        // A wake makes one runnable: the running guest's turn ends a quantum after it began.
+        s.set_clock(500);
+        assert!(s.wake(ids[0]));
+        let _ = s.preempt_current_for_woken(500);
+        if s.current() == Some(ids[2]) {
+            assert_eq!(s.preemption_deadline(), Some(20 + 1_000));
+        }
+        let (many, _) = busy_among_sleepers(10_000);
+        assert_eq!(many.preemption_deadline(), None, "10,000 idle guests, one busy: no tick");
     }
 
     #[test]
