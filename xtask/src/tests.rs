@@ -25,6 +25,7 @@ mod perf;
 mod power;
 mod rx;
 mod tcp;
+mod tickless;
 
 /// Timeouts: TCG boots in well under a second; PVM emulates ring 0 and takes seconds.
 const TCG_TIMEOUT: Duration = Duration::from_secs(60);
@@ -191,6 +192,8 @@ const QEMU_TESTS: &[QemuTest] = &[
     QemuTest { name: "perf_echo_beside_hogs_tcg", run: perf::echo_beside_hogs },
     QemuTest { name: "perf_cpu_weights_1_to_3_tcg", run: perf::cpu_weights_one_to_three },
     QemuTest { name: "perf_tx_limit_holds_flood_tcg", run: perf::tx_limit_holds_a_flood },
+    QemuTest { name: "tickless_idle_guests_take_no_ticks_tcg", run: tickless::idle_guests_take_no_ticks },
+    QemuTest { name: "tickless_sleeper_wakes_on_time_tcg", run: tickless::sleeper_wakes_on_time },
 ];
 
 /// The NIC transports the packet tests run on (test names carry `_modern` and `_mmio` for the

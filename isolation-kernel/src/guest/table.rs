@@ -139,10 +139,16 @@ impl Guests {
             .as_ref()
             .is_some_and(|nic| crate::drivers::virtio_net::polled() || nic.completions_unsignalled())
             .then(|| now.saturating_add(ticks_from(NIC_POLL_MICROS, 1_000_000, self.tsc_hz)));
-        [Some(self.next_stats_report), Some(self.next_console_poll), self.shutdown_deadline, self.net.rate_limit_deadline(), nic_poll]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            Some(self.next_stats_report),
+            Some(self.next_console_poll),
+            self.shutdown_deadline,
+            self.net.rate_limit_deadline(),
+            nic_poll,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Arms the tickless timer for the earliest of what wants the CPU back (the running guest's
