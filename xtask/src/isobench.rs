@@ -71,6 +71,12 @@ pub struct RttRow {
     pub wake_delay_median_us: u64,
     pub wake_delay_p99_us: u64,
     pub wake_delay_max_us: u64,
+    /// The echo guest's CPU time (kernel counter) per echo it answered (warm-up included), and
+    /// its part of the time the guests ran: what it asks of the CPU beside its neighbours.
+    #[serde(default)]
+    pub echo_cpu_us_per_echo: f64,
+    #[serde(default)]
+    pub echo_cpu_share: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -215,6 +221,9 @@ fn rtt_cell(artifacts: &Artifacts, base: &Manifest, beside: &str, hogs: &[&str],
     }
     let echo = guest_counters(&outcome, &echoes[0].name)?;
     let (p50, p99, max) = spread_us(&mut rtts);
+    let echo_cpu_us = counter(&echo, "cpu_us") as f64;
+    let answered = counter(&echo, "guest_app_echoes").max(1) as f64;
+    let ran = guests_ran_seconds(&outcome.log).unwrap_or(0.0);
     Ok(RttRow {
         beside: beside.to_string(),
         echoes: load.echoes,
@@ -226,6 +235,8 @@ fn rtt_cell(artifacts: &Artifacts, base: &Manifest, beside: &str, hogs: &[&str],
         wake_delay_median_us: counter(&echo, "wake_delay_median_us"),
         wake_delay_p99_us: counter(&echo, "wake_delay_p99_us"),
         wake_delay_max_us: counter(&echo, "wake_delay_max_us"),
+        echo_cpu_us_per_echo: echo_cpu_us / answered,
+        echo_cpu_share: if ran > 0.0 { echo_cpu_us / 1e6 / ran } else { 0.0 },
     })
 }
 
@@ -318,14 +329,20 @@ fn flood_cell(artifacts: &Artifacts, base: &Manifest, limited: bool, load: Load)
 
 /// `cargo xtask bench isolation`: every cell, printed, and written to
 /// `target/bench/isolation.{json,svg}`.
-pub fn run(load: Load) -> Result<std::path::PathBuf> {
+pub fn run(load: Load, only_cells: &[String]) -> Result<std::path::PathBuf> {
     let artifacts = Artifacts::build()?;
     let _sink = bind_flood_sink();
     let isolation = Manifest::load(&pack::images_dir().join("isolation.toml"))?;
     let mut rtt = Vec::new();
-    for (beside, hogs) in HOG_SETS {
+    for (beside, hogs) in
+        HOG_SETS.into_iter().filter(|(beside, _)| only_cells.is_empty() || only_cells.iter().any(|c| c == beside))
+    {
         println!("echo round trips beside {beside} ...");
         rtt.push(rtt_cell(&artifacts, &isolation, beside, hogs, load)?);
+    }
+    if !only_cells.is_empty() {
+        print_rtt(&rtt);
+        return Ok(std::path::PathBuf::new());
     }
     println!("CPU shares under weights ...");
     let weights = pack::pack_image("cpu-weights", &artifacts, NetPlan::USER)?;
@@ -351,15 +368,27 @@ pub fn run(load: Load) -> Result<std::path::PathBuf> {
     Ok(json)
 }
 
-fn print_report(r: &IsolationReport) {
+/// The round-trip table.
+fn print_rtt(rows: &[RttRow]) {
     println!("\nUDP echo round trips ({ECHO_BYTES} bytes, sequential, user network, TCG, wall clock), one echo guest beside:");
     println!(
-        "{:<10} {:>7} {:>5} {:>9} {:>9} {:>9} {:>6} {:>12} {:>12} {:>12}",
-        "beside", "echoes", "lost", "p50 us", "p99 us", "max us", "wakes", "wake p50 us", "wake p99 us", "wake max us"
+        "{:<10} {:>7} {:>5} {:>9} {:>9} {:>9} {:>6} {:>12} {:>12} {:>12} {:>12} {:>9}",
+        "beside",
+        "echoes",
+        "lost",
+        "p50 us",
+        "p99 us",
+        "max us",
+        "wakes",
+        "wake p50 us",
+        "wake p99 us",
+        "wake max us",
+        "cpu/echo us",
+        "cpu share"
     );
-    for row in &r.rtt {
+    for row in rows {
         println!(
-            "{:<10} {:>7} {:>5} {:>9.0} {:>9.0} {:>9.0} {:>6} {:>12} {:>12} {:>12}",
+            "{:<10} {:>7} {:>5} {:>9.0} {:>9.0} {:>9.0} {:>6} {:>12} {:>12} {:>12} {:>12.1} {:>9.3}",
             row.beside,
             row.echoes,
             row.lost,
@@ -369,9 +398,15 @@ fn print_report(r: &IsolationReport) {
             row.wakes,
             row.wake_delay_median_us,
             row.wake_delay_p99_us,
-            row.wake_delay_max_us
+            row.wake_delay_max_us,
+            row.echo_cpu_us_per_echo,
+            row.echo_cpu_share
         );
     }
+}
+
+fn print_report(r: &IsolationReport) {
+    print_rtt(&r.rtt);
     println!("\nCPU shares of busy guests (kernel CPU time):");
     println!("{:<8} {:>7} {:>12} {:>8} {:>9}", "guest", "weight", "cpu ms", "share", "weighted");
     for row in &r.shares {
@@ -512,6 +547,8 @@ mod tests {
                 wake_delay_median_us: 8,
                 wake_delay_p99_us: 40,
                 wake_delay_max_us: 90,
+                echo_cpu_us_per_echo: 30.0,
+                echo_cpu_share: 0.2,
             })
             .collect();
         let share = |guest: &str, w: u64, s: f64| ShareRow {

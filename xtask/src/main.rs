@@ -288,6 +288,13 @@ enum BenchCmd {
         /// 200 echoes per cell, 3-second runs.
         #[arg(long)]
         quick: bool,
+        /// Only these round-trip cells (by their `beside` name: nothing, vi-storm, tx-storm,
+        /// spinner, all three), comma-separated, and no share or flood runs: for trying a change.
+        #[arg(long, value_delimiter = ',')]
+        cells: Vec<String>,
+        /// Echoes per round-trip cell (default 2,000; 200 with --quick).
+        #[arg(long)]
+        echoes: Option<usize>,
     },
     /// TCP and HTTP, ours against the Linux VM of `bench baseline` in the same QEMU: wrk's
     /// keep-alive GET / rate and latency (1 and 32 connections, 1 and 4 servers, user network),
@@ -435,8 +442,10 @@ fn real_main() -> Result<()> {
             let parts = if open_loop_only { bench::EchoParts::OpenLoop } else { bench::EchoParts::All };
             bench::echo(if quick { bench::QUICK } else { bench::FULL }, parts).map(|_| ())
         }
-        Cmd::Bench { which: BenchCmd::Isolation { quick } } => {
-            isobench::run(if quick { isobench::QUICK } else { isobench::FULL }).map(|_| ())
+        Cmd::Bench { which: BenchCmd::Isolation { quick, cells, echoes } } => {
+            let mut load = if quick { isobench::QUICK } else { isobench::FULL };
+            load.echoes = echoes.unwrap_or(load.echoes);
+            isobench::run(load, &cells).map(|_| ())
         }
         Cmd::Bench { which: BenchCmd::Http { quick } } => {
             httpbench::run(if quick { httpbench::QUICK } else { httpbench::FULL }).map(|_| ())

@@ -83,6 +83,9 @@ pub(super) fn stats_pairs_of(g: &Guests) -> Vec<(&'static str, u64)> {
         ("guest_switches", c.guest_switches),
         // Wake-ups that took the CPU from the running guest at once (ahead in virtual time).
         ("wake_boosts", g.sched.boosts()),
+        // Wakes by input from outside (frames from the NIC) that ran boosted, ahead of every
+        // guest that was not (within the boost's share of the CPU).
+        ("boosted_wakes", g.sched.boosted_wakes()),
         ("lazy_pages_backed", c.lazy_pages_backed),
         ("console_writes_refused", c.console_writes_refused),
         // 1 once the kernel heap ran out and its reserve was given back (no guest grows after).

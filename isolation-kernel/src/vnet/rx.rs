@@ -9,7 +9,7 @@ use crate::guest::Guest;
 use core::sync::atomic::Ordering;
 use hypercall_abi::vi::VirtualInterrupts;
 use hypercall_abi::vnic::{DescStatus, RX_RING_SIZE};
-use kernel_core::guest::sched::{GuestId, Scheduler};
+use kernel_core::guest::sched::{GuestId, Scheduler, WakeKind};
 use kernel_core::vnet::{ring, validate_rx, DropReason, NetCounters, Route, Source};
 
 impl NetCtx<'_> {
@@ -22,7 +22,9 @@ impl NetCtx<'_> {
         let Network { nic, vswitch, counters, pool, pool_frames, pool_buffer_bytes, timeline, .. } = &mut **net;
         let mut pool = PoolMemory { pool, frames: pool_frames, buffer_bytes: *pool_buffer_bytes };
         let Some(nic) = nic.as_mut() else { return 0 };
-        nic.receive_with(
+        // Guests woken by frames from outside the machine are boosted (see the scheduler).
+        sched.set_wake_kind(WakeKind::Input);
+        let received = nic.receive_with(
             |frame| {
                 let popped = stamps.now();
                 let route = vswitch.route(frame, Source::Uplink);
@@ -53,7 +55,9 @@ impl NetCtx<'_> {
                     copy_into_run(run, size, hypercall_abi::vnic::stamps::rx_stamps_offset(size), &bytes);
                 }
             },
-        )
+        );
+        sched.set_wake_kind(WakeKind::Internal);
+        received
     }
 }
 

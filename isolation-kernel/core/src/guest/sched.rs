@@ -22,6 +22,20 @@
 //! virtual time is already ahead, so it waits its turn. No guest can stay ahead by waking
 //! itself: every run is charged.
 //!
+//! **Input boost** (Xen's credit BOOST, bounded). A guest woken by input from outside the
+//! machine (a frame from the physical NIC; [`WakeKind::Input`]) is *boosted*: it runs before
+//! every guest that is not, preempting the running one at once, and what it runs while boosted
+//! is not charged to its virtual time but to one budget shared by all guests, refilled at
+//! [`BOOST_SHARE`] of real time (up to [`BOOST_BURST_QUANTA`] quanta banked). So a service that
+//! answers requests gets the CPU as they come even when it asks for more than its fair part
+//! beside busy neighbours (under TCG an echo costs ~40-80 µs of CPU, i.e. 40% of the CPU at
+//! back-to-back requests: more than the quarter three hogs leave it), while the guests that are
+//! not boosted always keep at least `1 - BOOST_SHARE` of the CPU among them, shared by weight.
+//! A boost ends when the guest idles, after [`BOOST_RUN_QUANTA`] of running, or when the budget
+//! is spent; then it competes by virtual time like any other. Wakes by the guest's own doing
+//! (its timer deadline, frames from other guests, its own completions) are not boosted: a guest
+//! cannot boost itself, only the outside world can.
+//!
 //! **Cost.** Runnable guests are in a min-heap by virtual time (O(log n) to add or take one),
 //! idle ones only in the deadline heap (O(log n) per sleep; looking for expired deadlines when
 //! none is due: O(1)). A timer tick costs O(1) when the running guest keeps the CPU and O(log n)
@@ -52,6 +66,26 @@ pub use hypercall_abi::initrd::MAX_CPU_WEIGHT;
 /// that idling cannot bank CPU time.
 pub const SLEEPER_BONUS_QUANTA: u64 = 1;
 
+/// The part of real time that boosted runs may take at most, over time: `(numerator,
+/// denominator)`. The guests that are not boosted keep the rest.
+pub const BOOST_SHARE: (u64, u64) = (1, 2);
+/// Boosted CPU time that may be banked, in quanta (a burst of requests after a quiet spell).
+pub const BOOST_BURST_QUANTA: u64 = 4;
+/// A boosted run longer than this, in quanta, loses its boost (it competes by virtual time).
+pub const BOOST_RUN_QUANTA: u64 = 1;
+/// A wake is boosted only with at least this part of a quantum in the budget (a boost that
+/// would end at once only costs two switches).
+pub const BOOST_MIN_QUANTUM_FRACTION: u64 = 4;
+
+/// What woke a guest: input from outside the machine (boost-eligible) or anything else.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WakeKind {
+    #[default]
+    Internal,
+    /// A frame from the physical NIC.
+    Input,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunState {
     /// Waiting for the CPU.
@@ -78,6 +112,8 @@ struct Entry {
     weight: u32,
     /// Woken from idle and not yet run: its wait is a wake-up delay.
     woken: bool,
+    /// Boosted (see the module notes): waiting in the boosted heap, or running boosted.
+    boosted: bool,
     delays: DelayHistogram,
 }
 
@@ -86,6 +122,14 @@ pub struct Scheduler {
     guests: Vec<Entry>,
     /// Runnable guests by virtual time (ties: the lower id first).
     runnable: DeadlineHeap,
+    /// Boosted runnable guests by virtual time: they run before those in `runnable`.
+    boosted: DeadlineHeap,
+    /// Boosted CPU time that may still be spent (TSC ticks), and when it was last refilled.
+    boost_tokens: u64,
+    boost_refilled: u64,
+    boosted_wakes: u64,
+    /// What wakes are made of now (set by the kernel around its receive path).
+    wake_kind: WakeKind,
     /// A turn of the timer, in TSC ticks (0: every tick may switch).
     quantum: u64,
     /// No runnable guest's virtual time is below it for long: the least virtual time of the
@@ -111,6 +155,30 @@ impl Scheduler {
     /// Sets the timer's turn, in TSC ticks (the timer's period, normally).
     pub fn set_quantum(&mut self, ticks: u64) {
         self.quantum = ticks;
+        self.boost_tokens = self.boost_cap();
+    }
+
+    /// What wakes made from now on are made of (input from outside, or not).
+    pub fn set_wake_kind(&mut self, kind: WakeKind) {
+        self.wake_kind = kind;
+    }
+
+    /// Wakes that were boosted.
+    pub fn boosted_wakes(&self) -> u64 {
+        self.boosted_wakes
+    }
+
+    fn boost_cap(&self) -> u64 {
+        self.quantum.saturating_mul(BOOST_BURST_QUANTA)
+    }
+
+    /// Refills the boost budget for the real time since it was last refilled.
+    fn refill_boost(&mut self, now: u64) {
+        let elapsed = u128::from(now.saturating_sub(self.boost_refilled));
+        self.boost_refilled = self.boost_refilled.max(now);
+        let earned = elapsed.saturating_mul(u128::from(BOOST_SHARE.0)) / u128::from(BOOST_SHARE.1.max(1));
+        let earned = u64::try_from(earned).unwrap_or(u64::MAX);
+        self.boost_tokens = self.boost_tokens.saturating_add(earned).min(self.boost_cap());
     }
 
     /// Gives guest `id` a CPU weight (clamped to `1..=MAX_CPU_WEIGHT`).
@@ -149,6 +217,7 @@ impl Scheduler {
     pub fn try_reserve(&mut self, additional: usize) -> bool {
         self.guests.try_reserve(additional).is_ok()
             && self.runnable.try_reserve(additional)
+            && self.boosted.try_reserve(additional)
             && self.sleepers.try_reserve(additional)
     }
 
@@ -163,11 +232,13 @@ impl Scheduler {
             vtime: self.floor,
             weight: 1,
             woken: false,
+            boosted: false,
             delays: DelayHistogram::new(),
         });
         let queued = self.runnable.register();
         let timed = self.sleepers.register();
-        debug_assert!(queued == id && timed == id, "scheduler ids out of step");
+        let boosted = self.boosted.register();
+        debug_assert!(queued == id && timed == id && boosted == id, "scheduler ids out of step");
         self.runnable.set(id, self.floor);
         self.live = self.live.saturating_add(1);
         id
@@ -188,7 +259,7 @@ impl Scheduler {
 
     /// Guests waiting for the CPU.
     pub fn runnable(&self) -> usize {
-        self.runnable.len()
+        self.runnable.len().saturating_add(self.boosted.len())
     }
 
     /// Deadline entries held (at most one per guest).
@@ -199,7 +270,7 @@ impl Scheduler {
     /// Heap entries visited so far: the scheduler's work, which tests compare across guest
     /// counts.
     pub fn work(&self) -> u64 {
-        self.runnable.visits().saturating_add(self.sleepers.visits())
+        self.runnable.visits().saturating_add(self.sleepers.visits()).saturating_add(self.boosted.visits())
     }
 
     /// Virtual time of `ran` TSC ticks at `weight` (rounded up: a run is never free).
@@ -210,25 +281,59 @@ impl Scheduler {
         u64::try_from(virtual_ticks).unwrap_or(u64::MAX)
     }
 
-    /// Charges the running guest's run since its last charge to its virtual time; returns it,
-    /// its virtual time and how long it has had the CPU this time.
+    /// Charges the running guest's run since its last charge to its virtual time (a boosted
+    /// run to the boost budget instead, and it loses its boost when that is spent or the run is
+    /// long); returns it, its virtual time and how long it has had the CPU this time.
     fn charge_current(&mut self, now: u64) -> Option<(GuestId, u64, u64)> {
         let id = self.current?;
+        let boosted = self.guests.get(id)?.boosted;
+        if boosted {
+            self.refill_boost(now);
+        }
+        let boost_run = self.quantum.saturating_mul(BOOST_RUN_QUANTA);
         let entry = self.guests.get_mut(id)?;
         let ran = now.saturating_sub(entry.charged);
         entry.charged = entry.charged.max(now);
-        entry.vtime = entry.vtime.saturating_add(Self::virtual_ticks(ran, entry.weight));
-        Some((id, entry.vtime, now.saturating_sub(entry.since)))
+        let on_cpu = now.saturating_sub(entry.since);
+        if boosted {
+            let spent = ran >= self.boost_tokens;
+            self.boost_tokens = self.boost_tokens.saturating_sub(ran);
+            entry.boosted = !spent && on_cpu < boost_run;
+        } else {
+            entry.vtime = entry.vtime.saturating_add(Self::virtual_ticks(ran, entry.weight));
+        }
+        Some((id, entry.vtime, on_cpu))
+    }
+
+    /// The running guest's rank (boosted first, then by virtual time), against which runnable
+    /// guests are compared.
+    fn current_rank(&self, vtime: u64) -> (bool, u64) {
+        let boosted = self.current.and_then(|id| self.guests.get(id)).is_some_and(|e| e.boosted);
+        (!boosted, vtime)
+    }
+
+    /// The least runnable guest's rank.
+    fn least_rank(&self) -> Option<(bool, u64)> {
+        match self.boosted.peek() {
+            Some((vtime, _)) => Some((false, vtime)),
+            None => self.runnable.peek().map(|(vtime, _)| (true, vtime)),
+        }
     }
 
     /// Takes the running guest off the CPU into the runnable heap at virtual time `vtime`.
     fn requeue_current(&mut self, vtime: u64) {
         if let Some(id) = self.current.take() {
+            let mut boosted = false;
             if let Some(entry) = self.guests.get_mut(id) {
                 entry.vtime = vtime;
                 entry.state = RunState::Runnable;
+                boosted = entry.boosted;
             }
-            self.runnable.set(id, vtime);
+            if boosted {
+                self.boosted.set(id, vtime);
+            } else {
+                self.runnable.set(id, vtime);
+            }
         }
     }
 
@@ -242,7 +347,11 @@ impl Scheduler {
     /// The current guest yields: it goes behind the guest that is least in virtual time, which
     /// runs next (with nobody else runnable it runs on).
     pub fn preempt_current(&mut self, now: u64) {
-        let Some((_, vtime, _)) = self.charge_current(now) else { return };
+        let Some((id, vtime, _)) = self.charge_current(now) else { return };
+        // A guest that yields has work to do: it has no boost left (that is for answering).
+        if let Some(entry) = self.guests.get_mut(id) {
+            entry.boosted = false;
+        }
         let behind = self.runnable.peek().map_or(vtime, |(least, _)| vtime.max(least.saturating_add(1)));
         self.requeue_current(behind);
     }
@@ -263,7 +372,8 @@ impl Scheduler {
         let Some((_, vtime, on_cpu)) = self.charge_current(now) else { return false };
         self.raise_floor(vtime);
         // (An equal one too: guests of equal weight take turns.)
-        let behind_it = self.runnable.peek().is_some_and(|(least, _)| least <= vtime);
+        let rank = self.current_rank(vtime);
+        let behind_it = self.least_rank().is_some_and(|least| least <= rank);
         let switch = behind_it && on_cpu >= self.quantum / 2;
         if switch {
             self.requeue_current(vtime);
@@ -281,7 +391,8 @@ impl Scheduler {
         }
         let Some((_, vtime, _)) = self.charge_current(now) else { return false };
         self.raise_floor(vtime);
-        let ahead = self.runnable.peek().is_some_and(|(least, _)| least < vtime);
+        let rank = self.current_rank(vtime);
+        let ahead = self.least_rank().is_some_and(|least| least < rank);
         if ahead {
             self.boosts = self.boosts.saturating_add(1);
             self.requeue_current(vtime);
@@ -297,6 +408,7 @@ impl Scheduler {
         let Some(id) = self.current.take() else { return };
         if let Some(entry) = self.guests.get_mut(id) {
             entry.state = RunState::Idle { deadline };
+            entry.boosted = false;
         }
         if let Some(d) = deadline {
             self.sleepers.set(id, d);
@@ -309,6 +421,7 @@ impl Scheduler {
             None | Some(RunState::Done) => return,
             Some(RunState::Runnable) => {
                 self.runnable.remove(id);
+                self.boosted.remove(id);
             }
             Some(RunState::Running) => self.current = None,
             Some(RunState::Idle { .. }) => {}
@@ -329,6 +442,11 @@ impl Scheduler {
         let bonus = self.quantum.saturating_mul(SLEEPER_BONUS_QUANTA).saturating_mul(u64::from(MAX_CPU_WEIGHT));
         let earliest = self.floor.saturating_sub(bonus);
         let (clock, current) = (self.clock, self.current);
+        let input = self.wake_kind == WakeKind::Input;
+        if input {
+            self.refill_boost(clock);
+        }
+        let boost = input && self.boost_tokens > 0 && self.boost_tokens >= self.quantum / BOOST_MIN_QUANTUM_FRACTION;
         let Some(entry) = self.guests.get_mut(id) else { return false };
         if entry.state == RunState::Runnable {
             // Already waiting for the CPU (preempted with work to do): if it is behind the
@@ -343,8 +461,14 @@ impl Scheduler {
         entry.woken = true;
         entry.since = clock;
         entry.vtime = entry.vtime.max(earliest);
+        entry.boosted = boost;
         let vtime = entry.vtime;
-        self.runnable.set(id, vtime);
+        if boost {
+            self.boosted_wakes = self.boosted_wakes.saturating_add(1);
+            self.boosted.set(id, vtime);
+        } else {
+            self.runnable.set(id, vtime);
+        }
         self.woken_while_running |= current.is_some();
         true
     }
@@ -374,8 +498,15 @@ impl Scheduler {
         debug_assert!(self.current.is_none(), "schedule with a guest still current");
         self.wake_expired(now);
         self.woken_while_running = false;
-        let (vtime, id) = self.runnable.pop_expired(u64::MAX)?;
-        self.floor = self.floor.max(vtime);
+        let id = match self.boosted.pop_expired(u64::MAX) {
+            Some((_, id)) => id,
+            None => {
+                let (vtime, id) = self.runnable.pop_expired(u64::MAX)?;
+                // (Boosted guests' virtual times lag, uncharged: they do not move the floor.)
+                self.floor = self.floor.max(vtime);
+                id
+            }
+        };
         if let Some(entry) = self.guests.get_mut(id) {
             if core::mem::replace(&mut entry.woken, false) {
                 entry.delays.record(now.saturating_sub(entry.since));
@@ -395,8 +526,21 @@ impl Scheduler {
     /// for its weight-1 neighbour's one, in one go, without a tick in between).
     pub fn preemption_deadline(&self) -> Option<u64> {
         let id = self.current?;
-        let (least, _) = self.runnable.peek()?;
+        let (least_unboosted, least) = self.least_rank()?;
         let entry = self.guests.get(id)?;
+        if entry.boosted {
+            // Its boost ends after a run of BOOST_RUN_QUANTA or when the budget is spent (it
+            // refills at BOOST_SHARE while the guest runs, so it lasts that much longer); then
+            // it competes.
+            let run_end = entry.since.saturating_add(self.quantum.saturating_mul(BOOST_RUN_QUANTA));
+            let (earn, per) = (u128::from(BOOST_SHARE.0), u128::from(BOOST_SHARE.1.max(1)));
+            let lasts = u128::from(self.boost_tokens).saturating_mul(per) / per.saturating_sub(earn).max(1);
+            let spent = entry.charged.saturating_add(u64::try_from(lasts).unwrap_or(u64::MAX));
+            return Some(run_end.min(spent));
+        }
+        if !least_unboosted {
+            return Some(entry.charged); // a boosted guest waits: at once
+        }
         let turn_end = entry.since.saturating_add(self.quantum);
         // Virtual ticks to catch up, in TSC ticks at its weight (rounded up).
         let gap = u128::from(least.saturating_sub(entry.vtime));
@@ -860,6 +1004,115 @@ mod tests {
         }
         let (many, _) = busy_among_sleepers(10_000);
         assert_eq!(many.preemption_deadline(), None, "10,000 idle guests, one busy: no tick");
+    }
+
+    /// An echo guest beside `hogs` busy guests under a tickless timer: a request arrives
+    /// `gap` ticks after each answer (input from outside), and answering takes `cost` ticks of
+    /// CPU. Returns each guest's CPU time (the echo guest first), the echo guest's longest wait
+    /// from a request to its run, and the answers given by `until`.
+    fn echo_beside_hogs(hogs: usize, cost: u64, gap: u64, until: u64) -> (Vec<u64>, u64, u64) {
+        let (mut s, ids) = with_guests(1 + hogs);
+        let echo = ids[0];
+        let mut cpu = vec![0u64; 1 + hogs];
+        let mut now = 0;
+        let mut current = s.schedule(now).unwrap();
+        assert_eq!(current, echo);
+        s.idle_current(None, now);
+        current = s.schedule(now).unwrap();
+        let mut since = now;
+        let mut next_request = gap;
+        let (mut worst_wait, mut answers) = (0, 0);
+        let mut woken_at = None;
+        let mut left = 0; // the echo guest's work left on the request
+        let mut steps = 0u64;
+        while now < until {
+            steps += 1;
+            assert!(steps < 100 * until / 100 + 1_000_000, "the simulation does not advance at {now}");
+            // The next event: a request, the timer, or the echo guest's answer.
+            let timer = s.preemption_deadline().unwrap_or(u64::MAX);
+            let done = if current == echo { now + left } else { u64::MAX };
+            let request = if woken_at.is_none() && left == 0 && current != echo { next_request } else { u64::MAX };
+            let at = timer.min(done).min(request).max(now);
+            cpu[current] += at - since;
+            if current == echo {
+                left -= at - now;
+            }
+            now = at;
+            since = now;
+            if at == done {
+                answers += 1;
+                s.idle_current(None, now);
+                current = s.schedule(now).unwrap();
+                next_request = now + gap;
+            } else if at == request {
+                s.set_clock(now);
+                s.set_wake_kind(WakeKind::Input);
+                assert!(s.wake(echo));
+                s.set_wake_kind(WakeKind::Internal);
+                woken_at = Some(now);
+                left = cost;
+                if s.preempt_current_for_woken(now) {
+                    current = s.schedule(now).unwrap();
+                }
+            } else if s.preempt_current_by_timer(now) {
+                current = s.schedule(now).unwrap();
+            }
+            if current == echo {
+                if let Some(woken) = woken_at.take() {
+                    worst_wait = worst_wait.max(now - woken);
+                }
+            }
+        }
+        (cpu, worst_wait, answers)
+    }
+
+    #[test]
+    fn input_wakes_a_guest_at_once_even_when_it_wants_more_than_its_fair_share() {
+        // Three hogs; the echo guest wants 40% of the CPU (cost 400 per 1,000): more than the
+        // quarter fair sharing would give it, less than the boost's half.
+        let (cpu, worst_wait, answers) = echo_beside_hogs(3, 400, 600, 2_000_000);
+        assert_eq!(worst_wait, 0, "a request waited {worst_wait} ticks for the CPU");
+        assert!(answers >= 1_900, "{answers} answers");
+        let total: u64 = cpu.iter().sum();
+        for (hog, &c) in cpu.iter().enumerate().skip(1) {
+            let share = c as f64 / total as f64;
+            assert!((0.18..=0.22).contains(&share), "hog {hog} got {share:.3}: the hogs share the rest equally");
+        }
+    }
+
+    #[test]
+    fn a_guest_flooded_with_input_takes_at_most_the_boost_share_plus_its_fair_part() {
+        // Requests back to back, each costing half a quantum: without a bound it would take
+        // the CPU. The hogs keep 1 - BOOST_SHARE among them at least (shared by vtime with the
+        // echo guest, which is charged only for what it ran unboosted).
+        let (cpu, _, _) = echo_beside_hogs(1, 500, 0, 4_000_000);
+        let total: u64 = cpu.iter().sum();
+        let hog = cpu[1] as f64 / total as f64;
+        let floor = (1.0 - BOOST_SHARE.0 as f64 / BOOST_SHARE.1 as f64) / 2.0;
+        assert!(hog >= floor * 0.95, "the hog got {hog:.3}, at least {floor:.3} wanted");
+        assert!(cpu[0] > cpu[1], "the flooded guest is boosted for part of its work");
+    }
+
+    #[test]
+    fn a_guest_woken_by_its_own_doing_is_not_boosted() {
+        let (mut s, ids) = with_guests(2);
+        let (a, hog) = (ids[0], ids[1]);
+        assert_eq!(s.schedule(0), Some(a));
+        s.idle_current(Some(5_000), 0);
+        assert_eq!(s.schedule(0), Some(hog));
+        s.set_clock(100);
+        assert!(s.wake(a), "internal: a frame from another guest");
+        assert_eq!(s.boosted_wakes(), 0);
+        assert!(s.preempt_current_for_woken(100), "behind the hog in virtual time, it still runs first");
+        assert_eq!(s.schedule(100), Some(a));
+        s.idle_current(Some(5_000), 200);
+        assert_eq!(s.schedule(200), Some(hog));
+        assert_eq!(s.wake_expired(5_000), 1, "its deadline: not boosted either");
+        assert_eq!(s.boosted_wakes(), 0);
+        s.set_wake_kind(WakeKind::Input);
+        s.set_clock(5_001);
+        assert!(!s.wake(a), "already runnable");
+        assert_eq!(s.boosted_wakes(), 0);
     }
 
     #[test]
