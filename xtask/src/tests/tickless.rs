@@ -35,8 +35,11 @@ pub(super) fn idle_guests_take_no_ticks(ctx: &Ctx) -> TestResult {
 /// Sleeps the `tickless` image's sleeper takes (its args).
 const SLEEPS: u64 = 300;
 /// The median delay from a sleeper's deadline to its run, at most (µs; the kernel reports the
-/// upper end of its log2 bucket). A 1 kHz tick gives about 500 µs; the one-shot timer a few tens.
-const SLEEP_LATE_MEDIAN_MICROS: u64 = 200;
+/// upper end of its log2 bucket, so 2x). The one-shot timer gives 60-120 µs under TCG; a 1 kHz
+/// tick gave about 500 (bucket end 850). Loose: when the host starves QEMU (TCG's TSC is the
+/// host's clock) every delay grows, and medians of 1.5-2.6 ms were seen under a load of 5 on 2
+/// cores; the interrupt count below is the sharper check.
+const SLEEP_LATE_MEDIAN_MICROS: u64 = 500;
 
 /// The `tickless` image: a guest sleeping 3 ms 300 times beside a CPU spinner. The kernel wakes
 /// it at its deadlines (the spinner needs no tick while it is alone runnable): about one timer
@@ -61,10 +64,18 @@ pub(super) fn sleeper_wakes_on_time(ctx: &Ctx) -> TestResult {
         format!("the sleeper woke {} times, {SLEEPS} sleeps: {sleeper:?}", get("wakes"))
     })?;
     let median = get("wake_delay_median_us");
-    check(&outcome, median <= SLEEP_LATE_MEDIAN_MICROS, || {
-        format!("the sleeper ran a median {median} us after its deadlines, at most {SLEEP_LATE_MEDIAN_MICROS} wanted")
-    })?;
     let stats = final_stats(&outcome)?;
+    let timer: Vec<String> = stats
+        .iter()
+        .filter(|(k, _)| k.starts_with("timer_") || k.contains("boost"))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    check(&outcome, median <= SLEEP_LATE_MEDIAN_MICROS, || {
+        format!(
+            "the sleeper ran a median {median} us after its deadlines, at most {SLEEP_LATE_MEDIAN_MICROS} wanted ({sleeper:?}; {})",
+            timer.join(" ")
+        )
+    })?;
     let ticks = stats.get("timer_ticks").copied().unwrap_or(u64::MAX);
     let seconds = isobench::guests_ran_seconds(&outcome.log).unwrap_or(0.0);
     // One per sleep (two where a one-shot count fired a little early), plus the console's polls.
