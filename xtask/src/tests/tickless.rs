@@ -54,9 +54,9 @@ pub(super) fn sleeper_wakes_on_time(ctx: &Ctx) -> TestResult {
     let sleeper = outcome
         .log
         .lines()
+        .rev()
         .filter_map(|l| l.strip_prefix(hypercall_abi::cmdline::GUEST_STATS_PREFIX))
-        .filter(|rest| rest.split_whitespace().any(|w| w == "name=sleeper"))
-        .last()
+        .find(|rest| rest.split_whitespace().any(|w| w == "name=sleeper"))
         .map(crate::ledger::pairs);
     let Some(sleeper) = sleeper else { return Err(failure("no guest-stats line for the sleeper", outcome.log)) };
     let get = |key: &str| sleeper.get(key).copied().unwrap_or(0);

@@ -176,7 +176,8 @@ impl Scheduler {
     fn refill_boost(&mut self, now: u64) {
         let elapsed = u128::from(now.saturating_sub(self.boost_refilled));
         self.boost_refilled = self.boost_refilled.max(now);
-        let earned = elapsed.saturating_mul(u128::from(BOOST_SHARE.0)) / u128::from(BOOST_SHARE.1.max(1));
+        let earned =
+            elapsed.saturating_mul(u128::from(BOOST_SHARE.0)).checked_div(u128::from(BOOST_SHARE.1)).unwrap_or(0);
         let earned = u64::try_from(earned).unwrap_or(u64::MAX);
         self.boost_tokens = self.boost_tokens.saturating_add(earned).min(self.boost_cap());
     }
@@ -533,8 +534,11 @@ impl Scheduler {
             // refills at BOOST_SHARE while the guest runs, so it lasts that much longer); then
             // it competes.
             let run_end = entry.since.saturating_add(self.quantum.saturating_mul(BOOST_RUN_QUANTA));
-            let (earn, per) = (u128::from(BOOST_SHARE.0), u128::from(BOOST_SHARE.1.max(1)));
-            let lasts = u128::from(self.boost_tokens).saturating_mul(per) / per.saturating_sub(earn).max(1);
+            let (earn, per) = (u128::from(BOOST_SHARE.0), u128::from(BOOST_SHARE.1));
+            let lasts = u128::from(self.boost_tokens)
+                .saturating_mul(per)
+                .checked_div(per.saturating_sub(earn))
+                .unwrap_or(u128::MAX);
             let spent = entry.charged.saturating_add(u64::try_from(lasts).unwrap_or(u64::MAX));
             return Some(run_end.min(spent));
         }

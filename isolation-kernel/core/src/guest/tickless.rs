@@ -50,7 +50,8 @@ impl Limits {
     /// (at least one tick each; `max_ahead` at least `min_ahead`).
     pub fn for_tsc(tsc_hz: u64, min_ahead_ns: u64, max_ahead_ms: u64) -> Limits {
         let scale = |amount: u64, per_second: u64| {
-            let ticks = u128::from(tsc_hz).saturating_mul(u128::from(amount)) / u128::from(per_second);
+            let ticks =
+                u128::from(tsc_hz).saturating_mul(u128::from(amount)).checked_div(u128::from(per_second)).unwrap_or(0);
             u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
         };
         let min_ahead = scale(min_ahead_ns, 1_000_000_000);
