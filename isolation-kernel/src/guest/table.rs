@@ -86,6 +86,8 @@ pub(super) fn stats_pairs_of(g: &Guests) -> Vec<(&'static str, u64)> {
         // Wakes by input from outside (frames from the NIC) that ran boosted, ahead of every
         // guest that was not (within the boost's share of the CPU).
         ("boosted_wakes", g.sched.boosted_wakes()),
+        // Input wakes not boosted because 64 boosted guests were already waiting.
+        ("boost_queue_full", g.sched.boost_queue_full()),
         ("lazy_pages_backed", c.lazy_pages_backed),
         ("console_writes_refused", c.console_writes_refused),
         // 1 once the kernel heap ran out and its reserve was given back (no guest grows after).

@@ -41,6 +41,9 @@ use kernel_core::vnet::{
 const FIFO_CAPACITY: usize = 64;
 /// Packets a guest may send per turn of the network scheduler.
 const BUDGET_PER_TURN: usize = 8;
+/// Bytes a guest may send per turn of the network scheduler (deficit round robin): the budget's
+/// worth of full-size Ethernet frames, whatever the guest's MTU.
+const BYTES_PER_TURN: u32 = BUDGET_PER_TURN as u32 * 1_514;
 /// Kernel packet buffers (one page each) shared by all guests' FIFOs.
 const POOL_BUFFERS: u32 = 512;
 /// Frames the kernel holds for a guest that has no rx buffer posted: a ring's worth, so a guest
@@ -353,7 +356,7 @@ impl Network {
         Network {
             nic,
             vswitch: Vswitch::new(),
-            sched: NetScheduler::new(0, BUDGET_PER_TURN),
+            sched: NetScheduler::new(0, BUDGET_PER_TURN).with_byte_quantum(BYTES_PER_TURN),
             fifos: Vec::new(),
             pool: PacketPool::new(pool_frames.len() as u32),
             pool_frames,

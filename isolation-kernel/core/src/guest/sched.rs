@@ -54,6 +54,7 @@
 
 use super::deadlines::DeadlineHeap;
 use super::delays::DelayHistogram;
+use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
 pub type GuestId = usize;
@@ -76,6 +77,9 @@ pub const BOOST_RUN_QUANTA: u64 = 1;
 /// A wake is boosted only with at least this part of a quantum in the budget (a boost that
 /// would end at once only costs two switches).
 pub const BOOST_MIN_QUANTUM_FRACTION: u64 = 4;
+/// Boosted guests waiting for the CPU at most (a FIFO of fixed room, so that boosting costs no
+/// memory per guest; a wake that finds it full is not boosted, and counted).
+pub const BOOST_QUEUE: usize = 64;
 
 /// What woke a guest: input from outside the machine (boost-eligible) or anything else.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -112,7 +116,7 @@ struct Entry {
     weight: u32,
     /// Woken from idle and not yet run: its wait is a wake-up delay.
     woken: bool,
-    /// Boosted (see the module notes): waiting in the boosted heap, or running boosted.
+    /// Boosted (see the module notes): waiting in the boosted queue, or running boosted.
     boosted: bool,
     delays: DelayHistogram,
 }
@@ -122,8 +126,10 @@ pub struct Scheduler {
     guests: Vec<Entry>,
     /// Runnable guests by virtual time (ties: the lower id first).
     runnable: DeadlineHeap,
-    /// Boosted runnable guests by virtual time: they run before those in `runnable`.
-    boosted: DeadlineHeap,
+    /// Boosted runnable guests, first come first served: they run before those in `runnable`.
+    boosted: VecDeque<GuestId>,
+    /// Wakes that would have been boosted but found the boosted queue full.
+    boost_queue_full: u64,
     /// Boosted CPU time that may still be spent (TSC ticks), and when it was last refilled.
     boost_tokens: u64,
     boost_refilled: u64,
@@ -148,8 +154,9 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
+    /// A scheduler with no guests (and room for [`BOOST_QUEUE`] boosted ones, made now).
     pub fn new() -> Self {
-        Self::default()
+        Self { boosted: VecDeque::with_capacity(BOOST_QUEUE), ..Self::default() }
     }
 
     /// Sets the timer's turn, in TSC ticks (the timer's period, normally).
@@ -166,6 +173,21 @@ impl Scheduler {
     /// Wakes that were boosted.
     pub fn boosted_wakes(&self) -> u64 {
         self.boosted_wakes
+    }
+
+    /// Wakes that would have been boosted but found the boosted queue full.
+    pub fn boost_queue_full(&self) -> u64 {
+        self.boost_queue_full
+    }
+
+    /// Puts `id` at the back of the boosted queue if there is room (false: none).
+    fn queue_boosted(&mut self, id: GuestId) -> bool {
+        if self.boosted.len() >= BOOST_QUEUE.min(self.boosted.capacity()) {
+            self.boost_queue_full = self.boost_queue_full.saturating_add(1);
+            return false;
+        }
+        self.boosted.push_back(id);
+        true
     }
 
     fn boost_cap(&self) -> u64 {
@@ -218,7 +240,6 @@ impl Scheduler {
     pub fn try_reserve(&mut self, additional: usize) -> bool {
         self.guests.try_reserve(additional).is_ok()
             && self.runnable.try_reserve(additional)
-            && self.boosted.try_reserve(additional)
             && self.sleepers.try_reserve(additional)
     }
 
@@ -238,8 +259,7 @@ impl Scheduler {
         });
         let queued = self.runnable.register();
         let timed = self.sleepers.register();
-        let boosted = self.boosted.register();
-        debug_assert!(queued == id && timed == id && boosted == id, "scheduler ids out of step");
+        debug_assert!(queued == id && timed == id, "scheduler ids out of step");
         self.runnable.set(id, self.floor);
         self.live = self.live.saturating_add(1);
         id
@@ -271,7 +291,7 @@ impl Scheduler {
     /// Heap entries visited so far: the scheduler's work, which tests compare across guest
     /// counts.
     pub fn work(&self) -> u64 {
-        self.runnable.visits().saturating_add(self.sleepers.visits()).saturating_add(self.boosted.visits())
+        self.runnable.visits().saturating_add(self.sleepers.visits())
     }
 
     /// Virtual time of `ran` TSC ticks at `weight` (rounded up: a run is never free).
@@ -307,18 +327,22 @@ impl Scheduler {
     }
 
     /// The running guest's rank (boosted first, then by virtual time), against which runnable
-    /// guests are compared.
+    /// guests are compared. Boosted guests rank equal (they are served in arrival order).
     fn current_rank(&self, vtime: u64) -> (bool, u64) {
         let boosted = self.current.and_then(|id| self.guests.get(id)).is_some_and(|e| e.boosted);
-        (!boosted, vtime)
+        if boosted {
+            (false, 0)
+        } else {
+            (true, vtime)
+        }
     }
 
     /// The least runnable guest's rank.
     fn least_rank(&self) -> Option<(bool, u64)> {
-        match self.boosted.peek() {
-            Some((vtime, _)) => Some((false, vtime)),
-            None => self.runnable.peek().map(|(vtime, _)| (true, vtime)),
+        if !self.boosted.is_empty() {
+            return Some((false, 0));
         }
+        self.runnable.peek().map(|(vtime, _)| (true, vtime))
     }
 
     /// Takes the running guest off the CPU into the runnable heap at virtual time `vtime`.
@@ -330,9 +354,10 @@ impl Scheduler {
                 entry.state = RunState::Runnable;
                 boosted = entry.boosted;
             }
-            if boosted {
-                self.boosted.set(id, vtime);
-            } else {
+            if !(boosted && self.queue_boosted(id)) {
+                if let Some(entry) = self.guests.get_mut(id) {
+                    entry.boosted = false;
+                }
                 self.runnable.set(id, vtime);
             }
         }
@@ -422,7 +447,7 @@ impl Scheduler {
             None | Some(RunState::Done) => return,
             Some(RunState::Runnable) => {
                 self.runnable.remove(id);
-                self.boosted.remove(id);
+                self.boosted.retain(|&queued| queued != id);
             }
             Some(RunState::Running) => self.current = None,
             Some(RunState::Idle { .. }) => {}
@@ -462,11 +487,13 @@ impl Scheduler {
         entry.woken = true;
         entry.since = clock;
         entry.vtime = entry.vtime.max(earliest);
-        entry.boosted = boost;
         let vtime = entry.vtime;
-        if boost {
+        let boosted = boost && self.queue_boosted(id);
+        if let Some(entry) = self.guests.get_mut(id) {
+            entry.boosted = boosted;
+        }
+        if boosted {
             self.boosted_wakes = self.boosted_wakes.saturating_add(1);
-            self.boosted.set(id, vtime);
         } else {
             self.runnable.set(id, vtime);
         }
@@ -499,8 +526,8 @@ impl Scheduler {
         debug_assert!(self.current.is_none(), "schedule with a guest still current");
         self.wake_expired(now);
         self.woken_while_running = false;
-        let id = match self.boosted.pop_expired(u64::MAX) {
-            Some((_, id)) => id,
+        let id = match self.boosted.pop_front() {
+            Some(id) => id,
             None => {
                 let (vtime, id) = self.runnable.pop_expired(u64::MAX)?;
                 // (Boosted guests' virtual times lag, uncharged: they do not move the floor.)

@@ -2,7 +2,10 @@
 //!
 //! Guests with packets waiting are served round-robin, at most `budget` packets per turn, so a
 //! guest flooding the network gets its share of the NIC and no more: everyone else's packets
-//! interleave with its bursts. Only guests with a non-empty FIFO are in the rotation, so idle
+//! interleave with its bursts. Turns are byte-fair too (deficit round robin): each turn adds a
+//! byte quantum to the guest's deficit, a packet goes only if the deficit covers it, and what is
+//! left carries to its next turn (and is forgotten when its FIFO empties), so a guest sending
+//! 9000-byte frames gets the bytes per turn of one sending 1514-byte frames, not six times them. Only guests with a non-empty FIFO are in the rotation, so idle
 //! guests cost nothing (as in [`crate::guest::sched`]). When the NIC is full the scheduler stops and
 //! remembers how far the current guest's turn got, so a NIC that takes only a few packets at a
 //! time still sees the guests take turns in the same order as a fast one would.
@@ -21,24 +24,46 @@ pub struct NetScheduler {
     /// Packets the front guest has sent in its current turn (a turn cut short by a full NIC
     /// continues on the next `serve`).
     spent: usize,
+    /// Bytes added to a guest's deficit per turn (deficit round robin).
+    quantum_bytes: u32,
+    /// Each guest's deficit: bytes it may still send (carried between turns while it stays in
+    /// the rotation).
+    deficits: alloc::vec::Vec<u32>,
+    /// The front guest's turn has had its quantum.
+    credited: bool,
 }
 
 impl NetScheduler {
     /// A scheduler for guests `0..guest_count`, none ready. A budget of 0 is taken as 1, since a
     /// turn that sends nothing would never end.
     pub fn new(guest_count: usize, budget_per_turn: usize) -> Self {
-        Self { active: IdQueue::with_ids(guest_count), budget: budget_per_turn.max(1), spent: 0 }
+        Self {
+            active: IdQueue::with_ids(guest_count),
+            budget: budget_per_turn.max(1),
+            spent: 0,
+            quantum_bytes: u32::MAX,
+            deficits: alloc::vec![0; guest_count],
+            credited: false,
+        }
+    }
+
+    /// Makes turns byte-fair: `bytes` added to a guest's deficit each turn (at least 1; a
+    /// packet larger than it waits for the deficit of several turns).
+    pub fn with_byte_quantum(mut self, bytes: u32) -> Self {
+        self.quantum_bytes = bytes.max(1);
+        self
     }
 
     /// Reserves room for `additional` more guests now, fallibly (false: the heap is short), so
     /// that registering them later does not grow storage.
     pub fn try_reserve(&mut self, additional: usize) -> bool {
-        self.active.try_reserve(additional)
+        self.active.try_reserve(additional) && self.deficits.try_reserve(additional).is_ok()
     }
 
     /// Registers one more guest (not ready) and returns its id, the next in order. Grows the
     /// rotation's storage now, so that `mark_ready` never allocates.
     pub fn add_guest(&mut self) -> usize {
+        self.deficits.push(0);
         self.active.register()
     }
 
@@ -80,27 +105,49 @@ impl NetScheduler {
         let mut sent: usize = 0;
         while let Some(guest) = self.active.front() {
             let mut fifo = fifos.get_mut(guest);
+            let quantum = self.quantum_bytes;
+            let mut deficit = self.deficits.get(guest).copied().unwrap_or(0);
+            if !core::mem::replace(&mut self.credited, true) {
+                deficit = deficit.saturating_add(quantum);
+            }
             if let Some(fifo) = fifo.as_deref_mut() {
                 while self.spent < self.budget {
                     let Some(packet) = fifo.pop() else { break };
+                    if packet.len > deficit {
+                        // Not this turn: it waits at the head for more deficit.
+                        let restored = fifo.push_front(packet);
+                        debug_assert!(restored.is_ok(), "no room to return a popped packet");
+                        break;
+                    }
+                    let len = packet.len;
                     match send(guest, packet) {
                         Ok(()) => {
                             sent = sent.saturating_add(1);
                             self.spent = self.spent.saturating_add(1);
+                            deficit = deficit.saturating_sub(len);
                         }
                         Err(packet) => {
                             // Cannot fail: the pop just made room.
                             let restored = fifo.push_front(packet);
                             debug_assert!(restored.is_ok(), "no room to return a popped packet");
+                            if let Some(d) = self.deficits.get_mut(guest) {
+                                *d = deficit;
+                            }
                             return sent;
                         }
                     }
                 }
             }
-            // The turn is over: back of the rotation if more is waiting, else out of it.
+            // The turn is over: back of the rotation if more is waiting (keeping what is left
+            // of its deficit), else out of it (and the deficit forgotten).
             self.spent = 0;
+            self.credited = false;
             self.active.pop_front();
-            if fifo.is_some_and(|f| !f.is_empty()) {
+            let more = fifo.is_some_and(|f| !f.is_empty());
+            if let Some(d) = self.deficits.get_mut(guest) {
+                *d = if more { deficit } else { 0 };
+            }
+            if more {
                 self.active.push_back(guest);
             }
         }
@@ -282,6 +329,81 @@ mod tests {
         sched.mark_ready(1);
         assert_eq!(sched.ready_count(), 1);
         assert_eq!(serve_limited(&mut sched, &mut fifos, usize::MAX, &mut log), 1);
+    }
+
+    /// Guest 0 floods 9000-byte frames, guest 1 1514-byte ones, guest 2 100-byte ones (64 of
+    /// each queued): bytes sent per guest by the time each has sent half its packets.
+    #[test]
+    fn turns_are_byte_fair_across_frame_sizes() {
+        let sizes = [9_000u32, 1_514, 100];
+        let mut sched = NetScheduler::new(3, 8).with_byte_quantum(8 * 1_514);
+        let mut fifos: Vec<TxFifo> = (0..3).map(|_| TxFifo::new(64)).collect();
+        for (g, &size) in sizes.iter().enumerate() {
+            for n in 0..64 {
+                fifos[g].push(Packet::pooled(BufId(g as u32 * 1000 + n), size)).unwrap();
+            }
+            sched.mark_ready(g);
+        }
+        // The NIC takes 40 packets: the jumbo sender gets about the bytes of the 1514-byte one.
+        let mut bytes = [0u64; 3];
+        let mut log = Vec::new();
+        let mut taken = 0;
+        sched.serve(&mut fifos, |g, packet| {
+            if taken == 40 {
+                return Err(packet);
+            }
+            taken += 1;
+            bytes[g] += u64::from(packet.len);
+            log.push((g, packet.pool_buf().unwrap().0));
+            Ok(())
+        });
+        let ratio = bytes[0] as f64 / bytes[1] as f64;
+        assert!((0.7..=1.3).contains(&ratio), "jumbo {} bytes, full-size {} bytes", bytes[0], bytes[1]);
+        // Packet-fair (the budget alone) would have given the jumbo sender six times the bytes.
+        let mut packet_fair = NetScheduler::new(3, 8);
+        let mut fifos2: Vec<TxFifo> = (0..3).map(|_| TxFifo::new(64)).collect();
+        for (g, &size) in sizes.iter().enumerate() {
+            for n in 0..64 {
+                fifos2[g].push(Packet::pooled(BufId(g as u32 * 1000 + n), size)).unwrap();
+            }
+            packet_fair.mark_ready(g);
+        }
+        let (mut bytes2, mut taken2) = ([0u64; 3], 0);
+        packet_fair.serve(&mut fifos2, |g, packet| {
+            if taken2 == 40 {
+                return Err(packet);
+            }
+            taken2 += 1;
+            bytes2[g] += u64::from(packet.len);
+            Ok(())
+        });
+        assert!(bytes2[0] as f64 / bytes2[1] as f64 > 4.0, "{bytes2:?}");
+        // Everything still goes, in order, with nothing lost.
+        while sched.serve(&mut fifos, |g, packet| {
+            log.push((g, packet.pool_buf().unwrap().0));
+            Ok(())
+        }) > 0
+        {}
+        assert_complete_and_ordered(&log, &[64, 64, 64]);
+        assert_eq!(sched.ready_count(), 0);
+    }
+
+    #[test]
+    fn a_frame_larger_than_the_quantum_goes_after_enough_turns() {
+        let mut sched = NetScheduler::new(2, 8).with_byte_quantum(1_000);
+        let mut fifos: Vec<TxFifo> = (0..2).map(|_| TxFifo::new(8)).collect();
+        fifos[0].push(Packet::pooled(BufId(0), 2_500)).unwrap();
+        fifos[1].push(Packet::pooled(BufId(1000), 100)).unwrap();
+        fifos[1].push(Packet::pooled(BufId(1001), 100)).unwrap();
+        sched.mark_ready(0);
+        sched.mark_ready(1);
+        let mut log = Vec::new();
+        sched.serve(&mut fifos, |g, packet| {
+            log.push((g, packet.pool_buf().unwrap().0));
+            Ok(())
+        });
+        assert_eq!(log, [(1, 1000), (1, 1001), (0, 0)], "the big frame after 3 turns' deficit");
+        assert_eq!(sched.ready_count(), 0);
     }
 
     #[test]
