@@ -475,9 +475,22 @@ impl Scheduler {
         let boost = input && self.boost_tokens > 0 && self.boost_tokens >= self.quantum / BOOST_MIN_QUANTUM_FRACTION;
         let Some(entry) = self.guests.get_mut(id) else { return false };
         if entry.state == RunState::Runnable {
-            // Already waiting for the CPU (preempted with work to do): if it is behind the
-            // running guest in virtual time it may run now rather than at the next tick.
+            // Already waiting for the CPU (preempted with work to do, or woken by its own
+            // doing): input boosts it as it would an idle guest; otherwise, if it is behind
+            // the running guest in virtual time, it may run now rather than at its turn.
+            let upgrade = boost && !entry.boosted;
             self.woken_while_running |= current.is_some();
+            if upgrade && self.runnable.remove(id) {
+                if self.queue_boosted(id) {
+                    self.boosted_wakes = self.boosted_wakes.saturating_add(1);
+                    if let Some(entry) = self.guests.get_mut(id) {
+                        entry.boosted = true;
+                    }
+                } else {
+                    let vtime = self.guests.get(id).map_or(0, |e| e.vtime);
+                    self.runnable.set(id, vtime);
+                }
+            }
             return false;
         }
         if !matches!(entry.state, RunState::Idle { .. }) {
@@ -1125,6 +1138,27 @@ mod tests {
     }
 
     #[test]
+    fn input_for_a_guest_already_runnable_boosts_it() {
+        // Woken by its own doing (not boosted) and ahead of the hog in virtual time, it waits;
+        // a frame from outside then lets it run at once.
+        let (mut s, ids) = with_guests(2);
+        let (echo, hog) = (ids[0], ids[1]);
+        assert_eq!(s.schedule(0), Some(echo));
+        s.idle_current(None, 50_000); // it ran long: far ahead of the hog in virtual time
+        assert_eq!(s.schedule(50_000), Some(hog));
+        s.set_clock(50_100);
+        assert!(s.wake(echo));
+        assert!(!s.preempt_current_for_woken(50_100), "ahead in virtual time: it waits its turn");
+        s.set_wake_kind(WakeKind::Input);
+        s.set_clock(50_200);
+        assert!(!s.wake(echo), "already runnable");
+        assert_eq!(s.boosted_wakes(), 1);
+        assert!(s.preempt_current_for_woken(50_200), "boosted: it runs now");
+        assert_eq!(s.schedule(50_200), Some(echo));
+        assert_eq!(s.runnable(), 1);
+    }
+
+    #[test]
     fn a_guest_woken_by_its_own_doing_is_not_boosted() {
         let (mut s, ids) = with_guests(2);
         let (a, hog) = (ids[0], ids[1]);
@@ -1139,10 +1173,6 @@ mod tests {
         s.idle_current(Some(5_000), 200);
         assert_eq!(s.schedule(200), Some(hog));
         assert_eq!(s.wake_expired(5_000), 1, "its deadline: not boosted either");
-        assert_eq!(s.boosted_wakes(), 0);
-        s.set_wake_kind(WakeKind::Input);
-        s.set_clock(5_001);
-        assert!(!s.wake(a), "already runnable");
         assert_eq!(s.boosted_wakes(), 0);
     }
 
