@@ -147,6 +147,14 @@ pub fn boot_failure(log: &str) -> Option<String> {
     if let Some(line) = log.lines().find(|l| l.contains("cannot hold the table of") || l.contains("KERNEL PANIC")) {
         return Some(format!("boot failed: {}", without_time(line)));
     }
+    // A guest stopped (`guest 7 e-7 stopped no_memory_for_page: ...`) will never listen.
+    let stopped = |line: &str| {
+        let words: Vec<&str> = line.splitn(4, ' ').collect();
+        matches!(words.as_slice(), ["guest", id, _name, end] if id.parse::<u64>().is_ok() && end.starts_with("stopped "))
+    };
+    if let Some(line) = log.lines().find(|l| stopped(l)) {
+        return Some(format!("a guest stopped: {}", line.trim()));
+    }
     let creation = Creation::from_log(log)?;
     (creation.refused > 0).then(|| {
         let first = log
@@ -687,6 +695,11 @@ summary: guest 2 e-2: still running; expected running (as expected); cpu 32 ms; 
         assert_eq!(
             boot_failure(refused).as_deref(),
             Some("3 of 10 guests refused, the first: out_of_memory: the kernel heap is low")
+        );
+        let stopped = "[ 0.3] INFO  guest 5 e-5: listening\nguest 7 e-7 stopped no_memory_for_page: no memory\n";
+        assert_eq!(
+            boot_failure(stopped).as_deref(),
+            Some("a guest stopped: guest 7 e-7 stopped no_memory_for_page: no memory")
         );
     }
 
