@@ -34,7 +34,7 @@ impl core::fmt::Display for InitrdError {
             InitrdError::NoGuests => write!(f, "{CONFIG_FILE} names no guests"),
             InitrdError::KernelHeapTooSmall { guests, heap_free } => write!(
                 f,
-                "the kernel heap ({heap_free} bytes free, 1/32 of RAM) cannot hold the table of {guests} guests: give the machine more memory"
+                "the kernel heap ({heap_free} bytes free, grown from all free RAM) cannot hold the table of {guests} guests: give the machine more memory"
             ),
         }
     }
@@ -137,7 +137,9 @@ pub fn boot(
     };
     // Every frame a guest takes comes back when it ends: with the apps' shared pages (kept for
     // the run), this and the final `frames_free` account for all of them.
+    // (The heap may take frames as the guests are created and run: `heap_frames_grown` counts them.)
     log::info!("frames free before the guests: {}", with_frames(|frames| frames.free_frames()));
+    log::info!("heap frames grown before the guests: {}", crate::mm::heap::grown_frames());
     let mut apps: BTreeMap<&str, Result<App, Refusal>> = BTreeMap::new();
     for spec in &specs {
         let id = g.sched.add();
@@ -150,9 +152,10 @@ pub fn boot(
             0 => Ok(None),
             ms => cpu_budget_ticks(ms, tsc_hz).map(Some).ok_or(Refusal::CpuBudgetOutOfRange { ms }),
         };
+        let heap_room = crate::mm::heap::has_room(KERNEL_HEAP_RESERVE);
         let heap_free = crate::mm::heap::usage().1;
         let built = match (app, &budget_ticks) {
-            (Ok(_), _) if heap_free < KERNEL_HEAP_RESERVE => Err(Refusal::KernelHeapLow { free: heap_free }),
+            (Ok(_), _) if !heap_room => Err(Refusal::KernelHeapLow { free: heap_free }),
             (Ok(_), _) if user_state.is_none() => Err(Refusal::NoFpuState),
             (Ok(_), Err(e)) => Err(*e),
             (Ok(app), Ok(_)) => with_frames(|frames| {
