@@ -192,9 +192,9 @@ pub struct VirtioNet {
     pub counters: NicCounters,
     /// Receive interrupts arrive (by MSI-X or a line; else the kernel polls on its timer).
     pub interrupts: bool,
-    /// Transmit completions interrupt (their own MSI-X vector, or the line both queues share);
-    /// else the kernel polls for them on its timer while frames are in flight.
-    tx_interrupts: bool,
+    /// Transmit completions have an interrupt (their own MSI-X vector, or the line both queues
+    /// share); else the kernel polls for them on its timer while someone waits for one.
+    tx_vector: bool,
     /// Bytes of each rx and tx buffer: enough for the largest frame any guest may send or
     /// receive (several pages, contiguous, with jumbo frames).
     buffer_bytes: u64,
@@ -271,7 +271,7 @@ impl VirtioNet {
             tx_interrupts: true,
             counters: NicCounters::default(),
             interrupts: false,
-            tx_interrupts: false,
+            tx_vector: false,
             buffer_bytes: buffer_pages * PAGE,
         };
         let t = &mut nic.transport;
@@ -306,7 +306,7 @@ impl VirtioNet {
         let (tx, tx_vector_taken) = nic.setup_queue(TX_QUEUE, frames, tx_entry)?;
         (nic.rx, nic.tx) = (rx, tx);
         nic.interrupts = rx_vector_taken;
-        nic.tx_interrupts = tx_vector_taken;
+        nic.tx_vector = tx_vector_taken;
         if rx_entry.is_some() && !rx_vector_taken {
             log::warn!("virtio-net refused the interrupt vector for its rx queue; polling only");
         }
@@ -378,10 +378,10 @@ impl VirtioNet {
         self.tx_buffers.len().saturating_sub(self.tx_free.len())
     }
 
-    /// Frames are in flight and their completions raise no interrupt: the kernel must look
-    /// again on its timer.
+    /// Someone waits for a transmit completion (a zero-copy packet in flight, a frame waiting
+    /// for a slot) and completions have no interrupt: the kernel must look again on its timer.
     pub fn completions_unsignalled(&self) -> bool {
-        !self.tx_interrupts && self.tx_in_flight() > 0
+        !self.tx_vector && (self.zero_copy_in_flight > 0 || self.tx_waiting_for_slot)
     }
 
     /// A free packet slot, if the device has room (completions are taken back first).
