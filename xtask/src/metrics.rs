@@ -6,7 +6,10 @@
 //! total, TYPE `counter`; without for a level, TYPE `gauge`); every pair of guest N's
 //! `guest-stats:` line `guest_NAME=V` is `isokernel_per_guest_NAME{guest="N",name="..."}`, a family
 //! of its own, so that summing a per-guest family never double-counts the totals (which also
-//! hold guests that have ended). The lines are read with the ledger's parser ([`crate::ledger`]).
+//! hold guests that have ended). The kernel's own counters of each guest on the same line (CPU
+//! time, wake-ups and their delays, frames sent and held back by its rate limit:
+//! [`KERNEL_PER_GUEST`]) are `isokernel_per_guest_NAME{...}` too. The lines are read with the
+//! ledger's parser ([`crate::ledger`]).
 
 use crate::ledger::{self, Counters};
 use anyhow::{Context, Result};
@@ -37,6 +40,19 @@ const KERNEL_GAUGES: [&str; 7] = [
     "guests_running",
     "guest_private_pages",
     "rx_held_now",
+];
+/// The kernel's own counters of a guest at the head of its `guest-stats:` line (the kernel's
+/// `guest/reports.rs`), and whether each is a level (gauge) rather than a running total.
+pub const KERNEL_PER_GUEST: [(&str, bool); 9] = [
+    ("cpu_weight", true),
+    ("cpu_us", false),
+    ("wakes", false),
+    ("wake_delay_median_us", true),
+    ("wake_delay_p99_us", true),
+    ("wake_delay_max_us", true),
+    ("tx_packets", false),
+    ("tx_bytes", false),
+    ("tx_held_back", false),
 ];
 /// A request head longer than this is refused.
 const MAX_REQUEST_HEAD: u64 = 8 * 1024;
@@ -89,16 +105,16 @@ fn render_counters(totals: &Counters, guests: &BTreeMap<String, Counters>) -> St
     let mut guests: Vec<(u64, &str, &Counters)> =
         guests.iter().filter_map(|(name, c)| Some((*c.get("id")?, name.as_str(), c))).collect();
     guests.sort_unstable();
-    for counter in GuestCounter::ALL {
-        let key = counter.name();
+    let kernel = KERNEL_PER_GUEST.iter().map(|&(key, gauge)| (key, gauge, "The kernel's"));
+    let own = GuestCounter::ALL.iter().map(|c| (c.name(), c.is_gauge(), "Each guest's own"));
+    for (key, gauge, whose) in kernel.chain(own) {
         let series: Vec<_> = guests.iter().filter_map(|(id, name, c)| Some((id, name, c.get(key)?))).collect();
         if series.is_empty() {
             continue;
         }
-        let gauge = counter.is_gauge();
         let metric = family(&format!("{PER_GUEST}{}", key.trim_start_matches("guest_")), gauge);
         let help = format!(
-            "Each guest's own {key} from its guest-stats: line ({}).",
+            "{whose} {key} of each guest, from its guest-stats: line ({}).",
             if gauge { "level" } else { "running total" }
         );
         write_family(&mut out, &metric, gauge, &help);
@@ -249,8 +265,8 @@ mod tests {
     const LOG: &str = "boot...\nstats: uptime_ms=10 frames_free=5 rx_packets=1\n\
         stats: uptime_ms=5000 timer_ticks=500 frames_free=7 guests_running=2 rx_packets=9 guest_app_echoes=6 \
         guest_tcp_open=1\n\
-        guest-stats: id=1 name=echo-1 guest_app_echoes=2 guest_tcp_open=0\n\
-        guest-stats: id=0 name=e\"c\\o-0 guest_app_echoes=4 guest_tcp_open=1\n\
+        guest-stats: id=1 name=echo-1 cpu_us=700 wake_delay_max_us=90 guest_app_echoes=2 guest_tcp_open=0\n\
+        guest-stats: id=0 name=e\"c\\o-0 cpu_us=1200 wake_delay_max_us=40 guest_app_echoes=4 guest_tcp_open=1\n\
         udp-echo listening\n";
 
     #[test]
@@ -267,8 +283,12 @@ mod tests {
         assert_eq!(series["isokernel_per_guest_app_echoes_total{guest=\"0\",name=\"e\\\"c\\\\o-0\"}"], 4.0);
         assert_eq!(series["isokernel_per_guest_app_echoes_total{guest=\"1\",name=\"echo-1\"}"], 2.0);
         assert_eq!(series["isokernel_per_guest_tcp_open{guest=\"1\",name=\"echo-1\"}"], 0.0);
-        // The totals' 7 values and 2 guests x 2 counters; nothing else.
-        assert_eq!(samples.len(), 7 + 4);
+        // The kernel's counters of each guest.
+        assert_eq!(series["isokernel_per_guest_cpu_us_total{guest=\"1\",name=\"echo-1\"}"], 700.0);
+        assert_eq!(series["isokernel_per_guest_wake_delay_max_us{guest=\"1\",name=\"echo-1\"}"], 90.0);
+        assert!(text.contains("# TYPE isokernel_per_guest_wake_delay_max_us gauge\n"));
+        // The totals' 7 values and 2 guests x 4 counters; nothing else.
+        assert_eq!(samples.len(), 7 + 8);
         assert!(text.contains("# TYPE isokernel_frames_free gauge\n"));
         assert!(text.contains("# TYPE isokernel_per_guest_app_echoes_total counter\n"));
         // Guests in id order within a family.
