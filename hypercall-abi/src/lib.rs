@@ -145,16 +145,20 @@ pub mod cmdline {
         Copy,
         /// Zero copy: the guest's page is write-protected and handed to the NIC.
         Cow,
+        /// Zero copy without page protection: the kernel copies the headers it checks and hands
+        /// the NIC that copy chained with the guest's payload in place.
+        Split,
     }
 
     impl TxMode {
-        pub const ALL: [TxMode; 2] = [TxMode::Copy, TxMode::Cow];
+        pub const ALL: [TxMode; 3] = [TxMode::Copy, TxMode::Cow, TxMode::Split];
 
         /// The word on the command line (and in the harness's reports).
         pub const fn name(self) -> &'static str {
             match self {
                 TxMode::Copy => "copy",
                 TxMode::Cow => "cow",
+                TxMode::Split => "split",
             }
         }
 

@@ -10,10 +10,11 @@
 //! Each queue has one fixed buffer per packet, whole pages holding a header and the largest
 //! frame (several pages for jumbo frames; buffers never come from a general allocator on the
 //! packet path).
-//! Every transmit is a two-descriptor chain: the shared all-zero virtio-net header, then the
-//! frame, either copied into the packet's buffer (the copy path, Denali's copy 2) or, on the COW
-//! path, the guest's own write-protected frame by physical address. Receive hands the frame to
-//! a closure and re-posts the buffer.
+//! Every transmit is a chain: the shared all-zero virtio-net header, then the frame, either
+//! copied into the packet's buffer (the copy path, Denali's copy 2) or, on the COW path, the
+//! guest's own write-protected frame by physical address; on the split path the frame is two
+//! descriptors, the kernel's copy of its headers (in the packet's buffer) and the payload in the
+//! guest's slot by physical address. Receive hands the frame to a closure and re-posts the buffer.
 
 use super::pci::PciAddress;
 use super::virtio::{legacy_pci, mmio, modern_pci, InterruptTarget, QueueAddresses, Transport};
@@ -57,8 +58,11 @@ const MAX_BUFFERS: u16 = 128;
 /// only if that queue is short (so a flooding guest cannot fill it ahead of a neighbour's
 /// frame). Measured with `cargo xtask bench isolation` and `bench echo`.
 const TX_IN_FLIGHT_MAX: usize = 16;
-/// Queue entries where the transport lets the driver choose (two per transmitted packet).
+/// Queue entries where the transport lets the driver choose.
 const QUEUE_SIZE: u16 = 2 * MAX_BUFFERS;
+/// Descriptors reserved per packet slot: the virtio-net header and the frame in at most two
+/// pieces (headers and payload, on the split path).
+const DESCS_PER_PACKET: u16 = 3;
 /// Interrupt entries: 0 for the receive queue, 1 for transmit completions (MSI-X; a line
 /// interrupt is entry 0 for both).
 const RX_MSIX_ENTRY: u16 = 0;
@@ -155,9 +159,10 @@ pub struct NicCounters {
     pub notifies: u64,
 }
 
-/// Each transmitted packet is a chain of two descriptors, `2k` (the header, from one shared
-/// zeroed page) and `2k + 1` (the frame: a driver buffer for copied frames, the guest's own
-/// frame for zero-copy ones); `k` indexes the packet slot.
+/// Each transmitted packet is a chain of descriptors `3k` (the header, from one shared zeroed
+/// page), `3k + 1` (the frame: a driver buffer for copied frames, the guest's own frame for
+/// zero-copy ones, the copied headers on the split path) and, on the split path, `3k + 2` (the
+/// payload in the guest's slot); `k` indexes the packet slot.
 pub struct VirtioNet {
     transport: Box<dyn Transport>,
     mac: [u8; 6],
@@ -296,7 +301,7 @@ impl VirtioNet {
         // SAFETY: a fresh frame; the device only ever reads its first `net_header_len` bytes.
         unsafe { core::ptr::write_bytes(phys_to_virt(header_page).as_mut_ptr::<u8>(), 0, PAGE as usize) };
         nic.header_page = header_page;
-        let tx_count = MAX_BUFFERS.min(nic.tx.size / 2);
+        let tx_count = MAX_BUFFERS.min(nic.tx.size / DESCS_PER_PACKET);
         for k in 0..tx_count {
             nic.tx_buffers.push(frames.allocate_contiguous(buffer_pages, 1).ok_or("no memory for tx buffers")?);
             nic.tx_cookies.push(None);
@@ -319,8 +324,8 @@ impl VirtioNet {
     /// Takes back the packet slots the device has sent, handing zero-copy cookies to `done`.
     pub fn reclaim_tx(&mut self, mut done: impl FnMut(TxCookie)) {
         while let Some((id, _)) = self.tx.pop_used() {
-            let k = usize::from(id / 2);
-            if id % 2 != 0 || k >= self.tx_buffers.len() {
+            let k = usize::from(id / DESCS_PER_PACKET);
+            if id % DESCS_PER_PACKET != 0 || k >= self.tx_buffers.len() {
                 continue;
             }
             if let Some(cookie) = self.tx_cookies[k].take() {
@@ -347,11 +352,18 @@ impl VirtioNet {
         slot
     }
 
-    /// Queues the chain header + `len` bytes at physical `data` in packet slot `k`.
-    fn queue_chain(&mut self, k: u16, data: u64, len: u32) {
-        let header = 2 * k;
+    /// Queues the chain header + `len` bytes at physical `data` (+ `rest`, a second piece) in
+    /// packet slot `k`.
+    fn queue_chain(&mut self, k: u16, data: u64, len: u32, rest: Option<(u64, u32)>) {
+        let header = DESCS_PER_PACKET * k;
         self.tx.write_desc(header, self.header_page, self.net_header_len as u32, DESC_F_NEXT, header + 1);
-        self.tx.write_desc(header + 1, data, len, 0, 0);
+        match rest {
+            None => self.tx.write_desc(header + 1, data, len, 0, 0),
+            Some((rest, rest_len)) => {
+                self.tx.write_desc(header + 1, data, len, DESC_F_NEXT, header + 2);
+                self.tx.write_desc(header + 2, rest, rest_len, 0, 0);
+            }
+        }
         self.tx.push_avail(header);
         self.tx_unnotified = true;
         self.counters.tx_frames += 1;
@@ -368,7 +380,7 @@ impl VirtioNet {
         // SAFETY: the buffer is this driver's run for slot `k`, not in flight (the slot was
         // free); the frame fits in it (checked above).
         unsafe { core::ptr::copy_nonoverlapping(frame.as_ptr(), phys_to_virt(buffer).as_mut_ptr::<u8>(), frame.len()) };
-        self.queue_chain(k, buffer, frame.len() as u32);
+        self.queue_chain(k, buffer, frame.len() as u32, None);
         Ok(())
     }
 
@@ -383,7 +395,34 @@ impl VirtioNet {
     ) -> Result<(), TxCookie> {
         let Some(k) = self.free_slot(done) else { return Err(cookie) };
         self.tx_cookies[usize::from(k)] = Some(cookie);
-        self.queue_chain(k, data, len);
+        self.queue_chain(k, data, len, None);
+        Ok(())
+    }
+
+    /// Queues a frame in two pieces: `headers`, copied into a driver buffer, then `len` bytes
+    /// at physical address `payload`, not copied. The caller keeps that memory allocated until
+    /// `cookie` comes back through a `done` closure (its bytes may change meanwhile: they are
+    /// the sender's own payload).
+    pub fn transmit_split(
+        &mut self,
+        headers: &[u8],
+        payload: u64,
+        len: u32,
+        cookie: TxCookie,
+        done: impl FnMut(TxCookie),
+    ) -> Result<(), TransmitError> {
+        if headers.len() as u64 > self.buffer_bytes {
+            return Err(TransmitError::TooLong);
+        }
+        let k = self.free_slot(done).ok_or(TransmitError::QueueFull)?;
+        let buffer = self.tx_buffers[usize::from(k)];
+        // SAFETY: the buffer is this driver's run for slot `k`, not in flight (the slot was
+        // free); the headers fit in it (checked above).
+        unsafe {
+            core::ptr::copy_nonoverlapping(headers.as_ptr(), phys_to_virt(buffer).as_mut_ptr::<u8>(), headers.len())
+        };
+        self.tx_cookies[usize::from(k)] = Some(cookie);
+        self.queue_chain(k, buffer, headers.len() as u32, Some((payload, len)));
         Ok(())
     }
 

@@ -67,7 +67,7 @@ impl NetCtx<'_> {
             // No flush: a stale read-only TLB entry costs at most a spurious fault.
             Release::RestoreWrite { slot } => nic.set_slot_writable(slot, true),
             Release::FreeFrame(base) => free_run(base, nic.slot_pages),
-            Release::StillInFlight | Release::Unknown => {}
+            Release::StillInFlight | Release::Idle | Release::Unknown => {}
         }
         shared.tx_consumer.0.store(nic.ring.consumer(), Ordering::Release);
         shared.virq.0.fetch_or(VirtualInterrupts::TX_DONE, Ordering::AcqRel);

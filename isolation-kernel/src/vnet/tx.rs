@@ -13,7 +13,8 @@ use hypercall_abi::vnic::{DescStatus, VnicShared, TX_RING_SIZE};
 use kernel_core::boot::cmdline::TxMode;
 use kernel_core::guest::sched::GuestId;
 use kernel_core::vnet::cow::{Protect, Release};
-use kernel_core::vnet::{ring, validate_tx, GuestFrameRef, Packet, PacketData, Route, Source, Wait};
+use kernel_core::vnet::split::{split_point, Split, HEADER_PREFIX};
+use kernel_core::vnet::{ring, validate_tx, GuestFrameRef, Packet, PacketData, Route, Source, SplitFrame, Wait};
 
 impl NetCtx<'_> {
     /// The doorbell of guest `id`: takes what its tx ring holds, then runs the network
@@ -25,7 +26,8 @@ impl NetCtx<'_> {
     }
 
     /// Validates the guest's pending tx descriptors and queues their frames in its FIFO: copied
-    /// into a pool buffer (copy path, copy 1), or left in the write-protected slot (COW path).
+    /// into a pool buffer (copy path, copy 1), left in the write-protected slot (COW path), or
+    /// headers copied and payload left in the slot (split path).
     fn pull_tx(&mut self, id: GuestId) -> u64 {
         let Some(nic) = self.nics.get_mut(id).and_then(Option::as_mut) else { return 0 };
         let name = self.guests.get(id).map_or("?", |g| g.name.as_str()); // for the one log line per misbehaving guest
@@ -99,28 +101,89 @@ impl NetCtx<'_> {
                     // refuses this packet after all, that take finds the FIFO full and it waits on).
                     backlog.sent_from(src);
                     let len = u64::from(packet.len);
-                    let (frame, guest_frame) = match packet.data {
+                    // `frame` is what the vswitch routes on: the whole frame, or for a split one
+                    // the kernel's copy of its headers (all the vswitch reads).
+                    let (frame, guest_frame, split) = match packet.data {
                         PacketData::Pool(buf) => {
                             let Some(&base) = pool_frames.get(buf.0 as usize) else {
                                 return Ok(()); // not a pool buffer: cannot happen
                             };
-                            (run_bytes(base, *pool_buffer_bytes, 0, len), None)
+                            (run_bytes(base, *pool_buffer_bytes, 0, len), None, None)
                         }
                         PacketData::GuestFrame(r) => {
                             let Some(Some(owner)) = nics.get(src) else {
                                 finished.push((TxCookie { guest: src, frame: r }, DescStatus::Done)); // its guest has ended
                                 return Ok(());
                             };
-                            (run_bytes(r.frame, owner.slot_size, u64::from(r.offset), len), Some(r))
+                            (run_bytes(r.frame, owner.slot_size, u64::from(r.offset), len), Some(r), None)
+                        }
+                        PacketData::Split(s) => {
+                            let owner = nics.get(src).and_then(Option::as_ref);
+                            let (Some(owner), Some(&base)) = (owner, pool_frames.get(s.header.0 as usize)) else {
+                                let _ = pool.release(s.header);
+                                finished.push((TxCookie { guest: src, frame: s.guest }, DescStatus::Done)); // its guest has ended
+                                return Ok(());
+                            };
+                            let headers = run_bytes(base, *pool_buffer_bytes, 0, u64::from(s.header_len));
+                            (headers, None, Some((s, base, owner.slot_size)))
                         }
                     };
                     match vswitch.route(frame, Source::Guest(src)) {
                         Route::Guest(dst) => {
+                            // A split frame to another guest is made whole in its header buffer
+                            // first (the payload copied now): delivery copies it once more.
+                            let frame = match split {
+                                None => frame,
+                                Some((s, base, slot_size)) => {
+                                    let header = u64::from(s.header_len);
+                                    let payload = run_bytes(
+                                        s.guest.frame,
+                                        slot_size,
+                                        u64::from(s.guest.offset).saturating_add(header),
+                                        len.saturating_sub(header),
+                                    );
+                                    copy_into_run(base, *pool_buffer_bytes, header, payload);
+                                    counters.tx_copies = counters.tx_copies.saturating_add(1);
+                                    counters.tx_bytes_copied =
+                                        counters.tx_bytes_copied.saturating_add(payload.len() as u64);
+                                    run_bytes(base, *pool_buffer_bytes, 0, len)
+                                }
+                            };
                             let mut pool = PoolMemory { pool, frames: pool_frames, buffer_bytes: *pool_buffer_bytes };
                             deliver(nics, guests, sched, counters, &mut pool, dst, frame);
                         }
-                        Route::Uplink => match (nic.as_mut(), guest_frame) {
-                            (Some(nic), None) => {
+                        Route::Uplink => match (nic.as_mut(), guest_frame, split) {
+                            (Some(nic), None, Some((s, _, _))) => {
+                                // The NIC reads the headers from the kernel's copy (copied again
+                                // into its buffer, freeing the pool buffer now) and the payload
+                                // from the guest's slot, one contiguous run (`back_slot`).
+                                let header = u64::from(s.header_len);
+                                let payload = s.guest.frame.wrapping_add(u64::from(s.guest.offset)).wrapping_add(header);
+                                let handed = stamps.now();
+                                let queued = nic.transmit_split(
+                                    frame,
+                                    payload,
+                                    packet.len.saturating_sub(u32::from(s.header_len)),
+                                    TxCookie { guest: src, frame: s.guest },
+                                    |cookie| finished.push((cookie, DescStatus::Done)),
+                                );
+                                match queued {
+                                    Ok(()) => {}
+                                    Err(TransmitError::QueueFull) => return Err(packet),
+                                    Err(TransmitError::TooLong) => {
+                                        // Headers of at most HEADER_PREFIX bytes: cannot happen.
+                                        counters.drops_oversize = counters.drops_oversize.saturating_add(1);
+                                        let _ = pool.release(s.header);
+                                        finished.push((TxCookie { guest: src, frame: s.guest }, DescStatus::Done));
+                                        return Ok(());
+                                    }
+                                }
+                                let _ = pool.release(s.header);
+                                counters.split_header_bytes = counters.split_header_bytes.saturating_add(header);
+                                PendingNotify::record(pending_notify, &packet, handed, stamps.now());
+                                return Ok(()); // completes when the NIC is done with the payload
+                            }
+                            (Some(nic), None, None) => {
                                 let handed = stamps.now();
                                 match nic.transmit(frame, |cookie| finished.push((cookie, DescStatus::Done))) {
                                     Ok(()) => {}
@@ -138,7 +201,7 @@ impl NetCtx<'_> {
                                 counters.tx_copies = counters.tx_copies.saturating_add(1); // copy 2, into the NIC's DMA buffer
                                 counters.tx_bytes_copied = counters.tx_bytes_copied.saturating_add(len);
                             }
-                            (Some(nic), Some(r)) => {
+                            (Some(nic), Some(r), _) => {
                                 let data = r.frame.wrapping_add(u64::from(r.offset)); // inside the slot's run
                                 let handed = stamps.now();
                                 let queued = nic.transmit_zero_copy(
@@ -153,13 +216,17 @@ impl NetCtx<'_> {
                                 PendingNotify::record(pending_notify, &packet, handed, stamps.now());
                                 return Ok(()); // completes when the NIC is done with the page
                             }
-                            (None, _) => counters.drops_unknown_mac = counters.drops_unknown_mac.saturating_add(1),
+                            (None, _, _) => counters.drops_unknown_mac = counters.drops_unknown_mac.saturating_add(1),
                         },
                         Route::Drop(reason) => count_drop(counters, reason),
                     }
                     match (packet.data, guest_frame) {
                         (PacketData::Pool(buf), _) => {
                             let _ = pool.release(buf);
+                        }
+                        (PacketData::Split(s), _) => {
+                            let _ = pool.release(s.header);
+                            finished.push((TxCookie { guest: src, frame: s.guest }, DescStatus::Done));
                         }
                         (_, Some(r)) => finished.push((TxCookie { guest: src, frame: r }, DescStatus::Done)),
                         _ => {}
@@ -348,6 +415,60 @@ fn take_tx(net: &mut Network, nic: &mut GuestNic, id: GuestId, name: &str, share
                     nic.set_slot_writable(slot, true);
                 }
             }
+        }
+        TxMode::Split => {
+            let Some(buf) = net.pool.alloc() else { return Taken::Backlogged(Wait::Buffer) };
+            let Some(&kernel_copy) = net.pool_frames.get(buf.0 as usize) else {
+                let _ = net.pool.release(buf);
+                return Taken::Backlogged(Wait::Buffer);
+            };
+            let Some(index) = nic.ring.take() else {
+                let _ = net.pool.release(buf);
+                return Taken::Backlogged(Wait::Buffer);
+            };
+            // Only the front of the frame is copied, once: every header the kernel reads (the
+            // whole of a short frame). What is checked, and where the frame splits, come from
+            // this copy alone; the guest's slot is never read again but by the NIC (payload).
+            let prefix = frame.len.min(HEADER_PREFIX as u64);
+            copy_into_run(kernel_copy, net.pool_buffer_bytes, 0, run_bytes(page, nic.slot_size, frame.offset, prefix));
+            let headers = run_bytes(kernel_copy, net.pool_buffer_bytes, 0, prefix);
+            if !net.vswitch.source_is(id, headers) {
+                let _ = net.pool.release(buf);
+                net.counters.drops_spoof = net.counters.drops_spoof.saturating_add(1);
+                desc.status.store(DescStatus::RejectedSpoofedSource as u32, Ordering::Relaxed);
+                nic.ring.complete(index);
+                return Taken::Yes;
+            }
+            let stamp = net.start_tx_record(page, nic.slot_size);
+            match split_point(headers, frame.len) {
+                // Held: the slot's frames outlive the guest while the NIC may read them.
+                Split::At { header } if nic.cow.hold(slot) => {
+                    let guest = GuestFrameRef { frame: page, offset: frame_offset, slot: slot as u16, ring_index: index };
+                    // `header <= HEADER_PREFIX` (134): fits a u16.
+                    let data = SplitFrame { guest, header: buf, header_len: header as u16 };
+                    net.queue(id, Packet { data: PacketData::Split(data), len: frame_len, stamp });
+                    net.counters.split_frames = net.counters.split_frames.saturating_add(1);
+                    net.counters.split_header_bytes = net.counters.split_header_bytes.saturating_add(prefix);
+                    // The descriptor completes when the NIC is done with the payload.
+                }
+                split => {
+                    // Copied whole (a short frame; or, should holding fail, the rest copied
+                    // now): from here on the copy path's packet, completed at once.
+                    if split != Split::Whole {
+                        let rest = run_bytes(page, nic.slot_size, frame.offset.saturating_add(prefix), frame.len.saturating_sub(prefix));
+                        copy_into_run(kernel_copy, net.pool_buffer_bytes, prefix, rest);
+                    }
+                    net.queue(id, Packet { stamp, ..Packet::pooled(buf, frame_len) });
+                    net.counters.tx_copies = net.counters.tx_copies.saturating_add(1);
+                    net.counters.tx_bytes_copied = net.counters.tx_bytes_copied.saturating_add(frame.len);
+                    desc.status.store(DescStatus::Done as u32, Ordering::Relaxed);
+                    nic.ring.complete(index);
+                }
+            }
+            net.sched.mark_ready(id);
+            nic.tx.sent(frame.len);
+            net.counters.tx_packets = net.counters.tx_packets.saturating_add(1);
+            net.counters.tx_bytes = net.counters.tx_bytes.saturating_add(frame.len);
         }
     }
     Taken::Yes

@@ -206,7 +206,7 @@ pub fn parse(cmdline: &str) -> Result<KernelArgs, CmdlineError<'_>> {
             }
             keys::TX => {
                 args.tx_mode =
-                    TxMode::from_name(value).ok_or(CmdlineError::BadValue { key, value, expected: "copy or cow" })?;
+                    TxMode::from_name(value).ok_or(CmdlineError::BadValue { key, value, expected: "copy, cow or split" })?;
             }
             keys::STAMPS => {
                 args.stamps = match value {
@@ -271,6 +271,7 @@ mod tests {
         assert_eq!(parse("test_fault=invalid_opcode").unwrap().test_fault, Some(TestFault::InvalidOpcode));
         assert_eq!(parse("test_fault=panic").unwrap().test_fault, Some(TestFault::Panic));
         assert_eq!(parse("tx=cow").unwrap().tx_mode, TxMode::Cow);
+        assert_eq!(parse("tx=split").unwrap().tx_mode, TxMode::Split);
         assert_eq!(parse("").unwrap().tx_mode, TxMode::Copy);
         assert!(parse("stamps=on").unwrap().stamps);
         assert!(!parse("").unwrap().stamps);

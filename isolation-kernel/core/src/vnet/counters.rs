@@ -57,11 +57,16 @@ pub struct NetCounters {
     pub rx_held: u64,
     pub rx_held_now: u64,
     pub drops_held_guest_ended: u64,
+    /// Split path: frames taken with their payload left in the guest's slot (the others, no
+    /// longer than their header copy, go whole as on the copy path), and the header bytes
+    /// copied for them (at the doorbell, and into the NIC's buffer).
+    pub split_frames: u64,
+    pub split_header_bytes: u64,
 }
 
 impl NetCounters {
     /// The counters as `(name, value)` pairs, in the order they are printed.
-    pub fn pairs(&self) -> [(&'static str, u64); 27] {
+    pub fn pairs(&self) -> [(&'static str, u64); 29] {
         [
             ("tx_packets", self.tx_packets),
             ("tx_bytes", self.tx_bytes),
@@ -90,6 +95,8 @@ impl NetCounters {
             ("rx_held", self.rx_held),
             ("rx_held_now", self.rx_held_now),
             ("drops_held_guest_ended", self.drops_held_guest_ended),
+            ("split_frames", self.split_frames),
+            ("split_header_bytes", self.split_header_bytes),
         ]
     }
 }
@@ -132,6 +139,8 @@ mod tests {
             rx_held: 25,
             rx_held_now: 26,
             drops_held_guest_ended: 27,
+            split_frames: 28,
+            split_header_bytes: 29,
         };
         let pairs = counters.pairs();
         assert_eq!(pairs.len(), FIELDS, "every counter is printed");

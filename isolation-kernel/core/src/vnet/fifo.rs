@@ -12,6 +12,19 @@ pub enum PacketData {
     Pool(BufId),
     /// Still in the guest's write-protected tx slot (the COW path).
     GuestFrame(GuestFrameRef),
+    /// Split in two (the split path): the headers copied into a kernel buffer, the payload
+    /// still in the guest's (unprotected) tx slot.
+    Split(SplitFrame),
+}
+
+/// A frame on the split path: its first `header_len` bytes copied into the start of pool
+/// buffer `header` (what the kernel checked and sends), the rest read in place from the guest's
+/// slot (`guest` locates the frame's first byte, as for the COW path).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SplitFrame {
+    pub guest: GuestFrameRef,
+    pub header: BufId,
+    pub header_len: u16,
 }
 
 /// A frame left in a guest's page: physical frame, offset of the frame in it, the tx slot and
@@ -42,10 +55,10 @@ impl Packet {
         Packet { data: PacketData::Pool(buf), len, stamp: NO_STAMP }
     }
 
-    /// The pool buffer, for a copied frame.
+    /// The pool buffer, for a copied frame (the whole frame) or a split one (its headers).
     pub fn pool_buf(&self) -> Option<BufId> {
         match self.data {
-            PacketData::Pool(buf) => Some(buf),
+            PacketData::Pool(buf) | PacketData::Split(SplitFrame { header: buf, .. }) => Some(buf),
             PacketData::GuestFrame(_) => None,
         }
     }
