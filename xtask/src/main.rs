@@ -25,6 +25,7 @@ mod sweep;
 mod tapnet;
 mod tcpload;
 mod tests;
+mod txpaths;
 mod udp;
 mod vmm;
 
@@ -236,6 +237,14 @@ enum BenchCmd {
         /// Datagrams per size and transmit path (default: 10,100; 30 with --quick).
         #[arg(long)]
         packets: Option<usize>,
+        /// Only the transmit paths side by side, 64 to 9014-byte frames: instructions per packet
+        /// and the model with literature costs (txpaths.json; TCG). The full run (not --quick)
+        /// ends with it too.
+        #[arg(long)]
+        tx_paths: bool,
+        /// With --tx-paths: these frame lengths (comma-separated) instead of 64 to 9014.
+        #[arg(long, value_delimiter = ',')]
+        frames: Vec<usize>,
     },
     /// Time from QEMU's start to the first UDP echo of the default image, on pc (legacy and
     /// modern virtio-pci) and microvm (virtio-mmio): boot.json.
@@ -425,9 +434,17 @@ fn real_main() -> Result<()> {
             };
             density::bench(&plan).map(|_| ())
         }
-        Cmd::Bench { which: BenchCmd::Dispatch { quick, accel, packets } } => {
+        Cmd::Bench { which: BenchCmd::Dispatch { quick, accel, packets, tx_paths, frames } } => {
             let (default, sizes) = if quick { (30, &dispatch::SIZES[..]) } else { (10_100, &dispatch::FULL_SIZES[..]) };
-            dispatch::run(packets.unwrap_or(default), sizes, qemu::resolve_accel(accel)?, true).map(|_| ())
+            let accel = qemu::resolve_accel(accel)?;
+            if !tx_paths {
+                dispatch::run(packets.unwrap_or(default), sizes, accel, true)?;
+            }
+            if tx_paths || (!quick && accel == qemu::Accel::Tcg) {
+                let frames = if frames.is_empty() { &txpaths::FRAME_SIZES[..] } else { &frames[..] };
+                txpaths::run(&pack::Artifacts::build()?, frames)?;
+            }
+            Ok(())
         }
         Cmd::Bench { which: BenchCmd::Baseline { quick } } => {
             baseline::run_baseline(if quick { bench::QUICK } else { bench::FULL }).map(|_| ())
