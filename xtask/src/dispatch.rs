@@ -683,7 +683,8 @@ mod tests {
         for text in ["1400 B cow", "instructions per packet", "rx stage", "tx stage"] {
             assert!(texts.iter().any(|t| t == text), "{text} missing: {texts:?}");
         }
-        // Each stage's colour: its bars (8 cells) and its legend swatch, per panel it is in.
+        // Each stage's colour: its bars (a cell per size and path) and its legend swatch, per
+        // panel it is in.
         let mut seen = Vec::new();
         for name in RX_STAGES.iter().chain(&TX_STAGES) {
             if seen.contains(name) {
@@ -693,7 +694,7 @@ mod tests {
             let c = PALETTE[seen.len()];
             seen.push(*name);
             let fill = format!("fill=\"#{:02X}{:02X}{:02X}\"", c.0, c.1, c.2);
-            assert_eq!(svg.matches(&fill).count(), panels * (2 * SIZES.len() + 1), "{name}");
+            assert_eq!(svg.matches(&fill).count(), panels * (TxMode::ALL.len() * SIZES.len() + 1), "{name}");
         }
     }
 }

@@ -201,7 +201,9 @@ fn tx_mode_parser() -> impl clap::builder::TypedValueParser<Value = TxMode> {
     let help = |mode| match mode {
         TxMode::Copy => "Denali's path: the kernel copies each packet into its FIFO, the driver into the NIC buffer",
         TxMode::Cow => "Zero copy: the guest's tx page is write-protected and handed to the NIC",
-        TxMode::Split => "Zero copy without protection: the kernel copies the headers, the NIC reads the payload in place",
+        TxMode::Split => {
+            "Zero copy without protection: the kernel copies the headers, the NIC reads the payload in place"
+        }
     };
     PossibleValuesParser::new(TxMode::ALL.map(|mode| PossibleValue::new(mode.name()).help(help(mode))))
         .try_map(|name| TxMode::from_name(&name).ok_or("not a transmit path"))
@@ -218,7 +220,8 @@ pub mod tx_mode_name {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<TxMode, D::Error> {
         let name = String::deserialize(deserializer)?;
-        TxMode::from_name(&name).ok_or_else(|| D::Error::custom(format!("unknown transmit path `{name}`: copy, cow or split")))
+        TxMode::from_name(&name)
+            .ok_or_else(|| D::Error::custom(format!("unknown transmit path `{name}`: copy, cow or split")))
     }
 }
 
@@ -442,7 +445,7 @@ fn real_main() -> Result<()> {
             }
             if tx_paths || (!quick && accel == qemu::Accel::Tcg) {
                 let frames = if frames.is_empty() { &txpaths::FRAME_SIZES[..] } else { &frames[..] };
-                txpaths::run(&pack::Artifacts::build()?, frames)?;
+                txpaths::run(frames)?;
             }
             Ok(())
         }

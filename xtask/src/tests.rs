@@ -716,7 +716,9 @@ fn check_tx_path(
                 Traffic::NicOnly => copied <= 2 * bytes && (split == 0 || copied < 2 * bytes),
                 Traffic::GuestOnly | Traffic::Mixed => copied <= 2 * bytes,
             };
-            check(outcome, ok, || format!("{traffic:?} traffic: tx_bytes_copied {copied} for tx_bytes {bytes}: {stats:?}"))
+            check(outcome, ok, || {
+                format!("{traffic:?} traffic: tx_bytes_copied {copied} for tx_bytes {bytes}: {stats:?}")
+            })
         }
     }
 }

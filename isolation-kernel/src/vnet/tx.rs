@@ -13,7 +13,7 @@ use hypercall_abi::vnic::{DescStatus, VnicShared, TX_RING_SIZE};
 use kernel_core::boot::cmdline::TxMode;
 use kernel_core::guest::sched::GuestId;
 use kernel_core::vnet::cow::{Protect, Release};
-use kernel_core::vnet::split::{split_point, Split, HEADER_PREFIX};
+use kernel_core::vnet::split::{split_point, Split, COPY_WHOLE_MAX, HEADER_PREFIX};
 use kernel_core::vnet::{ring, validate_tx, GuestFrameRef, Packet, PacketData, Route, Source, SplitFrame, Wait};
 
 impl NetCtx<'_> {
@@ -158,7 +158,8 @@ impl NetCtx<'_> {
                                 // into its buffer, freeing the pool buffer now) and the payload
                                 // from the guest's slot, one contiguous run (`back_slot`).
                                 let header = u64::from(s.header_len);
-                                let payload = s.guest.frame.wrapping_add(u64::from(s.guest.offset)).wrapping_add(header);
+                                let payload =
+                                    s.guest.frame.wrapping_add(u64::from(s.guest.offset)).wrapping_add(header);
                                 let handed = stamps.now();
                                 let queued = nic.transmit_split(
                                     frame,
@@ -356,8 +357,16 @@ fn take_tx(net: &mut Network, nic: &mut GuestNic, id: GuestId, name: &str, share
     }
     // `frame.len <= max_frame <= 9014` and `frame.offset < slot_size`, so both fit a u32.
     let (frame_len, frame_offset) = (frame.len as u32, frame.offset as u32);
+    // The split path sends short frames as the copy path does: below COPY_WHOLE_MAX bytes two
+    // copies cost less than its header copy, chain and deferred completion (`bench dispatch
+    // --tx-paths`).
+    let copy_whole = match net.mode {
+        TxMode::Copy => true,
+        TxMode::Split => frame.len <= COPY_WHOLE_MAX,
+        TxMode::Cow => false,
+    };
     match net.mode {
-        TxMode::Copy => {
+        _ if copy_whole => {
             let Some(buf) = net.pool.alloc() else { return Taken::Backlogged(Wait::Buffer) };
             let Some(&kernel_copy) = net.pool_frames.get(buf.0 as usize) else {
                 let _ = net.pool.release(buf);
@@ -416,7 +425,8 @@ fn take_tx(net: &mut Network, nic: &mut GuestNic, id: GuestId, name: &str, share
                 }
             }
         }
-        TxMode::Split => {
+        // The split path (under copy every frame was copied whole above).
+        TxMode::Split | TxMode::Copy => {
             let Some(buf) = net.pool.alloc() else { return Taken::Backlogged(Wait::Buffer) };
             let Some(&kernel_copy) = net.pool_frames.get(buf.0 as usize) else {
                 let _ = net.pool.release(buf);
@@ -443,7 +453,8 @@ fn take_tx(net: &mut Network, nic: &mut GuestNic, id: GuestId, name: &str, share
             match split_point(headers, frame.len) {
                 // Held: the slot's frames outlive the guest while the NIC may read them.
                 Split::At { header } if nic.cow.hold(slot) => {
-                    let guest = GuestFrameRef { frame: page, offset: frame_offset, slot: slot as u16, ring_index: index };
+                    let guest =
+                        GuestFrameRef { frame: page, offset: frame_offset, slot: slot as u16, ring_index: index };
                     // `header <= HEADER_PREFIX` (134): fits a u16.
                     let data = SplitFrame { guest, header: buf, header_len: header as u16 };
                     net.queue(id, Packet { data: PacketData::Split(data), len: frame_len, stamp });
@@ -452,10 +463,16 @@ fn take_tx(net: &mut Network, nic: &mut GuestNic, id: GuestId, name: &str, share
                     // The descriptor completes when the NIC is done with the payload.
                 }
                 split => {
-                    // Copied whole (a short frame; or, should holding fail, the rest copied
-                    // now): from here on the copy path's packet, completed at once.
+                    // Copied whole (a frame no longer than its header copy; or, should holding
+                    // fail, the rest copied now): from here on the copy path's packet,
+                    // completed at once.
                     if split != Split::Whole {
-                        let rest = run_bytes(page, nic.slot_size, frame.offset.saturating_add(prefix), frame.len.saturating_sub(prefix));
+                        let rest = run_bytes(
+                            page,
+                            nic.slot_size,
+                            frame.offset.saturating_add(prefix),
+                            frame.len.saturating_sub(prefix),
+                        );
                         copy_into_run(kernel_copy, net.pool_buffer_bytes, prefix, rest);
                     }
                     net.queue(id, Packet { stamp, ..Packet::pooled(buf, frame_len) });

@@ -81,7 +81,7 @@ impl Default for KernelArgs {
             log_level: LevelFilter::Info,
             shutdown_after_secs: None,
             test_fault: None,
-            tx_mode: TxMode::Copy,
+            tx_mode: TxMode::Split,
             stamps: false,
             stats_per_guest: false,
             fpu: FpuPolicy::Fault,
@@ -205,8 +205,11 @@ pub fn parse(cmdline: &str) -> Result<KernelArgs, CmdlineError<'_>> {
                 });
             }
             keys::TX => {
-                args.tx_mode =
-                    TxMode::from_name(value).ok_or(CmdlineError::BadValue { key, value, expected: "copy, cow or split" })?;
+                args.tx_mode = TxMode::from_name(value).ok_or(CmdlineError::BadValue {
+                    key,
+                    value,
+                    expected: "copy, cow or split",
+                })?;
             }
             keys::STAMPS => {
                 args.stamps = match value {
@@ -272,7 +275,8 @@ mod tests {
         assert_eq!(parse("test_fault=panic").unwrap().test_fault, Some(TestFault::Panic));
         assert_eq!(parse("tx=cow").unwrap().tx_mode, TxMode::Cow);
         assert_eq!(parse("tx=split").unwrap().tx_mode, TxMode::Split);
-        assert_eq!(parse("").unwrap().tx_mode, TxMode::Copy);
+        assert_eq!(parse("").unwrap().tx_mode, TxMode::Split);
+        assert_eq!(parse("").unwrap().tx_mode, TxMode::default());
         assert!(parse("stamps=on").unwrap().stamps);
         assert!(!parse("").unwrap().stamps);
         assert!(parse("stamps=yes").is_err());
