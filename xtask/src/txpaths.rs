@@ -255,6 +255,6 @@ mod tests {
         assert_eq!(model(1000.0, 1.0, 2.0, 0.0, costs), 2200.0);
         assert_eq!(model(1000.0, 0.0, 0.0, 1400.0, costs), 1140.0);
         // A 1400-byte copy at the literature's cost is cheaper than one warm invlpg.
-        assert!(1400.0 * LITERATURE.copy_per_byte < LITERATURE.invlpg);
+        const { assert!(1400.0 * LITERATURE.copy_per_byte < LITERATURE.invlpg) };
     }
 }
