@@ -132,6 +132,11 @@ pub struct VnicShared {
     /// Written by the kernel: frames for this guest that found no posted rx buffer (held for
     /// it, or dropped). A guest that posts only a few buffers posts more when this moves.
     pub rx_wanted: CacheLine<AtomicU32>,
+    /// Written by the guest: non-zero while it waits for a tx descriptor to complete. A
+    /// zero-copy completion (COW, split: when the NIC is done) wakes the guest only then, or
+    /// when its ring was full; otherwise the guest sees the completion in `tx_consumer` when it
+    /// next runs, and an echo costs no second wake-up.
+    pub tx_done_wanted: CacheLine<AtomicU32>,
 }
 
 /// A counter a guest keeps about its own receive path and apps, published in its shared page
@@ -372,6 +377,7 @@ pub const GUEST_COUNTERS_OFFSET: usize = 448;
 pub const TX_RING_OFFSET: usize = 1024;
 pub const RX_RING_OFFSET: usize = 2048;
 pub const RX_WANTED_OFFSET: usize = 2560;
+pub const TX_DONE_WANTED_OFFSET: usize = 2624;
 
 const _: () = {
     assert!(core::mem::offset_of!(VnicShared, tx_producer) == TX_PRODUCER_OFFSET);
@@ -389,6 +395,7 @@ const _: () = {
     assert!(core::mem::offset_of!(VnicShared, tx) == TX_RING_OFFSET);
     assert!(core::mem::offset_of!(VnicShared, rx) == RX_RING_OFFSET);
     assert!(core::mem::offset_of!(VnicShared, rx_wanted) == RX_WANTED_OFFSET);
+    assert!(core::mem::offset_of!(VnicShared, tx_done_wanted) == TX_DONE_WANTED_OFFSET);
     assert!(core::mem::size_of::<Desc>() == 16);
     assert!(core::mem::size_of::<VnicShared>() as u64 <= PAGE_SIZE);
     assert!(TX_RING_SIZE.is_power_of_two() && RX_RING_SIZE.is_power_of_two());
