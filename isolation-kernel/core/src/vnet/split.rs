@@ -16,10 +16,10 @@ pub const HEADER_PREFIX: usize = 14 + 60 + 60;
 /// Frames up to this many bytes go out on the split path as on the copy path (copied into a
 /// kernel buffer, completed at once, copied again into the NIC's buffer): for them two copies
 /// cost less than the header copy, the three-piece chain and the completion deferred until the
-/// NIC is done (~430 instructions). Measured by `cargo xtask bench dispatch --tx-paths` (TCG
-/// instructions plus the literature's 0.093 cycles per byte copied): the copy path costs
-/// ~1,480 + 0.44 per frame byte, the split path ~1,930 whatever the size; they meet near 1 KiB.
-pub const COPY_WHOLE_MAX: u64 = 1024;
+/// NIC is done. Measured by `cargo xtask bench dispatch --tx-paths` (TCG instructions, plus the
+/// literature's 0.093 cycles per byte copied): the copy path costs ~1,490 + 0.435 per frame
+/// byte, the split path ~1,846 whatever the size; they meet near 816 bytes.
+pub const COPY_WHOLE_MAX: u64 = 832;
 // A frame the split path splits is longer than its header copy.
 const _: () = assert!(COPY_WHOLE_MAX >= HEADER_PREFIX as u64);
 
