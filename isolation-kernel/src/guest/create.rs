@@ -149,10 +149,10 @@ pub fn boot(
             0 => Ok(None),
             ms => cpu_budget_ticks(ms, tsc_hz).map(Some).ok_or(Refusal::CpuBudgetOutOfRange { ms }),
         };
-        crate::mm::heap::top_up();
+        let heap_room = crate::mm::heap::has_room(KERNEL_HEAP_RESERVE);
         let heap_free = crate::mm::heap::usage().1;
         let built = match (app, &budget_ticks) {
-            (Ok(_), _) if heap_free < KERNEL_HEAP_RESERVE => Err(Refusal::KernelHeapLow { free: heap_free }),
+            (Ok(_), _) if !heap_room => Err(Refusal::KernelHeapLow { free: heap_free }),
             (Ok(_), _) if user_state.is_none() => Err(Refusal::NoFpuState),
             (Ok(_), Err(e)) => Err(*e),
             (Ok(app), Ok(_)) => with_frames(|frames| {

@@ -98,8 +98,8 @@ enum Refusal {
     App(loader::AppError),
     /// No kernel memory for its floating-point state.
     NoFpuState,
-    /// The kernel heap is nearly used up: creating more guests would leave none for running
-    /// the ones there are (an allocation failure would stop the kernel).
+    /// The kernel heap is nearly used up and has no memory to grow by: creating more guests would
+    /// leave none for running the ones there are (an allocation failure would stop the kernel).
     KernelHeapLow {
         free: u64,
     },
@@ -142,7 +142,7 @@ impl core::fmt::Display for Refusal {
             Refusal::KernelHeapLow { free } => {
                 write!(
                     f,
-                    "the kernel heap has {free} bytes free, less than the {} kept for running guests",
+                    "the kernel heap has {free} bytes free, less than the {} kept for running guests, and no memory to grow by",
                     create::KERNEL_HEAP_RESERVE
                 )
             }

@@ -81,6 +81,7 @@ pub(super) fn stats_pairs_of(g: &Guests) -> Vec<(&'static str, u64)> {
         ("console_writes_refused", c.console_writes_refused),
         // 1 once the kernel heap ran out and its reserve was given back (no guest grows after).
         ("heap_reserve_spent", u64::from(crate::mm::heap::reserve_spent())),
+        ("heap_growth_failed", crate::mm::heap::growth_failed()),
         // Summed when reported (every few seconds), never per tick.
         (
             "guest_private_pages",

@@ -2,9 +2,8 @@
 //! among them). Never used from interrupt handlers.
 //!
 //! It starts as one contiguous run of frames and grows by taking more runs from the frame
-//! allocator: ahead of need ([`top_up`], called where the frame allocator is not held), and when
-//! an allocation finds no room (the out-of-memory handler, which gives up if the frame allocator
-//! is held by the code that allocates). So the kernel's share of RAM follows what the guests
+//! allocator when an allocation finds no room (the out-of-memory handler; from a stash of frames
+//! set aside, when the code that allocates holds the frame allocator). So the kernel's share of RAM follows what the guests
 //! need of it (about 4.7 KiB each) instead of a fixed fraction set at boot, which at 1/32 of RAM
 //! cost 150 KiB of RAM per guest and was the next wall after 10,000 guests.
 //!
@@ -34,68 +33,95 @@ type LockedHeap = Talck<spin::Mutex<()>, GrowFromFrames>;
 static HEAP: KernelHeap = KernelHeap { heap: Talc::new(GrowFromFrames).lock(), reserve: spin::Mutex::new(None) };
 
 /// Bytes the heap takes from the frame allocator each time it grows (more when one allocation
-/// needs more).
+/// needs more), and the size of the stash (below).
 const GROWTH_BYTES: u64 = 1 << 20;
-/// [`top_up`] grows the heap when fewer bytes than this are free: above the floor kept from
-/// guests' growth and the room a new guest's creation asks for, so neither waits for an
-/// allocation to fail first.
-const LOW_WATER_BYTES: u64 = 512 * 1024;
 /// Frames the heap took from the frame allocator after boot (they stay the heap's).
 static GROWN_FRAMES: AtomicU64 = AtomicU64::new(0);
+/// Times the heap could not grow: no run of frames long enough, or the frame allocator held by
+/// the code that allocated and the stash spent.
+static GROWTH_FAILED: AtomicU64 = AtomicU64::new(0);
+
+/// A run of frames set aside for growing the heap while the frame allocator is held: the code
+/// that holds it (backing a guest's page, building a guest) allocates too, and free bytes are no
+/// guarantee of room: thousands of guests' small blocks leave holes too small for the next one
+/// (10,000 guests starting once found no 128-byte block among 600 KB free). `(first frame's
+/// physical address, frames)`; refilled by [`top_up`].
+static STASH: spin::Mutex<Option<(u64, u64)>> = spin::Mutex::new(None);
 
 /// The heap's out-of-memory handler: takes a run of frames big enough for the allocation that
-/// failed and gives it to the heap.
+/// failed (from the frame allocator, else the stash) and gives it to the heap.
 struct GrowFromFrames;
 
 impl OomHandler for GrowFromFrames {
     fn handle_oom(talc: &mut Talc<Self>, layout: Layout) -> Result<(), ()> {
         // Room for the block, its alignment and the heap's per-run bookkeeping.
         let needed = (layout.size() as u64).saturating_add(layout.align() as u64).saturating_add(PAGE_SIZE);
-        grow(talc, needed.max(GROWTH_BYTES), needed).then_some(()).ok_or(())
-    }
-}
-
-/// Gives `talc` a run of frames of `wanted` bytes, or of at least `needed` if no run that long is
-/// free; whether it got one. Fails, rather than waits, while the frame allocator is held: the
-/// code holding it is the code that allocated.
-fn grow(talc: &mut Talc<GrowFromFrames>, wanted: u64, needed: u64) -> bool {
-    let run = x86_64::instructions::interrupts::without_interrupts(|| {
-        let mut frames = FRAMES.try_lock()?;
-        let frames = frames.as_mut()?;
-        [wanted, needed].into_iter().find_map(|bytes| {
-            let count = bytes.div_ceil(PAGE_SIZE);
-            frames.allocate_contiguous(count, 1).map(|phys| (phys, count))
+        let Some((phys, count)) = take_run(needed.max(GROWTH_BYTES), needed) else {
+            GROWTH_FAILED.fetch_add(1, Ordering::Relaxed);
+            return Err(());
+        };
+        let bytes = count.saturating_mul(PAGE_SIZE) as usize;
+        // SAFETY: the run was taken from the frame allocator (now or into the stash), so nothing
+        // else uses it; the direct map covers it, writable; it is handed to the heap once and
+        // never returned.
+        let claimed = unsafe { talc.claim(Span::from_base_size(phys_to_virt(phys).as_mut_ptr(), bytes)) };
+        // (A run of whole frames always holds the heap's per-run bookkeeping.)
+        claimed.map(|_| {
+            GROWN_FRAMES.fetch_add(count, Ordering::Relaxed);
         })
-    });
-    let Some((phys, count)) = run else { return false };
-    let bytes = count.saturating_mul(PAGE_SIZE) as usize;
-    // SAFETY: the run was just taken from the frame allocator, so nothing else uses it; the
-    // direct map covers it, writable; it is handed to the heap once and never returned.
-    let claimed = unsafe { talc.claim(Span::from_base_size(phys_to_virt(phys).as_mut_ptr(), bytes)) };
-    if claimed.is_err() {
-        // Too small to hold even the heap's bookkeeping: cannot happen for whole frames, and
-        // would leak only this run.
-        return false;
     }
-    GROWN_FRAMES.fetch_add(count, Ordering::Relaxed);
-    true
 }
 
-/// Grows the heap if fewer than [`LOW_WATER_BYTES`] are free. Where the frame allocator is held
-/// it cannot: so it is also called where it is not (between guests' creations, before switching
-/// guests).
+/// A run of frames of `wanted` bytes, or of at least `needed` if no run that long is free:
+/// from the frame allocator, or from the stash while the frame allocator is held.
+fn take_run(wanted: u64, needed: u64) -> Option<(u64, u64)> {
+    x86_64::instructions::interrupts::without_interrupts(|| match FRAMES.try_lock() {
+        Some(mut frames) => {
+            let frames = frames.as_mut()?;
+            [wanted, needed].into_iter().find_map(|bytes| {
+                let count = bytes.div_ceil(PAGE_SIZE);
+                frames.allocate_contiguous(count, 1).map(|phys| (phys, count))
+            })
+        }
+        None => {
+            let mut stash = STASH.lock();
+            let fits = stash.is_some_and(|(_, count)| count.saturating_mul(PAGE_SIZE) >= needed);
+            if fits {
+                stash.take()
+            } else {
+                None
+            }
+        }
+    })
+}
+
+/// Refills the heap's stash if it was spent. Call where the frame allocator is not held (where it
+/// is, this does nothing): between guests' creations, before switching guests.
 pub fn top_up() {
     x86_64::instructions::interrupts::without_interrupts(|| {
-        let mut heap = HEAP.heap.lock();
-        if (heap.get_counters().available_bytes as u64) < LOW_WATER_BYTES {
-            grow(&mut heap, GROWTH_BYTES, GROWTH_BYTES);
+        let mut stash = STASH.lock();
+        if stash.is_some() {
+            return;
         }
+        let Some(mut frames) = FRAMES.try_lock() else { return };
+        let count = GROWTH_BYTES / PAGE_SIZE;
+        *stash = frames.as_mut().and_then(|frames| frames.allocate_contiguous(count, 1)).map(|phys| (phys, count));
     });
 }
 
-/// Frames the heap took from the frame allocator after boot.
+/// Times the heap could not grow (see [`GROWTH_FAILED`]).
+pub fn growth_failed() -> u64 {
+    GROWTH_FAILED.load(Ordering::Relaxed)
+}
+
+/// Frames set aside in the heap's stash (for the `stats:` accounting of frames).
+pub fn stashed_frames() -> u64 {
+    x86_64::instructions::interrupts::without_interrupts(|| STASH.lock().map_or(0, |(_, count)| count))
+}
+
+/// Frames the heap took from the frame allocator after boot (given to it, or in its stash).
 pub fn grown_frames() -> u64 {
-    GROWN_FRAMES.load(Ordering::Relaxed)
+    GROWN_FRAMES.load(Ordering::Relaxed).saturating_add(stashed_frames())
 }
 
 /// Bytes of the reserve block.
@@ -176,16 +202,22 @@ pub fn init(phys: u64, bytes: usize) {
 /// which are not fallible. A guest's growth below this floor fails like a missing frame.
 const GUEST_GROWTH_FLOOR: u64 = 128 * 1024;
 
-/// Whether the heap has room for growth on a guest's behalf (see [`GUEST_GROWTH_FLOOR`]), growing
-/// it first if it can; never once the reserve was spent.
+/// Whether the heap has room for growth on a guest's behalf (see [`has_room`]).
 pub fn room_for_guest_growth() -> bool {
+    has_room(GUEST_GROWTH_FLOOR)
+}
+
+/// Whether the heap has `bytes` free or frames set aside to grow by (refilling the stash first
+/// where it can); never once the reserve was spent.
+pub fn has_room(bytes: u64) -> bool {
     if RESERVE_SPENT.load(Ordering::Relaxed) {
         return false;
     }
-    if usage().1 < GUEST_GROWTH_FLOOR {
-        top_up();
+    if usage().1 >= bytes {
+        return true;
     }
-    usage().1 >= GUEST_GROWTH_FLOOR
+    top_up();
+    stashed_frames() > 0
 }
 
 /// Whether the heap once ran out and its reserve was spent (for the `stats:` line).
