@@ -10,7 +10,10 @@
 //! stamps and run with them on, gives the deterministic figure: the median instructions from
 //! the doorbell's trap to the NIC's notify, plus, on the zero-copy paths, the median work per
 //! packet when the NIC hands it back (the kernel's `kick:` line; the stamps' own instructions
-//! included). The model is built on that figure.
+//! included). The model is built on that figure. It leaves out the interrupt a zero-copy
+//! completion takes (the copy path takes none: its NIC slots are taken back when needed), which
+//! the whole-echo account of `bench dispatch` measures (`nic_interrupt_no_rx`, ~730
+//! instructions per packet); `kernel_core::vnet::split::COPY_WHOLE_MAX` adds it.
 //!
 //! Under TCG an `invlpg` or a fault's hardware entry is one instruction, and a copy costs its
 //! instructions (`rep movs`: one per iteration); on real hardware they cost far more. So the
