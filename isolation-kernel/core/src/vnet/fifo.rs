@@ -24,13 +24,25 @@ pub struct GuestFrameRef {
     pub ring_index: u32,
 }
 
-/// A frame waiting to be sent: `len` bytes at `data`, and its stage-stamp record, if any.
+/// An L4 checksum the kernel still owes a frame (checksum offload): the field, `offset` bytes
+/// after `start`, holds the pseudo header's sum, and the sum runs from `start` to the frame's
+/// end (virtio-net's `NEEDS_CSUM`; see [`super::csum`]). Made only from offsets the kernel
+/// derived from the frame's headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CsumRequest {
+    pub start: u16,
+    pub offset: u16,
+}
+
+/// A frame waiting to be sent: `len` bytes at `data`, its stage-stamp record, if any, and the
+/// checksum still to be finished, if any.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Packet {
     pub data: PacketData,
     pub len: u32,
     /// Index of the packet's stamp record while stamping is on, else [`NO_STAMP`].
     pub stamp: u32,
+    pub csum: Option<CsumRequest>,
 }
 
 /// [`Packet::stamp`] when stamping is off.
@@ -39,7 +51,7 @@ pub const NO_STAMP: u32 = u32::MAX;
 impl Packet {
     /// A frame copied into pool buffer `buf`.
     pub const fn pooled(buf: BufId, len: u32) -> Packet {
-        Packet { data: PacketData::Pool(buf), len, stamp: NO_STAMP }
+        Packet { data: PacketData::Pool(buf), len, stamp: NO_STAMP, csum: None }
     }
 
     /// The pool buffer, for a copied frame.
