@@ -342,6 +342,10 @@ struct RunArgs {
     /// After each `stats:` line, one line of each guest's own counters (`stats=per-guest`).
     #[arg(long)]
     per_guest_stats: bool,
+    /// Checksum offload through the vNICs and on the physical NIC: on or off (default: the
+    /// kernel's).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["on", "off"]))]
+    csum: Option<String>,
     /// What the x87/MMX/SSE unit is to guests: fault (stops the guest) or save (switched per
     /// guest). Default: the image's `fpu`, else fault.
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(keys::FPU_POLICIES))]
@@ -620,6 +624,9 @@ fn kernel_cmdline(args: &RunArgs, image: &pack::Image) -> String {
     let tx = args.tx.unwrap_or(image.manifest.kernel.tx);
     append += &format!(" {}={}", keys::TX, tx.name());
     append += &format!(" {}={}", keys::FPU, args.fpu.as_deref().unwrap_or(&image.manifest.kernel.fpu));
+    if let Some(csum) = &args.csum {
+        append += &format!(" {}={csum}", keys::CSUM);
+    }
     if args.stamps {
         append += &format!(" {}=on", keys::STAMPS);
     }
