@@ -510,7 +510,10 @@ mod end_to_end {
             let mut vnic_b = mem_b.vnic(CountingDoorbell::default());
             assert_eq!(vnic_a.checksum_offload(), offload);
             let caps = vnic_a.capabilities().checksum;
-            assert_eq!((caps.udp.tx(), caps.udp.rx(), caps.tcp.tx(), caps.tcp.rx()), (!offload, !offload, !offload, !offload));
+            assert_eq!(
+                (caps.udp.tx(), caps.udp.rx(), caps.tcp.tx(), caps.tcp.rx()),
+                (!offload, !offload, !offload, !offload)
+            );
             assert!(caps.ipv4.tx() && caps.ipv4.rx() && caps.icmpv4.rx(), "IPv4 and ICMP checksums stay the stack's");
             let mut iface_a = iface(MAC_A, ip_a, &mut vnic_a);
             let mut iface_b = iface(MAC_B, ip_b, &mut vnic_b);

@@ -260,6 +260,7 @@ fn run_mode(
     sizes: &[usize],
     accel: Accel,
     stamps: bool,
+    csum: Option<bool>,
 ) -> Result<ModeRun> {
     let image = pack::pack_image("udp-echo", artifacts, NetPlan::USER)?;
     let guest = image.guests.iter().find_map(|g| g.net).context("udp-echo has a networked guest")?;
@@ -268,7 +269,11 @@ fn run_mode(
     let config = QemuConfig {
         net: Some(NetBackend::User { forwards: vec![(port, guest.ipv4, 7)], tcp_forwards: Vec::new() }),
         icount: accel == Accel::Tcg,
-        ..QemuConfig::for_image(&image, accel, format!("log=info shutdown_after=3600 tx={} stamps={on_off}", tx.name()))
+        ..QemuConfig::for_image(
+            &image,
+            accel,
+            format!("log=info shutdown_after=3600 tx={} stamps={on_off}{}", tx.name(), csum_word(csum)),
+        )
     };
     let mut cmd = config.command();
     let counter = if accel == Accel::Tcg {
@@ -464,16 +469,30 @@ fn print_accounts(accounts: &[EchoAccount]) {
 /// `dispatch.json` and `dispatch.svg`. Under TCG the stamps count instructions (`-icount
 /// shift=0`); under KVM, cycles, and there is no whole-echo count. With `unstamped`, each
 /// transmit path boots once more with the stamps off, for what an echo costs without them.
-pub fn run(packets: usize, sizes: &[usize], accel: Accel, unstamped: bool) -> Result<std::path::PathBuf> {
+/// The kernel command-line word for checksum offload (`csum=on|off`), or none for its default.
+pub fn csum_word(csum: Option<bool>) -> String {
+    match csum {
+        Some(on) => format!(" {}={}", hypercall_abi::cmdline::CSUM, if on { "on" } else { "off" }),
+        None => String::new(),
+    }
+}
+
+pub fn run(
+    packets: usize,
+    sizes: &[usize],
+    accel: Accel,
+    unstamped: bool,
+    csum: Option<bool>,
+) -> Result<std::path::PathBuf> {
     let artifacts = Artifacts::build_with(pack::Stamping::Built)?;
     let unit = if accel == Accel::Tcg { "instructions" } else { "cycles" };
     let mut cells = Vec::new();
     let mut accounts = Vec::new();
     let mut tsc_hz = 0;
     for tx in TxMode::ALL {
-        let stamped = run_mode(&artifacts, tx, packets, sizes, accel, true)?;
+        let stamped = run_mode(&artifacts, tx, packets, sizes, accel, true, csum)?;
         let unstamped = if accel == Accel::Tcg && unstamped {
-            run_mode(&artifacts, tx, packets, sizes, accel, false)?.whole
+            run_mode(&artifacts, tx, packets, sizes, accel, false, csum)?.whole
         } else {
             Vec::new()
         };

@@ -235,6 +235,9 @@ enum BenchCmd {
         /// Datagrams per size and transmit path (default: 10,100; 30 with --quick).
         #[arg(long)]
         packets: Option<usize>,
+        /// Checksum offload: on or off (default: the kernel's).
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["on", "off"]))]
+        csum: Option<String>,
     },
     /// Time from QEMU's start to the first UDP echo of the default image, on pc (legacy and
     /// modern virtio-pci) and microvm (virtio-mmio): boot.json.
@@ -428,9 +431,10 @@ fn real_main() -> Result<()> {
             };
             density::bench(&plan).map(|_| ())
         }
-        Cmd::Bench { which: BenchCmd::Dispatch { quick, accel, packets } } => {
+        Cmd::Bench { which: BenchCmd::Dispatch { quick, accel, packets, csum } } => {
             let (default, sizes) = if quick { (30, &dispatch::SIZES[..]) } else { (10_100, &dispatch::FULL_SIZES[..]) };
-            dispatch::run(packets.unwrap_or(default), sizes, qemu::resolve_accel(accel)?, true).map(|_| ())
+            let csum = csum.map(|word| word == "on");
+            dispatch::run(packets.unwrap_or(default), sizes, qemu::resolve_accel(accel)?, true, csum).map(|_| ())
         }
         Cmd::Bench { which: BenchCmd::Baseline { quick } } => {
             baseline::run_baseline(if quick { bench::QUICK } else { bench::FULL }).map(|_| ())

@@ -444,8 +444,7 @@ impl VirtioNet {
                 // SAFETY: the device finished writing this buffer (it is in the used ring) and
                 // will not touch it until it is re-posted below; `len` is clamped to the buffer.
                 let (header, frame) = unsafe {
-                    core::slice::from_raw_parts(phys_to_virt(buffer).as_ptr::<u8>(), len)
-                        .split_at(self.net_header_len)
+                    core::slice::from_raw_parts(phys_to_virt(buffer).as_ptr::<u8>(), len).split_at(self.net_header_len)
                 };
                 let checksum = if self.rx_csum { rx_checksum(header) } else { RxChecksum::Unknown };
                 let result = deliver(frame, checksum);

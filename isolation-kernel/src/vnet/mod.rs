@@ -352,9 +352,7 @@ fn run_bytes_mut<'p>(phys: u64, run: u64, offset: u64, len: u64) -> &'p mut [u8]
     assert!(offset.checked_add(len).is_some_and(|end| end <= run), "write beyond the run");
     // SAFETY: as for `run_bytes`; the caller holds no other slice of these bytes while it
     // writes (each use ends before the next slice of the run is made).
-    unsafe {
-        core::slice::from_raw_parts_mut(phys_to_virt(phys.wrapping_add(offset)).as_mut_ptr::<u8>(), len as usize)
-    }
+    unsafe { core::slice::from_raw_parts_mut(phys_to_virt(phys.wrapping_add(offset)).as_mut_ptr::<u8>(), len as usize) }
 }
 
 impl Network {

@@ -147,7 +147,8 @@ impl NetCtx<'_> {
                         Route::Uplink => match (nic.as_mut(), guest_frame) {
                             (Some(nic), None) => {
                                 let handed = stamps.now();
-                                match nic.transmit(frame, nic_csum, |cookie| finished.push((cookie, DescStatus::Done))) {
+                                match nic.transmit(frame, nic_csum, |cookie| finished.push((cookie, DescStatus::Done)))
+                                {
                                     Ok(()) => {}
                                     // Every NIC slot is in flight: retry later.
                                     Err(TransmitError::QueueFull) => return Err(packet),
@@ -423,7 +424,13 @@ fn tx_checksum(net: &mut Network, needed: bool, frame: &mut [u8]) -> Result<Opti
 /// The status of a refused frame; spoofing is counted here (checksum refusals were counted
 /// where found), and the first refusal of a guest's checksum request logged.
 #[cold]
-fn refuse(net: &mut Network, nic: &mut GuestNic, id: GuestId, name: &str, why: Result<Option<CsumRequest>, Refused>) -> DescStatus {
+fn refuse(
+    net: &mut Network,
+    nic: &mut GuestNic,
+    id: GuestId,
+    name: &str,
+    why: Result<Option<CsumRequest>, Refused>,
+) -> DescStatus {
     match why {
         Ok(_) | Err(Refused::Spoofed) => {
             net.counters.drops_spoof = net.counters.drops_spoof.saturating_add(1);

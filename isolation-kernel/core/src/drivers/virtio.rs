@@ -183,9 +183,14 @@ mod tests {
     #[test]
     fn checksum_offloads_are_taken_when_asked_and_offered_on_every_generation() {
         let offered = MAC | CSUM | GUEST_CSUM | GUEST_TSO4 | HOST_TSO4 | ANY_LAYOUT | VERSION_1;
-        for (generation, base, len) in [(Generation::Legacy, MAC | ANY_LAYOUT, 10), (Generation::Modern, MAC | VERSION_1, 12)] {
+        for (generation, base, len) in
+            [(Generation::Legacy, MAC | ANY_LAYOUT, 10), (Generation::Modern, MAC | VERSION_1, 12)]
+        {
             let n = negotiate_net(offered, generation, true).unwrap();
-            assert_eq!(n, Negotiated { features: base | CSUM | GUEST_CSUM, net_header_len: len, tx_csum: true, rx_csum: true });
+            assert_eq!(
+                n,
+                Negotiated { features: base | CSUM | GUEST_CSUM, net_header_len: len, tx_csum: true, rx_csum: true }
+            );
             // Only what is offered: a device without them (QEMU's user network) gives neither.
             let n = negotiate_net(offered & !(CSUM | GUEST_CSUM), generation, true).unwrap();
             assert_eq!(n, plain(base, len));
@@ -211,6 +216,9 @@ mod tests {
         assert_eq!(rx_checksum(&[]), RxChecksum::Unknown);
         assert_eq!(rx_checksum(&[1, 0, 0]), RxChecksum::Unknown, "a cut header");
         // NEEDS_CSUM wins over DATA_VALID, as the offsets must be honoured.
-        assert_eq!(rx_checksum(&[3, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]), RxChecksum::Partial { start: 65535, offset: 65535 });
+        assert_eq!(
+            rx_checksum(&[3, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]),
+            RxChecksum::Partial { start: 65535, offset: 65535 }
+        );
     }
 }

@@ -141,7 +141,9 @@ pub fn locate(frame: &[u8]) -> Result<L4Spot, Unplaceable> {
             if payload < UDP_HEADER {
                 return Err(Unplaceable::Truncated);
             }
-            let udp_len = usize::from(be16(frame, start.checked_add(4).ok_or(Unplaceable::Truncated)?).ok_or(Unplaceable::Truncated)?);
+            let udp_len = usize::from(
+                be16(frame, start.checked_add(4).ok_or(Unplaceable::Truncated)?).ok_or(Unplaceable::Truncated)?,
+            );
             if !(UDP_HEADER..=payload).contains(&udp_len) {
                 return Err(Unplaceable::BadUdpLength);
             }
@@ -433,9 +435,10 @@ mod tests {
         let spot = locate(&frame).unwrap();
         assert_eq!((spot.protocol, spot.start, spot.field, spot.end), (L4::Udp, 34, 40, 47));
         fill(&mut frame, &spot);
-        let words: u32 = [0x0a00, 0x020f, 0x0a00, 0x0202, 0x0011, 0x000d, 0x1388, 0x0007, 0x000d, 0x6865, 0x6c6c, 0x6f00]
-            .iter()
-            .sum();
+        let words: u32 =
+            [0x0a00, 0x020f, 0x0a00, 0x0202, 0x0011, 0x000d, 0x1388, 0x0007, 0x000d, 0x6865, 0x6c6c, 0x6f00]
+                .iter()
+                .sum();
         let folded = (words & 0xffff) + (words >> 16);
         assert_eq!(stored(&frame, 40), !(folded as u16));
         assert!(verify(&frame, &spot));
