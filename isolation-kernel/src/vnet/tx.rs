@@ -14,7 +14,7 @@ use kernel_core::boot::cmdline::TxMode;
 use kernel_core::guest::sched::GuestId;
 use kernel_core::vnet::cow::{Protect, Release};
 use kernel_core::vnet::csum::{self, TxChecksum, Unplaceable};
-use kernel_core::vnet::{ring, validate_tx, CsumRequest, GuestFrameRef, Packet, PacketData, Route, Source, Wait};
+use kernel_core::vnet::{ring, validate_tx, GuestFrameRef, Packet, PacketData, Route, Source, Wait};
 
 impl NetCtx<'_> {
     /// The doorbell of guest `id`: takes what its tx ring holds, then runs the network
@@ -123,11 +123,16 @@ impl NetCtx<'_> {
                     let nic_finishes = route == Route::Uplink && nic.as_ref().is_some_and(|n| n.tx_csum);
                     let mut check = if csum_offload { RxCheck::Verify } else { RxCheck::Off };
                     let nic_csum = match packet.csum {
-                        Some(request) if nic_finishes => {
+                        // Filled at the doorbell (no NIC could finish it): vouched for.
+                        Some(TxChecksum::Filled) => {
+                            check = RxCheck::Vouched;
+                            None
+                        }
+                        Some(TxChecksum::Owed(request)) if nic_finishes => {
                             counters.csum_to_nic = counters.csum_to_nic.saturating_add(1);
                             Some(request)
                         }
-                        Some(request) => {
+                        Some(TxChecksum::Owed(request)) => {
                             // Cannot fail (placed at the doorbell in this very frame); if it
                             // did, the frame would go unvouched, and be verified on delivery.
                             if csum::finish_tx(frame, request).is_ok() {
@@ -403,16 +408,18 @@ enum Refused {
 /// headers and seeded (owed to the NIC or to the route), or filled now. Refused, and counted
 /// (`drops_csum_request`), when offload is off or the frame has no checksum to place.
 #[inline(always)]
-fn tx_checksum(net: &mut Network, needed: bool, frame: &mut [u8]) -> Result<Option<CsumRequest>, Refused> {
+fn tx_checksum(net: &mut Network, needed: bool, frame: &mut [u8]) -> Result<Option<TxChecksum>, Refused> {
     if !needed {
         return Ok(None);
     }
-    let prepared = if net.csum_offload { csum::prepare_tx(frame).map_err(Some) } else { Err(None) };
+    // Seeded only if a NIC may finish it; else filled now, in one pass, wherever it goes.
+    let nic_may_finish = net.nic.as_ref().is_some_and(|nic| nic.tx_csum);
+    let prepared = if net.csum_offload { csum::prepare_tx(frame, nic_may_finish).map_err(Some) } else { Err(None) };
     match prepared {
-        Ok(TxChecksum::Owed(request)) => Ok(Some(request)),
+        Ok(owed @ TxChecksum::Owed(_)) => Ok(Some(owed)),
         Ok(TxChecksum::Filled) => {
             net.counters.csum_filled = net.counters.csum_filled.saturating_add(1);
-            Ok(None)
+            Ok(Some(TxChecksum::Filled))
         }
         Err(why) => {
             net.counters.drops_csum_request = net.counters.drops_csum_request.saturating_add(1);
@@ -429,7 +436,7 @@ fn refuse(
     nic: &mut GuestNic,
     id: GuestId,
     name: &str,
-    why: Result<Option<CsumRequest>, Refused>,
+    why: Result<Option<TxChecksum>, Refused>,
 ) -> DescStatus {
     match why {
         Ok(_) | Err(Refused::Spoofed) => {

@@ -11,8 +11,17 @@
 //! end-around carry, which by RFC 1071's byte-order independence is the byte-swapped sum of its
 //! big-endian 16-bit words; a folded value written back with `to_le_bytes` is in network order.
 
-use super::fifo::CsumRequest;
 use core::fmt;
+
+/// An L4 checksum the kernel still owes a frame (checksum offload): the field, `offset` bytes
+/// after `start`, holds the pseudo header's sum, and the sum runs from `start` to the frame's
+/// end (virtio-net's `NEEDS_CSUM`). Made only from offsets the kernel derived from the frame's
+/// headers ([`prepare_tx`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CsumRequest {
+    pub start: u16,
+    pub offset: u16,
+}
 
 const ETHERNET_HEADER: usize = 14;
 const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
@@ -109,31 +118,39 @@ fn be16(frame: &[u8], at: usize) -> Option<u16> {
 /// the UDP length says; for TCP where the IPv4 total length does (Ethernet padding after it is
 /// not summed).
 pub fn locate(frame: &[u8]) -> Result<L4Spot, Unplaceable> {
-    let ethertype = frame.get(12..ETHERNET_HEADER).ok_or(Unplaceable::Truncated)?;
-    if ethertype != ETHERTYPE_IPV4 {
-        return Err(Unplaceable::NotIpv4);
-    }
-    let ip = frame.get(ETHERNET_HEADER..).ok_or(Unplaceable::Truncated)?;
-    let version_ihl = *ip.first().ok_or(Unplaceable::Truncated)?;
-    if version_ihl >> 4 != 4 {
+    const HEAD: usize = ETHERNET_HEADER + IPV4_MIN_HEADER;
+    // The Ethernet header and the fixed part of the IPv4 header, read at fixed offsets.
+    let head: &[u8; HEAD] = match frame.get(..HEAD).and_then(|head| head.try_into().ok()) {
+        Some(head) => head,
+        None if frame.get(12..ETHERNET_HEADER).is_some_and(|t| t != ETHERTYPE_IPV4) => {
+            return Err(Unplaceable::NotIpv4)
+        }
+        None => return Err(Unplaceable::Truncated),
+    };
+    let (_, ip) = head.split_at(12);
+    let [t0, t1, version_ihl, _, total_high, total_low, _, _, fragment_high, fragment_low, _, protocol_number, ..] =
+        *ip
+    else {
+        return Err(Unplaceable::Truncated);
+    };
+    if [t0, t1] != ETHERTYPE_IPV4 || version_ihl >> 4 != 4 {
         return Err(Unplaceable::NotIpv4);
     }
     let header = usize::from(version_ihl & 0x0f) * 4;
     if header < IPV4_MIN_HEADER {
         return Err(Unplaceable::BadHeaderLength);
     }
-    if ip.len() < header {
+    let ip_len = frame.len().saturating_sub(ETHERNET_HEADER);
+    if ip_len < header {
         return Err(Unplaceable::Truncated);
     }
-    let total = usize::from(be16(ip, 2).ok_or(Unplaceable::Truncated)?);
-    if total < header || total > ip.len() {
+    let total = usize::from(u16::from_be_bytes([total_high, total_low]));
+    if total < header || total > ip_len {
         return Err(Unplaceable::BadTotalLength);
     }
-    let fragment = be16(ip, 6).ok_or(Unplaceable::Truncated)?;
-    if fragment & (MORE_FRAGMENTS | FRAGMENT_OFFSET) != 0 {
+    if u16::from_be_bytes([fragment_high, fragment_low]) & (MORE_FRAGMENTS | FRAGMENT_OFFSET) != 0 {
         return Err(Unplaceable::Fragment);
     }
-    let protocol_number = *ip.get(9).ok_or(Unplaceable::Truncated)?;
     let start = ETHERNET_HEADER.checked_add(header).ok_or(Unplaceable::Truncated)?;
     let payload = total.checked_sub(header).ok_or(Unplaceable::BadTotalLength)?;
     let (protocol, l4_len, field_at) = match protocol_number {
@@ -164,7 +181,7 @@ pub fn locate(frame: &[u8]) -> Result<L4Spot, Unplaceable> {
     if end > frame.len() || field.checked_add(2).is_none_or(|f| f > end) {
         return Err(Unplaceable::Truncated);
     }
-    let addresses = ip.get(12..20).ok_or(Unplaceable::Truncated)?;
+    let addresses = head.get(ETHERNET_HEADER + 12..).unwrap_or_default();
     // The pseudo header: source and destination address, zero and protocol, L4 length, each as
     // a big-endian word; in little-endian word form the last two are byte-swapped.
     let l4_len_word = u16::try_from(l4_len).map_err(|_| Unplaceable::BadTotalLength)?;
@@ -182,34 +199,43 @@ fn add(acc: u64, value: u64) -> u64 {
     sum.wrapping_add(u64::from(carry))
 }
 
-fn word(bytes: &[u8]) -> u64 {
-    let mut word = [0u8; 8];
-    if let Some(to) = word.get_mut(..bytes.len().min(8)) {
-        to.copy_from_slice(bytes.get(..to.len()).unwrap_or_default());
+/// The last 0-7 bytes as a little-endian word, zero-padded (an odd last byte is the high byte
+/// of its 16-bit word), without a call to `memcpy`.
+#[inline(always)]
+fn tail(bytes: &[u8]) -> u64 {
+    let (mut value, mut shift, mut rest) = (0u64, 0u32, bytes);
+    if let Some((four, after)) = rest.split_first_chunk::<4>() {
+        value = u64::from(u32::from_le_bytes(*four));
+        (shift, rest) = (32, after);
     }
-    u64::from_le_bytes(word)
+    if let Some((two, after)) = rest.split_first_chunk::<2>() {
+        value |= u64::from(u16::from_le_bytes(*two)) << shift;
+        shift = shift.wrapping_add(16);
+        rest = after;
+    }
+    if let Some(&last) = rest.first() {
+        value |= u64::from(last).checked_shl(shift).unwrap_or(0);
+    }
+    value
 }
 
 /// Adds `data` (starting at an even offset of the summed message) to the partial sum `acc`.
 #[inline]
 pub fn partial(data: &[u8], acc: u64) -> u64 {
     let mut acc = acc;
-    let mut blocks = data.chunks_exact(32);
-    for block in &mut blocks {
-        let (a, rest) = block.split_at(8);
-        let (b, rest) = rest.split_at(8);
-        let (c, d) = rest.split_at(8);
-        acc = add(acc, word(a));
-        acc = add(acc, word(b));
-        acc = add(acc, word(c));
-        acc = add(acc, word(d));
+    // Eight words a turn: an add and a carry-add each, three instructions of loop per 64 bytes.
+    let (blocks, rest) = data.as_chunks::<64>();
+    for block in blocks {
+        let (words, _) = block.as_chunks::<8>();
+        for word in words {
+            acc = add(acc, u64::from_le_bytes(*word));
+        }
     }
-    let mut words = blocks.remainder().chunks_exact(8);
-    for w in &mut words {
-        acc = add(acc, word(w));
+    let (words, rest) = rest.as_chunks::<8>();
+    for word in words {
+        acc = add(acc, u64::from_le_bytes(*word));
     }
-    // The last 0-7 bytes, zero-padded (an odd last byte is the high byte of its word).
-    add(acc, word(words.remainder()))
+    add(acc, tail(rest))
 }
 
 /// Folds a partial sum to 16 bits (little-endian word form).
@@ -266,18 +292,19 @@ pub enum TxChecksum {
     /// Seeded: the sum over `[start, frame end)` is still owed (to the NIC, or to the kernel
     /// once the frame's route is known).
     Owed(CsumRequest),
-    /// Computed and written now (the L4 data ends before the frame does, so a NIC that sums to
-    /// the end would sum the padding too).
+    /// Computed and written now: no NIC may finish it, or the L4 data ends before the frame
+    /// does (a NIC that sums to the end would sum the padding too).
     Filled,
 }
 
 /// The doorbell's part of checksum offload for a frame the guest flagged: places the checksum
-/// from the frame's own headers and seeds it (or fills it, see [`TxChecksum::Filled`]). The
-/// frame must be the kernel's copy, or a page the guest cannot write while in flight.
-pub fn prepare_tx(frame: &mut [u8]) -> Result<TxChecksum, Unplaceable> {
+/// from the frame's own headers, and seeds it if a NIC may finish it (`nic_may_finish`), else
+/// fills it now ([`TxChecksum::Filled`]: one pass, wherever the frame goes). The frame must be
+/// the kernel's copy, or a page the guest cannot write while in flight.
+pub fn prepare_tx(frame: &mut [u8], nic_may_finish: bool) -> Result<TxChecksum, Unplaceable> {
     let spot = locate(frame)?;
     let request = match (u16::try_from(spot.start), u16::try_from(spot.field_offset())) {
-        (Ok(start), Ok(offset)) if spot.end == frame.len() => Some(CsumRequest { start, offset }),
+        (Ok(start), Ok(offset)) if nic_may_finish && spot.end == frame.len() => Some(CsumRequest { start, offset }),
         _ => None,
     };
     match request {
@@ -535,6 +562,10 @@ mod tests {
         assert_eq!(locate(&[]), Err(Unplaceable::Truncated));
         assert_eq!(locate(&good[..13]), Err(Unplaceable::Truncated));
         assert_eq!(locate(&good[..14]), Err(Unplaceable::Truncated), "no IPv4 header at all");
+        // A short frame of another type is not IPv4, whatever its length.
+        let mut short_arp = good[..20].to_vec();
+        short_arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(locate(&short_arp), Err(Unplaceable::NotIpv4));
         assert_eq!(locate(&good[..33]), Err(Unplaceable::Truncated), "a cut IPv4 header");
         assert_eq!(with(&|f| f[12..14].copy_from_slice(&[0x86, 0xdd])), Err(Unplaceable::NotIpv4));
         assert_eq!(with(&|f| f[12..14].copy_from_slice(&[0x08, 0x06])), Err(Unplaceable::NotIpv4));
@@ -601,7 +632,7 @@ mod tests {
         let spot = locate(&expected).unwrap();
         fill(&mut expected, &spot);
         let mut frame = ipv4_frame(PROTOCOL_UDP, 2, &l4);
-        let owed = prepare_tx(&mut frame).unwrap();
+        let owed = prepare_tx(&mut frame, true).unwrap();
         assert_eq!(owed, TxChecksum::Owed(CsumRequest { start: 42, offset: 6 }));
         let TxChecksum::Owed(request) = owed else { unreachable!() };
         finish_tx(&mut frame, request).unwrap();
@@ -609,13 +640,17 @@ mod tests {
         // Padding after the datagram: filled at once, the NIC would sum the padding.
         let mut padded = ipv4_frame(PROTOCOL_TCP, 0, &tcp(b"x"));
         padded.extend_from_slice(&[0; 5]);
-        assert_eq!(prepare_tx(&mut padded), Ok(TxChecksum::Filled));
+        assert_eq!(prepare_tx(&mut padded, true), Ok(TxChecksum::Filled));
+        // No NIC to finish it: filled at once.
+        let mut frame = ipv4_frame(PROTOCOL_UDP, 2, &l4);
+        assert_eq!(prepare_tx(&mut frame, false), Ok(TxChecksum::Filled));
+        assert_eq!(frame, expected);
         let spot = locate(&padded).unwrap();
         assert!(verify(&padded, &spot));
         // What cannot be placed is refused, the frame untouched.
         let mut icmp = ipv4_frame(1, 0, &[8, 0, 0, 0, 0, 0, 0, 0]);
         let before = icmp.clone();
-        assert_eq!(prepare_tx(&mut icmp), Err(Unplaceable::Protocol(1)));
+        assert_eq!(prepare_tx(&mut icmp, true), Err(Unplaceable::Protocol(1)));
         assert_eq!(icmp, before);
     }
 

@@ -2,6 +2,7 @@
 //! and that wait for the network scheduler. The bound is what stops one guest from holding all
 //! of the kernel's packet buffers; when its FIFO is full the kernel stops taking from its ring.
 
+use super::csum::TxChecksum;
 use super::pool::BufId;
 use alloc::collections::VecDeque;
 
@@ -24,16 +25,6 @@ pub struct GuestFrameRef {
     pub ring_index: u32,
 }
 
-/// An L4 checksum the kernel still owes a frame (checksum offload): the field, `offset` bytes
-/// after `start`, holds the pseudo header's sum, and the sum runs from `start` to the frame's
-/// end (virtio-net's `NEEDS_CSUM`; see [`super::csum`]). Made only from offsets the kernel
-/// derived from the frame's headers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CsumRequest {
-    pub start: u16,
-    pub offset: u16,
-}
-
 /// A frame waiting to be sent: `len` bytes at `data`, its stage-stamp record, if any, and the
 /// checksum still to be finished, if any.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,7 +33,8 @@ pub struct Packet {
     pub len: u32,
     /// Index of the packet's stamp record while stamping is on, else [`NO_STAMP`].
     pub stamp: u32,
-    pub csum: Option<CsumRequest>,
+    /// What the doorbell did for a guest that left the L4 checksum to the kernel.
+    pub csum: Option<TxChecksum>,
 }
 
 /// [`Packet::stamp`] when stamping is off.

@@ -29,8 +29,9 @@ pub mod vswitch;
 
 pub use backlog::{TxBacklog, Wait};
 pub use counters::NetCounters;
+pub use csum::{CsumRequest, TxChecksum};
 pub use desc::{pending, validate_rx, validate_tx, BadDescriptor, BadIndex, RxBuffer, TxFrame};
-pub use fifo::{CsumRequest, GuestFrameRef, Packet, PacketData, TxFifo, NO_STAMP};
+pub use fifo::{GuestFrameRef, Packet, PacketData, TxFifo, NO_STAMP};
 pub use netsched::NetScheduler;
 pub use pool::{BufId, PacketPool, PoolError};
 pub use ratelimit::{GuestTx, Held, RateLimiter, TokenBucket};
