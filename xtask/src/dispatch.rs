@@ -232,15 +232,15 @@ pub fn parse_lines(log: &str, mode: TxMode) -> Vec<Cell> {
 }
 
 /// Idle windows, the lowest instruction rate of which is taken off every window of echoes.
-const IDLE_WINDOW: Duration = Duration::from_millis(250);
-const IDLE_WINDOWS: usize = 4;
+pub(crate) const IDLE_WINDOW: Duration = Duration::from_millis(250);
+pub(crate) const IDLE_WINDOWS: usize = 4;
 /// Quiet before each read of the counters, so that the echo under way has ended.
-const SETTLE: Duration = Duration::from_millis(50);
+pub(crate) const SETTLE: Duration = Duration::from_millis(50);
 /// Pause after each echo before the next datagram: the guest goes back to idle in between, so
 /// every echo takes the same path (sent at once, the next datagram may reach the guest before
 /// it idles, which then skips the idle call and its return: the figures moved by 10% between
 /// runs).
-const ECHO_GAP: Duration = Duration::from_micros(500);
+pub(crate) const ECHO_GAP: Duration = Duration::from_micros(500);
 
 /// What one boot measured.
 struct ModeRun {

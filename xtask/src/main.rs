@@ -256,6 +256,10 @@ enum BenchCmd {
         /// Fewer packets per cell.
         #[arg(long)]
         quick: bool,
+        /// Only the whole-machine instructions per echo, ours and the Linux VM's (TCG with
+        /// -icount and the counting plugin): baseline-instructions.json.
+        #[arg(long)]
+        instructions: bool,
     },
     /// Many echo guests on one kernel over tap (needs root): time from QEMU's start to every
     /// guest answering one datagram, private pages per guest, kernel heap per guest, QEMU's
@@ -436,7 +440,10 @@ fn real_main() -> Result<()> {
             let csum = csum.map(|word| word == "on");
             dispatch::run(packets.unwrap_or(default), sizes, qemu::resolve_accel(accel)?, true, csum).map(|_| ())
         }
-        Cmd::Bench { which: BenchCmd::Baseline { quick } } => {
+        Cmd::Bench { which: BenchCmd::Baseline { quick, instructions: true } } => {
+            baseline::run_instructions(quick).map(|_| ())
+        }
+        Cmd::Bench { which: BenchCmd::Baseline { quick, instructions: false } } => {
             baseline::run_baseline(if quick { bench::QUICK } else { bench::FULL }).map(|_| ())
         }
         Cmd::Bench { which: BenchCmd::Echo { quick, open_loop_only } } => {

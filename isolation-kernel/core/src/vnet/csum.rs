@@ -117,6 +117,7 @@ fn be16(frame: &[u8], at: usize) -> Option<u16> {
 /// fragments, other protocols and lengths beyond the frame refused). For UDP the data ends where
 /// the UDP length says; for TCP where the IPv4 total length does (Ethernet padding after it is
 /// not summed).
+#[inline(always)]
 pub fn locate(frame: &[u8]) -> Result<L4Spot, Unplaceable> {
     const HEAD: usize = ETHERNET_HEADER + IPV4_MIN_HEADER;
     // The Ethernet header and the fixed part of the IPv4 header, read at fixed offsets.
@@ -239,6 +240,7 @@ pub fn partial(data: &[u8], acc: u64) -> u64 {
 }
 
 /// Folds a partial sum to 16 bits (little-endian word form).
+#[inline]
 pub fn fold(acc: u64) -> u16 {
     let acc = add(acc & 0xffff_ffff, acc >> 32);
     let acc = add(acc & 0xffff, acc >> 16);
@@ -246,12 +248,14 @@ pub fn fold(acc: u64) -> u16 {
     (add(acc & 0xffff, acc >> 16) & 0xffff) as u16
 }
 
+#[inline(always)]
 fn write_field(frame: &mut [u8], at: usize, value: u16) {
     if let Some(field) = frame.get_mut(at..at.saturating_add(2)) {
         field.copy_from_slice(&value.to_le_bytes());
     }
 }
 
+#[inline(always)]
 fn read_field(frame: &[u8], at: usize) -> u16 {
     match frame.get(at..at.saturating_add(2)) {
         Some(&[low, high]) => u16::from_le_bytes([low, high]),
@@ -260,6 +264,7 @@ fn read_field(frame: &[u8], at: usize) -> u16 {
 }
 
 /// Computes the L4 checksum of `frame` (located by [`locate`]) and writes it in.
+#[inline]
 pub fn fill(frame: &mut [u8], spot: &L4Spot) {
     write_field(frame, spot.field, 0);
     let data = frame.get(spot.start..spot.end).unwrap_or_default();
@@ -271,12 +276,14 @@ pub fn fill(frame: &mut [u8], spot: &L4Spot) {
 
 /// Writes the pseudo header's folded sum into the checksum field: what a NIC asked to finish
 /// the checksum (virtio-net `NEEDS_CSUM`, from `spot.start` to the frame's end) expects there.
+#[inline]
 pub fn seed(frame: &mut [u8], spot: &L4Spot) {
     write_field(frame, spot.field, fold(spot.pseudo));
 }
 
 /// Whether the L4 checksum of `frame` (located by [`locate`]) holds; a UDP checksum of zero
 /// ("none", as IPv4 allows) holds.
+#[inline]
 pub fn verify(frame: &[u8], spot: &L4Spot) -> bool {
     let stored = read_field(frame, spot.field);
     if stored == 0 && spot.protocol == L4::Udp {
@@ -301,6 +308,7 @@ pub enum TxChecksum {
 /// from the frame's own headers, and seeds it if a NIC may finish it (`nic_may_finish`), else
 /// fills it now ([`TxChecksum::Filled`]: one pass, wherever the frame goes). The frame must be
 /// the kernel's copy, or a page the guest cannot write while in flight.
+#[inline]
 pub fn prepare_tx(frame: &mut [u8], nic_may_finish: bool) -> Result<TxChecksum, Unplaceable> {
     let spot = locate(frame)?;
     let request = match (u16::try_from(spot.start), u16::try_from(spot.field_offset())) {
