@@ -280,6 +280,22 @@ const QEMU_TESTS: &[QemuTest] = &[
         name: "csum_http_tap_network_cow_tcg",
         run: |ctx| csum::with_offload(csum::Expect::Nic, || http::http_tap_network(ctx, TxMode::Cow, "http")),
     },
+    QemuTest {
+        name: "csum_off_udp_echo_user_network_copy_tcg",
+        run: |ctx| csum::with_offload(csum::Expect::Off, || udp_echo_user_network(ctx, TxMode::Copy, LEGACY)),
+    },
+    QemuTest {
+        name: "csum_off_udp_echo_tap_network_cow_tcg",
+        run: |ctx| {
+            csum::with_offload(csum::Expect::Off, || {
+                udp_echo_tap_network(ctx, TxMode::Cow, "udp-echo", &udp::TEST_SIZES, LEGACY)
+            })
+        },
+    },
+    QemuTest {
+        name: "csum_off_tcp_guest_to_guest_copy_tcg",
+        run: |ctx| csum::with_offload(csum::Expect::Off, || tcp::tcp_guest_to_guest(ctx, TxMode::Copy)),
+    },
     QemuTest { name: "csum_hostile_requests_copy_tcg", run: |ctx| csum::hostile_requests(ctx, TxMode::Copy) },
     QemuTest { name: "csum_hostile_requests_cow_tcg", run: |ctx| csum::hostile_requests(ctx, TxMode::Cow) },
 ];

@@ -34,6 +34,9 @@ pub(super) enum Expect {
     Nic,
     /// No NIC: the kernel fills every checksum a guest left, for the guest receiving it.
     BetweenGuests,
+    /// Offload off (`csum=off`): the guests make and check every checksum, the NIC is asked for
+    /// nothing, and the kernel touches none.
+    Off,
 }
 
 thread_local! {
@@ -44,7 +47,8 @@ thread_local! {
 /// every final `stats:` line it reads.
 pub(super) fn with_offload(expect: Expect, test: impl FnOnce() -> TestResult) -> TestResult {
     EXPECT.with(|e| e.set(Some(expect)));
-    let result = qemu::with_kernel_args(&format!("{}=on", hypercall_abi::cmdline::CSUM), test);
+    let on_off = if expect == Expect::Off { "off" } else { "on" };
+    let result = qemu::with_kernel_args(&format!("{}={on_off}", hypercall_abi::cmdline::CSUM), test);
     EXPECT.with(|e| e.set(None));
     result
 }
@@ -55,11 +59,19 @@ pub(super) fn with_offload(expect: Expect, test: impl FnOnce() -> TestResult) ->
 pub(super) fn check_stats(outcome: &Outcome, stats: &BTreeMap<String, u64>) -> Result<(), Failure> {
     let Some(expect) = EXPECT.with(Cell::get) else { return Ok(()) };
     let get = |name: &str| stats.get(name).copied().unwrap_or(0);
+    let nic_line = |line: &str| outcome.log.lines().any(|l| l.ends_with(line));
+    if expect == Expect::Off {
+        let touched: Vec<_> = stats.iter().filter(|(name, value)| name.contains("csum") && **value > 0).collect();
+        let nic_asked =
+            outcome.log.lines().any(|l| l.contains("nic: checksum offload:") && !l.ends_with("tx off rx off"));
+        return check(outcome, nic_line("checksum offload: off") && !nic_asked && touched.is_empty(), || {
+            format!("checksum offload off, yet the NIC took offloads or the kernel counted {touched:?}")
+        });
+    }
     check(outcome, outcome.log.contains("checksum offload: on"), || {
         "the kernel did not turn checksum offload on".into()
     })?;
     check(outcome, get("drops_bad_checksum") == 0, || format!("frames failed their checksum: {stats:?}"))?;
-    let nic_line = |line: &str| outcome.log.lines().any(|l| l.ends_with(line));
     let (filled, to_nic, verified, nic_verified) =
         (get("csum_filled"), get("csum_to_nic"), get("csum_verified"), get("csum_nic_verified"));
     let ok = match expect {
@@ -72,6 +84,7 @@ pub(super) fn check_stats(outcome: &Outcome, stats: &BTreeMap<String, u64>) -> R
         }
         Expect::Nic => nic_line("nic: checksum offload: tx on rx on") && to_nic > 0 && nic_verified > 0,
         Expect::BetweenGuests => !stats.contains_key("nic_tx_frames") && filled > 0 && to_nic == 0,
+        Expect::Off => unreachable!("returned above"),
     };
     check(outcome, ok, || {
         format!(
