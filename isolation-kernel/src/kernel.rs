@@ -15,8 +15,10 @@ use x86_64::VirtAddr;
 /// Bytes of the boot (and, later, trap) stack, above one unmapped guard page.
 const KERNEL_STACK_BYTES: usize = 64 * 1024;
 const GUARD_BYTES: usize = 4096;
-/// Size of the kernel heap: 1/32 of RAM, at least 4 MiB (per-guest bookkeeping lives there).
-const MIN_HEAP_BYTES: u64 = 4 << 20;
+/// Size of the kernel heap at boot: 1/128 of RAM, at least 1 MiB. It grows from the frame
+/// allocator as guests need it (see `mm::heap`).
+const MIN_HEAP_BYTES: u64 = 1 << 20;
+const HEAP_FRACTION_OF_RAM: u64 = 128;
 /// Physical memory below this is the legacy BIOS area; the kernel leaves it alone.
 const LOW_MEMORY_LIMIT: u64 = 1 << 20;
 
@@ -218,7 +220,8 @@ fn setup_memory(info: &pvh::StartInfo) {
     paging::init(&mut frames, ram.ranges(), &layout, arch::boot::BOOT_DIRECT_MAP_BYTES);
     log::info!("paging: kernel page tables active, direct map at {:#x}", phys::DIRECT_MAP_OFFSET);
 
-    let heap_bytes = (frames.free_frames() * FRAME_SIZE / 32).max(MIN_HEAP_BYTES).next_multiple_of(FRAME_SIZE);
+    let heap_bytes =
+        (frames.free_frames() * FRAME_SIZE / HEAP_FRACTION_OF_RAM).max(MIN_HEAP_BYTES).next_multiple_of(FRAME_SIZE);
     let heap_phys = frames
         .allocate_contiguous(heap_bytes / FRAME_SIZE, 1)
         .unwrap_or_else(|| fail(format_args!("no {} KiB of contiguous memory for the heap", heap_bytes / 1024)));

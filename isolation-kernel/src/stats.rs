@@ -15,6 +15,7 @@ fn kernel_stats() -> Stats {
         frames_free,
         heap_bytes_used,
         heap_bytes_free,
+        heap_frames_grown: mm::heap::grown_frames(),
     }
 }
 

@@ -314,9 +314,6 @@ pub const FULL_BISECT: (u32, u32) = (256, 32);
 /// `--quick`: `echo-1k`, from 32 MiB at 16 MiB resolution.
 pub const QUICK_BISECT: (u32, u32) = (32, 16);
 
-/// The kernel sizes its heap at this fraction of the free RAM (isolation-kernel/src/kernel.rs).
-pub const KERNEL_HEAP_SHARE_OF_RAM: u64 = 32;
-
 /// `target/bench/density.json`.
 #[derive(Debug, Serialize)]
 pub struct DensityReport {
@@ -481,7 +478,6 @@ pub fn bench(plan: &DensityPlan) -> Result<DensityReport> {
     }
     if let Some(bytes) = heap_used_per_guest {
         memory_per_guest_kib.insert("kernel_heap", bytes as f64 / 1024.0);
-        memory_per_guest_kib.insert("ram_for_that_kernel_heap", (bytes * KERNEL_HEAP_SHARE_OF_RAM) as f64 / 1024.0);
     }
     if let Some(mib) = smallest_memory_mib {
         memory_per_guest_kib.insert("smallest_memory", f64::from(mib) * 1024.0 / run.guests.max(1) as f64);
@@ -563,12 +559,8 @@ pub fn density_svg(report: &DensityReport) -> Result<String> {
             }
         })
         .collect();
-    let memory_rows = [
-        ("guest_private_pages", "guest's pages"),
-        ("kernel_heap", "kernel heap"),
-        ("ram_for_that_kernel_heap", "RAM for heap"),
-        ("smallest_memory", "smallest -m"),
-    ];
+    let memory_rows =
+        [("guest_private_pages", "guest's pages"), ("kernel_heap", "kernel heap"), ("smallest_memory", "smallest -m")];
     let panels = [
         Panel {
             title: format!("Private pages per guest by use ({} guests)", crate::chart::thousands(report.guests as f64)),
@@ -594,7 +586,7 @@ pub fn density_svg(report: &DensityReport) -> Result<String> {
         },
         Panel {
             title: "Memory per guest: the kernel heap is the wall".into(),
-            x_desc: "its pages; kernel heap; RAM for that heap (heap = 1/32 of RAM); smallest -m / guests".into(),
+            x_desc: "its pages; kernel heap (it grows as guests need it); smallest -m / guests".into(),
             y_desc: "KiB per guest".into(),
             legend_title: "measured".into(),
             categories: memory_rows.iter().map(|(_, label)| label.to_string()).collect(),
@@ -685,7 +677,7 @@ summary: guest 2 e-2: still running; expected running (as expected); cpu 32 ms; 
     fn boot_failures_are_named() {
         assert_eq!(boot_failure(LOG), None);
         let table =
-            "[ 0.1] ERROR the kernel heap (100 bytes free, 1/32 of RAM) cannot hold the table of 10000 guests: give \
+            "[ 0.1] ERROR the kernel heap (100 bytes free, grown from all free RAM) cannot hold the table of 10000 guests: give \
                      the machine more memory\n";
         assert!(boot_failure(table).is_some_and(|w| w.starts_with("boot failed: the kernel heap (100 bytes free")));
         let refused =

@@ -11,11 +11,13 @@ pub struct Stats {
     pub frames_free: u64,
     pub heap_bytes_used: u64,
     pub heap_bytes_free: u64,
+    /// Frames the kernel heap took from the frame allocator after boot, as it grew.
+    pub heap_frames_grown: u64,
 }
 
 impl Stats {
     /// The counters as `(name, value)` pairs, in the order they are printed.
-    pub fn pairs(&self) -> [(&'static str, u64); 6] {
+    pub fn pairs(&self) -> [(&'static str, u64); 7] {
         [
             ("uptime_ms", self.uptime_ms),
             ("timer_ticks", self.timer_ticks),
@@ -23,6 +25,7 @@ impl Stats {
             ("frames_free", self.frames_free),
             ("heap_bytes_used", self.heap_bytes_used),
             ("heap_bytes_free", self.heap_bytes_free),
+            ("heap_frames_grown", self.heap_frames_grown),
         ]
     }
 }

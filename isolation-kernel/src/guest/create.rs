@@ -34,7 +34,7 @@ impl core::fmt::Display for InitrdError {
             InitrdError::NoGuests => write!(f, "{CONFIG_FILE} names no guests"),
             InitrdError::KernelHeapTooSmall { guests, heap_free } => write!(
                 f,
-                "the kernel heap ({heap_free} bytes free, 1/32 of RAM) cannot hold the table of {guests} guests: give the machine more memory"
+                "the kernel heap ({heap_free} bytes free, grown from all free RAM) cannot hold the table of {guests} guests: give the machine more memory"
             ),
         }
     }
@@ -134,7 +134,9 @@ pub fn boot(
     };
     // Every frame a guest takes comes back when it ends: with the apps' shared pages (kept for
     // the run), this and the final `frames_free` account for all of them.
+    // (The heap may take frames as the guests are created and run: `heap_frames_grown` counts them.)
     log::info!("frames free before the guests: {}", with_frames(|frames| frames.free_frames()));
+    log::info!("heap frames grown before the guests: {}", crate::mm::heap::grown_frames());
     let mut apps: BTreeMap<&str, Result<App, Refusal>> = BTreeMap::new();
     for spec in &specs {
         let id = g.sched.add();
@@ -147,6 +149,7 @@ pub fn boot(
             0 => Ok(None),
             ms => cpu_budget_ticks(ms, tsc_hz).map(Some).ok_or(Refusal::CpuBudgetOutOfRange { ms }),
         };
+        crate::mm::heap::top_up();
         let heap_free = crate::mm::heap::usage().1;
         let built = match (app, &budget_ticks) {
             (Ok(_), _) if heap_free < KERNEL_HEAP_RESERVE => Err(Refusal::KernelHeapLow { free: heap_free }),

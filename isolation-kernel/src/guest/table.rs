@@ -117,6 +117,8 @@ pub(super) const STATS_INTERVAL_SECS: u64 = 5;
 impl Guests {
     /// Prints the stats line every few seconds if the packet counters moved.
     pub(super) fn maybe_report_stats(&mut self, now: u64) {
+        // Here (on the timer and before every switch) the frame allocator is not held.
+        crate::mm::heap::top_up();
         if now < self.next_stats_report {
             return;
         }
