@@ -719,7 +719,8 @@ enum Traffic {
 /// The kernel ran the transmit path asked for, and its counters show it: under copy, no page
 /// was protected and every sent byte was copied once (to a guest) or twice (to the NIC); under
 /// COW, no byte was copied on the way out and one slot was protected per frame taken (sent, or
-/// refused for its source MAC after protecting), with every COW fault on a protected slot.
+/// refused for its source MAC or its checksum request after protecting), with every COW fault
+/// on a protected slot.
 fn check_tx_path(
     outcome: &Outcome,
     tx: TxMode,
@@ -751,9 +752,13 @@ fn check_tx_path(
         }
         TxMode::Cow => {
             check(outcome, copied == 0 && get("tx_copies") == 0, || format!("the COW path copied: {stats:?}"))?;
-            let protects = get("cow_protects");
-            check(outcome, protects == packets + get("drops_spoof"), || {
-                format!("cow_protects {protects} is not one per frame taken (tx_packets + drops_spoof): {stats:?}")
+            // Frames refused after protecting: a spoofed source, a checksum that cannot be placed.
+            let (protects, refused) = (get("cow_protects"), get("drops_spoof") + get("drops_csum_request"));
+            check(outcome, protects == packets + refused, || {
+                format!(
+                    "cow_protects {protects} is not one per frame taken (tx_packets + drops_spoof + \
+                     drops_csum_request): {stats:?}"
+                )
             })?;
             check(outcome, get("cow_faults") + get("cow_spurious") <= protects, || {
                 format!("more COW faults than protected slots: {stats:?}")

@@ -342,17 +342,20 @@ fn take_tx(net: &mut Network, nic: &mut GuestNic, id: GuestId, name: &str, share
                 true => tx_checksum(net, csum_needed, run_bytes_mut(kernel_copy, net.pool_buffer_bytes, 0, frame.len)),
                 false => Err(Refused::Spoofed),
             };
-            let status = if let Ok(csum) = checked {
-                let stamp = net.start_tx_record(page, nic.slot_size);
-                net.queue(id, Packet { stamp, csum, ..Packet::pooled(buf, frame_len) });
-                net.sched.mark_ready(id);
-                nic.tx.sent(frame.len);
-                net.counters.tx_packets = net.counters.tx_packets.saturating_add(1);
-                net.counters.tx_bytes = net.counters.tx_bytes.saturating_add(frame.len);
-                DescStatus::Done
-            } else {
-                let _ = net.pool.release(buf);
-                refuse(net, nic, id, name, checked)
+            let status = match checked {
+                Ok(csum) => {
+                    let stamp = net.start_tx_record(page, nic.slot_size);
+                    net.queue(id, Packet { stamp, csum, ..Packet::pooled(buf, frame_len) });
+                    net.sched.mark_ready(id);
+                    nic.tx.sent(frame.len);
+                    net.counters.tx_packets = net.counters.tx_packets.saturating_add(1);
+                    net.counters.tx_bytes = net.counters.tx_bytes.saturating_add(frame.len);
+                    DescStatus::Done
+                }
+                Err(why) => {
+                    let _ = net.pool.release(buf);
+                    refuse(net, nic, id, name, why)
+                }
             };
             desc.status.store(status as u32, Ordering::Relaxed);
             nic.ring.complete(index);
@@ -371,22 +374,25 @@ fn take_tx(net: &mut Network, nic: &mut GuestNic, id: GuestId, name: &str, share
                 true => tx_checksum(net, csum_needed, run_bytes_mut(page, nic.slot_size, frame.offset, frame.len)),
                 false => Err(Refused::Spoofed),
             };
-            if let Ok(csum) = checked {
-                // Slot numbers are below TX_SLOTS (32).
-                let reference =
-                    GuestFrameRef { frame: page, offset: frame_offset, slot: slot as u16, ring_index: index };
-                let stamp = net.start_tx_record(page, nic.slot_size);
-                net.queue(id, Packet { data: PacketData::GuestFrame(reference), len: frame_len, stamp, csum });
-                net.sched.mark_ready(id);
-                nic.tx.sent(frame.len);
-                net.counters.tx_packets = net.counters.tx_packets.saturating_add(1);
-                net.counters.tx_bytes = net.counters.tx_bytes.saturating_add(frame.len);
-            } else {
-                let status = refuse(net, nic, id, name, checked);
-                desc.status.store(status as u32, Ordering::Relaxed);
-                nic.ring.complete(index);
-                if let Release::RestoreWrite { .. } = nic.cow.release(slot, page) {
-                    nic.set_slot_writable(slot, true);
+            match checked {
+                Ok(csum) => {
+                    // Slot numbers are below TX_SLOTS (32).
+                    let reference =
+                        GuestFrameRef { frame: page, offset: frame_offset, slot: slot as u16, ring_index: index };
+                    let stamp = net.start_tx_record(page, nic.slot_size);
+                    net.queue(id, Packet { data: PacketData::GuestFrame(reference), len: frame_len, stamp, csum });
+                    net.sched.mark_ready(id);
+                    nic.tx.sent(frame.len);
+                    net.counters.tx_packets = net.counters.tx_packets.saturating_add(1);
+                    net.counters.tx_bytes = net.counters.tx_bytes.saturating_add(frame.len);
+                }
+                Err(why) => {
+                    let status = refuse(net, nic, id, name, why);
+                    desc.status.store(status as u32, Ordering::Relaxed);
+                    nic.ring.complete(index);
+                    if let Release::RestoreWrite { .. } = nic.cow.release(slot, page) {
+                        nic.set_slot_writable(slot, true);
+                    }
                 }
             }
         }
@@ -431,19 +437,13 @@ fn tx_checksum(net: &mut Network, needed: bool, frame: &mut [u8]) -> Result<Opti
 /// The status of a refused frame; spoofing is counted here (checksum refusals were counted
 /// where found), and the first refusal of a guest's checksum request logged.
 #[cold]
-fn refuse(
-    net: &mut Network,
-    nic: &mut GuestNic,
-    id: GuestId,
-    name: &str,
-    why: Result<Option<TxChecksum>, Refused>,
-) -> DescStatus {
+fn refuse(net: &mut Network, nic: &mut GuestNic, id: GuestId, name: &str, why: Refused) -> DescStatus {
     match why {
-        Ok(_) | Err(Refused::Spoofed) => {
+        Refused::Spoofed => {
             net.counters.drops_spoof = net.counters.drops_spoof.saturating_add(1);
             DescStatus::RejectedSpoofedSource
         }
-        Err(Refused::Checksum(why)) => {
+        Refused::Checksum(why) => {
             match why {
                 Some(why) => nic.log_once(id, name, format_args!("tx checksum request refused: {why}")),
                 None => nic.log_once(id, name, format_args!("tx checksum request refused: checksum offload is off")),

@@ -143,6 +143,10 @@ pub(super) fn hostile_requests(ctx: &Ctx, tx: TxMode) -> TestResult {
         check(&outcome, outcome.log.contains("tx checksum request refused: "), || {
             "the first refusal was not logged with its reason".into()
         })?;
+        if tx == TxMode::Cow {
+            // Each refused frame was protected first, as every frame taken.
+            super::check_tx_path(&outcome, tx, &stats, super::Traffic::NicOnly)?;
+        }
         Ok(Verdict::Pass)
     })
 }
