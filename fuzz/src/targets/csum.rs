@@ -12,12 +12,15 @@ use crate::check;
 use crate::engine::{Target, Verdict};
 use crate::features::Features;
 use crate::source::Source;
-use kernel_core::vnet::csum::{complete, fill, locate, prepare_tx, seed, verify, TxChecksum, Unplaceable, L4};
+use kernel_core::vnet::csum::{
+    complete, fill, fill_in_pieces, locate, locate_in_prefix, prepare_tx, seed, verify, TxChecksum, Unplaceable, L4,
+};
 
 pub const TARGET: Target = Target {
     name: "csum",
-    checks: "placed checksums lie in the frame and its L4 data; fill verifies and equals a 16-bit reference; \
-             seed then complete equals fill; device offsets outside the frame are refused",
+    checks: "placed checksums lie in the frame and its L4 data; fill verifies and equals a 16-bit reference, \
+             in one piece or two (the split path); seed then complete verifies; device offsets outside the frame \
+             are refused",
     max_len: 2048,
     dictionary: &[],
     seeds,
@@ -145,6 +148,13 @@ fn run(input: &[u8], features: &mut Features) -> Verdict {
             // not mapped from 0 to 0xffff.
             check!(verify(&seeded, &spot), "seed then complete does not verify: {spot:?}");
         }
+        // In two pieces (the split path): headers up to any point after the field, the rest.
+        let at = spot.field + 2 + source.below(frame.len() - spot.field - 1);
+        let (mut headers, payload) = (frame[..at].to_vec(), &frame[at..]);
+        check!(locate_in_prefix(&headers, frame.len()) == Ok(spot), "placed differently in two pieces at {at}");
+        fill_in_pieces(&mut headers, payload, &spot);
+        check!([&headers[..], payload].concat() == filled, "filled differently in two pieces at {at}");
+        features.note("pieces odd", (at % 2) as u64);
         let mut prepared = frame.clone();
         let outcome = prepare_tx(&mut prepared, source.bool());
         features.note("prepare", matches!(outcome, Ok(TxChecksum::Owed(_))) as u64);

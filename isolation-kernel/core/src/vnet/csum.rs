@@ -119,6 +119,17 @@ fn be16(frame: &[u8], at: usize) -> Option<u16> {
 /// not summed).
 #[inline(always)]
 pub fn locate(frame: &[u8]) -> Result<L4Spot, Unplaceable> {
+    locate_in_prefix(frame, frame.len())
+}
+
+/// [`locate`] for a frame of `frame_len` bytes of which only `prefix`, its first bytes, is read
+/// (the split path's copy of the headers; the payload stays in the guest's slot): the headers
+/// read and the checksum field must lie in the prefix (else `Truncated`), the L4 data within
+/// `frame_len`.
+#[inline(always)]
+pub fn locate_in_prefix(prefix: &[u8], frame_len: usize) -> Result<L4Spot, Unplaceable> {
+    let frame = prefix;
+    let frame_len = frame_len.max(prefix.len());
     const HEAD: usize = ETHERNET_HEADER + IPV4_MIN_HEADER;
     // The Ethernet header and the fixed part of the IPv4 header, read at fixed offsets.
     let head: &[u8; HEAD] = match frame.get(..HEAD).and_then(|head| head.try_into().ok()) {
@@ -141,7 +152,7 @@ pub fn locate(frame: &[u8]) -> Result<L4Spot, Unplaceable> {
     if header < IPV4_MIN_HEADER {
         return Err(Unplaceable::BadHeaderLength);
     }
-    let ip_len = frame.len().saturating_sub(ETHERNET_HEADER);
+    let ip_len = frame_len.saturating_sub(ETHERNET_HEADER);
     if ip_len < header {
         return Err(Unplaceable::Truncated);
     }
@@ -177,9 +188,10 @@ pub fn locate(frame: &[u8]) -> Result<L4Spot, Unplaceable> {
     };
     let end = start.checked_add(l4_len).ok_or(Unplaceable::Truncated)?;
     let field = start.checked_add(field_at).ok_or(Unplaceable::Truncated)?;
-    // `end <= 14 + total <= frame.len()` and `field + 2 <= start + 8 <= end`, as checked above;
-    // checked again so that no later slice can be out of range whatever the arithmetic.
-    if end > frame.len() || field.checked_add(2).is_none_or(|f| f > end) {
+    // `end <= 14 + total <= frame_len` and `field + 2 <= start + 8 <= end`, as checked above;
+    // checked again so that no later slice can be out of range whatever the arithmetic; and the
+    // field must be in the bytes at hand.
+    if end > frame_len || field.checked_add(2).is_none_or(|f| f > end || f > frame.len()) {
         return Err(Unplaceable::Truncated);
     }
     let addresses = head.get(ETHERNET_HEADER + 12..).unwrap_or_default();
@@ -239,6 +251,32 @@ pub fn partial(data: &[u8], acc: u64) -> u64 {
     add(acc, tail(rest))
 }
 
+/// The partial sum of `first` then `second`, one message from an even offset: a `second` that
+/// starts at an odd offset has its bytes in the other halves of their words, so its sum is
+/// byte-swapped (RFC 1071's byte-order independence).
+#[inline]
+pub fn partial_of_two(first: &[u8], second: &[u8], acc: u64) -> u64 {
+    let acc = partial(first, acc);
+    if second.is_empty() {
+        return acc;
+    }
+    let rest = partial(second, 0);
+    if first.len() % 2 == 1 {
+        add(acc, u64::from(fold(rest).swap_bytes()))
+    } else {
+        add(acc, rest)
+    }
+}
+
+/// The bytes `[from, to)` of the frame `headers ++ payload`, as the part in each piece.
+fn pieces<'f>(headers: &'f [u8], payload: &'f [u8], from: usize, to: usize) -> (&'f [u8], &'f [u8]) {
+    let split = headers.len();
+    let first = headers.get(from.min(split)..to.min(split)).unwrap_or_default();
+    let second =
+        payload.get(from.saturating_sub(split)..to.saturating_sub(split).min(payload.len())).unwrap_or_default();
+    (first, second)
+}
+
 /// Folds a partial sum to 16 bits (little-endian word form).
 #[inline]
 pub fn fold(acc: u64) -> u16 {
@@ -266,12 +304,19 @@ fn read_field(frame: &[u8], at: usize) -> u16 {
 /// Computes the L4 checksum of `frame` (located by [`locate`]) and writes it in.
 #[inline]
 pub fn fill(frame: &mut [u8], spot: &L4Spot) {
-    write_field(frame, spot.field, 0);
-    let data = frame.get(spot.start..spot.end).unwrap_or_default();
-    let checksum = !fold(partial(data, spot.pseudo));
+    fill_in_pieces(frame, &[], spot);
+}
+
+/// [`fill`] for the frame `headers ++ payload` (located by [`locate_in_prefix`] in `headers`):
+/// the checksum, written into `headers`, covers the L4 data in both.
+#[inline]
+pub fn fill_in_pieces(headers: &mut [u8], payload: &[u8], spot: &L4Spot) {
+    write_field(headers, spot.field, 0);
+    let (first, second) = pieces(headers, payload, spot.start, spot.end);
+    let checksum = !fold(partial_of_two(first, second, spot.pseudo));
     // A computed UDP checksum of zero is sent as all ones (zero means "none").
     let checksum = if checksum == 0 && spot.protocol == L4::Udp { 0xffff } else { checksum };
-    write_field(frame, spot.field, checksum);
+    write_field(headers, spot.field, checksum);
 }
 
 /// Writes the pseudo header's folded sum into the checksum field: what a NIC asked to finish
@@ -310,18 +355,31 @@ pub enum TxChecksum {
 /// the kernel's copy, or a page the guest cannot write while in flight.
 #[inline]
 pub fn prepare_tx(frame: &mut [u8], nic_may_finish: bool) -> Result<TxChecksum, Unplaceable> {
-    let spot = locate(frame)?;
+    prepare_tx_in_pieces(frame, &[], nic_may_finish)
+}
+
+/// [`prepare_tx`] for the frame `headers ++ payload` (the split path: `headers` is the
+/// kernel's copy, where the checksum is written; `payload` the guest's slot, only read, and
+/// only when the kernel fills the checksum itself).
+#[inline]
+pub fn prepare_tx_in_pieces(
+    headers: &mut [u8],
+    payload: &[u8],
+    nic_may_finish: bool,
+) -> Result<TxChecksum, Unplaceable> {
+    let frame_len = headers.len().saturating_add(payload.len());
+    let spot = locate_in_prefix(headers, frame_len)?;
     let request = match (u16::try_from(spot.start), u16::try_from(spot.field_offset())) {
-        (Ok(start), Ok(offset)) if nic_may_finish && spot.end == frame.len() => Some(CsumRequest { start, offset }),
+        (Ok(start), Ok(offset)) if nic_may_finish && spot.end == frame_len => Some(CsumRequest { start, offset }),
         _ => None,
     };
     match request {
         Some(request) => {
-            seed(frame, &spot);
+            seed(headers, &spot);
             Ok(TxChecksum::Owed(request))
         }
         None => {
-            fill(frame, &spot);
+            fill_in_pieces(headers, payload, &spot);
             Ok(TxChecksum::Filled)
         }
     }
@@ -333,17 +391,27 @@ pub fn finish_tx(frame: &mut [u8], request: CsumRequest) -> Result<(), Unplaceab
     complete(frame, usize::from(request.start), usize::from(request.offset))
 }
 
+/// [`finish_tx`] for the frame `headers ++ payload`; the field must lie in `headers`.
+pub fn finish_tx_in_pieces(headers: &mut [u8], payload: &[u8], request: CsumRequest) -> Result<(), Unplaceable> {
+    complete_in_pieces(headers, payload, usize::from(request.start), usize::from(request.offset))
+}
+
 /// Finishes a checksum a device left partial (virtio-net `NEEDS_CSUM`): the one's-complement
 /// sum from `start` to the end of `frame`, complemented, into the field `offset` bytes after
 /// `start` (which holds the pseudo header's sum). Offsets outside the frame are refused.
 pub fn complete(frame: &mut [u8], start: usize, offset: usize) -> Result<(), Unplaceable> {
+    complete_in_pieces(frame, &[], start, offset)
+}
+
+/// [`complete`] for the frame `headers ++ payload`; the field must lie in `headers`.
+pub fn complete_in_pieces(headers: &mut [u8], payload: &[u8], start: usize, offset: usize) -> Result<(), Unplaceable> {
     let field = start.checked_add(offset).ok_or(Unplaceable::BadOffsets)?;
-    if field.checked_add(2).is_none_or(|end| end > frame.len()) {
+    if field.checked_add(2).is_none_or(|end| end > headers.len()) {
         return Err(Unplaceable::BadOffsets);
     }
-    let data = frame.get(start..).ok_or(Unplaceable::BadOffsets)?;
-    let checksum = !fold(partial(data, 0));
-    write_field(frame, field, checksum);
+    let (first, second) = pieces(headers, payload, start, headers.len().saturating_add(payload.len()));
+    let checksum = !fold(partial_of_two(first, second, 0));
+    write_field(headers, field, checksum);
     Ok(())
 }
 
@@ -660,6 +728,46 @@ mod tests {
         let before = icmp.clone();
         assert_eq!(prepare_tx(&mut icmp, true), Err(Unplaceable::Protocol(1)));
         assert_eq!(icmp, before);
+    }
+
+    #[test]
+    fn two_pieces_sum_as_one_at_every_split_odd_or_even() {
+        let data: Vec<u8> = (0..301u32).map(|i| (i * 37 + 11) as u8).collect();
+        for at in 0..=data.len() {
+            let (first, second) = data.split_at(at);
+            assert_eq!(fold(partial_of_two(first, second, 0)), fold(partial(&data, 0)), "split at {at}");
+        }
+    }
+
+    /// The split path: headers in the kernel's copy, payload in the guest's slot. Placing,
+    /// filling, seeding and finishing in two pieces give the frame the one-piece functions give.
+    #[test]
+    fn a_frame_in_two_pieces_gets_the_checksum_of_the_whole() {
+        for (protocol, l4) in [(PROTOCOL_UDP, udp(&[0x42; 1400])), (PROTOCOL_TCP, tcp(&[0x17; 3001]))] {
+            let whole = ipv4_frame(protocol, 1, &l4);
+            let spot = locate(&whole).unwrap();
+            let mut filled = whole.clone();
+            fill(&mut filled, &spot);
+            // Every split that keeps the checksum field (and UDP's length) in the headers.
+            for at in [spot.field + 2, spot.field + 3, spot.start + 20, 134, whole.len() - 1, whole.len()] {
+                let (mut headers, payload) = (whole[..at].to_vec(), whole[at..].to_vec());
+                assert_eq!(locate_in_prefix(&headers, whole.len()), Ok(spot), "split at {at}");
+                assert_eq!(prepare_tx_in_pieces(&mut headers, &payload, false), Ok(TxChecksum::Filled));
+                assert_eq!([&headers[..], &payload[..]].concat(), filled, "filled, split at {at}");
+                let mut headers = whole[..at].to_vec();
+                let owed = prepare_tx_in_pieces(&mut headers, &payload, true).unwrap();
+                let TxChecksum::Owed(request) = owed else { panic!("owed to the NIC: {owed:?}") };
+                finish_tx_in_pieces(&mut headers, &payload, request).unwrap();
+                let finished = [&headers[..], &payload[..]].concat();
+                assert!(verify(&finished, &spot), "seeded and finished, split at {at}");
+            }
+            // The field beyond the headers at hand: not placed.
+            assert_eq!(locate_in_prefix(&whole[..spot.field + 1], whole.len()), Err(Unplaceable::Truncated));
+            // A frame length below what the headers claim.
+            assert_eq!(locate_in_prefix(&whole[..60], 59), Err(Unplaceable::BadTotalLength));
+            let mut headers = whole[..60].to_vec();
+            assert_eq!(complete_in_pieces(&mut headers, &whole[60..], 34, 60), Err(Unplaceable::BadOffsets));
+        }
     }
 
     #[test]
