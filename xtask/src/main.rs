@@ -235,6 +235,9 @@ enum BenchCmd {
         /// Datagrams per size and transmit path (default: 10,100; 30 with --quick).
         #[arg(long)]
         packets: Option<usize>,
+        /// Checksum offload: on or off (default: the kernel's).
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["on", "off"]))]
+        csum: Option<String>,
     },
     /// Time from QEMU's start to the first UDP echo of the default image, on pc (legacy and
     /// modern virtio-pci) and microvm (virtio-mmio): boot.json.
@@ -253,6 +256,10 @@ enum BenchCmd {
         /// Fewer packets per cell.
         #[arg(long)]
         quick: bool,
+        /// Only the whole-machine instructions per echo, ours and the Linux VM's (TCG with
+        /// -icount and the counting plugin): baseline-instructions.json.
+        #[arg(long)]
+        instructions: bool,
     },
     /// Many echo guests on one kernel over tap (needs root): time from QEMU's start to every
     /// guest answering one datagram, private pages per guest, kernel heap per guest, QEMU's
@@ -342,6 +349,10 @@ struct RunArgs {
     /// After each `stats:` line, one line of each guest's own counters (`stats=per-guest`).
     #[arg(long)]
     per_guest_stats: bool,
+    /// Checksum offload through the vNICs and on the physical NIC: on or off (default: the
+    /// kernel's).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["on", "off"]))]
+    csum: Option<String>,
     /// What the x87/MMX/SSE unit is to guests: fault (stops the guest) or save (switched per
     /// guest). Default: the image's `fpu`, else fault.
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(keys::FPU_POLICIES))]
@@ -424,11 +435,15 @@ fn real_main() -> Result<()> {
             };
             density::bench(&plan).map(|_| ())
         }
-        Cmd::Bench { which: BenchCmd::Dispatch { quick, accel, packets } } => {
+        Cmd::Bench { which: BenchCmd::Dispatch { quick, accel, packets, csum } } => {
             let (default, sizes) = if quick { (30, &dispatch::SIZES[..]) } else { (10_100, &dispatch::FULL_SIZES[..]) };
-            dispatch::run(packets.unwrap_or(default), sizes, qemu::resolve_accel(accel)?, true).map(|_| ())
+            let csum = csum.map(|word| word == "on");
+            dispatch::run(packets.unwrap_or(default), sizes, qemu::resolve_accel(accel)?, true, csum).map(|_| ())
         }
-        Cmd::Bench { which: BenchCmd::Baseline { quick } } => {
+        Cmd::Bench { which: BenchCmd::Baseline { quick, instructions: true } } => {
+            baseline::run_instructions(quick).map(|_| ())
+        }
+        Cmd::Bench { which: BenchCmd::Baseline { quick, instructions: false } } => {
             baseline::run_baseline(if quick { bench::QUICK } else { bench::FULL }).map(|_| ())
         }
         Cmd::Bench { which: BenchCmd::Echo { quick, open_loop_only } } => {
@@ -620,6 +635,9 @@ fn kernel_cmdline(args: &RunArgs, image: &pack::Image) -> String {
     let tx = args.tx.unwrap_or(image.manifest.kernel.tx);
     append += &format!(" {}={}", keys::TX, tx.name());
     append += &format!(" {}={}", keys::FPU, args.fpu.as_deref().unwrap_or(&image.manifest.kernel.fpu));
+    if let Some(csum) = &args.csum {
+        append += &format!(" {}={csum}", keys::CSUM);
+    }
     if args.stamps {
         append += &format!(" {}=on", keys::STAMPS);
     }

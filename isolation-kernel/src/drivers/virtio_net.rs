@@ -10,8 +10,9 @@
 //! Each queue has one fixed buffer per packet, whole pages holding a header and the largest
 //! frame (several pages for jumbo frames; buffers never come from a general allocator on the
 //! packet path).
-//! Every transmit is a two-descriptor chain: the shared all-zero virtio-net header, then the
-//! frame, either copied into the packet's buffer (the copy path, Denali's copy 2) or, on the COW
+//! Every transmit is a two-descriptor chain: the packet slot's virtio-net header (all zero, or
+//! `NEEDS_CSUM` with the offsets the kernel derived when the device finishes the checksum),
+//! then the frame, either copied into the packet's buffer (the copy path, Denali's copy 2) or, on the COW
 //! path, the guest's own write-protected frame by physical address. Receive hands the frame to
 //! a closure and re-posts the buffer.
 
@@ -23,10 +24,10 @@ use alloc::vec::Vec;
 use core::sync::atomic::{fence, Ordering};
 use hypercall_abi::layout::PAGE_SIZE as PAGE;
 use kernel_core::boot::cmdline::{MmioDevice, MAX_MMIO_DEVICES};
-use kernel_core::drivers::virtio::{negotiate_net, Generation, MAX_NET_HEADER_LEN};
+use kernel_core::drivers::virtio::{negotiate_net, rx_checksum, tx_header, Generation, RxChecksum, MAX_NET_HEADER_LEN};
 use kernel_core::drivers::virtio_pci::{modern_layout, LayoutError};
 use kernel_core::mm::frame_alloc::FrameAllocator;
-use kernel_core::vnet::GuestFrameRef;
+use kernel_core::vnet::{CsumRequest, GuestFrameRef};
 use virtio_spec::DeviceStatus;
 
 /// What a zero-copy transmit hands back when the device is done: the guest and its frame.
@@ -164,8 +165,12 @@ pub struct NicCounters {
     pub notifies: u64,
 }
 
-/// Each transmitted packet is a chain of two descriptors, `2k` (the header, from one shared
-/// zeroed page) and `2k + 1` (the frame: a driver buffer for copied frames, the guest's own
+/// Bytes between the packet slots' headers in the header page.
+const TX_HEADER_STRIDE: u64 = 16;
+const _: () = assert!(MAX_BUFFERS as u64 * TX_HEADER_STRIDE <= PAGE && MAX_NET_HEADER_LEN as u64 <= TX_HEADER_STRIDE);
+
+/// Each transmitted packet is a chain of two descriptors, `2k` (the header: slot `k`'s in one
+/// header page) and `2k + 1` (the frame: a driver buffer for copied frames, the guest's own
 /// frame for zero-copy ones); `k` indexes the packet slot.
 pub struct VirtioNet {
     transport: Box<dyn Transport>,
@@ -180,6 +185,10 @@ pub struct VirtioNet {
     header_page: u64,
     /// Bytes of `virtio_net_hdr` before each frame (10 legacy, 12 modern).
     net_header_len: usize,
+    /// Checksum offloads agreed: the device finishes `NEEDS_CSUM` checksums on transmit
+    /// (`VIRTIO_NET_F_CSUM`), and marks received frames (`VIRTIO_NET_F_GUEST_CSUM`).
+    pub tx_csum: bool,
+    pub rx_csum: bool,
     tx_unnotified: bool,
     /// Zero-copy packets in flight: their guests wait for the completion, so it interrupts.
     zero_copy_in_flight: usize,
@@ -262,6 +271,8 @@ impl VirtioNet {
             tx_cookies: Vec::new(),
             header_page: 0,
             net_header_len: MAX_NET_HEADER_LEN,
+            tx_csum: false,
+            rx_csum: false,
             tx_unnotified: false,
             zero_copy_in_flight: 0,
             tx_waiting_for_slot: false,
@@ -275,7 +286,7 @@ impl VirtioNet {
         t.set_status(DeviceStatus::ACKNOWLEDGE);
         t.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER);
         let generation = t.generation();
-        let negotiated = match negotiate_net(t.device_features(), generation) {
+        let negotiated = match negotiate_net(t.device_features(), generation, crate::vnet::checksum_offload()) {
             Ok(n) => n,
             Err(e) => {
                 t.set_status(DeviceStatus::FAILED);
@@ -285,6 +296,7 @@ impl VirtioNet {
         };
         t.set_driver_features(negotiated.features);
         nic.net_header_len = negotiated.net_header_len;
+        (nic.tx_csum, nic.rx_csum) = (negotiated.tx_csum, negotiated.rx_csum);
         let mut status = DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER;
         if generation == Generation::Modern {
             status |= DeviceStatus::FEATURES_OK;
@@ -313,7 +325,7 @@ impl VirtioNet {
             nic.rx.push_avail(id);
         }
         let header_page = frames.allocate().ok_or("no memory for the tx header page")?;
-        // SAFETY: a fresh frame; the device only ever reads its first `net_header_len` bytes.
+        // SAFETY: a fresh frame; the device only reads each slot's first `net_header_len` bytes.
         unsafe { core::ptr::write_bytes(phys_to_virt(header_page).as_mut_ptr::<u8>(), 0, PAGE as usize) };
         nic.header_page = header_page;
         let tx_count = MAX_BUFFERS.min(nic.tx.size / 2);
@@ -392,10 +404,18 @@ impl VirtioNet {
         slot
     }
 
-    /// Queues the chain header + `len` bytes at physical `data` in packet slot `k`.
-    fn queue_chain(&mut self, k: u16, data: u64, len: u32) {
+    /// Queues the chain header + `len` bytes at physical `data` in packet slot `k`; the header
+    /// asks the device to finish the checksum `csum` describes, if any (only when it agreed to).
+    fn queue_chain(&mut self, k: u16, data: u64, len: u32, csum: Option<CsumRequest>) {
         let header = 2 * k;
-        self.tx.write_desc(header, self.header_page, self.net_header_len as u32, DESC_F_NEXT, header + 1);
+        let header_phys = self.header_page + u64::from(k) * TX_HEADER_STRIDE;
+        let fields = tx_header(csum.filter(|_| self.tx_csum).map(|c| (c.start, c.offset)));
+        // SAFETY: slot `k`'s header lies in the driver's header page (k < MAX_BUFFERS, asserted
+        // to fit), which the device reads only while the slot is in flight, and slot `k` is not.
+        unsafe {
+            core::ptr::copy_nonoverlapping(fields.as_ptr(), phys_to_virt(header_phys).as_mut_ptr::<u8>(), fields.len())
+        };
+        self.tx.write_desc(header, header_phys, self.net_header_len as u32, DESC_F_NEXT, header + 1);
         self.tx.write_desc(header + 1, data, len, 0, 0);
         self.tx.push_avail(header);
         self.tx_unnotified = true;
@@ -403,8 +423,14 @@ impl VirtioNet {
     }
 
     /// Copies `frame` into a driver buffer (Denali's copy 2) and queues it (the device is
-    /// notified by [`VirtioNet::flush`]).
-    pub fn transmit(&mut self, frame: &[u8], done: impl FnMut(TxCookie)) -> Result<(), TransmitError> {
+    /// notified by [`VirtioNet::flush`]), asking the device to finish its checksum `csum` (the
+    /// caller passes one only if [`Self::tx_csum`]).
+    pub fn transmit(
+        &mut self,
+        frame: &[u8],
+        csum: Option<CsumRequest>,
+        done: impl FnMut(TxCookie),
+    ) -> Result<(), TransmitError> {
         if frame.len() as u64 > self.buffer_bytes {
             return Err(TransmitError::TooLong);
         }
@@ -413,7 +439,7 @@ impl VirtioNet {
         // SAFETY: the buffer is this driver's run for slot `k`, not in flight (the slot was
         // free); the frame fits in it (checked above).
         unsafe { core::ptr::copy_nonoverlapping(frame.as_ptr(), phys_to_virt(buffer).as_mut_ptr::<u8>(), frame.len()) };
-        self.queue_chain(k, buffer, frame.len() as u32);
+        self.queue_chain(k, buffer, frame.len() as u32, csum);
         Ok(())
     }
 
@@ -424,13 +450,14 @@ impl VirtioNet {
         data: u64,
         len: u32,
         cookie: TxCookie,
+        csum: Option<CsumRequest>,
         done: impl FnMut(TxCookie),
     ) -> Result<(), TxCookie> {
         let Some(k) = self.free_slot(done) else { return Err(cookie) };
         self.tx_cookies[usize::from(k)] = Some(cookie);
         self.zero_copy_in_flight = self.zero_copy_in_flight.saturating_add(1);
         self.update_tx_interrupts();
-        self.queue_chain(k, data, len);
+        self.queue_chain(k, data, len, csum);
         Ok(())
     }
 
@@ -445,10 +472,15 @@ impl VirtioNet {
         }
     }
 
-    /// Hands every received frame to `deliver`, then re-posts its buffer, calling `released`
-    /// with `deliver`'s result once the frame's buffer is back with the device (for stage
-    /// stamps). Returns the count.
-    pub fn receive_with<R>(&mut self, mut deliver: impl FnMut(&[u8]) -> R, mut released: impl FnMut(R)) -> usize {
+    /// Hands every received frame to `deliver` with what its header says of its checksum
+    /// (always [`RxChecksum::Unknown`] unless `GUEST_CSUM` was agreed), then re-posts its
+    /// buffer, calling `released` with `deliver`'s result once the frame's buffer is back with
+    /// the device (for stage stamps). Returns the count.
+    pub fn receive_with<R>(
+        &mut self,
+        mut deliver: impl FnMut(&[u8], RxChecksum) -> R,
+        mut released: impl FnMut(R),
+    ) -> usize {
         // Before the used ring is read: a frame that arrives after it interrupts again.
         self.transport.acknowledge_interrupt();
         let mut count = 0;
@@ -458,13 +490,11 @@ impl VirtioNet {
             if len > self.net_header_len {
                 // SAFETY: the device finished writing this buffer (it is in the used ring) and
                 // will not touch it until it is re-posted below; `len` is clamped to the buffer.
-                let frame = unsafe {
-                    core::slice::from_raw_parts(
-                        phys_to_virt(buffer).as_ptr::<u8>().add(self.net_header_len),
-                        len - self.net_header_len,
-                    )
+                let (header, frame) = unsafe {
+                    core::slice::from_raw_parts(phys_to_virt(buffer).as_ptr::<u8>(), len).split_at(self.net_header_len)
                 };
-                let result = deliver(frame);
+                let checksum = if self.rx_csum { rx_checksum(header) } else { RxChecksum::Unknown };
+                let result = deliver(frame, checksum);
                 self.counters.rx_frames += 1;
                 count += 1;
                 self.rx.write_desc(id, buffer, self.buffer_bytes as u32, DESC_F_WRITE, 0);
@@ -480,6 +510,14 @@ impl VirtioNet {
             self.transport.notify(self.rx.index);
         }
         count
+    }
+}
+
+fn on_off(on: bool) -> &'static str {
+    if on {
+        "on"
+    } else {
+        "off"
     }
 }
 
@@ -577,6 +615,7 @@ pub fn probe(max_frame: u64) -> Option<VirtioNet> {
         Ok(nic) => {
             POLLED.store(!nic.interrupts, Ordering::Relaxed);
             let m = nic.mac();
+            log::info!("nic: checksum offload: tx {} rx {}", on_off(nic.tx_csum), on_off(nic.rx_csum));
             log::info!(
                 "nic: virtio-net ({}), MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, {}, {}-byte header",
                 nic.describe(),

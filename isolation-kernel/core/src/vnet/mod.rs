@@ -17,6 +17,7 @@
 pub mod backlog;
 pub mod counters;
 pub mod cow;
+pub mod csum;
 pub mod desc;
 pub mod fifo;
 pub mod netsched;
@@ -28,6 +29,7 @@ pub mod vswitch;
 
 pub use backlog::{TxBacklog, Wait};
 pub use counters::NetCounters;
+pub use csum::{CsumRequest, TxChecksum};
 pub use desc::{pending, validate_rx, validate_tx, BadDescriptor, BadIndex, RxBuffer, TxFrame};
 pub use fifo::{GuestFrameRef, Packet, PacketData, TxFifo, NO_STAMP};
 pub use netsched::NetScheduler;
