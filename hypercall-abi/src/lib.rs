@@ -28,7 +28,8 @@ pub mod vi;
 pub mod vnic;
 
 /// Version of the guest/kernel ABI. Bumped on every incompatible change of this crate.
-pub const ABI_VERSION: u32 = 1;
+/// 2: descriptor flags for checksum offload (`vnic::desc_flags`) and the `offloads` word.
+pub const ABI_VERSION: u32 = 2;
 
 pub mod host {
     //! The kernel ends QEMU through the `isa-debug-exit` device: writing `v` to its port makes
@@ -116,6 +117,12 @@ pub mod cmdline {
     pub const TX: &str = "tx";
     /// Per-packet stage stamps: `on` or `off` (the default; a normal run pays nothing).
     pub const STAMPS: &str = "stamps";
+    /// Checksum offload through the vNIC (`crate::vnic::desc_flags`): `on` or `off`; also
+    /// whether the kernel negotiates the physical NIC's checksum offloads.
+    pub const CSUM: &str = "csum";
+    /// Whether checksum offload is on when the command line does not say: on, as it costs
+    /// fewer instructions per echo at every size measured (`cargo xtask bench dispatch --csum`).
+    pub const CSUM_DEFAULT: bool = true;
     /// What the x87/MMX/SSE unit is to guests (see [`FPU_POLICIES`]).
     pub const FPU: &str = "fpu";
     /// Values accepted by [`FPU`]: `fault` (the default; guests are built soft-float, so any

@@ -248,6 +248,9 @@ enum BenchCmd {
         /// With --tx-paths: these frame lengths (comma-separated) instead of 64 to 9014.
         #[arg(long, value_delimiter = ',')]
         frames: Vec<usize>,
+        /// Checksum offload: on or off (default: the kernel's).
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["on", "off"]))]
+        csum: Option<String>,
     },
     /// Time from QEMU's start to the first UDP echo of the default image, on pc (legacy and
     /// modern virtio-pci) and microvm (virtio-mmio): boot.json.
@@ -266,6 +269,10 @@ enum BenchCmd {
         /// Fewer packets per cell.
         #[arg(long)]
         quick: bool,
+        /// Only the whole-machine instructions per echo, ours and the Linux VM's (TCG with
+        /// -icount and the counting plugin): baseline-instructions.json.
+        #[arg(long)]
+        instructions: bool,
     },
     /// Many echo guests on one kernel over tap (needs root): time from QEMU's start to every
     /// guest answering one datagram, private pages per guest, kernel heap per guest, QEMU's
@@ -355,6 +362,10 @@ struct RunArgs {
     /// After each `stats:` line, one line of each guest's own counters (`stats=per-guest`).
     #[arg(long)]
     per_guest_stats: bool,
+    /// Checksum offload through the vNICs and on the physical NIC: on or off (default: the
+    /// kernel's).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["on", "off"]))]
+    csum: Option<String>,
     /// What the x87/MMX/SSE unit is to guests: fault (stops the guest) or save (switched per
     /// guest). Default: the image's `fpu`, else fault.
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(keys::FPU_POLICIES))]
@@ -437,11 +448,12 @@ fn real_main() -> Result<()> {
             };
             density::bench(&plan).map(|_| ())
         }
-        Cmd::Bench { which: BenchCmd::Dispatch { quick, accel, packets, tx_paths, frames } } => {
+        Cmd::Bench { which: BenchCmd::Dispatch { quick, accel, packets, csum, tx_paths, frames } } => {
             let (default, sizes) = if quick { (30, &dispatch::SIZES[..]) } else { (10_100, &dispatch::FULL_SIZES[..]) };
             let accel = qemu::resolve_accel(accel)?;
+            let csum = csum.map(|word| word == "on");
             if !tx_paths {
-                dispatch::run(packets.unwrap_or(default), sizes, accel, true)?;
+                dispatch::run(packets.unwrap_or(default), sizes, accel, true, csum)?;
             }
             if tx_paths || (!quick && accel == qemu::Accel::Tcg) {
                 let frames = if frames.is_empty() { &txpaths::FRAME_SIZES[..] } else { &frames[..] };
@@ -449,7 +461,10 @@ fn real_main() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Bench { which: BenchCmd::Baseline { quick } } => {
+        Cmd::Bench { which: BenchCmd::Baseline { quick, instructions: true } } => {
+            baseline::run_instructions(quick).map(|_| ())
+        }
+        Cmd::Bench { which: BenchCmd::Baseline { quick, instructions: false } } => {
             baseline::run_baseline(if quick { bench::QUICK } else { bench::FULL }).map(|_| ())
         }
         Cmd::Bench { which: BenchCmd::Echo { quick, open_loop_only } } => {
@@ -641,6 +656,9 @@ fn kernel_cmdline(args: &RunArgs, image: &pack::Image) -> String {
     let tx = args.tx.unwrap_or(image.manifest.kernel.tx);
     append += &format!(" {}={}", keys::TX, tx.name());
     append += &format!(" {}={}", keys::FPU, args.fpu.as_deref().unwrap_or(&image.manifest.kernel.fpu));
+    if let Some(csum) = &args.csum {
+        append += &format!(" {}={csum}", keys::CSUM);
+    }
     if args.stamps {
         append += &format!(" {}=on", keys::STAMPS);
     }

@@ -15,6 +15,7 @@ use hypercall_abi::host::KernelExit;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod csum;
 mod density;
 mod hostile;
 mod http;
@@ -240,6 +241,129 @@ const QEMU_TESTS: &[QemuTest] = &[
     QemuTest { name: "perf_echo_beside_hogs_tcg", run: perf::echo_beside_hogs },
     QemuTest { name: "perf_cpu_weights_1_to_3_tcg", run: perf::cpu_weights_one_to_three },
     QemuTest { name: "perf_tx_limit_holds_flood_tcg", run: perf::tx_limit_holds_a_flood },
+    // Checksum offload (csum=on): the same traffic with the guests' UDP and TCP checksums left
+    // to the kernel and the NIC (tests/csum.rs).
+    QemuTest {
+        name: "csum_udp_echo_user_network_copy_tcg",
+        run: |ctx| csum::with_offload(csum::Expect::Kernel, || udp_echo_user_network(ctx, TxMode::Copy, LEGACY)),
+    },
+    QemuTest {
+        name: "csum_udp_echo_user_network_cow_tcg",
+        run: |ctx| csum::with_offload(csum::Expect::Kernel, || udp_echo_user_network(ctx, TxMode::Cow, LEGACY)),
+    },
+    QemuTest {
+        name: "csum_udp_echo_user_network_copy_modern_tcg",
+        run: |ctx| csum::with_offload(csum::Expect::Kernel, || udp_echo_user_network(ctx, TxMode::Copy, MODERN)),
+    },
+    QemuTest {
+        name: "csum_udp_echo_user_network_cow_mmio_tcg",
+        run: |ctx| csum::with_offload(csum::Expect::Kernel, || udp_echo_user_network(ctx, TxMode::Cow, MMIO)),
+    },
+    QemuTest {
+        name: "csum_udp_echo_tap_network_copy_tcg",
+        run: |ctx| {
+            csum::with_offload(csum::Expect::Nic, || {
+                udp_echo_tap_network(ctx, TxMode::Copy, "udp-echo", &udp::TEST_SIZES, LEGACY)
+            })
+        },
+    },
+    QemuTest {
+        name: "csum_udp_echo_tap_network_cow_tcg",
+        run: |ctx| {
+            csum::with_offload(csum::Expect::Nic, || {
+                udp_echo_tap_network(ctx, TxMode::Cow, "udp-echo", &udp::TEST_SIZES, LEGACY)
+            })
+        },
+    },
+    QemuTest {
+        name: "csum_udp_jumbo_tap_network_copy_tcg",
+        run: |ctx| {
+            csum::with_offload(csum::Expect::Nic, || {
+                udp_echo_tap_network(ctx, TxMode::Copy, "udp-echo-jumbo", &udp::JUMBO_TEST_SIZES, LEGACY)
+            })
+        },
+    },
+    QemuTest {
+        name: "csum_udp_jumbo_tap_network_cow_modern_tcg",
+        run: |ctx| {
+            csum::with_offload(csum::Expect::Nic, || {
+                udp_echo_tap_network(ctx, TxMode::Cow, "udp-echo-jumbo", &udp::JUMBO_TEST_SIZES, MODERN)
+            })
+        },
+    },
+    QemuTest {
+        name: "csum_udp_jumbo_tap_network_copy_mmio_tcg",
+        run: |ctx| {
+            csum::with_offload(csum::Expect::Nic, || {
+                udp_echo_tap_network(ctx, TxMode::Copy, "udp-echo-jumbo", &udp::JUMBO_TEST_SIZES, MMIO)
+            })
+        },
+    },
+    QemuTest {
+        name: "csum_udp_guest_to_guest_copy_tcg",
+        run: |ctx| csum::with_offload(csum::Expect::BetweenGuests, || udp_guest_to_guest(ctx, TxMode::Copy, "udp-g2g")),
+    },
+    QemuTest {
+        name: "csum_udp_guest_to_guest_cow_tcg",
+        run: |ctx| csum::with_offload(csum::Expect::BetweenGuests, || udp_guest_to_guest(ctx, TxMode::Cow, "udp-g2g")),
+    },
+    QemuTest {
+        name: "csum_udp_jumbo_guest_to_guest_copy_tcg",
+        run: |ctx| {
+            csum::with_offload(csum::Expect::BetweenGuests, || udp_guest_to_guest(ctx, TxMode::Copy, "udp-g2g-jumbo"))
+        },
+    },
+    QemuTest {
+        name: "csum_tcp_guest_to_guest_copy_tcg",
+        run: |ctx| csum::with_offload(csum::Expect::BetweenGuests, || tcp::tcp_guest_to_guest(ctx, TxMode::Copy)),
+    },
+    QemuTest {
+        name: "csum_tcp_guest_to_guest_cow_tcg",
+        run: |ctx| csum::with_offload(csum::Expect::BetweenGuests, || tcp::tcp_guest_to_guest(ctx, TxMode::Cow)),
+    },
+    QemuTest {
+        name: "csum_http_user_network_copy_tcg",
+        run: |ctx| csum::with_offload(csum::Expect::Kernel, || http::http_user_network(ctx)),
+    },
+    QemuTest {
+        name: "csum_http_tap_network_cow_tcg",
+        run: |ctx| csum::with_offload(csum::Expect::Nic, || http::http_tap_network(ctx, TxMode::Cow, "http")),
+    },
+    QemuTest {
+        name: "csum_off_udp_echo_user_network_copy_tcg",
+        run: |ctx| csum::with_offload(csum::Expect::Off, || udp_echo_user_network(ctx, TxMode::Copy, LEGACY)),
+    },
+    QemuTest {
+        name: "csum_off_udp_echo_tap_network_cow_tcg",
+        run: |ctx| {
+            csum::with_offload(csum::Expect::Off, || {
+                udp_echo_tap_network(ctx, TxMode::Cow, "udp-echo", &udp::TEST_SIZES, LEGACY)
+            })
+        },
+    },
+    QemuTest {
+        name: "csum_off_tcp_guest_to_guest_copy_tcg",
+        run: |ctx| csum::with_offload(csum::Expect::Off, || tcp::tcp_guest_to_guest(ctx, TxMode::Copy)),
+    },
+    QemuTest { name: "csum_hostile_requests_copy_tcg", run: |ctx| csum::hostile_requests(ctx, TxMode::Copy) },
+    QemuTest { name: "csum_hostile_requests_cow_tcg", run: |ctx| csum::hostile_requests(ctx, TxMode::Cow) },
+    // The split path's frames above COPY_WHOLE_MAX: the NIC finishes a seeded checksum over the
+    // three-piece chain; to another guest the kernel finishes it on the whole copy.
+    QemuTest {
+        name: "csum_udp_jumbo_tap_network_split_tcg",
+        run: |ctx| {
+            csum::with_offload(csum::Expect::Nic, || {
+                udp_echo_tap_network(ctx, TxMode::Split, "udp-echo-jumbo", &udp::JUMBO_TEST_SIZES, LEGACY)
+            })
+        },
+    },
+    QemuTest {
+        name: "csum_udp_jumbo_guest_to_guest_split_tcg",
+        run: |ctx| {
+            csum::with_offload(csum::Expect::BetweenGuests, || udp_guest_to_guest(ctx, TxMode::Split, "udp-g2g-jumbo"))
+        },
+    },
+    QemuTest { name: "csum_hostile_requests_split_tcg", run: |ctx| csum::hostile_requests(ctx, TxMode::Split) },
 ];
 
 /// The NIC transports the packet tests run on (test names carry `_modern` and `_mmio` for the
@@ -661,7 +785,8 @@ enum Traffic {
 /// The kernel ran the transmit path asked for, and its counters show it: under copy, no page
 /// was protected and every sent byte was copied once (to a guest) or twice (to the NIC); under
 /// COW, no byte was copied on the way out and one slot was protected per frame taken (sent, or
-/// refused for its source MAC after protecting), with every COW fault on a protected slot.
+/// refused for its source MAC or its checksum request after protecting), with every COW fault
+/// on a protected slot.
 fn check_tx_path(
     outcome: &Outcome,
     tx: TxMode,
@@ -694,9 +819,13 @@ fn check_tx_path(
         }
         TxMode::Cow => {
             check(outcome, copied == 0 && get("tx_copies") == 0, || format!("the COW path copied: {stats:?}"))?;
-            let protects = get("cow_protects");
-            check(outcome, protects == packets + get("drops_spoof"), || {
-                format!("cow_protects {protects} is not one per frame taken (tx_packets + drops_spoof): {stats:?}")
+            // Frames refused after protecting: a spoofed source, a checksum that cannot be placed.
+            let (protects, refused) = (get("cow_protects"), get("drops_spoof") + get("drops_csum_request"));
+            check(outcome, protects == packets + refused, || {
+                format!(
+                    "cow_protects {protects} is not one per frame taken (tx_packets + drops_spoof + \
+                     drops_csum_request): {stats:?}"
+                )
             })?;
             check(outcome, get("cow_faults") + get("cow_spurious") <= protects, || {
                 format!("more COW faults than protected slots: {stats:?}")
@@ -724,8 +853,11 @@ fn check_tx_path(
 }
 
 /// The stats line's counters, or a failure naming what is missing.
+/// Under checksum offload ([`csum::with_offload`]) also checks the checksum counters.
 fn final_stats(outcome: &Outcome) -> std::result::Result<std::collections::BTreeMap<String, u64>, Failure> {
-    checks::stats(&outcome.log).ok_or_else(|| failure("no stats line", outcome.log.clone()))
+    let stats = checks::stats(&outcome.log).ok_or_else(|| failure("no stats line", outcome.log.clone()))?;
+    csum::check_stats(outcome, &stats)?;
+    Ok(stats)
 }
 
 /// The smallest memory the default image must boot and echo in.
@@ -1152,7 +1284,7 @@ fn bench_echo_smoke(_ctx: &Ctx) -> TestResult {
 /// the stage medians adding up to the median total (within the stamps' own cost).
 fn bench_dispatch_smoke(_ctx: &Ctx) -> TestResult {
     use crate::dispatch::{Direction, DispatchReport};
-    let json = crate::dispatch::run(30, &crate::dispatch::SIZES, Accel::Tcg, false)
+    let json = crate::dispatch::run(30, &crate::dispatch::SIZES, Accel::Tcg, false, None)
         .map_err(|e| failure(format!("bench dispatch: {e:#}"), String::new()))?;
     let report: DispatchReport =
         crate::bench::read_json(&json).map_err(|e| failure(format!("{e:#}"), String::new()))?;

@@ -68,6 +68,8 @@ pub struct KernelArgs {
     pub tx_mode: TxMode,
     /// Per-packet stage stamps (benchmarks only).
     pub stamps: bool,
+    /// Checksum offload through the vNICs and on the physical NIC (`csum=on|off`).
+    pub csum_offload: bool,
     /// A line of each guest's own counters after every `stats:` line (`stats=per-guest`).
     pub stats_per_guest: bool,
     pub fpu: FpuPolicy,
@@ -83,6 +85,7 @@ impl Default for KernelArgs {
             test_fault: None,
             tx_mode: TxMode::Split,
             stamps: false,
+            csum_offload: keys::CSUM_DEFAULT,
             stats_per_guest: false,
             fpu: FpuPolicy::Fault,
             virtio_mmio: [None; MAX_MMIO_DEVICES],
@@ -154,6 +157,7 @@ fn is_kernel_key(key: &str) -> bool {
         keys::TEST_FAULT,
         keys::TX,
         keys::STAMPS,
+        keys::CSUM,
         keys::STATS,
         keys::FPU,
         keys::VIRTIO_MMIO_DEVICE,
@@ -213,6 +217,13 @@ pub fn parse(cmdline: &str) -> Result<KernelArgs, CmdlineError<'_>> {
             }
             keys::STAMPS => {
                 args.stamps = match value {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(CmdlineError::BadValue { key, value, expected: "on or off" }),
+                };
+            }
+            keys::CSUM => {
+                args.csum_offload = match value {
                     "on" => true,
                     "off" => false,
                     _ => return Err(CmdlineError::BadValue { key, value, expected: "on or off" }),
@@ -280,6 +291,10 @@ mod tests {
         assert!(parse("stamps=on").unwrap().stamps);
         assert!(!parse("").unwrap().stamps);
         assert!(parse("stamps=yes").is_err());
+        assert!(parse("csum=on").unwrap().csum_offload);
+        assert!(!parse("csum=off").unwrap().csum_offload);
+        assert_eq!(parse("").unwrap().csum_offload, keys::CSUM_DEFAULT);
+        assert!(parse("csum=1").is_err());
         assert!(parse("stats=per-guest").unwrap().stats_per_guest);
         assert!(!parse("stats=totals").unwrap().stats_per_guest);
         assert!(!parse("").unwrap().stats_per_guest);

@@ -2,6 +2,7 @@
 //! and that wait for the network scheduler. The bound is what stops one guest from holding all
 //! of the kernel's packet buffers; when its FIFO is full the kernel stops taking from its ring.
 
+use super::csum::TxChecksum;
 use super::pool::BufId;
 use alloc::collections::VecDeque;
 
@@ -37,13 +38,16 @@ pub struct GuestFrameRef {
     pub ring_index: u32,
 }
 
-/// A frame waiting to be sent: `len` bytes at `data`, and its stage-stamp record, if any.
+/// A frame waiting to be sent: `len` bytes at `data`, its stage-stamp record, if any, and the
+/// checksum still to be finished, if any.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Packet {
     pub data: PacketData,
     pub len: u32,
     /// Index of the packet's stamp record while stamping is on, else [`NO_STAMP`].
     pub stamp: u32,
+    /// What the doorbell did for a guest that left the L4 checksum to the kernel.
+    pub csum: Option<TxChecksum>,
 }
 
 /// [`Packet::stamp`] when stamping is off.
@@ -52,7 +56,7 @@ pub const NO_STAMP: u32 = u32::MAX;
 impl Packet {
     /// A frame copied into pool buffer `buf`.
     pub const fn pooled(buf: BufId, len: u32) -> Packet {
-        Packet { data: PacketData::Pool(buf), len, stamp: NO_STAMP }
+        Packet { data: PacketData::Pool(buf), len, stamp: NO_STAMP, csum: None }
     }
 
     /// The pool buffer, for a copied frame (the whole frame) or a split one (its headers).

@@ -18,6 +18,7 @@
 pub mod backlog;
 pub mod counters;
 pub mod cow;
+pub mod csum;
 pub mod desc;
 pub mod fifo;
 pub mod netsched;
@@ -30,6 +31,7 @@ pub mod vswitch;
 
 pub use backlog::{TxBacklog, Wait};
 pub use counters::NetCounters;
+pub use csum::{CsumRequest, TxChecksum};
 pub use desc::{pending, validate_rx, validate_tx, BadDescriptor, BadIndex, RxBuffer, TxFrame};
 pub use fifo::{GuestFrameRef, Packet, PacketData, SplitFrame, TxFifo, NO_STAMP};
 pub use netsched::NetScheduler;
