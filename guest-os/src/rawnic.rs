@@ -87,17 +87,21 @@ impl RawNic {
     /// kernel raises "tx done" when it completes descriptors, which ends the idle.
     pub fn wait_tx_consumer(&self, index: u32, timeout_ticks: u64) -> bool {
         let deadline = crate::time::ticks() + timeout_ticks;
-        loop {
+        // Asks the kernel to wake us on a completion (it does not otherwise, unless the ring is full).
+        self.shared.tx_done_wanted.0.store(1, Release);
+        let reached = loop {
             // Cleared before looking, so a completion after the look ends the idle at once.
             self.shared.virq.0.swap(0, AcqRel);
             if index.wrapping_sub(self.tx_consumer()) as i32 <= 0 {
-                return true;
+                break true;
             }
             if crate::time::ticks() > deadline {
-                return false;
+                break false;
             }
             crate::vi::idle_until(deadline);
-        }
+        };
+        self.shared.tx_done_wanted.0.store(0, Release);
+        reached
     }
 
     pub fn rx_producer(&self) -> u32 {

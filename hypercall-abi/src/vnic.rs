@@ -64,6 +64,46 @@ pub const fn slot_size(mtu: u64) -> u64 {
     (TX_HEADROOM + max_frame(mtu)).next_multiple_of(PAGE_SIZE)
 }
 
+/// A descriptor's `status` word: the [`DescStatus`] in its low 16 bits, per-frame flags
+/// ([`desc_flags`]) above them.
+pub const DESC_STATUS_MASK: u32 = 0xffff;
+
+pub mod desc_flags {
+    //! Per-frame flags in the upper half of a descriptor's `status` word.
+    //!
+    //! **Checksum offload** is on when the kernel sets [`super::Offloads::CHECKSUM`] in the
+    //! shared page's `offloads` word (kernel command line `csum=on`). Then:
+    //! - transmit: a guest may leave the UDP or TCP checksum of an IPv4 frame to the kernel by
+    //!   setting [`TX_CSUM_NEEDED`] in the descriptor's status (with `Pending`). The checksum
+    //!   field's content is ignored. The kernel finds where the checksum goes from the headers it
+    //!   parses (no offsets come from the guest): an unfragmented IPv4 packet (options allowed)
+    //!   carrying UDP or TCP whose L4 header and length lie in the frame. It fills the checksum
+    //!   itself or has the NIC fill it. A flagged frame it cannot parse, or any flagged frame
+    //!   while offload is off, is rejected ([`super::DescStatus::RejectedChecksumRequest`]) and
+    //!   counted (`drops_csum_request`).
+    //! - receive: every IPv4 UDP or TCP frame the kernel delivers has had its L4 checksum
+    //!   verified (by the physical NIC, or by the kernel, which computes it for another guest's
+    //!   frames); one that fails, or that it cannot verify (a fragment, a length beyond the
+    //!   frame), is dropped and counted (`drops_bad_checksum`). Such frames carry
+    //!   [`RX_CSUM_VERIFIED`]; their checksum field may hold only a partial sum, so a guest
+    //!   with offload on must not check it. Other frames (ARP, ICMP, ...) carry no flag and their
+    //!   checksums are the guest's to check. IPv4 header checksums are always the guest's.
+
+    /// Tx: the L4 checksum is left to the kernel.
+    pub const TX_CSUM_NEEDED: u32 = 1 << 16;
+    /// Rx: the L4 checksum was verified (data valid).
+    pub const RX_CSUM_VERIFIED: u32 = 1 << 17;
+}
+
+/// Offloads the kernel offers, in the shared page's `offloads` word (written by the kernel).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offloads;
+
+impl Offloads {
+    /// Checksum offload ([`desc_flags`]).
+    pub const CHECKSUM: u32 = 1;
+}
+
 /// What became of a descriptor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
@@ -78,13 +118,23 @@ pub enum DescStatus {
     RejectedSpoofedSource = 3,
     /// Tx: the kernel had no memory to queue the frame, and dropped it (`drops_no_memory`).
     DroppedNoMemory = 4,
+    /// Tx: [`desc_flags::TX_CSUM_NEEDED`] on a frame whose checksum the kernel cannot place (or
+    /// while checksum offload is off); counted as `drops_csum_request`.
+    RejectedChecksumRequest = 5,
 }
 
 impl DescStatus {
     pub fn from_u32(value: u32) -> Option<DescStatus> {
-        [Self::Pending, Self::Done, Self::RejectedBadDescriptor, Self::RejectedSpoofedSource, Self::DroppedNoMemory]
-            .into_iter()
-            .find(|s| *s as u32 == value)
+        [
+            Self::Pending,
+            Self::Done,
+            Self::RejectedBadDescriptor,
+            Self::RejectedSpoofedSource,
+            Self::DroppedNoMemory,
+            Self::RejectedChecksumRequest,
+        ]
+        .into_iter()
+        .find(|s| *s as u32 == value & DESC_STATUS_MASK)
     }
 }
 
@@ -97,7 +147,7 @@ pub struct Desc {
     pub addr: AtomicU64,
     /// Frame length (tx; rx once filled) or buffer capacity (rx, when posted).
     pub len: AtomicU32,
-    /// A [`DescStatus`].
+    /// A [`DescStatus`] in the low 16 bits, [`desc_flags`] above.
     pub status: AtomicU32,
 }
 
@@ -132,6 +182,13 @@ pub struct VnicShared {
     /// Written by the kernel: frames for this guest that found no posted rx buffer (held for
     /// it, or dropped). A guest that posts only a few buffers posts more when this moves.
     pub rx_wanted: CacheLine<AtomicU32>,
+    /// Written by the kernel before the guest starts: the [`Offloads`] it offers.
+    pub offloads: CacheLine<AtomicU32>,
+    /// Written by the guest: non-zero while it waits for a tx descriptor to complete. A
+    /// zero-copy completion (COW, split: when the NIC is done) wakes the guest only then, or
+    /// when its ring was full; otherwise the guest sees the completion in `tx_consumer` when it
+    /// next runs, and an echo costs no second wake-up.
+    pub tx_done_wanted: CacheLine<AtomicU32>,
 }
 
 /// A counter a guest keeps about its own receive path and apps, published in its shared page
@@ -372,6 +429,8 @@ pub const GUEST_COUNTERS_OFFSET: usize = 448;
 pub const TX_RING_OFFSET: usize = 1024;
 pub const RX_RING_OFFSET: usize = 2048;
 pub const RX_WANTED_OFFSET: usize = 2560;
+pub const OFFLOADS_OFFSET: usize = 2624;
+pub const TX_DONE_WANTED_OFFSET: usize = 2688;
 
 const _: () = {
     assert!(core::mem::offset_of!(VnicShared, tx_producer) == TX_PRODUCER_OFFSET);
@@ -389,6 +448,8 @@ const _: () = {
     assert!(core::mem::offset_of!(VnicShared, tx) == TX_RING_OFFSET);
     assert!(core::mem::offset_of!(VnicShared, rx) == RX_RING_OFFSET);
     assert!(core::mem::offset_of!(VnicShared, rx_wanted) == RX_WANTED_OFFSET);
+    assert!(core::mem::offset_of!(VnicShared, offloads) == OFFLOADS_OFFSET);
+    assert!(core::mem::offset_of!(VnicShared, tx_done_wanted) == TX_DONE_WANTED_OFFSET);
     assert!(core::mem::size_of::<Desc>() == 16);
     assert!(core::mem::size_of::<VnicShared>() as u64 <= PAGE_SIZE);
     assert!(TX_RING_SIZE.is_power_of_two() && RX_RING_SIZE.is_power_of_two());
@@ -529,10 +590,16 @@ mod tests {
             DescStatus::Done,
             DescStatus::RejectedBadDescriptor,
             DescStatus::RejectedSpoofedSource,
+            DescStatus::DroppedNoMemory,
+            DescStatus::RejectedChecksumRequest,
         ] {
             assert_eq!(DescStatus::from_u32(s as u32), Some(s));
+            // Flags above the status do not change it.
+            assert_eq!(DescStatus::from_u32(s as u32 | desc_flags::RX_CSUM_VERIFIED), Some(s));
         }
         assert_eq!(DescStatus::from_u32(99), None);
+        assert_eq!(desc_flags::TX_CSUM_NEEDED & DESC_STATUS_MASK, 0);
+        assert_eq!(desc_flags::RX_CSUM_VERIFIED & DESC_STATUS_MASK, 0);
     }
 
     #[test]

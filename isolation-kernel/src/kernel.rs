@@ -142,6 +142,8 @@ pub extern "C" fn kernel_entry(start_info_phys: u64) -> ! {
         let hz = clock::tsc_hz();
         let deadline = args.shutdown_after_secs.map(|s| clock::boot_tsc() + s * hz);
         log::info!("boot complete in {} us; starting guests", clock::uptime_micros());
+        crate::vnet::set_checksum_offload(args.csum_offload);
+        log::info!("checksum offload: {}", if args.csum_offload { "on" } else { "off" });
         let problem = crate::guest::boot(initrd, hz, deadline, trap_stack_top().as_u64(), args.tx_mode, args.stamps);
         fail(format_args!("cannot start the image's guests: {problem}"));
     }

@@ -21,7 +21,8 @@ pub enum Inbound {
     /// A UDP datagram addressed to this interface: destination port and payload length. Its
     /// UDP checksum is not checked yet (the stack checks it; see [`datagram_ok`]).
     Datagram { port: u16, len: usize },
-    /// A TCP segment addressed to this interface, its checksum correct.
+    /// A TCP segment addressed to this interface, its checksum correct (or, under checksum
+    /// offload, verified by the kernel).
     Segment(Segment),
     /// A frame the stack refuses: too short for its headers, a bad IPv4 header or checksum, a
     /// fragment (no reassembly), a non-unicast source, a bad UDP header, a bad TCP header or
@@ -48,6 +49,9 @@ pub struct Segment {
 pub struct Identity {
     pub mac: EthernetAddress,
     pub cidr: Option<Ipv4Cidr>,
+    /// Checksum offload: the kernel verified every UDP and TCP frame it delivers, and the stack
+    /// checks no UDP or TCP checksum (nor does the count, so as to agree with it).
+    pub checksum_offload: bool,
 }
 
 impl Identity {
@@ -107,7 +111,7 @@ pub fn classify(frame: &[u8], me: &Identity) -> Inbound {
         IpProtocol::Tcp => {
             // With the checksum, as the stack checks it: a segment it would drop is malformed.
             let Ok(tcp) = TcpPacket::new_checked(packet.payload()) else { return Inbound::Malformed };
-            match TcpRepr::parse(&tcp, &src, &dst, &ChecksumCapabilities::default()) {
+            match TcpRepr::parse(&tcp, &src, &dst, &vnic_driver::checksum_capabilities(me.checksum_offload)) {
                 Ok(repr) => Inbound::Segment(Segment {
                     src: ip.src_addr,
                     src_port: repr.src_port,
@@ -152,7 +156,7 @@ pub fn udp_destination(frame: &[u8], me: &Identity) -> Option<(u16, usize)> {
 /// one and its UDP checksum holds (or is omitted, as IPv4 allows). For the second look at a
 /// datagram the stack did not queue, and at empty ones (which add no bytes to show they went in).
 pub fn datagram_ok(frame: &[u8], me: &Identity) -> bool {
-    matches!(classify(frame, me), Inbound::Datagram { .. }) && udp_checksum_ok(frame)
+    matches!(classify(frame, me), Inbound::Datagram { .. }) && (me.checksum_offload || udp_checksum_ok(frame))
 }
 
 /// Whether the UDP checksum of a frame [`classify`] called a datagram holds (or is omitted, as
@@ -289,7 +293,23 @@ mod tests {
     const PEER: Ipv4Address = Ipv4Address::new(10, 0, 0, 9);
 
     fn me() -> Identity {
-        Identity { mac: MAC, cidr: Some(Ipv4Cidr::new(IP, 24)) }
+        Identity { mac: MAC, cidr: Some(Ipv4Cidr::new(IP, 24)), checksum_offload: false }
+    }
+
+    #[test]
+    fn under_checksum_offload_the_count_checks_no_l4_checksum_as_the_stack_checks_none() {
+        let me = Identity { checksum_offload: true, ..me() };
+        let mut bad_udp_sum = udp_frame(MAC, PEER, IP, 7, b"hello");
+        bad_udp_sum[45] ^= 0xff;
+        assert!(datagram_ok(&bad_udp_sum, &me));
+        let mut bad_tcp = tcp_frame(80, TcpControl::None, true, b"data");
+        let last = bad_tcp.len() - 1;
+        bad_tcp[last] ^= 0x40;
+        assert!(matches!(classify(&bad_tcp, &me), Inbound::Segment(_)));
+        // The IPv4 header checksum stays the stack's.
+        let mut bad_ip_sum = udp_frame(MAC, PEER, IP, 7, b"hello");
+        bad_ip_sum[24] ^= 1;
+        assert_eq!(classify(&bad_ip_sum, &me), Inbound::Malformed);
     }
 
     #[test]

@@ -224,6 +224,7 @@ impl<'a, D: Doorbell, P: Platform> NetStack<'a, D, P> {
         let identity = ingress::Identity {
             mac: EthernetAddress(config.mac),
             cidr: (!ip.is_unspecified()).then(|| Ipv4Cidr::new(ip, config.prefix_len.min(32))),
+            checksum_offload: device.checksum_offload(),
         };
         NetStack {
             iface,

@@ -22,10 +22,10 @@ pub mod testing;
 use alloc::vec::Vec;
 use core::sync::atomic::{fence, Ordering};
 use hypercall_abi::vnic::{
-    max_frame, ring_used, rx_buffer_addr_for, slot_size, tx_slot_addr_for, DescStatus, VnicShared, MTU, RX_RING_SIZE,
-    RX_SLOTS, TX_HEADROOM, TX_RING_SIZE, TX_SLOTS,
+    desc_flags, max_frame, ring_used, rx_buffer_addr_for, slot_size, tx_slot_addr_for, DescStatus, Offloads,
+    VnicShared, DESC_STATUS_MASK, MTU, RX_RING_SIZE, RX_SLOTS, TX_HEADROOM, TX_RING_SIZE, TX_SLOTS,
 };
-use smoltcp::phy::{Device, DeviceCapabilities, Medium};
+use smoltcp::phy::{Checksum, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
 /// How the driver signals the kernel. A guest issues the virtual instructions
@@ -75,6 +75,10 @@ pub struct VnicCounters {
     pub rx_len_clamped: u64,
     /// Filled rx descriptors whose status was not `Done` (skipped and reposted).
     pub rx_errors: u64,
+    /// Checksum offload: frames sent with their L4 checksum left to the kernel, and frames
+    /// received with it verified.
+    pub tx_csum_offloaded: u64,
+    pub rx_csum_verified: u64,
 }
 
 /// Rx buffers a fresh driver keeps posted: one. A frame that finds none is held by the kernel
@@ -95,6 +99,8 @@ pub struct Vnic<'a, D: Doorbell> {
     rx: RxHalf<'a>,
     doorbell: D,
     tx_kicks: u64,
+    /// The kernel offers checksum offload ([`Offloads::CHECKSUM`], read once at start).
+    checksum_offload: bool,
     /// The fake kernel's frames held for want of a posted buffer (the real kernel keeps them in
     /// its own memory; the fake has none of its own that outlives a [`Vnic::kernel_side`]).
     #[cfg(any(test, feature = "testing"))]
@@ -129,6 +135,9 @@ struct TxHalf<'a> {
     rejected: u64,
     dropped: u64,
     dropped_ring_full: u64,
+    /// Checksum offload: UDP and TCP frames go with their L4 checksum left to the kernel.
+    checksum_offload: bool,
+    csum_offloaded: u64,
 }
 
 struct RxHalf<'a> {
@@ -159,6 +168,7 @@ struct RxHalf<'a> {
     frames: u64,
     len_clamped: u64,
     errors: u64,
+    csum_verified: u64,
 }
 
 impl<'a, D: Doorbell> Vnic<'a, D> {
@@ -197,6 +207,7 @@ impl<'a, D: Doorbell> Vnic<'a, D> {
         let tx_consumer = shared.tx_consumer.0.load(Ordering::Acquire);
         let rx_producer = shared.rx_producer.0.load(Ordering::Relaxed);
         let rx_consumer = shared.rx_consumer.0.load(Ordering::Acquire);
+        let checksum_offload = shared.offloads.0.load(Ordering::Acquire) & Offloads::CHECKSUM != 0;
         if ring_used(tx_producer, tx_consumer) > TX_RING_SIZE || ring_used(rx_producer, rx_consumer) > RX_RING_SIZE {
             return Err(VnicError::BadRingIndices);
         }
@@ -217,6 +228,7 @@ impl<'a, D: Doorbell> Vnic<'a, D> {
             frames: 0,
             len_clamped: 0,
             errors: 0,
+            csum_verified: 0,
         };
         // (Re)post the first window of buffers from the consumer on.
         rx.refill();
@@ -246,6 +258,8 @@ impl<'a, D: Doorbell> Vnic<'a, D> {
             rejected: 0,
             dropped: 0,
             dropped_ring_full: 0,
+            checksum_offload,
+            csum_offloaded: 0,
         };
         Ok(Vnic {
             shared,
@@ -254,6 +268,7 @@ impl<'a, D: Doorbell> Vnic<'a, D> {
             rx,
             doorbell,
             tx_kicks: 0,
+            checksum_offload,
             #[cfg(any(test, feature = "testing"))]
             fake_held: alloc::collections::VecDeque::new(),
         })
@@ -380,7 +395,15 @@ impl<'a, D: Doorbell> Vnic<'a, D> {
             rx_frames: self.rx.frames,
             rx_len_clamped: self.rx.len_clamped,
             rx_errors: self.rx.errors,
+            tx_csum_offloaded: self.tx.csum_offloaded,
+            rx_csum_verified: self.rx.csum_verified,
         }
+    }
+
+    /// Whether the kernel verifies UDP and TCP checksums on receive and computes them on
+    /// transmit (checksum offload): the stack then neither checks nor computes them.
+    pub fn checksum_offload(&self) -> bool {
+        self.checksum_offload
     }
 
     /// The kernel's view of this vNIC, for the fake kernel in tests: in a guest the kernel
@@ -407,7 +430,7 @@ impl TxHalf<'_> {
         for i in 0..done {
             let position = (self.completed.wrapping_add(i) % TX_RING_SIZE) as usize;
             let desc = &self.shared.tx[position];
-            if desc.status.load(Ordering::Relaxed) != DescStatus::Done as u32 {
+            if desc.status.load(Ordering::Relaxed) & DESC_STATUS_MASK != DescStatus::Done as u32 {
                 self.rejected += 1;
             }
             self.free_slots.push(self.slot_of[position]);
@@ -463,10 +486,18 @@ impl TxHalf<'_> {
             self.send_stamp = 0;
         }
         let result = f(&mut self.area[start..start + len]);
+        // smoltcp left the checksum of a UDP or TCP frame out (its capabilities say so): the
+        // kernel fills it.
+        let flags = if self.checksum_offload && carries_udp_or_tcp(&self.area[start..start + len]) {
+            self.csum_offloaded += 1;
+            desc_flags::TX_CSUM_NEEDED
+        } else {
+            0
+        };
         let desc = &self.shared.tx[(index % TX_RING_SIZE) as usize];
         desc.addr.store(tx_slot_addr_for(slot, self.slot_size as u64) + TX_HEADROOM, Ordering::Relaxed);
         desc.len.store(len as u32, Ordering::Relaxed);
-        desc.status.store(DescStatus::Pending as u32, Ordering::Relaxed);
+        desc.status.store(DescStatus::Pending as u32 | flags, Ordering::Relaxed);
         self.producer = index.wrapping_add(1);
         self.shared.tx_producer.0.store(self.producer, Ordering::Release);
         self.kick_pending = true;
@@ -528,7 +559,7 @@ impl RxHalf<'_> {
                 return false;
             }
             let desc = &self.shared.rx[(self.seen % RX_RING_SIZE) as usize];
-            if desc.status.load(Ordering::Relaxed) == DescStatus::Done as u32 {
+            if desc.status.load(Ordering::Relaxed) & DESC_STATUS_MASK == DescStatus::Done as u32 {
                 return true;
             }
             self.errors += 1;
@@ -571,9 +602,35 @@ impl RxHalf<'_> {
             self.last_stamps = Some(stamps);
         }
         self.frames += 1;
+        let status = self.shared.rx[(self.seen % RX_RING_SIZE) as usize].status.load(Ordering::Relaxed);
+        if status & desc_flags::RX_CSUM_VERIFIED != 0 {
+            self.csum_verified += 1;
+        }
         self.unreleased = true;
         result
     }
+}
+
+/// Whether an Ethernet frame carries IPv4 with UDP or TCP (the frames whose checksum smoltcp
+/// leaves out under checksum offload; it never fragments).
+fn carries_udp_or_tcp(frame: &[u8]) -> bool {
+    const IPV4: [u8; 2] = [0x08, 0x00];
+    const TCP: u8 = 6;
+    const UDP: u8 = 17;
+    frame.get(12..14) == Some(&IPV4[..]) && matches!(frame.get(23), Some(&(TCP | UDP)))
+}
+
+/// smoltcp's checksum capabilities for a vNIC: with checksum offload the UDP and TCP checksums
+/// are the kernel's (it computes them on transmit, and delivers only UDP and TCP frames it or
+/// the NIC verified); IPv4 header and ICMP checksums stay the stack's (20 bytes, and frames
+/// the kernel does not look into).
+pub fn checksum_capabilities(offload: bool) -> ChecksumCapabilities {
+    let mut caps = ChecksumCapabilities::default();
+    if offload {
+        caps.udp = Checksum::None;
+        caps.tcp = Checksum::None;
+    }
+    caps
 }
 
 /// Hands smoltcp one received frame; the buffer is reposted once the next frame is looked for
@@ -631,6 +688,7 @@ impl<'a, D: Doorbell> Device for Vnic<'a, D> {
         // smoltcp's Ethernet MTU counts the header, as max_frame does.
         caps.max_transmission_unit = self.max_frame;
         caps.max_burst_size = None;
+        caps.checksum = checksum_capabilities(self.checksum_offload);
         caps
     }
 }

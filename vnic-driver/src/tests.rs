@@ -494,6 +494,81 @@ mod end_to_end {
         assert_eq!(bell_a.tx_kicks.get(), 2);
         assert_eq!(bell_b.tx_kicks.get(), 1);
     }
+
+    /// With checksum offload the stack leaves UDP checksums out (zero) and the driver flags those
+    /// frames (not ARP) for the kernel; without it, nothing is flagged and checksums are filled.
+    #[test]
+    fn checksum_offload_flags_udp_frames_and_the_stack_leaves_their_checksum() {
+        use hypercall_abi::vnic::{desc_flags, Offloads, DESC_STATUS_MASK};
+        for offload in [false, true] {
+            let (ip_a, ip_b) = (Ipv4Address::new(10, 0, 0, 1), Ipv4Address::new(10, 0, 0, 2));
+            let (mut mem_a, mut mem_b) = (GuestMemory::default(), GuestMemory::default());
+            if offload {
+                mem_a.shared.offloads.0.store(Offloads::CHECKSUM, Ordering::Relaxed);
+            }
+            let mut vnic_a = mem_a.vnic(CountingDoorbell::default());
+            let mut vnic_b = mem_b.vnic(CountingDoorbell::default());
+            assert_eq!(vnic_a.checksum_offload(), offload);
+            let caps = vnic_a.capabilities().checksum;
+            assert_eq!(
+                (caps.udp.tx(), caps.udp.rx(), caps.tcp.tx(), caps.tcp.rx()),
+                (!offload, !offload, !offload, !offload)
+            );
+            assert!(caps.ipv4.tx() && caps.ipv4.rx() && caps.icmpv4.rx(), "IPv4 and ICMP checksums stay the stack's");
+            let mut iface_a = iface(MAC_A, ip_a, &mut vnic_a);
+            let mut iface_b = iface(MAC_B, ip_b, &mut vnic_b);
+            let (mut sockets_a, mut sockets_b) = (SocketSet::new(Vec::new()), SocketSet::new(Vec::new()));
+            let a = sockets_a.add(udp_socket(1000));
+            let b = sockets_b.add(udp_socket(2000));
+            sockets_a.get_mut::<udp::Socket>(a).send_slice(b"payload", (ip_b, 2000)).unwrap();
+            let mut seen = Vec::new();
+            let mut now = T0;
+            for _ in 0..10 {
+                poll(&mut iface_a, &mut vnic_a, &mut sockets_a, now);
+                poll(&mut iface_b, &mut vnic_b, &mut sockets_b, now);
+                // The kernel's view of A's produced descriptors: flags, and the frames.
+                let side = vnic_a.kernel_side();
+                let shared = side.shared();
+                let (producer, consumer) =
+                    (shared.tx_producer.0.load(Ordering::Relaxed), shared.tx_consumer.0.load(Ordering::Relaxed));
+                for index in consumer..producer {
+                    let status = shared.tx[(index % TX_RING_SIZE) as usize].status.load(Ordering::Relaxed);
+                    assert_eq!(status & DESC_STATUS_MASK, DescStatus::Pending as u32);
+                    seen.push(status & desc_flags::TX_CSUM_NEEDED != 0);
+                }
+                let frames = switch(&mut [(&MAC_A, vnic_a.kernel_side()), (&MAC_B, vnic_b.kernel_side())]);
+                if frames.sent == 0 && sockets_b.get::<udp::Socket>(b).can_recv() {
+                    break;
+                }
+                now += smoltcp::time::Duration::from_millis(1);
+            }
+            let (data, _) = sockets_b.get_mut::<udp::Socket>(b).recv().unwrap();
+            assert_eq!(data, b"payload");
+            // ARP request (unflagged), then the datagram (flagged only with offload).
+            assert_eq!(seen, [false, offload]);
+            assert_eq!(vnic_a.counters().tx_csum_offloaded, u64::from(offload));
+        }
+    }
+}
+
+#[test]
+fn received_frames_flagged_verified_are_taken_and_counted() {
+    use hypercall_abi::vnic::desc_flags;
+    let mut mem = GuestMemory::default();
+    let mut vnic = mem.vnic(CountingDoorbell::default());
+    crate::testing::post_whole_ring(&mut vnic);
+    for (seq, verified) in [(1, true), (2, false)] {
+        assert!(vnic.kernel_side().deliver(&frame(seq, 80)));
+        if verified {
+            let side = vnic.kernel_side();
+            let consumer = side.shared().rx_consumer.0.load(Ordering::Relaxed);
+            let desc = &side.shared().rx[(consumer.wrapping_sub(1) % RX_RING_SIZE) as usize];
+            desc.status.fetch_or(desc_flags::RX_CSUM_VERIFIED, Ordering::Relaxed);
+        }
+        assert_eq!(recv(&mut vnic), Some(frame(seq, 80)), "a flag beside Done is still Done");
+    }
+    let counters = vnic.counters();
+    assert_eq!((counters.rx_frames, counters.rx_errors, counters.rx_csum_verified), (2, 0, 1));
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! from QEMU start to the first echo answered and the echo figures for both, with the ratio.
 
 use crate::bench::{self, EchoCell, Load};
+use crate::icount;
 use crate::initrd::CpioWriter;
 use crate::manifest::NetPlan;
 use crate::openloop;
@@ -254,6 +255,132 @@ fn open_loop_linux(
     // The session ends (QEMU killed) when dropped: the Linux VM has no clean way out here.
 }
 
+/// Sequential echoes per size for the whole-machine instruction count (as `bench dispatch`).
+const INSTRUCTION_ECHOES: usize = 3_000;
+const INSTRUCTION_ECHOES_QUICK: usize = 200;
+/// Payload sizes of the instruction count.
+const INSTRUCTION_SIZES: [usize; 2] = [100, 1_400];
+
+/// Instructions per echo, kernel and user halves, of `count` sequential echoes of each size
+/// sent to `peer` (a machine run with `-icount shift=0` and the counting plugin, already
+/// answering): warmed up with sizes one byte shorter, an idle window's rate taken off, a pause
+/// after each echo so that every echo takes the same path (see `bench dispatch`).
+fn instructions_per_echo(
+    counter: &icount::Counter,
+    peer: SocketAddr,
+    sizes: &[usize],
+    count: usize,
+) -> Result<Vec<(usize, icount::PerItem)>> {
+    use crate::dispatch::{ECHO_GAP, IDLE_WINDOW, IDLE_WINDOWS, SETTLE};
+    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    socket.set_read_timeout(Some(Duration::from_millis(250)))?;
+    let mut buf = [0u8; 4096];
+    for size in sizes.iter().map(|s| s - 1) {
+        let data = crate::udp::random_bytes(size as u64, size);
+        for _ in 0..20 {
+            socket.send_to(&data, peer)?;
+            let _ = socket.recv_from(&mut buf);
+        }
+    }
+    let idle = counter.idle_rate(IDLE_WINDOW, IDLE_WINDOWS)?;
+    let mut per_size = Vec::new();
+    for &size in sizes {
+        let data = crate::udp::random_bytes(size as u64, size);
+        let (before, t0) = counter.read_settled(SETTLE)?;
+        let mut echoed = 0;
+        for _ in 0..count * 2 {
+            socket.send_to(&data, peer)?;
+            if matches!(socket.recv_from(&mut buf), Ok((len, _)) if buf[..len] == data[..]) {
+                echoed += 1;
+                if echoed == count {
+                    break;
+                }
+            }
+            std::thread::sleep(ECHO_GAP);
+        }
+        if echoed < count {
+            bail!("only {echoed} of {count} {size}-byte datagrams came back");
+        }
+        let (after, t1) = counter.read_settled(SETTLE)?;
+        per_size.push((size, icount::PerItem::of(after.since(before), t1 - t0, idle, echoed as u64)));
+    }
+    Ok(per_size)
+}
+
+/// Whole-machine instructions per UDP echo, ours (one udp-echo guest, copy path, the kernel's
+/// default checksum offload) and the Linux VM's, in the same QEMU (TCG `-icount shift=0`, `pc`,
+/// legacy virtio-net, user network), counted by the plugin: `(size, ours, linux)`.
+pub fn instructions_ours_and_linux(
+    artifacts: &Artifacts,
+    kernel: &Path,
+    initramfs: &Path,
+    count: usize,
+) -> Result<Vec<(usize, icount::PerItem, icount::PerItem)>> {
+    let port = 26_000 + (std::process::id() % 1_000) as u16 * 2;
+    let peer = SocketAddr::from(([127, 0, 0, 1], port));
+    let image = pack::pack_image("udp-echo", artifacts, NetPlan::USER)?;
+    let guest = image.guests.iter().find_map(|g| g.net).context("udp-echo has a networked guest")?;
+    let config = QemuConfig {
+        net: Some(NetBackend::User { forwards: vec![(port, guest.ipv4, crate::ECHO_PORT)], tcp_forwards: Vec::new() }),
+        icount: true,
+        ..QemuConfig::for_image(&image, Accel::Tcg, "log=warn shutdown_after=3600 tx=copy".into())
+    };
+    let mut cmd = config.command();
+    let (counter, args) = icount::Counter::new("baseline-ours")?;
+    cmd.args(args);
+    let start = Instant::now();
+    let mut session = Session::start(cmd, Duration::from_secs(1800), false)?;
+    first_echo(peer, start, Duration::from_secs(120))?;
+    let ours = instructions_per_echo(&counter, peer, &INSTRUCTION_SIZES, count)?;
+    session.request_quit();
+    session.finish()?;
+
+    let mut cmd = linux_command(kernel, initramfs, &LinuxNet::User { forwards: vec![("udp", port + 1, 7)] });
+    let (counter, args) = icount::Counter::new("baseline-linux")?;
+    cmd.args(["-icount", "shift=0"]).args(args);
+    let start = Instant::now();
+    let session = Session::start(cmd, Duration::from_secs(1800), false)?;
+    let linux_peer = SocketAddr::from(([127, 0, 0, 1], port + 1));
+    first_echo(linux_peer, start, Duration::from_secs(300))
+        .with_context(|| format!("the Linux VM never echoed; its console:\n{}", session.log()))?;
+    let linux = instructions_per_echo(&counter, linux_peer, &INSTRUCTION_SIZES, count)?;
+    drop(session); // killed: the Linux VM has no clean way out here
+    Ok(ours.into_iter().zip(linux).map(|((size, ours), (_, linux))| (size, ours, linux)).collect())
+}
+
+/// Prints the instruction counts side by side, and returns them as figures.
+fn print_instructions(counts: &[(usize, icount::PerItem, icount::PerItem)]) -> Vec<Figure> {
+    println!("whole-machine instructions per echo (TCG -icount, plugin; idle subtracted): kernel + user = total");
+    println!("{:<10} {:>28} {:>28} {:>8}", "size", "ours", "linux", "ratio");
+    let mut figures = Vec::new();
+    for (size, ours, linux) in counts {
+        let ratio = ours.total() / linux.total().max(1.0);
+        let cell = |p: &icount::PerItem| format!("{:.0} + {:.0} = {:.0}", p.kernel, p.guest, p.total());
+        println!("{:<10} {:>28} {:>28} {:>8.2}", format!("{size} B"), cell(ours), cell(linux), ratio);
+        figures.push(Figure {
+            figure: format!("instructions per echo, {size} B"),
+            ours: bench::rounded(ours.total(), 1),
+            linux: bench::rounded(linux.total(), 1),
+            ratio: bench::rounded(ratio, 3),
+        });
+    }
+    figures
+}
+
+/// `bench baseline --instructions`: only the instruction count, ours and Linux's.
+pub fn run_instructions(quick: bool) -> Result<PathBuf> {
+    let (kernel, initramfs) = prepare()?;
+    let artifacts = Artifacts::build()?;
+    let count = if quick { INSTRUCTION_ECHOES_QUICK } else { INSTRUCTION_ECHOES };
+    let counts = instructions_ours_and_linux(&artifacts, &kernel, &initramfs, count)?;
+    let figures = print_instructions(&counts);
+    let report =
+        BaselineReport { accel: "tcg", network: "user", unit: "instructions", results: figures, open_loop: Vec::new() };
+    let path = bench::write_json("baseline-instructions.json", &report)?;
+    println!("wrote {}", path.display());
+    Ok(path)
+}
+
 pub fn run_baseline(load: Load) -> Result<PathBuf> {
     let (kernel, initramfs) = prepare()?;
     let artifacts = Artifacts::build()?;
@@ -303,6 +430,9 @@ pub fn run_baseline(load: Load) -> Result<PathBuf> {
         open_loop.extend(open_loop_linux(&kernel, &initramfs, client, &plan, &bench::OPEN_LOOP_SIZES)?);
     }
     openloop::print(&open_loop, &plan);
+    let quick = load.latency_samples == bench::QUICK.latency_samples;
+    let count = if quick { INSTRUCTION_ECHOES_QUICK } else { INSTRUCTION_ECHOES };
+    let instructions = instructions_ours_and_linux(&artifacts, &kernel, &initramfs, count)?;
     println!("ours vs the Linux VM, open loop (one server each):");
     for ours in open_loop.iter().filter(|c| c.system == openloop::System::Ours) {
         let linux = open_loop
@@ -316,6 +446,7 @@ pub fn run_baseline(load: Load) -> Result<PathBuf> {
             );
         }
     }
+    figures.extend(print_instructions(&instructions));
     let report = BaselineReport { accel: "tcg", network: "user", unit: "wall-clock", results: figures, open_loop };
     let path = bench::write_json("baseline.json", &report)?;
     println!("wrote {} (our figures: 4 guests, one per stream; Linux: one VM serving every stream)", path.display());

@@ -414,8 +414,9 @@ mod tests {
             }
         }
         let svg = echo_svg(&rows, "tap").unwrap();
-        // Per panel: 4 cells x 2 series bars, and 2 legend swatches.
-        assert_eq!(svg.matches("<rect").count(), 1 + 2 * (4 * 2 + 2), "{svg}");
+        // Per panel: a cell per size and transmit path x 2 series bars, and 2 legend swatches.
+        let cells = SIZES.len() * TxMode::ALL.len();
+        assert_eq!(svg.matches("<rect").count(), 1 + 2 * (cells * 2 + 2), "{svg}");
         let texts = chart::texts(&svg);
         for text in [
             "100 B copy",

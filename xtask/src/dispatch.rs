@@ -232,15 +232,15 @@ pub fn parse_lines(log: &str, mode: TxMode) -> Vec<Cell> {
 }
 
 /// Idle windows, the lowest instruction rate of which is taken off every window of echoes.
-const IDLE_WINDOW: Duration = Duration::from_millis(250);
-const IDLE_WINDOWS: usize = 4;
+pub(crate) const IDLE_WINDOW: Duration = Duration::from_millis(250);
+pub(crate) const IDLE_WINDOWS: usize = 4;
 /// Quiet before each read of the counters, so that the echo under way has ended.
-const SETTLE: Duration = Duration::from_millis(50);
+pub(crate) const SETTLE: Duration = Duration::from_millis(50);
 /// Pause after each echo before the next datagram: the guest goes back to idle in between, so
 /// every echo takes the same path (sent at once, the next datagram may reach the guest before
 /// it idles, which then skips the idle call and its return: the figures moved by 10% between
 /// runs).
-const ECHO_GAP: Duration = Duration::from_micros(500);
+pub(crate) const ECHO_GAP: Duration = Duration::from_micros(500);
 
 /// What one boot measured.
 struct ModeRun {
@@ -260,6 +260,7 @@ fn run_mode(
     sizes: &[usize],
     accel: Accel,
     stamps: bool,
+    csum: Option<bool>,
 ) -> Result<ModeRun> {
     let image = pack::pack_image("udp-echo", artifacts, NetPlan::USER)?;
     let guest = image.guests.iter().find_map(|g| g.net).context("udp-echo has a networked guest")?;
@@ -268,7 +269,11 @@ fn run_mode(
     let config = QemuConfig {
         net: Some(NetBackend::User { forwards: vec![(port, guest.ipv4, 7)], tcp_forwards: Vec::new() }),
         icount: accel == Accel::Tcg,
-        ..QemuConfig::for_image(&image, accel, format!("log=info shutdown_after=3600 tx={} stamps={on_off}", tx.name()))
+        ..QemuConfig::for_image(
+            &image,
+            accel,
+            format!("log=info shutdown_after=3600 tx={} stamps={on_off}{}", tx.name(), csum_word(csum)),
+        )
     };
     let mut cmd = config.command();
     let counter = if accel == Accel::Tcg {
@@ -464,16 +469,30 @@ fn print_accounts(accounts: &[EchoAccount]) {
 /// `dispatch.json` and `dispatch.svg`. Under TCG the stamps count instructions (`-icount
 /// shift=0`); under KVM, cycles, and there is no whole-echo count. With `unstamped`, each
 /// transmit path boots once more with the stamps off, for what an echo costs without them.
-pub fn run(packets: usize, sizes: &[usize], accel: Accel, unstamped: bool) -> Result<std::path::PathBuf> {
+/// The kernel command-line word for checksum offload (`csum=on|off`), or none for its default.
+pub fn csum_word(csum: Option<bool>) -> String {
+    match csum {
+        Some(on) => format!(" {}={}", hypercall_abi::cmdline::CSUM, if on { "on" } else { "off" }),
+        None => String::new(),
+    }
+}
+
+pub fn run(
+    packets: usize,
+    sizes: &[usize],
+    accel: Accel,
+    unstamped: bool,
+    csum: Option<bool>,
+) -> Result<std::path::PathBuf> {
     let artifacts = Artifacts::build_with(pack::Stamping::Built)?;
     let unit = if accel == Accel::Tcg { "instructions" } else { "cycles" };
     let mut cells = Vec::new();
     let mut accounts = Vec::new();
     let mut tsc_hz = 0;
     for tx in TxMode::ALL {
-        let stamped = run_mode(&artifacts, tx, packets, sizes, accel, true)?;
+        let stamped = run_mode(&artifacts, tx, packets, sizes, accel, true, csum)?;
         let unstamped = if accel == Accel::Tcg && unstamped {
-            run_mode(&artifacts, tx, packets, sizes, accel, false)?.whole
+            run_mode(&artifacts, tx, packets, sizes, accel, false, csum)?.whole
         } else {
             Vec::new()
         };
@@ -683,7 +702,8 @@ mod tests {
         for text in ["1400 B cow", "instructions per packet", "rx stage", "tx stage"] {
             assert!(texts.iter().any(|t| t == text), "{text} missing: {texts:?}");
         }
-        // Each stage's colour: its bars (8 cells) and its legend swatch, per panel it is in.
+        // Each stage's colour: its bars (a cell per size and path) and its legend swatch, per
+        // panel it is in.
         let mut seen = Vec::new();
         for name in RX_STAGES.iter().chain(&TX_STAGES) {
             if seen.contains(name) {
@@ -693,7 +713,7 @@ mod tests {
             let c = PALETTE[seen.len()];
             seen.push(*name);
             let fill = format!("fill=\"#{:02X}{:02X}{:02X}\"", c.0, c.1, c.2);
-            assert_eq!(svg.matches(&fill).count(), panels * (2 * SIZES.len() + 1), "{name}");
+            assert_eq!(svg.matches(&fill).count(), panels * (TxMode::ALL.len() * SIZES.len() + 1), "{name}");
         }
     }
 }

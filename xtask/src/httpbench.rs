@@ -655,6 +655,7 @@ mod tests {
             None => 1.0,
             Some(TxMode::Copy) => 3.0,
             Some(TxMode::Cow) => 4.0,
+            Some(TxMode::Split) => 5.0,
         };
         RateRow {
             system,

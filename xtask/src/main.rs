@@ -25,6 +25,7 @@ mod sweep;
 mod tapnet;
 mod tcpload;
 mod tests;
+mod txpaths;
 mod udp;
 mod vmm;
 
@@ -200,6 +201,9 @@ fn tx_mode_parser() -> impl clap::builder::TypedValueParser<Value = TxMode> {
     let help = |mode| match mode {
         TxMode::Copy => "Denali's path: the kernel copies each packet into its FIFO, the driver into the NIC buffer",
         TxMode::Cow => "Zero copy: the guest's tx page is write-protected and handed to the NIC",
+        TxMode::Split => {
+            "Zero copy without protection: the kernel copies the headers, the NIC reads the payload in place"
+        }
     };
     PossibleValuesParser::new(TxMode::ALL.map(|mode| PossibleValue::new(mode.name()).help(help(mode))))
         .try_map(|name| TxMode::from_name(&name).ok_or("not a transmit path"))
@@ -216,7 +220,8 @@ pub mod tx_mode_name {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<TxMode, D::Error> {
         let name = String::deserialize(deserializer)?;
-        TxMode::from_name(&name).ok_or_else(|| D::Error::custom(format!("unknown transmit path `{name}`: copy or cow")))
+        TxMode::from_name(&name)
+            .ok_or_else(|| D::Error::custom(format!("unknown transmit path `{name}`: copy, cow or split")))
     }
 }
 
@@ -235,6 +240,17 @@ enum BenchCmd {
         /// Datagrams per size and transmit path (default: 10,100; 30 with --quick).
         #[arg(long)]
         packets: Option<usize>,
+        /// Only the transmit paths side by side, 64 to 9014-byte frames: instructions per packet
+        /// and the model with literature costs (txpaths.json; TCG). The full run (not --quick)
+        /// ends with it too.
+        #[arg(long)]
+        tx_paths: bool,
+        /// With --tx-paths: these frame lengths (comma-separated) instead of 64 to 9014.
+        #[arg(long, value_delimiter = ',')]
+        frames: Vec<usize>,
+        /// Checksum offload: on or off (default: the kernel's).
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["on", "off"]))]
+        csum: Option<String>,
     },
     /// Time from QEMU's start to the first UDP echo of the default image, on pc (legacy and
     /// modern virtio-pci) and microvm (virtio-mmio): boot.json.
@@ -253,6 +269,10 @@ enum BenchCmd {
         /// Fewer packets per cell.
         #[arg(long)]
         quick: bool,
+        /// Only the whole-machine instructions per echo, ours and the Linux VM's (TCG with
+        /// -icount and the counting plugin): baseline-instructions.json.
+        #[arg(long)]
+        instructions: bool,
     },
     /// Many echo guests on one kernel over tap (needs root): time from QEMU's start to every
     /// guest answering one datagram, private pages per guest, kernel heap per guest, QEMU's
@@ -349,6 +369,10 @@ struct RunArgs {
     /// After each `stats:` line, one line of each guest's own counters (`stats=per-guest`).
     #[arg(long)]
     per_guest_stats: bool,
+    /// Checksum offload through the vNICs and on the physical NIC: on or off (default: the
+    /// kernel's).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["on", "off"]))]
+    csum: Option<String>,
     /// What the x87/MMX/SSE unit is to guests: fault (stops the guest) or save (switched per
     /// guest). Default: the image's `fpu`, else fault.
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(keys::FPU_POLICIES))]
@@ -431,11 +455,23 @@ fn real_main() -> Result<()> {
             };
             density::bench(&plan).map(|_| ())
         }
-        Cmd::Bench { which: BenchCmd::Dispatch { quick, accel, packets } } => {
+        Cmd::Bench { which: BenchCmd::Dispatch { quick, accel, packets, csum, tx_paths, frames } } => {
             let (default, sizes) = if quick { (30, &dispatch::SIZES[..]) } else { (10_100, &dispatch::FULL_SIZES[..]) };
-            dispatch::run(packets.unwrap_or(default), sizes, qemu::resolve_accel(accel)?, true).map(|_| ())
+            let accel = qemu::resolve_accel(accel)?;
+            let csum = csum.map(|word| word == "on");
+            if !tx_paths {
+                dispatch::run(packets.unwrap_or(default), sizes, accel, true, csum)?;
+            }
+            if tx_paths || (!quick && accel == qemu::Accel::Tcg) {
+                let frames = if frames.is_empty() { &txpaths::FRAME_SIZES[..] } else { &frames[..] };
+                txpaths::run(frames)?;
+            }
+            Ok(())
         }
-        Cmd::Bench { which: BenchCmd::Baseline { quick } } => {
+        Cmd::Bench { which: BenchCmd::Baseline { quick, instructions: true } } => {
+            baseline::run_instructions(quick).map(|_| ())
+        }
+        Cmd::Bench { which: BenchCmd::Baseline { quick, instructions: false } } => {
             baseline::run_baseline(if quick { bench::QUICK } else { bench::FULL }).map(|_| ())
         }
         Cmd::Bench { which: BenchCmd::Echo { quick, open_loop_only } } => {
@@ -629,6 +665,9 @@ fn kernel_cmdline(args: &RunArgs, image: &pack::Image) -> String {
     let tx = args.tx.unwrap_or(image.manifest.kernel.tx);
     append += &format!(" {}={}", keys::TX, tx.name());
     append += &format!(" {}={}", keys::FPU, args.fpu.as_deref().unwrap_or(&image.manifest.kernel.fpu));
+    if let Some(csum) = &args.csum {
+        append += &format!(" {}={csum}", keys::CSUM);
+    }
     if args.stamps {
         append += &format!(" {}=on", keys::STAMPS);
     }

@@ -566,7 +566,9 @@ mod tests {
     fn the_transmit_path_is_read_by_its_command_line_word() {
         let m = Manifest::parse("description = \"x\"\n[kernel]\ntx = \"cow\"").unwrap();
         assert_eq!(m.kernel.tx, crate::TxMode::Cow);
-        assert_eq!(Manifest::parse("description = \"x\"").unwrap().kernel.tx, crate::TxMode::Copy);
+        assert_eq!(Manifest::parse("description = \"x\"").unwrap().kernel.tx, crate::TxMode::Split);
+        let m = Manifest::parse("description = \"x\"\n[kernel]\ntx = \"split\"").unwrap();
+        assert_eq!(m.kernel.tx, crate::TxMode::Split);
         assert!(Manifest::parse("description = \"x\"\n[kernel]\ntx = \"Cow\"").is_err());
     }
 

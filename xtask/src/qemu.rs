@@ -174,9 +174,26 @@ pub struct QemuConfig<'a> {
     pub power_off: PowerOff,
 }
 
+thread_local! {
+    /// Words added to every kernel command line [`QemuConfig::for_image`] makes on this thread
+    /// (see [`with_kernel_args`]).
+    static EXTRA_KERNEL_ARGS: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// Runs `f` with `words` added to the kernel command line of every run it makes through
+/// [`QemuConfig::for_image`] (for the tests that repeat others with a kernel option on).
+pub fn with_kernel_args<T>(words: &str, f: impl FnOnce() -> T) -> T {
+    let before = EXTRA_KERNEL_ARGS.with(|extra| extra.replace(words.to_string()));
+    let result = f();
+    EXTRA_KERNEL_ARGS.with(|extra| *extra.borrow_mut() = before);
+    result
+}
+
 impl<'a> QemuConfig<'a> {
     /// A plain TCG-or-KVM run of a packed image: no NIC, no debugger, no icount.
     pub fn for_image(image: &'a crate::pack::Image, accel: Accel, append: String) -> Self {
+        let extra = EXTRA_KERNEL_ARGS.with(|extra| extra.borrow().clone());
+        let append = if extra.is_empty() { append } else { format!("{append} {extra}") };
         QemuConfig {
             kernel: &image.kernel,
             initrd: image.initrd.as_deref(),

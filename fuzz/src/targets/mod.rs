@@ -1,6 +1,7 @@
 //! The fuzz targets, one per hostile-input surface of the kernel's portable library.
 
 pub mod cpio;
+pub mod csum;
 pub mod desc;
 pub mod elf;
 pub mod guest_mem;
@@ -29,6 +30,7 @@ pub const ALL: &[Target] = &[
     vswitch::TARGET,
     virtio_pci::TARGET,
     http::TARGET,
+    csum::TARGET,
 ];
 
 pub fn find(name: &str) -> Option<&'static Target> {
@@ -125,6 +127,23 @@ mod tests {
                 ("body", 2),
                 ("status", 405),
                 ("cut", 1),
+            ],
+        ),
+        // UDP and TCP placed, and refusals: not IPv4, cut, fragments, other protocols, UDP
+        // lengths; seeded for a NIC; device offsets in and outside the frame.
+        (
+            "csum",
+            &[
+                ("locate", 0),
+                ("locate", 1),
+                ("locate", 10),
+                ("locate", 11),
+                ("locate", 14),
+                ("locate", 15),
+                ("locate", 16),
+                ("prepare", 1),
+                ("complete", 0),
+                ("complete", 1),
             ],
         ),
     ];

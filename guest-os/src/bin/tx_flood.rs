@@ -5,7 +5,9 @@
 //!
 //! Arguments: `size=BYTES` (frame length, 60 up to the MTU plus 14), `count=N` (0: for ever),
 //! `port=N`, `idle=no` (while the ring is full, poll it instead of idling: a guest that never
-//! idles, a hog for the performance-isolation tests).
+//! idles, a hog for the performance-isolation tests), `gap_us=N` (idle N µs after each doorbell:
+//! each frame goes out alone, its completion handled before the next, as in an echo; for
+//! `bench dispatch --tx-paths`).
 
 #![no_std]
 #![no_main]
@@ -29,6 +31,8 @@ fn main(env: &Env) -> i32 {
     let count: u32 = env.arg("count").and_then(|s| s.parse().ok()).unwrap_or(10_000);
     let port: u16 = env.arg("port").and_then(|s| s.parse().ok()).unwrap_or(9);
     let never_idle = env.arg("idle") == Some("no");
+    let gap_us: u64 = env.arg("gap_us").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let gap_ticks = guest_os::time::tsc_hz().saturating_mul(gap_us) / 1_000_000;
     println!("tx-flood: frames of {size} bytes to port {port}, count {count} (0: for ever), idle {}", !never_idle);
     // SAFETY: the kernel maps the shared page at this address for guests with a NIC; this app is
     // its only user.
@@ -83,6 +87,13 @@ fn main(env: &Env) -> i32 {
         desc.status.store(DescStatus::Pending as u32, Release);
         shared.tx_producer.0.store(index.wrapping_add(1), Release);
         vi::vnic_tx_kick();
+        if gap_ticks > 0 {
+            let until = guest_os::time::ticks().saturating_add(gap_ticks);
+            while guest_os::time::ticks() < until {
+                shared.virq.0.store(0, Release);
+                vi::idle_until(until);
+            }
+        }
     }
     println!("tx-flood: {count} frames of {size} bytes sent, {rejected} not completed as Done");
     i32::from(rejected > 0)

@@ -10,10 +10,13 @@
 //! Each queue has one fixed buffer per packet, whole pages holding a header and the largest
 //! frame (several pages for jumbo frames; buffers never come from a general allocator on the
 //! packet path).
-//! Every transmit is a two-descriptor chain: the shared all-zero virtio-net header, then the
-//! frame, either copied into the packet's buffer (the copy path, Denali's copy 2) or, on the COW
-//! path, the guest's own write-protected frame by physical address. Receive hands the frame to
-//! a closure and re-posts the buffer.
+//! Every transmit is a chain: the packet slot's virtio-net header (all zero, or `NEEDS_CSUM`
+//! with the offsets the kernel derived when the device finishes the checksum), then the frame,
+//! either copied into the packet's buffer (the copy path, Denali's copy 2) or, on the COW path,
+//! the guest's own write-protected frame by physical address; on the split path the frame is
+//! two descriptors, the kernel's copy of its headers (in the packet's buffer) and the payload in
+//! the guest's slot by physical address. Receive hands the frame to a closure and re-posts the
+//! buffer.
 
 use super::pci::PciAddress;
 use super::virtio::{legacy_pci, mmio, modern_pci, InterruptTarget, QueueAddresses, Transport};
@@ -23,10 +26,10 @@ use alloc::vec::Vec;
 use core::sync::atomic::{fence, Ordering};
 use hypercall_abi::layout::PAGE_SIZE as PAGE;
 use kernel_core::boot::cmdline::{MmioDevice, MAX_MMIO_DEVICES};
-use kernel_core::drivers::virtio::{negotiate_net, Generation, MAX_NET_HEADER_LEN};
+use kernel_core::drivers::virtio::{negotiate_net, rx_checksum, tx_header, Generation, RxChecksum, MAX_NET_HEADER_LEN};
 use kernel_core::drivers::virtio_pci::{modern_layout, LayoutError};
 use kernel_core::mm::frame_alloc::FrameAllocator;
-use kernel_core::vnet::GuestFrameRef;
+use kernel_core::vnet::{CsumRequest, GuestFrameRef};
 use virtio_spec::DeviceStatus;
 
 /// What a zero-copy transmit hands back when the device is done: the guest and its frame.
@@ -58,8 +61,11 @@ const MAX_BUFFERS: u16 = 128;
 /// only if that queue is short (so a flooding guest cannot fill it ahead of a neighbour's
 /// frame). Measured with `cargo xtask bench isolation` and `bench echo`.
 const TX_IN_FLIGHT_MAX: usize = 16;
-/// Queue entries where the transport lets the driver choose (two per transmitted packet).
+/// Queue entries where the transport lets the driver choose.
 const QUEUE_SIZE: u16 = 2 * MAX_BUFFERS;
+/// Descriptors reserved per packet slot: the virtio-net header and the frame in at most two
+/// pieces (headers and payload, on the split path).
+const DESCS_PER_PACKET: u16 = 3;
 /// Interrupt entries: 0 for the receive queue, 1 for transmit completions (MSI-X; a line
 /// interrupt is entry 0 for both).
 const RX_MSIX_ENTRY: u16 = 0;
@@ -164,9 +170,14 @@ pub struct NicCounters {
     pub notifies: u64,
 }
 
-/// Each transmitted packet is a chain of two descriptors, `2k` (the header, from one shared
-/// zeroed page) and `2k + 1` (the frame: a driver buffer for copied frames, the guest's own
-/// frame for zero-copy ones); `k` indexes the packet slot.
+/// Bytes between the packet slots' headers in the header page.
+const TX_HEADER_STRIDE: u64 = 16;
+const _: () = assert!(MAX_BUFFERS as u64 * TX_HEADER_STRIDE <= PAGE && MAX_NET_HEADER_LEN as u64 <= TX_HEADER_STRIDE);
+
+/// Each transmitted packet is a chain of descriptors `3k` (the header: slot `k`'s in one header
+/// page), `3k + 1` (the frame: a driver buffer for copied frames, the guest's own frame for
+/// zero-copy ones, the copied headers on the split path) and, on the split path, `3k + 2` (the
+/// payload in the guest's slot); `k` indexes the packet slot.
 pub struct VirtioNet {
     transport: Box<dyn Transport>,
     mac: [u8; 6],
@@ -180,6 +191,10 @@ pub struct VirtioNet {
     header_page: u64,
     /// Bytes of `virtio_net_hdr` before each frame (10 legacy, 12 modern).
     net_header_len: usize,
+    /// Checksum offloads agreed: the device finishes `NEEDS_CSUM` checksums on transmit
+    /// (`VIRTIO_NET_F_CSUM`), and marks received frames (`VIRTIO_NET_F_GUEST_CSUM`).
+    pub tx_csum: bool,
+    pub rx_csum: bool,
     tx_unnotified: bool,
     /// Zero-copy packets in flight: their guests wait for the completion, so it interrupts.
     zero_copy_in_flight: usize,
@@ -265,6 +280,8 @@ impl VirtioNet {
             tx_cookies: Vec::new(),
             header_page: 0,
             net_header_len: MAX_NET_HEADER_LEN,
+            tx_csum: false,
+            rx_csum: false,
             tx_unnotified: false,
             zero_copy_in_flight: 0,
             tx_waiting_for_slot: false,
@@ -279,7 +296,7 @@ impl VirtioNet {
         t.set_status(DeviceStatus::ACKNOWLEDGE);
         t.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER);
         let generation = t.generation();
-        let negotiated = match negotiate_net(t.device_features(), generation) {
+        let negotiated = match negotiate_net(t.device_features(), generation, crate::vnet::checksum_offload()) {
             Ok(n) => n,
             Err(e) => {
                 t.set_status(DeviceStatus::FAILED);
@@ -289,6 +306,7 @@ impl VirtioNet {
         };
         t.set_driver_features(negotiated.features);
         nic.net_header_len = negotiated.net_header_len;
+        (nic.tx_csum, nic.rx_csum) = (negotiated.tx_csum, negotiated.rx_csum);
         let mut status = DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER;
         if generation == Generation::Modern {
             status |= DeviceStatus::FEATURES_OK;
@@ -318,10 +336,10 @@ impl VirtioNet {
             nic.rx.push_avail(id);
         }
         let header_page = frames.allocate().ok_or("no memory for the tx header page")?;
-        // SAFETY: a fresh frame; the device only ever reads its first `net_header_len` bytes.
+        // SAFETY: a fresh frame; the device only reads each slot's first `net_header_len` bytes.
         unsafe { core::ptr::write_bytes(phys_to_virt(header_page).as_mut_ptr::<u8>(), 0, PAGE as usize) };
         nic.header_page = header_page;
-        let tx_count = MAX_BUFFERS.min(nic.tx.size / 2);
+        let tx_count = MAX_BUFFERS.min(nic.tx.size / DESCS_PER_PACKET);
         for k in 0..tx_count {
             nic.tx_buffers.push(frames.allocate_contiguous(buffer_pages, 1).ok_or("no memory for tx buffers")?);
             nic.tx_cookies.push(None);
@@ -346,8 +364,8 @@ impl VirtioNet {
     pub fn reclaim_tx(&mut self, mut done: impl FnMut(TxCookie)) {
         let mut reclaimed = false;
         while let Some((id, _)) = self.tx.pop_used() {
-            let k = usize::from(id / 2);
-            if id % 2 != 0 || k >= self.tx_buffers.len() {
+            let k = usize::from(id / DESCS_PER_PACKET);
+            if id % DESCS_PER_PACKET != 0 || k >= self.tx_buffers.len() {
                 continue;
             }
             if let Some(cookie) = self.tx_cookies[k].take() {
@@ -403,19 +421,40 @@ impl VirtioNet {
         slot
     }
 
-    /// Queues the chain header + `len` bytes at physical `data` in packet slot `k`.
-    fn queue_chain(&mut self, k: u16, data: u64, len: u32) {
-        let header = 2 * k;
-        self.tx.write_desc(header, self.header_page, self.net_header_len as u32, DESC_F_NEXT, header + 1);
-        self.tx.write_desc(header + 1, data, len, 0, 0);
+    /// Queues the chain header + `len` bytes at physical `data` (+ `rest`, a second piece) in
+    /// packet slot `k`; the header asks the device to finish the checksum `csum` describes, if
+    /// any (only when it agreed to).
+    fn queue_chain(&mut self, k: u16, data: u64, len: u32, csum: Option<CsumRequest>, rest: Option<(u64, u32)>) {
+        let header = DESCS_PER_PACKET * k;
+        let header_phys = self.header_page + u64::from(k) * TX_HEADER_STRIDE;
+        let fields = tx_header(csum.filter(|_| self.tx_csum).map(|c| (c.start, c.offset)));
+        // SAFETY: slot `k`'s header lies in the driver's header page (k < MAX_BUFFERS, asserted
+        // to fit), which the device reads only while the slot is in flight, and slot `k` is not.
+        unsafe {
+            core::ptr::copy_nonoverlapping(fields.as_ptr(), phys_to_virt(header_phys).as_mut_ptr::<u8>(), fields.len())
+        };
+        self.tx.write_desc(header, header_phys, self.net_header_len as u32, DESC_F_NEXT, header + 1);
+        match rest {
+            None => self.tx.write_desc(header + 1, data, len, 0, 0),
+            Some((rest, rest_len)) => {
+                self.tx.write_desc(header + 1, data, len, DESC_F_NEXT, header + 2);
+                self.tx.write_desc(header + 2, rest, rest_len, 0, 0);
+            }
+        }
         self.tx.push_avail(header);
         self.tx_unnotified = true;
         self.counters.tx_frames += 1;
     }
 
     /// Copies `frame` into a driver buffer (Denali's copy 2) and queues it (the device is
-    /// notified by [`VirtioNet::flush`]).
-    pub fn transmit(&mut self, frame: &[u8], done: impl FnMut(TxCookie)) -> Result<(), TransmitError> {
+    /// notified by [`VirtioNet::flush`]), asking the device to finish its checksum `csum` (the
+    /// caller passes one only if [`Self::tx_csum`]).
+    pub fn transmit(
+        &mut self,
+        frame: &[u8],
+        csum: Option<CsumRequest>,
+        done: impl FnMut(TxCookie),
+    ) -> Result<(), TransmitError> {
         if frame.len() as u64 > self.buffer_bytes {
             return Err(TransmitError::TooLong);
         }
@@ -424,7 +463,7 @@ impl VirtioNet {
         // SAFETY: the buffer is this driver's run for slot `k`, not in flight (the slot was
         // free); the frame fits in it (checked above).
         unsafe { core::ptr::copy_nonoverlapping(frame.as_ptr(), phys_to_virt(buffer).as_mut_ptr::<u8>(), frame.len()) };
-        self.queue_chain(k, buffer, frame.len() as u32);
+        self.queue_chain(k, buffer, frame.len() as u32, csum, None);
         Ok(())
     }
 
@@ -435,13 +474,45 @@ impl VirtioNet {
         data: u64,
         len: u32,
         cookie: TxCookie,
+        csum: Option<CsumRequest>,
         done: impl FnMut(TxCookie),
     ) -> Result<(), TxCookie> {
         let Some(k) = self.free_slot(done) else { return Err(cookie) };
         self.tx_cookies[usize::from(k)] = Some(cookie);
         self.zero_copy_in_flight = self.zero_copy_in_flight.saturating_add(1);
         self.update_tx_interrupts();
-        self.queue_chain(k, data, len);
+        self.queue_chain(k, data, len, csum, None);
+        Ok(())
+    }
+
+    /// Queues a frame in two pieces: `headers`, copied into a driver buffer, then `len` bytes
+    /// at physical address `payload`, not copied. The caller keeps that memory allocated until
+    /// `cookie` comes back through a `done` closure (its bytes may change meanwhile: they are
+    /// the sender's own payload).
+    pub fn transmit_split(
+        &mut self,
+        headers: &[u8],
+        payload: u64,
+        len: u32,
+        cookie: TxCookie,
+        csum: Option<CsumRequest>,
+        done: impl FnMut(TxCookie),
+    ) -> Result<(), TransmitError> {
+        if headers.len() as u64 > self.buffer_bytes {
+            return Err(TransmitError::TooLong);
+        }
+        let k = self.free_slot(done).ok_or(TransmitError::QueueFull)?;
+        let buffer = self.tx_buffers[usize::from(k)];
+        // SAFETY: the buffer is this driver's run for slot `k`, not in flight (the slot was
+        // free); the headers fit in it (checked above).
+        unsafe {
+            core::ptr::copy_nonoverlapping(headers.as_ptr(), phys_to_virt(buffer).as_mut_ptr::<u8>(), headers.len())
+        };
+        self.tx_cookies[usize::from(k)] = Some(cookie);
+        // A zero-copy packet: its completion interrupts (see `tx_interrupts`).
+        self.zero_copy_in_flight = self.zero_copy_in_flight.saturating_add(1);
+        self.update_tx_interrupts();
+        self.queue_chain(k, buffer, headers.len() as u32, csum, Some((payload, len)));
         Ok(())
     }
 
@@ -456,10 +527,15 @@ impl VirtioNet {
         }
     }
 
-    /// Hands every received frame to `deliver`, then re-posts its buffer, calling `released`
-    /// with `deliver`'s result once the frame's buffer is back with the device (for stage
-    /// stamps). Returns the count.
-    pub fn receive_with<R>(&mut self, mut deliver: impl FnMut(&[u8]) -> R, mut released: impl FnMut(R)) -> usize {
+    /// Hands every received frame to `deliver` with what its header says of its checksum
+    /// (always [`RxChecksum::Unknown`] unless `GUEST_CSUM` was agreed), then re-posts its
+    /// buffer, calling `released` with `deliver`'s result once the frame's buffer is back with
+    /// the device (for stage stamps). Returns the count.
+    pub fn receive_with<R>(
+        &mut self,
+        mut deliver: impl FnMut(&[u8], RxChecksum) -> R,
+        mut released: impl FnMut(R),
+    ) -> usize {
         // Before the used ring is read: a frame that arrives after it interrupts again.
         self.transport.acknowledge_interrupt();
         let mut count = 0;
@@ -469,13 +545,11 @@ impl VirtioNet {
             if len > self.net_header_len {
                 // SAFETY: the device finished writing this buffer (it is in the used ring) and
                 // will not touch it until it is re-posted below; `len` is clamped to the buffer.
-                let frame = unsafe {
-                    core::slice::from_raw_parts(
-                        phys_to_virt(buffer).as_ptr::<u8>().add(self.net_header_len),
-                        len - self.net_header_len,
-                    )
+                let (header, frame) = unsafe {
+                    core::slice::from_raw_parts(phys_to_virt(buffer).as_ptr::<u8>(), len).split_at(self.net_header_len)
                 };
-                let result = deliver(frame);
+                let checksum = if self.rx_csum { rx_checksum(header) } else { RxChecksum::Unknown };
+                let result = deliver(frame, checksum);
                 self.counters.rx_frames += 1;
                 count += 1;
                 self.rx.write_desc(id, buffer, self.buffer_bytes as u32, DESC_F_WRITE, 0);
@@ -491,6 +565,14 @@ impl VirtioNet {
             self.transport.notify(self.rx.index);
         }
         count
+    }
+}
+
+fn on_off(on: bool) -> &'static str {
+    if on {
+        "on"
+    } else {
+        "off"
     }
 }
 
@@ -588,6 +670,7 @@ pub fn probe(max_frame: u64) -> Option<VirtioNet> {
         Ok(nic) => {
             POLLED.store(!nic.interrupts, Ordering::Relaxed);
             let m = nic.mac();
+            log::info!("nic: checksum offload: tx {} rx {}", on_off(nic.tx_csum), on_off(nic.rx_csum));
             log::info!(
                 "nic: virtio-net ({}), MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, {}, {}-byte header",
                 nic.describe(),

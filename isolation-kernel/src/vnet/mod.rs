@@ -53,11 +53,27 @@ const RX_HOLD_LIMIT: usize = hypercall_abi::vnic::RX_RING_SIZE as usize;
 /// for transmit: a guest that stops reading slows only itself.
 const POOL_KEPT_FOR_TX_DIVISOR: usize = 4;
 
-/// A frame held for a guest in a pool buffer: the buffer and the frame's length.
+/// A frame held for a guest in a pool buffer: the buffer, the frame's length, and whether its
+/// L4 checksum was verified (checksum offload).
 #[derive(Clone, Copy, Debug)]
 struct HeldFrame {
     buf: kernel_core::vnet::BufId,
     len: u32,
+    verified: bool,
+}
+
+/// Checksum offload (`csum=on`), fixed at boot before the NIC and the guests are set up.
+static CHECKSUM_OFFLOAD: core::sync::atomic::AtomicBool =
+    core::sync::atomic::AtomicBool::new(hypercall_abi::cmdline::CSUM_DEFAULT);
+
+/// Sets checksum offload from the command line (before the network is set up).
+pub fn set_checksum_offload(on: bool) {
+    CHECKSUM_OFFLOAD.store(on, Ordering::Relaxed);
+}
+
+/// Whether checksum offload is on: the vNICs offer it and the physical NIC is asked for it.
+pub fn checksum_offload() -> bool {
+    CHECKSUM_OFFLOAD.load(Ordering::Relaxed)
 }
 
 /// The network's packet pool and the memory behind it, as the receive path borrows them to
@@ -213,6 +229,8 @@ pub fn build_nic(
     };
     nic.shared().needs_kick.0.store(1, Ordering::Release);
     nic.shared().stamps_enabled.0.store(u32::from(stamps), Ordering::Release);
+    let offloads = if checksum_offload() { hypercall_abi::vnic::Offloads::CHECKSUM } else { 0 };
+    nic.shared().offloads.0.store(offloads, Ordering::Release);
     Ok(nic)
 }
 
@@ -296,6 +314,8 @@ pub struct Network {
     backlog: TxBacklog,
     pub counters: NetCounters,
     pub mode: TxMode,
+    /// Checksum offload ([`checksum_offload`]), read once.
+    csum_offload: bool,
     /// Zero-copy packets done with, waiting to be completed (scratch space kept between calls,
     /// so the packet path does not allocate).
     finished: Vec<(TxCookie, DescStatus)>,
@@ -326,6 +346,16 @@ fn run_bytes<'p>(phys: u64, run: u64, offset: u64, len: u64) -> &'p [u8] {
     // SAFETY: a page in the direct map, range inside it (checked); the caller uses the slice
     // before anything can change the page (the kernel runs with interrupts off, on one CPU).
     unsafe { core::slice::from_raw_parts(phys_to_virt(phys.wrapping_add(offset)).as_ptr::<u8>(), len as usize) }
+}
+
+/// [`run_bytes`], writable: for the kernel's own copy of a frame, or a guest frame the guest
+/// cannot write while it is in flight (a write-protected COW slot).
+#[inline(always)]
+fn run_bytes_mut<'p>(phys: u64, run: u64, offset: u64, len: u64) -> &'p mut [u8] {
+    assert!(offset.checked_add(len).is_some_and(|end| end <= run), "write beyond the run");
+    // SAFETY: as for `run_bytes`; the caller holds no other slice of these bytes while it
+    // writes (each use ends before the next slice of the run is made).
+    unsafe { core::slice::from_raw_parts_mut(phys_to_virt(phys.wrapping_add(offset)).as_mut_ptr::<u8>(), len as usize) }
 }
 
 impl Network {
@@ -364,6 +394,7 @@ impl Network {
             backlog: TxBacklog::new(),
             counters: NetCounters::default(),
             mode,
+            csum_offload: checksum_offload(),
             finished: Vec::with_capacity(256),
             zombies: Vec::new(),
             // Benchmark records: room made only when stamps are on (`enable_stamps`).

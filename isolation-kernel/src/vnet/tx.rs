@@ -2,18 +2,20 @@
 //! the slot, source-MAC check, queue in the guest's FIFO), the network scheduler's hand-off to
 //! the vswitch and the physical NIC, and the NIC's transmit completions.
 
-use super::rx::deliver;
+use super::rx::{deliver, RxCheck};
 use super::stamps::PendingNotify;
-use super::{count_drop, page_addrs_of, run_bytes, GuestNic, NetCtx, Network, PoolMemory};
+use super::{count_drop, page_addrs_of, run_bytes, run_bytes_mut, GuestNic, NetCtx, Network, PoolMemory};
 use crate::drivers::virtio_net::{TransmitError, TxCookie};
 use crate::guest::space::copy_into_run;
 use core::sync::atomic::Ordering;
 use hypercall_abi::vi::VirtualInterrupts;
-use hypercall_abi::vnic::{DescStatus, VnicShared, TX_RING_SIZE};
+use hypercall_abi::vnic::{desc_flags, DescStatus, VnicShared, TX_RING_SIZE};
 use kernel_core::boot::cmdline::TxMode;
 use kernel_core::guest::sched::GuestId;
 use kernel_core::vnet::cow::{Protect, Release};
-use kernel_core::vnet::{ring, validate_tx, GuestFrameRef, Packet, PacketData, Route, Source, Wait};
+use kernel_core::vnet::csum::{self, TxChecksum, Unplaceable};
+use kernel_core::vnet::split::{split_point, Split, COPY_WHOLE_MAX, HEADER_PREFIX};
+use kernel_core::vnet::{ring, validate_tx, GuestFrameRef, Packet, PacketData, Route, Source, SplitFrame, Wait};
 
 impl NetCtx<'_> {
     /// The doorbell of guest `id`: takes what its tx ring holds, then runs the network
@@ -25,7 +27,8 @@ impl NetCtx<'_> {
     }
 
     /// Validates the guest's pending tx descriptors and queues their frames in its FIFO: copied
-    /// into a pool buffer (copy path, copy 1), or left in the write-protected slot (COW path).
+    /// into a pool buffer (copy path, copy 1), left in the write-protected slot (COW path), or
+    /// headers copied and payload left in the slot (split path).
     fn pull_tx(&mut self, id: GuestId) -> u64 {
         let Some(nic) = self.nics.get_mut(id).and_then(Option::as_mut) else { return 0 };
         let name = self.guests.get(id).map_or("?", |g| g.name.as_str()); // for the one log line per misbehaving guest
@@ -91,38 +94,127 @@ impl NetCtx<'_> {
                     stamps,
                     pending_notify,
                     backlog,
+                    csum_offload,
                     ..
                 } = &mut **net;
-                let stamps = *stamps;
+                let (stamps, csum_offload) = (*stamps, *csum_offload);
                 net_sched.serve(fifos, |src, packet| {
                     // Room in its FIFO: a guest waiting for it is taken again below (if the NIC
                     // refuses this packet after all, that take finds the FIFO full and it waits on).
                     backlog.sent_from(src);
                     let len = u64::from(packet.len);
-                    let (frame, guest_frame) = match packet.data {
+                    // `frame` is what the vswitch routes on: the whole frame, or for a split one
+                    // the kernel's copy of its headers (all the vswitch reads).
+                    let (mut frame, guest_frame, split) = match packet.data {
                         PacketData::Pool(buf) => {
                             let Some(&base) = pool_frames.get(buf.0 as usize) else {
                                 return Ok(()); // not a pool buffer: cannot happen
                             };
-                            (run_bytes(base, *pool_buffer_bytes, 0, len), None)
+                            (run_bytes_mut(base, *pool_buffer_bytes, 0, len), None, None)
                         }
                         PacketData::GuestFrame(r) => {
                             let Some(Some(owner)) = nics.get(src) else {
                                 finished.push((TxCookie { guest: src, frame: r }, DescStatus::Done)); // its guest has ended
                                 return Ok(());
                             };
-                            (run_bytes(r.frame, owner.slot_size, u64::from(r.offset), len), Some(r))
+                            // The slot is write-protected while in flight: only the kernel writes it.
+                            (run_bytes_mut(r.frame, owner.slot_size, u64::from(r.offset), len), Some(r), None)
+                        }
+                        PacketData::Split(s) => {
+                            let owner = nics.get(src).and_then(Option::as_ref);
+                            let (Some(owner), Some(&base)) = (owner, pool_frames.get(s.header.0 as usize)) else {
+                                let _ = pool.release(s.header);
+                                finished.push((TxCookie { guest: src, frame: s.guest }, DescStatus::Done)); // its guest has ended
+                                return Ok(());
+                            };
+                            let headers = run_bytes_mut(base, *pool_buffer_bytes, 0, u64::from(s.header_len));
+                            (headers, None, Some((s, base, owner.slot_size)))
                         }
                     };
-                    match vswitch.route(frame, Source::Guest(src)) {
+                    let route = vswitch.route(frame, Source::Guest(src));
+                    // A split frame's payload, still in its guest's slot: read only by the NIC, or
+                    // copied behind the headers for another guest (delivery copies it once more).
+                    let mut payload: &[u8] = &[];
+                    if let Some((s, base, slot_size)) = split {
+                        let header = u64::from(s.header_len);
+                        let at = u64::from(s.guest.offset).saturating_add(header);
+                        let rest = run_bytes(s.guest.frame, slot_size, at, len.saturating_sub(header));
+                        if let Route::Guest(_) = route {
+                            copy_into_run(base, *pool_buffer_bytes, header, rest);
+                            counters.tx_copies = counters.tx_copies.saturating_add(1);
+                            counters.tx_bytes_copied = counters.tx_bytes_copied.saturating_add(rest.len() as u64);
+                            frame = run_bytes_mut(base, *pool_buffer_bytes, 0, len);
+                        } else {
+                            payload = rest;
+                        }
+                    }
+                    // A checksum the guest left to us: the NIC finishes it if it is going there
+                    // and can, else we do now, and another guest gets it vouched for.
+                    let nic_finishes = route == Route::Uplink && nic.as_ref().is_some_and(|n| n.tx_csum);
+                    let mut check = if csum_offload { RxCheck::Verify } else { RxCheck::Off };
+                    let nic_csum = match packet.csum {
+                        // Filled at the doorbell (no NIC could finish it): vouched for.
+                        Some(TxChecksum::Filled) => {
+                            check = RxCheck::Vouched;
+                            None
+                        }
+                        Some(TxChecksum::Owed(request)) if nic_finishes => {
+                            counters.csum_to_nic = counters.csum_to_nic.saturating_add(1);
+                            Some(request)
+                        }
+                        Some(TxChecksum::Owed(request)) => {
+                            // Cannot fail (placed at the doorbell in this very frame); if it
+                            // did, the frame would go unvouched, and be verified on delivery.
+                            if csum::finish_tx_in_pieces(frame, payload, request).is_ok() {
+                                counters.csum_filled = counters.csum_filled.saturating_add(1);
+                                check = RxCheck::Vouched;
+                            }
+                            None
+                        }
+                        None => None,
+                    };
+                    let frame = &*frame;
+                    match route {
                         Route::Guest(dst) => {
                             let mut pool = PoolMemory { pool, frames: pool_frames, buffer_bytes: *pool_buffer_bytes };
-                            deliver(nics, guests, sched, counters, &mut pool, dst, frame);
+                            deliver(nics, guests, sched, counters, &mut pool, dst, frame, check);
                         }
-                        Route::Uplink => match (nic.as_mut(), guest_frame) {
-                            (Some(nic), None) => {
+                        Route::Uplink => match (nic.as_mut(), guest_frame, split) {
+                            (Some(nic), None, Some((s, _, _))) => {
+                                // The NIC reads the headers from the kernel's copy (copied again
+                                // into its buffer, freeing the pool buffer now) and the payload
+                                // from the guest's slot, one contiguous run (`back_slot`).
+                                let header = u64::from(s.header_len);
+                                let at = s.guest.frame.wrapping_add(u64::from(s.guest.offset)).wrapping_add(header);
                                 let handed = stamps.now();
-                                match nic.transmit(frame, |cookie| finished.push((cookie, DescStatus::Done))) {
+                                let queued = nic.transmit_split(
+                                    frame,
+                                    at,
+                                    packet.len.saturating_sub(u32::from(s.header_len)),
+                                    TxCookie { guest: src, frame: s.guest },
+                                    nic_csum,
+                                    |cookie| finished.push((cookie, DescStatus::Done)),
+                                );
+                                match queued {
+                                    Ok(()) => {}
+                                    Err(TransmitError::QueueFull) => return Err(packet),
+                                    Err(TransmitError::TooLong) => {
+                                        // Headers of at most HEADER_PREFIX bytes: cannot happen.
+                                        counters.drops_oversize = counters.drops_oversize.saturating_add(1);
+                                        let _ = pool.release(s.header);
+                                        finished.push((TxCookie { guest: src, frame: s.guest }, DescStatus::Done));
+                                        return Ok(());
+                                    }
+                                }
+                                let _ = pool.release(s.header);
+                                counters.split_header_bytes = counters.split_header_bytes.saturating_add(header);
+                                PendingNotify::record(pending_notify, &packet, handed, stamps.now());
+                                return Ok(()); // completes when the NIC is done with the payload
+                            }
+                            (Some(nic), None, None) => {
+                                let handed = stamps.now();
+                                match nic.transmit(frame, nic_csum, |cookie| finished.push((cookie, DescStatus::Done)))
+                                {
                                     Ok(()) => {}
                                     // Every NIC slot is in flight: retry later.
                                     Err(TransmitError::QueueFull) => return Err(packet),
@@ -138,13 +230,14 @@ impl NetCtx<'_> {
                                 counters.tx_copies = counters.tx_copies.saturating_add(1); // copy 2, into the NIC's DMA buffer
                                 counters.tx_bytes_copied = counters.tx_bytes_copied.saturating_add(len);
                             }
-                            (Some(nic), Some(r)) => {
+                            (Some(nic), Some(r), _) => {
                                 let data = r.frame.wrapping_add(u64::from(r.offset)); // inside the slot's run
                                 let handed = stamps.now();
                                 let queued = nic.transmit_zero_copy(
                                     data,
                                     packet.len,
                                     TxCookie { guest: src, frame: r },
+                                    nic_csum,
                                     |cookie| finished.push((cookie, DescStatus::Done)),
                                 );
                                 if queued.is_err() {
@@ -153,13 +246,17 @@ impl NetCtx<'_> {
                                 PendingNotify::record(pending_notify, &packet, handed, stamps.now());
                                 return Ok(()); // completes when the NIC is done with the page
                             }
-                            (None, _) => counters.drops_unknown_mac = counters.drops_unknown_mac.saturating_add(1),
+                            (None, _, _) => counters.drops_unknown_mac = counters.drops_unknown_mac.saturating_add(1),
                         },
                         Route::Drop(reason) => count_drop(counters, reason),
                     }
                     match (packet.data, guest_frame) {
                         (PacketData::Pool(buf), _) => {
                             let _ = pool.release(buf);
+                        }
+                        (PacketData::Split(s), _) => {
+                            let _ = pool.release(s.header);
+                            finished.push((TxCookie { guest: src, frame: s.guest }, DescStatus::Done));
                         }
                         (_, Some(r)) => finished.push((TxCookie { guest: src, frame: r }, DescStatus::Done)),
                         _ => {}
@@ -251,6 +348,7 @@ fn take_tx(net: &mut Network, nic: &mut GuestNic, id: GuestId, name: &str, share
     };
     // Read each field once: the guest may change them behind our back.
     let (addr, len) = (desc.addr.load(Ordering::Relaxed), desc.len.load(Ordering::Relaxed));
+    let csum_needed = desc.status.load(Ordering::Relaxed) & desc_flags::TX_CSUM_NEEDED != 0;
     let validated = validate_tx(addr, len, nic.max_frame, nic.slot_size);
     // The slot's current frame (a validated slot always has one).
     let located = validated.ok().and_then(|frame| {
@@ -289,8 +387,15 @@ fn take_tx(net: &mut Network, nic: &mut GuestNic, id: GuestId, name: &str, share
     }
     // `frame.len <= max_frame <= 9014` and `frame.offset < slot_size`, so both fit a u32.
     let (frame_len, frame_offset) = (frame.len as u32, frame.offset as u32);
+    // The split path sends frames up to COPY_WHOLE_MAX bytes as the copy path does: for them two
+    // copies cost less than its header copy, chain and deferred completion (`bench dispatch`).
+    let copy_whole = match net.mode {
+        TxMode::Copy => true,
+        TxMode::Split => frame.len <= COPY_WHOLE_MAX,
+        TxMode::Cow => false,
+    };
     match net.mode {
-        TxMode::Copy => {
+        _ if copy_whole => {
             let Some(buf) = net.pool.alloc() else { return Taken::Backlogged(Wait::Buffer) };
             let Some(&kernel_copy) = net.pool_frames.get(buf.0 as usize) else {
                 let _ = net.pool.release(buf);
@@ -304,19 +409,27 @@ fn take_tx(net: &mut Network, nic: &mut GuestNic, id: GuestId, name: &str, share
             copy_into_run(kernel_copy, net.pool_buffer_bytes, 0, bytes); // copy 1
             net.counters.tx_copies = net.counters.tx_copies.saturating_add(1);
             net.counters.tx_bytes_copied = net.counters.tx_bytes_copied.saturating_add(frame.len);
-            // The check runs on the kernel's copy: what is checked is what is sent.
-            let status = if net.vswitch.source_is(id, run_bytes(kernel_copy, net.pool_buffer_bytes, 0, frame.len)) {
-                let stamp = net.start_tx_record(page, nic.slot_size);
-                net.queue(id, Packet { stamp, ..Packet::pooled(buf, frame_len) });
-                net.sched.mark_ready(id);
-                nic.tx.sent(frame.len);
-                net.counters.tx_packets = net.counters.tx_packets.saturating_add(1);
-                net.counters.tx_bytes = net.counters.tx_bytes.saturating_add(frame.len);
-                DescStatus::Done
-            } else {
-                let _ = net.pool.release(buf);
-                net.counters.drops_spoof = net.counters.drops_spoof.saturating_add(1);
-                DescStatus::RejectedSpoofedSource
+            // The checks run on the kernel's copy: what is checked is what is sent.
+            let checked = match net.vswitch.source_is(id, run_bytes(kernel_copy, net.pool_buffer_bytes, 0, frame.len)) {
+                true => {
+                    tx_checksum(net, csum_needed, run_bytes_mut(kernel_copy, net.pool_buffer_bytes, 0, frame.len), &[])
+                }
+                false => Err(Refused::Spoofed),
+            };
+            let status = match checked {
+                Ok(csum) => {
+                    let stamp = net.start_tx_record(page, nic.slot_size);
+                    net.queue(id, Packet { stamp, csum, ..Packet::pooled(buf, frame_len) });
+                    net.sched.mark_ready(id);
+                    nic.tx.sent(frame.len);
+                    net.counters.tx_packets = net.counters.tx_packets.saturating_add(1);
+                    net.counters.tx_bytes = net.counters.tx_bytes.saturating_add(frame.len);
+                    DescStatus::Done
+                }
+                Err(why) => {
+                    let _ = net.pool.release(buf);
+                    refuse(net, nic, id, name, why)
+                }
             };
             desc.status.store(status as u32, Ordering::Relaxed);
             nic.ring.complete(index);
@@ -330,25 +443,168 @@ fn take_tx(net: &mut Network, nic: &mut GuestNic, id: GuestId, name: &str, share
                 nic.pending_flush.extend(page_addrs_of(base, nic.slot_pages));
                 net.counters.cow_protects = net.counters.cow_protects.saturating_add(1);
             }
-            if net.vswitch.source_is(id, run_bytes(page, nic.slot_size, frame.offset, frame.len)) {
-                // Slot numbers are below TX_SLOTS (32).
-                let reference =
-                    GuestFrameRef { frame: page, offset: frame_offset, slot: slot as u16, ring_index: index };
-                let stamp = net.start_tx_record(page, nic.slot_size);
-                net.queue(id, Packet { data: PacketData::GuestFrame(reference), len: frame_len, stamp });
-                net.sched.mark_ready(id);
-                nic.tx.sent(frame.len);
-                net.counters.tx_packets = net.counters.tx_packets.saturating_add(1);
-                net.counters.tx_bytes = net.counters.tx_bytes.saturating_add(frame.len);
-            } else {
-                net.counters.drops_spoof = net.counters.drops_spoof.saturating_add(1);
-                desc.status.store(DescStatus::RejectedSpoofedSource as u32, Ordering::Relaxed);
-                nic.ring.complete(index);
-                if let Release::RestoreWrite { .. } = nic.cow.release(slot, page) {
-                    nic.set_slot_writable(slot, true);
+            // Protected: the kernel's writes into the slot are the last before the NIC reads it.
+            let checked = match net.vswitch.source_is(id, run_bytes(page, nic.slot_size, frame.offset, frame.len)) {
+                true => tx_checksum(net, csum_needed, run_bytes_mut(page, nic.slot_size, frame.offset, frame.len), &[]),
+                false => Err(Refused::Spoofed),
+            };
+            match checked {
+                Ok(csum) => {
+                    // Slot numbers are below TX_SLOTS (32).
+                    let reference =
+                        GuestFrameRef { frame: page, offset: frame_offset, slot: slot as u16, ring_index: index };
+                    let stamp = net.start_tx_record(page, nic.slot_size);
+                    net.queue(id, Packet { data: PacketData::GuestFrame(reference), len: frame_len, stamp, csum });
+                    net.sched.mark_ready(id);
+                    nic.tx.sent(frame.len);
+                    net.counters.tx_packets = net.counters.tx_packets.saturating_add(1);
+                    net.counters.tx_bytes = net.counters.tx_bytes.saturating_add(frame.len);
+                }
+                Err(why) => {
+                    let status = refuse(net, nic, id, name, why);
+                    desc.status.store(status as u32, Ordering::Relaxed);
+                    nic.ring.complete(index);
+                    if let Release::RestoreWrite { .. } = nic.cow.release(slot, page) {
+                        nic.set_slot_writable(slot, true);
+                    }
                 }
             }
         }
+        // The split path (under copy every frame was copied whole above).
+        TxMode::Split | TxMode::Copy => {
+            let Some(buf) = net.pool.alloc() else { return Taken::Backlogged(Wait::Buffer) };
+            let Some(&kernel_copy) = net.pool_frames.get(buf.0 as usize) else {
+                let _ = net.pool.release(buf);
+                return Taken::Backlogged(Wait::Buffer);
+            };
+            let Some(index) = nic.ring.take() else {
+                let _ = net.pool.release(buf);
+                return Taken::Backlogged(Wait::Buffer);
+            };
+            // Only the front of the frame is copied, once: every header the kernel reads (the
+            // whole of a short frame). What is checked, and where the frame splits, come from
+            // this copy alone; the guest's slot is read again only for a checksum the kernel
+            // fills, and by the NIC (the payload).
+            let prefix = frame.len.min(HEADER_PREFIX as u64);
+            copy_into_run(kernel_copy, net.pool_buffer_bytes, 0, run_bytes(page, nic.slot_size, frame.offset, prefix));
+            let headers = run_bytes(kernel_copy, net.pool_buffer_bytes, 0, prefix);
+            let split = split_point(headers, frame.len);
+            let rest =
+                run_bytes(page, nic.slot_size, frame.offset.saturating_add(prefix), frame.len.saturating_sub(prefix));
+            let checked = match net.vswitch.source_is(id, headers) {
+                true => {
+                    tx_checksum(net, csum_needed, run_bytes_mut(kernel_copy, net.pool_buffer_bytes, 0, prefix), rest)
+                }
+                false => Err(Refused::Spoofed),
+            };
+            let csum = match checked {
+                Ok(csum) => csum,
+                Err(why) => {
+                    let _ = net.pool.release(buf);
+                    let status = refuse(net, nic, id, name, why);
+                    desc.status.store(status as u32, Ordering::Relaxed);
+                    nic.ring.complete(index);
+                    return Taken::Yes;
+                }
+            };
+            let stamp = net.start_tx_record(page, nic.slot_size);
+            match split {
+                // Held: the slot's frames outlive the guest while the NIC may read them.
+                Split::At { header } if nic.cow.hold(slot) => {
+                    let guest =
+                        GuestFrameRef { frame: page, offset: frame_offset, slot: slot as u16, ring_index: index };
+                    // A checksum placed in the copy is sent from the copy: all of it goes.
+                    let header = if csum.is_some() { prefix as usize } else { header };
+                    // `header <= HEADER_PREFIX` (134): fits a u16.
+                    let data = SplitFrame { guest, header: buf, header_len: header as u16 };
+                    net.queue(id, Packet { data: PacketData::Split(data), len: frame_len, stamp, csum });
+                    net.counters.split_frames = net.counters.split_frames.saturating_add(1);
+                    net.counters.split_header_bytes = net.counters.split_header_bytes.saturating_add(prefix);
+                    // The descriptor completes when the NIC is done with the payload.
+                }
+                split => {
+                    // Copied whole (a frame no longer than its header copy; or, should holding
+                    // fail, the rest copied now): from here on the copy path's packet,
+                    // completed at once.
+                    if split != Split::Whole {
+                        copy_into_run(kernel_copy, net.pool_buffer_bytes, prefix, rest);
+                    }
+                    net.queue(id, Packet { stamp, csum, ..Packet::pooled(buf, frame_len) });
+                    net.counters.tx_copies = net.counters.tx_copies.saturating_add(1);
+                    net.counters.tx_bytes_copied = net.counters.tx_bytes_copied.saturating_add(frame.len);
+                    desc.status.store(DescStatus::Done as u32, Ordering::Relaxed);
+                    nic.ring.complete(index);
+                }
+            }
+            net.sched.mark_ready(id);
+            nic.tx.sent(frame.len);
+            net.counters.tx_packets = net.counters.tx_packets.saturating_add(1);
+            net.counters.tx_bytes = net.counters.tx_bytes.saturating_add(frame.len);
+        }
     }
     Taken::Yes
+}
+
+/// Why the doorbell refused a frame after its descriptor passed.
+#[derive(Clone, Copy, Debug)]
+enum Refused {
+    /// Its source MAC is not its guest's.
+    Spoofed,
+    /// Its guest left it a checksum the kernel cannot place (`None`: offload is off).
+    Checksum(Option<Unplaceable>),
+}
+
+/// The doorbell's part of checksum offload for a frame (the kernel's copy, or a protected
+/// slot; on the split path the kernel's copy of its first bytes, `frame`, then `payload` in the
+/// guest's slot, only read) whose guest set [`desc_flags::TX_CSUM_NEEDED`]: the checksum placed
+/// from the frame's headers and seeded (owed to the NIC or to the route), or filled now.
+/// Refused, and counted (`drops_csum_request`), when offload is off or the frame has no
+/// checksum to place.
+#[inline(always)]
+fn tx_checksum(
+    net: &mut Network,
+    needed: bool,
+    frame: &mut [u8],
+    payload: &[u8],
+) -> Result<Option<TxChecksum>, Refused> {
+    if !needed {
+        return Ok(None);
+    }
+    // Seeded only if a NIC may finish it; else filled now, in one pass, wherever it goes.
+    let nic_may_finish = net.nic.as_ref().is_some_and(|nic| nic.tx_csum);
+    let prepared = if net.csum_offload {
+        csum::prepare_tx_in_pieces(frame, payload, nic_may_finish).map_err(Some)
+    } else {
+        Err(None)
+    };
+    match prepared {
+        Ok(owed @ TxChecksum::Owed(_)) => Ok(Some(owed)),
+        Ok(TxChecksum::Filled) => {
+            net.counters.csum_filled = net.counters.csum_filled.saturating_add(1);
+            Ok(Some(TxChecksum::Filled))
+        }
+        Err(why) => {
+            net.counters.drops_csum_request = net.counters.drops_csum_request.saturating_add(1);
+            Err(Refused::Checksum(why))
+        }
+    }
+}
+
+/// The status of a refused frame; spoofing is counted here (checksum refusals were counted
+/// where found), and the first refusal of a guest's checksum request logged.
+#[cold]
+fn refuse(net: &mut Network, nic: &mut GuestNic, id: GuestId, name: &str, why: Refused) -> DescStatus {
+    match why {
+        Refused::Spoofed => {
+            net.counters.drops_spoof = net.counters.drops_spoof.saturating_add(1);
+            DescStatus::RejectedSpoofedSource
+        }
+        Refused::Checksum(why) => {
+            match why {
+                Some(why) => nic.log_once(id, name, format_args!("tx checksum request refused: {why}")),
+                None => nic.log_once(id, name, format_args!("tx checksum request refused: checksum offload is off")),
+            }
+            DescStatus::RejectedChecksumRequest
+        }
+    }
 }

@@ -23,6 +23,10 @@ const SLIRP_MAC: [u8; 6] = [0x52, 0x55, 0x0a, 0x00, 0x02, 0x02];
 /// The unused MAC the tx-ring guest puts in its spoofed frames (guest-os/src/bin/ring_hostile.rs).
 const UNUSED_MAC: [u8; 6] = [0x02, 0x49, 0x4b, 0xee, 0xee, 0xee];
 /// Guests of the image that end by themselves, and the rounds and frames their manifest asks for.
+/// Bytes of each frame tx-ring sends (guest-os/src/bin/ring_hostile.rs: a 1000-byte payload).
+const TX_RING_FRAME: u64 = 1014;
+/// Bytes of each frame exit-in-flight sends (a 1500-byte payload).
+const EXIT_IN_FLIGHT_FRAME: u64 = 1514;
 const HOSTILE_GUESTS: [&str; 4] = ["bad-descriptors", "tx-ring", "rx-ring", "exit-in-flight"];
 const TX_RING_ROUNDS: u64 = 20;
 const EXIT_IN_FLIGHT_FRAMES: i32 = 8;
@@ -143,6 +147,17 @@ pub(super) fn vnic_hostile_guests(ctx: &Ctx, tx: TxMode, nic: NicTransport) -> T
         TxMode::Cow => check(&outcome, in_flight_rounds >= tx_rounds / 2 && in_flight_at_exit >= 1, || {
             format!("no frame in flight under COW: {in_flight_rounds} rounds, {in_flight_at_exit} at exit")
         })?,
+        // Under split a frame waits for the NIC only if it is longer than COPY_WHOLE_MAX (then
+        // as under COW); shorter ones complete inside the kick, as under copy.
+        TxMode::Split => {
+            let waits = |frame: u64| frame > kernel_core::vnet::split::COPY_WHOLE_MAX;
+            let rounds_ok =
+                if waits(TX_RING_FRAME) { in_flight_rounds >= tx_rounds / 2 } else { in_flight_rounds == 0 };
+            let exit_ok = if waits(EXIT_IN_FLIGHT_FRAME) { in_flight_at_exit >= 1 } else { in_flight_at_exit == 0 };
+            check(&outcome, rounds_ok && exit_ok, || {
+                format!("frames in flight under split: {in_flight_rounds} rounds, {in_flight_at_exit} at exit")
+            })?
+        }
     }
     let rx_index_dropped = report(&outcome, &reports, "rx-ring", "index_dropped")?;
     let rx_desc_rejected = report(&outcome, &reports, "rx-ring", "desc_rejected")?;

@@ -138,6 +138,13 @@ fn common_checks(run: &Run, tx: TxMode) -> std::result::Result<(ledger::Counters
         TxMode::Cow => check(outcome, get("tx_bytes_copied") == 0 && get("cow_protects") > 0, || {
             format!("the COW path copied bytes or protected nothing: {stats:?}")
         })?,
+        // Frames up to COPY_WHOLE_MAX (all of these: MTU 1500) are copied twice, as on the copy
+        // path; longer ones would leave their payload in place.
+        TxMode::Split => check(
+            outcome,
+            get("tx_bytes_copied") <= 2 * get("tx_bytes") && get("cow_protects") == 0 && get("tlb_flushes") == 0,
+            || format!("the split path copied more than twice or protected pages: {stats:?}"),
+        )?,
     }
     let guests = ledger::last_guest_stats(&outcome.log);
     let names: Vec<&String> = run.image.guests.iter().map(|g| &g.name).collect();

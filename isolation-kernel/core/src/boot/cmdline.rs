@@ -68,6 +68,8 @@ pub struct KernelArgs {
     pub tx_mode: TxMode,
     /// Per-packet stage stamps (benchmarks only).
     pub stamps: bool,
+    /// Checksum offload through the vNICs and on the physical NIC (`csum=on|off`).
+    pub csum_offload: bool,
     /// A line of each guest's own counters after every `stats:` line (`stats=per-guest`).
     pub stats_per_guest: bool,
     pub fpu: FpuPolicy,
@@ -81,8 +83,9 @@ impl Default for KernelArgs {
             log_level: LevelFilter::Info,
             shutdown_after_secs: None,
             test_fault: None,
-            tx_mode: TxMode::Copy,
+            tx_mode: TxMode::Split,
             stamps: false,
+            csum_offload: keys::CSUM_DEFAULT,
             stats_per_guest: false,
             fpu: FpuPolicy::Fault,
             virtio_mmio: [None; MAX_MMIO_DEVICES],
@@ -154,6 +157,7 @@ fn is_kernel_key(key: &str) -> bool {
         keys::TEST_FAULT,
         keys::TX,
         keys::STAMPS,
+        keys::CSUM,
         keys::STATS,
         keys::FPU,
         keys::VIRTIO_MMIO_DEVICE,
@@ -205,11 +209,21 @@ pub fn parse(cmdline: &str) -> Result<KernelArgs, CmdlineError<'_>> {
                 });
             }
             keys::TX => {
-                args.tx_mode =
-                    TxMode::from_name(value).ok_or(CmdlineError::BadValue { key, value, expected: "copy or cow" })?;
+                args.tx_mode = TxMode::from_name(value).ok_or(CmdlineError::BadValue {
+                    key,
+                    value,
+                    expected: "copy, cow or split",
+                })?;
             }
             keys::STAMPS => {
                 args.stamps = match value {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(CmdlineError::BadValue { key, value, expected: "on or off" }),
+                };
+            }
+            keys::CSUM => {
+                args.csum_offload = match value {
                     "on" => true,
                     "off" => false,
                     _ => return Err(CmdlineError::BadValue { key, value, expected: "on or off" }),
@@ -271,10 +285,16 @@ mod tests {
         assert_eq!(parse("test_fault=invalid_opcode").unwrap().test_fault, Some(TestFault::InvalidOpcode));
         assert_eq!(parse("test_fault=panic").unwrap().test_fault, Some(TestFault::Panic));
         assert_eq!(parse("tx=cow").unwrap().tx_mode, TxMode::Cow);
-        assert_eq!(parse("").unwrap().tx_mode, TxMode::Copy);
+        assert_eq!(parse("tx=split").unwrap().tx_mode, TxMode::Split);
+        assert_eq!(parse("").unwrap().tx_mode, TxMode::Split);
+        assert_eq!(parse("").unwrap().tx_mode, TxMode::default());
         assert!(parse("stamps=on").unwrap().stamps);
         assert!(!parse("").unwrap().stamps);
         assert!(parse("stamps=yes").is_err());
+        assert!(parse("csum=on").unwrap().csum_offload);
+        assert!(!parse("csum=off").unwrap().csum_offload);
+        assert_eq!(parse("").unwrap().csum_offload, keys::CSUM_DEFAULT);
+        assert!(parse("csum=1").is_err());
         assert!(parse("stats=per-guest").unwrap().stats_per_guest);
         assert!(!parse("stats=totals").unwrap().stats_per_guest);
         assert!(!parse("").unwrap().stats_per_guest);

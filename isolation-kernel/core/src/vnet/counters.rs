@@ -57,11 +57,27 @@ pub struct NetCounters {
     pub rx_held: u64,
     pub rx_held_now: u64,
     pub drops_held_guest_ended: u64,
+    /// Checksum offload: tx frames flagged "checksum needed" that the kernel could not place
+    /// (or sent while offload is off), rejected; rx UDP/TCP frames for a guest whose checksum
+    /// failed or could not be verified, dropped.
+    pub drops_csum_request: u64,
+    pub drops_bad_checksum: u64,
+    /// Checksum offload: L4 checksums the kernel computed (tx), left to the NIC (tx, seeded),
+    /// verified itself (rx), and took as verified from the NIC (rx, `DATA_VALID`/`NEEDS_CSUM`).
+    pub csum_filled: u64,
+    pub csum_to_nic: u64,
+    pub csum_verified: u64,
+    pub csum_nic_verified: u64,
+    /// Split path: frames taken with their payload left in the guest's slot (the others, no
+    /// longer than their header copy, go whole as on the copy path), and the header bytes
+    /// copied for them (at the doorbell, and into the NIC's buffer).
+    pub split_frames: u64,
+    pub split_header_bytes: u64,
 }
 
 impl NetCounters {
     /// The counters as `(name, value)` pairs, in the order they are printed.
-    pub fn pairs(&self) -> [(&'static str, u64); 27] {
+    pub fn pairs(&self) -> [(&'static str, u64); 35] {
         [
             ("tx_packets", self.tx_packets),
             ("tx_bytes", self.tx_bytes),
@@ -90,6 +106,14 @@ impl NetCounters {
             ("rx_held", self.rx_held),
             ("rx_held_now", self.rx_held_now),
             ("drops_held_guest_ended", self.drops_held_guest_ended),
+            ("drops_csum_request", self.drops_csum_request),
+            ("drops_bad_checksum", self.drops_bad_checksum),
+            ("csum_filled", self.csum_filled),
+            ("csum_to_nic", self.csum_to_nic),
+            ("csum_verified", self.csum_verified),
+            ("csum_nic_verified", self.csum_nic_verified),
+            ("split_frames", self.split_frames),
+            ("split_header_bytes", self.split_header_bytes),
         ]
     }
 }
@@ -132,6 +156,14 @@ mod tests {
             rx_held: 25,
             rx_held_now: 26,
             drops_held_guest_ended: 27,
+            drops_csum_request: 28,
+            drops_bad_checksum: 29,
+            csum_filled: 30,
+            csum_to_nic: 31,
+            csum_verified: 32,
+            csum_nic_verified: 33,
+            split_frames: 34,
+            split_header_bytes: 35,
         };
         let pairs = counters.pairs();
         assert_eq!(pairs.len(), FIELDS, "every counter is printed");

@@ -34,6 +34,9 @@ pub enum Release {
     /// Nothing in flight on the guest's current frame any more: make its mapping writable again.
     /// No flush is needed: a stale read-only TLB entry only causes a spurious fault.
     RestoreWrite { slot: usize },
+    /// Nothing in flight on the guest's current frame any more, which was never protected (the
+    /// split path [`CowSlots::hold`]s slots): nothing to do.
+    Idle,
     /// The last packet on a frame the guest no longer maps (it took a COW copy): free it.
     FreeFrame(u64),
     /// The frame is not known here (a kernel bug or a stale completion): nothing.
@@ -116,6 +119,21 @@ impl CowSlots {
         })
     }
 
+    /// A packet in `slot` is about to be handed on without a copy and without protecting the
+    /// page (the split path: the NIC reads only payload there): count it, so the frame outlives
+    /// its guest while in flight. False for a slot that does not exist (or, impossibly, a
+    /// count that would overflow).
+    pub fn hold(&mut self, slot: usize) -> bool {
+        let Some(s) = self.slots.get_mut(slot).filter(|s| s.frame.is_some()) else { return false };
+        match s.in_flight.checked_add(1) {
+            Some(count) => {
+                s.in_flight = count;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// A packet on `frame` (taken from `slot`) is done with.
     pub fn release(&mut self, slot: usize, frame: u64) -> Release {
         if let Some(s) = self.slots.get_mut(slot).filter(|s| s.frame == Some(frame) && s.in_flight > 0) {
@@ -123,7 +141,9 @@ impl CowSlots {
             if s.in_flight > 0 {
                 return Release::StillInFlight;
             }
-            s.read_only = false;
+            if !core::mem::replace(&mut s.read_only, false) {
+                return Release::Idle;
+            }
             return Release::RestoreWrite { slot };
         }
         let Some(index) = self.orphans.iter().position(|&(f, _)| f == frame) else { return Release::Unknown };
@@ -233,6 +253,20 @@ mod tests {
         // New packets on the new frame work as usual.
         assert_eq!(c.protect(2), Some(Protect::WriteProtect));
         assert_eq!(c.release(2, 0x9000), Release::RestoreWrite { slot: 2 });
+    }
+
+    #[test]
+    fn held_slots_stay_writable_and_count_their_packets() {
+        let mut c = slots();
+        assert!(c.hold(0));
+        assert!(c.hold(0));
+        assert!(!c.is_read_only(0), "holding never protects");
+        assert_eq!(c.frames_in_flight(), vec![(0x1000, 2)]);
+        assert_eq!(c.release(0, 0x1000), Release::StillInFlight);
+        assert_eq!(c.release(0, 0x1000), Release::Idle, "nothing to restore");
+        assert_eq!(c.release(0, 0x1000), Release::Unknown);
+        assert!(!c.hold(3), "no such slot");
+        assert!(!CowSlots::unbacked(1).hold(0), "a slot never touched cannot carry a packet");
     }
 
     #[test]

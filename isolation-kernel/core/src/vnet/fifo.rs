@@ -2,6 +2,7 @@
 //! and that wait for the network scheduler. The bound is what stops one guest from holding all
 //! of the kernel's packet buffers; when its FIFO is full the kernel stops taking from its ring.
 
+use super::csum::TxChecksum;
 use super::pool::BufId;
 use alloc::collections::VecDeque;
 
@@ -12,6 +13,19 @@ pub enum PacketData {
     Pool(BufId),
     /// Still in the guest's write-protected tx slot (the COW path).
     GuestFrame(GuestFrameRef),
+    /// Split in two (the split path): the headers copied into a kernel buffer, the payload
+    /// still in the guest's (unprotected) tx slot.
+    Split(SplitFrame),
+}
+
+/// A frame on the split path: its first `header_len` bytes copied into the start of pool
+/// buffer `header` (what the kernel checked and sends), the rest read in place from the guest's
+/// slot (`guest` locates the frame's first byte, as for the COW path).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SplitFrame {
+    pub guest: GuestFrameRef,
+    pub header: BufId,
+    pub header_len: u16,
 }
 
 /// A frame left in a guest's page: physical frame, offset of the frame in it, the tx slot and
@@ -24,13 +38,16 @@ pub struct GuestFrameRef {
     pub ring_index: u32,
 }
 
-/// A frame waiting to be sent: `len` bytes at `data`, and its stage-stamp record, if any.
+/// A frame waiting to be sent: `len` bytes at `data`, its stage-stamp record, if any, and the
+/// checksum still to be finished, if any.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Packet {
     pub data: PacketData,
     pub len: u32,
     /// Index of the packet's stamp record while stamping is on, else [`NO_STAMP`].
     pub stamp: u32,
+    /// What the doorbell did for a guest that left the L4 checksum to the kernel.
+    pub csum: Option<TxChecksum>,
 }
 
 /// [`Packet::stamp`] when stamping is off.
@@ -39,13 +56,13 @@ pub const NO_STAMP: u32 = u32::MAX;
 impl Packet {
     /// A frame copied into pool buffer `buf`.
     pub const fn pooled(buf: BufId, len: u32) -> Packet {
-        Packet { data: PacketData::Pool(buf), len, stamp: NO_STAMP }
+        Packet { data: PacketData::Pool(buf), len, stamp: NO_STAMP, csum: None }
     }
 
-    /// The pool buffer, for a copied frame.
+    /// The pool buffer, for a copied frame (the whole frame) or a split one (its headers).
     pub fn pool_buf(&self) -> Option<BufId> {
         match self.data {
-            PacketData::Pool(buf) => Some(buf),
+            PacketData::Pool(buf) | PacketData::Split(SplitFrame { header: buf, .. }) => Some(buf),
             PacketData::GuestFrame(_) => None,
         }
     }

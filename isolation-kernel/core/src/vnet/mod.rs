@@ -5,7 +5,8 @@
 //! `hypercall_abi::vnic::slot_size(mtu)` bytes) before the kernel reads a byte. There are two
 //! transmit paths: Denali's copy path copies accepted frames into buffers of a fixed [`pool`];
 //! the copy-on-write path ([`cow`]) write-protects the guest's slot and hands its pages on
-//! without a copy. Either way the packet is queued in the guest's bounded [`fifo`] and handed to
+//! without a copy; the split path copies only the headers ([`split`] says where they end) and
+//! hands the NIC that copy chained with the payload in the guest's slot. Either way the packet is queued in the guest's bounded [`fifo`] and handed to
 //! the NIC by the [`netsched`] network scheduler, round-robin with a per-turn budget so one flooding guest cannot starve
 //! the others; a guest whose frames do not fit waits in the [`backlog`], and so does a guest
 //! whose transmit rate limit ([`ratelimit`]) holds its next frame back. The [`vswitch`] decides where a frame goes (another guest, the uplink, or
@@ -17,19 +18,22 @@
 pub mod backlog;
 pub mod counters;
 pub mod cow;
+pub mod csum;
 pub mod desc;
 pub mod fifo;
 pub mod netsched;
 pub mod pool;
 pub mod ratelimit;
 pub mod ring;
+pub mod split;
 pub mod timeline;
 pub mod vswitch;
 
 pub use backlog::{TxBacklog, Wait};
 pub use counters::NetCounters;
+pub use csum::{CsumRequest, TxChecksum};
 pub use desc::{pending, validate_rx, validate_tx, BadDescriptor, BadIndex, RxBuffer, TxFrame};
-pub use fifo::{GuestFrameRef, Packet, PacketData, TxFifo, NO_STAMP};
+pub use fifo::{GuestFrameRef, Packet, PacketData, SplitFrame, TxFifo, NO_STAMP};
 pub use netsched::NetScheduler;
 pub use pool::{BufId, PacketPool, PoolError};
 pub use ratelimit::{GuestTx, Held, RateLimiter, TokenBucket};
