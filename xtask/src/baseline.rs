@@ -287,20 +287,8 @@ fn instructions_per_echo(
     for &size in sizes {
         let data = crate::udp::random_bytes(size as u64, size);
         let (before, t0) = counter.read_settled(SETTLE)?;
-        let mut echoed = 0;
-        for _ in 0..count * 2 {
-            socket.send_to(&data, peer)?;
-            if matches!(socket.recv_from(&mut buf), Ok((len, _)) if buf[..len] == data[..]) {
-                echoed += 1;
-                if echoed == count {
-                    break;
-                }
-            }
-            std::thread::sleep(ECHO_GAP);
-        }
-        if echoed < count {
-            bail!("only {echoed} of {count} {size}-byte datagrams came back");
-        }
+        crate::udp::echo_paced(&socket, peer, &data, count, ECHO_GAP)?;
+        let echoed = count;
         let (after, t1) = counter.read_settled(SETTLE)?;
         per_size.push((size, icount::PerItem::of(after.since(before), t1 - t0, idle, echoed as u64)));
     }

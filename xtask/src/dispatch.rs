@@ -317,20 +317,8 @@ fn run_mode(
     for &size in sizes {
         let data = crate::udp::random_bytes(size as u64, size);
         let start = counter.as_ref().map(|c| c.read_settled(SETTLE)).transpose()?;
-        let mut echoed = 0;
-        for _ in 0..packets * 2 {
-            socket.send_to(&data, peer)?;
-            if matches!(socket.recv_from(&mut buf), Ok((len, _)) if buf[..len] == data[..]) {
-                echoed += 1;
-                if echoed == packets {
-                    break;
-                }
-            }
-            std::thread::sleep(ECHO_GAP);
-        }
-        if echoed < packets {
-            bail!("only {echoed} of {packets} {size}-byte datagrams came back");
-        }
+        crate::udp::echo_paced(&socket, peer, &data, packets, ECHO_GAP)?;
+        let echoed = packets;
         if let (Some(counter), Some((before, t0))) = (&counter, start) {
             let (after, t1): (icount::Counts, Instant) = counter.read_settled(SETTLE)?;
             let counts = after.since(before);

@@ -89,6 +89,25 @@ pub fn echo_check(
 /// Sizes for jumbo-frame images (8972: the largest UDP payload in a 9000-byte MTU).
 pub const JUMBO_TEST_SIZES: [usize; 5] = [1, 1472, 4000, 8000, 8972];
 
+/// Sends `data` to `peer` and waits for its echo, `count` times, pausing `gap` after each try
+/// (at most `2 * count` tries): the instruction-counted echo windows of `bench dispatch` and
+/// `bench baseline`. Fails unless all `count` came back intact.
+pub fn echo_paced(socket: &UdpSocket, peer: SocketAddr, data: &[u8], count: usize, gap: Duration) -> Result<()> {
+    let mut buf = vec![0u8; data.len().max(1) + 1];
+    let mut echoed = 0;
+    for _ in 0..count * 2 {
+        socket.send_to(data, peer)?;
+        if matches!(socket.recv_from(&mut buf), Ok((len, _)) if buf[..len] == data[..]) {
+            echoed += 1;
+            if echoed == count {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(gap);
+    }
+    bail!("only {echoed} of {count} {}-byte datagrams came back", data.len())
+}
+
 /// `cargo xtask udp-probe ADDR`: the echo check as a command, for use inside a namespace.
 pub fn probe(peer: SocketAddr, sizes: &[usize]) -> Result<()> {
     let sizes = if sizes.is_empty() { &TEST_SIZES[..] } else { sizes };

@@ -326,6 +326,21 @@ impl NetCtx<'_> {
     }
 }
 
+/// A pool buffer (and the physical address of its run) for the kernel's copy of the next frame,
+/// and that frame's ring index, taken; `None` (nothing taken) if either is missing.
+fn take_into_pool_buffer(net: &mut Network, nic: &mut GuestNic) -> Option<(kernel_core::vnet::BufId, u64, u32)> {
+    let buf = net.pool.alloc()?;
+    // The ring index last: once taken, the frame is the kernel's to finish.
+    let taken = net.pool_frames.get(buf.0 as usize).copied().and_then(|run| Some((run, nic.ring.take()?)));
+    match taken {
+        Some((kernel_copy, index)) => Some((buf, kernel_copy, index)),
+        None => {
+            let _ = net.pool.release(buf);
+            None
+        }
+    }
+}
+
 /// Whether [`take_tx`] took the next descriptor.
 enum Taken {
     /// Taken: queued, or rejected with a status the guest sees.
@@ -396,13 +411,7 @@ fn take_tx(net: &mut Network, nic: &mut GuestNic, id: GuestId, name: &str, share
     };
     match net.mode {
         _ if copy_whole => {
-            let Some(buf) = net.pool.alloc() else { return Taken::Backlogged(Wait::Buffer) };
-            let Some(&kernel_copy) = net.pool_frames.get(buf.0 as usize) else {
-                let _ = net.pool.release(buf);
-                return Taken::Backlogged(Wait::Buffer);
-            };
-            let Some(index) = nic.ring.take() else {
-                let _ = net.pool.release(buf);
+            let Some((buf, kernel_copy, index)) = take_into_pool_buffer(net, nic) else {
                 return Taken::Backlogged(Wait::Buffer);
             };
             let bytes = run_bytes(page, nic.slot_size, frame.offset, frame.len);
@@ -472,13 +481,7 @@ fn take_tx(net: &mut Network, nic: &mut GuestNic, id: GuestId, name: &str, share
         }
         // The split path (under copy every frame was copied whole above).
         TxMode::Split | TxMode::Copy => {
-            let Some(buf) = net.pool.alloc() else { return Taken::Backlogged(Wait::Buffer) };
-            let Some(&kernel_copy) = net.pool_frames.get(buf.0 as usize) else {
-                let _ = net.pool.release(buf);
-                return Taken::Backlogged(Wait::Buffer);
-            };
-            let Some(index) = nic.ring.take() else {
-                let _ = net.pool.release(buf);
+            let Some((buf, kernel_copy, index)) = take_into_pool_buffer(net, nic) else {
                 return Taken::Backlogged(Wait::Buffer);
             };
             // Only the front of the frame is copied, once: every header the kernel reads (the

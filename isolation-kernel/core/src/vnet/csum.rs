@@ -23,19 +23,14 @@ pub struct CsumRequest {
     pub offset: u16,
 }
 
-const ETHERNET_HEADER: usize = 14;
-const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
-const IPV4_MIN_HEADER: usize = 20;
-const PROTOCOL_TCP: u8 = 6;
-const PROTOCOL_UDP: u8 = 17;
-const UDP_HEADER: usize = 8;
-const TCP_MIN_HEADER: usize = 20;
+use super::wire::{
+    ETHERNET_HEADER, IPV4_FRAGMENT_OFFSET as FRAGMENT_OFFSET, IPV4_MIN_HEADER, IPV4_MORE_FRAGMENTS as MORE_FRAGMENTS,
+    PROTOCOL_TCP, PROTOCOL_UDP, TCP_MIN_HEADER, UDP_HEADER,
+};
+const ETHERTYPE_IPV4: [u8; 2] = super::wire::ETHERTYPE_IPV4.to_be_bytes();
 /// Offset of the checksum field in a UDP and a TCP header.
 const UDP_CHECKSUM_AT: usize = 6;
 const TCP_CHECKSUM_AT: usize = 16;
-/// IPv4 flags and fragment offset: "more fragments" and the offset.
-const MORE_FRAGMENTS: u16 = 0x2000;
-const FRAGMENT_OFFSET: u16 = 0x1fff;
 
 /// The transport protocols whose checksum the kernel places.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

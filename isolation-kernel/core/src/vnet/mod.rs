@@ -28,6 +28,7 @@ pub mod ring;
 pub mod split;
 pub mod timeline;
 pub mod vswitch;
+pub mod wire;
 
 pub use backlog::{TxBacklog, Wait};
 pub use counters::NetCounters;

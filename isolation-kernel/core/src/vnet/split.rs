@@ -27,21 +27,11 @@ pub const COPY_WHOLE_MAX: u64 = 2560;
 // A frame the split path splits is longer than its header copy.
 const _: () = assert!(COPY_WHOLE_MAX >= HEADER_PREFIX as u64);
 
-const ETHERNET: usize = 14;
-const ETHERTYPE_IPV4: u16 = 0x0800;
-const ETHERTYPE_IPV6: u16 = 0x86dd;
-const ETHERTYPE_ARP: u16 = 0x0806;
-/// An ARP packet for IPv4 over Ethernet (the vswitch reads its target address).
-const ARP_IPV4: usize = 28;
-const IPV4_MIN: usize = 20;
-const IPV6_FIXED: usize = 40;
-const UDP: usize = 8;
-const TCP_MIN: usize = 20;
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
-/// The fragment-offset bits of IPv4's flags-and-offset word: a later fragment has no
-/// transport header.
-const IPV4_FRAGMENT_OFFSET: u16 = 0x1fff;
+use super::wire::{
+    ARP_IPV4, ETHERNET_HEADER as ETHERNET, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, IPV4_FRAGMENT_OFFSET,
+    IPV4_MIN_HEADER as IPV4_MIN, IPV6_HEADER as IPV6_FIXED, PROTOCOL_TCP as PROTO_TCP, PROTOCOL_UDP as PROTO_UDP,
+    TCP_MIN_HEADER as TCP_MIN, UDP_HEADER as UDP,
+};
 
 /// How a frame goes out on the split path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -16,12 +16,11 @@ pub type Mac = [u8; 6];
 pub type Ipv4 = [u8; 4];
 
 pub const BROADCAST: Mac = [0xff; 6];
-/// EtherType of ARP.
-pub const ETHERTYPE_ARP: u16 = 0x0806;
+pub use super::wire::ETHERTYPE_ARP;
 /// Ethernet header length.
-const HEADER_LEN: usize = 14;
+const HEADER_LEN: usize = super::wire::ETHERNET_HEADER;
 /// An Ethernet header plus an Ethernet/IPv4 ARP packet.
-const ARP_FRAME_LEN: usize = 42;
+const ARP_FRAME_LEN: usize = HEADER_LEN + super::wire::ARP_IPV4;
 /// Where an Ethernet/IPv4 ARP packet's target protocol address lies in the frame.
 const ARP_TARGET_IP: core::ops::Range<usize> = 38..ARP_FRAME_LEN;
 
