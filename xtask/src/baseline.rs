@@ -272,16 +272,7 @@ fn instructions_per_echo(
     count: usize,
 ) -> Result<Vec<(usize, icount::PerItem)>> {
     use crate::dispatch::{ECHO_GAP, IDLE_WINDOW, IDLE_WINDOWS, SETTLE};
-    let socket = UdpSocket::bind("127.0.0.1:0")?;
-    socket.set_read_timeout(Some(Duration::from_millis(250)))?;
-    let mut buf = [0u8; 4096];
-    for size in sizes.iter().map(|s| s - 1) {
-        let data = crate::udp::random_bytes(size as u64, size);
-        for _ in 0..20 {
-            socket.send_to(&data, peer)?;
-            let _ = socket.recv_from(&mut buf);
-        }
-    }
+    let socket = crate::udp::warmed_echo_socket(peer, sizes)?;
     let idle = counter.idle_rate(IDLE_WINDOW, IDLE_WINDOWS)?;
     let mut per_size = Vec::new();
     for &size in sizes {

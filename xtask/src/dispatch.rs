@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use hypercall_abi::vnic::stamps::{APP_STAGES, REPORT_REQUEST, RX_STAGES, TX_STAGES};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// UDP payload sizes of the smoke run (the user network carries standard frames only).
@@ -288,19 +288,8 @@ fn run_mode(
         bail!("udp-echo did not start:\n{}", session.log());
     }
     let peer = SocketAddr::from(([127, 0, 0, 1], port));
-    let socket = UdpSocket::bind("127.0.0.1:0")?;
-    // A lost datagram is resent after this; losses are rare, so short is cheap.
-    socket.set_read_timeout(Some(Duration::from_millis(250)))?;
-    let mut buf = [0u8; 4096];
-    // Warm-up (ARP, first use of every path) with sizes the report leaves out, so the recorded
-    // datagrams all run warm.
-    for size in sizes.iter().map(|s| s - 1) {
-        let data = crate::udp::random_bytes(size as u64, size);
-        for _ in 0..20 {
-            socket.send_to(&data, peer)?;
-            let _ = socket.recv_from(&mut buf);
-        }
-    }
+    // Warm-up with sizes the report leaves out, so the recorded datagrams all run warm.
+    let socket = crate::udp::warmed_echo_socket(peer, sizes)?;
     let idle = match &counter {
         Some(counter) => counter.idle_rate(IDLE_WINDOW, IDLE_WINDOWS)?,
         None => IdleRate::default(),

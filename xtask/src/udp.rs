@@ -89,6 +89,23 @@ pub fn echo_check(
 /// Sizes for jumbo-frame images (8972: the largest UDP payload in a 9000-byte MTU).
 pub const JUMBO_TEST_SIZES: [usize; 5] = [1, 1472, 4000, 8000, 8972];
 
+/// A socket for [`echo_paced`] to `peer`, every path warmed (ARP, first use) with 20 echoes of
+/// one byte less than each of `sizes`, which the counted windows leave out.
+pub fn warmed_echo_socket(peer: SocketAddr, sizes: &[usize]) -> Result<UdpSocket> {
+    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    // A lost datagram is resent after this; losses are rare, so short is cheap.
+    socket.set_read_timeout(Some(Duration::from_millis(250)))?;
+    let mut buf = [0u8; 4096];
+    for size in sizes.iter().map(|s| s.saturating_sub(1)) {
+        let data = random_bytes(size as u64, size);
+        for _ in 0..20 {
+            socket.send_to(&data, peer)?;
+            let _ = socket.recv_from(&mut buf);
+        }
+    }
+    Ok(socket)
+}
+
 /// Sends `data` to `peer` and waits for its echo, `count` times, pausing `gap` after each try
 /// (at most `2 * count` tries): the instruction-counted echo windows of `bench dispatch` and
 /// `bench baseline`. Fails unless all `count` came back intact.
