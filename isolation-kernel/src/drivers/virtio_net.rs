@@ -455,16 +455,31 @@ impl VirtioNet {
         csum: Option<CsumRequest>,
         done: impl FnMut(TxCookie),
     ) -> Result<(), TransmitError> {
-        if frame.len() as u64 > self.buffer_bytes {
+        let (k, buffer) = self.copy_into_free_slot(frame, done)?;
+        self.queue_chain(k, buffer, frame.len() as u32, csum, None);
+        Ok(())
+    }
+
+    /// A free packet slot with `bytes` copied into its driver buffer: the slot and the buffer's
+    /// physical address.
+    fn copy_into_free_slot(&mut self, bytes: &[u8], done: impl FnMut(TxCookie)) -> Result<(u16, u64), TransmitError> {
+        if bytes.len() as u64 > self.buffer_bytes {
             return Err(TransmitError::TooLong);
         }
         let k = self.free_slot(done).ok_or(TransmitError::QueueFull)?;
         let buffer = self.tx_buffers[usize::from(k)];
         // SAFETY: the buffer is this driver's run for slot `k`, not in flight (the slot was
-        // free); the frame fits in it (checked above).
-        unsafe { core::ptr::copy_nonoverlapping(frame.as_ptr(), phys_to_virt(buffer).as_mut_ptr::<u8>(), frame.len()) };
-        self.queue_chain(k, buffer, frame.len() as u32, csum, None);
-        Ok(())
+        // free); the bytes fit in it (checked above).
+        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), phys_to_virt(buffer).as_mut_ptr::<u8>(), bytes.len()) };
+        Ok((k, buffer))
+    }
+
+    /// Slot `k` now carries a zero-copy packet: `cookie` comes back when the device is done, and
+    /// its completion interrupts (see `tx_interrupts`).
+    fn hold_zero_copy(&mut self, k: u16, cookie: TxCookie) {
+        self.tx_cookies[usize::from(k)] = Some(cookie);
+        self.zero_copy_in_flight = self.zero_copy_in_flight.saturating_add(1);
+        self.update_tx_interrupts();
     }
 
     /// Queues `len` bytes at physical address `data` without copying them: the caller keeps the
@@ -478,9 +493,7 @@ impl VirtioNet {
         done: impl FnMut(TxCookie),
     ) -> Result<(), TxCookie> {
         let Some(k) = self.free_slot(done) else { return Err(cookie) };
-        self.tx_cookies[usize::from(k)] = Some(cookie);
-        self.zero_copy_in_flight = self.zero_copy_in_flight.saturating_add(1);
-        self.update_tx_interrupts();
+        self.hold_zero_copy(k, cookie);
         self.queue_chain(k, data, len, csum, None);
         Ok(())
     }
@@ -498,20 +511,8 @@ impl VirtioNet {
         csum: Option<CsumRequest>,
         done: impl FnMut(TxCookie),
     ) -> Result<(), TransmitError> {
-        if headers.len() as u64 > self.buffer_bytes {
-            return Err(TransmitError::TooLong);
-        }
-        let k = self.free_slot(done).ok_or(TransmitError::QueueFull)?;
-        let buffer = self.tx_buffers[usize::from(k)];
-        // SAFETY: the buffer is this driver's run for slot `k`, not in flight (the slot was
-        // free); the headers fit in it (checked above).
-        unsafe {
-            core::ptr::copy_nonoverlapping(headers.as_ptr(), phys_to_virt(buffer).as_mut_ptr::<u8>(), headers.len())
-        };
-        self.tx_cookies[usize::from(k)] = Some(cookie);
-        // A zero-copy packet: its completion interrupts (see `tx_interrupts`).
-        self.zero_copy_in_flight = self.zero_copy_in_flight.saturating_add(1);
-        self.update_tx_interrupts();
+        let (k, buffer) = self.copy_into_free_slot(headers, done)?;
+        self.hold_zero_copy(k, cookie);
         self.queue_chain(k, buffer, headers.len() as u32, csum, Some((payload, len)));
         Ok(())
     }
