@@ -139,22 +139,15 @@ impl Guests {
     /// The kernel's own next timed work: the `stats:` line, the console's poll, the shutdown
     /// deadline, a rate limit's refill, a NIC that must be polled.
     fn kernel_work_deadline(&self, now: u64) -> Option<u64> {
+        use kernel_core::guest::tickless::earlier;
         let nic_poll = self
             .net
             .nic
             .as_ref()
             .is_some_and(|nic| crate::drivers::virtio_net::polled() || nic.completions_unsignalled())
             .then(|| now.saturating_add(ticks_from(NIC_POLL_MICROS, 1_000_000, self.tsc_hz)));
-        [
-            Some(self.next_stats_report),
-            Some(self.next_console_poll),
-            self.shutdown_deadline,
-            self.net.rate_limit_deadline(),
-            nic_poll,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        let polls = Some(self.next_stats_report.min(self.next_console_poll));
+        earlier(earlier(polls, self.shutdown_deadline), earlier(self.net.rate_limit_deadline(), nic_poll))
     }
 
     /// Arms the tickless timer for the earliest of what wants the CPU back (the running guest's

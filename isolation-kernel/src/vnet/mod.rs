@@ -450,7 +450,10 @@ impl Network {
         if let Some(nic) = nic {
             self.vswitch
                 .add_port(id, nic.config.mac, nic.config.ipv4)
-                .map_err(|_| "its MAC or IPv4 address is already another guest's")?;
+                .map_err(|e| match e {
+                    kernel_core::vnet::vswitch::VswitchError::NoMemory => "no kernel memory for its switch port",
+                    _ => "its MAC or IPv4 address is already another guest's",
+                })?;
         }
         Ok(())
     }

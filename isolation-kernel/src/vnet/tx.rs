@@ -78,6 +78,11 @@ impl NetCtx<'_> {
         // Completions gathered while the scheduler holds the network borrowed; the vector is the
         // network's own, reused, so the packet path does not allocate.
         self.take_from_rate_limited();
+        // Nothing queued and nobody waiting to be taken: nothing to do (the NIC's interrupt
+        // runs this after every receive; an echo's reply was sent by its kick).
+        if self.net.sched.ready_count() == 0 && !self.net.backlog.may_pull() {
+            return;
+        }
         let mut finished = core::mem::take(&mut self.net.finished);
         for _ in 0..2 {
             {

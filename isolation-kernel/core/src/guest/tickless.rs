@@ -30,7 +30,18 @@ pub struct Wants {
 impl Wants {
     /// The earliest of them.
     pub fn earliest(&self) -> Option<u64> {
-        [self.turn_end, self.guest_deadline, self.kernel_work].into_iter().flatten().min()
+        earlier(earlier(self.turn_end, self.guest_deadline), self.kernel_work)
+    }
+}
+
+/// The earlier of two optional times (`None` is never). Planned on every trap that resumes a
+/// guest: an iterator over an array of options cost ~40 instructions more per call.
+#[inline(always)]
+pub fn earlier(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
     }
 }
 

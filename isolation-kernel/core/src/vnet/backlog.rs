@@ -89,6 +89,12 @@ impl TxBacklog {
         }
     }
 
+    /// Whether [`Self::next_to_pull`] may find a guest: one whose FIFO sent, or one waiting for
+    /// a buffer.
+    pub fn may_pull(&self) -> bool {
+        !self.room_made.is_empty() || !self.buffer.is_empty()
+    }
+
     /// The next guest to take frames from: one whose FIFO made room, else (if `buffers_free`)
     /// the one that has waited longest for a buffer. It no longer waits; taking from it again
     /// puts it back if it must.
