@@ -850,6 +850,14 @@ fn check_tx_path(
             };
             check(outcome, ok, || {
                 format!("{traffic:?} traffic: tx_bytes_copied {copied} for tx_bytes {bytes}: {stats:?}")
+            })?;
+            // Every frame to the NIC is split (no copy), cut through (one copy, into the NIC's
+            // buffer) or copied whole twice (into a pool buffer, then into the NIC's).
+            let (cut, copies, refused) =
+                (get("tx_cut_through"), get("tx_copies"), get("drops_spoof") + get("drops_csum_request"));
+            let whole = packets.saturating_sub(cut + split);
+            check(outcome, traffic != Traffic::NicOnly || refused > 0 || copies == 2 * whole + cut, || {
+                format!("tx_copies {copies}: not 2 per frame copied whole ({whole}) and 1 per frame cut through ({cut}): {stats:?}")
             })
         }
     }
@@ -902,6 +910,11 @@ fn udp_echo_user_network(ctx: &Ctx, tx: TxMode, nic: NicTransport) -> TestResult
         format!("too few packets counted for {sent} echoes: {stats:?}")
     })?;
     check_tx_path(&outcome, tx, &stats, Traffic::NicOnly)?;
+    // One echo at a time: nothing is ever queued when a reply is sent, so each goes straight to
+    // the NIC (the split path's cut-through).
+    check(&outcome, tx != TxMode::Split || get("tx_cut_through") >= sent as u64, || {
+        format!("{sent} sequential echoes, tx_cut_through {}: {stats:?}", get("tx_cut_through"))
+    })?;
     check(&outcome, get("drops_bad_desc") == 0 && get("drops_spoof") == 0, || {
         format!("well-behaved guests had drops: {stats:?}")
     })?;

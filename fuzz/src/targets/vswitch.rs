@@ -394,5 +394,6 @@ fn add_error_kind(error: &VswitchError) -> u64 {
         VswitchError::DuplicateIp(_) => 2,
         VswitchError::MulticastMac(_) => 3,
         VswitchError::GuestHasPort(_) => 4,
+        VswitchError::NoMemory => 5,
     }
 }

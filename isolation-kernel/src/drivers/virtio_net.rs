@@ -215,6 +215,16 @@ pub struct VirtioNet {
     buffer_bytes: u64,
 }
 
+/// A frame copied into a free packet slot's driver buffer and not queued yet (see
+/// [`VirtioNet::copy_unqueued`]); consumed by queueing or releasing it.
+#[must_use = "a copied frame holds a packet slot until it is queued or released"]
+pub struct CopiedFrame {
+    slot: u16,
+    /// Physical address of the copy (the slot's driver buffer) and its length.
+    pub phys: u64,
+    pub len: u32,
+}
+
 /// Why [`VirtioNet::transmit`] did not queue a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TransmitError {
@@ -472,6 +482,30 @@ impl VirtioNet {
         // free); the bytes fit in it (checked above).
         unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), phys_to_virt(buffer).as_mut_ptr::<u8>(), bytes.len()) };
         Ok((k, buffer))
+    }
+
+    /// A free packet slot with `frame` copied into its driver buffer, not queued: the caller
+    /// checks and routes this copy (the only one), then queues it ([`Self::queue_copied`]) or
+    /// gives the slot back ([`Self::release_copied`]).
+    pub fn copy_unqueued(&mut self, frame: &[u8], done: impl FnMut(TxCookie)) -> Result<CopiedFrame, TransmitError> {
+        let (slot, phys) = self.copy_into_free_slot(frame, done)?;
+        Ok(CopiedFrame { slot, phys, len: frame.len() as u32 })
+    }
+
+    /// Queues a frame [`Self::copy_unqueued`] copied, asking the device to finish its checksum
+    /// `csum` (passed only if [`Self::tx_csum`]).
+    pub fn queue_copied(&mut self, copied: CopiedFrame, csum: Option<CsumRequest>) {
+        self.queue_chain(copied.slot, copied.phys, copied.len, csum, None);
+    }
+
+    /// The size of a packet slot's driver buffer.
+    pub fn buffer_bytes(&self) -> u64 {
+        self.buffer_bytes
+    }
+
+    /// Gives back the slot of a frame [`Self::copy_unqueued`] copied and the caller refused.
+    pub fn release_copied(&mut self, copied: CopiedFrame) {
+        self.tx_free.push(copied.slot);
     }
 
     /// Slot `k` now carries a zero-copy packet: `cookie` comes back when the device is done, and

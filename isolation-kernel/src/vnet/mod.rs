@@ -448,12 +448,10 @@ impl Network {
             self.backlog.register();
         }
         if let Some(nic) = nic {
-            self.vswitch
-                .add_port(id, nic.config.mac, nic.config.ipv4)
-                .map_err(|e| match e {
-                    kernel_core::vnet::vswitch::VswitchError::NoMemory => "no kernel memory for its switch port",
-                    _ => "its MAC or IPv4 address is already another guest's",
-                })?;
+            self.vswitch.add_port(id, nic.config.mac, nic.config.ipv4).map_err(|e| match e {
+                kernel_core::vnet::vswitch::VswitchError::NoMemory => "no kernel memory for its switch port",
+                _ => "its MAC or IPv4 address is already another guest's",
+            })?;
         }
         Ok(())
     }

@@ -60,8 +60,19 @@ impl PendingNotify {
     /// Notes a stamped packet handed to the NIC at `handed` and queued at `queued`, to be
     /// completed by the next notify (unstamped packets are not recorded).
     pub(super) fn record(pending: &mut alloc::vec::Vec<PendingNotify>, packet: &Packet, handed: u64, queued: u64) {
-        if cfg!(feature = "stamps") && packet.stamp != kernel_core::vnet::NO_STAMP {
-            pending.push(PendingNotify { stamp: packet.stamp, handed, queued, len: packet.len });
+        Self::record_stamp(pending, packet.stamp, packet.len, handed, queued);
+    }
+
+    /// [`Self::record`] for stamp record `stamp` of a frame of `len` bytes.
+    pub(super) fn record_stamp(
+        pending: &mut alloc::vec::Vec<PendingNotify>,
+        stamp: u32,
+        len: u32,
+        handed: u64,
+        queued: u64,
+    ) {
+        if cfg!(feature = "stamps") && stamp != kernel_core::vnet::NO_STAMP {
+            pending.push(PendingNotify { stamp, handed, queued, len });
         }
     }
 }

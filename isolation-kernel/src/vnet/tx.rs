@@ -9,13 +9,16 @@ use crate::drivers::virtio_net::{TransmitError, TxCookie};
 use crate::guest::space::copy_into_run;
 use core::sync::atomic::Ordering;
 use hypercall_abi::vi::VirtualInterrupts;
-use hypercall_abi::vnic::{desc_flags, DescStatus, VnicShared, TX_RING_SIZE};
+use hypercall_abi::vnic::{desc_flags, Desc, DescStatus, VnicShared, TX_RING_SIZE};
 use kernel_core::boot::cmdline::TxMode;
 use kernel_core::guest::sched::GuestId;
 use kernel_core::vnet::cow::{Protect, Release};
 use kernel_core::vnet::csum::{self, TxChecksum, Unplaceable};
 use kernel_core::vnet::split::{split_point, Split, COPY_WHOLE_MAX, HEADER_PREFIX};
-use kernel_core::vnet::{ring, validate_tx, GuestFrameRef, Packet, PacketData, Route, Source, SplitFrame, Wait};
+use kernel_core::vnet::vswitch::is_group;
+use kernel_core::vnet::{
+    ring, validate_tx, GuestFrameRef, Packet, PacketData, Route, Source, SplitFrame, Wait, NO_STAMP,
+};
 
 impl NetCtx<'_> {
     /// The doorbell of guest `id`: takes what its tx ring holds, then runs the network
@@ -68,6 +71,11 @@ impl NetCtx<'_> {
             Some(what) => net.backlog.wait(id, what),
             None => net.backlog.forget(id),
         }
+        // Frames cut through to the NIC: one notify for the kick's batch.
+        if let Some(uplink) = net.nic.as_mut() {
+            uplink.flush();
+        }
+        net.finish_tx_records();
         taken
     }
 
@@ -80,7 +88,7 @@ impl NetCtx<'_> {
         self.take_from_rate_limited();
         // Nothing queued and nobody waiting to be taken: nothing to do (the NIC's interrupt
         // runs this after every receive; an echo's reply was sent by its kick).
-        if self.net.sched.ready_count() == 0 && !self.net.backlog.may_pull() {
+        if self.net.sched.ready_count() == 0 && !self.net.backlog.may_pull() && self.net.finished.is_empty() {
             return;
         }
         let mut finished = core::mem::take(&mut self.net.finished);
@@ -346,6 +354,79 @@ fn take_into_pool_buffer(net: &mut Network, nic: &mut GuestNic) -> Option<(kerne
     }
 }
 
+/// The split path's cut-through for a short frame bound for the NIC while nothing is queued:
+/// copied once, into a NIC buffer, checked there (source MAC, checksum) and queued. What is
+/// checked is what is sent, as on the copy path. `None` (nothing taken, the ring untouched):
+/// not for the NIC (a guest, a group address), the NIC has no free slot, or the guest changed
+/// the destination while it was copied; the frame then takes the ordinary path.
+#[allow(clippy::too_many_arguments)] // the doorbell's state for one descriptor, inlined
+#[inline(always)]
+fn cut_through(
+    net: &mut Network,
+    nic: &mut GuestNic,
+    id: GuestId,
+    name: &str,
+    desc: &Desc,
+    page: u64,
+    offset: u64,
+    len: u64,
+    csum_needed: bool,
+) -> Option<Taken> {
+    let bytes = run_bytes(page, nic.slot_size, offset, len);
+    // The guest's bytes only say whether to try; the route is its copy's.
+    let destination = *bytes.first_chunk::<6>()?;
+    if is_group(&destination) || net.vswitch.guest_by_mac(&destination).is_some() {
+        return None;
+    }
+    let Network { nic: uplink, finished, .. } = net;
+    let uplink = uplink.as_mut()?;
+    let copied = uplink.copy_unqueued(bytes, |cookie| finished.push((cookie, DescStatus::Done))).ok()?;
+    let copy = run_bytes_mut(copied.phys, uplink.buffer_bytes(), 0, len);
+    let index = match nic.ring.take() {
+        Some(index) if copy.first_chunk::<6>() == Some(&destination) => index,
+        _ => {
+            uplink.release_copied(copied);
+            return None;
+        }
+    };
+    net.counters.tx_copies = net.counters.tx_copies.saturating_add(1);
+    net.counters.tx_bytes_copied = net.counters.tx_bytes_copied.saturating_add(len);
+    let checked = match net.vswitch.source_is(id, copy) {
+        true => tx_checksum(net, csum_needed, copy, &[]),
+        false => Err(Refused::Spoofed),
+    };
+    // Before the NIC is borrowed again (a no-op unless stamping).
+    let stamp = if checked.is_ok() { net.start_tx_record(page, nic.slot_size) } else { NO_STAMP };
+    let status = match (checked, net.nic.as_mut()) {
+        (Ok(csum), Some(uplink)) => {
+            let nic_csum = match csum {
+                Some(TxChecksum::Owed(request)) => {
+                    net.counters.csum_to_nic = net.counters.csum_to_nic.saturating_add(1);
+                    Some(request)
+                }
+                Some(TxChecksum::Filled) | None => None,
+            };
+            let handed = net.stamps.now();
+            uplink.queue_copied(copied, nic_csum);
+            PendingNotify::record_stamp(&mut net.pending_notify, stamp, len as u32, handed, net.stamps.now());
+            nic.tx.sent(len);
+            let c = &mut net.counters;
+            c.tx_cut_through = c.tx_cut_through.saturating_add(1);
+            c.tx_packets = c.tx_packets.saturating_add(1);
+            c.tx_bytes = c.tx_bytes.saturating_add(len);
+            DescStatus::Done
+        }
+        (Err(why), Some(uplink)) => {
+            uplink.release_copied(copied);
+            refuse(net, nic, id, name, why)
+        }
+        (_, None) => DescStatus::Done, // the NIC was there a moment ago: cannot happen
+    };
+    desc.status.store(status as u32, Ordering::Relaxed);
+    nic.ring.complete(index);
+    Some(Taken::Yes)
+}
+
 /// Whether [`take_tx`] took the next descriptor.
 enum Taken {
     /// Taken: queued, or rejected with a status the guest sees.
@@ -386,6 +467,7 @@ fn take_tx(net: &mut Network, nic: &mut GuestNic, id: GuestId, name: &str, share
         return Taken::Yes;
     };
     let Some(fifo) = net.fifos.get_mut(id) else { return Taken::Backlogged(Wait::FifoRoom) };
+    let fifo_empty = fifo.is_empty();
     if !fifo.make_room(crate::mm::heap::room_for_guest_growth) {
         if !fifo.is_empty() {
             return Taken::Backlogged(Wait::FifoRoom); // room comes as it sends
@@ -414,6 +496,14 @@ fn take_tx(net: &mut Network, nic: &mut GuestNic, id: GuestId, name: &str, share
         TxMode::Split => frame.len <= COPY_WHOLE_MAX,
         TxMode::Cow => false,
     };
+    // Nothing queued anywhere (this guest's FIFO empty, no guest in the network scheduler's
+    // rotation): a frame for the NIC goes straight there, copied once, as the scheduler would
+    // send it at once anyway.
+    if copy_whole && net.mode == TxMode::Split && fifo_empty && net.sched.ready_count() == 0 {
+        if let Some(taken) = cut_through(net, nic, id, name, desc, page, frame.offset, frame.len, csum_needed) {
+            return taken;
+        }
+    }
     match net.mode {
         _ if copy_whole => {
             let Some((buf, kernel_copy, index)) = take_into_pool_buffer(net, nic) else {

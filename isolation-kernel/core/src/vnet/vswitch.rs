@@ -9,8 +9,8 @@
 //! so a thousand guests do not each wake for every ARP request. Lookups are O(1) hash lookups;
 //! routing a frame never allocates.
 
-use core::fmt;
 use alloc::vec::Vec;
+use core::fmt;
 use hashbrown::HashMap;
 
 pub type Mac = [u8; 6];
