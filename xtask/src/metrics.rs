@@ -43,13 +43,14 @@ const KERNEL_GAUGES: [&str; 7] = [
 ];
 /// The kernel's own counters of a guest at the head of its `guest-stats:` line (the kernel's
 /// `guest/reports.rs`), and whether each is a level (gauge) rather than a running total.
-pub const KERNEL_PER_GUEST: [(&str, bool); 9] = [
+pub const KERNEL_PER_GUEST: [(&str, bool); 10] = [
     ("cpu_weight", true),
     ("cpu_us", false),
     ("wakes", false),
     ("wake_delay_median_us", true),
     ("wake_delay_p99_us", true),
     ("wake_delay_max_us", true),
+    ("idles_already_due", false),
     ("tx_packets", false),
     ("tx_bytes", false),
     ("tx_held_back", false),

@@ -195,6 +195,7 @@ pub fn boot(
             space: None,
             cpu_ticks: 0,
             virtual_instructions: 0,
+            idles_already_due: 0,
             cpu_budget_ms: spec.cpu_budget_ms,
             cpu_budget_ticks: budget_ticks.ok().flatten(),
             expect: spec.expect,

@@ -168,6 +168,9 @@ pub struct Guest {
     /// Virtual instructions this guest issued: with `cpu_ticks`, what bounds the work of an
     /// idle guest in the tests (a guest whose idle returned at once would issue thousands).
     virtual_instructions: u64,
+    /// Idles asked for with a deadline already past when the kernel took the request: they
+    /// return at once, with no wake-up (so `wakes` plus these is the guest's timed idles).
+    idles_already_due: u64,
     /// CPU budget as the manifest states it, and in TSC ticks.
     cpu_budget_ms: u64,
     cpu_budget_ticks: Option<u64>,

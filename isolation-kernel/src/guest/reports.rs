@@ -43,7 +43,7 @@ pub fn totals(nics: &[Option<GuestNic>]) -> Vec<(&'static str, u64)> {
 /// guest's has left the table): CPU weight and time (µs), wake-ups from idle, their delay to
 /// the next run (median, the upper end of its log2 bucket, and maximum; µs), and frames sent,
 /// their bytes, and frames its rate limit held back.
-pub(super) type KernelPairs = [(&'static str, u64); 9];
+pub(super) type KernelPairs = [(&'static str, u64); 10];
 
 pub(super) fn kernel_pairs(g: &Guests, id: GuestId, nic: Option<&GuestNic>) -> KernelPairs {
     let us = |ticks| ticks_to(ticks, 1_000_000, g.tsc_hz);
@@ -56,6 +56,7 @@ pub(super) fn kernel_pairs(g: &Guests, id: GuestId, nic: Option<&GuestNic>) -> K
         ("wake_delay_median_us", us(delays.median())),
         ("wake_delay_p99_us", us(delays.quantile(99, 100))),
         ("wake_delay_max_us", us(delays.max())),
+        ("idles_already_due", at(&g.list, id).idles_already_due),
         ("tx_packets", tx.map_or(0, |tx| tx.packets)),
         ("tx_bytes", tx.map_or(0, |tx| tx.bytes)),
         ("tx_held_back", tx.map_or(0, |tx| tx.held_back)),

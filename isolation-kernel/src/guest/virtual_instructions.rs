@@ -115,7 +115,11 @@ pub(super) fn run_vi(g: &mut Guests, id: GuestId, call: ViCall, now: u64) -> Res
             let action = match deadline {
                 _ if pending != 0 => Action::Resume,
                 None => Action::Idle(None),
-                Some(deadline) if deadline <= now => Action::Resume,
+                Some(deadline) if deadline <= now => {
+                    let guest = at_mut(&mut g.list, id);
+                    guest.idles_already_due = guest.idles_already_due.saturating_add(1);
+                    Action::Resume
+                }
                 Some(deadline) => Action::Idle(Some(deadline)),
             };
             (pending, action)

@@ -60,8 +60,11 @@ pub(super) fn sleeper_wakes_on_time(ctx: &Ctx) -> TestResult {
         .map(crate::ledger::pairs);
     let Some(sleeper) = sleeper else { return Err(failure("no guest-stats line for the sleeper", outcome.log)) };
     let get = |key: &str| sleeper.get(key).copied().unwrap_or(0);
-    check(&outcome, get("wakes") >= SLEEPS, || {
-        format!("the sleeper woke {} times, {SLEEPS} sleeps: {sleeper:?}", get("wakes"))
+    // A sleep whose deadline passed before the kernel took it (QEMU starved by the host)
+    // returns at once, without a wake-up; the kernel counts those apart.
+    let (wakes, already_due) = (get("wakes"), get("idles_already_due"));
+    check(&outcome, wakes + already_due >= SLEEPS && already_due <= SLEEPS / 10, || {
+        format!("the sleeper woke {wakes} times ({already_due} sleeps already due), {SLEEPS} sleeps: {sleeper:?}")
     })?;
     let median = get("wake_delay_median_us");
     let stats = final_stats(&outcome)?;
