@@ -464,6 +464,11 @@ impl Scheduler {
     /// runnable it changes nothing but asks [`Scheduler::preempt_current_for_woken`] to look:
     /// if that guest is behind the running one in virtual time, it runs now.
     pub fn wake(&mut self, id: GuestId) -> bool {
+        // Running or finished: nothing to wake (the kernel wakes the running guest whenever it
+        // takes its transmit ring; every kick does).
+        if matches!(self.state(id), None | Some(RunState::Running) | Some(RunState::Done)) {
+            return false;
+        }
         let bonus = self.quantum.saturating_mul(SLEEPER_BONUS_QUANTA).saturating_mul(u64::from(MAX_CPU_WEIGHT));
         let earliest = self.floor.saturating_sub(bonus);
         let (clock, current) = (self.clock, self.current);
